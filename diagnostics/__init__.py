@@ -1,0 +1,1 @@
+"""ftplan's diagnostics: everything that touches torch, NVML and a training step."""

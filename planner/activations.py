@@ -1,0 +1,512 @@
+"""Activation memory: the bytes autograd saves for backward, by replaying the forward.
+
+Rules of thumb such as Korthikanti et al. (2022)'s `sbh(34 + 5as/h)` assume one
+kernel set and fp16 everywhere. What a transformers model really keeps depends on
+which inputs require grad, the dtype of every cast, the attention kernel and
+peft's adapter casts. So instead of one closed formula per family, this module
+replays a block's forward at the level of autograd *saved tensors*: every op
+below saves what its PyTorch backward formula needs (`tools/autograd/
+derivatives.yaml`; e.g. `mm` saves `self` only when `mat2` requires grad), and
+storages are counted once however many ops save them. Sizes are exact integers,
+so this stays a pure-Python model (no torch), a few hundred operations per block.
+
+It is checked against the bytes `torch.autograd.graph.saved_tensors_hooks` sees on
+real transformers models (tests/planner/test_activation_truth.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from planner.methods import DTYPE_BYTES, BlockTraining
+from planner.spec import Block, Linear, ModelSpec
+
+
+class _Storage:
+    __slots__ = ("nbytes",)
+
+    def __init__(self, nbytes: int):
+        self.nbytes = nbytes
+
+
+class T:
+    """A symbolic tensor: a storage (shared by views), its dtype and whether it requires grad."""
+
+    __slots__ = ("dtype", "grad", "numel", "storage")
+
+    def __init__(self, numel: int, dtype: str, grad: bool, storage: _Storage | None = None):
+        self.numel = numel
+        self.dtype = dtype
+        self.grad = grad
+        self.storage = storage or _Storage(numel * DTYPE_BYTES[dtype])
+
+    def view(self, numel: int) -> T:
+        return T(numel, self.dtype, self.grad, self.storage)
+
+
+def _promote(a: str, b: str) -> str:
+    if a == b:
+        return a
+    return "fp32" if "fp32" in (a, b) else a
+
+
+@dataclass
+class Tape:
+    """Collects the storages autograd would keep alive until backward."""
+
+    autocast: str | None = None  # compute dtype under torch.autocast, else None
+    device: str = "cuda"
+    region: str = "activations"
+    saved: dict[int, tuple[_Storage, str]] = field(default_factory=dict)
+    shared: dict[str, T] = field(default_factory=dict)
+
+    # -- bookkeeping
+    def save(self, *tensors: T | None) -> None:
+        for t in tensors:
+            if t is not None and id(t.storage) not in self.saved:
+                self.saved[id(t.storage)] = (t.storage, self.region)
+
+    def bytes(self, region: str | None = None) -> int:
+        return sum(s.nbytes for s, r in self.saved.values() if region is None or r == region)
+
+    # -- elementwise and shape ops
+    def cast(self, x: T, dtype: str) -> T:
+        return x if x.dtype == dtype else T(x.numel, dtype, x.grad)
+
+    def new_like(self, x: T, grad: bool | None = None, dtype: str | None = None) -> T:
+        return T(x.numel, dtype or x.dtype, x.grad if grad is None else grad)
+
+    def mul(self, a: T, b: T) -> T:
+        """a * b: each operand is saved when the *other* one requires grad."""
+        if a.grad:
+            self.save(b)
+        if b.grad:
+            self.save(a)
+        return T(max(a.numel, b.numel), _promote(a.dtype, b.dtype), a.grad or b.grad)
+
+    def unary(self, x: T, saves: str = "input", dtype: str | None = None) -> T:
+        """An op whose backward needs its input (silu, gelu, pow) or its output (tanh, sigmoid, softmax)."""
+        out = T(x.numel, dtype or x.dtype, x.grad)
+        if x.grad:
+            self.save(x if saves == "input" else out)
+        return out
+
+    def add(self, a: T, b: T) -> T:
+        return T(max(a.numel, b.numel), _promote(a.dtype, b.dtype), a.grad or b.grad)
+
+    def dropout(self, x: T, p: float) -> T:
+        if p <= 0:
+            return x
+        if x.grad:
+            # CUDA's fused dropout keeps a bool mask; the CPU path multiplies by a noise tensor.
+            self.save(T(x.numel, "bool" if self.device == "cuda" else x.dtype, False))
+        return self.new_like(x)
+
+    # -- modules
+    def linear(self, x: T, out_features: int, in_features: int, trainable: bool) -> T:
+        if self.autocast:
+            x = T(x.numel, self.autocast, x.grad) if x.dtype != self.autocast else x
+        if trainable:
+            self.save(x)  # grad_weight = grad_out^T @ x
+        return T(x.numel // in_features * out_features, x.dtype, x.grad or trainable)
+
+    def lora(self, x: T, lin: Linear, rank: int, dropout: float, adapter_dtype: str) -> T:
+        """peft's LoRA branch: casts x to the adapter dtype, then B(A(dropout(x)))."""
+        xa = T(x.numel, adapter_dtype, x.grad) if x.dtype != adapter_dtype else x
+        xa = self.dropout(xa, dropout)
+        h = self.linear(xa, rank, lin.in_features, trainable=True)
+        return self.linear(h, lin.out_features, rank, trainable=True)
+
+    def embedding(self, tokens: int, dim: int, dtype: str, trainable: bool, input_grad: bool) -> T:
+        if trainable:
+            self.save(T(tokens, "int64", False))  # the token ids index the gradient rows
+        return T(tokens * dim, dtype, trainable or input_grad)
+
+    def norm(self, x: T, rows: int, kind: str, weight_trainable: bool, weight_dtype: str,
+             bias: bool = False) -> T:
+        """RMSNorm variants and LayerNorm, as transformers writes them."""
+        if not (x.grad or weight_trainable):
+            return T(x.numel, x.dtype if kind != "rms" else _promote(weight_dtype, x.dtype), False)
+        if kind == "layer":
+            xin = self.cast(x, "fp32") if self.autocast else x
+            if x.grad or weight_trainable:
+                self.save(xin, T(rows, "fp32", False), T(rows, "fp32", False))  # input, mean, rstd
+            return T(x.numel, xin.dtype, True)
+        x32 = self.cast(x, "fp32")
+        rstd = T(rows, "fp32", x.grad)
+        if x.grad:
+            self.save(x32, rstd)  # pow(x, 2) and x * rsqrt(var)
+        normed = T(x.numel, "fp32", x.grad)
+        if kind == "rms":  # Llama: weight * normed.to(input_dtype)
+            normed_in = self.cast(normed, x.dtype)
+            if weight_trainable:
+                self.save(normed_in)
+            return T(x.numel, _promote(weight_dtype, x.dtype), True)
+        if kind == "rms_gemma":  # (normed * (1 + weight.float())).type_as(x)
+            if x.grad:
+                self.save(T(x.numel // rows, "fp32", weight_trainable))  # 1 + w, once per call
+            if weight_trainable:
+                self.save(normed)
+            return T(x.numel, x.dtype, True)
+        # OLMo-2: (weight * normed).to(input_dtype)
+        if weight_trainable:
+            self.save(normed)
+        return T(x.numel, x.dtype, True)
+
+    def activation(self, x: T, kind: str) -> T:
+        if kind == "gelu_new":  # 0.5 * x * (1 + tanh(c * (x + 0.044715 * x**3))), op by op
+            if x.grad:
+                tanh_out = T(x.numel, x.dtype, True)
+                self.save(x, tanh_out, T(x.numel, x.dtype, True), T(x.numel, x.dtype, True))
+            return self.new_like(x)
+        return self.unary(x, "input")
+
+
+# ------------------------------------------------------------------ blocks
+
+
+@dataclass
+class Ctx:
+    """Everything a block replay needs besides the block itself."""
+
+    batch: int
+    seq: int
+    hidden: int
+    compute: str  # activation dtype
+    weight_dtype: str  # dtype of the block's (frozen or trainable) weights
+    kernel: str  # eager | sdpa | flash
+    lora_rank: int = 8
+    lora_dropout: float = 0.0
+    adapter_dtype: str = "fp32"
+
+    @property
+    def tokens(self) -> int:
+        return self.batch * self.seq
+
+
+def _proj(tape: Tape, x: T, lin: Linear, training: BlockTraining, ctx: Ctx) -> T:
+    out = tape.linear(x, lin.out_features, lin.in_features, training.base_trainable)
+    if lin.path in training.lora_paths:
+        delta = tape.lora(x, lin, ctx.lora_rank, ctx.lora_dropout, ctx.adapter_dtype)
+        out = T(out.numel, out.dtype, True)  # (result + delta * scaling).to(result dtype)
+        del delta
+    return out
+
+
+def _rope(tape: Tape, x: T, rope_dim: int, head_dim: int, ctx: Ctx, key: str) -> T:
+    if rope_dim <= 0:
+        return x
+    if x.grad:
+        cos_dtype = x.dtype
+        for name in ("cos", "sin"):  # computed once per forward, shared by every layer
+            shared = tape.shared.setdefault(f"{key}.{name}", T(ctx.seq * rope_dim, cos_dtype, False))
+            tape.save(shared)
+    return tape.new_like(x)
+
+
+def _attention(tape: Tape, x: T, block: Block, training: BlockTraining, ctx: Ctx) -> T:
+    att = block.attention
+    lins = {lin.name: lin for lin in block.linears if lin.component == "attention"}
+    b, s, nh, kvh = ctx.batch, ctx.seq, att.num_heads, att.num_kv_heads
+    trainable = training.base_trainable
+    if att.kind == "mla":
+        return _mla(tape, x, block, training, ctx)
+    if att.kind == "fused_qkv":
+        qkv_lin = next(iter(lins.values()))
+        qkv = _proj(tape, x, qkv_lin, training, ctx)
+        # q and k become new tensors at the rotary embedding; v is split off into its own copy
+        q, k = qkv.view(b * s * nh * att.head_dim), qkv.view(b * s * kvh * att.head_dim)
+        v = T(b * s * kvh * att.head_dim, qkv.dtype, qkv.grad)
+        o_lin = list(lins.values())[1]
+    else:
+        q = _proj(tape, x, lins["q_proj"], training, ctx)
+        k = _proj(tape, x, lins["k_proj"], training, ctx)
+        v = _proj(tape, x, lins["v_proj"], training, ctx)
+        o_lin = lins["o_proj"]
+    if att.qk_norm == "full":
+        q = tape.norm(q, b * s, "rms_olmo", trainable, ctx.weight_dtype)
+        k = tape.norm(k, b * s, "rms_olmo", trainable, ctx.weight_dtype)
+    elif att.qk_norm == "per_head":  # same RMSNorm class as the block's (Qwen3: Llama-style, Gemma 3: 1 + w)
+        q = tape.norm(q, b * s * nh, block.norm.kind, trainable, ctx.weight_dtype)
+        k = tape.norm(k, b * s * kvh, block.norm.kind, trainable, ctx.weight_dtype)
+    q = _rope(tape, q, att.rope_dim, att.head_dim, ctx, "rope")
+    k = _rope(tape, k, att.rope_dim, att.head_dim, ctx, "rope")
+    if att.rope_dim and att.rope_dim < att.head_dim:
+        q, k = tape.new_like(q), tape.new_like(k)  # torch.cat((rotated, passthrough))
+    out = _attention_kernel(tape, q, k, v, att.num_heads, att.num_kv_heads, att.head_dim, att.v_head_dim,
+                            ctx, softcap=att.logit_softcap, dropout=att.dropout,
+                            mask=_sdpa_mask(att, s), softmax_fp32=att.softmax_fp32)
+    return _proj(tape, _merge_heads(tape, out, ctx), o_lin, training, ctx)
+
+
+def _merge_heads(tape: Tape, out: T, ctx: Ctx) -> T:
+    """transpose(1, 2).contiguous(): a copy after eager matmuls; a no-op after flash-style kernels,
+    whose output is already laid out as (batch, seq, heads, dim)."""
+    return tape.new_like(out) if ctx.kernel == "eager" else out
+
+
+def _sdpa_mask(att, seq: int) -> str | None:
+    """Which explicit mask transformers hands to sdpa for this layer (None: is_causal, no mask)."""
+    if att.sliding_window and att.sliding_window < seq:
+        return "sliding"
+    return "full" if att.explicit_mask else None
+
+
+def _attention_kernel(tape: Tape, q: T, k: T, v: T, nh: int, kvh: int, hd: int, vd: int, ctx: Ctx, *,
+                      softcap: float | None = None, dropout: float = 0.0, mask: str | None = None,
+                      softmax_fp32: bool = True) -> T:
+    b, s = ctx.batch, ctx.seq
+    grad = q.grad or k.grad or v.grad
+    rep = nh // kvh
+    if ctx.kernel == "sdpa" and dropout > 0 and tape.device == "cpu":
+        # CPU sdpa has no fused kernel with dropout: its math fallback runs in fp32
+        q, k, v = T(q.numel, "fp32", q.grad), T(k.numel, "fp32", k.grad), T(v.numel, "fp32", v.grad)
+        out = _attention_kernel(tape, q, k, v, nh, kvh, hd, vd, Ctx(**{**ctx.__dict__, "kernel": "eager"}),
+                                dropout=dropout, softmax_fp32=False)
+        tape.save(tape.new_like(out))
+        return T(b * nh * s * vd, ctx.compute, grad)
+    if ctx.kernel == "eager":
+        if rep > 1 and not (kvh == 1 and b == 1):
+            # repeat_kv materialises the grouped heads (a single KV head at batch 1 stays a broadcast view)
+            k, v = T(b * nh * s * hd, k.dtype, k.grad), T(b * nh * s * vd, v.dtype, v.grad)
+        # matmul reshapes the transposed q, k and v (when not already repeated) into contiguous copies
+        qc = tape.new_like(q)
+        kc = k if rep > 1 else tape.new_like(k)
+        v = v if rep > 1 else T(b * nh * s * vd, v.dtype, v.grad)
+        if qc.grad:
+            tape.save(kc)
+        if kc.grad:
+            tape.save(qc)
+        scores = T(b * nh * s * s, q.dtype, grad)
+        if softcap:
+            scores = tape.unary(scores, "output")
+        if softmax_fp32:  # softmax(dtype=float32).to(q.dtype)
+            probs = tape.cast(tape.unary(scores, "output", dtype="fp32"), q.dtype)
+        else:
+            probs = tape.unary(scores, "output")
+        probs = tape.dropout(probs, dropout)
+        if probs.grad:
+            tape.save(v)
+        if v.grad:
+            tape.save(probs)
+        return T(b * nh * s * vd, q.dtype, grad)
+    # sdpa / flash-attention: q, k, v, the output and the fp32 log-sum-exp per row.
+    # transformers passes enable_gqa=True to sdpa when there is no mask, so grouped heads are
+    # not repeated; an explicit mask (sliding window, Gemma 3) forces repeat_kv and is kept for backward.
+    if ctx.kernel == "sdpa" and rep > 1 and mask:
+        k, v = T(b * nh * s * hd, k.dtype, k.grad), T(b * nh * s * vd, v.dtype, v.grad)
+    out = T(b * nh * s * vd, q.dtype, grad)
+    if grad:
+        tape.save(q, k, v, out, T(b * nh * s, "fp32", False))
+        if mask and ctx.kernel == "sdpa":  # an additive [b, 1, s, s] mask, one per mask kind
+            tape.save(tape.shared.setdefault(f"mask.{mask}", T(b * s * s, q.dtype, False)))
+    return out
+
+
+def _mla(tape: Tape, x: T, block: Block, training: BlockTraining, ctx: Ctx) -> T:
+    """DeepSeek-V3 multi-head latent attention (transformers' DeepseekV3Attention)."""
+    att = block.attention
+    lins = {lin.name: lin for lin in block.linears if lin.component == "attention"}
+    b, s, nh = ctx.batch, ctx.seq, att.num_heads
+    trainable = training.base_trainable
+    if "q_a_proj" in lins:
+        qa = _proj(tape, x, lins["q_a_proj"], training, ctx)
+        qa = tape.norm(qa, b * s, "rms", trainable, ctx.weight_dtype)
+        q = _proj(tape, qa, lins["q_b_proj"], training, ctx)
+    else:
+        q = _proj(tape, x, lins["q_proj"], training, ctx)
+    ckv = _proj(tape, x, lins["kv_a_proj_with_mqa"], training, ctx)
+    latent = tape.norm(ckv.view(b * s * att.kv_lora_rank), b * s, "rms", trainable, ctx.weight_dtype)
+    kv = _proj(tape, latent, lins["kv_b_proj"], training, ctx)
+    rope = att.rope_dim
+    q_rot = _rope(tape, T(b * s * nh * rope, q.dtype, q.grad), rope, att.head_dim, ctx, "rope")
+    k_rot = _rope(tape, T(b * s * rope, ckv.dtype, ckv.grad), rope, att.head_dim, ctx, "rope")
+    del q_rot, k_rot
+    qs = T(b * s * nh * att.head_dim, q.dtype, q.grad)  # cat(q_pass, q_rot)
+    ks = T(b * s * nh * att.head_dim, kv.dtype, kv.grad or ckv.grad)  # cat(k_pass, k_rot.expand)
+    v = kv.view(b * s * nh * att.v_head_dim)
+    out = _attention_kernel(tape, qs, ks, v, nh, nh, att.head_dim, att.v_head_dim, ctx, dropout=att.dropout)
+    return _proj(tape, _merge_heads(tape, out, ctx), lins["o_proj"], training, ctx)
+
+
+def _gated(tape: Tape, x: T, linears: list[Linear], activation: str, training: BlockTraining, ctx: Ctx) -> T:
+    by_name = {lin.name: lin for lin in linears}
+    if "gate_up_proj" in by_name:  # Phi-3: one projection, chunked into views
+        lin = by_name["gate_up_proj"]
+        gu = _proj(tape, x, lin, training, ctx)
+        half = gu.numel // 2
+        gate, up = gu.view(half), gu.view(half)
+        down = by_name["down_proj"]
+    else:
+        gate = _proj(tape, x, by_name["gate_proj"], training, ctx)
+        up = _proj(tape, x, by_name["up_proj"], training, ctx)
+        down = by_name["down_proj"]
+    act = tape.activation(gate, activation)
+    return _proj(tape, tape.mul(act, up), down, training, ctx)
+
+
+def _moe(tape: Tape, x: T, block: Block, training: BlockTraining, ctx: Ctx) -> T:
+    """Router + routed experts (+ shared experts), as transformers 5 runs them."""
+    mlp = block.mlp
+    n_tok, d, inter, e = ctx.tokens, ctx.hidden, mlp.intermediate_size, mlp.num_experts
+    trainable = training.base_trainable
+    wrapped = training.lora_params
+    _param_wrapper(tape, wrapped, ctx, e, inter)
+    logits = tape.linear(x, e, d, trainable or "router" in wrapped)
+    scores = tape.unary(T(logits.numel, "fp32", logits.grad), "output")  # softmax / sigmoid in fp32
+    slots = n_tok * mlp.top_k
+    if scores.grad:
+        tape.save(T(slots, "int64", False))  # top-k indices
+    weights = T(slots, "fp32", scores.grad)
+    if mlp.router == "softmax" and scores.grad:
+        tape.save(weights, T(n_tok, "fp32", True))  # normalising top-k: value / sum
+    # experts: gather each routed token, gate_up, act * up, down, scale by its router weight
+    gathered = T(slots * d, x.dtype, x.grad)
+    if x.grad:
+        tape.save(T(slots, "int64", False))  # token indices of the gather
+    gu = tape.linear(gathered, 2 * inter, d, trainable or "gate_up" in wrapped)
+    gate, up = gu.view(slots * inter), gu.view(slots * inter)
+    prod = tape.mul(tape.activation(gate, mlp.activation), up)
+    down = tape.linear(prod, d, inter, trainable or "down" in wrapped)
+    tape.mul(down, T(slots, "fp32", weights.grad))
+    if down.grad:
+        tape.save(T(slots, "int64", False), T(slots, "int64", False))  # index_add_ and weight gather
+    out = T(n_tok * d, x.dtype, down.grad or weights.grad)
+    shared = [lin for lin in block.linears if lin.component == "shared_expert"]
+    if mlp.shared_intermediate_size:
+        shared_mlp = [lin for lin in shared if lin.name != "shared_expert_gate"]
+        sh = _gated(tape, x, shared_mlp, mlp.activation, training, ctx)
+        if mlp.shared_expert_gate:
+            gate_lin = next(lin for lin in shared if lin.name == "shared_expert_gate")
+            g = tape.unary(_proj(tape, x, gate_lin, training, ctx), "output")  # sigmoid
+            sh = tape.mul(g, sh)
+        out = tape.add(out, sh)
+    return out
+
+
+def _param_wrapper(tape: Tape, wrapped: frozenset[str], ctx: Ctx, experts: int, inter: int) -> None:
+    """peft's ParamWrapper materialises W + BA for the whole tensor on every forward.
+
+    Experts use `torch.baddbmm(W, B, A)` (saving B and A cast to W's dtype); the router adds B @ A.
+    The merged tensor requires grad, so it is saved by the matmuls that use it.
+    """
+    d, wdt, r = ctx.hidden, ctx.weight_dtype, ctx.lora_rank
+    if "router" in wrapped:
+        tape.save(T(experts * d, wdt, True))
+    for part, out_f, in_f, rank in (("gate_up", 2 * inter, d, 2 * r), ("down", d, inter, r)):
+        if part in wrapped:
+            if ctx.adapter_dtype != wdt:
+                tape.save(T(experts * out_f * rank, wdt, False), T(experts * rank * in_f, wdt, False))
+            tape.save(T(experts * out_f * in_f, wdt, True))
+
+
+def _mlp(tape: Tape, x: T, block: Block, training: BlockTraining, ctx: Ctx) -> T:
+    mlp = block.mlp
+    if mlp.kind == "moe":
+        return _moe(tape, x, block, training, ctx)
+    linears = [lin for lin in block.linears if lin.component == "mlp"]
+    if mlp.kind == "gated":
+        return _gated(tape, x, linears, mlp.activation, training, ctx)
+    up, down = linears
+    h = _proj(tape, x, up, training, ctx)
+    return _proj(tape, tape.activation(h, mlp.activation), down, training, ctx)
+
+
+def replay_block(tape: Tape, x: T, block: Block, training: BlockTraining, ctx: Ctx) -> T:
+    """One decoder block; returns the block output (the next block's input)."""
+    rows = ctx.tokens
+    trainable = training.base_trainable
+
+    def norm(h: T) -> T:
+        return tape.norm(h, rows, block.norm.kind, trainable, ctx.weight_dtype, block.norm.bias)
+
+    p = block.residual_dropout
+    if block.layout == "pre":
+        h = tape.add(x, tape.dropout(_attention(tape, norm(x), block, training, ctx), p))
+        return tape.add(h, tape.dropout(_mlp(tape, norm(h), block, training, ctx), p))
+    if block.layout == "sandwich":
+        h = tape.add(x, norm(_attention(tape, norm(x), block, training, ctx)))
+        return tape.add(h, norm(_mlp(tape, norm(h), block, training, ctx)))
+    if block.layout == "post":
+        h = tape.add(x, norm(_attention(tape, x, block, training, ctx)))
+        return tape.add(h, norm(_mlp(tape, h, block, training, ctx)))
+    # parallel: attention and MLP read the same input (one shared norm or one each)
+    xa = norm(x)
+    xm = xa if block.num_norms == 1 else norm(x)
+    a = tape.dropout(_attention(tape, xa, block, training, ctx), p)
+    m = tape.dropout(_mlp(tape, xm, block, training, ctx), p)
+    return tape.add(tape.add(x, a), m)
+
+
+# ------------------------------------------------------------------ model
+
+
+def _shared_bytes(tape: Tape) -> int:
+    return sum(t.storage.nbytes for t in tape.shared.values() if id(t.storage) in tape.saved)
+
+
+@dataclass
+class ActivationBytes:
+    """Saved-for-backward bytes of one forward pass (one micro-batch)."""
+
+    blocks: int  # everything saved inside the decoder blocks
+    outside: int  # embeddings, final norm, LM-head input
+    logits: int  # saved by the LM head's output path and the loss (log-softmax in fp32, targets)
+    per_block_max: int  # the largest single block, for recomputation under checkpointing
+    per_layer: list[int]
+
+    @property
+    def total(self) -> int:
+        return self.blocks + self.outside + self.logits
+
+
+def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, seq: int, compute: str,
+                weight_dtypes: tuple[str, str], kernel: str, autocast: str | None = None,
+                embeddings_trainable: bool = False, head_trainable: bool = False, input_grad: bool = False,
+                lora_rank: int = 8, lora_dropout: float = 0.0, adapter_dtype: str = "fp32",
+                device: str = "cuda") -> ActivationBytes:
+    """Replay the whole forward + loss once.
+
+    `weight_dtypes` is (dtype of trainable weights, dtype of frozen weights): norms
+    promote their output to the weight's dtype, which matters under autocast.
+    `input_grad` models `enable_input_require_grads()` (used with gradient checkpointing).
+    """
+    tape = Tape(autocast=autocast, device=device)
+    tokens, d = batch * seq, spec.hidden_size
+    emb_dtype = weight_dtypes[0] if embeddings_trainable else weight_dtypes[1]
+    x = tape.embedding(tokens, d, emb_dtype, embeddings_trainable, input_grad)
+    x = tape.dropout(x, spec.embedding_dropout)
+    embedding_bytes = tape.bytes()
+    per_layer: list[int] = []
+    # Identical blocks with the same training and input save the same bytes: replay each
+    # distinct one once. Storages shared across layers (rotary cos/sin) are counted once.
+    memo: dict[tuple, tuple[int, T]] = {}
+    for (index, block), training in zip(spec.iter_blocks(), trainings, strict=True):
+        key = (id(block), training, x.grad, x.dtype)
+        if key in memo:
+            nbytes, out = memo[key]
+            per_layer.append(nbytes)
+            x = T(out.numel, out.dtype, out.grad)
+            continue
+        before, shared_before = tape.bytes(), _shared_bytes(tape)
+        wdt = weight_dtypes[0] if training.base_trainable else weight_dtypes[1]
+        ctx = Ctx(batch=batch, seq=seq, hidden=d, compute=compute, weight_dtype=wdt, kernel=kernel,
+                  lora_rank=lora_rank, lora_dropout=lora_dropout, adapter_dtype=adapter_dtype)
+        x = replay_block(tape, x, block, training, ctx)
+        nbytes = tape.bytes() - before
+        memo[key] = (nbytes - (_shared_bytes(tape) - shared_before), x)
+        per_layer.append(nbytes)
+        del index
+    blocks = sum(per_layer)
+    unreplayed = blocks - (tape.bytes() - embedding_bytes)
+    head_dtype = weight_dtypes[0] if head_trainable else weight_dtypes[1]
+    x = tape.norm(x, tokens, spec.final_norm.kind, head_trainable, head_dtype, spec.final_norm.bias)
+    logits = tape.linear(x, spec.vocab_size, d, head_trainable)
+    outside = tape.bytes() + unreplayed - blocks
+    tape.region = "logits"
+    if spec.final_logit_softcap:
+        logits = tape.unary(logits, "output")  # tanh(logits / cap) * cap
+    if logits.grad:
+        tape.save(T(tokens * spec.vocab_size, "fp32", True), T(tokens, "int64", False))  # log_softmax, target
+    return ActivationBytes(blocks=blocks, outside=outside, logits=tape.bytes("logits"),
+                           per_block_max=max(per_layer, default=0), per_layer=per_layer)

@@ -1,0 +1,149 @@
+"""What to change when a plan does not fit: single changes ranked by memory saved."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from planner.errors import FtplanError
+from planner.fit import max_batch_size, max_seq_len
+from planner.memory import estimate_memory
+from planner.methods import block_training
+from planner.plan import Plan
+from planner.spec import ModelSpec
+from planner.units import fmt_gib
+
+
+class Suggestion(BaseModel):
+    title: str
+    why: str
+    changes: dict[str, Any]  # Plan fields to change
+    flags: str  # the same change as `ftplan estimate` flags
+    new_total: int
+    saved: int
+    fits: bool
+
+
+_FLAG = {
+    "gradient_checkpointing": lambda v: "--gradient-checkpointing" if v else "--no-gradient-checkpointing",
+    "method": lambda v: f"--method {v}",
+    "optimizer": lambda v: f"--optimizer {v}",
+    "attention": lambda v: f"--attention {v}",
+    "precision": lambda v: f"--precision {v}",
+    "batch_size": lambda v: f"--batch-size {v}",
+    "grad_accum": lambda v: f"--grad-accum {v}",
+    "seq_len": lambda v: f"--seq-len {v}",
+    "gpus": lambda v: f"--gpus {v}",
+    "zero": lambda v: f"--zero {v}",
+    "offload_optimizer": lambda v: "--offload-optimizer" if v else "",
+    "lora_target": lambda v: f"--lora-target {v}",
+}
+
+
+def flags_for(changes: dict[str, Any]) -> str:
+    return " ".join(_FLAG[k](v) for k, v in changes.items() if k in _FLAG).strip()
+
+
+def _candidates(spec: ModelSpec, plan: Plan, capacity: int) -> list[tuple[str, str, dict[str, Any]]]:
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    if not plan.gradient_checkpointing:
+        out.append(("Enable gradient checkpointing",
+                    "keeps one hidden state per layer and recomputes the rest in backward (~1/3 more compute)",
+                    {"gradient_checkpointing": True}))
+    if plan.attention == "eager":
+        out.append(("Use flash attention",
+                    "eager attention stores the full seq x seq score and probability matrices per head",
+                    {"attention": "flash"}))
+    if plan.method in ("full", "freeze"):
+        out.append(("Train LoRA adapters instead",
+                    "frozen base weights need no gradients or optimizer state", {"method": "lora"}))
+    if plan.method != "qlora":
+        out.append(("Use QLoRA (4-bit base weights)",
+                    "NF4 stores the frozen base in about 0.5 byte per parameter", {"method": "qlora"}))
+    if plan.method in ("full", "freeze") and plan.optimizer in ("adamw", "adamw-fused"):
+        out.append(("Use an 8-bit optimizer (bitsandbytes AdamW8bit)",
+                    "2 bytes of Adam state per parameter instead of 8", {"optimizer": "adamw-8bit"}))
+    if plan.optimizer == "adamw":
+        out.append(("Use fused AdamW (optim: adamw_torch_fused)",
+                    "the foreach AdamW materialises sqrt(v) for every parameter during the step",
+                    {"optimizer": "adamw-fused"}))
+    if plan.precision == "bf16-mixed" and plan.method in ("full", "freeze"):
+        out.append(("Train in pure bf16",
+                    "no fp32 weights/gradients; but small updates can round away (watch for it in diagnose)",
+                    {"precision": "bf16"}))
+    if plan.method in ("lora", "qlora") and any(t.lora_params for t in block_training(spec, plan)):
+        out.append(("Target attention only with LoRA",
+                    "peft wraps this model's fused MoE experts with ParamWrapper, which materialises W + BA "
+                    "for every expert in every forward", {"lora_target": "attention"}))
+    if plan.method != "qlora":
+        for gpus in (2, 4, 8, 16):
+            if gpus > plan.gpus and estimate_memory(spec, plan.with_(gpus=gpus, zero=3)).total <= capacity:
+                out.append((f"Shard with ZeRO-3 / FSDP over {gpus} GPUs",
+                            "weights, gradients and optimizer state are divided across the GPUs",
+                            {"gpus": gpus, "zero": 3}))
+                break
+    if plan.zero >= 1 and not plan.offload_optimizer:
+        out.append(("Offload the optimizer to CPU (ZeRO-Offload)",
+                    "optimizer state and master weights live in host RAM; steps get slower",
+                    {"offload_optimizer": True}))
+    if plan.batch_size > 1:
+        best = max(1, max_batch_size(spec, plan, capacity, limit=plan.batch_size))
+        if best < plan.batch_size:
+            accum = -(-plan.batch_size * plan.grad_accum // best)
+            out.append((f"Micro-batch {best} with {accum} accumulation steps",
+                        f"keeps the global batch ({plan.global_batch} -> {best * accum * plan.gpus})",
+                        {"batch_size": best, "grad_accum": accum}))
+    longest = max_seq_len(spec, plan, capacity, limit=plan.seq_len)
+    if 0 < longest < plan.seq_len:
+        rounded = longest // 64 * 64 or longest
+        out.append((f"Shorten sequences to {rounded} tokens",
+                    "cutoff_len bounds activation memory; longer examples are truncated",
+                    {"seq_len": rounded}))
+    return out
+
+
+def suggest(spec: ModelSpec, plan: Plan, capacity: int, current_total: int, limit: int = 8) -> list[Suggestion]:
+    """Single changes that lower the per-GPU total, largest saving first, plus a combination that fits
+    when no single change does."""
+    found: list[Suggestion] = []
+    for title, why, changes in _candidates(spec, plan, capacity):
+        try:
+            new_plan = plan.with_(**changes)
+            total = estimate_memory(spec, new_plan).total
+        except FtplanError:
+            continue
+        if total < current_total:
+            found.append(Suggestion(title=title, why=why, changes=changes, flags=flags_for(changes),
+                                    new_total=total, saved=current_total - total, fits=total <= capacity))
+    found.sort(key=lambda s: s.saved, reverse=True)
+    if found and not any(s.fits for s in found):
+        combo = _combine(spec, plan, capacity, found)
+        if combo:
+            found.insert(0, combo)
+    return found[:limit]
+
+
+def _combine(spec: ModelSpec, plan: Plan, capacity: int, ranked: list[Suggestion]) -> Suggestion | None:
+    """Greedily stack the biggest savings until the plan fits."""
+    changes: dict[str, Any] = {}
+    titles: list[str] = []
+    current = plan
+    for suggestion in ranked:
+        if any(k in changes for k in suggestion.changes):
+            continue
+        try:
+            trial = current.with_(**suggestion.changes)
+            total = estimate_memory(spec, trial).total
+        except FtplanError:
+            continue
+        if total < estimate_memory(spec, current).total:
+            current, changes = trial, {**changes, **suggestion.changes}
+            titles.append(suggestion.title.lower())
+            if total <= capacity:
+                base = estimate_memory(spec, plan).total
+                return Suggestion(title="Combine: " + "; ".join(titles),
+                                  why=f"no single change fits; together they need {fmt_gib(total)}",
+                                  changes=changes, flags=flags_for(changes), new_total=total,
+                                  saved=base - total, fits=True)
+    return None

@@ -1,0 +1,548 @@
+"""Per-family readers: a config.json dict in, a `ModelSpec` out.
+
+Each reader mirrors what `transformers` (5.x) builds for that `model_type`: the
+same defaults for missing keys, the same module shapes and biases. The tests in
+`tests/planner/test_params.py` prove it by building the model on the meta device
+from the very same dict and comparing every parameter count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from planner.errors import FtplanError
+from planner.spec import (
+    MLP,
+    Attention,
+    Block,
+    BlockGroup,
+    Linear,
+    ModelSpec,
+    Norm,
+)
+
+_MISSING = object()
+
+
+class ConfigReader:
+    """Typed access to a config dict; every error names the file and the key."""
+
+    def __init__(self, config: dict, source: str):
+        self.config = config
+        self.source = source
+
+    def _get(self, keys: tuple[str, ...]) -> Any:
+        for key in keys:
+            value = self.config.get(key, _MISSING)
+            if value is not _MISSING and value is not None:
+                return value
+        return _MISSING
+
+    def int(self, *keys: str, default: Any = _MISSING, minimum: int = 1) -> int:
+        value = self._get(keys)
+        if value is _MISSING:
+            if default is _MISSING:
+                raise FtplanError(
+                    f"{self.source}: missing key '{keys[0]}' (needed for {self.model_type}); "
+                    "add it to config.json or use a preset"
+                )
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise FtplanError(f"{self.source}: key '{keys[0]}' must be an integer, got {value!r}")
+        if value < minimum:
+            raise FtplanError(f"{self.source}: key '{keys[0]}' must be >= {minimum}, got {value}")
+        return value
+
+    def bool(self, key: str, default: bool) -> bool:
+        value = self.config.get(key, default)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise FtplanError(f"{self.source}: key '{key}' must be true or false, got {value!r}")
+        return value
+
+    def float(self, key: str, default: float | None = None) -> float | None:
+        value = self.config.get(key, default)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise FtplanError(f"{self.source}: key '{key}' must be a number, got {value!r}")
+        return float(value)
+
+    def str(self, key: str, default: str) -> str:
+        value = self.config.get(key, default)
+        return default if value is None else str(value)
+
+    @property
+    def model_type(self) -> str:
+        return str(self.config.get("model_type", "?"))
+
+
+def _activation(name: str) -> str:
+    name = name.lower()
+    if name in ("silu", "swish"):
+        return "silu"
+    if name in ("gelu_pytorch_tanh", "gelu_python_tanh", "gelu_fast", "gelu_accurate"):
+        return "gelu_tanh"
+    if name == "gelu_new":
+        return "gelu_new"
+    if name == "relu":
+        return "relu"
+    return "gelu"
+
+
+def _rope_fraction(r: ConfigReader, default: float = 1.0) -> float:
+    for holder in (r.config.get("rope_parameters"), r.config.get("rope_scaling"), r.config):
+        if isinstance(holder, dict) and holder.get("partial_rotary_factor") is not None:
+            return float(holder["partial_rotary_factor"])
+    return default
+
+
+def _qkvo(prefix: str, d: int, heads: int, kv_heads: int, head_dim: int, qkv_bias: bool, o_bias: bool,
+          v_head_dim: int | None = None) -> list[Linear]:
+    v_head_dim = v_head_dim or head_dim
+    return [
+        Linear(path=f"{prefix}.q_proj", in_features=d, out_features=heads * head_dim, bias=qkv_bias),
+        Linear(path=f"{prefix}.k_proj", in_features=d, out_features=kv_heads * head_dim, bias=qkv_bias),
+        Linear(path=f"{prefix}.v_proj", in_features=d, out_features=kv_heads * v_head_dim, bias=qkv_bias),
+        Linear(path=f"{prefix}.o_proj", in_features=heads * v_head_dim, out_features=d, bias=o_bias),
+    ]
+
+
+def _gated_mlp(prefix: str, d: int, inter: int, bias: bool, component: str = "mlp") -> list[Linear]:
+    return [
+        Linear(path=f"{prefix}.gate_proj", in_features=d, out_features=inter, bias=bias, component=component),
+        Linear(path=f"{prefix}.up_proj", in_features=d, out_features=inter, bias=bias, component=component),
+        Linear(path=f"{prefix}.down_proj", in_features=inter, out_features=d, bias=bias, component=component),
+    ]
+
+
+def _groups(blocks: list[Block]) -> tuple[BlockGroup, ...]:
+    """Collapse runs of identical consecutive blocks."""
+    groups: list[BlockGroup] = []
+    for i, block in enumerate(blocks):
+        if groups and groups[-1].block == block:
+            last = groups[-1]
+            groups[-1] = BlockGroup(start=last.start, count=last.count + 1, block=block)
+        else:
+            groups.append(BlockGroup(start=i, count=1, block=block))
+    return tuple(groups)
+
+
+def _spec(r: ConfigReader, name: str | None, blocks: list[Block], *, d: int, vocab: int, tie: bool,
+          final_norm: Norm, warnings: tuple[str, ...] = (), **extra) -> ModelSpec:
+    archs = r.config.get("architectures") or []
+    return ModelSpec(
+        name=name or r.str("_name_or_path", "") or r.model_type,
+        source=r.source,
+        model_type=r.model_type,
+        architecture=archs[0] if archs else r.model_type,
+        vocab_size=vocab,
+        hidden_size=d,
+        num_layers=len(blocks),
+        max_position_embeddings=r.config.get("max_position_embeddings") or r.config.get("n_positions"),
+        tie_word_embeddings=tie,
+        final_norm=final_norm,
+        blocks=_groups(blocks),
+        warnings=warnings,
+        checkpoint_dtype=r.config.get("torch_dtype") or r.config.get("dtype"),
+        **extra,
+    )
+
+
+# ------------------------------------------------------------ llama family
+
+
+def _sliding_window(r: ConfigReader) -> int | None:
+    if r.config.get("use_sliding_window") is False:
+        return None
+    value = r.config.get("sliding_window")
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _read_llama_like(r: ConfigReader, name: str | None, *, family: str) -> ModelSpec:
+    """llama, mistral, qwen2, qwen3, granite, gemma, gemma2, gemma3_text, olmo2, starcoder2, phi3."""
+    d = r.int("hidden_size")
+    layers = r.int("num_hidden_layers")
+    heads = r.int("num_attention_heads")
+    kv_heads = r.int("num_key_value_heads", default=heads)
+    vocab = r.int("vocab_size")
+    inter = r.int("intermediate_size")
+    head_dim_default = {"qwen3": 128, "gemma": 256, "gemma2": 256, "gemma3_text": 256}.get(family, d // heads)
+    head_dim = r.int("head_dim", default=head_dim_default)
+    if family == "phi3":
+        head_dim = d // heads  # Phi-3 ignores head_dim
+    attn_bias = r.bool("attention_bias", False)
+    mlp_bias = r.bool("mlp_bias", False)
+    tie_default = family in ("gemma", "gemma2", "gemma3_text", "starcoder2")
+    tie = r.bool("tie_word_embeddings", tie_default)
+    act = _activation(r.str("hidden_activation", "") or r.str("hidden_act", "silu"))
+    norm = Norm(kind="rms")
+    layout, num_norms, qk_norm = "pre", 2, "none"
+    other: dict[str, int] = {}
+
+    if family == "qwen2":
+        linears = _qkvo("self_attn", d, heads, kv_heads, head_dim, qkv_bias=True, o_bias=False)
+    elif family == "starcoder2":
+        bias = r.bool("use_bias", True)
+        linears = _qkvo("self_attn", d, heads, kv_heads, head_dim, qkv_bias=bias, o_bias=bias)
+    elif family == "phi3":
+        linears = [
+            Linear(path="self_attn.qkv_proj", in_features=d, out_features=(heads + 2 * kv_heads) * head_dim),
+            Linear(path="self_attn.o_proj", in_features=heads * head_dim, out_features=d),
+        ]
+    else:
+        linears = _qkvo("self_attn", d, heads, kv_heads, head_dim, qkv_bias=attn_bias, o_bias=attn_bias)
+
+    if family == "starcoder2":
+        bias = r.bool("use_bias", True)
+        mlp = MLP(kind="plain", activation=act, intermediate_size=inter)
+        linears += [
+            Linear(path="mlp.c_fc", in_features=d, out_features=inter, bias=bias, component="mlp"),
+            Linear(path="mlp.c_proj", in_features=inter, out_features=d, bias=bias, component="mlp"),
+        ]
+        norm = Norm(kind="layer", bias=True)
+    elif family == "phi3":
+        mlp = MLP(kind="gated", activation=act, intermediate_size=inter)
+        linears += [
+            Linear(path="mlp.gate_up_proj", in_features=d, out_features=2 * inter, component="mlp"),
+            Linear(path="mlp.down_proj", in_features=inter, out_features=d, component="mlp"),
+        ]
+    else:
+        mlp = MLP(kind="gated", activation=act, intermediate_size=inter)
+        linears += _gated_mlp("mlp", d, inter, mlp_bias)
+
+    if family in ("gemma", "gemma2", "gemma3_text"):
+        norm = Norm(kind="rms_gemma")
+    if family in ("gemma2", "gemma3_text"):
+        layout, num_norms = "sandwich", 4
+    if family in ("qwen3", "gemma3_text"):
+        qk_norm = "per_head"
+        other["qk_norm"] = 2 * head_dim
+    if family == "olmo2":
+        layout, qk_norm = "post", "full"
+        norm = Norm(kind="rms_olmo")
+        other["qk_norm"] = heads * head_dim + kv_heads * head_dim
+    other["norms"] = num_norms * d * (2 if norm.bias else 1)
+
+    rope_dim = int(head_dim * _rope_fraction(r, 1.0))
+    # Gemma-2 caps attention and final logits with tanh unless the config sets them to null
+    softcap = r.config.get("attn_logit_softcapping", 50.0) if family == "gemma2" else None
+    attention = Attention(
+        kind="fused_qkv" if family == "phi3" else "standard",
+        num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim, v_head_dim=head_dim,
+        rope_dim=rope_dim, qk_norm=qk_norm, logit_softcap=softcap,
+        sliding_window=_sliding_window(r), dropout=r.float("attention_dropout", 0.0) or 0.0,
+        explicit_mask=family == "gemma3_text",
+    )
+    block = Block(layout=layout, norm=norm, num_norms=num_norms, attention=attention, mlp=mlp,
+                  linears=tuple(linears), other_params=other,
+                  residual_dropout=(r.float("residual_dropout", 0.0) or r.float("resid_pdrop", 0.0) or 0.0))
+    extra: dict[str, Any] = {}
+    if family == "gemma2":
+        extra["final_logit_softcap"] = r.config.get("final_logit_softcapping", 30.0)
+    if family in ("starcoder2", "phi3"):
+        extra["embedding_dropout"] = r.float("embedding_dropout", 0.0) or r.float("embd_pdrop", 0.0) or 0.0
+    return _spec(r, name, [block] * layers, d=d, vocab=vocab, tie=tie, final_norm=norm, **extra)
+
+
+# ------------------------------------------------------------------ MoE
+
+
+def _read_mixtral(r: ConfigReader, name: str | None) -> ModelSpec:
+    d = r.int("hidden_size")
+    heads = r.int("num_attention_heads")
+    kv_heads = r.int("num_key_value_heads", default=heads)
+    head_dim = r.int("head_dim", default=d // heads)
+    inter = r.int("intermediate_size")
+    experts = r.int("num_local_experts", "num_experts", default=8)
+    top_k = r.int("num_experts_per_tok", default=2)
+    linears = _qkvo("self_attn", d, heads, kv_heads, head_dim, qkv_bias=False, o_bias=False)
+    block = Block(
+        attention=Attention(num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim, v_head_dim=head_dim,
+                            rope_dim=head_dim, sliding_window=_sliding_window(r),
+                            dropout=r.float("attention_dropout", 0.0) or 0.0),
+        mlp=MLP(kind="moe", activation=_activation(r.str("hidden_act", "silu")), intermediate_size=inter,
+                num_experts=experts, top_k=top_k),
+        linears=tuple(linears),
+        other_params={"norms": 2 * d, "router": experts * d, "experts": experts * 3 * inter * d},
+    )
+    return _spec(r, name, [block] * r.int("num_hidden_layers"), d=d, vocab=r.int("vocab_size"),
+                 tie=r.bool("tie_word_embeddings", False), final_norm=Norm())
+
+
+def _read_qwen_moe(r: ConfigReader, name: str | None, *, family: str) -> ModelSpec:
+    d = r.int("hidden_size")
+    heads = r.int("num_attention_heads")
+    kv_heads = r.int("num_key_value_heads", default=heads)
+    head_dim = r.int("head_dim", default=d // heads)
+    layers = r.int("num_hidden_layers")
+    dense_inter = r.int("intermediate_size")
+    expert_inter = r.int("moe_intermediate_size")
+    experts = r.int("num_experts", "num_local_experts", default=60 if family == "qwen2_moe" else 128, minimum=0)
+    top_k = r.int("num_experts_per_tok", default=4 if family == "qwen2_moe" else 8)
+    step = r.int("decoder_sparse_step", default=1)
+    mlp_only = set(r.config.get("mlp_only_layers") or [])
+    act = _activation(r.str("hidden_act", "silu"))
+    if family == "qwen2_moe":
+        qkv_bias = r.bool("qkv_bias", True)
+        attn = _qkvo("self_attn", d, heads, kv_heads, head_dim, qkv_bias=qkv_bias, o_bias=False)
+        qk_norm, other_attn = "none", {}
+        shared = r.int("shared_expert_intermediate_size", default=5632, minimum=0)
+    else:
+        bias = r.bool("attention_bias", False)
+        attn = _qkvo("self_attn", d, heads, kv_heads, head_dim, qkv_bias=bias, o_bias=bias)
+        qk_norm, other_attn = "per_head", {"qk_norm": 2 * head_dim}
+        shared = 0
+    attention = Attention(num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim, v_head_dim=head_dim,
+                          rope_dim=head_dim, qk_norm=qk_norm, sliding_window=_sliding_window(r),
+                          dropout=r.float("attention_dropout", 0.0) or 0.0)
+    dense = Block(attention=attention, mlp=MLP(activation=act, intermediate_size=dense_inter),
+                  linears=tuple(attn + _gated_mlp("mlp", d, dense_inter, False)),
+                  other_params={**other_attn, "norms": 2 * d})
+    moe_linears = list(attn)
+    moe_other = {**other_attn, "norms": 2 * d, "router": experts * d, "experts": experts * 3 * expert_inter * d}
+    if shared:
+        moe_linears += _gated_mlp("mlp.shared_expert", d, shared, False, component="shared_expert")
+        moe_linears.append(Linear(path="mlp.shared_expert_gate", in_features=d, out_features=1,
+                                  component="shared_expert"))
+    moe = Block(attention=attention,
+                mlp=MLP(kind="moe", activation=act, intermediate_size=expert_inter, num_experts=experts,
+                        top_k=top_k, shared_intermediate_size=shared, shared_expert_gate=bool(shared)),
+                linears=tuple(moe_linears), other_params=moe_other)
+    blocks = [
+        moe if (i not in mlp_only and experts > 0 and (i + 1) % step == 0) else dense for i in range(layers)
+    ]
+    return _spec(r, name, blocks, d=d, vocab=r.int("vocab_size"), tie=r.bool("tie_word_embeddings", False),
+                 final_norm=Norm())
+
+
+def _read_deepseek_v3(r: ConfigReader, name: str | None) -> ModelSpec:
+    d = r.int("hidden_size")
+    heads = r.int("num_attention_heads")
+    layers = r.int("num_hidden_layers")
+    q_rank = r.config.get("q_lora_rank")
+    kv_rank = r.int("kv_lora_rank")
+    rope = r.int("qk_rope_head_dim")
+    nope = r.int("qk_nope_head_dim")
+    v_dim = r.int("v_head_dim")
+    qk_dim = nope + rope
+    bias = r.bool("attention_bias", False)
+    act = _activation(r.str("hidden_act", "silu"))
+    if q_rank:
+        q_rank = r.int("q_lora_rank")
+        attn = [
+            Linear(path="self_attn.q_a_proj", in_features=d, out_features=q_rank, bias=bias),
+            Linear(path="self_attn.q_b_proj", in_features=q_rank, out_features=heads * qk_dim),
+        ]
+        attn_other = {"qk_norm": q_rank + kv_rank}
+    else:
+        attn = [Linear(path="self_attn.q_proj", in_features=d, out_features=heads * qk_dim)]
+        attn_other = {"qk_norm": kv_rank}
+    attn += [
+        Linear(path="self_attn.kv_a_proj_with_mqa", in_features=d, out_features=kv_rank + rope, bias=bias),
+        Linear(path="self_attn.kv_b_proj", in_features=kv_rank, out_features=heads * (nope + v_dim)),
+        Linear(path="self_attn.o_proj", in_features=heads * v_dim, out_features=d, bias=bias),
+    ]
+    attention = Attention(kind="mla", num_heads=heads, num_kv_heads=heads, head_dim=qk_dim, v_head_dim=v_dim,
+                          rope_dim=rope, q_lora_rank=q_rank or None, kv_lora_rank=kv_rank,
+                          dropout=r.float("attention_dropout", 0.0) or 0.0)
+    dense_inter = r.int("intermediate_size")
+    expert_inter = r.int("moe_intermediate_size")
+    experts = r.int("n_routed_experts")
+    shared = r.int("n_shared_experts", default=0, minimum=0) * expert_inter
+    first_dense = r.int("first_k_dense_replace", default=0, minimum=0)
+    dense = Block(attention=attention, mlp=MLP(activation=act, intermediate_size=dense_inter),
+                  linears=tuple(attn + _gated_mlp("mlp", d, dense_inter, False)),
+                  other_params={**attn_other, "norms": 2 * d})
+    moe_linears = attn + (_gated_mlp("mlp.shared_experts", d, shared, False, component="shared_expert")
+                          if shared else [])
+    moe = Block(attention=attention,
+                mlp=MLP(kind="moe", activation=act, intermediate_size=expert_inter, num_experts=experts,
+                        top_k=r.int("num_experts_per_tok"), router="sigmoid", shared_intermediate_size=shared),
+                linears=tuple(moe_linears),
+                other_params={**attn_other, "norms": 2 * d, "router": experts * d,
+                              "experts": experts * 3 * expert_inter * d})
+    blocks = [dense if i < first_dense else moe for i in range(layers)]
+    warnings = ()
+    if r.config.get("num_nextn_predict_layers"):
+        warnings = ("the multi-token-prediction layers (num_nextn_predict_layers) are not counted: "
+                    "transformers does not build them for training",)
+    return _spec(r, name, blocks, d=d, vocab=r.int("vocab_size"), tie=r.bool("tie_word_embeddings", False),
+                 final_norm=Norm(), warnings=warnings)
+
+
+# --------------------------------------------------------- GPT-style models
+
+
+def _read_gpt2(r: ConfigReader, name: str | None) -> ModelSpec:
+    d = r.int("n_embd", "hidden_size")
+    heads = r.int("n_head", "num_attention_heads")
+    inner = r.int("n_inner", default=4 * d)
+    layers = r.int("n_layer", "num_hidden_layers")
+    linears = (
+        Linear(path="attn.c_attn", in_features=d, out_features=3 * d, bias=True),
+        Linear(path="attn.c_proj", in_features=d, out_features=d, bias=True),
+        Linear(path="mlp.c_fc", in_features=d, out_features=inner, bias=True, component="mlp"),
+        Linear(path="mlp.c_proj", in_features=inner, out_features=d, bias=True, component="mlp"),
+    )
+    block = Block(
+        norm=Norm(kind="layer", bias=True),
+        attention=Attention(kind="fused_qkv", num_heads=heads, num_kv_heads=heads, head_dim=d // heads,
+                            v_head_dim=d // heads, rope_dim=0, dropout=r.float("attn_pdrop", 0.1) or 0.0,
+                            softmax_fp32=False),
+        mlp=MLP(kind="plain", activation=_activation(r.str("activation_function", "gelu_new")),
+                intermediate_size=inner),
+        linears=linears, other_params={"norms": 4 * d},
+        residual_dropout=r.float("resid_pdrop", 0.1) or 0.0,
+    )
+    positions = r.int("n_positions", "max_position_embeddings", default=1024)
+    return _spec(r, name, [block] * layers, d=d, vocab=r.int("vocab_size"),
+                 tie=r.bool("tie_word_embeddings", True), final_norm=Norm(kind="layer", bias=True),
+                 learned_positions=positions, embedding_dropout=r.float("embd_pdrop", 0.1) or 0.0)
+
+
+def _read_gpt_neox(r: ConfigReader, name: str | None) -> ModelSpec:
+    d = r.int("hidden_size")
+    heads = r.int("num_attention_heads")
+    inter = r.int("intermediate_size")
+    bias = r.bool("attention_bias", True)
+    head_dim = d // heads
+    rope_dim = int(head_dim * _rope_fraction(r, 0.25) if "rotary_pct" not in r.config
+                   else head_dim * float(r.config["rotary_pct"]))
+    linears = (
+        Linear(path="attention.query_key_value", in_features=d, out_features=3 * d, bias=bias),
+        Linear(path="attention.dense", in_features=d, out_features=d, bias=bias),
+        Linear(path="mlp.dense_h_to_4h", in_features=d, out_features=inter, bias=True, component="mlp"),
+        Linear(path="mlp.dense_4h_to_h", in_features=inter, out_features=d, bias=True, component="mlp"),
+    )
+    parallel = r.bool("use_parallel_residual", True)
+    block = Block(
+        layout="parallel" if parallel else "pre",
+        norm=Norm(kind="layer", bias=True),
+        attention=Attention(kind="fused_qkv", num_heads=heads, num_kv_heads=heads, head_dim=head_dim,
+                            v_head_dim=head_dim, rope_dim=rope_dim,
+                            dropout=r.float("attention_dropout", 0.0) or 0.0),
+        mlp=MLP(kind="plain", activation=_activation(r.str("hidden_act", "gelu")), intermediate_size=inter),
+        linears=linears, other_params={"norms": 4 * d},
+        residual_dropout=r.float("hidden_dropout", 0.0) or 0.0,
+    )
+    return _spec(r, name, [block] * r.int("num_hidden_layers"), d=d, vocab=r.int("vocab_size"),
+                 tie=r.bool("tie_word_embeddings", False), final_norm=Norm(kind="layer", bias=True))
+
+
+def _read_falcon(r: ConfigReader, name: str | None) -> ModelSpec:
+    d = r.int("hidden_size")
+    heads = r.int("num_attention_heads", "n_head")
+    head_dim = d // heads
+    bias = r.bool("bias", False)
+    new_arch = r.bool("new_decoder_architecture", False)
+    multi_query = r.bool("multi_query", True)
+    kv_heads = r.int("num_kv_heads", default=heads)
+    if new_arch:
+        qkv_out, kv = (heads + 2 * kv_heads) * head_dim, kv_heads
+    elif multi_query:
+        qkv_out, kv = d + 2 * head_dim, 1
+    else:
+        qkv_out, kv = 3 * d, heads
+    ffn = r.int("ffn_hidden_size", default=4 * d)
+    parallel = r.bool("parallel_attn", True)
+    if new_arch:
+        num_norms = 1 if r.config.get("num_ln_in_parallel_attn") == 1 else 2
+    else:
+        num_norms = 1 if parallel else 2
+    linears = (
+        Linear(path="self_attention.query_key_value", in_features=d, out_features=qkv_out, bias=bias),
+        Linear(path="self_attention.dense", in_features=d, out_features=d, bias=bias),
+        Linear(path="mlp.dense_h_to_4h", in_features=d, out_features=ffn, bias=bias, component="mlp"),
+        Linear(path="mlp.dense_4h_to_h", in_features=ffn, out_features=d, bias=bias, component="mlp"),
+    )
+    warnings = ("alibi position bias is not modelled separately",) if r.bool("alibi", False) else ()
+    block = Block(
+        layout="parallel" if (parallel or new_arch) else "pre",
+        norm=Norm(kind="layer", bias=True), num_norms=num_norms,
+        attention=Attention(kind="fused_qkv", num_heads=heads, num_kv_heads=kv, head_dim=head_dim,
+                            v_head_dim=head_dim, rope_dim=0 if r.bool("alibi", False) else head_dim,
+                            dropout=r.float("attention_dropout", 0.0) or 0.0, explicit_mask=True,
+                            softmax_fp32=False),
+        mlp=MLP(kind="plain", activation=_activation(r.str("activation", "gelu")), intermediate_size=ffn),
+        linears=linears, other_params={"norms": num_norms * 2 * d},
+        residual_dropout=r.float("hidden_dropout", 0.0) or 0.0,
+    )
+    return _spec(r, name, [block] * r.int("num_hidden_layers", "n_layer"), d=d, vocab=r.int("vocab_size"),
+                 tie=r.bool("tie_word_embeddings", True), final_norm=Norm(kind="layer", bias=True),
+                 warnings=warnings)
+
+
+# ------------------------------------------------------------- dispatch
+
+
+def _read_generic(r: ConfigReader, name: str | None) -> ModelSpec:
+    """Any decoder with the standard keys: estimated as a Llama-style block."""
+    d = r.int("hidden_size", "n_embd", "d_model")
+    heads = r.int("num_attention_heads", "n_head", "num_heads")
+    kv_heads = r.int("num_key_value_heads", "num_kv_heads", default=heads)
+    head_dim = r.int("head_dim", default=d // heads)
+    inter = r.int("intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size", default=4 * d)
+    act = _activation(r.str("hidden_act", "") or r.str("activation_function", "silu"))
+    gated = act == "silu"
+    linears = _qkvo("self_attn", d, heads, kv_heads, head_dim, qkv_bias=r.bool("attention_bias", False),
+                    o_bias=r.bool("attention_bias", False))
+    if gated:
+        linears += _gated_mlp("mlp", d, inter, r.bool("mlp_bias", False))
+    else:
+        linears += [Linear(path="mlp.fc1", in_features=d, out_features=inter, component="mlp"),
+                    Linear(path="mlp.fc2", in_features=inter, out_features=d, component="mlp")]
+    block = Block(
+        attention=Attention(num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim, v_head_dim=head_dim,
+                            rope_dim=head_dim),
+        mlp=MLP(kind="gated" if gated else "plain", activation=act, intermediate_size=inter),
+        linears=tuple(linears), other_params={"norms": 2 * d},
+    )
+    warning = (f"model_type {r.model_type!r} is not one ftplan knows exactly; parameters and memory are a "
+               "generic Llama-style decoder estimate from the standard config keys")
+    return _spec(r, name, [block] * r.int("num_hidden_layers", "n_layer", "num_layers"), d=d,
+                 vocab=r.int("vocab_size"), tie=r.bool("tie_word_embeddings", False), final_norm=Norm(),
+                 warnings=(warning,))
+
+
+def _llama_like(family: str) -> Callable[[ConfigReader, str | None], ModelSpec]:
+    return lambda r, name: _read_llama_like(r, name, family=family)
+
+
+def _qwen_moe(family: str) -> Callable[[ConfigReader, str | None], ModelSpec]:
+    return lambda r, name: _read_qwen_moe(r, name, family=family)
+
+
+READERS: dict[str, Callable[[ConfigReader, str | None], ModelSpec]] = {
+    **{t: _llama_like(t) for t in ("llama", "mistral", "qwen2", "qwen3", "granite", "gemma", "gemma2",
+                                   "gemma3_text", "olmo2", "starcoder2", "phi3")},
+    "mixtral": _read_mixtral,
+    "qwen2_moe": _qwen_moe("qwen2_moe"),
+    "qwen3_moe": _qwen_moe("qwen3_moe"),
+    "deepseek_v3": _read_deepseek_v3,
+    "gpt2": _read_gpt2,
+    "gpt_neox": _read_gpt_neox,
+    "falcon": _read_falcon,
+}
+
+EXACT_MODEL_TYPES = tuple(READERS)
+
+
+def read_config(config: dict, *, source: str, name: str | None = None) -> ModelSpec:
+    model_type = config.get("model_type")
+    if model_type not in READERS and isinstance(config.get("text_config"), dict):
+        # Multimodal wrappers (e.g. Gemma 3, LLaVA): plan the language model they carry.
+        text = dict(config["text_config"])
+        text.setdefault("architectures", config.get("architectures"))
+        spec = read_config(text, source=f"{source} (text_config)", name=name)
+        note = f"{model_type}: only the language model (text_config) is planned; the vision tower is not counted"
+        return spec.model_copy(update={"warnings": (*spec.warnings, note)})
+    if not model_type:
+        raise FtplanError(f"{source}: missing key 'model_type'; is this a transformers config.json?")
+    reader = READERS.get(model_type, _read_generic)
+    return reader(ConfigReader(config, source), name)

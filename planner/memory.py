@@ -1,0 +1,299 @@
+"""The memory model: per-GPU bytes of each component, and the peak over a training step.
+
+A training step is three phases, and the components alive in each differ:
+
+* **forward** (measured at the loss, its largest point): weights, optimizer state,
+  saved activations, the logits and their fp32 up-cast;
+* **backward**: at its start every activation is still alive while the loss's
+  fp32 logit gradients are created; at its end the activations are gone and every
+  gradient exists (the peak is at one of the two ends: in between, activations
+  are freed layer by layer as gradients of the same layers are allocated);
+* **optimizer step**: weights, gradients, optimizer state and the optimizer's
+  temporaries.
+
+`total` is the largest phase plus the allocator's fragmentation and the CUDA
+context, i.e. what `nvidia-smi` shows at the peak.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from planner.activations import ActivationBytes, saved_bytes
+from planner.methods import (
+    DTYPE_BYTES,
+    TrainingLayout,
+    adapter_dtype,
+    block_training,
+    keeps_master_copy,
+    layout,
+    lora_targets,
+)
+from planner.params import ParamCounts, count_params
+from planner.plan import Plan
+from planner.spec import ModelSpec
+
+COMPONENTS = ("weights", "master_weights", "optimizer", "gradients", "activations", "logits", "temporaries")
+PHASES = ("forward", "backward", "optimizer")
+
+
+class Phase(BaseModel):
+    name: str
+    parts: dict[str, int]
+    allocated: int
+    what: str  # which transient dominates this phase
+
+
+class Breakdown(BaseModel):
+    """Per-GPU bytes. Components are each at their largest; `total` is the peak phase."""
+
+    weights: int
+    gradients: int
+    optimizer: int
+    master_weights: int
+    activations: int
+    logits: int
+    temporaries: int
+    overhead: int
+    total: int
+    peak_phase: str
+    peak_allocated: int
+    phases: list[Phase]
+    cpu_offload: int = 0  # host RAM taken by an offloaded optimizer
+    details: dict[str, int] = {}
+
+
+# ---------------------------------------------------------------- components
+
+
+def weight_bytes(train: TrainingLayout, plan: Plan) -> int:
+    """Σ params × bytes of their storage dtype (NF4/int8 with quantization constants).
+
+    ZeRO-3 / FSDP full sharding divides the weights over the GPUs (Rajbhandari et al. 2020, "P_os+g+p").
+    """
+    total = train.weight_bytes
+    return _ceil_div(total, plan.gpus) if plan.zero == 3 else total
+
+
+def gradient_dtype(train: TrainingLayout) -> dict[str, int]:
+    """Trainable parameters by the dtype their gradients take (the parameter's own dtype)."""
+    return train.trainable_bytes_by_dtype()
+
+
+def gradient_bytes(train: TrainingLayout, plan: Plan) -> int:
+    """Σ trainable params × bytes of their dtype; ZeRO-2/3 shard them over the GPUs.
+
+    Plain DDP (several GPUs, no ZeRO) also keeps its gradient buckets, a second
+    copy of every gradient unless `gradient_as_bucket_view=True` (PyTorch's default is False).
+    """
+    total = sum(n * DTYPE_BYTES[dt] for dt, n in gradient_dtype(train).items())
+    if plan.zero >= 2:
+        return _ceil_div(total, plan.gpus)
+    if plan.gpus > 1 and plan.zero == 0:
+        return 2 * total
+    return total
+
+
+def optimizer_state_bytes(train: TrainingLayout, plan: Plan, spec: ModelSpec) -> int:
+    """Optimizer state per trainable parameter (Loshchilov & Hutter 2019; Dettmers et al. 2022).
+
+    * AdamW: exp_avg + exp_avg_sq in the parameter's dtype (PyTorch allocates them `zeros_like(p)`),
+      so 8 bytes for fp32 parameters, 4 for pure bf16, 8 (fp32) under a ZeRO master copy.
+    * 8-bit AdamW (bitsandbytes): 2 bytes, plus an fp32 absmax per block of 2048, for tensors of at least
+      4096 elements; smaller ones keep 32-bit state.
+    * Adafactor (Shazeer & Stern 2018): factored second moment, one row and one column vector per matrix.
+    * SGD: nothing; with momentum: one buffer.
+    ZeRO-1+ shards the state over the GPUs; `--offload-optimizer` moves it to host RAM.
+    """
+    per_dtype = gradient_dtype(train)
+    state_dtype_bytes = {dt: (4 if keeps_master_copy(plan) else DTYPE_BYTES[dt]) for dt in per_dtype}
+    params = sum(per_dtype.values())
+    opt = plan.optimizer
+    if opt in ("adamw", "adamw-fused"):
+        total = sum(2 * n * state_dtype_bytes[dt] for dt, n in per_dtype.items())
+    elif opt in ("adamw-8bit", "paged-adamw-8bit"):
+        small = _small_tensor_params(train, spec)
+        big = params - small
+        total = 2 * big + 2 * 4 * _ceil_div(big, 2048) + 8 * small
+    elif opt == "adafactor":
+        total = _adafactor_state(train, spec, plan, max(state_dtype_bytes.values(), default=4))
+    elif opt == "sgd-momentum":
+        total = sum(n * state_dtype_bytes[dt] for dt, n in per_dtype.items())
+    else:
+        total = 0
+    return _ceil_div(total, plan.gpus) if plan.zero >= 1 else total
+
+
+def master_weight_bytes(train: TrainingLayout, plan: Plan) -> int:
+    """fp32 copy of 16-bit trainable weights, kept by DeepSpeed/ZeRO mixed precision (ZeRO paper's K=12 includes it)."""
+    if not keeps_master_copy(plan):
+        return 0
+    return _ceil_div(4 * train.trainable_params, plan.gpus)
+
+
+def activation_bytes(spec: ModelSpec, plan: Plan, train: TrainingLayout) -> ActivationBytes:
+    """Bytes autograd saves for backward in one micro-batch (see planner.activations).
+
+    Replayed op by op rather than a closed formula; matches `saved_tensors_hooks` on real
+    transformers models. Logits: the loss up-casts them and log_softmax keeps an fp32 copy.
+    """
+    trainable_dtype = "fp32" if plan.mixed and plan.zero == 0 else plan.compute_dtype
+    if plan.precision == "fp32":
+        trainable_dtype = "fp32"
+    return saved_bytes(
+        spec, block_training(spec, plan), batch=plan.batch_size, seq=plan.seq_len,
+        compute=plan.compute_dtype, weight_dtypes=(trainable_dtype, plan.compute_dtype),
+        kernel=plan.attention, autocast=plan.compute_dtype if plan.mixed else None,
+        embeddings_trainable=train.embeddings_trainable, head_trainable=train.head_trainable,
+        input_grad=plan.gradient_checkpointing, lora_rank=plan.lora_rank, lora_dropout=plan.lora_dropout,
+        adapter_dtype=adapter_dtype(plan), device=plan.device,
+    )
+
+
+def autocast_weight_copies(train: TrainingLayout, plan: Plan, counts: ParamCounts) -> int:
+    """Under torch.autocast, fp32 trainable weights are cast to 16 bits once per forward and the
+    copies are saved for backward (the autocast weight cache), 2 bytes per matmul weight."""
+    if not plan.mixed or plan.zero > 0:
+        return 0
+    if train.method == "full":
+        tied_head = 0 if counts.head else counts.embeddings - counts.position_embeddings
+        return 2 * (counts.total - counts.norms - counts.embeddings + tied_head)
+    if train.method == "freeze":
+        return 2 * train.trainable_params
+    return 2 * train.adapter_params
+
+
+def _checkpointed(spec: ModelSpec, plan: Plan, acts: ActivationBytes) -> tuple[int, int]:
+    """With gradient checkpointing each block keeps only its input (one hidden-state tensor);
+    one block's activations are recomputed at a time during backward (Chen et al. 2016)."""
+    per_block_input = plan.tokens * spec.hidden_size * DTYPE_BYTES[
+        "fp32" if plan.precision == "fp32" else plan.compute_dtype]
+    return spec.num_layers * per_block_input, acts.per_block_max
+
+
+def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = None,
+                    train: TrainingLayout | None = None) -> Breakdown:
+    counts = counts or count_params(spec)
+    train = train or layout(spec, counts, plan)
+    acts = activation_bytes(spec, plan, train)
+    weights = weight_bytes(train, plan)
+    grads = gradient_bytes(train, plan)
+    opt_state = optimizer_state_bytes(train, plan, spec)
+    master = master_weight_bytes(train, plan)
+    cpu_offload = 0
+    if plan.offload_optimizer:
+        cpu_offload = opt_state + master
+        opt_state = master = 0
+
+    copies = autocast_weight_copies(train, plan, counts)
+    if plan.gradient_checkpointing:
+        block_acts, recompute = _checkpointed(spec, plan, acts)
+    else:
+        block_acts, recompute = acts.blocks, 0
+    activations = block_acts + acts.outside + copies
+    logits = acts.logits
+
+    tv = plan.tokens * spec.vocab_size
+    compute_bytes = DTYPE_BYTES[plan.compute_dtype]
+    # forward: the model's logits and the loss's fp32 up-cast coexist with log_softmax's output
+    loss_forward = tv * compute_bytes + (4 * tv if plan.compute_dtype != "fp32" else 0)
+    # backward start: nll_loss's fp32 grad and log_softmax's fp32 grad input, both T x V
+    loss_backward = 8 * tv
+    largest_linear = max((lin.in_features * lin.out_features for g in spec.blocks for lin in g.block.linears),
+                         default=0)
+    dequant = largest_linear * compute_bytes if train.method == "qlora" else 0
+    zero3_gather = 0
+    if plan.zero == 3 and plan.gpus > 1:
+        layer_bytes = max(counts.per_layer) * DTYPE_BYTES[plan.compute_dtype]
+        zero3_gather = 2 * layer_bytes  # the current layer and the prefetched next one
+    optimizer_temp = _optimizer_temporaries(train, plan)
+
+    persistent = {"weights": weights, "master_weights": master, "optimizer": opt_state}
+    accum_grads = grads if plan.grad_accum > 1 else 0
+    forward = {**persistent, "gradients": accum_grads, "activations": activations, "logits": logits,
+               "temporaries": max(loss_forward, dequant) + zero3_gather}
+    backward_start = {**persistent, "gradients": accum_grads, "activations": activations, "logits": logits,
+                      "temporaries": loss_backward + recompute + zero3_gather + dequant}
+    backward_end = {**persistent, "gradients": grads, "activations": 0, "logits": 0,
+                    "temporaries": recompute + zero3_gather + dequant}
+    backward = max(backward_start, backward_end, key=lambda p: sum(p.values()))
+    optimizer = {**persistent, "gradients": grads, "activations": 0, "logits": 0, "temporaries": optimizer_temp}
+    phases = [
+        Phase(name="forward", parts=forward, allocated=sum(forward.values()),
+              what="loss: logits and their fp32 up-cast"),
+        Phase(name="backward", parts=backward, allocated=sum(backward.values()),
+              what=("start: fp32 logit gradients" if backward is backward_start else "end: all gradients")
+              + (", one block recomputed" if recompute else "")),
+        Phase(name="optimizer", parts=optimizer, allocated=sum(optimizer.values()),
+              what="step: " + ("foreach temporaries" if optimizer_temp else "in-place update")),
+    ]
+    peak = max(phases, key=lambda p: p.allocated)
+    fragmentation = int(peak.allocated * plan.fragmentation)
+    context = plan.cuda_context if plan.device == "cuda" else 0
+    overhead = fragmentation + context
+    return Breakdown(
+        weights=weights, gradients=grads, optimizer=opt_state, master_weights=master,
+        activations=activations, logits=logits,
+        temporaries=max(p.parts["temporaries"] for p in phases),
+        overhead=overhead, total=peak.allocated + overhead, peak_phase=peak.name,
+        peak_allocated=peak.allocated, phases=phases, cpu_offload=cpu_offload,
+        details={
+            "activations_saved_in_blocks": block_acts, "activations_outside_blocks": acts.outside,
+            "autocast_weight_copies": copies, "recompute_one_block": recompute,
+            "loss_forward_transient": loss_forward, "loss_backward_transient": loss_backward,
+            "optimizer_temporaries": optimizer_temp, "zero3_gather": zero3_gather, "qlora_dequant": dequant,
+            "fragmentation": fragmentation, "cuda_context": context,
+        },
+    )
+
+
+def _optimizer_temporaries(train: TrainingLayout, plan: Plan) -> int:
+    """PyTorch's foreach AdamW materialises sqrt(exp_avg_sq) for the whole parameter group
+    (`torch._foreach_sqrt` in `_multi_tensor_adam`); the fused kernel and bitsandbytes update in place."""
+    if plan.optimizer != "adamw" or plan.offload_optimizer:
+        return 0
+    per_dtype = gradient_dtype(train)
+    bytes_ = sum(n * (4 if keeps_master_copy(plan) else DTYPE_BYTES[dt]) for dt, n in per_dtype.items())
+    return _ceil_div(bytes_, plan.gpus) if plan.zero >= 1 else bytes_
+
+
+def _small_tensor_params(train: TrainingLayout, spec: ModelSpec) -> int:
+    """Trainable params in tensors below bitsandbytes' min_8bit_size (4096): norms, biases, tiny LoRA A/B."""
+    if train.method in ("lora", "qlora"):
+        return 0  # LoRA matrices are rank x width: above 4096 elements for any real model
+    d = spec.hidden_size
+    small = 0
+    for group in spec.blocks:
+        if train.method == "freeze":
+            continue
+        block = group.block
+        small += group.count * (block.other_params.get("norms", 0) + block.other_params.get("qk_norm", 0))
+        small += group.count * sum(lin.out_features for lin in block.linears if lin.bias)
+    return small + (d if train.method == "full" else 0)
+
+
+def _adafactor_state(train: TrainingLayout, spec: ModelSpec, plan: Plan, nbytes: int) -> int:
+    """Adafactor keeps rows + cols second-moment entries per trainable matrix, a full one per vector."""
+    d = spec.hidden_size
+    entries = 0
+    chosen = set(train.trainable_layers)
+    for index, block in spec.iter_blocks():
+        if train.method in ("lora", "qlora"):
+            entries += sum(2 * plan.lora_rank + lin.in_features + lin.out_features
+                           for lin in lora_targets(spec, block, plan)[0])
+            continue
+        if train.method == "freeze" and index not in chosen:
+            continue
+        entries += sum(lin.in_features + lin.out_features + (lin.out_features if lin.bias else 0)
+                       for lin in block.linears)
+        entries += block.other_params.get("norms", 0) + block.other_params.get("qk_norm", 0)
+        if block.mlp.kind == "moe":
+            e, i = block.mlp.num_experts, block.mlp.intermediate_size
+            entries += e * (2 * i + d) + e * (d + i) + e + d
+    if train.method == "full":
+        entries += (spec.vocab_size + d) * (1 if spec.tie_word_embeddings else 2) + d
+    return nbytes * entries
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)

@@ -1,0 +1,258 @@
+"""Full / freeze / LoRA / QLoRA: which parameters train, and in which dtype each is stored.
+
+What the real stack does, as measured (see tests/planner/test_memory_truth.py):
+- peft keeps LoRA A/B in fp32 even on a bf16 base (`autocast_adapter_dtype=True`);
+- LLaMA-Factory loads the base in the compute dtype and, for mixed precision,
+  up-casts only the trainable parameters to fp32 (they are then the optimizer's
+  master copy, there is no second one);
+- bitsandbytes quantizes `nn.Linear` modules only: embeddings, LM head, norms,
+  routers and transformers 5's fused 3-D MoE expert tensors stay in the compute dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from planner.errors import FtplanError
+from planner.params import ATTENTION_ALIASES, ParamCounts, select_linears
+from planner.plan import Plan
+from planner.spec import Block, Linear, ModelSpec
+
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "bool": 1}
+
+# bitsandbytes 4-bit (NF4/FP4): two weights per byte, one absmax per block of 64.
+# Double quantization stores the absmax as uint8 with one fp32 absmax per 256 blocks
+# (Dettmers et al. 2023, QLoRA, Sec. 3: 0.127 bits/param of constants instead of 0.5).
+NF4_BLOCK = 64
+NF4_DQ_BLOCK = 256
+
+
+def quantized_bytes(numel: int, out_features: int, bits: int, double_quant: bool) -> int:
+    """Bytes of one quantized linear weight, constants included."""
+    if bits == 8:
+        # LLM.int8(): int8 weights plus one fp32 scale per output row (SCB).
+        return numel + 4 * out_features
+    blocks = -(-numel // NF4_BLOCK)
+    packed = -(-numel // 2)
+    codebook = 16 * 4  # the NF4/FP4 code, fp32, stored with every weight's quant_state
+    if not double_quant:
+        return packed + 4 * blocks + codebook
+    # uint8 absmax, its fp32 offset, and the nested state: fp32 absmax per 256 blocks + 256-entry code
+    return packed + blocks + codebook + 4 + 4 * (-(-blocks // NF4_DQ_BLOCK)) + 256 * 4
+
+
+@dataclass(frozen=True)
+class BlockTraining:
+    """How one decoder block trains: all its weights, none, or LoRA on some linears / MoE parameters."""
+
+    base_trainable: bool
+    lora_paths: frozenset[str] = frozenset()
+    lora_params: frozenset[str] = frozenset()  # "router", "gate_up", "down": peft ParamWrapper targets
+
+
+# peft >= 0.18 on transformers 5 keeps old (v4) LoRA targets working on MoE models whose experts became
+# fused 3-D parameters: the v4 names are re-pointed to those parameters (peft/utils/
+# transformers_weight_conversion.py, `_MOE_TARGET_MODULE_MAPPING`, used through transformers'
+# `_MODEL_TO_CONVERSION_PATTERN`). A name mapped this way stops targeting the nn.Linear modules of the
+# same name (dense and shared-expert MLPs), and `all` ("all-linear") includes every mapped name.
+_PEFT_MOE_TARGETS: dict[str, dict[str, str]] = {
+    "mixtral": {"gate": "router", "w1": "gate_up", "w3": "gate_up", "w2": "down"},
+    "qwen3_moe": {"gate": "router", "gate_proj": "gate_up", "up_proj": "gate_up", "down_proj": "down"},
+    "deepseek_v3": {"gate": "router", "gate_proj": "gate_up", "up_proj": "gate_up", "down_proj": "down"},
+}
+
+
+def _target_names(target: str) -> list[str]:
+    return [n.strip() for n in target.split(",") if n.strip()]
+
+
+def lora_targets(spec: ModelSpec, block: Block, plan: Plan) -> tuple[list[Linear], frozenset[str]]:
+    """The linears peft wraps in `block`, and the MoE parameters it wraps with ParamWrapper."""
+    mapping = _PEFT_MOE_TARGETS.get(spec.model_type)
+    names = _target_names(plan.lora_target)
+    lowered = {n.lower() for n in names}
+    if not mapping or lowered & ATTENTION_ALIASES:
+        return select_linears(block, plan.lora_target), frozenset()
+    if "all" in lowered:
+        names = sorted({lin.name for g in spec.blocks for lin in g.block.linears} | set(mapping))
+    mapped = [n for n in names if n.rsplit(".", 1)[-1] in mapping]
+    params = {mapping[n.rsplit(".", 1)[-1]] for n in mapped}
+    if "gate_up" in params:
+        parts = {k for k, v in mapping.items() if v == "gate_up"}
+        given = {n.rsplit(".", 1)[-1] for n in mapped} & parts
+        if given != parts:
+            raise FtplanError(
+                f"--lora-target: {', '.join(sorted(given))} is fused with {', '.join(sorted(parts - given))} "
+                f"in transformers 5's {spec.model_type} experts; target both or neither (peft requires it)"
+            )
+    modules = [n for n in names if n not in mapped]
+    linears = select_linears(block, modules) if modules else []
+    return linears, frozenset(params) if block.mlp.kind == "moe" else frozenset()
+
+
+def lora_param_adapters(block: Block, hidden: int, params: frozenset[str], rank: int) -> int:
+    """LoRA parameters peft adds for the MoE tensors it wraps (ParamWrapper).
+
+    A 3-D expert tensor (E, out, in) gets A: (E*r, in) and B: (out, E*r); the fused gate_up
+    tensor gets twice the rank (peft's rank_pattern for fused w1+w3); the router (E, d) gets A: (r, d), B: (E, r).
+    """
+    mlp = block.mlp
+    e, i = mlp.num_experts, mlp.intermediate_size
+    total = 0
+    if "router" in params:
+        total += rank * (hidden + e)
+    if "gate_up" in params:
+        total += e * 2 * rank * (hidden + 2 * i)
+    if "down" in params:
+        total += e * rank * (i + hidden)
+    return total
+
+
+class ParamGroup(BaseModel):
+    name: str
+    params: int
+    dtype: str  # fp32 | bf16 | fp16 | nf4 | int8
+    nbytes: int
+    trainable: bool
+
+
+class TrainingLayout(BaseModel):
+    method: str
+    trainable_params: int
+    adapter_params: int = 0
+    lora_modules: int = 0
+    trainable_layers: list[int] = []
+    embeddings_trainable: bool = False
+    head_trainable: bool = False
+    groups: list[ParamGroup]
+    notes: list[str] = []
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(g.nbytes for g in self.groups)
+
+    def trainable_bytes_by_dtype(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for g in self.groups:
+            if g.trainable:
+                out[g.dtype] = out.get(g.dtype, 0) + g.params
+        return out
+
+
+def trainable_layer_indices(spec: ModelSpec, plan: Plan) -> list[int]:
+    n = plan.freeze_trainable_layers
+    if abs(n) > spec.num_layers:
+        raise FtplanError(
+            f"--freeze-trainable-layers: {n} asks for more layers than the model has ({spec.num_layers})"
+        )
+    return list(range(spec.num_layers - n, spec.num_layers)) if n > 0 else list(range(-n))
+
+
+def block_training(spec: ModelSpec, plan: Plan) -> list[BlockTraining]:
+    """One `BlockTraining` per decoder layer."""
+    if plan.method == "full":
+        return [BlockTraining(True)] * spec.num_layers
+    if plan.method == "freeze":
+        chosen = set(trainable_layer_indices(spec, plan))
+        return [BlockTraining(i in chosen) for i in range(spec.num_layers)]
+    out = []
+    for _, block in spec.iter_blocks():
+        linears, params = lora_targets(spec, block, plan)
+        out.append(BlockTraining(False, frozenset(lin.path for lin in linears), params))
+    return out
+
+
+def check_lora_target(spec: ModelSpec, plan: Plan) -> None:
+    if plan.method not in ("lora", "qlora"):
+        return
+    if not any(any(lora_targets(spec, g.block, plan)) for g in spec.blocks):
+        names = sorted({lin.name for g in spec.blocks for lin in g.block.linears})
+        raise FtplanError(
+            f"--lora-target {plan.lora_target}: matches no linear layer of {spec.model_type}; "
+            f"use all, attention, or names from: {', '.join(names)}"
+        )
+
+
+def _param_dtype(plan: Plan, trainable: bool) -> str:
+    """Storage dtype of a (non-quantized) parameter."""
+    if not trainable or plan.precision == "bf16":
+        return plan.compute_dtype
+    if plan.mixed and plan.zero > 0:
+        # DeepSpeed mixed precision: compute-dtype weights, fp32 master in the optimizer.
+        return plan.compute_dtype
+    return "fp32"
+
+
+def keeps_master_copy(plan: Plan) -> bool:
+    """A separate fp32 master copy exists only where weights train in 16 bits under ZeRO."""
+    return plan.mixed and plan.zero > 0
+
+
+def adapter_dtype(plan: Plan) -> str:
+    return plan.compute_dtype if keeps_master_copy(plan) else "fp32"
+
+
+def layout(spec: ModelSpec, counts: ParamCounts, plan: Plan) -> TrainingLayout:
+    check_lora_target(spec, plan)
+    groups: list[ParamGroup] = []
+    notes: list[str] = []
+
+    def add(name: str, params: int, trainable: bool, dtype: str | None = None, nbytes: int | None = None):
+        if params <= 0:
+            return
+        dtype = dtype or _param_dtype(plan, trainable)
+        nbytes = params * DTYPE_BYTES[dtype] if nbytes is None else nbytes
+        groups.append(ParamGroup(name=name, params=params, dtype=dtype, nbytes=nbytes, trainable=trainable))
+
+    if plan.method == "full":
+        add("all parameters", counts.total, True)
+        return TrainingLayout(method="full", trainable_params=counts.total, groups=groups,
+                              embeddings_trainable=True, head_trainable=True, notes=notes)
+
+    if plan.method == "freeze":
+        chosen = trainable_layer_indices(spec, plan)
+        trainable = sum(counts.per_layer[i] for i in chosen)
+        add("trainable layers", trainable, True)
+        add("frozen layers, embeddings, head", counts.total - trainable, False)
+        notes.append(f"freeze: layers {chosen[0]}..{chosen[-1]} train (LLaMA-Factory freeze_trainable_layers="
+                     f"{plan.freeze_trainable_layers}); embeddings and LM head are frozen")
+        return TrainingLayout(method="freeze", trainable_params=trainable, trainable_layers=chosen,
+                              groups=groups, notes=notes)
+
+    # LoRA / QLoRA
+    adapters = modules = quant_params = quant_bytes = 0
+    for _, block in spec.iter_blocks():
+        linears, params = lora_targets(spec, block, plan)
+        for lin in linears:
+            adapters += plan.lora_rank * (lin.in_features + lin.out_features)
+            modules += 1
+        adapters += lora_param_adapters(block, spec.hidden_size, params, plan.lora_rank)
+        modules += len(params)
+        if plan.method == "qlora":
+            for lin in block.linears:
+                w = lin.in_features * lin.out_features
+                quant_params += w
+                quant_bytes += quantized_bytes(w, lin.out_features, plan.quant_bits, plan.double_quant)
+                if lin.bias:  # biases stay in the compute dtype
+                    pass
+    if plan.method == "qlora":
+        qname = f"{plan.quant_bits}-bit" + (" NF4" if plan.quant_bits == 4 else " LLM.int8")
+        if plan.quant_bits == 4 and plan.double_quant:
+            qname += " + double quant"
+        add(f"quantized linears ({qname})", quant_params, False,
+            dtype="nf4" if plan.quant_bits == 4 else "int8", nbytes=quant_bytes)
+        add("embeddings, head, norms, biases (not quantized)", counts.total - quant_params, False)
+        if counts.experts:
+            notes.append("qlora: transformers 5 stores MoE experts as fused 3-D tensors that bitsandbytes "
+                         "does not quantize; they stay in the compute dtype")
+    else:
+        add("frozen base model", counts.total, False)
+    dtype = adapter_dtype(plan)
+    add("LoRA adapters", adapters, True, dtype=dtype)
+    if dtype == "fp32" and plan.compute_dtype != "fp32":
+        notes.append("lora: peft keeps adapter weights in fp32 (autocast_adapter_dtype=True) and casts "
+                     "each adapter's input to fp32")
+    return TrainingLayout(method=plan.method, trainable_params=adapters, adapter_params=adapters,
+                          lora_modules=modules, groups=groups, notes=notes)

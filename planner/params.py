@@ -1,0 +1,93 @@
+"""Exact parameter counts per component, from a `ModelSpec`.
+
+Counts follow what `model.parameters()` yields in transformers: a tied LM head
+shares the embedding matrix and is not counted twice.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from planner.spec import Block, Linear, ModelSpec
+
+
+class ParamCounts(BaseModel):
+    total: int
+    embeddings: int  # token embeddings (+ learned positions)
+    position_embeddings: int = 0
+    attention: int
+    mlp: int  # dense MLPs and shared experts
+    experts: int  # routed experts (MoE)
+    router: int
+    norms: int  # all norm weights/biases, q/k norms included
+    head: int  # 0 when tied to the embeddings
+    per_layer: list[int]
+    active_per_token: int  # parameters one token passes through (MoE: top-k experts only)
+
+
+def _block_components(block: Block) -> dict[str, int]:
+    out = {"attention": 0, "mlp": 0, "experts": 0, "router": 0, "norms": 0}
+    for lin in block.linears:
+        out["attention" if lin.component == "attention" else "mlp"] += lin.params
+    other = block.other_params
+    out["experts"] += other.get("experts", 0)
+    out["router"] += other.get("router", 0)
+    out["norms"] += other.get("norms", 0) + other.get("qk_norm", 0)
+    return out
+
+
+def _active(block: Block) -> int:
+    mlp = block.mlp
+    if mlp.kind != "moe" or not mlp.num_experts:
+        return block.params
+    per_expert = block.other_params.get("experts", 0) // mlp.num_experts
+    return block.params - block.other_params.get("experts", 0) + mlp.top_k * per_expert
+
+
+def count_params(spec: ModelSpec) -> ParamCounts:
+    d = spec.hidden_size
+    embeddings = spec.vocab_size * d + spec.learned_positions * d
+    head = 0 if spec.tie_word_embeddings else spec.vocab_size * d
+    final_norm = d * (2 if spec.final_norm.bias else 1)
+    totals = {"attention": 0, "mlp": 0, "experts": 0, "router": 0, "norms": final_norm}
+    per_layer: list[int] = []
+    active = 0
+    for group in spec.blocks:
+        parts = _block_components(group.block)
+        for key, value in parts.items():
+            totals[key] += value * group.count
+        per_layer += [group.block.params] * group.count
+        active += _active(group.block) * group.count
+    total = embeddings + head + sum(totals.values())
+    return ParamCounts(
+        total=total, embeddings=embeddings, head=head, position_embeddings=spec.learned_positions * d, per_layer=per_layer,
+        active_per_token=active + final_norm + spec.vocab_size * d,  # the head always runs
+        **totals,
+    )
+
+
+# ----------------------------------------------------------------- LoRA targets
+
+ATTENTION_ALIASES = {"attention", "attn", "attention_only"}
+
+
+def select_linears(block: Block, target: str | list[str] | tuple[str, ...]) -> list[Linear]:
+    """The block's linears that LoRA wraps, as LLaMA-Factory's `lora_target` selects them.
+
+    `all` = every linear layer in the block (peft's "all-linear": the LM head is
+    never inside a block). `attention` = the attention projections. Otherwise a
+    comma list of module names, matched like peft matches `target_modules`: the
+    full relative path, or its last components ("q_proj", "shared_expert.up_proj").
+    """
+    names = [target] if isinstance(target, str) else list(target)
+    names = [n.strip() for part in names for n in part.split(",") if n.strip()]
+    if any(n.lower() == "all" for n in names):
+        return list(block.linears)
+    if any(n.lower() in ATTENTION_ALIASES for n in names):
+        return [lin for lin in block.linears if lin.component == "attention"]
+    return [lin for lin in block.linears
+            if any(lin.path == n or lin.path.endswith("." + n) for n in names)]
+
+
+def known_module_names(spec: ModelSpec) -> set[str]:
+    return {lin.name for group in spec.blocks for lin in group.block.linears}

@@ -1,0 +1,279 @@
+"""`ModelSpec`: the architecture facts the planner needs, read from a config.json.
+
+A spec is built from a plain config dict (see `planner.architectures` for the
+per-family readers) and loaded from one of three sources, tried in this order:
+
+1. a local directory holding `config.json`, or a path to a JSON file;
+2. a preset name or size alias from `profiles/models/` (offline, always works),
+   or a hub id that matches a preset's `hub_id`;
+3. a Hugging Face hub id: only `config.json` is fetched, from the local cache
+   first, through `huggingface_hub` (imported lazily: it costs ~0.2 s).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from planner.errors import EnvironmentMissing, FtplanError
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Linear(_Frozen):
+    """One `nn.Linear`-like module inside a block (also GPT-2's `Conv1D`): what LoRA can target."""
+
+    path: str  # relative to the block, e.g. "self_attn.q_proj"
+    in_features: int
+    out_features: int
+    bias: bool = False
+    component: Literal["attention", "mlp", "shared_expert"] = "attention"
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit(".", 1)[-1]
+
+    @property
+    def params(self) -> int:
+        return self.in_features * self.out_features + (self.out_features if self.bias else 0)
+
+
+NormKind = Literal["rms", "rms_gemma", "rms_olmo", "layer"]
+
+
+class Norm(_Frozen):
+    """How a block normalises: the kind decides which fp32 copies autograd keeps."""
+
+    kind: NormKind = "rms"
+    bias: bool = False  # LayerNorm with a bias vector
+
+
+class Attention(_Frozen):
+    kind: Literal["standard", "fused_qkv", "mla"] = "standard"
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int  # query/key head size (MLA: nope + rope)
+    v_head_dim: int
+    rope_dim: int  # rotary dims per head; 0 for learned absolute positions
+    qk_norm: Literal["none", "per_head", "full"] = "none"
+    logit_softcap: float | None = None
+    sliding_window: int | None = None
+    explicit_mask: bool = False  # the model always hands sdpa a mask tensor (no is_causal fast path)
+    softmax_fp32: bool = True  # eager softmax up-casts to fp32 (Falcon and GPT-2 stay in the compute dtype)
+    dropout: float = 0.0
+    q_lora_rank: int | None = None  # MLA only
+    kv_lora_rank: int | None = None  # MLA only
+
+
+class MLP(_Frozen):
+    kind: Literal["gated", "plain", "moe"] = "gated"
+    activation: Literal["silu", "gelu", "gelu_tanh", "gelu_new", "relu"] = "silu"
+    intermediate_size: int  # dense MLP width, or each routed expert's width for MoE
+    num_experts: int = 0
+    top_k: int = 0
+    router: Literal["softmax", "sigmoid"] = "softmax"
+    shared_intermediate_size: int = 0
+    shared_expert_gate: bool = False
+
+
+class Block(_Frozen):
+    """One decoder block; identical consecutive blocks share one `BlockGroup`."""
+
+    layout: Literal["pre", "sandwich", "post", "parallel"] = "pre"
+    norm: Norm = Norm()
+    num_norms: int = 2  # LayerNorm/RMSNorm modules of hidden size in the block
+    attention: Attention
+    mlp: MLP
+    linears: tuple[Linear, ...]
+    # Parameters that are not in `linears`, by component (router, experts, norms, qk_norm).
+    other_params: dict[str, int] = Field(default_factory=dict)
+    residual_dropout: float = 0.0
+
+    @property
+    def params(self) -> int:
+        return sum(lin.params for lin in self.linears) + sum(self.other_params.values())
+
+
+class BlockGroup(_Frozen):
+    start: int  # index of the first block in the group
+    count: int
+    block: Block
+
+
+class ModelSpec(_Frozen):
+    name: str
+    source: str  # where the config came from: a path, "preset:NAME" or "hub:ID"
+    model_type: str
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    max_position_embeddings: int | None = None
+    learned_positions: int = 0  # GPT-2's wpe rows
+    tie_word_embeddings: bool = False
+    final_norm: Norm = Norm()
+    final_logit_softcap: float | None = None
+    embedding_dropout: float = 0.0
+    blocks: tuple[BlockGroup, ...]
+    stands_for: str | None = None  # for a size alias: the real model it stands for
+    warnings: tuple[str, ...] = ()
+    checkpoint_dtype: str | None = None
+
+    def iter_blocks(self):
+        """Yield (layer index, Block) for every decoder layer, in order."""
+        for group in self.blocks:
+            for i in range(group.count):
+                yield group.start + i, group.block
+
+    @property
+    def first_block(self) -> Block:
+        return self.blocks[0].block
+
+    @property
+    def is_moe(self) -> bool:
+        return any(g.block.mlp.kind == "moe" for g in self.blocks)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def spec_from_config(config: dict, source: str = "<config>", name: str | None = None) -> ModelSpec:
+    """Build a spec from a config.json dict; `source` names it in error messages."""
+    from planner.architectures import read_config
+
+    if not isinstance(config, dict):
+        raise FtplanError(f"{source}: expected a JSON object (a config.json), got {type(config).__name__}")
+    return read_config(config, source=source, name=name)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise FtplanError(f"{path}: cannot read it ({exc.strerror}); check the path") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FtplanError(
+            f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); fix the file"
+        ) from None
+    if not isinstance(data, dict):
+        raise FtplanError(f"{path}: expected a JSON object with model settings, got {type(data).__name__}")
+    return data
+
+
+class Preset(_Frozen):
+    name: str
+    hub_id: str | None = None
+    published_params: int | None = None
+    source: str | None = None
+    file: str
+
+
+class PresetIndex(_Frozen):
+    presets: dict[str, Preset]
+    aliases: dict[str, str]
+
+
+def _models_dir():
+    return resources.files("profiles") / "models"
+
+
+@cache
+def preset_index() -> PresetIndex:
+    import yaml
+
+    raw = yaml.safe_load((_models_dir() / "index.yaml").read_text(encoding="utf-8"))
+    presets = {
+        name: Preset(name=name, file=entry.get("file", f"{name}.json"), **{
+            k: v for k, v in entry.items() if k in ("hub_id", "published_params", "source")
+        })
+        for name, entry in raw["presets"].items()
+    }
+    aliases = {str(k).lower(): v for k, v in (raw.get("aliases") or {}).items()}
+    return PresetIndex(presets=presets, aliases=aliases)
+
+
+def resolve_preset(name: str) -> tuple[Preset, str | None] | None:
+    """Find a preset by name, size alias or hub id (case-insensitive).
+
+    Returns the preset and, for a size alias, the alias itself.
+    """
+    index = preset_index()
+    key = name.strip().lower()
+    if key in index.aliases:
+        return index.presets[index.aliases[key]], key
+    by_name = {n.lower(): p for n, p in index.presets.items()}
+    if key in by_name:
+        return by_name[key], None
+    for preset in index.presets.values():
+        if preset.hub_id and preset.hub_id.lower() == key:
+            return preset, None
+    return None
+
+
+def load_preset(name: str) -> ModelSpec:
+    found = resolve_preset(name)
+    if found is None:
+        raise FtplanError(f"--model: no preset named {name!r}; run `ftplan models` to list them")
+    preset, alias = found
+    config = json.loads((_models_dir() / preset.file).read_text(encoding="utf-8"))
+    spec = spec_from_config(config, source=f"preset:{preset.name}", name=preset.hub_id or preset.name)
+    if alias:
+        spec = spec.model_copy(update={"stands_for": preset.hub_id or preset.name, "name": alias})
+    return spec
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
+
+
+def _hub_config_path(repo_id: str) -> Path:
+    try:
+        import huggingface_hub as hf
+    except ImportError:  # pragma: no cover - a core dependency
+        raise EnvironmentMissing("huggingface_hub is not installed; pip install huggingface_hub") from None
+    cached = hf.try_to_load_from_cache(repo_id, "config.json")
+    if isinstance(cached, str):
+        return Path(cached)
+    try:
+        return Path(hf.hf_hub_download(repo_id, "config.json"))
+    except Exception as exc:  # offline, gated, missing: all end the same way for the user
+        reason = type(exc).__name__
+        raise EnvironmentMissing(
+            f"--model {repo_id}: config.json is not in the local cache and the hub cannot be reached "
+            f"({reason}); download it once with `hf download {repo_id} config.json`, "
+            "or pass a local directory or a preset (`ftplan models`)"
+        ) from None
+
+
+def load_spec(model: str) -> ModelSpec:
+    """Resolve `--model`: a local dir / config.json path, a preset or alias, or a hub id."""
+    if not model or not model.strip():
+        raise FtplanError("--model: empty; give a preset (e.g. 7b), a hub id or a local directory")
+    path = Path(model).expanduser()
+    if path.is_dir():
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            raise FtplanError(f"--model {model}: the directory has no config.json; point at a model directory")
+        return spec_from_config(_read_json(config_file), source=str(config_file), name=path.name)
+    if path.is_file():
+        return spec_from_config(_read_json(path), source=str(path), name=path.parent.name or path.stem)
+    if resolve_preset(model) is not None:
+        return load_preset(model)
+    if _looks_like_hub_id(model):
+        config_file = _hub_config_path(model)
+        return spec_from_config(_read_json(config_file), source=f"hub:{model}", name=model)
+    if model.endswith(".json") or "/" in model or model.startswith("."):
+        raise FtplanError(f"--model {model}: no such file or directory")
+    raise FtplanError(
+        f"--model {model}: not a preset, a hub id (owner/name) or a local path; run `ftplan models` to list presets"
+    )

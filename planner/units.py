@@ -1,0 +1,59 @@
+"""Byte quantities: parsed from user text at the edge, formatted only for display.
+
+Internally every size is an int of bytes. On screen we use GiB (2**30) and say so,
+because GPU vendors' "80GB" is not what `torch` or NVML report.
+"""
+
+from __future__ import annotations
+
+import re
+
+from planner.errors import FtplanError
+
+GIB = 1 << 30
+MIB = 1 << 20
+
+_UNITS = {
+    "": GIB,  # a bare number means GiB, the unit we display
+    "b": 1,
+    "k": 1 << 10, "kib": 1 << 10, "kb": 10**3,
+    "m": MIB, "mib": MIB, "mb": 10**6,
+    "g": GIB, "gib": GIB, "gb": 10**9,
+    "t": 1 << 40, "tib": 1 << 40, "tb": 10**12,
+}
+_PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_bytes(text: str | int | float, what: str = "size") -> int:
+    """Parse '24GiB', '24 GB', '80G', '512MiB' or a bare number of GiB into bytes.
+
+    'GB' is decimal (10**9) as vendors print it; 'G' and 'GiB' are binary.
+    """
+    if isinstance(text, (int, float)):
+        value, unit = float(text), ""
+    else:
+        match = _PATTERN.match(text)
+        if not match:
+            raise FtplanError(f"{what}: cannot read {text!r} as a size; write e.g. 24GiB, 80GB or 512MiB")
+        value, unit = float(match.group(1)), match.group(2).lower()
+        if unit not in _UNITS:
+            raise FtplanError(f"{what}: unknown unit {match.group(2)!r} in {text!r}; use B, MiB, GiB, GB or TiB")
+    if value <= 0:
+        raise FtplanError(f"{what}: {text!r} must be positive")
+    return int(value * _UNITS[unit])
+
+
+def gib(nbytes: int | float) -> float:
+    return nbytes / GIB
+
+
+def fmt_gib(nbytes: int | float, digits: int = 2) -> str:
+    return f"{nbytes / GIB:.{digits}f} GiB"
+
+
+def fmt_count(n: int) -> str:
+    """Parameter counts the way model cards write them: 6.74B, 124.4M, 8.4K."""
+    for scale, suffix in ((10**12, "T"), (10**9, "B"), (10**6, "M"), (10**3, "K")):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{suffix}"
+    return str(n)

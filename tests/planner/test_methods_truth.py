@@ -1,0 +1,88 @@
+"""Trainable counts and weight bytes against peft, bitsandbytes and real models."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from planner.methods import layout
+from planner.params import count_params
+from planner.plan import Plan
+from planner.spec import spec_from_config
+from tests.planner.configs import EXACT_TYPES, random_config
+from tests.planner.truth import build_model, meta_model
+
+# A second target set per family: the MLP projections under their transformers names.
+MLP_TARGETS = {
+    "gpt2": "c_fc,mlp.c_proj", "gpt_neox": "dense_h_to_4h,dense_4h_to_h", "falcon": "dense_h_to_4h,dense_4h_to_h",
+    "starcoder2": "c_fc,c_proj", "phi3": "gate_up_proj,down_proj", "mixtral": "w1,w2,w3",
+}
+QV_TARGETS = {"gpt2": "c_attn", "gpt_neox": "query_key_value", "falcon": "query_key_value",
+              "phi3": "qkv_proj", "deepseek_v3": "q_b_proj,kv_b_proj"}
+
+
+def _peft_trainable(config: dict, target: str, rank: int) -> int:
+    from peft import LoraConfig, get_peft_model
+
+    model = meta_model(config)
+    targets = "all-linear" if target == "all" else [t.strip() for t in target.split(",")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets))
+    return sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("rank", [4, 16])
+@pytest.mark.parametrize("model_type", EXACT_TYPES)
+def test_lora_trainable_counts_match_peft(model_type: str, rank: int) -> None:
+    config = random_config(model_type, 1, layers=2)
+    if model_type == "deepseek_v3":
+        config["q_lora_rank"] = 24
+    spec = spec_from_config(config, source="test")
+    counts = count_params(spec)
+    targets = ["all", QV_TARGETS.get(model_type, "q_proj,v_proj"), MLP_TARGETS.get(model_type, "gate_proj,up_proj,down_proj")]
+    for target in targets:
+        ours = layout(spec, counts, Plan(method="lora", lora_rank=rank, lora_target=target))
+        assert ours.trainable_params == _peft_trainable(config, target, rank), target
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "mixtral", "phi3"])
+def test_qlora_trainable_and_weight_bytes_match_bitsandbytes(model_type: str, tmp_path) -> None:
+    """A real 4-bit model: adapters as peft counts them, weights as the storages hold them."""
+    config = random_config(model_type, 2, layers=2)
+    spec = spec_from_config(config, source="test")
+    counts = count_params(spec)
+    for double_quant in (True, False):
+        plan = Plan(method="qlora", precision="bf16", lora_rank=8, double_quant=double_quant)
+        ours = layout(spec, counts, plan)
+        model = build_model(config, method="qlora", precision="bf16", lora_rank=8, double_quant=double_quant,
+                            tmp_dir=tmp_path / str(double_quant))
+        assert ours.trainable_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
+        assert ours.weight_bytes == _stored_bytes(model)
+
+
+def _stored_bytes(model) -> int:
+    """Bytes of every parameter plus bitsandbytes' quantization state (absmax, nested absmax, code)."""
+    import torch
+
+    seen: dict[int, int] = {}
+    for p in model.parameters():
+        seen[p.untyped_storage().data_ptr()] = p.untyped_storage().nbytes()
+        state = getattr(p, "quant_state", None)
+        for obj in (state, getattr(state, "state2", None)):
+            if obj is None:
+                continue
+            for value in vars(obj).values():
+                if isinstance(value, torch.Tensor):
+                    seen[value.untyped_storage().data_ptr()] = value.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("method", ["full", "freeze", "lora"])
+def test_trainable_counts_match_requires_grad(method: str) -> None:
+    config = random_config("qwen2", 3, layers=3)
+    spec = spec_from_config(config, source="test")
+    ours = layout(spec, count_params(spec), Plan(method=method, freeze_trainable_layers=1, lora_rank=4))
+    model = build_model(config, method=method, freeze_trainable_layers=1, lora_rank=4)
+    assert ours.trainable_params == sum(p.numel() for p in model.parameters() if p.requires_grad)

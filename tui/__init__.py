@@ -1,0 +1,1 @@
+"""ftplan's front ends: the `ftplan` command line and the Textual app."""

@@ -1,0 +1,237 @@
+"""The `ftplan` command line.
+
+`ftplan` alone opens the TUI; subcommands serve scripts. Startup matters
+(`ftplan estimate` must answer in well under a second), so heavy modules are
+imported inside the command that needs them, never at the top of this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from enum import IntEnum
+
+EXIT_CODES_HELP = """exit codes:
+  0  success (for estimate --gpu: the plan fits)
+  1  a check failed: the plan does not fit the GPU
+  2  bad input: unknown model/preset/GPU, invalid flag value, broken config file
+  3  missing environment: e.g. no network to fetch a config, no GPU where one is required
+"""
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    CHECK_FAILED = 1
+    BAD_INPUT = 2
+    ENVIRONMENT = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad flags in one line, with exit code 2 (argparse's own code too)."""
+
+    def error(self, message: str):  # pragma: no cover - exercised through main()
+        self.exit(ExitCode.BAD_INPUT, f"ftplan: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _positive_int(flag: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} takes a whole number, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be at least 1, got {value}")
+        return value
+
+    return parse
+
+
+def _fraction(flag: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} takes a number, got {text!r}") from None
+        if not 0 <= value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be in [0, 1), got {value}")
+        return value
+
+    return parse
+
+
+def _add_plan_flags(p: argparse.ArgumentParser) -> None:
+    from planner.plan import ATTENTION_KERNELS, METHODS, OPTIMIZERS, PRECISIONS
+
+    p.add_argument("--model", "-m", required=True,
+                   help="preset or size alias (`ftplan models`), hub id (owner/name), or a local dir/config.json")
+    p.add_argument("--method", choices=METHODS, default="full", help="fine-tuning method (default: full)")
+    p.add_argument("--precision", choices=PRECISIONS, default="bf16-mixed",
+                   help="bf16 = pure bf16 weights; *-mixed = fp32 weights + autocast (default: bf16-mixed)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="(default: adamw, torch foreach)")
+    p.add_argument("--batch-size", "-b", type=_positive_int("--batch-size"), default=1,
+                   help="micro-batch per GPU (default: 1)")
+    p.add_argument("--seq-len", "-s", type=_positive_int("--seq-len"), default=1024,
+                   help="tokens per sequence, i.e. cutoff_len (default: 1024)")
+    p.add_argument("--grad-accum", type=_positive_int("--grad-accum"), default=1,
+                   help="gradient accumulation steps (default: 1)")
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False,
+                   help="recompute activations in backward (default: off)")
+    p.add_argument("--attention", choices=ATTENTION_KERNELS, default="sdpa", help="attention kernel (default: sdpa)")
+    p.add_argument("--lora-rank", type=_positive_int("--lora-rank"), default=8, help="LoRA rank (default: 8)")
+    p.add_argument("--lora-target", default="all",
+                   help="all, attention, or comma-separated module names as LLaMA-Factory's lora_target")
+    p.add_argument("--lora-dropout", type=_fraction("--lora-dropout"), default=0.0)
+    p.add_argument("--freeze-trainable-layers", type=int, default=2,
+                   help="freeze method: train the last N layers (negative: the first N) (default: 2)")
+    p.add_argument("--quant-bits", type=int, choices=(4, 8), default=4, help="QLoRA base-weight bits (default: 4)")
+    p.add_argument("--no-double-quant", dest="double_quant", action="store_false",
+                   help="QLoRA without double quantization of the constants")
+    p.add_argument("--gpus", type=_positive_int("--gpus"), default=1, help="data-parallel GPUs (default: 1)")
+    p.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=0,
+                   help="ZeRO stage / FSDP sharding: 1 optimizer, 2 +gradients, 3 +weights (FSDP full_shard)")
+    p.add_argument("--offload-optimizer", action="store_true", help="ZeRO-Offload the optimizer to CPU")
+    p.add_argument("--cuda-context", default=None,
+                   help="CUDA context + library workspace per GPU, e.g. 600MiB (default: 0.5GiB, assumed)")
+    p.add_argument("--fragmentation", type=_fraction("--fragmentation"), default=None,
+                   help="allocator fragmentation as a fraction of the peak (default: 0.08)")
+
+
+def _plan_from(args: argparse.Namespace):
+    from planner.plan import Plan
+    from planner.units import parse_bytes
+
+    extra = {}
+    if args.cuda_context is not None:
+        extra["cuda_context"] = parse_bytes(args.cuda_context, "--cuda-context") if args.cuda_context not in (
+            "0", "0B") else 0
+    if args.fragmentation is not None:
+        extra["fragmentation"] = args.fragmentation
+    return Plan.build(
+        method=args.method, precision=args.precision, optimizer=args.optimizer, batch_size=args.batch_size,
+        seq_len=args.seq_len, grad_accum=args.grad_accum, gradient_checkpointing=args.gradient_checkpointing,
+        attention=args.attention, lora_rank=args.lora_rank, lora_target=args.lora_target,
+        lora_dropout=args.lora_dropout, freeze_trainable_layers=args.freeze_trainable_layers,
+        quant_bits=args.quant_bits, double_quant=args.double_quant, gpus=args.gpus, zero=args.zero,
+        offload_optimizer=args.offload_optimizer, **extra,
+    )
+
+
+def _gpu_target(args: argparse.Namespace):
+    from planner.errors import EnvironmentMissing, FtplanError
+    from planner.fit import GpuTarget
+    from planner.hardware import find_gpu
+    from planner.units import parse_bytes
+
+    if args.gpu and args.gpu_memory:
+        raise FtplanError("--gpu and --gpu-memory: give one of them")
+    if args.gpu_memory:
+        capacity = parse_bytes(args.gpu_memory, "--gpu-memory")
+        return GpuTarget(name=f"{args.gpu_memory} GPU", capacity=capacity, source="given")
+    if not args.gpu:
+        return None
+    if args.gpu.lower() == "auto":
+        raise EnvironmentMissing("--gpu auto: measuring the local GPU needs the NVML probe (`ftplan gpus`), "
+                                 "which is not available yet; name the GPU (--gpu H100) or give --gpu-memory")
+    gpu = find_gpu(args.gpu)
+    return GpuTarget(name=gpu.name, capacity=gpu.memory_bytes, source="catalog", gpu=gpu)
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from planner.estimate import estimate
+    from planner.spec import load_spec
+
+    plan = _plan_from(args)
+    target = _gpu_target(args)
+    if (args.max_batch or args.max_seq_len) and target is None:
+        from planner.errors import FtplanError
+
+        raise FtplanError("--max-batch/--max-seq-len: need a GPU to fit against; add --gpu NAME or --gpu-memory")
+    spec = load_spec(args.model)
+    result = estimate(spec, plan, target, search_batch=args.max_batch, search_seq=args.max_seq_len,
+                      mfu=args.mfu, samples=args.samples, epochs=args.epochs)
+    if args.json:
+        sys.stdout.write(result.model_dump_json(indent=2) + "\n")
+    else:
+        from tui.report import print_estimate
+
+        print_estimate(result)
+    if result.fit is not None and not result.fit.fits:
+        return ExitCode.CHECK_FAILED
+    return ExitCode.OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from planner.params import count_params
+    from planner.spec import load_preset, preset_index
+
+    index = preset_index()
+    rows = []
+    for name, preset in index.presets.items():
+        spec = load_preset(name)
+        aliases = sorted(a for a, target in index.aliases.items() if target == name)
+        rows.append({"name": name, "hub_id": preset.hub_id, "model_type": spec.model_type,
+                     "params": count_params(spec).total, "layers": spec.num_layers, "aliases": aliases})
+    if args.json:
+        import json
+
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return ExitCode.OK
+    from tui.report import print_models
+
+    print_models(rows)
+    return ExitCode.OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ftplan", description="Plan and pre-flight LLM fine-tuning: memory, fit, time.",
+                     epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    est = sub.add_parser(
+        "estimate", help="memory, fit and time for a fine-tuning plan",
+        description="Per-GPU memory of a fine-tuning run (weights, gradients, optimizer, activations, logits, "
+                    "overhead), the peak over a step, whether it fits a GPU, and what to change when it does not.",
+        epilog=EXIT_CODES_HELP + "\nexample:\n  ftplan estimate --model 7b --method qlora --gpu 4090 --max-batch\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_plan_flags(est)
+    est.add_argument("--gpu", help="GPU to fit (catalog name, leniently matched: 'RTX 4090', '4090', 'H100')")
+    est.add_argument("--gpu-memory", help="usable memory per GPU instead of --gpu, e.g. 24GiB or 80GB")
+    est.add_argument("--max-batch", action="store_true", help="find the largest micro-batch that fits")
+    est.add_argument("--max-seq-len", action="store_true", help="find the longest sequence that fits")
+    est.add_argument("--mfu", type=_fraction("--mfu"), default=None,
+                     help="model FLOPs utilisation for the time estimate (default: 0.40 full, 0.35 LoRA, 0.25 QLoRA)")
+    est.add_argument("--samples", type=_positive_int("--samples"), default=None,
+                     help="training examples, for a total-time estimate")
+    est.add_argument("--epochs", type=float, default=1.0, help="epochs, with --samples (default: 1)")
+    est.add_argument("--json", action="store_true", help="print the result as JSON (the pydantic dump)")
+    est.set_defaults(func=cmd_estimate)
+    models = sub.add_parser("models", help="list model presets and size aliases")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from planner.errors import EnvironmentMissing, FtplanError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return ExitCode.OK
+    try:
+        return int(args.func(args))
+    except EnvironmentMissing as exc:
+        sys.stderr.write(f"ftplan: {exc}\n")
+        return ExitCode.ENVIRONMENT
+    except FtplanError as exc:
+        sys.stderr.write(f"ftplan: {exc}\n")
+        return ExitCode.BAD_INPUT
+    except KeyboardInterrupt:
+        sys.stderr.write("ftplan: interrupted\n")
+        return 130
+    except BrokenPipeError:  # `ftplan estimate ... | head`
+        return ExitCode.OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

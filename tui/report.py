@@ -1,0 +1,119 @@
+"""Terminal rendering of planner results for the command line (rich tables; no formulas here)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from planner.estimate import Estimate
+from planner.memory import COMPONENTS
+from planner.units import GIB, fmt_count, fmt_gib
+
+_LABELS = {
+    "weights": "weights", "master_weights": "master weights (fp32)", "optimizer": "optimizer state",
+    "gradients": "gradients", "activations": "activations", "logits": "logits (loss)",
+    "temporaries": "temporaries",
+}
+
+
+def _g(nbytes: int) -> str:
+    return f"{nbytes / GIB:,.2f}"
+
+
+def print_estimate(result: Estimate, console: Console | None = None) -> None:
+    console = console or Console(highlight=False)
+    m, plan, p = result.model, result.plan, result.params
+    title = m.name + (f" (→ {m.stands_for})" if m.stands_for else "")
+    console.print(Text(title, style="bold"))
+    heads = f"{m.heads} heads" + (f" / {m.kv_heads} KV" if m.kv_heads != m.heads else "")
+    facts = [m.model_type, f"{fmt_count(p.total)} params", f"{m.layers} layers", f"hidden {m.hidden_size}",
+             heads, f"vocab {m.vocab_size:,}"]
+    if m.experts:
+        facts.append(m.experts)
+    console.print(" · ".join(facts), style="dim")
+    ckpt = ", grad checkpointing" if plan.gradient_checkpointing else ""
+    method = plan.method + (f" r={plan.lora_rank} on {plan.lora_target}" if plan.method in ("lora", "qlora") else "")
+    shard = f", ZeRO-{plan.zero}" if plan.zero else ""
+    console.print(f"plan: {method} · {plan.precision} · {plan.optimizer} · micro-batch {plan.batch_size} × "
+                  f"{plan.seq_len} · accumulation {plan.grad_accum} · {plan.attention}{ckpt} · "
+                  f"{plan.gpus} GPU{'s' if plan.gpus > 1 else ''}{shard}")
+    console.print(f"trainable: {fmt_count(p.trainable)} ({p.trainable_fraction:.2%})"
+                  + (f" in {p.lora_modules} LoRA modules" if p.lora_modules else ""))
+
+    mem = result.memory
+    table = Table(title="memory per GPU, GiB (2^30 bytes)", title_justify="left", show_edge=False)
+    table.add_column("component")
+    for phase in mem.phases:
+        style = "bold" if phase.name == mem.peak_phase else None
+        table.add_column(phase.name + (" (peak)" if phase.name == mem.peak_phase else ""), justify="right",
+                         style=style)
+    for key in COMPONENTS:
+        values = [ph.parts.get(key, 0) for ph in mem.phases]
+        if any(values):
+            table.add_row(_LABELS[key], *(_g(v) if v else "–" for v in values))
+    table.add_section()
+    table.add_row("allocated", *(_g(ph.allocated) for ph in mem.phases))
+    console.print(table)
+    console.print(f"+ overhead {fmt_gib(mem.overhead)} (CUDA context {fmt_gib(mem.details['cuda_context'])}, "
+                  f"fragmentation {fmt_gib(mem.details['fragmentation'])})")
+    console.print(Text(f"= total {fmt_gib(mem.total)} per GPU at the {mem.peak_phase} peak", style="bold"))
+    if mem.cpu_offload:
+        console.print(f"  host RAM for the offloaded optimizer: {fmt_gib(mem.cpu_offload)} per GPU")
+
+    if result.fit:
+        f = result.fit
+        verdict = (Text(f"fits, {fmt_gib(f.headroom)} headroom ({f.headroom_fraction:.0%})", style="green")
+                   if f.fits else Text(f"does NOT fit: short by {fmt_gib(-f.headroom)}", style="bold red"))
+        line = Text(f"\n{f.gpu} ({fmt_gib(f.capacity)}, {f.source}): ")
+        line.append_text(verdict)
+        console.print(line)
+        if f.note:
+            console.print(f"  {f.note}")
+        if f.max_batch is not None:
+            console.print(f"largest micro-batch that fits: {f.max_batch}")
+        if f.max_seq_len is not None:
+            console.print(f"longest sequence that fits at micro-batch {plan.batch_size}: {f.max_seq_len:,} tokens")
+    if result.suggestions:
+        console.print("\nwhat to change (largest saving first):")
+        for i, s in enumerate(result.suggestions, 1):
+            mark = "[green]fits[/green]" if s.fits else "still too big"
+            console.print(f"  {i}. {s.title} → {fmt_gib(s.new_total)} ({mark})")
+            console.print(f"     {s.why}; flags: {s.flags}", style="dim")
+    if result.time:
+        t = result.time
+        line = f"\ntime: {t.step_seconds:.2f} s per optimizer step, {t.tokens_per_second:,.0f} tokens/s"
+        if t.total_seconds is not None:
+            line += f"; {t.steps:,} steps ≈ {_duration(t.total_seconds)}"
+        console.print(line)
+        console.print(f"  {t.note}", style="dim")
+    if result.warnings:
+        console.print()
+        for w in result.warnings:
+            console.print(f"[yellow]warning:[/yellow] {w}")
+    console.print("\nassumptions:", style="dim")
+    for a in result.assumptions:
+        console.print(f"  - {a}", style="dim")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def print_models(rows: list[dict], console: Console | None = None) -> None:
+    console = console or Console(highlight=False)
+    table = Table(title="model presets (config.json of each, offline)", title_justify="left", show_edge=False)
+    for col in ("preset", "hub id", "type", "params", "layers", "aliases"):
+        table.add_column(col, justify="right" if col in ("params", "layers") else "left")
+    for r in rows:
+        table.add_row(r["name"], r["hub_id"] or "", r["model_type"], fmt_count(r["params"]), str(r["layers"]),
+                      ", ".join(r["aliases"]))
+    console.print(table)
+    console.print("use a preset, an alias, a hub id (owner/name) or a local model directory with --model",
+                  style="dim")
