@@ -234,15 +234,15 @@ def layout(spec: ModelSpec, counts: ParamCounts, plan: Plan) -> TrainingLayout:
             for lin in block.linears:
                 w = lin.in_features * lin.out_features
                 quant_params += w
-                quant_bytes += quantized_bytes(w, lin.out_features, plan.quant_bits, plan.double_quant)
+                quant_bytes += quantized_bytes(w, lin.out_features, plan.base_bits, plan.double_quant)
                 if lin.bias:  # biases stay in the compute dtype
                     pass
     if plan.method == "qlora":
-        qname = f"{plan.quant_bits}-bit" + (" NF4" if plan.quant_bits == 4 else " LLM.int8")
-        if plan.quant_bits == 4 and plan.double_quant:
+        qname = f"{plan.base_bits}-bit" + (" NF4" if plan.base_bits == 4 else " LLM.int8")
+        if plan.base_bits == 4 and plan.double_quant:
             qname += " + double quant"
         add(f"quantized linears ({qname})", quant_params, False,
-            dtype="nf4" if plan.quant_bits == 4 else "int8", nbytes=quant_bytes)
+            dtype="nf4" if plan.base_bits == 4 else "int8", nbytes=quant_bytes)
         add("embeddings, head, norms, biases (not quantized)", counts.total - quant_params, False)
         if counts.experts:
             notes.append("qlora: transformers 5 stores MoE experts as fused 3-D tensors that bitsandbytes "

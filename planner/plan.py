@@ -45,7 +45,7 @@ class Plan(BaseModel):
     lora_target: str = "all"
     lora_dropout: float = 0.0
     freeze_trainable_layers: int = 2
-    quant_bits: Literal[4, 8] = 4
+    quant_bits: Literal[4, 8] | None = None  # quantized base weights (QLoRA); None with qlora means 4
     double_quant: bool = True
     gpus: int = 1
     zero: Literal[0, 1, 2, 3] = 0
@@ -55,8 +55,21 @@ class Plan(BaseModel):
     fragmentation: float = DEFAULT_FRAGMENTATION
     device: Literal["cuda", "cpu"] = "cuda"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _lora_on_quantized_base_is_qlora(cls, data):
+        # LLaMA-Factory's finetuning_type: lora + quantization_bit: 4 is QLoRA
+        if isinstance(data, dict) and data.get("method") == "lora" and data.get("quant_bits"):
+            data = {**data, "method": "qlora"}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> Plan:
+        if self.quant_bits and self.method in ("full", "freeze"):
+            raise FtplanError(
+                f"--quant-bits {self.quant_bits} with --method {self.method}: quantized weights cannot be trained; "
+                "use --method qlora (LoRA adapters on the quantized base) or drop --quant-bits"
+            )
         for flag, value in (("--batch-size", self.batch_size), ("--seq-len", self.seq_len),
                             ("--grad-accum", self.grad_accum), ("--gpus", self.gpus),
                             ("--lora-rank", self.lora_rank)):
@@ -79,6 +92,11 @@ class Plan(BaseModel):
             raise FtplanError("--zero 3: QLoRA's 4-bit weights cannot be sharded by ZeRO-3 here; use --zero 2 "
                               "(or FSDP with bnb_4bit_quant_storage, which ftplan does not model yet)")
         return self
+
+    @property
+    def base_bits(self) -> int:
+        """Bits of the quantized base weights under QLoRA."""
+        return self.quant_bits or 4
 
     @property
     def tokens(self) -> int:

@@ -83,7 +83,8 @@ def _add_plan_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora-dropout", type=_fraction("--lora-dropout"), default=0.0)
     p.add_argument("--freeze-trainable-layers", type=int, default=2,
                    help="freeze method: train the last N layers (negative: the first N) (default: 2)")
-    p.add_argument("--quant-bits", type=int, choices=(4, 8), default=4, help="QLoRA base-weight bits (default: 4)")
+    p.add_argument("--quant-bits", type=int, choices=(4, 8), default=None,
+                   help="quantize the frozen base to 4 or 8 bits (QLoRA; --method qlora defaults to 4)")
     p.add_argument("--no-double-quant", dest="double_quant", action="store_false",
                    help="QLoRA without double quantization of the constants")
     p.add_argument("--gpus", type=_positive_int("--gpus"), default=1, help="data-parallel GPUs (default: 1)")

@@ -67,3 +67,50 @@ def test_bigger_batch_saves_proportionally_more() -> None:
     small = measure_saved_bytes(build_model(config), 1, 24, config["vocab_size"])
     large = measure_saved_bytes(build_model(config), 4, 24, config["vocab_size"])
     assert 3.5 < large / small < 4.1
+
+
+def _mixed_model(config: dict, method: str, kernel: str):
+    """LLaMA-Factory's mixed precision: the base loaded in bf16, trainable parameters up-cast to fp32."""
+    model = build_model(config, method=method, precision="bf16", kernel=kernel, lora_rank=4,
+                        freeze_trainable_layers=1)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    return model
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("method", ["full", "freeze", "lora"])
+def test_bf16_mixed_autocast_saves_match(model_type: str, method: str) -> None:
+    """Under autocast the planner's activations include the bf16 weight copies autocast keeps."""
+    config = random_config(model_type, 0, layers=2)
+    spec = spec_from_config(config, source="test")
+    plan = Plan(method=method, precision="bf16-mixed", attention="sdpa", batch_size=2, seq_len=24,
+                lora_rank=4, freeze_trainable_layers=1, device="cpu")
+    est = estimate_memory(spec, plan)
+    real = measure_saved_bytes(_mixed_model(config, method, "sdpa"), 2, 24, config["vocab_size"], autocast="bf16")
+    assert est.details["autocast_weight_copies"] > 0
+    assert abs(est.activations + est.logits - real) / real <= 0.02
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mixtral", "gemma", "phi3"])
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_gradient_checkpointing_keeps_only_block_inputs(model_type: str, method: str) -> None:
+    """With reentrant checkpointing the saved tensors are each block's input plus what lies outside."""
+    import warnings
+
+    config = random_config(model_type, 0, layers=3)
+    spec = spec_from_config(config, source="test")
+    plan = Plan(method=method, precision="bf16", attention="sdpa", batch_size=2, seq_len=24, lora_rank=4,
+                gradient_checkpointing=True, device="cpu")
+    est = estimate_memory(spec, plan)
+    model = build_model(config, method=method, precision="bf16", kernel="sdpa", lora_rank=4)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    base.enable_input_require_grads()
+    real = measure_saved_bytes(model, 2, 24, config["vocab_size"])
+    assert abs(est.activations + est.logits - real) / real <= 0.01
+    without = estimate_memory(spec, plan.with_(gradient_checkpointing=False))
+    assert est.activations < without.activations
