@@ -464,7 +464,7 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
                 weight_dtypes: tuple[str, str], kernel: str, autocast: str | None = None,
                 embeddings_trainable: bool = False, head_trainable: bool = False, input_grad: bool = False,
                 lora_rank: int = 8, lora_dropout: float = 0.0, adapter_dtype: str = "fp32",
-                device: str = "cuda") -> ActivationBytes:
+                device: str = "cuda", fused_loss: bool = False) -> ActivationBytes:
     """Replay the whole forward + loss once.
 
     `weight_dtypes` is (dtype of trainable weights, dtype of frozen weights): norms
@@ -501,6 +501,15 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
     unreplayed = blocks - (tape.bytes() - embedding_bytes)
     head_dtype = weight_dtypes[0] if head_trainable else weight_dtypes[1]
     x = tape.norm(x, tokens, spec.final_norm.kind, head_trainable, head_dtype, spec.final_norm.bias)
+    if fused_loss:
+        # fused linear cross-entropy (Liger, Cut Cross-Entropy): logits are made chunk by chunk inside
+        # the loss, which computes d(loss)/d(hidden) during forward and keeps only that for backward
+        outside = tape.bytes() + unreplayed - blocks
+        tape.region = "logits"
+        if x.grad:
+            tape.save(T(tokens * d, x.dtype, False))
+        return ActivationBytes(blocks=blocks, outside=outside, logits=tape.bytes("logits"),
+                               per_block_max=max(per_layer, default=0), per_layer=per_layer)
     logits = tape.linear(x, spec.vocab_size, d, head_trainable)
     outside = tape.bytes() + unreplayed - blocks
     tape.region = "logits"

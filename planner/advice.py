@@ -38,6 +38,7 @@ _FLAG = {
     "zero": lambda v: f"--zero {v}",
     "offload_optimizer": lambda v: "--offload-optimizer" if v else "",
     "lora_target": lambda v: f"--lora-target {v}",
+    "fused_loss": lambda v: "--fused-loss" if v else "",
 }
 
 
@@ -61,6 +62,10 @@ def _candidates(spec: ModelSpec, plan: Plan, capacity: int) -> list[tuple[str, s
     if plan.method != "qlora":
         out.append(("Use QLoRA (4-bit base weights)",
                     "NF4 stores the frozen base in about 0.5 byte per parameter", {"method": "qlora"}))
+    if not plan.fused_loss:
+        out.append(("Use a fused linear cross-entropy (enable_liger_kernel: true)",
+                    f"the loss never materialises the {spec.vocab_size:,}-wide logits in fp32",
+                    {"fused_loss": True}))
     if plan.method in ("full", "freeze") and plan.optimizer in ("adamw", "adamw-fused"):
         out.append(("Use an 8-bit optimizer (bitsandbytes AdamW8bit)",
                     "2 bytes of Adam state per parameter instead of 8", {"optimizer": "adamw-8bit"}))
@@ -117,8 +122,10 @@ def suggest(spec: ModelSpec, plan: Plan, capacity: int, current_total: int, limi
             found.append(Suggestion(title=title, why=why, changes=changes, flags=flags_for(changes),
                                     new_total=total, saved=current_total - total, fits=total <= capacity))
     found.sort(key=lambda s: s.saved, reverse=True)
-    if found and not any(s.fits for s in found):
-        combo = _combine(spec, plan, capacity, found)
+    # Shorter sequences change what is trained on; when nothing else fits alone, stack the rest.
+    keeps_data = [s for s in found if "seq_len" not in s.changes]
+    if keeps_data and not any(s.fits for s in keeps_data):
+        combo = _combine(spec, plan, capacity, keeps_data)
         if combo:
             found.insert(0, combo)
     return found[:limit]

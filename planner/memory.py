@@ -146,7 +146,7 @@ def activation_bytes(spec: ModelSpec, plan: Plan, train: TrainingLayout) -> Acti
         kernel=plan.attention, autocast=plan.compute_dtype if plan.mixed else None,
         embeddings_trainable=train.embeddings_trainable, head_trainable=train.head_trainable,
         input_grad=plan.gradient_checkpointing, lora_rank=plan.lora_rank, lora_dropout=plan.lora_dropout,
-        adapter_dtype=adapter_dtype(plan), device=plan.device,
+        adapter_dtype=adapter_dtype(plan), device=plan.device, fused_loss=plan.fused_loss,
     )
 
 
@@ -199,15 +199,24 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
     loss_forward = tv * compute_bytes + (4 * tv if plan.compute_dtype != "fp32" else 0)
     # backward start: nll_loss's fp32 grad and log_softmax's fp32 grad input, both T x V
     loss_backward = 8 * tv
+    if plan.fused_loss:
+        # Liger's chunking keeps one chunk of about (tokens x hidden) logits, in fp32, at a time
+        loss_forward, loss_backward = 4 * plan.tokens * spec.hidden_size * 2, 0
     largest_linear = max((lin.in_features * lin.out_features for g in spec.blocks for lin in g.block.linears),
                          default=0)
     dequant = largest_linear * compute_bytes if train.method == "qlora" else 0
     zero3_gather = 0
     if plan.zero == 3 and plan.gpus > 1:
-        layer_bytes = max(counts.per_layer) * DTYPE_BYTES[plan.compute_dtype]
-        zero3_gather = 2 * layer_bytes  # the current layer and the prefetched next one
+        # the current layer and the prefetched next one, gathered whole (QLoRA: its 4-bit storage,
+        # which FSDP/ZeRO-3 shard through bnb_4bit_quant_storage)
+        layer_bytes = train.weight_bytes * max(counts.per_layer) // max(1, counts.total)
+        zero3_gather = 2 * layer_bytes
     optimizer_temp = _optimizer_temporaries(train, plan)
 
+    if plan.optimizer_in_backward:
+        # each gradient is stepped and freed in its own hook: only the largest one exists at a time
+        grads = _largest_gradient(spec, train, plan, grads)
+        optimizer_temp = _ceil_div(optimizer_temp * grads, max(1, gradient_bytes(train, plan)))
     persistent = {"weights": weights, "master_weights": master, "optimizer": opt_state}
     accum_grads = grads if plan.grad_accum > 1 else 0
     forward = {**persistent, "gradients": accum_grads, "activations": activations, "logits": logits,
@@ -218,6 +227,9 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
                     "temporaries": recompute + zero3_gather + dequant}
     backward = max(backward_start, backward_end, key=lambda p: sum(p.values()))
     optimizer = {**persistent, "gradients": grads, "activations": 0, "logits": 0, "temporaries": optimizer_temp}
+    if plan.optimizer_in_backward:  # the step happens inside backward, one parameter at a time
+        backward = max(backward_start, backward_end, optimizer, key=lambda p: sum(p.values()))
+        optimizer = {**persistent, "gradients": 0, "activations": 0, "logits": 0, "temporaries": 0}
     phases = [
         Phase(name="forward", parts=forward, allocated=sum(forward.values()),
               what="loss: logits and their fp32 up-cast"),
@@ -245,6 +257,26 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
             "fragmentation": fragmentation, "cuda_context": context,
         },
     )
+
+
+def _largest_gradient(spec: ModelSpec, train: TrainingLayout, plan: Plan, all_grads: int) -> int:
+    """The biggest single trainable tensor's gradient: with the optimizer stepping inside backward,
+    only one gradient is alive at a time (torchtune's optimizer_in_bwd)."""
+    if train.trainable_params == 0:
+        return 0
+    bytes_per_param = all_grads / train.trainable_params
+    widths = [max(lin.in_features, lin.out_features) for g in spec.blocks for lin in g.block.linears]
+    if train.method in ("lora", "qlora"):  # the largest adapter matrix: rank x width
+        largest = plan.lora_rank * max(widths, default=spec.hidden_size)
+    else:
+        largest = max((lin.in_features * lin.out_features for g in spec.blocks for lin in g.block.linears),
+                      default=0)
+        for group in spec.blocks:
+            if group.block.mlp.kind == "moe":
+                largest = max(largest, group.block.other_params.get("experts", 0) * 2 // 3)
+        if train.embeddings_trainable:
+            largest = max(largest, spec.vocab_size * spec.hidden_size)
+    return min(all_grads, int(largest * bytes_per_param))
 
 
 def _optimizer_temporaries(train: TrainingLayout, plan: Plan) -> int:

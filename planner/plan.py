@@ -50,6 +50,8 @@ class Plan(BaseModel):
     gpus: int = 1
     zero: Literal[0, 1, 2, 3] = 0
     offload_optimizer: bool = False
+    fused_loss: bool = False  # fused linear cross-entropy (Liger / Cut Cross-Entropy): no full logits
+    optimizer_in_backward: bool = False  # torchtune's optimizer_in_bwd: step each parameter in its grad hook
     cuda_context: int = DEFAULT_CUDA_CONTEXT
     cuda_context_measured: bool = False
     fragmentation: float = DEFAULT_FRAGMENTATION
@@ -88,9 +90,9 @@ class Plan(BaseModel):
             pass
         if self.offload_optimizer and self.zero == 0:
             raise FtplanError("--offload-optimizer: needs ZeRO (--zero 1, 2 or 3), as DeepSpeed requires")
-        if self.method == "qlora" and self.zero == 3:
-            raise FtplanError("--zero 3: QLoRA's 4-bit weights cannot be sharded by ZeRO-3 here; use --zero 2 "
-                              "(or FSDP with bnb_4bit_quant_storage, which ftplan does not model yet)")
+        if self.optimizer_in_backward and (self.grad_accum > 1 or self.zero):
+            raise FtplanError("--optimizer-in-backward: steps each parameter as its gradient arrives, so it "
+                              "cannot accumulate gradients or shard them; use --grad-accum 1 and --zero 0")
         return self
 
     @property

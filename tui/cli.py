@@ -91,6 +91,11 @@ def _add_plan_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=0,
                    help="ZeRO stage / FSDP sharding: 1 optimizer, 2 +gradients, 3 +weights (FSDP full_shard)")
     p.add_argument("--offload-optimizer", action="store_true", help="ZeRO-Offload the optimizer to CPU")
+    p.add_argument("--fused-loss", action="store_true",
+                   help="fused linear cross-entropy (LLaMA-Factory enable_liger_kernel, Cut Cross-Entropy): "
+                        "logits are never materialised (Liger's other kernels are not modelled)")
+    p.add_argument("--optimizer-in-backward", action="store_true",
+                   help="step each parameter inside backward (torchtune's optimizer_in_bwd): no full gradient set")
     p.add_argument("--cuda-context", default=None,
                    help="CUDA context + library workspace per GPU, e.g. 600MiB (default: 0.5GiB, assumed)")
     p.add_argument("--fragmentation", type=_fraction("--fragmentation"), default=None,
@@ -113,7 +118,8 @@ def _plan_from(args: argparse.Namespace):
         attention=args.attention, lora_rank=args.lora_rank, lora_target=args.lora_target,
         lora_dropout=args.lora_dropout, freeze_trainable_layers=args.freeze_trainable_layers,
         quant_bits=args.quant_bits, double_quant=args.double_quant, gpus=args.gpus, zero=args.zero,
-        offload_optimizer=args.offload_optimizer, **extra,
+        offload_optimizer=args.offload_optimizer, optimizer_in_backward=args.optimizer_in_backward,
+        fused_loss=args.fused_loss, **extra,
     )
 
 

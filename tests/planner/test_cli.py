@@ -58,7 +58,7 @@ def test_max_batch_is_the_largest_that_fits(capsys) -> None:
 @pytest.mark.parametrize(("args", "needle"), [
     (["--model", "no-such-preset"], "no-such-preset"),
     (["--model", "7b", "--batch-size", "-2"], "--batch-size"),
-    (["--model", "7b", "--method", "qlora", "--zero", "3"], "--zero 3"),
+    (["--model", "7b", "--optimizer-in-backward", "--grad-accum", "4"], "--optimizer-in-backward"),
     (["--model", "7b", "--gpu", "GTX 9999"], "--gpu GTX 9999"),
     (["--model", "7b", "--gpu-memory", "lots"], "--gpu-memory"),
     (["--model", "7b", "--method", "lora", "--lora-target", "nothing_here"], "--lora-target"),
