@@ -157,10 +157,10 @@ def block_training(spec: ModelSpec, plan: Plan) -> list[BlockTraining]:
     if plan.method == "freeze":
         chosen = set(trainable_layer_indices(spec, plan))
         return [BlockTraining(i in chosen) for i in range(spec.num_layers)]
-    out = []
-    for _, block in spec.iter_blocks():
-        linears, params = lora_targets(spec, block, plan)
-        out.append(BlockTraining(False, frozenset(lin.path for lin in linears), params))
+    out: list[BlockTraining] = []
+    for group in spec.blocks:  # identical blocks train identically: resolve targets once per group
+        linears, params = lora_targets(spec, group.block, plan)
+        out += [BlockTraining(False, frozenset(lin.path for lin in linears), params)] * group.count
     return out
 
 
@@ -223,20 +223,17 @@ def layout(spec: ModelSpec, counts: ParamCounts, plan: Plan) -> TrainingLayout:
 
     # LoRA / QLoRA
     adapters = modules = quant_params = quant_bytes = 0
-    for _, block in spec.iter_blocks():
+    for group in spec.blocks:
+        block, n = group.block, group.count
         linears, params = lora_targets(spec, block, plan)
-        for lin in linears:
-            adapters += plan.lora_rank * (lin.in_features + lin.out_features)
-            modules += 1
-        adapters += lora_param_adapters(block, spec.hidden_size, params, plan.lora_rank)
-        modules += len(params)
-        if plan.method == "qlora":
+        adapters += n * sum(plan.lora_rank * (lin.in_features + lin.out_features) for lin in linears)
+        adapters += n * lora_param_adapters(block, spec.hidden_size, params, plan.lora_rank)
+        modules += n * (len(linears) + len(params))
+        if plan.method == "qlora":  # every linear's weight is quantized; biases stay in the compute dtype
             for lin in block.linears:
                 w = lin.in_features * lin.out_features
-                quant_params += w
-                quant_bytes += quantized_bytes(w, lin.out_features, plan.base_bits, plan.double_quant)
-                if lin.bias:  # biases stay in the compute dtype
-                    pass
+                quant_params += n * w
+                quant_bytes += n * quantized_bytes(w, lin.out_features, plan.base_bits, plan.double_quant)
     if plan.method == "qlora":
         qname = f"{plan.base_bits}-bit" + (" NF4" if plan.base_bits == 4 else " LLM.int8")
         if plan.base_bits == 4 and plan.double_quant:
