@@ -187,20 +187,19 @@ class Ctx:
 def _proj(tape: Tape, x: T, lin: Linear, training: BlockTraining, ctx: Ctx) -> T:
     out = tape.linear(x, lin.out_features, lin.in_features, training.base_trainable)
     if lin.path in training.lora_paths:
-        delta = tape.lora(x, lin, ctx.lora_rank, ctx.lora_dropout, ctx.adapter_dtype)
+        tape.lora(x, lin, ctx.lora_rank, ctx.lora_dropout, ctx.adapter_dtype)
         out = T(out.numel, out.dtype, True)  # (result + delta * scaling).to(result dtype)
-        del delta
     return out
 
 
-def _rope(tape: Tape, x: T, rope_dim: int, head_dim: int, ctx: Ctx, key: str) -> T:
+def _rope(tape: Tape, x: T, rope_dim: int, ctx: Ctx) -> T:
+    """q * cos + rotate_half(q) * sin: the muls keep cos and sin, computed once per forward and
+    shared by every layer; the rotated tensor is new."""
     if rope_dim <= 0:
         return x
     if x.grad:
-        cos_dtype = x.dtype
-        for name in ("cos", "sin"):  # computed once per forward, shared by every layer
-            shared = tape.shared.setdefault(f"{key}.{name}", T(ctx.seq * rope_dim, cos_dtype, False))
-            tape.save(shared)
+        for name in ("cos", "sin"):
+            tape.save(tape.shared.setdefault(f"rope.{name}", T(ctx.seq * rope_dim, x.dtype, False)))
     return tape.new_like(x)
 
 
@@ -229,8 +228,8 @@ def _attention(tape: Tape, x: T, block: Block, training: BlockTraining, ctx: Ctx
     elif att.qk_norm == "per_head":  # same RMSNorm class as the block's (Qwen3: Llama-style, Gemma 3: 1 + w)
         q = tape.norm(q, b * s * nh, block.norm.kind, trainable, ctx.weight_dtype)
         k = tape.norm(k, b * s * kvh, block.norm.kind, trainable, ctx.weight_dtype)
-    q = _rope(tape, q, att.rope_dim, att.head_dim, ctx, "rope")
-    k = _rope(tape, k, att.rope_dim, att.head_dim, ctx, "rope")
+    q = _rope(tape, q, att.rope_dim, ctx)
+    k = _rope(tape, k, att.rope_dim, ctx)
     if att.rope_dim and att.rope_dim < att.head_dim:
         q, k = tape.new_like(q), tape.new_like(k)  # torch.cat((rotated, passthrough))
     out = _attention_kernel(tape, q, k, v, att.num_heads, att.num_kv_heads, att.head_dim, att.v_head_dim,
@@ -319,9 +318,8 @@ def _mla(tape: Tape, x: T, block: Block, training: BlockTraining, ctx: Ctx) -> T
     latent = tape.norm(ckv.view(b * s * att.kv_lora_rank), b * s, "rms", trainable, ctx.weight_dtype)
     kv = _proj(tape, latent, lins["kv_b_proj"], training, ctx)
     rope = att.rope_dim
-    q_rot = _rope(tape, T(b * s * nh * rope, q.dtype, q.grad), rope, att.head_dim, ctx, "rope")
-    k_rot = _rope(tape, T(b * s * rope, ckv.dtype, ckv.grad), rope, att.head_dim, ctx, "rope")
-    del q_rot, k_rot
+    _rope(tape, T(b * s * nh * rope, q.dtype, q.grad), rope, ctx)
+    _rope(tape, T(b * s * rope, ckv.dtype, ckv.grad), rope, ctx)
     qs = T(b * s * nh * att.head_dim, q.dtype, q.grad)  # cat(q_pass, q_rot)
     ks = T(b * s * nh * att.head_dim, kv.dtype, kv.grad or ckv.grad)  # cat(k_pass, k_rot.expand)
     v = kv.view(b * s * nh * att.v_head_dim)
@@ -481,7 +479,7 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
     # Identical blocks with the same training and input save the same bytes: replay each
     # distinct one once. Storages shared across layers (rotary cos/sin) are counted once.
     memo: dict[tuple, tuple[int, T]] = {}
-    for (index, block), training in zip(spec.iter_blocks(), trainings, strict=True):
+    for (_, block), training in zip(spec.iter_blocks(), trainings, strict=True):
         key = (id(block), training, x.grad, x.dtype)
         if key in memo:
             nbytes, out = memo[key]
@@ -496,7 +494,6 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
         nbytes = tape.bytes() - before
         memo[key] = (nbytes - (_shared_bytes(tape) - shared_before), x)
         per_layer.append(nbytes)
-        del index
     blocks = sum(per_layer)
     unreplayed = blocks - (tape.bytes() - embedding_bytes)
     head_dtype = weight_dtypes[0] if head_trainable else weight_dtypes[1]

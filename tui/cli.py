@@ -33,30 +33,27 @@ class _Parser(argparse.ArgumentParser):
         self.exit(ExitCode.BAD_INPUT, f"ftplan: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _positive_int(flag: str):
-    def parse(text: str) -> int:
+def _number(flag: str, convert, accept, rule: str):
+    """An argparse type that names the flag and the rule in its one-line error."""
+
+    def parse(text: str):
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} takes a whole number, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{flag} must be at least 1, got {value}")
+            raise argparse.ArgumentTypeError(f"{flag} takes {rule}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"{flag} takes {rule}, got {value}")
         return value
 
     return parse
+
+
+def _positive_int(flag: str):
+    return _number(flag, int, lambda v: v >= 1, "a whole number of at least 1")
 
 
 def _fraction(flag: str):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} takes a number, got {text!r}") from None
-        if not 0 <= value < 1:
-            raise argparse.ArgumentTypeError(f"{flag} must be in [0, 1), got {value}")
-        return value
-
-    return parse
+    return _number(flag, float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
 def _add_plan_flags(p: argparse.ArgumentParser) -> None:
