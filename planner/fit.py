@@ -20,6 +20,7 @@ class GpuTarget(BaseModel):
     capacity: int  # bytes a job can use on each GPU
     source: Literal["catalog", "given", "measured"]
     gpu: GpuSpec | None = None  # catalog entry, for speed and bf16 support
+    device_name: str | None = None  # the name NVML reports, for a measured GPU
     note: str | None = None  # e.g. memory held by other processes
 
 

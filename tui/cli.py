@@ -120,8 +120,8 @@ def _plan_from(args: argparse.Namespace):
     )
 
 
-def _gpu_target(args: argparse.Namespace):
-    from planner.errors import EnvironmentMissing, FtplanError
+def _gpu_target(args: argparse.Namespace, plan):
+    from planner.errors import FtplanError
     from planner.fit import GpuTarget
     from planner.hardware import find_gpu
     from planner.units import parse_bytes
@@ -134,10 +134,24 @@ def _gpu_target(args: argparse.Namespace):
     if not args.gpu:
         return None
     if args.gpu.lower() == "auto":
-        raise EnvironmentMissing("--gpu auto: measuring the local GPU needs the NVML probe (`ftplan gpus`), "
-                                 "which is not available yet; name the GPU (--gpu H100) or give --gpu-memory")
+        from diagnostics.gpus import measured_target
+        from diagnostics.nvml import probe
+
+        return measured_target(probe(), plan.gpus)
     gpu = find_gpu(args.gpu)
     return GpuTarget(name=gpu.name, capacity=gpu.memory_bytes, source="catalog", gpu=gpu)
+
+
+def _calibrated(plan, target, args: argparse.Namespace):
+    """Use this machine's measured CUDA context (`ftplan gpus --calibrate`) unless --cuda-context is given."""
+    if target is None or args.cuda_context is not None:
+        return plan
+    from diagnostics.calibrate import calibration_for
+
+    cal = calibration_for(target.device_name, target.gpu.name if target.gpu else None)
+    if cal is None:
+        return plan
+    return plan.with_(cuda_context=cal.cuda_context, cuda_context_measured=True)
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
@@ -145,7 +159,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from planner.spec import load_spec
 
     plan = _plan_from(args)
-    target = _gpu_target(args)
+    target = _gpu_target(args, plan)
+    plan = _calibrated(plan, target, args)
     if (args.max_batch or args.max_seq_len) and target is None:
         from planner.errors import FtplanError
 
@@ -186,6 +201,47 @@ def cmd_models(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_gpus(args: argparse.Namespace) -> int:
+    if args.catalog:
+        from planner.hardware import catalog
+
+        rows = [g.model_dump() for g in catalog()]
+        if args.json:
+            import json
+
+            sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        else:
+            from tui.report import print_catalog
+
+            print_catalog(catalog())
+        return ExitCode.OK
+    from diagnostics.nvml import probe
+
+    if args.calibrate:
+        from diagnostics.calibrate import calibrate, save_calibration
+
+        cal = calibrate(args.device)
+        path = save_calibration(cal)
+        if args.json:
+            sys.stdout.write(cal.model_dump_json(indent=2) + "\n")
+        else:
+            from planner.units import fmt_gib
+
+            print(f"{cal.gpu}: CUDA context {fmt_gib(cal.cuda_context)} (measured by {cal.method} memory; "
+                  f"PyTorch reserved {fmt_gib(cal.allocator_reserved)} for the test matmul); saved to {path}")
+        return ExitCode.OK
+    result = probe()
+    if args.json:
+        sys.stdout.write(result.model_dump_json(indent=2) + "\n")
+    elif result.status != "ok":
+        print(result.summary())
+    else:
+        from tui.report import print_gpus
+
+        print_gpus(result)
+    return ExitCode.OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ftplan", description="Plan and pre-flight LLM fine-tuning: memory, fit, time.",
                      epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -197,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP + "\nexample:\n  ftplan estimate --model 7b --method qlora --gpu 4090 --max-batch\n",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_plan_flags(est)
-    est.add_argument("--gpu", help="GPU to fit (catalog name, leniently matched: 'RTX 4090', '4090', 'H100')")
+    est.add_argument("--gpu", help="GPU to fit: a catalog name, leniently matched ('RTX 4090', '4090', 'H100'), "
+                                   "or auto for the measured free memory of this machine's visible GPU(s)")
     est.add_argument("--gpu-memory", help="usable memory per GPU instead of --gpu, e.g. 24GiB or 80GB")
     est.add_argument("--max-batch", action="store_true", help="find the largest micro-batch that fits")
     est.add_argument("--max-seq-len", action="store_true", help="find the longest sequence that fits")
@@ -208,6 +265,17 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--epochs", type=float, default=1.0, help="epochs, with --samples (default: 1)")
     est.add_argument("--json", action="store_true", help="print the result as JSON (the pydantic dump)")
     est.set_defaults(func=cmd_estimate)
+    gpus = sub.add_parser(
+        "gpus", help="the GPUs this machine has, measured through NVML",
+        description="Memory, utilisation, temperature, power and processes of every GPU NVML reports, and which "
+                    "of them a job gets under CUDA_VISIBLE_DEVICES. With no GPU or driver: one line saying why, "
+                    "exit 0.", epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    gpus.add_argument("--json", action="store_true", help="print the probe result as JSON")
+    gpus.add_argument("--calibrate", action="store_true",
+                      help="measure the CUDA context overhead (needs torch with CUDA) and store it for estimates")
+    gpus.add_argument("--device", type=int, default=0, help="CUDA device to calibrate (default: 0)")
+    gpus.add_argument("--catalog", action="store_true", help="list the GPU catalog used by --gpu NAME")
+    gpus.set_defaults(func=cmd_gpus)
     models = sub.add_parser("models", help="list model presets and size aliases")
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=cmd_models)

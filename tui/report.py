@@ -117,3 +117,52 @@ def print_models(rows: list[dict], console: Console | None = None) -> None:
     console.print(table)
     console.print("use a preset, an alias, a hub id (owner/name) or a local model directory with --model",
                   style="dim")
+
+
+def _na(value, fmt: str = "{}") -> str:
+    return "n/a" if value is None else fmt.format(value)
+
+
+def print_gpus(result, console: Console | None = None) -> None:
+    """`ftplan gpus`: one row per device, then the processes holding memory."""
+    console = console or Console(highlight=False)
+    console.print(f"driver {result.driver_version or 'n/a'}, CUDA {result.cuda_driver_version or 'n/a'}"
+                  + (f", CUDA_VISIBLE_DEVICES={result.cuda_visible_devices!r}"
+                     if result.cuda_visible_devices is not None else ""), style="dim")
+    table = Table(show_edge=False, title="GPUs (memory in GiB, 2^30 bytes)", title_justify="left")
+    for col in ("nvml", "cuda", "name", "used / total", "free", "util", "temp", "power", "cc", "MIG"):
+        table.add_column(col, justify="right" if col in ("used / total", "free", "util", "temp", "power") else "left")
+    for g in result.gpus:
+        used = (f"{g.memory_used / GIB:.1f} / {g.memory_total / GIB:.1f}"
+                if g.memory_total is not None and g.memory_used is not None else "lost")
+        table.add_row(
+            g.label.removeprefix("GPU "), _na(g.cuda_index), g.name, used,
+            _na(None if g.memory_free is None else g.memory_free / GIB, "{:.1f}"),
+            _na(g.utilization_gpu, "{}%"), _na(g.temperature_c, "{}°C"),
+            "n/a" if g.power_w is None else f"{g.power_w:.0f}/{g.power_limit_w:.0f} W",
+            _na(g.compute_capability), {True: "on", False: "off", None: "–"}[g.mig_enabled],
+            style=None if g.cuda_index is not None else "dim")
+    console.print(table)
+    procs = [(g, p) for g in result.gpus for p in g.processes]
+    if procs:
+        console.print("processes holding GPU memory:")
+        for g, p in procs:
+            mem = "n/a" if p.used_memory is None else fmt_gib(p.used_memory)
+            console.print(f"  {g.label}: pid {p.pid} {p.name or ''} {mem}" + ("  (this process)" if p.own else ""))
+    for g in result.gpus:
+        for problem in g.problems:
+            console.print(f"[yellow]{g.label}:[/yellow] {problem}")
+    for note in result.notes:
+        console.print(f"note: {note}", style="dim")
+    console.print("devices with a cuda number are the ones a job launched from this shell gets", style="dim")
+
+
+def print_catalog(gpus, console: Console | None = None) -> None:
+    console = console or Console(highlight=False)
+    table = Table(show_edge=False, title="GPU catalog (--gpu NAME)", title_justify="left")
+    for col in ("name", "memory GiB", "bf16 TFLOP/s", "fp16 TFLOP/s", "GB/s", "cc", "also matches"):
+        table.add_column(col)
+    for g in gpus:
+        table.add_row(g.name, f"{g.memory_bytes / GIB:.1f}", _na(g.bf16_tflops, "{:g}"), f"{g.fp16_tflops:g}",
+                      _na(g.bandwidth_gbps, "{:g}"), _na(g.compute_capability), ", ".join(g.aliases))
+    console.print(table)
