@@ -8,16 +8,11 @@ from __future__ import annotations
 import warnings
 
 
-def hf_config(config: dict):
-    from transformers import AutoConfig
-
-    d = dict(config)
-    return AutoConfig.for_model(d.pop("model_type"), **d)
-
-
 def meta_model(config: dict):
     import torch
     from transformers import AutoModelForCausalLM
+
+    from diagnostics.models import hf_config
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -32,74 +27,17 @@ def linear_like_types():
     return (torch.nn.Linear, Conv1D)
 
 
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-
-def _torch_dtype(name: str):
-    import torch
-
-    return getattr(torch, DTYPES[name])
-
-
-def attention_linear_names(model) -> list[str]:
-    names = set()
-    for name, module in model.named_modules():
-        if isinstance(module, linear_like_types()) and any(p in name for p in ("attn", "attention")):
-            names.add(name.rsplit(".", 1)[-1])
-    return sorted(names)
-
-
 def build_model(config: dict, *, method: str = "full", precision: str = "bf16", kernel: str = "sdpa",
                 lora_rank: int = 4, lora_target: str = "all", lora_dropout: float = 0.0,
                 freeze_trainable_layers: int = 1, double_quant: bool = True, tmp_dir=None, seed: int = 0):
-    """A real CPU model set up the way LLaMA-Factory sets it up for `method`.
+    """A real CPU model, set up as LLaMA-Factory would (see diagnostics.models)."""
+    from diagnostics.models import build_model as build
+    from planner.plan import Plan
 
-    Weights are loaded in the compute dtype (pure bf16 or fp32 here); LoRA via peft with its
-    defaults (fp32 adapters); QLoRA through bitsandbytes 4-bit NF4 from a saved checkpoint.
-    """
-    import tempfile
-
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    dtype = _torch_dtype(precision)
-    cfg = hf_config(config)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if method == "qlora":
-            from transformers import BitsAndBytesConfig
-
-            path = tmp_dir or tempfile.mkdtemp(prefix="ftplan-qlora-")
-            AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
-            quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                       bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=double_quant)
-            model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, dtype=dtype,
-                                                         attn_implementation=kernel)
-        else:
-            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=kernel)
-        if method == "freeze":
-            layers = cfg.num_hidden_layers
-            n = freeze_trainable_layers
-            chosen = set(range(layers - n, layers)) if n > 0 else set(range(-n))
-            for name, p in model.named_parameters():
-                parts = name.split(".")
-                idx = next((int(parts[i + 1]) for i, part in enumerate(parts[:-1])
-                            if part in ("layers", "h") and parts[i + 1].isdigit()), None)
-                p.requires_grad_(idx in chosen)
-        if method in ("lora", "qlora"):
-            from peft import LoraConfig, get_peft_model
-
-            if lora_target == "all":
-                targets = "all-linear"
-            elif lora_target == "attention":
-                targets = attention_linear_names(model)
-            else:
-                targets = [t.strip() for t in lora_target.split(",")]
-            model = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank,
-                                                     target_modules=targets, lora_dropout=lora_dropout))
-    model.train()
-    return model
+    plan = Plan(method=method, precision=precision, attention=kernel, lora_rank=lora_rank, lora_target=lora_target,
+                lora_dropout=lora_dropout, freeze_trainable_layers=freeze_trainable_layers,
+                double_quant=double_quant)
+    return build(config, plan, seed=seed, workdir=tmp_dir)
 
 
 def model_storages(model) -> set[int]:
@@ -137,7 +75,9 @@ def measure_saved_bytes(model, batch: int, seq: int, vocab: int, *, seed: int = 
 
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, vocab, (batch, seq), generator=g)
-    ctx = torch.autocast("cpu", dtype=_torch_dtype(autocast)) if autocast else contextlib.nullcontext()
+    from diagnostics.models import torch_dtype
+
+    ctx = torch.autocast("cpu", dtype=torch_dtype(autocast)) if autocast else contextlib.nullcontext()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ctx:
         out = model(input_ids=ids, labels=ids)
     del out

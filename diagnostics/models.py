@@ -1,0 +1,116 @@
+"""Build a real transformers model for a `Plan`, set up the way LLaMA-Factory sets it up.
+
+* the base is loaded in the compute dtype (fp32, bf16 or fp16);
+* mixed precision (`bf16-mixed`, `fp16-mixed`) up-casts the *trainable* parameters to
+  fp32 (LLaMA-Factory's `cast_trainable_params_to_fp32`), and the step runs under autocast;
+* freeze trains the last N decoder layers (or the first N for N < 0);
+* LoRA goes through `peft.get_peft_model` with its defaults (fp32 adapters);
+* QLoRA loads the base in 4-bit NF4 through bitsandbytes (it needs a checkpoint on
+  disk: a config-only model is first saved with random weights to a temporary folder);
+* gradient checkpointing uses `use_reentrant=False` with input gradients enabled.
+
+torch, transformers, peft and bitsandbytes are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+
+from planner.errors import EnvironmentMissing
+from planner.plan import Plan
+
+TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+KERNELS = {"eager": "eager", "sdpa": "sdpa", "flash": "flash_attention_2"}
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, TORCH_DTYPES[name])
+
+
+def hf_config(config: dict):
+    from transformers import AutoConfig
+
+    fields = dict(config)
+    return AutoConfig.for_model(fields.pop("model_type"), **fields)
+
+
+def layer_index(name: str) -> int | None:
+    """The decoder-layer number in a parameter name (`model.layers.3.mlp...` -> 3)."""
+    parts = name.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part in ("layers", "h") and parts[i + 1].isdigit():
+            return int(parts[i + 1])
+    return None
+
+
+def _lora_targets(model, target: str):
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    names = [t.strip() for t in target.split(",") if t.strip()]
+    if any(n.lower() == "all" for n in names):
+        return "all-linear"
+    if any(n.lower() in ("attention", "attn", "attention_only") for n in names):
+        found = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                 if isinstance(module, (torch.nn.Linear, Conv1D)) and any(k in name for k in ("attn", "attention"))}
+        return sorted(found)
+    return names
+
+
+def build_model(config: dict | None, plan: Plan, *, weights: str | Path | None = None, device: str = "cpu",
+                seed: int = 0, workdir: str | Path | None = None):
+    """A model ready to train under `plan`: from `weights` (a local model directory) or `config` (random init)."""
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM
+    except ImportError:
+        raise EnvironmentMissing("the diagnostics need torch and transformers: pip install 'ftplan[diagnostics]'") \
+            from None
+    torch.manual_seed(seed)
+    dtype = torch_dtype(plan.compute_dtype)
+    kernel = KERNELS[plan.attention]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if plan.method == "qlora":
+            from transformers import BitsAndBytesConfig
+
+            if weights is None:
+                workdir = Path(workdir or tempfile.mkdtemp(prefix="ftplan-qlora-"))
+                AutoModelForCausalLM.from_config(hf_config(config)).save_pretrained(workdir)
+                weights = workdir
+            quant = BitsAndBytesConfig(
+                load_in_4bit=plan.base_bits == 4, load_in_8bit=plan.base_bits == 8, bnb_4bit_quant_type="nf4",
+                bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=plan.double_quant)
+            model = AutoModelForCausalLM.from_pretrained(weights, quantization_config=quant, dtype=dtype,
+                                                         attn_implementation=kernel, device_map={"": device})
+        elif weights is not None:
+            model = AutoModelForCausalLM.from_pretrained(weights, dtype=dtype, attn_implementation=kernel)
+        else:
+            model = AutoModelForCausalLM.from_config(hf_config(config), dtype=dtype, attn_implementation=kernel)
+        if plan.method != "qlora":
+            model.to(device)
+        if plan.method == "freeze":
+            layers = model.config.num_hidden_layers
+            n = plan.freeze_trainable_layers
+            chosen = set(range(layers - n, layers)) if n > 0 else set(range(-n))
+            for name, p in model.named_parameters():
+                p.requires_grad_(layer_index(name) in chosen)
+        if plan.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        if plan.method in ("lora", "qlora"):
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(
+                r=plan.lora_rank, lora_alpha=2 * plan.lora_rank, lora_dropout=plan.lora_dropout,
+                target_modules=_lora_targets(model, plan.lora_target)))
+    if plan.mixed:
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+    model.train()
+    return model
