@@ -35,24 +35,26 @@ class MemoryCheck(BaseModel):
         return None if measured in (None, 0) else (estimated - measured) / measured
 
 
-def make_optimizer(params, plan: Plan, lr: float = 1e-5):
+def make_optimizer(params, plan: Plan, lr: float = 1e-5, weight_decay: float = 0.0):
     """The optimizer the plan names, as the HF Trainer / LLaMA-Factory would create it."""
     import torch
 
     params = [p for p in params if p.requires_grad]
     if plan.optimizer in ("adamw", "adamw-fused"):
-        return torch.optim.AdamW(params, lr=lr, fused=plan.optimizer == "adamw-fused" or None,
-                                 foreach=None if plan.optimizer == "adamw-fused" else True)
+        fused = plan.optimizer == "adamw-fused"
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None,
+                                 foreach=None if fused else True)
     if plan.optimizer in ("adamw-8bit", "paged-adamw-8bit"):
         import bitsandbytes as bnb
 
         cls = bnb.optim.PagedAdamW8bit if plan.optimizer.startswith("paged") else bnb.optim.AdamW8bit
-        return cls(params, lr=lr)
+        return cls(params, lr=lr, weight_decay=weight_decay)
     if plan.optimizer == "adafactor":
         from transformers.optimization import Adafactor
 
-        return Adafactor(params, lr=lr, relative_step=False, scale_parameter=False)
-    return torch.optim.SGD(params, lr=lr, momentum=0.9 if plan.optimizer == "sgd-momentum" else 0.0)
+        return Adafactor(params, lr=lr, relative_step=False, scale_parameter=False, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay,
+                           momentum=0.9 if plan.optimizer == "sgd-momentum" else 0.0)
 
 
 def _process_memory(device_index: int) -> int | None:

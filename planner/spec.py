@@ -16,7 +16,7 @@ import json
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -219,16 +219,35 @@ def resolve_preset(name: str) -> tuple[Preset, str | None] | None:
     return None
 
 
-def load_preset(name: str) -> ModelSpec:
+class ModelSource(NamedTuple):
+    """Where a model's config came from; `directory` is set for a local model folder (it may hold weights)."""
+
+    config: dict
+    source: str
+    name: str
+    directory: Path | None = None
+    stands_for: str | None = None
+
+
+def _preset_source(name: str) -> ModelSource:
     found = resolve_preset(name)
     if found is None:
         raise FtplanError(f"--model: no preset named {name!r}; run `ftplan models` to list them")
     preset, alias = found
     config = json.loads((_models_dir() / preset.file).read_text(encoding="utf-8"))
-    spec = spec_from_config(config, source=f"preset:{preset.name}", name=preset.hub_id or preset.name)
+    label = preset.hub_id or preset.name
     if alias:
-        spec = spec.model_copy(update={"stands_for": preset.hub_id or preset.name, "name": alias})
-    return spec
+        return ModelSource(config, f"preset:{preset.name}", alias, stands_for=label)
+    return ModelSource(config, f"preset:{preset.name}", label)
+
+
+def load_preset(name: str) -> ModelSpec:
+    return _spec_of(_preset_source(name))
+
+
+def _spec_of(src: ModelSource) -> ModelSpec:
+    spec = spec_from_config(src.config, source=src.source, name=src.name)
+    return spec.model_copy(update={"stands_for": src.stands_for}) if src.stands_for else spec
 
 
 def _looks_like_hub_id(text: str) -> bool:
@@ -255,7 +274,7 @@ def _hub_config_path(repo_id: str) -> Path:
         ) from None
 
 
-def load_spec(model: str) -> ModelSpec:
+def resolve_model(model: str) -> ModelSource:
     """Resolve `--model`: a local dir / config.json path, a preset or alias, or a hub id."""
     if not model or not model.strip():
         raise FtplanError("--model: empty; give a preset (e.g. 7b), a hub id or a local directory")
@@ -264,16 +283,19 @@ def load_spec(model: str) -> ModelSpec:
         config_file = path / "config.json"
         if not config_file.is_file():
             raise FtplanError(f"--model {model}: the directory has no config.json; point at a model directory")
-        return spec_from_config(_read_json(config_file), source=str(config_file), name=path.name)
+        return ModelSource(_read_json(config_file), str(config_file), path.name, directory=path)
     if path.is_file():
-        return spec_from_config(_read_json(path), source=str(path), name=path.parent.name or path.stem)
+        return ModelSource(_read_json(path), str(path), path.parent.name or path.stem)
     if resolve_preset(model) is not None:
-        return load_preset(model)
+        return _preset_source(model)
     if _looks_like_hub_id(model):
-        config_file = _hub_config_path(model)
-        return spec_from_config(_read_json(config_file), source=f"hub:{model}", name=model)
+        return ModelSource(_read_json(_hub_config_path(model)), f"hub:{model}", model)
     if model.endswith(".json") or "/" in model or model.startswith("."):
         raise FtplanError(f"--model {model}: no such file or directory")
     raise FtplanError(
         f"--model {model}: not a preset, a hub id (owner/name) or a local path; run `ftplan models` to list presets"
     )
+
+
+def load_spec(model: str) -> ModelSpec:
+    return _spec_of(resolve_model(model))

@@ -11,6 +11,15 @@ import argparse
 import sys
 from enum import IntEnum
 
+from tui.flags import (
+    add_diagnose_flags,
+    add_system_flags,
+    add_training_flags,
+    fraction,
+    plan_from,
+    positive_int,
+)
+
 EXIT_CODES_HELP = """exit codes:
   0  success (for estimate --gpu: the plan fits)
   1  a check failed: the plan does not fit the GPU
@@ -31,93 +40,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # pragma: no cover - exercised through main()
         self.exit(ExitCode.BAD_INPUT, f"ftplan: error: {message} (see `{self.prog} --help`)\n")
-
-
-def _number(flag: str, convert, accept, rule: str):
-    """An argparse type that names the flag and the rule in its one-line error."""
-
-    def parse(text: str):
-        try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} takes {rule}, got {text!r}") from None
-        if not accept(value):
-            raise argparse.ArgumentTypeError(f"{flag} takes {rule}, got {value}")
-        return value
-
-    return parse
-
-
-def _positive_int(flag: str):
-    return _number(flag, int, lambda v: v >= 1, "a whole number of at least 1")
-
-
-def _fraction(flag: str):
-    return _number(flag, float, lambda v: 0 <= v < 1, "a number in [0, 1)")
-
-
-def _add_plan_flags(p: argparse.ArgumentParser) -> None:
-    from planner.plan import ATTENTION_KERNELS, METHODS, OPTIMIZERS, PRECISIONS
-
-    p.add_argument("--model", "-m", required=True,
-                   help="preset or size alias (`ftplan models`), hub id (owner/name), or a local dir/config.json")
-    p.add_argument("--method", choices=METHODS, default="full", help="fine-tuning method (default: full)")
-    p.add_argument("--precision", choices=PRECISIONS, default="bf16-mixed",
-                   help="bf16 = pure bf16 weights; *-mixed = fp32 weights + autocast (default: bf16-mixed)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="(default: adamw, torch foreach)")
-    p.add_argument("--batch-size", "-b", type=_positive_int("--batch-size"), default=1,
-                   help="micro-batch per GPU (default: 1)")
-    p.add_argument("--seq-len", "-s", type=_positive_int("--seq-len"), default=1024,
-                   help="tokens per sequence, i.e. cutoff_len (default: 1024)")
-    p.add_argument("--grad-accum", type=_positive_int("--grad-accum"), default=1,
-                   help="gradient accumulation steps (default: 1)")
-    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False,
-                   help="recompute activations in backward (default: off)")
-    p.add_argument("--attention", choices=ATTENTION_KERNELS, default="sdpa", help="attention kernel (default: sdpa)")
-    p.add_argument("--lora-rank", type=_positive_int("--lora-rank"), default=8, help="LoRA rank (default: 8)")
-    p.add_argument("--lora-target", default="all",
-                   help="all, attention, or comma-separated module names as LLaMA-Factory's lora_target")
-    p.add_argument("--lora-dropout", type=_fraction("--lora-dropout"), default=0.0)
-    p.add_argument("--freeze-trainable-layers", type=int, default=2,
-                   help="freeze method: train the last N layers (negative: the first N) (default: 2)")
-    p.add_argument("--quant-bits", type=int, choices=(4, 8), default=None,
-                   help="quantize the frozen base to 4 or 8 bits (QLoRA; --method qlora defaults to 4)")
-    p.add_argument("--no-double-quant", dest="double_quant", action="store_false",
-                   help="QLoRA without double quantization of the constants")
-    p.add_argument("--gpus", type=_positive_int("--gpus"), default=1, help="data-parallel GPUs (default: 1)")
-    p.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=0,
-                   help="ZeRO stage / FSDP sharding: 1 optimizer, 2 +gradients, 3 +weights (FSDP full_shard)")
-    p.add_argument("--offload-optimizer", action="store_true", help="ZeRO-Offload the optimizer to CPU")
-    p.add_argument("--fused-loss", action="store_true",
-                   help="fused linear cross-entropy (LLaMA-Factory enable_liger_kernel, Cut Cross-Entropy): "
-                        "logits are never materialised (Liger's other kernels are not modelled)")
-    p.add_argument("--optimizer-in-backward", action="store_true",
-                   help="step each parameter inside backward (torchtune's optimizer_in_bwd): no full gradient set")
-    p.add_argument("--cuda-context", default=None,
-                   help="CUDA context + library workspace per GPU, e.g. 600MiB (default: 0.5GiB, assumed)")
-    p.add_argument("--fragmentation", type=_fraction("--fragmentation"), default=None,
-                   help="allocator fragmentation as a fraction of the peak (default: 0.08)")
-
-
-def _plan_from(args: argparse.Namespace):
-    from planner.plan import Plan
-    from planner.units import parse_bytes
-
-    extra = {}
-    if args.cuda_context is not None:
-        extra["cuda_context"] = parse_bytes(args.cuda_context, "--cuda-context") if args.cuda_context not in (
-            "0", "0B") else 0
-    if args.fragmentation is not None:
-        extra["fragmentation"] = args.fragmentation
-    return Plan.build(
-        method=args.method, precision=args.precision, optimizer=args.optimizer, batch_size=args.batch_size,
-        seq_len=args.seq_len, grad_accum=args.grad_accum, gradient_checkpointing=args.gradient_checkpointing,
-        attention=args.attention, lora_rank=args.lora_rank, lora_target=args.lora_target,
-        lora_dropout=args.lora_dropout, freeze_trainable_layers=args.freeze_trainable_layers,
-        quant_bits=args.quant_bits, double_quant=args.double_quant, gpus=args.gpus, zero=args.zero,
-        offload_optimizer=args.offload_optimizer, optimizer_in_backward=args.optimizer_in_backward,
-        fused_loss=args.fused_loss, **extra,
-    )
 
 
 def _gpu_target(args: argparse.Namespace, plan):
@@ -158,7 +80,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from planner.estimate import estimate
     from planner.spec import load_spec
 
-    plan = _plan_from(args)
+    plan = plan_from(args)
     target = _gpu_target(args, plan)
     plan = _calibrated(plan, target, args)
     if (args.max_batch or args.max_seq_len) and target is None:
@@ -198,6 +120,56 @@ def cmd_models(args: argparse.Namespace) -> int:
     from tui.report import print_models
 
     print_models(rows)
+    return ExitCode.OK
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    import os
+
+    from diagnostics.report import DiagnoseSettings, write_report
+
+    settings = DiagnoseSettings(
+        model=args.model, data=args.data, steps=args.steps, lr=args.lr, warmup_ratio=args.warmup_ratio,
+        lr_scheduler=args.lr_scheduler, max_grad_norm=args.max_grad_norm or None, weight_decay=args.weight_decay,
+        seed=args.seed, device=args.device, loss_scaling=args.loss_scaling, init_std=args.init_std,
+        plan=plan_from(args))
+    from planner.spec import load_spec
+
+    load_spec(settings.model)  # bad --model fails here, in one line, before any process starts
+    if args.data:
+        from diagnostics.data import load_records
+
+        load_records(args.data)
+    live = not args.json and sys.stdout.isatty()
+    from tui.diagnose_view import print_report, step_line
+
+    def on_step(record) -> None:
+        if live:
+            print(step_line(record, settings.steps), flush=True)
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if args.in_process or distributed:
+        from diagnostics.loop import run
+
+        report = run(settings, on_step=on_step)
+    else:
+        from diagnostics.runner import run_isolated
+
+        report = run_isolated(settings, on_step=on_step)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return ExitCode.OK  # rank 0 speaks for the run
+    if args.out:
+        write_report(report, args.out)
+    if args.json:
+        sys.stdout.write(report.model_dump_json(indent=2) + "\n")
+    else:
+        print_report(report, plots=not args.no_plots)
+    if report.status == "interrupted":
+        return 130
+    if report.status != "completed" or any(f.severity == "error" for f in report.findings):
+        return ExitCode.CHECK_FAILED
+    if args.strict and report.warnings:
+        return ExitCode.CHECK_FAILED
     return ExitCode.OK
 
 
@@ -242,34 +214,57 @@ def cmd_gpus(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _command(sub, name: str, summary: str, description: str, epilog: str = EXIT_CODES_HELP):
+    return sub.add_parser(name, help=summary, description=description, epilog=epilog,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ftplan", description="Plan and pre-flight LLM fine-tuning: memory, fit, time.",
                      epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
-    est = sub.add_parser(
-        "estimate", help="memory, fit and time for a fine-tuning plan",
-        description="Per-GPU memory of a fine-tuning run (weights, gradients, optimizer, activations, logits, "
+    est = _command(
+        sub, "estimate", "memory, fit and time for a fine-tuning plan",
+        "Per-GPU memory of a fine-tuning run (weights, gradients, optimizer, activations, logits, "
                     "overhead), the peak over a step, whether it fits a GPU, and what to change when it does not.",
-        epilog=EXIT_CODES_HELP + "\nexample:\n  ftplan estimate --model 7b --method qlora --gpu 4090 --max-batch\n",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_plan_flags(est)
+        EXIT_CODES_HELP + "\nexample:\n  ftplan estimate --model 7b --method qlora --gpu 4090 --max-batch\n")
+    add_training_flags(est)
+    add_system_flags(est)
     est.add_argument("--gpu", help="GPU to fit: a catalog name, leniently matched ('RTX 4090', '4090', 'H100'), "
                                    "or auto for the measured free memory of this machine's visible GPU(s)")
     est.add_argument("--gpu-memory", help="usable memory per GPU instead of --gpu, e.g. 24GiB or 80GB")
     est.add_argument("--max-batch", action="store_true", help="find the largest micro-batch that fits")
     est.add_argument("--max-seq-len", action="store_true", help="find the longest sequence that fits")
-    est.add_argument("--mfu", type=_fraction("--mfu"), default=None,
+    est.add_argument("--mfu", type=fraction("--mfu"), default=None,
                      help="model FLOPs utilisation for the time estimate (default: 0.40 full, 0.35 LoRA, 0.25 QLoRA)")
-    est.add_argument("--samples", type=_positive_int("--samples"), default=None,
+    est.add_argument("--samples", type=positive_int("--samples"), default=None,
                      help="training examples, for a total-time estimate")
     est.add_argument("--epochs", type=float, default=1.0, help="epochs, with --samples (default: 1)")
     est.add_argument("--json", action="store_true", help="print the result as JSON (the pydantic dump)")
     est.set_defaults(func=cmd_estimate)
-    gpus = sub.add_parser(
-        "gpus", help="the GPUs this machine has, measured through NVML",
-        description="Memory, utilisation, temperature, power and processes of every GPU NVML reports, and which "
-                    "of them a job gets under CUDA_VISIBLE_DEVICES. With no GPU or driver: one line saying why, "
-                    "exit 0.", epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    diag = _command(
+        sub, "diagnose", "a short instrumented training run: unstable gradients and what to change",
+        "Runs a few dozen real training steps of the model on your data (or ftplan's sample), records every "
+        "layer's gradient norms, loss and memory, and reports exploding or vanishing gradients, NaN/Inf, loss "
+        "spikes and divergence, clipping, fp16/bf16 precision problems and dead parameters, with suggested "
+        "max_grad_norm, warmup, learning rate and batch settings.",
+        EXIT_CODES_HELP.replace("(for estimate --gpu: the plan fits)", "(warnings are printed)")
+        .replace("the plan does not fit the GPU", "an error finding, or the run failed / did not fit "
+                 "(--strict: warnings too)") + "  130 interrupted (the partial report is still written)\n"
+        + "\nexample:\n  ftplan diagnose --model tiny-llama --method lora --steps 30\n")
+    add_training_flags(diag, batch=2, seq=256, accum=2)
+    add_diagnose_flags(diag)
+    diag.add_argument("--json", action="store_true", help="print the report as JSON")
+    diag.add_argument("--out", help="also write the report (JSON) to this file, atomically")
+    diag.add_argument("--in-process", action="store_true",
+                      help="run in this process (default: a child process that an OOM or CUDA fault cannot take down)")
+    diag.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    diag.add_argument("--no-plots", action="store_true", help="text summary without the terminal plots")
+    diag.set_defaults(func=cmd_diagnose)
+    gpus = _command(
+        sub, "gpus", "the GPUs this machine has, measured through NVML",
+        "Memory, utilisation, temperature, power and processes of every GPU NVML reports, and which of them "
+        "a job gets under CUDA_VISIBLE_DEVICES. With no GPU or driver: one line saying why, exit 0.")
     gpus.add_argument("--json", action="store_true", help="print the probe result as JSON")
     gpus.add_argument("--calibrate", action="store_true",
                       help="measure the CUDA context overhead (needs torch with CUDA) and store it for estimates")

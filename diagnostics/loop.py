@@ -1,0 +1,282 @@
+"""The instrumented training loop behind `ftplan diagnose`.
+
+A few dozen real optimizer steps of the user's model and data, set up as
+LLaMA-Factory would (diagnostics.models): AdamW or bitsandbytes 8-bit/paged,
+warmup + linear/cosine schedule, gradient accumulation, clipping, bf16/fp16
+autocast with a GradScaler for fp16. `accelerate` places the model and, under
+`accelerate launch`, wraps it for data parallelism; each process reads its own
+slice of every global batch, so N processes see what one process sees with N
+times the micro-batch.
+
+Before loading anything the planner is asked whether the run fits the device's
+free memory; if not, the run stops with the planner's suggestions instead of an
+out-of-memory crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from diagnostics.data import Batches, build_examples, load_records, load_tokenizer, sample_path
+from diagnostics.measure import make_optimizer
+from diagnostics.models import build_model, torch_dtype
+from diagnostics.monitor import GradMonitor
+from diagnostics.report import DiagnoseSettings, DiagnosticReport, Finding, MemoryComparison, StepRecord
+from diagnostics.rules import advise, analyze, noise_scale
+from planner.advice import suggest
+from planner.errors import EnvironmentMissing
+from planner.memory import estimate_memory
+from planner.spec import resolve_model, spec_from_config
+from planner.units import fmt_gib
+
+OnStep = Callable[[StepRecord], None]
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise EnvironmentMissing(f"--device {requested}: no CUDA GPU is visible to PyTorch")
+    return requested
+
+
+def _has_weights(directory: Path | None) -> bool:
+    if directory is None:
+        return False
+    return any(directory.glob("*.safetensors")) or any(directory.glob("pytorch_model*.bin"))
+
+
+def available_memory(device: str) -> int | None:
+    """Free memory the run may use: CUDA's free bytes, or MemAvailable on the host for CPU runs."""
+    if device.startswith("cuda"):
+        import torch
+
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _rss() -> int | None:
+    try:
+        import resource
+
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * resource.getpagesize()
+    except (OSError, ValueError, ImportError):
+        return None
+
+
+def _environment(device: str, settings: DiagnoseSettings, random_init: bool, tokenizer, n_examples: int,
+                 world: int) -> dict:
+    import torch
+    import transformers
+
+    env = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+           "device": device, "world_size": world, "random_init": random_init, "tokenizer": tokenizer.name,
+           "data": settings.data or str(sample_path()), "examples": n_examples}
+    if device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        major, _minor = torch.cuda.get_device_capability(torch.device(device))
+        env["bf16_supported"] = major >= 8
+    return env
+
+
+def _finish(report: DiagnosticReport, world: int) -> DiagnosticReport:
+    report.findings += analyze(report.records, report.settings)
+    report.noise_scale = noise_scale(report.records, report.settings, world)
+    report.advice = advise(report.records, report.findings, report.settings, world=world,
+                           bf16_supported=report.environment.get("bf16_supported"))
+    return report
+
+
+def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
+        prepare_model: Callable | None = None, should_stop: Callable[[], bool] | None = None) -> DiagnosticReport:
+    """Run the diagnostics; never raises for training failures (they become the report's status)."""
+    import torch
+
+    device = resolve_device(settings.device)
+    plan = settings.plan.with_(device="cuda" if device.startswith("cuda") else "cpu")
+    source = resolve_model(settings.model)
+    config = dict(source.config)
+    random_init = not _has_weights(source.directory)
+    if random_init and settings.init_std is not None:
+        config["initializer_range"] = settings.init_std
+    spec = spec_from_config(config, source=source.source, name=source.name)
+    report = DiagnosticReport(status="completed", settings=settings)
+
+    # 1. does it fit? (the monitor's weight snapshot for update ratios counts too)
+    estimate = estimate_memory(spec, plan)
+    free = available_memory(device)
+    if free is not None and estimate.total > free:
+        ideas = suggest(spec, plan, free, estimate.total, limit=4)
+        report.status = "does_not_fit"
+        report.message = f"the run needs about {fmt_gib(estimate.total)} but {device} has {fmt_gib(free)} free"
+        report.findings.append(Finding(
+            kind="does_not_fit", severity="error", title="The run does not fit in memory",
+            evidence=report.message, data={"estimate": estimate.total, "free": free},
+            fix="; ".join(f"{s.title} ({s.flags}) -> {fmt_gib(s.new_total)}" for s in ideas)
+            or "use a smaller model or a larger device"))
+        return report
+
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=device == "cpu", mixed_precision="no")
+    world = accelerator.num_processes
+    if world > 1:
+        device = str(accelerator.device)
+    tokenizer = load_tokenizer(source.directory if not random_init else None, spec.vocab_size)
+    records = load_records(settings.data or sample_path())
+    examples = build_examples(records, tokenizer, plan.seq_len, source=settings.data or "sample data")
+    report.environment = _environment(device, settings, random_init, tokenizer, len(examples), world)
+    batches = Batches(examples, plan.batch_size, tokenizer.pad_id, settings.seed, accelerator.process_index, world)
+
+    model = build_model(config, plan, weights=source.directory if not random_init else None, device=device,
+                        seed=settings.seed)
+    if prepare_model is not None:
+        prepare_model(model)
+    optimizer = make_optimizer(model.parameters(), plan, settings.learning_rate, settings.weight_decay)
+    from transformers import get_scheduler
+
+    scheduler = get_scheduler({"constant": "constant_with_warmup"}.get(settings.lr_scheduler, settings.lr_scheduler),
+                              optimizer, num_warmup_steps=settings.warmup_steps,
+                              num_training_steps=settings.steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    monitor = GradMonitor(accelerator.unwrap_model(model))
+    device_type = device.split(":")[0]
+    autocast = (lambda: torch.autocast(device_type, dtype=torch_dtype(plan.compute_dtype))) if plan.mixed \
+        else contextlib.nullcontext
+    scaler = torch.amp.GradScaler(device_type) if plan.precision == "fp16-mixed" and settings.loss_scaling else None
+    track_zeros = plan.precision == "fp16-mixed"
+    on_cuda = device_type == "cuda"
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(torch.device(device))
+
+    try:
+        for step in range(1, settings.steps + 1):
+            if should_stop is not None and should_stop():
+                report.status = "interrupted"
+                break
+            record = _step(step, model, optimizer, scheduler, scaler, monitor, batches, accelerator, autocast,
+                           settings, track_zeros, world)
+            if on_cuda:
+                dev = torch.device(device)
+                record.memory = {"max_allocated": torch.cuda.max_memory_allocated(dev),
+                                 "max_reserved": torch.cuda.max_memory_reserved(dev)}
+            else:
+                record.memory = {"rss": _rss()}
+            report.records.append(record)
+            if on_step is not None:
+                on_step(record)
+            if record.nonfinite_param or not math.isfinite(record.loss):
+                report.status = "non_finite"
+                report.message = f"stopped at step {step}: non-finite " + (
+                    f"gradient in {record.nonfinite_param}" if record.nonfinite_param else "loss")
+                break
+    except KeyboardInterrupt:
+        report.status = "interrupted"
+        report.message = f"interrupted after {len(report.records)} step(s); the report covers those"
+    except torch.cuda.OutOfMemoryError as exc:
+        report.status = "oom"
+        report.message = str(exc).splitlines()[0]
+        ideas = suggest(spec, plan, available_memory(device) or estimate.total, estimate.total, limit=4)
+        report.findings.append(Finding(
+            kind="out_of_memory", severity="error", title="Out of GPU memory",
+            evidence=f"CUDA ran out of memory at step {len(report.records) + 1} (the planner expected "
+                     f"{fmt_gib(estimate.total)})",
+            fix="; ".join(f"{s.title} ({s.flags})" for s in ideas) or "reduce the micro-batch or sequence length"))
+    report.memory = MemoryComparison(estimate_total=estimate.total, estimate_allocated=estimate.peak_allocated)
+    if on_cuda and report.records:
+        peak = max(r.memory.get("max_allocated") or 0 for r in report.records)
+        report.memory.measured_allocated = peak
+        report.memory.measured_reserved = max(r.memory.get("max_reserved") or 0 for r in report.records)
+        report.memory.error = (estimate.peak_allocated - peak) / peak if peak else None
+        from diagnostics.measure import _process_memory
+
+        report.memory.measured_process = _process_memory(torch.device(device).index or 0)
+    if world == 1:
+        _reset_accelerate()
+    return _finish(report, world)
+
+
+def _step(step: int, model, optimizer, scheduler, scaler, monitor: GradMonitor, batches: Batches, accelerator,
+          autocast, settings: DiagnoseSettings, track_zeros: bool, world: int) -> StepRecord:
+    """One optimizer step: accumulate, unscale, measure (pre-clip), clip, step, and sync once."""
+    import torch
+
+    plan = settings.plan
+    started = time.perf_counter()
+    accum = plan.grad_accum
+    loss_sum = torch.zeros((), device=accelerator.device)
+    tokens = torch.zeros((), device=accelerator.device)
+    for micro in range(accum):
+        batch = {k: v.to(accelerator.device) for k, v in batches.micro_batch((step - 1) * accum + micro).items()}
+        sync = contextlib.nullcontext() if micro == accum - 1 else accelerator.no_sync(model)
+        with sync:
+            with autocast():
+                loss = model(**batch).loss / accum
+            accelerator.backward(scaler.scale(loss) if scaler else loss)
+        loss_sum += loss.detach().float()
+        tokens += batch["attention_mask"].sum()
+        if micro == 0 and accum > 1:  # the loss was divided by accum (and multiplied by the fp16 scale)
+            factor = accum if scaler is None else accum / _scale_tensor(scaler)
+            monitor.after_first_micro_batch(scale=factor)
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    parts = monitor.after_backward(settings.max_grad_norm, zeros=track_zeros)
+    monitor.before_step()
+    lr = scheduler.get_last_lr()[0]
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    parts = monitor.after_step(parts)
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    if world > 1:  # the loss and token count of the global batch, not of this rank's slice
+        loss_sum = accelerator.reduce(loss_sum, reduction="mean")
+        tokens = accelerator.reduce(tokens, reduction="sum")
+    extra = [loss_sum, tokens] + ([_scale_tensor(scaler)] if scaler is not None else [])
+    stats = monitor.finish(parts, extra=extra)
+    loss_value, token_count = stats.extra[0], int(stats.extra[1])
+    scale = stats.extra[2] if scaler is not None else None
+    elapsed = time.perf_counter() - started
+    return StepRecord(
+        step=step, loss=loss_value, lr=lr, grad_norm=stats.total_norm,
+        clipped=bool(settings.max_grad_norm) and stats.total_norm > settings.max_grad_norm,
+        layer_norms=stats.layer_norms, kind_norms=stats.kind_norms, update_ratio=stats.update_ratio,
+        unchanged_fraction=stats.unchanged_fraction, zero_fraction=stats.zero_fraction,
+        zero_params=stats.zero_params, nonfinite_param=stats.nonfinite_param, micro_grad_sq=stats.micro_sq,
+        loss_scale=scale, tokens=token_count, step_time=elapsed,
+        tokens_per_s=token_count / elapsed if elapsed > 0 else 0.0,
+    )
+
+
+def _scale_tensor(scaler):
+    """The GradScaler's scale as a device tensor, read without a host sync where torch allows it."""
+    getter = getattr(scaler, "_get_scale_async", None)
+    return getter() if getter is not None else scaler.get_scale()
+
+
+def _reset_accelerate() -> None:
+    """accelerate keeps process-wide state; a second run in the same process must start clean."""
+    try:
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    except (ImportError, AttributeError):
+        pass

@@ -1,0 +1,235 @@
+"""Per-layer gradient statistics for every optimizer step, at the cost of one host sync.
+
+All per-parameter norms come from one batched `torch._foreach_norm(..., dtype=float32)`
+call; they are reduced into layers (embeddings, block.N, final_norm, head) and into
+module kinds inside each block (attention, mlp, experts, router, norm, lora_A, lora_B)
+with `index_add_` on the device. Everything a step needs on the host is packed
+into one tensor and moved with a single `.tolist()`.
+
+Parameter names are normalised across wrappers (`module.` from DDP, `_orig_mod.`
+from torch.compile, `_fsdp_wrapped_module.`, peft's `base_model.model.`, `base_layer.`
+and adapter names) so reports read the same however the model was wrapped.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_PREFIXES = ("module.", "_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "base_model.model.")
+_LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|block)\.(\d+)\.")
+_EMBED = ("embed_tokens", "wte", "wpe", "word_embeddings", "embed_in", "tok_embeddings")
+_HEAD = ("lm_head", "embed_out", "output.weight")
+
+
+def normalize_name(name: str) -> str:
+    """`base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight` -> `model.layers.0.self_attn.q_proj.lora_A.weight`."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if name.startswith(prefix):
+                name, changed = name[len(prefix):], True
+    for wrapper in ("._orig_mod.", "._fsdp_wrapped_module.", "._checkpoint_wrapped_module.", ".base_layer."):
+        name = name.replace(wrapper, ".")
+    return re.sub(r"\.(lora_[AB]|lora_embedding_[AB])\.[^.]+\.", r".\1.", name)
+
+
+def classify(name: str) -> tuple[str, str]:
+    """(layer key, module kind) of a normalised parameter name."""
+    match = _LAYER.search(name)
+    if match:
+        rest = name[match.end():]
+        if ".lora_A." in f".{rest}":
+            kind = "lora_A"
+        elif ".lora_B." in f".{rest}":
+            kind = "lora_B"
+        elif "experts" in rest:
+            kind = "experts"
+        elif re.search(r"(^|\.)(gate|router)(\.weight)?$", rest) or ".router." in rest:
+            kind = "router"
+        elif "norm" in rest or rest.startswith(("ln_", "ln")):
+            kind = "norm"
+        elif "attn" in rest or "attention" in rest:
+            kind = "attention"
+        else:
+            kind = "mlp"
+        return f"block.{int(match.group(1))}", kind
+    if any(key in name for key in _EMBED):
+        return "embeddings", "embedding"
+    if any(key in name for key in _HEAD):
+        return "head", "head"
+    if "norm" in name or "ln_f" in name:
+        return "final_norm", "norm"
+    return "other", "other"
+
+
+def layer_sort_key(layer: str) -> tuple[int, int]:
+    order = {"embeddings": 0, "final_norm": 2, "head": 3, "other": 4}
+    if layer.startswith("block."):
+        return 1, int(layer.split(".")[1])
+    return order.get(layer, 5), 0
+
+
+@dataclass
+class StepStats:
+    """What one step's sync brought back, already on the host."""
+
+    total_norm: float
+    layer_norms: dict[str, float]
+    kind_norms: dict[str, float]
+    nonfinite_param: str | None
+    zero_params: list[str]  # trainable parameters whose gradient was exactly zero (or absent)
+    micro_sq: float | None  # |g|^2 of the first micro-batch (gradient-noise-scale estimate)
+    zero_fraction: dict[str, float] | None  # share of exactly-zero gradient elements per layer
+    update_ratio: dict[str, float] | None  # |dW| / |W| per layer
+    unchanged_fraction: dict[str, float] | None  # share of weights the step left bit-identical
+    extra: list[float]  # caller's scalars (loss, ...), in the order given
+
+
+class GradMonitor:
+    """Attach to a model's trainable parameters once; call `after_backward()` every step."""
+
+    def __init__(self, model, *, distributed_sum=None):
+        import torch
+
+        named = [(normalize_name(n), p) for n, p in model.named_parameters() if p.requires_grad]
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.device = self.params[0].device if self.params else torch.device("cpu")
+        keys = [classify(n) for n in self.names]
+        self.layers = sorted({layer for layer, _ in keys}, key=layer_sort_key)
+        self.kinds = sorted({f"{layer}.{kind}" for layer, kind in keys if layer.startswith("block.")},
+                            key=lambda k: (layer_sort_key(k.rsplit(".", 1)[0]), k))
+        layer_id = {k: i for i, k in enumerate(self.layers)}
+        kind_id = {k: i for i, k in enumerate(self.kinds)}
+        self._layer_idx = torch.tensor([layer_id[layer] for layer, _ in keys], dtype=torch.long, device=self.device)
+        self._kind_idx = torch.tensor([kind_id.get(f"{layer}.{kind}", len(self.kinds)) for layer, kind in keys],
+                                      dtype=torch.long, device=self.device)
+        self._numel = torch.zeros(len(self.layers), dtype=torch.float32, device=self.device).index_add_(
+            0, self._layer_idx, torch.tensor([float(p.numel()) for p in self.params], device=self.device))
+        self.layer_params = {layer: 0 for layer in self.layers}
+        for (layer, _), p in zip(keys, self.params, strict=True):
+            self.layer_params[layer] += p.numel()
+        self._sum = distributed_sum  # all-reduce for sharded parameters (FSDP / ZeRO-3)
+        self._micro = None
+        self._snapshot = None
+
+    # -- gradient noise scale: the first micro-batch's gradient, before accumulation adds the rest
+    def after_first_micro_batch(self, scale: float = 1.0) -> None:
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if grads:
+            import torch
+
+            norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
+            self._micro = torch.stack(norms).square().sum() * (scale * scale)
+
+    # -- weights before the optimizer step, for update ratios
+    def before_step(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            self._snapshot = [p.detach().clone() for p in self.params]
+
+    def _grad_norms(self):
+        import torch
+
+        present = [(i, p.grad) for i, p in enumerate(self.params) if p.grad is not None]
+        norms = torch.zeros(len(self.params), dtype=torch.float32, device=self.device)
+        if present:
+            values = torch._foreach_norm([g for _, g in present], 2, dtype=torch.float32)
+            norms[torch.tensor([i for i, _ in present], device=self.device)] = torch.stack(values)
+        return norms
+
+    def after_backward(self, max_grad_norm: float | None, zeros: bool = False):
+        """Pre-clip norms (grads must be unscaled), then clip in place without a host sync.
+
+        Returns a device tensor of packed stats; decode it with `finish()` after the step.
+        """
+        import torch
+
+        norms = self._grad_norms()
+        sq = norms.square()
+        layer_sq = torch.zeros(len(self.layers), device=self.device).index_add_(0, self._layer_idx, sq)
+        kind_sq = torch.zeros(len(self.kinds) + 1, device=self.device).index_add_(0, self._kind_idx, sq)
+        if self._sum is not None:
+            layer_sq, kind_sq = self._sum(layer_sq), self._sum(kind_sq)
+        total = layer_sq.sum().sqrt()
+        bad = ~torch.isfinite(norms)
+        first_bad = torch.where(bad.any(), bad.float().argmax().float(), torch.tensor(-1.0, device=self.device))
+        parts = [layer_sq, kind_sq[:-1], total.reshape(1), first_bad.reshape(1), (norms == 0).float()]
+        if zeros:
+            counts = torch.stack([(p.grad == 0).sum().float() if p.grad is not None else
+                                  torch.tensor(float(p.numel()), device=self.device) for p in self.params])
+            parts.append(torch.zeros(len(self.layers), device=self.device).index_add_(0, self._layer_idx, counts)
+                         / self._numel)
+        if max_grad_norm is not None and max_grad_norm > 0:
+            grads = [p.grad for p in self.params if p.grad is not None]
+            coef = torch.clamp(max_grad_norm / (total + 1e-6), max=1.0)
+            torch._foreach_mul_(grads, coef.to(grads[0].dtype) if grads else coef)
+        self._zeros = zeros
+        return parts
+
+    def after_step(self, parts: list) -> list:
+        """Update ratios and unchanged-weight shares, if a snapshot was taken."""
+        import torch
+
+        if self._snapshot is None:
+            return parts
+        with torch.no_grad():
+            delta = self._snapshot
+            torch._foreach_sub_(delta, [p.detach() for p in self.params])
+            d_sq = torch.stack(torch._foreach_norm(delta, 2, dtype=torch.float32)).square()
+            w_sq = torch.stack(torch._foreach_norm([p.detach() for p in self.params], 2,
+                                                   dtype=torch.float32)).square()
+            same = torch.stack([(d == 0).sum().float() for d in delta])
+        self._snapshot = None
+        zeros = torch.zeros(len(self.layers), device=self.device)
+        return [*parts, zeros.index_add(0, self._layer_idx, d_sq), zeros.index_add(0, self._layer_idx, w_sq),
+                zeros.index_add(0, self._layer_idx, same) / self._numel]
+
+    def finish(self, parts: list, extra: list | None = None) -> StepStats:
+        """Decode the packed stats; `extra` scalars (loss, learning rate, ...) ride along in the same sync."""
+        micro, self._micro = self._micro, None
+        flat = self._pack(parts, micro, extra or [])
+        n_l, n_k, n_p = len(self.layers), len(self.kinds), len(self.params)
+        pos = 0
+
+        def take(n):
+            nonlocal pos
+            out = flat[pos:pos + n]
+            pos += n
+            return out
+
+        layer_sq, kind_sq = take(n_l), take(n_k)
+        total, first_bad = take(1)[0], int(take(1)[0])
+        zero_flags = take(n_p)
+        zero_fraction = dict(zip(self.layers, take(n_l), strict=True)) if self._zeros else None
+        update_ratio = unchanged = None
+        if len(parts) > 5 + (1 if self._zeros else 0):
+            d_sq, w_sq, same = take(n_l), take(n_l), take(n_l)
+            update_ratio = {k: (d ** 0.5) / (w ** 0.5) if w > 0 else 0.0
+                            for k, d, w in zip(self.layers, d_sq, w_sq, strict=True)}
+            unchanged = dict(zip(self.layers, same, strict=True))
+        has_micro, micro_sq = take(2)
+        return StepStats(
+            total_norm=total,
+            layer_norms={k: v ** 0.5 for k, v in zip(self.layers, layer_sq, strict=True)},
+            kind_norms={k: v ** 0.5 for k, v in zip(self.kinds, kind_sq, strict=True)},
+            nonfinite_param=self.names[first_bad] if first_bad >= 0 else None,
+            zero_params=[n for n, z in zip(self.names, zero_flags, strict=True) if z > 0],
+            micro_sq=micro_sq if has_micro == 0.0 else None,
+            zero_fraction=zero_fraction, update_ratio=update_ratio, unchanged_fraction=unchanged,
+            extra=flat[pos:],
+        )
+
+    def _pack(self, parts: list, micro, extra: list) -> list[float]:
+        """Everything the host needs, in one tensor and one transfer (the step's only sync)."""
+        import torch
+
+        tail = [x.detach().float().reshape(1).to(self.device) if torch.is_tensor(x)
+                else torch.tensor([float(x)], device=self.device) for x in extra]
+        head = [p.reshape(-1).float().to(self.device) for p in parts]
+        flag = torch.tensor([-1.0 if micro is None else 0.0], device=self.device)
+        value = (micro if micro is not None else torch.zeros((), device=self.device)).reshape(1)
+        return torch.cat([*head, flag, value, *tail]).tolist()

@@ -1,0 +1,118 @@
+"""The typed results of a diagnostics run: per-step records, findings, advice, the report.
+
+`DiagnosticReport.model_dump(mode="json")` is what `--json` prints and `--out` writes
+(atomically); the TUI and preflight read the same object.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from planner.plan import Plan
+
+Severity = Literal["error", "warning", "info"]
+Status = Literal["completed", "interrupted", "non_finite", "oom", "does_not_fit", "crashed", "failed"]
+
+
+class StepRecord(BaseModel):
+    step: int  # 1-based optimizer step
+    loss: float
+    lr: float
+    grad_norm: float  # total L2 norm before clipping (after unscaling)
+    clipped: bool
+    layer_norms: dict[str, float]  # embeddings, block.N, final_norm, head
+    kind_norms: dict[str, float]  # block.N.attention / mlp / experts / router / norm / lora_A / lora_B
+    update_ratio: dict[str, float] | None = None  # |dW| / |W| per layer
+    unchanged_fraction: dict[str, float] | None = None  # weights left bit-identical by the step
+    zero_fraction: dict[str, float] | None = None  # gradient elements exactly zero, per layer
+    zero_params: list[str] = []  # trainable tensors whose whole gradient was zero (or absent)
+    nonfinite_param: str | None = None  # first parameter (model order) with a NaN/Inf gradient
+    micro_grad_sq: float | None = None  # |g|^2 of one micro-batch, for the gradient noise scale
+    loss_scale: float | None = None  # fp16 GradScaler scale
+    tokens: int = 0  # tokens in the global batch
+    step_time: float = 0.0
+    tokens_per_s: float = 0.0
+    memory: dict[str, int | None] = {}  # max_allocated, max_reserved, process (NVML) or rss
+
+
+class Finding(BaseModel):
+    kind: str
+    severity: Severity
+    title: str
+    evidence: str
+    data: dict[str, Any] = {}  # steps, layers, values behind the evidence
+    fix: str
+
+
+class Advice(BaseModel):
+    """A concrete change, named by the config key LLaMA-Factory uses for it."""
+
+    key: str  # max_grad_norm, warmup_ratio, learning_rate, per_device_train_batch_size, ...
+    value: Any
+    current: Any = None
+    reason: str
+
+
+class MemoryComparison(BaseModel):
+    estimate_total: int
+    estimate_allocated: int
+    measured_allocated: int | None = None
+    measured_reserved: int | None = None
+    measured_process: int | None = None
+    error: float | None = None  # (estimate - measured) / measured, on the allocated peak
+
+
+class DiagnoseSettings(BaseModel):
+    model: str
+    data: str | None = None  # None: the sample dataset shipped with ftplan
+    steps: int = 30
+    lr: float | None = None  # None: 1e-4 for LoRA/QLoRA, 1e-5 otherwise
+    warmup_ratio: float = 0.0
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    max_grad_norm: float | None = 1.0
+    weight_decay: float = 0.0
+    seed: int = 42
+    device: str = "auto"
+    loss_scaling: bool = True  # fp16: use a GradScaler (HF's default)
+    init_std: float | None = None  # config-only models: override initializer_range
+    plan: Plan = Field(default_factory=lambda: Plan(batch_size=2, grad_accum=2, seq_len=256))
+
+    @property
+    def learning_rate(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 1e-4 if self.plan.method in ("lora", "qlora") else 1e-5
+
+    @property
+    def warmup_steps(self) -> int:
+        return int(self.warmup_ratio * self.steps)
+
+
+class DiagnosticReport(BaseModel):
+    status: Status
+    message: str | None = None
+    settings: DiagnoseSettings
+    environment: dict[str, Any] = {}
+    records: list[StepRecord] = []
+    findings: list[Finding] = []
+    advice: list[Advice] = []
+    memory: MemoryComparison | None = None
+    noise_scale: float | None = None  # gradient noise scale B_simple, in sequences (None: not measurable)
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity in ("warning", "error")]
+
+
+def write_report(report: DiagnosticReport, path: str | Path) -> Path:
+    """Write atomically: a reader never sees half a file, and a failed write leaves the old one intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(report.model_dump_json(indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,324 @@
+"""Findings from a run's step records, and the advice that follows from them.
+
+Every rule works on robust statistics (medians, median absolute deviations,
+ratios of medians) over the recorded steps, and is deliberately conservative: a
+healthy run must raise nothing. LoRA-aware: `lora_B` starts at zero, so at the
+first step every `lora_A` gradient is exactly zero by construction; that step is
+not evidence of vanishing or dead adapters.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+from collections.abc import Sequence
+
+from diagnostics.report import Advice, DiagnoseSettings, Finding, StepRecord
+
+SPIKE_FACTOR = 10.0  # a gradient norm this many times its running median is a spike
+GROWTH_FACTOR = 10.0  # last-third median norm / first-third median norm that counts as steady growth
+VANISH_RATIO = 1e-3  # a block this far below the median block is not learning
+UNDERFLOW_SHARE = 0.05  # share of exactly-zero gradient elements in a block that signals fp16 underflow
+CLIP_SHARE = 0.5  # clipping on more steps than this acts as a learning-rate cut...
+CLIP_CUT = 2.0  # ...when the median norm is this many times max_grad_norm (the step is at least halved)
+LOSS_SPIKE_MADS = 6.0
+BF16_UNCHANGED = 0.5  # share of bf16 weights a step leaves bit-identical
+
+
+def _median(xs: Sequence[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def _finite(xs) -> list[float]:
+    return [x for x in xs if x is not None and math.isfinite(x)]
+
+
+def _blocks(records: list[StepRecord]) -> list[str]:
+    keys = {k for r in records for k in r.layer_norms if k.startswith("block.")}
+    return sorted(keys, key=lambda k: int(k.split(".")[1]))
+
+
+def _steps_text(steps: list[int], limit: int = 8) -> str:
+    shown = ", ".join(str(s) for s in steps[:limit])
+    return shown + (f" (+{len(steps) - limit} more)" if len(steps) > limit else "")
+
+
+def spike_steps(records: list[StepRecord]) -> list[int]:
+    """Steps whose gradient norm jumps SPIKE_FACTOR x over the median of the (up to 20) steps before it;
+    in the first steps, with little history, the bar is three times higher."""
+    out = []
+    norms = [r.grad_norm for r in records]
+    for i in range(1, len(records)):
+        base = _median(_finite(norms[max(0, i - 20):i]))
+        factor = SPIKE_FACTOR if i >= 5 else 3 * SPIKE_FACTOR
+        if math.isfinite(norms[i]) and base > 0 and norms[i] > factor * base:
+            out.append(records[i].step)
+    return out
+
+
+def healthy_norms(records: list[StepRecord], settings: DiagnoseSettings) -> list[float]:
+    spikes = set(spike_steps(records))
+    return _finite(r.grad_norm for r in records if r.step > settings.warmup_steps and r.step not in spikes)
+
+
+def analyze(records: list[StepRecord], settings: DiagnoseSettings) -> list[Finding]:
+    if not records:
+        return []
+    plan = settings.plan
+    findings: list[Finding] = []
+    lora = plan.method in ("lora", "qlora")
+    after_first = [r for r in records if r.step > 1] if lora else records
+
+    bad = next((r for r in records if r.nonfinite_param or not math.isfinite(r.loss)), None)
+    if bad is not None:
+        what = f"the gradient of {bad.nonfinite_param}" if bad.nonfinite_param else "the loss"
+        findings.append(Finding(
+            kind="non_finite", severity="error", title="NaN/Inf in training",
+            evidence=f"{what} became non-finite at step {bad.step} (loss {bad.loss:.4g}, norm {bad.grad_norm:.4g})",
+            data={"step": bad.step, "parameter": bad.nonfinite_param, "loss": bad.loss},
+            fix="lower learning_rate (x0.1), keep max_grad_norm set, add warmup; under fp16 keep loss scaling "
+                "on or switch to bf16"))
+
+    spikes = spike_steps(records)
+    norms = _finite(r.grad_norm for r in after_first)
+    third = max(1, len(norms) // 3)
+    growth = (_median(norms[-third:]) / _median(norms[:third])) if len(norms) >= 9 and _median(norms[:third]) > 0 \
+        else 1.0
+    jump = _median(norms[1:]) / norms[0] if len(norms) >= 4 and norms[0] > 0 else 1.0
+    losses = _finite(r.loss for r in records)
+    loss_not_falling = len(losses) >= 4 and _median(losses[-max(1, len(losses) // 3):]) >= losses[0]
+    grew = (growth > GROWTH_FACTOR or jump > 3 * GROWTH_FACTOR) and loss_not_falling
+    if spikes or grew:
+        parts = []
+        if spikes:
+            parts.append(f"gradient norm jumped over {SPIKE_FACTOR:g}x its running median at steps "
+                         f"{_steps_text(spikes)}")
+        if grew:
+            parts.append(f"the median norm grew {max(growth, jump):.0f}x over the run while the loss did not fall")
+        findings.append(Finding(
+            kind="exploding_gradients", severity="error" if bad is not None else "warning",
+            title="Exploding gradients", evidence="; ".join(parts),
+            data={"spike_steps": spikes, "growth": growth, "max_norm": max(norms, default=0.0),
+                  "median_norm": _median(norms)},
+            fix="clip gradients (max_grad_norm, see advice), warm the learning rate up, or lower it"))
+
+    findings += _vanishing(after_first, settings)
+    findings += _loss_findings(records, settings)
+
+    post = [r for r in records if r.step > settings.warmup_steps]
+    if settings.max_grad_norm and post:
+        clipped = [r.step for r in post if r.clipped]
+        med = _median(_finite(r.grad_norm for r in post))
+        # a clip that trims a little is harmless; one that halves most steps is a hidden learning-rate cut
+        if len(clipped) > CLIP_SHARE * len(post) and med > CLIP_CUT * settings.max_grad_norm:
+            findings.append(Finding(
+                kind="clipping_most_steps", severity="warning", title="Clipping acts on most steps",
+                evidence=f"max_grad_norm={settings.max_grad_norm:g} clipped {len(clipped)} of {len(post)} steps; "
+                         f"median norm {med:.3g}, so the effective learning rate is about "
+                         f"{settings.max_grad_norm / med:.2g}x the configured one",
+                data={"clipped_steps": clipped, "median_norm": med},
+                fix="raise max_grad_norm to the healthy range (see advice) or lower learning_rate deliberately"))
+
+    scales = [r.loss_scale for r in records if r.loss_scale is not None]
+    if scales and (scales[-1] < 1.0 or sum(1 for a, b in itertools.pairwise(scales) if b < a) >= 5):
+        findings.append(Finding(
+            kind="loss_scale_collapse", severity="error", title="fp16 loss scale collapsed",
+            evidence=f"the GradScaler scale fell from {scales[0]:g} to {scales[-1]:g}: overflowing steps were skipped",
+            data={"scales": scales},
+            fix="use bf16 (bf16: true) if the GPU supports it, or lower learning_rate"))
+
+    dead = _dead_parameters(after_first)
+    if dead and not any(f.kind == "fp16_underflow" for f in findings):  # underflow already explains them
+        in_blocks = [n for n in dead if ".layers." in n or ".h." in n]
+        ckpt = plan.gradient_checkpointing and lora and len(in_blocks) == len(dead)
+        findings.append(Finding(
+            kind="dead_parameters", severity="warning",
+            title="Gradient checkpointing blocks gradients" if ckpt else "Trainable parameters never updated",
+            evidence=f"{len(dead)} trainable tensors had an exactly zero (or no) gradient on every step, e.g. "
+                     + ", ".join(dead[:4]),
+            data={"parameters": dead[:50], "count": len(dead)},
+            fix=("with reentrant gradient checkpointing and frozen embeddings no gradient reaches the adapters: "
+                 "call model.enable_input_require_grads() or use use_reentrant=False"
+                 if ckpt else "check that these parameters are used in forward, and the target modules / freeze "
+                               "settings")))
+
+    if plan.precision == "bf16":
+        shares = [(r.step, _median([v for k, v in r.unchanged_fraction.items() if k.startswith("block.")]))
+                  for r in post if r.unchanged_fraction and r.lr > 0]
+        stuck = [(s, v) for s, v in shares if v > BF16_UNCHANGED]
+        if shares and len(stuck) > len(shares) / 2:
+            med = _median([v for _, v in stuck])
+            findings.append(Finding(
+                kind="bf16_updates_round_away", severity="warning", title="Pure-bf16 updates round to nothing",
+                evidence=f"on {len(stuck)} of {len(shares)} steps a median {med:.0%} of block weights were left "
+                         "bit-identical: updates below half a bf16 step (2^-9 relative) vanish",
+                data={"unchanged": dict(stuck)},
+                fix="train in bf16-mixed (fp32 master weights; pure_bf16: false), use a Kahan-summation "
+                    "optimizer, or raise learning_rate"))
+    return findings
+
+
+def _vanishing(records: list[StepRecord], settings: DiagnoseSettings) -> list[Finding]:
+    out: list[Finding] = []
+    blocks = _blocks(records)
+    if len(blocks) >= 2 and records:
+        med = {b: _median(_finite(r.layer_norms.get(b) for r in records)) for b in blocks}
+        ref = _median([v for v in med.values() if v > 0])
+        low = [b for b, v in med.items() if ref > 0 and v < VANISH_RATIO * ref]
+        first, last = med[blocks[0]], med[blocks[-1]]
+        depth = first / last if last > 0 else float("inf")
+        if low or depth < VANISH_RATIO:
+            out.append(Finding(
+                kind="vanishing_gradients", severity="warning", title="Vanishing gradients",
+                evidence=(f"blocks {', '.join(b.split('.')[1] for b in low)} have median gradient norms below "
+                          f"{VANISH_RATIO:g}x the median block ({ref:.3g})" if low else "")
+                + ("; " if low and depth < VANISH_RATIO else "")
+                + (f"first/last block norm ratio is {depth:.2g}" if depth < VANISH_RATIO else ""),
+                data={"block_medians": med, "low_blocks": low, "first_last_ratio": depth},
+                fix="check the initialisation and normalisation of those blocks; lower depth-wise scaling; if only "
+                    "some blocks are trainable, this may be intended"))
+    if settings.plan.precision == "fp16-mixed":
+        shares = {}
+        for r in records:
+            for b, v in (r.zero_fraction or {}).items():
+                if b.startswith("block."):
+                    shares.setdefault(b, []).append(v)
+        flushed = {b: _median(v) for b, v in shares.items() if _median(v) > UNDERFLOW_SHARE}
+        if flushed:
+            worst = max(flushed.values())
+            out.append(Finding(
+                kind="fp16_underflow", severity="warning", title="fp16 gradients flushed to zero",
+                evidence=f"in {len(flushed)} block(s) a median {worst:.0%} of gradient elements were exactly zero "
+                         + ("without loss scaling" if not settings.loss_scaling else "despite loss scaling"),
+                data={"zero_share": flushed},
+                fix="keep loss scaling on (fp16: true uses a GradScaler) or train in bf16 (bf16: true)"))
+    return out
+
+
+def _loss_findings(records: list[StepRecord], settings: DiagnoseSettings) -> list[Finding]:
+    out: list[Finding] = []
+    losses = [(r.step, r.loss) for r in records if math.isfinite(r.loss)]
+    values = [v for _, v in losses]
+    if len(values) >= 8:
+        best_early = min(values[: max(3, len(values) // 2)])
+        tail = _median(values[-5:])
+        if tail > 1.5 * best_early:
+            out.append(Finding(
+                kind="loss_divergence", severity="error", title="Loss is diverging",
+                evidence=f"the loss rose from a best of {best_early:.4g} to {tail:.4g} (median of the last 5 steps)",
+                data={"best": best_early, "last": tail},
+                fix="lower learning_rate (x0.3) and add warmup"))
+        spikes = []
+        for i in range(8, len(losses)):
+            window = values[i - 8:i]
+            med = _median(window)
+            mad = _median([abs(x - med) for x in window])
+            if values[i] > med + LOSS_SPIKE_MADS * max(mad, 0.01 * med) and values[i] > 1.2 * med:
+                spikes.append(losses[i][0])
+        if spikes:
+            out.append(Finding(
+                kind="loss_spikes", severity="warning", title="Loss spikes",
+                evidence=f"the loss jumped over {LOSS_SPIKE_MADS:g} median absolute deviations above its recent "
+                         f"median at steps {_steps_text(spikes)}",
+                data={"steps": spikes},
+                fix="inspect those batches; add warmup or lower learning_rate; keep clipping on"))
+    post = [v for s, v in losses if s > settings.warmup_steps]
+    if len(post) >= 20:
+        half = len(post) // 2
+        first, second = _median(post[:half]), _median(post[half:])
+        if first > 0 and abs(first - second) / first < 0.005:
+            out.append(Finding(
+                kind="loss_plateau", severity="info", title="Loss plateau",
+                evidence=f"the median loss moved {abs(first - second) / first:.2%} between the two halves of the run",
+                data={"first_half": first, "second_half": second},
+                fix="a learning rate too low (see the update ratios) or data the model already fits"))
+    return out
+
+
+def _dead_parameters(records: list[StepRecord]) -> list[str]:
+    if len(records) < 3:
+        return []
+    dead = set(records[0].zero_params)
+    for r in records[1:]:
+        dead &= set(r.zero_params)
+    return sorted(dead, key=records[0].zero_params.index)
+
+
+# ---------------------------------------------------------------- advice
+
+
+def noise_scale(records: list[StepRecord], settings: DiagnoseSettings, world: int = 1) -> float | None:
+    """Gradient noise scale B_simple = tr(Sigma) / |G|^2, in sequences (McCandlish et al. 2018, App. A).
+
+    From each step's first micro-batch gradient (batch b_small) and the accumulated one
+    (b_big = b_small x accumulation x processes), averaged over steps before dividing.
+    """
+    plan = settings.plan
+    b_small = plan.batch_size
+    b_big = plan.batch_size * plan.grad_accum * world
+    pairs = [(r.micro_grad_sq, r.grad_norm ** 2) for r in records if r.micro_grad_sq is not None
+             and math.isfinite(r.grad_norm) and r.step > 1]
+    if b_big <= b_small or len(pairs) < 5:
+        return None
+    small = statistics.fmean(p[0] for p in pairs)
+    big = statistics.fmean(p[1] for p in pairs)
+    g_sq = (b_big * big - b_small * small) / (b_big - b_small)
+    trace = (small - big) / (1 / b_small - 1 / b_big)
+    if g_sq <= 0 or trace <= 0:
+        return None
+    return trace / g_sq
+
+
+def advise(records: list[StepRecord], findings: list[Finding], settings: DiagnoseSettings,
+           world: int = 1, bf16_supported: bool | None = None) -> list[Advice]:
+    kinds = {f.kind for f in findings}
+    plan = settings.plan
+    out: list[Advice] = []
+    healthy = healthy_norms(records, settings)
+    if healthy and kinds & {"exploding_gradients", "clipping_most_steps", "non_finite", "loss_spikes"}:
+        p90 = sorted(healthy)[int(0.9 * (len(healthy) - 1))]
+        value = float(f"{p90:.2g}")
+        out.append(Advice(
+            key="max_grad_norm", value=value, current=settings.max_grad_norm,
+            reason=f"the 90th percentile of the {len(healthy)} healthy steps' gradient norms (median "
+                   f"{_median(healthy):.3g}): clipping then trims the spikes only"))
+    early = [s for s in spike_steps(records) if s <= max(3, len(records) // 3)]
+    if (early or "non_finite" in kinds or "loss_divergence" in kinds) and settings.warmup_ratio == 0:
+        settle = max(early, default=len(records) // 5) + 1
+        out.append(Advice(
+            key="warmup_ratio", value=0.05, current=settings.warmup_ratio,
+            reason=f"the early steps spike (up to step {settle - 1}) without warmup; warm up over at least "
+                   f"{2 * settle} steps (warmup_steps) or 5% of the run"))
+    lr = settings.learning_rate
+    if "non_finite" in kinds:
+        out.append(Advice(key="learning_rate", value=float(f"{lr * 0.1:.2g}"), current=lr,
+                          reason="gradients became non-finite: a tenth of the learning rate"))
+    elif kinds & {"loss_divergence", "exploding_gradients"}:
+        out.append(Advice(key="learning_rate", value=float(f"{lr * 0.3:.2g}"), current=lr,
+                          reason="the run diverges or its gradients explode: about a third of the learning rate"))
+    elif "loss_plateau" in kinds:
+        ratios = _finite(_median(list(r.update_ratio.values())) for r in records if r.update_ratio)
+        if ratios and _median(ratios) < 1e-4:
+            out.append(Advice(key="learning_rate", value=float(f"{lr * 3:.2g}"), current=lr,
+                              reason=f"the loss is flat and the median update is {_median(ratios):.1e} of the "
+                                     "weights: a learning rate about 3x higher"))
+    b_noise = noise_scale(records, settings, world)
+    global_batch = plan.batch_size * plan.grad_accum * world
+    # The noise scale grows as the loss falls (McCandlish et al., Sec. 4), so one measured at the start of
+    # training is a lower bound for the run: it can argue for a larger batch, never for a smaller one.
+    if b_noise is not None and b_noise > 4 * global_batch:
+        target = max(plan.batch_size * world, min(round(b_noise), 8 * global_batch))
+        accum = max(1, round(target / (plan.batch_size * world)))
+        out.append(Advice(
+            key="gradient_accumulation_steps", value=accum, current=plan.grad_accum,
+            reason=f"the gradient noise scale is about {b_noise:.0f} sequences (McCandlish et al. 2018) against a "
+                   f"global batch of {global_batch}: {accum} accumulation steps x per_device_train_batch_size "
+                   f"{plan.batch_size} gets the global batch near it"))
+    if kinds & {"fp16_underflow", "loss_scale_collapse"} and bf16_supported is not False:
+        out.append(Advice(key="bf16", value=True, current=False,
+                          reason="bf16 has fp32's exponent range: no underflow, no loss scaling needed"))
+    if "bf16_updates_round_away" in kinds:
+        out.append(Advice(key="pure_bf16", value=False, current=True,
+                          reason="keep fp32 master weights so small updates accumulate"))
+    return out

@@ -1,0 +1,63 @@
+"""Text view of a diagnostics report for the command line (no formulas: the report has the numbers)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from diagnostics.report import DiagnosticReport, StepRecord
+from planner.units import fmt_gib
+from tui.plots import loss_plot, norm_heatmap
+
+_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def step_line(record: StepRecord, total: int) -> str:
+    clip = " clipped" if record.clipped else ""
+    return (f"step {record.step:>3}/{total}  loss {record.loss:8.4f}  grad norm {record.grad_norm:9.4g}{clip}  "
+            f"lr {record.lr:.2e}  {record.tokens_per_s:,.0f} tok/s")
+
+
+def print_report(report: DiagnosticReport, console: Console | None = None, plots: bool = True) -> None:
+    console = console or Console(highlight=False)
+    s, env = report.settings, report.environment
+    console.print(f"[bold]{s.model}[/bold] · {s.plan.method} · {s.plan.precision} · lr {s.learning_rate:g} · "
+                  f"micro-batch {s.plan.batch_size} × accumulation {s.plan.grad_accum}"
+                  + (f" × {env.get('world_size')} processes" if env.get("world_size", 1) > 1 else "")
+                  + f" · cutoff {s.plan.seq_len}")
+    if env:
+        init = "random weights (config only)" if env.get("random_init") else "pretrained weights"
+        console.print(f"{init}; {env.get('tokenizer')}; {env.get('examples')} examples from {env.get('data')}; "
+                      f"{env.get('device')}" + (f" ({env['gpu']})" if env.get("gpu") else ""), style="dim")
+    status = {"completed": "[green]completed[/green]"}.get(report.status, f"[bold red]{report.status}[/bold red]")
+    console.print(f"status: {status} after {len(report.records)} step(s)"
+                  + (f" — {report.message}" if report.message else ""))
+    if plots and len(report.records) >= 2:  # written raw: rich would re-wrap the plot's lines
+        width = min(console.width, 100) - 2
+        console.file.write(loss_plot(report.records, width=width, color=console.is_terminal) + "\n\n")
+        console.file.write(norm_heatmap(report.records, max_columns=width - 14) + "\n")
+    if report.findings:
+        console.print("\nfindings:")
+        for f in report.findings:
+            console.print(f"  [{_STYLE[f.severity]}]{f.severity}[/{_STYLE[f.severity]}] {f.title}: {f.evidence}")
+            console.print(f"      fix: {f.fix}", style="dim")
+    else:
+        console.print("\nfindings: none; the gradients, loss and updates look healthy")
+    if report.advice:
+        table = Table(title="suggested settings (LLaMA-Factory keys)", title_justify="left", show_edge=False)
+        for col in ("key", "now", "suggest", "why"):
+            table.add_column(col, overflow="fold")
+        for a in report.advice:
+            table.add_row(a.key, str(a.current), str(a.value), a.reason)
+        console.print(table)
+    if report.noise_scale is not None:
+        console.print(f"gradient noise scale ≈ {report.noise_scale:.1f} sequences (McCandlish et al. 2018; "
+                      "measured early, it grows as the loss falls)", style="dim")
+    if report.memory:
+        m = report.memory
+        line = f"memory: planner {fmt_gib(m.estimate_allocated)} allocated at peak"
+        if m.measured_allocated is not None:
+            line += f", measured {fmt_gib(m.measured_allocated)} ({m.error:+.1%})"
+        if m.measured_process is not None:
+            line += f"; NVML sees {fmt_gib(m.measured_process)} for this process (planner total {fmt_gib(m.estimate_total)})"
+        console.print(line, style="dim")
