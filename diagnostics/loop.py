@@ -103,8 +103,13 @@ def _finish(report: DiagnosticReport, world: int) -> DiagnosticReport:
 
 
 def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
-        prepare_model: Callable | None = None, should_stop: Callable[[], bool] | None = None) -> DiagnosticReport:
-    """Run the diagnostics; never raises for training failures (they become the report's status)."""
+        prepare_model: Callable | None = None, should_stop: Callable[[], bool] | None = None,
+        monitor_class: type = GradMonitor) -> DiagnosticReport:
+    """Run the diagnostics; never raises for training failures (they become the report's status).
+
+    `prepare_model` sees the built model before training (tests inject gradient hooks there);
+    `monitor_class=PlainMonitor` runs the same loop uninstrumented, for the overhead benchmark.
+    """
     import torch
 
     device = resolve_device(settings.device)
@@ -154,7 +159,7 @@ def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
                               optimizer, num_warmup_steps=settings.warmup_steps,
                               num_training_steps=settings.steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    monitor = GradMonitor(accelerator.unwrap_model(model))
+    monitor = monitor_class(accelerator.unwrap_model(model))
     device_type = device.split(":")[0]
     autocast = (lambda: torch.autocast(device_type, dtype=torch_dtype(plan.compute_dtype))) if plan.mixed \
         else contextlib.nullcontext
@@ -236,7 +241,8 @@ def _step(step: int, model, optimizer, scheduler, scaler, monitor: GradMonitor, 
     if scaler is not None:
         scaler.unscale_(optimizer)
     parts = monitor.after_backward(settings.max_grad_norm, zeros=track_zeros)
-    monitor.before_step()
+    if (step - 1) % settings.update_ratio_every == 0:
+        monitor.before_step(count_unchanged=plan.precision == "bf16")
     lr = scheduler.get_last_lr()[0]
     if scaler is not None:
         scaler.step(optimizer)

@@ -13,6 +13,7 @@ and adapter names) so reports read the same however the model was wrapped.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -125,11 +126,14 @@ class GradMonitor:
             self._micro = torch.stack(norms).square().sum() * (scale * scale)
 
     # -- weights before the optimizer step, for update ratios
-    def before_step(self) -> None:
+    def before_step(self, count_unchanged: bool = False) -> None:
+        """Copy the trainable weights; `count_unchanged` also counts weights the step leaves bit-identical
+        (the pure-bf16 rounding check), two more passes over the weights."""
         import torch
 
         with torch.no_grad():
             self._snapshot = [p.detach().clone() for p in self.params]
+        self._count_unchanged = count_unchanged
 
     def _grad_norms(self):
         import torch
@@ -182,7 +186,8 @@ class GradMonitor:
             d_sq = torch.stack(torch._foreach_norm(delta, 2, dtype=torch.float32)).square()
             w_sq = torch.stack(torch._foreach_norm([p.detach() for p in self.params], 2,
                                                    dtype=torch.float32)).square()
-            same = torch.stack([(d == 0).sum().float() for d in delta])
+            same = (torch.stack([(d == 0).sum().float() for d in delta]) if self._count_unchanged
+                    else torch.full((len(delta),), float("nan"), device=self.device))
         self._snapshot = None
         zeros = torch.zeros(len(self.layers), device=self.device)
         return [*parts, zeros.index_add(0, self._layer_idx, d_sq), zeros.index_add(0, self._layer_idx, w_sq),
@@ -210,7 +215,7 @@ class GradMonitor:
             d_sq, w_sq, same = take(n_l), take(n_l), take(n_l)
             update_ratio = {k: (d ** 0.5) / (w ** 0.5) if w > 0 else 0.0
                             for k, d, w in zip(self.layers, d_sq, w_sq, strict=True)}
-            unchanged = dict(zip(self.layers, same, strict=True))
+            unchanged = None if math.isnan(same[0]) else dict(zip(self.layers, same, strict=True))
         has_micro, micro_sq = take(2)
         return StepStats(
             total_norm=total,
@@ -233,3 +238,35 @@ class GradMonitor:
         flag = torch.tensor([-1.0 if micro is None else 0.0], device=self.device)
         value = (micro if micro is not None else torch.zeros((), device=self.device)).reshape(1)
         return torch.cat([*head, flag, value, *tail]).tolist()
+
+
+class PlainMonitor:
+    """What an uninstrumented loop does per step (the HF Trainer's clip_grad_norm_ and a logged loss):
+    the baseline `benchmarks/bench_monitor.py` measures the monitor's overhead against."""
+
+    def __init__(self, model, **_):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    def after_first_micro_batch(self, scale: float = 1.0) -> None:
+        pass
+
+    def before_step(self, count_unchanged: bool = False) -> None:
+        pass
+
+    def after_backward(self, max_grad_norm: float | None, zeros: bool = False) -> list:
+        import torch
+
+        norm = torch.nn.utils.clip_grad_norm_(self.params, max_grad_norm or float("inf"))
+        return [norm.reshape(1)]
+
+    def after_step(self, parts: list) -> list:
+        return parts
+
+    def finish(self, parts: list, extra: list | None = None) -> StepStats:
+        import torch
+
+        values = torch.cat([parts[0].float(), *(x.detach().float().reshape(1) if torch.is_tensor(x)
+                                               else torch.tensor([float(x)]) for x in (extra or []))]).tolist()
+        return StepStats(total_norm=values[0], layer_norms={}, kind_norms={}, nonfinite_param=None, zero_params=[],
+                         micro_sq=None, zero_fraction=None, update_ratio=None, unchanged_fraction=None,
+                         extra=values[1:])

@@ -79,6 +79,7 @@ class DiagnoseSettings(BaseModel):
     device: str = "auto"
     loss_scaling: bool = True  # fp16: use a GradScaler (HF's default)
     init_std: float | None = None  # config-only models: override initializer_range
+    ratio_every: int | None = None  # update ratios every N steps; None: every step for LoRA/QLoRA, every 4th else
     plan: Plan = Field(default_factory=lambda: Plan(batch_size=2, grad_accum=2, seq_len=256))
 
     @property
@@ -86,6 +87,14 @@ class DiagnoseSettings(BaseModel):
         if self.lr is not None:
             return self.lr
         return 1e-4 if self.plan.method in ("lora", "qlora") else 1e-5
+
+    @property
+    def update_ratio_every(self) -> int:
+        """Update ratios need a copy of the trainable weights around the step: cheap for adapters, a few
+        percent of a step for full fine-tuning, so those sample every 4th step (benchmarks/bench_monitor.py)."""
+        if self.ratio_every is not None:
+            return max(1, self.ratio_every)
+        return 1 if self.plan.method in ("lora", "qlora") else 4
 
     @property
     def warmup_steps(self) -> int:
