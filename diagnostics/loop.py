@@ -166,8 +166,12 @@ def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
     scaler = torch.amp.GradScaler(device_type) if plan.precision == "fp16-mixed" and settings.loss_scaling else None
     track_zeros = plan.precision == "fp16-mixed"
     on_cuda = device_type == "cuda"
+    nvml_reader = None
     if on_cuda:
+        from diagnostics.nvml import ProcessMemoryReader, cuda_uuid
+
         torch.cuda.reset_peak_memory_stats(torch.device(device))
+        nvml_reader = ProcessMemoryReader(cuda_uuid(torch.device(device).index or 0))
 
     try:
         for step in range(1, settings.steps + 1):
@@ -179,7 +183,8 @@ def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
             if on_cuda:
                 dev = torch.device(device)
                 record.memory = {"max_allocated": torch.cuda.max_memory_allocated(dev),
-                                 "max_reserved": torch.cuda.max_memory_reserved(dev)}
+                                 "max_reserved": torch.cuda.max_memory_reserved(dev),
+                                 "process": nvml_reader.read()}
             else:
                 record.memory = {"rss": _rss()}
             report.records.append(record)
@@ -208,9 +213,10 @@ def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
         report.memory.measured_allocated = peak
         report.memory.measured_reserved = max(r.memory.get("max_reserved") or 0 for r in report.records)
         report.memory.error = (estimate.peak_allocated - peak) / peak if peak else None
-        from diagnostics.measure import _process_memory
-
-        report.memory.measured_process = _process_memory(torch.device(device).index or 0)
+        seen = [r.memory["process"] for r in report.records if r.memory.get("process") is not None]
+        report.memory.measured_process = max(seen) if seen else None
+    if nvml_reader is not None:
+        nvml_reader.close()
     if world == 1:
         _reset_accelerate()
     return _finish(report, world)

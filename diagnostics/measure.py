@@ -58,12 +58,13 @@ def make_optimizer(params, plan: Plan, lr: float = 1e-5, weight_decay: float = 0
 
 
 def _process_memory(device_index: int) -> int | None:
-    from diagnostics.nvml import probe
+    from diagnostics.nvml import ProcessMemoryReader, cuda_uuid
 
-    result = probe()
-    gpu = next((g for g in result.visible if g.cuda_index == device_index), None)
-    own = [p.used_memory for p in (gpu.processes if gpu else []) if p.own and p.used_memory is not None]
-    return own[0] if own else None
+    reader = ProcessMemoryReader(cuda_uuid(device_index))
+    try:
+        return reader.read()
+    finally:
+        reader.close()
 
 
 def measure_training_memory(config: dict, plan: Plan, *, steps: int = 3, device: str = "cuda",

@@ -385,3 +385,53 @@ def _match_entry(entry: str, devices: list[GpuInfo]) -> GpuInfo | None:
         found = [g for g in devices if g.uuid and g.uuid.lower().startswith(entry.lower())]
         return found[0] if len(found) == 1 else None
     return None
+
+
+class ProcessMemoryReader:
+    """This process's memory on one GPU, read each training step without re-initialising NVML.
+
+    `read()` returns None where NVML cannot tell (no driver, containers that hide PIDs).
+    """
+
+    def __init__(self, uuid: str | None, backend: NvmlBackend | None = None):
+        self._backend = None
+        self._handle = None
+        if uuid is None:
+            return
+        try:
+            backend = backend or PynvmlBackend()
+            backend.init()
+            for index in range(backend.device_count()):
+                handle = backend.handle(index)
+                if backend.uuid(handle) == uuid:
+                    self._backend, self._handle = backend, handle
+                    return
+                if backend.mig_enabled(handle):
+                    for child in backend.mig_devices(handle):
+                        if backend.uuid(child) == uuid:
+                            self._backend, self._handle = backend, child
+                            return
+            backend.shutdown()
+        except NvmlFailure:
+            self._backend = None
+
+    def read(self) -> int | None:
+        if self._backend is None:
+            return None
+        try:
+            own = os.getpid()
+            return next((used for pid, used in self._backend.processes(self._handle) if pid == own), None)
+        except NvmlFailure:
+            return None
+
+    def close(self) -> None:
+        if self._backend is not None:
+            with contextlib.suppress(NvmlFailure):
+                self._backend.shutdown()
+            self._backend = None
+
+
+def cuda_uuid(cuda_index: int, result: GpuProbe | None = None) -> str | None:
+    """The UUID of the device a job calls `cuda:<cuda_index>`."""
+    result = result or probe()
+    return next((g.uuid for g in result.visible if g.cuda_index == cuda_index), None)

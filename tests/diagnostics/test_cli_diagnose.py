@@ -76,3 +76,16 @@ def test_a_dead_child_still_yields_a_report(tmp_path) -> None:
     assert [r.step for r in seen] == [1, 2] and [r.step for r in report.records] == [1, 2]
     assert report.status == "crashed" and report.findings[0].kind == "killed"
     assert "OOM killer" in report.findings[0].title
+
+
+def test_ctrl_c_in_the_parent_reaches_the_child_and_keeps_a_partial_report() -> None:
+    settings = DiagnoseSettings(model="tiny-llama", steps=50, plan=Plan(method="lora", seq_len=64))
+
+    def ctrl_c(record):
+        if record.step == 2:
+            raise KeyboardInterrupt
+
+    report = run_isolated(settings, on_step=ctrl_c)
+    assert report.status == "interrupted"
+    assert 2 <= len(report.records) < 50
+    assert DiagnosticReport.model_validate_json(report.model_dump_json()).records[1].step == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from diagnostics.loop import run
@@ -164,3 +166,31 @@ def test_run_that_does_not_fit_stops_before_loading(monkeypatch) -> None:
     report = run(settings("full", steps=3))
     assert report.status == "does_not_fit" and report.records == []
     assert report.findings[0].kind == "does_not_fit" and "--" in report.findings[0].fix
+
+
+@pytest.mark.parametrize("optimizer", ["adamw-8bit", "adamw-fused", "adafactor", "sgd-momentum"])
+def test_every_planner_optimizer_trains(optimizer: str) -> None:
+    report = run(settings("full", steps=3, optimizer=optimizer, grad_accum=1))
+    assert report.status == "completed"
+    assert all(math.isfinite(r.loss) for r in report.records)
+
+
+def test_a_model_directory_with_weights_loads_them(tmp_path) -> None:
+    """Two folders, same config, different saved weights, same seed: a re-initialised model would give the
+    same first loss in both; loaded weights do not."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from diagnostics.models import hf_config
+    from planner.spec import resolve_model
+
+    config = dict(resolve_model("tiny-llama").config)
+    losses = []
+    for weights_seed in (123, 456):
+        folder = tmp_path / str(weights_seed)
+        torch.manual_seed(weights_seed)
+        AutoModelForCausalLM.from_config(hf_config(config)).save_pretrained(folder)
+        report = run(DiagnoseSettings(model=str(folder), steps=1, seed=1, plan=Plan(method="lora", seq_len=64)))
+        assert report.environment["random_init"] is False
+        losses.append(report.records[0].loss)
+    assert losses[0] != pytest.approx(losses[1], rel=1e-4)

@@ -109,3 +109,24 @@ def test_real_backend_on_this_machine_degrades_cleanly() -> None:
     assert result.status in ("ok", "no_library", "no_driver", "no_permission", "no_gpu", "error")
     if result.status != "ok":
         assert result.reason
+
+
+def test_process_memory_reader_finds_this_process_on_its_gpu() -> None:
+    from diagnostics.nvml import ProcessMemoryReader
+
+    ours = FakeGpu(uuid="GPU-ours", processes=[(os.getpid(), 3 * GIB), (77, GIB)])
+    backend = FakeNvml([H100_A, ours])
+    reader = ProcessMemoryReader("GPU-ours", backend)
+    assert reader.read() == 3 * GIB
+    ours.processes = [(os.getpid(), 5 * GIB)]
+    assert reader.read() == 5 * GIB  # read live every step
+    reader.close()
+    assert backend.shutdowns == 1 and reader.read() is None
+
+
+def test_process_memory_reader_degrades_without_nvml() -> None:
+    from diagnostics.nvml import ProcessMemoryReader
+
+    failing = FakeNvml([], init_failure=NvmlFailure("library_not_found", "x"))
+    assert ProcessMemoryReader("GPU-any", failing).read() is None
+    assert ProcessMemoryReader(None).read() is None
