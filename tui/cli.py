@@ -173,6 +173,21 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_preflight(args: argparse.Namespace) -> int:
+    from diagnostics.preflight import exit_code, preflight
+
+    report = preflight(args.config, gpu=args.gpu, gpu_memory=args.gpu_memory, gpus=args.gpus,
+                       diagnose_steps=args.diagnose, strict=args.strict, fix=args.fix,
+                       fmt=None if args.format == "auto" else args.format)
+    if args.json:
+        sys.stdout.write(report.model_dump_json(indent=2) + "\n")
+    else:
+        from tui.preflight_view import print_preflight
+
+        print_preflight(report)
+    return exit_code(report, args.strict)
+
+
 def cmd_gpus(args: argparse.Namespace) -> int:
     if args.catalog:
         from planner.hardware import catalog
@@ -261,6 +276,34 @@ def build_parser() -> argparse.ArgumentParser:
     diag.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     diag.add_argument("--no-plots", action="store_true", help="text summary without the terminal plots")
     diag.set_defaults(func=cmd_diagnose)
+    pre = _command(
+        sub, "preflight", "gate a long fine-tuning job on its config file",
+        "Reads a LLaMA-Factory, HF TrainingArguments/TRL or axolotl config and checks it before the long run: "
+        "the memory plan on the GPUs it will run on (this machine's, through NVML, or --gpu NAME --gpus N), "
+        "static advice (warmup, precision, clipping, batch vs dataset, LoRA scaling), optionally a short "
+        "diagnostics run, and a verdict. --fix writes a corrected copy; the config itself is never modified.",
+        """exit codes:
+  0  ready (warnings are printed)
+  1  will not fit, a check failed, or the diagnostics run failed (--strict: warnings too)
+  2  the input is wrong: unreadable or malformed config, a wrong type, an impossible combination
+  3  the environment is missing: e.g. --gpu auto (the default) and no GPU
+
+example:
+  ftplan preflight train.yaml && llamafactory-cli train train.yaml
+""")
+    pre.add_argument("config", help="the training config (YAML or JSON)")
+    pre.add_argument("--gpu", default="auto",
+                     help="GPU to plan on: auto (this machine's visible GPUs, the default) or a catalog name")
+    pre.add_argument("--gpu-memory", help="usable memory per GPU instead of --gpu, e.g. 24GiB")
+    pre.add_argument("--gpus", type=positive_int("--gpus"), default=None,
+                     help="GPUs the job uses (default: WORLD_SIZE, or every visible GPU, or 1 with --gpu NAME)")
+    pre.add_argument("--diagnose", type=positive_int("--diagnose"), nargs="?", const=20, default=None,
+                     metavar="STEPS", help="also run a short diagnostics run (default 20 steps)")
+    pre.add_argument("--fix", metavar="OUT", help="write a corrected copy of the config here")
+    pre.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    pre.add_argument("--format", choices=("auto", "llamafactory", "hf", "axolotl"), default="auto")
+    pre.add_argument("--json", action="store_true", help="print the report as JSON")
+    pre.set_defaults(func=cmd_preflight)
     gpus = _command(
         sub, "gpus", "the GPUs this machine has, measured through NVML",
         "Memory, utilisation, temperature, power and processes of every GPU NVML reports, and which of them "

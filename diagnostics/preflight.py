@@ -1,0 +1,172 @@
+"""`ftplan preflight CONFIG`: is this training config ready for a long run?
+
+1. the plan on the GPUs it will run on (NVML, honouring CUDA_VISIBLE_DEVICES and the
+   launcher's process count) or on a named GPU: fits, headroom, largest micro-batch;
+2. static checks that need no run (planner.checks);
+3. optionally a short diagnostics run with the config's own model, data and settings;
+4. a verdict, and with `fix` a corrected copy of the config (the input is never touched).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from diagnostics.report import DiagnoseSettings, DiagnosticReport
+from planner.checks import Check, static_checks
+from planner.errors import EnvironmentMissing
+from planner.estimate import Estimate, estimate
+from planner.fit import GpuTarget
+from planner.frameworks import Format, RunConfig, config_changes, fix_config, read_run_config
+from planner.hardware import find_gpu
+from planner.spec import load_spec
+from planner.units import parse_bytes
+
+Verdict = Literal["ready", "ready_with_warnings", "will_not_fit", "not_ready", "diagnostics_failed"]
+
+
+class PreflightReport(BaseModel):
+    config: str
+    format: Format
+    model: str
+    run: RunConfig
+    estimate: Estimate
+    gpus: int
+    checks: list[Check]
+    diagnostics: DiagnosticReport | None = None
+    verdict: Verdict
+    summary: str
+    fixed: str | None = None  # the corrected copy written with --fix
+    fix_changes: dict[str, Any] = {}
+
+    @property
+    def warnings(self) -> list[Check]:
+        return [c for c in self.checks if c.severity in ("warning", "error")]
+
+
+def _target(gpu: str | None, gpu_memory: str | None, gpus: int | None) -> tuple[GpuTarget, int, list[str]]:
+    """Where the run will happen: a named GPU, a memory size, or (default) this machine's GPUs."""
+    notes: list[str] = []
+    if gpu_memory:
+        capacity = parse_bytes(gpu_memory, "--gpu-memory")
+        return GpuTarget(name=f"{gpu_memory} GPU", capacity=capacity, source="given"), gpus or 1, notes
+    if gpu and gpu.lower() != "auto":
+        spec = find_gpu(gpu)
+        return GpuTarget(name=spec.name, capacity=spec.memory_bytes, source="catalog", gpu=spec), gpus or 1, notes
+    from diagnostics.gpus import measured_target
+    from diagnostics.nvml import probe
+
+    result = probe()
+    if result.status != "ok" or not result.visible:
+        raise EnvironmentMissing(f"--gpu auto: {result.summary()}; on a machine without the GPUs, pass "
+                                 "--gpu NAME (and --gpus N) to check against the catalog")
+    if gpus is None:
+        world = os.environ.get("WORLD_SIZE")
+        gpus = int(world) if world and world.isdigit() else len(result.visible)
+        notes.append(f"{gpus} GPU(s): " + ("the launcher's WORLD_SIZE" if world else
+                                           "every visible GPU, as llamafactory-cli and accelerate launch use them"))
+    return measured_target(result, gpus), gpus, notes
+
+
+def _model_for(run: RunConfig) -> str:
+    """A model path in the config is relative to the config's folder, as the frameworks resolve it."""
+    candidate = Path(run.path).parent / run.model
+    return str(candidate) if not Path(run.model).is_absolute() and candidate.exists() else run.model
+
+
+def preflight(path: str | Path, *, gpu: str | None = None, gpu_memory: str | None = None, gpus: int | None = None,
+              diagnose_steps: int | None = None, strict: bool = False, fix: str | Path | None = None,
+              fmt: Format | None = None) -> PreflightReport:
+    run = read_run_config(path, fmt)
+    spec = load_spec(_model_for(run))
+    target, gpus, notes = _target(gpu, gpu_memory, gpus)
+    plan = run.plan.with_(gpus=gpus, zero=run.plan.zero if gpus > 1 or run.plan.zero else 0)
+    result = estimate(spec, plan, target, search_batch=True)
+    checks = [Check(severity="info", message=n) for n in [*run.notes, *notes]]
+    if run.data.datasets and not run.data.files and run.format == "llamafactory":
+        checks.append(Check(severity="info", key="dataset",
+                            message=f"dataset {', '.join(run.data.datasets)} not found through "
+                                    f"{run.data.dataset_dir}/dataset_info.json: steps per epoch unknown"))
+    checks += static_checks(run, target.gpu, gpus)
+    fits = result.fit is not None and result.fit.fits
+
+    diag = None
+    if diagnose_steps:
+        from diagnostics.runner import run_isolated
+
+        settings = DiagnoseSettings(
+            model=_model_for(run), data=run.data.files[0] if run.data.files else None, steps=diagnose_steps,
+            lr=run.hyper.learning_rate, warmup_ratio=run.hyper.warmup_ratio,
+            lr_scheduler=run.hyper.lr_scheduler if run.hyper.lr_scheduler in ("cosine", "linear", "constant")
+            else "cosine", max_grad_norm=run.hyper.max_grad_norm or None, plan=run.plan)
+        diag = run_isolated(settings)
+
+    changes = _fixes(run, result, checks, diag)
+    errors = [c for c in checks if c.severity == "error"]
+    if not fits:
+        verdict: Verdict = "will_not_fit"
+    elif errors:
+        verdict = "not_ready"
+    elif diag is not None and (diag.status != "completed" or any(f.severity == "error" for f in diag.findings)):
+        verdict = "diagnostics_failed"
+    elif any(c.severity == "warning" for c in checks) or (diag is not None and diag.warnings):
+        verdict = "ready_with_warnings"
+    else:
+        verdict = "ready"
+    fixed = None
+    if fix is not None:
+        fixed = str(fix_config(run.path, changes, fix))
+    return PreflightReport(config=str(path), format=run.format, model=run.model, run=run, estimate=result,
+                           gpus=gpus, checks=checks, diagnostics=diag, verdict=verdict,
+                           summary=_summary(verdict, result, errors, diag, strict), fixed=fixed, fix_changes=changes)
+
+
+def _fixes(run: RunConfig, result: Estimate, checks: list[Check], diag: DiagnosticReport | None) -> dict[str, Any]:
+    """The config keys to change: the first memory suggestion that fits and is expressible as plain keys,
+    then the static checks' fixes, then the diagnostics' advice."""
+    plan_changes: dict[str, Any] = {}
+    hyper_changes: dict[str, Any] = {}
+    if result.fit is not None and not result.fit.fits:
+        expressible = set(run.key_names) | {"method"}
+        fitting = [s for s in result.suggestions if s.fits and set(s.changes) <= expressible]
+        # least invasive first: keep the method and the data, then change the method, then cut sequences
+        fitting.sort(key=lambda s: ("seq_len" in s.changes, "method" in s.changes))
+        if fitting:
+            plan_changes.update(fitting[0].changes)
+    for c in checks:
+        hyper_changes.update(c.fix)
+    if diag is not None:
+        neutral = {"max_grad_norm": "max_grad_norm", "warmup_ratio": "warmup_ratio", "learning_rate": "learning_rate",
+                   "gradient_accumulation_steps": "grad_accum", "bf16": "bf16"}
+        for a in diag.advice:
+            if a.key in neutral:
+                hyper_changes[neutral[a.key]] = a.value
+    if hyper_changes.get("bf16") and run.hyper.fp16:
+        hyper_changes["fp16"] = False
+    return config_changes(run, plan_changes, hyper_changes)
+
+
+def _summary(verdict: Verdict, result: Estimate, errors: list[Check], diag: DiagnosticReport | None,
+             strict: bool) -> str:
+    fit = result.fit
+    room = f"{fit.headroom / (1 << 30):.1f} GiB headroom on {fit.gpu}" if fit and fit.fits else ""
+    return {
+        "ready": f"READY: fits with {room}",
+        "ready_with_warnings": f"READY with warnings{' (--strict: not ready)' if strict else ''}: fits with {room}",
+        "will_not_fit": f"NOT READY: needs {result.memory.total / (1 << 30):.1f} GiB per GPU, {fit.gpu if fit else ''} "
+                        f"has {fit.capacity / (1 << 30):.1f} GiB" if fit else "NOT READY",
+        "not_ready": "NOT READY: " + "; ".join(c.message for c in errors),
+        "diagnostics_failed": "NOT READY: the diagnostics run " + (
+            diag.status if diag and diag.status != "completed" else "found errors"),
+    }[verdict]
+
+
+def exit_code(report: PreflightReport, strict: bool) -> int:
+    if report.verdict == "ready":
+        return 0
+    if report.verdict == "ready_with_warnings":
+        return 1 if strict else 0
+    return 1
