@@ -251,6 +251,17 @@ def _build_plan(fmt: Format, path: str, **fields) -> Plan:
         raise FtplanError(f"{path}: {message}") from None
 
 
+def _hyper(k: _Keys, *, epochs: str, scheduler: str, scheduler_default: str, epochs_default: float,
+           fp16: bool, bf16: bool) -> Hyper:
+    """The optimisation keys all three frameworks share (under their own names for epochs and schedule)."""
+    return Hyper(
+        learning_rate=k.get("learning_rate", float, 5e-5), epochs=k.get(epochs, float, epochs_default),
+        max_steps=k.get("max_steps", int), lr_scheduler=k.get(scheduler, str, scheduler_default),
+        warmup_ratio=k.get("warmup_ratio", float, 0.0), warmup_steps=k.get("warmup_steps", int, 0),
+        max_grad_norm=k.get("max_grad_norm", float, 1.0), lora_alpha=k.get("lora_alpha", float),
+        use_rslora=k.get("use_rslora", bool, False) or k.get("peft_use_rslora", bool, False), fp16=fp16, bf16=bf16)
+
+
 def _read_llamafactory(keys: _Keys, base: Path) -> RunConfig:
     k, path = keys, keys.path
     model = k.get("model_name_or_path", str)
@@ -289,13 +300,8 @@ def _read_llamafactory(keys: _Keys, base: Path) -> RunConfig:
     )
     if optim not in _OPTIM:
         notes.append(f"optim '{optim}' is planned as AdamW")
-    hyper = Hyper(
-        learning_rate=k.get("learning_rate", float, 5e-5), epochs=k.get("num_train_epochs", float, 3.0),
-        max_steps=k.get("max_steps", int), lr_scheduler=k.get("lr_scheduler_type", str, "linear"),
-        warmup_ratio=k.get("warmup_ratio", float, 0.0), warmup_steps=k.get("warmup_steps", int, 0),
-        max_grad_norm=k.get("max_grad_norm", float, 1.0), lora_alpha=k.get("lora_alpha", float),
-        use_rslora=k.get("use_rslora", bool, False), fp16=k.get("fp16", bool, False), bf16=k.get("bf16", bool, False),
-    )
+    hyper = _hyper(k, epochs="num_train_epochs", epochs_default=3.0, scheduler="lr_scheduler_type",
+                   scheduler_default="linear", fp16=k.get("fp16", bool, False), bf16=k.get("bf16", bool, False))
     datasets = k.get("dataset", (str, list), "")
     data = DataInfo(datasets=[d.strip() for d in (datasets.split(",") if isinstance(datasets, str) else datasets)
                               if d and d.strip()],
@@ -368,12 +374,8 @@ def _read_hf(keys: _Keys, base: Path) -> RunConfig:
         lora_dropout=k.get("lora_dropout", float, 0.05), zero=zero, offload_optimizer=offload,
         fused_loss=k.get("use_liger_kernel", bool, False),
     )
-    hyper = Hyper(
-        learning_rate=k.get("learning_rate", float, 5e-5), epochs=k.get("num_train_epochs", float, 3.0),
-        max_steps=k.get("max_steps", int), lr_scheduler=k.get("lr_scheduler_type", str, "linear"),
-        warmup_ratio=k.get("warmup_ratio", float, 0.0), warmup_steps=k.get("warmup_steps", int, 0),
-        max_grad_norm=k.get("max_grad_norm", float, 1.0), lora_alpha=k.get("lora_alpha", float),
-        fp16=fp16, bf16=bf16)
+    hyper = _hyper(k, epochs="num_train_epochs", epochs_default=3.0, scheduler="lr_scheduler_type",
+                   scheduler_default="linear", fp16=fp16, bf16=bf16)
     notes = [ds_note] if ds_note else []
     return RunConfig(path=path, format="hf", model=model, plan=plan, hyper=hyper, data=DataInfo(), notes=notes)
 
@@ -408,12 +410,8 @@ def _read_axolotl(keys: _Keys, base: Path) -> RunConfig:
         lora_rank=k.positive("lora_r", 8), lora_target=targets, lora_dropout=k.get("lora_dropout", float, 0.0),
         zero=zero, offload_optimizer=offload, fused_loss=k.get("liger_fused_linear_cross_entropy", bool, False),
     )
-    hyper = Hyper(
-        learning_rate=k.get("learning_rate", float, 5e-5), epochs=k.get("num_epochs", float, 1.0),
-        max_steps=k.get("max_steps", int), lr_scheduler=k.get("lr_scheduler", str, "cosine"),
-        warmup_ratio=k.get("warmup_ratio", float, 0.0), warmup_steps=k.get("warmup_steps", int, 0),
-        max_grad_norm=k.get("max_grad_norm", float, 1.0), lora_alpha=k.get("lora_alpha", float),
-        fp16=fp16, bf16=bf16)
+    hyper = _hyper(k, epochs="num_epochs", epochs_default=1.0, scheduler="lr_scheduler",
+                   scheduler_default="cosine", fp16=fp16, bf16=bf16)
     raw = k.get("datasets", list, [])
     data = DataInfo(datasets=[str(d.get("path")) for d in raw if isinstance(d, dict)],
                     val_size=k.get("val_set_size", float, 0.0))
