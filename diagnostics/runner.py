@@ -21,7 +21,8 @@ from diagnostics.rules import advise, analyze
 
 
 def run_isolated(settings: DiagnoseSettings, on_step: Callable[[StepRecord], None] | None = None,
-                 python: str = sys.executable) -> DiagnosticReport:
+                 python: str = sys.executable, should_stop: Callable[[], bool] | None = None) -> DiagnosticReport:
+    """`should_stop` (polled after every step, e.g. a TUI's Cancel button) stops the run as Ctrl-C does."""
     proc = subprocess.Popen([python, "-m", "diagnostics.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     errors: list[str] = []
@@ -41,6 +42,9 @@ def run_isolated(settings: DiagnoseSettings, on_step: Callable[[StepRecord], Non
                     records.append(record)
                     if on_step is not None:
                         on_step(record)
+                    if should_stop is not None and should_stop() and not interrupted:
+                        interrupted = True
+                        proc.send_signal(signal.SIGINT)
                 elif event["event"] == "report":
                     report = DiagnosticReport.model_validate(event["report"])
             break

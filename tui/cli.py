@@ -326,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
+        from tui.app import run
+
+        run()
         return ExitCode.OK
     try:
         return int(args.func(args))

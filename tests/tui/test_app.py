@@ -1,0 +1,181 @@
+"""Pilot tests of the Textual app: the screen shows the planner's numbers and reacts to every field."""
+
+from __future__ import annotations
+
+import pytest
+
+from diagnostics.preflight import preflight
+from planner.estimate import estimate
+from planner.fit import GpuTarget
+from planner.frameworks import read_run_config
+from planner.hardware import find_gpu
+from planner.spec import load_spec
+from tui.app import FtplanApp, estimate_command
+from tui.plan_pane import PlanPane
+
+
+async def settle(app, pilot) -> None:
+    await pilot.pause()
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+def expected_total(state) -> int:
+    gpu = find_gpu(state.target.name)
+    target = GpuTarget(name=gpu.name, capacity=gpu.memory_bytes, source="catalog", gpu=gpu)
+    return estimate(load_spec(state.model), state.plan, target).memory.total
+
+
+def pane(app) -> PlanPane:
+    return app.query_one("#plan-pane", PlanPane)
+
+
+async def set_value(app, pilot, field: str, value) -> None:
+    widget = app.query_one(f"#{field}")
+    widget.value = value
+    await settle(app, pilot)
+
+
+@pytest.mark.asyncio
+async def test_fields_drive_the_breakdown_and_verdict() -> None:
+    app = FtplanApp()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(app, pilot)
+        state = app.state
+        assert state is not None and state.model == "7b" and state.plan.method == "lora"
+        assert state.result.memory.total == expected_total(state)
+        verdict = str(app.query_one("#summary").render())
+        assert "fits RTX-4090" in verdict
+
+        await set_value(app, pilot, "method", "full")
+        assert app.state.plan.method == "full" and app.state.result.memory.total == expected_total(app.state)
+        assert "does not fit RTX-4090" in str(app.query_one("#summary").render())
+
+        await set_value(app, pilot, "batch_size", "4")
+        assert app.state.plan.batch_size == 4 and app.state.result.memory.total == expected_total(app.state)
+
+        await set_value(app, pilot, "gpu", "H200")
+        assert app.state.target.name == "H200" and app.state.result.fit.capacity == find_gpu("H200").memory_bytes
+
+
+@pytest.mark.asyncio
+async def test_an_invalid_field_is_marked_and_the_last_plan_stays() -> None:
+    app = FtplanApp()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(app, pilot)
+        before = app.state
+        await set_value(app, pilot, "batch_size", "0")
+        batch = app.query_one("#batch_size")
+        assert batch.has_class("-invalid") and batch.border_subtitle == "invalid"
+        assert "micro-batch must be at least 1" in str(app.query_one("#form-error").render())
+        assert app.state is before  # nothing recomputed, nothing crashed
+        await set_value(app, pilot, "batch_size", "2")
+        assert app.state.plan.batch_size == 2 and str(app.query_one("#form-error").render()) == ""
+
+
+@pytest.mark.asyncio
+async def test_a_plan_error_names_its_field() -> None:
+    app = FtplanApp()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(app, pilot)
+        await set_value(app, pilot, "offload_optimizer", True)  # offload needs ZeRO
+        assert "--offload-optimizer" in str(app.query_one("#form-error").render())
+        assert app.query_one("#zero").border_subtitle == "invalid"
+
+
+@pytest.mark.asyncio
+async def test_applying_a_suggestion_changes_the_form() -> None:
+    app = FtplanApp()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(app, pilot)
+        await set_value(app, pilot, "method", "full")
+        suggestion = app.state.result.suggestions[0]
+        options = app.query_one("#suggestions")
+        options.focus()
+        options.highlighted = 0
+        await pilot.press("enter")
+        await settle(app, pilot)
+        for field, value in suggestion.changes.items():
+            assert getattr(app.state.plan, field) == value
+        assert app.state.result.memory.total == suggestion.new_total
+
+
+@pytest.mark.asyncio
+async def test_export_writes_yaml_that_preflight_reads_back_to_the_same_plan(tmp_path) -> None:
+    app = FtplanApp()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(app, pilot)
+        await set_value(app, pilot, "method", "qlora")
+        await set_value(app, pilot, "seq_len", "2048")
+        await set_value(app, pilot, "gradient_checkpointing", True)
+        first = app.export_yaml(str(tmp_path / "train.yaml"))
+        second = app.export_yaml(str(tmp_path / "train.yaml"))
+        assert first.name == "train.yaml" and second.name == "train-1.yaml"  # nothing overwritten
+        run = read_run_config(first)
+        assert run.plan == app.state.plan.model_copy(update={"quant_bits": 4})
+        report = preflight(first, gpu="RTX 4090")
+        assert report.estimate.memory.total == app.state.result.memory.total
+
+
+@pytest.mark.asyncio
+async def test_zero3_export_writes_its_deepspeed_file(tmp_path) -> None:
+    app = FtplanApp()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(app, pilot)
+        await set_value(app, pilot, "method", "full")
+        await set_value(app, pilot, "gpus", "4")
+        await set_value(app, pilot, "zero", 3)
+        path = app.export_yaml(str(tmp_path / "train.yaml"))
+        run = read_run_config(path)
+        assert run.plan.zero == 3 and (tmp_path / "ds_z3_config.json").exists()
+
+
+@pytest.mark.asyncio
+async def test_what_fits_and_gpus_tabs() -> None:
+    app = FtplanApp()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("2")
+        await settle(app, pilot)
+        table = app.query_one("#fits-table")
+        assert table.row_count >= 14
+        await pilot.press("3")
+        await settle(app, pilot)
+        status = str(app.query_one("#gpus-status").render())
+        assert "No NVIDIA GPU" in status or "driver" in status
+
+
+@pytest.mark.asyncio
+async def test_a_diagnose_run_completes_inside_the_app() -> None:
+    app = FtplanApp()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(app, pilot)
+        await set_value(app, pilot, "model", "tiny-llama")
+        await set_value(app, pilot, "seq_len", "128")
+        await pilot.press("4")
+        await pilot.pause()
+        app.query_one("#diag-steps").value = "6"
+        await pilot.press("r")
+        await settle(app, pilot)
+        diag = app.query_one("#diagnose-pane")
+        assert diag.report is not None and diag.report.status == "completed" and len(diag.report.records) == 6
+        text = str(app.query_one("#diag-findings").render())
+        assert "no findings" in text or diag.report.findings
+
+
+def test_copy_command_reproduces_the_plan() -> None:
+    import shlex
+
+    from tui.cli import build_parser
+    from tui.flags import plan_from
+
+    class Target:
+        source, gpu, capacity = "catalog", find_gpu("H100"), 0
+
+    from planner.plan import Plan
+    from tui.plan_pane import PlanState
+
+    plan = Plan(method="qlora", batch_size=3, seq_len=2048, gradient_checkpointing=True, lora_rank=16)
+    state = PlanState("7b", load_spec("7b"), plan, Target(), None)
+    args = build_parser().parse_args(shlex.split(estimate_command(state))[1:])
+    assert plan_from(args) == plan.model_copy(update={"quant_bits": None})

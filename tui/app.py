@@ -1,0 +1,209 @@
+"""`ftplan` with no arguments: the Textual app.
+
+Four tabs over one plan: Plan (form + live breakdown), What fits, GPUs, Diagnose.
+The app only displays planner and diagnostics results; it imports no torch (a test checks).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from textual import on
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.command import Hit, Hits, Provider
+from textual.lazy import Lazy
+from textual.widgets import Footer, Header, Input, TabbedContent, TabPane
+
+from tui.diagnose_pane import DiagnosePane
+from tui.fits_pane import FitsPane
+from tui.gpus_pane import GpusPane
+from tui.plan_pane import PlanChanged, PlanPane, PlanState
+from tui.screens import ExportScreen, HelpScreen, PresetPicker, free_path
+
+NARROW = 110  # below this width the Plan tab stacks its form above the results
+
+
+class FtplanCommands(Provider):
+    """Command-palette actions: exports and the equivalent command line."""
+
+    async def search(self, query: str) -> Hits:
+        app = self.app
+        assert isinstance(app, FtplanApp)
+        actions = [
+            ("Export the plan as LLaMA-Factory YAML", app.action_export_yaml),
+            ("Save the plan (and the last diagnostics report) as JSON", app.action_save_json),
+            ("Copy the equivalent `ftplan estimate` command", app.action_copy_command),
+            ("Pick a model preset", app.action_pick_preset),
+            ("Run diagnostics on the current plan", app.action_diagnose),
+            ("Toggle dark / light theme", app.action_toggle_dark),
+        ]
+        matcher = self.matcher(query)
+        for text, action in actions:
+            score = matcher.match(text)
+            if score > 0:
+                yield Hit(score, matcher.highlight(text), action, help=None)
+
+
+class FtplanApp(App):
+    TITLE = "ftplan"
+    SUB_TITLE = "fine-tuning planner"
+    CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses may live elsewhere
+    COMMANDS = App.COMMANDS | {FtplanCommands}
+    BINDINGS = [
+        Binding("1", "tab('plan')", "plan", show=False),
+        Binding("2", "tab('fits')", "what fits", show=False),
+        Binding("3", "tab('gpus')", "GPUs", show=False),
+        Binding("4", "tab('diagnose')", "diagnose", show=False),
+        Binding("p", "pick_preset", "preset"),
+        Binding("r", "diagnose", "diagnose"),
+        Binding("e", "export_yaml", "export YAML"),
+        Binding("s", "save_json", "save JSON"),
+        Binding("d", "toggle_dark", "theme"),
+        Binding("question_mark", "help", "help"),
+        Binding("q", "quit", "quit"),
+    ]
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.state: PlanState | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with TabbedContent(id="tabs", initial="plan"):
+            with TabPane("Plan", id="plan"):
+                yield PlanPane(id="plan-pane")
+            # the other tabs mount after the first frame: the Plan tab is what people see first
+            with TabPane("What fits", id="fits"):
+                yield Lazy(FitsPane(id="fits-pane"))
+            with TabPane("GPUs", id="gpus"):
+                yield Lazy(GpusPane(id="gpus-pane"))
+            with TabPane("Diagnose", id="diagnose"):
+                yield Lazy(DiagnosePane(id="diagnose-pane"))
+        yield Footer()
+
+    def on_resize(self, event) -> None:
+        self.query_one("#plan-pane").set_class(event.size.width < NARROW, "-narrow")
+
+    # ------------------------------------------------------------ keeping the tabs in step
+
+    @on(PlanChanged)
+    def _plan_changed(self, message: PlanChanged) -> None:
+        self.state = message.state
+        for pane in self.query(DiagnosePane):  # lazily mounted: may not exist yet (it reads app.state then)
+            pane.state = message.state
+        fits = self.query(FitsPane)
+        if fits and self.query_one("#tabs", TabbedContent).active == "fits":
+            fits.first().show(message.state)
+        else:
+            self._fits_stale = True
+
+    @on(TabbedContent.TabActivated)
+    def _tab_shown(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane.id == "fits" and self.state is not None and getattr(self, "_fits_stale", True):
+            self._fits_stale = False
+            self.call_after_refresh(lambda: [pane.show(self.state) for pane in self.query(FitsPane)])
+
+    # ------------------------------------------------------------ actions
+
+    def action_tab(self, tab: str) -> None:
+        self.query_one("#tabs", TabbedContent).active = tab
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_toggle_dark(self) -> None:
+        self.theme = "textual-light" if self.theme == "textual-dark" else "textual-dark"
+
+    def action_pick_preset(self) -> None:
+        def chosen(name: str | None) -> None:
+            if name:
+                self.action_tab("plan")
+                self.query_one("#model", Input).value = name
+
+        self.push_screen(PresetPicker(), chosen)
+
+    def action_diagnose(self) -> None:
+        self.action_tab("diagnose")
+        self.query_one("#diagnose-pane", DiagnosePane).start()
+
+    def action_copy_command(self) -> None:
+        if self.state is None:
+            return
+        command = estimate_command(self.state)
+        self.copy_to_clipboard(command)
+        self.notify(command, title="copied")
+
+    def action_export_yaml(self) -> None:
+        if self.state is None:
+            return
+        self.push_screen(ExportScreen("write the plan as a LLaMA-Factory config", "train.yaml"), self.export_yaml)
+
+    def export_yaml(self, path: str | None) -> Path | None:
+        if not path or self.state is None:
+            return None
+        from planner.frameworks import deepspeed_json, llamafactory_yaml
+
+        target = free_path(path)
+        deepspeed = None
+        if self.state.plan.zero:
+            deepspeed = free_path(target.with_name(f"ds_z{self.state.plan.zero}_config.json"))
+            _write(deepspeed, json.dumps(deepspeed_json(self.state.plan), indent=2) + "\n")
+        _write(target, llamafactory_yaml(self.state.model, self.state.plan,
+                                         deepspeed_file=deepspeed.name if deepspeed else None))
+        self.notify(f"wrote {target}" + (f" and {deepspeed.name}" if deepspeed else ""), title="exported")
+        return target
+
+    def action_save_json(self) -> None:
+        if self.state is None:
+            return
+        self.push_screen(ExportScreen("save the plan (and the last report) as JSON", "ftplan-plan.json"),
+                         self.save_json)
+
+    def save_json(self, path: str | None) -> Path | None:
+        if not path or self.state is None:
+            return None
+        target = free_path(path)
+        _write(target, self.state.result.model_dump_json(indent=2) + "\n")
+        report = self.query_one("#diagnose-pane", DiagnosePane).report
+        note = ""
+        if report is not None:
+            report_path = free_path(target.with_name(target.stem + "-report.json"))
+            _write(report_path, report.model_dump_json(indent=2) + "\n")
+            note = f" and {report_path.name}"
+        self.notify(f"wrote {target}{note}", title="saved")
+        return target
+
+
+def estimate_command(state: PlanState) -> str:
+    p = state.plan
+    parts = [f"ftplan estimate --model {state.model}", f"--method {p.method}", f"--precision {p.precision}",
+             f"--optimizer {p.optimizer}", f"--batch-size {p.batch_size}", f"--seq-len {p.seq_len}",
+             f"--grad-accum {p.grad_accum}", f"--attention {p.attention}"]
+    if p.gradient_checkpointing:
+        parts.append("--gradient-checkpointing")
+    if p.method in ("lora", "qlora"):
+        parts += [f"--lora-rank {p.lora_rank}", f"--lora-target {p.lora_target}"]
+    if p.method == "qlora" and p.quant_bits:
+        parts.append(f"--quant-bits {p.quant_bits}")
+    if p.gpus > 1 or p.zero:
+        parts += [f"--gpus {p.gpus}", f"--zero {p.zero}"]
+    if p.offload_optimizer:
+        parts.append("--offload-optimizer")
+    if p.fused_loss:
+        parts.append("--fused-loss")
+    if state.target is not None:
+        parts.append(f"--gpu-memory {state.target.capacity / (1 << 30):.2f}GiB" if state.target.source == "given"
+                     else f"--gpu '{state.target.gpu.name}'" if state.target.gpu else "--gpu auto")
+    return " ".join(parts)
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def run() -> None:
+    FtplanApp().run()

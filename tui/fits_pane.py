@@ -1,0 +1,64 @@
+"""The What-fits tab: every catalog GPU against every method, with the largest micro-batch that fits."""
+
+from __future__ import annotations
+
+from textual import work
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import DataTable, Static
+
+from planner.errors import FtplanError
+from planner.fit import max_batch_size
+from planner.hardware import catalog
+from planner.memory import estimate_memory
+from planner.plan import METHODS
+from tui.plan_pane import PlanState
+
+
+def fit_cells(state: PlanState) -> list[tuple[str, list[str]]]:
+    """One row per GPU: for each method, the largest micro-batch that fits, or the memory it would need."""
+    rows = []
+    for gpu in catalog():
+        cells = []
+        for method in METHODS:
+            try:
+                plan = state.plan.with_(method=method)
+                best = max_batch_size(state.spec, plan, gpu.memory_bytes, limit=256)
+            except FtplanError:
+                cells.append("n/a")
+                continue
+            if best:
+                cells.append(f"✓ b≤{best}" + ("+" if best == 256 else ""))
+            else:
+                need = estimate_memory(state.spec, plan.with_(batch_size=1)).total
+                cells.append(f"✗ {need / (1 << 30):.0f} GiB")
+        rows.append((f"{gpu.name} ({gpu.memory_bytes / (1 << 30):.0f} GiB)", cells))
+    return rows
+
+
+class FitsPane(Vertical):
+    def compose(self) -> ComposeResult:
+        yield Static("", id="fits-title")
+        yield DataTable(id="fits-table", zebra_stripes=True, cursor_type="row")
+
+    def on_mount(self) -> None:
+        self.query_one("#fits-table", DataTable).add_columns("GPU", *METHODS)
+
+    def show(self, state: PlanState) -> None:
+        p = state.plan
+        self.query_one("#fits-title", Static).update(
+            f"[b]{state.spec.name}[/] at sequence {p.seq_len}, {p.precision}, {p.optimizer}"
+            f"{', checkpointing' if p.gradient_checkpointing else ''}: largest micro-batch per GPU and method "
+            "(✗: needs that much at micro-batch 1)")
+        self._compute(state)
+
+    @work(exclusive=True, thread=True, group="fits")
+    def _compute(self, state: PlanState) -> None:
+        rows = fit_cells(state)
+        self.app.call_from_thread(self._fill, rows)
+
+    def _fill(self, rows: list[tuple[str, list[str]]]) -> None:
+        table = self.query_one("#fits-table", DataTable)
+        table.clear()
+        for name, cells in rows:
+            table.add_row(name, *cells)
