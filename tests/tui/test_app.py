@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 import pytest
 
 from diagnostics.preflight import preflight
@@ -12,6 +14,15 @@ from planner.hardware import find_gpu
 from planner.spec import load_spec
 from tui.app import FtplanApp, estimate_command
 from tui.plan_pane import PlanPane
+
+
+@asynccontextmanager
+async def running(size=(120, 40)):
+    """The app, started and settled (the model loaded, the first plan drawn)."""
+    app = FtplanApp()
+    async with app.run_test(size=size) as pilot:
+        await settle(app, pilot)
+        yield app, pilot
 
 
 async def settle(app, pilot) -> None:
@@ -38,9 +49,7 @@ async def set_value(app, pilot, field: str, value) -> None:
 
 @pytest.mark.asyncio
 async def test_fields_drive_the_breakdown_and_verdict() -> None:
-    app = FtplanApp()
-    async with app.run_test(size=(120, 40)) as pilot:
-        await settle(app, pilot)
+    async with running() as (app, pilot):
         state = app.state
         assert state is not None and state.model == "7b" and state.plan.method == "lora"
         assert state.result.memory.total == expected_total(state)
@@ -60,9 +69,7 @@ async def test_fields_drive_the_breakdown_and_verdict() -> None:
 
 @pytest.mark.asyncio
 async def test_an_invalid_field_is_marked_and_the_last_plan_stays() -> None:
-    app = FtplanApp()
-    async with app.run_test(size=(120, 40)) as pilot:
-        await settle(app, pilot)
+    async with running() as (app, pilot):
         before = app.state
         await set_value(app, pilot, "batch_size", "0")
         batch = app.query_one("#batch_size")
@@ -75,9 +82,7 @@ async def test_an_invalid_field_is_marked_and_the_last_plan_stays() -> None:
 
 @pytest.mark.asyncio
 async def test_a_plan_error_names_its_field() -> None:
-    app = FtplanApp()
-    async with app.run_test(size=(120, 40)) as pilot:
-        await settle(app, pilot)
+    async with running() as (app, pilot):
         await set_value(app, pilot, "offload_optimizer", True)  # offload needs ZeRO
         assert "--offload-optimizer" in str(app.query_one("#form-error").render())
         assert app.query_one("#zero").border_subtitle == "invalid"
@@ -85,9 +90,7 @@ async def test_a_plan_error_names_its_field() -> None:
 
 @pytest.mark.asyncio
 async def test_applying_a_suggestion_changes_the_form() -> None:
-    app = FtplanApp()
-    async with app.run_test(size=(120, 40)) as pilot:
-        await settle(app, pilot)
+    async with running() as (app, pilot):
         await set_value(app, pilot, "method", "full")
         suggestion = app.state.result.suggestions[0]
         options = app.query_one("#suggestions")
@@ -102,9 +105,7 @@ async def test_applying_a_suggestion_changes_the_form() -> None:
 
 @pytest.mark.asyncio
 async def test_export_writes_yaml_that_preflight_reads_back_to_the_same_plan(tmp_path) -> None:
-    app = FtplanApp()
-    async with app.run_test(size=(120, 40)) as pilot:
-        await settle(app, pilot)
+    async with running() as (app, pilot):
         await set_value(app, pilot, "method", "qlora")
         await set_value(app, pilot, "seq_len", "2048")
         await set_value(app, pilot, "gradient_checkpointing", True)
@@ -119,9 +120,7 @@ async def test_export_writes_yaml_that_preflight_reads_back_to_the_same_plan(tmp
 
 @pytest.mark.asyncio
 async def test_zero3_export_writes_its_deepspeed_file(tmp_path) -> None:
-    app = FtplanApp()
-    async with app.run_test(size=(120, 40)) as pilot:
-        await settle(app, pilot)
+    async with running() as (app, pilot):
         await set_value(app, pilot, "method", "full")
         await set_value(app, pilot, "gpus", "4")
         await set_value(app, pilot, "zero", 3)
@@ -132,9 +131,7 @@ async def test_zero3_export_writes_its_deepspeed_file(tmp_path) -> None:
 
 @pytest.mark.asyncio
 async def test_what_fits_and_gpus_tabs() -> None:
-    app = FtplanApp()
-    async with app.run_test(size=(120, 40)) as pilot:
-        await settle(app, pilot)
+    async with running() as (app, pilot):
         await pilot.press("2")
         await settle(app, pilot)
         table = app.query_one("#fits-table")
@@ -147,9 +144,7 @@ async def test_what_fits_and_gpus_tabs() -> None:
 
 @pytest.mark.asyncio
 async def test_a_diagnose_run_completes_inside_the_app() -> None:
-    app = FtplanApp()
-    async with app.run_test(size=(120, 40)) as pilot:
-        await settle(app, pilot)
+    async with running() as (app, pilot):
         await set_value(app, pilot, "model", "tiny-llama")
         await set_value(app, pilot, "seq_len", "128")
         await pilot.press("4")
