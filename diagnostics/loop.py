@@ -159,7 +159,10 @@ def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
                               optimizer, num_warmup_steps=settings.warmup_steps,
                               num_training_steps=settings.steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    monitor = monitor_class(accelerator.unwrap_model(model))
+    sharded = str(accelerator.distributed_type).endswith("FSDP")
+    # FSDP (use_orig_params) leaves each rank a shard of every gradient: sum the squared norms across ranks
+    monitor = monitor_class(accelerator.unwrap_model(model),
+                            distributed_sum=(lambda t: accelerator.reduce(t, reduction="sum")) if sharded else None)
     device_type = device.split(":")[0]
     autocast = (lambda: torch.autocast(device_type, dtype=torch_dtype(plan.compute_dtype))) if plan.mixed \
         else contextlib.nullcontext

@@ -194,8 +194,10 @@ class PlanPane(Horizontal):
         """Form -> Plan -> planner -> screen. An invalid form keeps the last good numbers."""
         if self.spec is None:
             return
-        for widget in self.query(Input):
-            widget.border_subtitle = "" if widget.id != "model" else widget.border_subtitle
+        for widget in [*self.query(Input), *self.query(Select)]:
+            if widget.id != "model":
+                widget.border_subtitle, widget.tooltip = "", None
+                widget.remove_class("-plan-error")
         error = self.query_one("#form-error", Static)
         try:
             plan = self.form_plan()
@@ -205,10 +207,11 @@ class PlanPane(Horizontal):
             message = str(exc)
             field = next((f for flag, f in FLAG_FIELDS.items() if message.startswith(flag)), None)
             field = field or next((f for f in INT_FIELDS if message.startswith(f"--{f.replace('_', '-')}")), None)
-            if field is not None:
-                self.query_one(f"#{field}").border_subtitle = "invalid"
-            if message.startswith("--gpu"):
-                self.query_one("#gpu_memory", Input).border_subtitle = "invalid"
+            field = field or ("gpu_memory" if message.startswith("--gpu") else None)
+            if field is not None:  # mark the field itself, with the reason on hover
+                widget = self.query_one(f"#{field}")
+                widget.border_subtitle, widget.tooltip = "invalid", message
+                widget.add_class("-plan-error")
             error.update(f"[b red]{message}[/] — showing the last valid plan")
             return
         error.update("")

@@ -1,0 +1,65 @@
+"""Parameter names and grouping, and the monitor's numbers against torch's own norms."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from diagnostics.monitor import GradMonitor, classify, normalize_name
+
+
+@pytest.mark.parametrize(("raw", "clean"), [
+    ("module.model.layers.3.mlp.down_proj.weight", "model.layers.3.mlp.down_proj.weight"),
+    ("_orig_mod.model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.q_proj.weight"),
+    ("base_model.model.model.layers.1.self_attn.v_proj.lora_A.default.weight",
+     "model.layers.1.self_attn.v_proj.lora_A.weight"),
+    ("module._fsdp_wrapped_module.model.layers.2._fsdp_wrapped_module.mlp.up_proj.weight",
+     "model.layers.2.mlp.up_proj.weight"),
+    ("base_model.model.model.layers.0.mlp.experts.base_layer.lora_B.default.weight",
+     "model.layers.0.mlp.experts.lora_B.weight"),
+])
+def test_wrapper_prefixes_are_removed(raw: str, clean: str) -> None:
+    assert normalize_name(raw) == clean
+
+
+@pytest.mark.parametrize(("name", "group"), [
+    ("model.embed_tokens.weight", ("embeddings", "embedding")),
+    ("transformer.wte.weight", ("embeddings", "embedding")),
+    ("model.layers.5.self_attn.o_proj.weight", ("block.5", "attention")),
+    ("model.layers.5.mlp.gate_proj.weight", ("block.5", "mlp")),
+    ("model.layers.5.mlp.gate.weight", ("block.5", "router")),
+    ("model.layers.5.mlp.experts.gate_up_proj", ("block.5", "experts")),
+    ("model.layers.5.input_layernorm.weight", ("block.5", "norm")),
+    ("model.layers.5.self_attn.q_proj.lora_A.weight", ("block.5", "lora_A")),
+    ("transformer.h.2.attn.c_attn.weight", ("block.2", "attention")),
+    ("model.norm.weight", ("final_norm", "norm")),
+    ("lm_head.weight", ("head", "head")),
+])
+def test_parameters_are_grouped_by_layer_and_kind(name: str, group: tuple[str, str]) -> None:
+    assert classify(name) == group
+
+
+def test_norms_match_torch_and_clipping_matches_clip_grad_norm() -> None:
+    import torch
+
+    from diagnostics.models import build_model
+    from planner.plan import Plan
+    from tests.planner.configs import random_config
+
+    model = build_model(random_config("llama", 0, layers=2), Plan(method="full", precision="fp32"))
+    ids = torch.randint(3, 100, (2, 16))
+    model(input_ids=ids, labels=ids).loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    monitor = GradMonitor(model)
+    parts = monitor.after_backward(max_grad_norm=0.5)
+    stats = monitor.finish(parts, extra=[1.5])
+    reference = torch.nn.utils.get_total_norm(grads)
+    assert stats.total_norm == pytest.approx(float(reference), rel=1e-5)
+    block0 = [g for (n, _), g in zip(model.named_parameters(), grads, strict=True) if ".layers.0." in n]
+    assert stats.layer_norms["block.0"] == pytest.approx(float(torch.nn.utils.get_total_norm(block0)), rel=1e-5)
+    assert math.isclose(sum(v ** 2 for v in stats.layer_norms.values()), stats.total_norm ** 2, rel_tol=1e-5)
+    coef = 0.5 / (float(reference) + 1e-6)  # torch.nn.utils.clip_grad_norm_'s coefficient
+    clipped = [p.grad for p in model.parameters()]
+    assert all(torch.allclose(a, g * coef, rtol=1e-5, atol=1e-9) for a, g in zip(clipped, grads, strict=True))
+    assert stats.extra == [1.5]
