@@ -31,6 +31,8 @@ from diagnostics.rules import advise, analyze, noise_scale
 from planner.advice import suggest
 from planner.errors import EnvironmentMissing
 from planner.memory import estimate_memory
+from planner.methods import layout
+from planner.params import count_params
 from planner.spec import resolve_model, spec_from_config
 from planner.units import fmt_gib
 
@@ -122,16 +124,19 @@ def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
     spec = spec_from_config(config, source=source.source, name=source.name)
     report = DiagnosticReport(status="completed", settings=settings)
 
-    # 1. does it fit? (the monitor's weight snapshot for update ratios counts too)
+    # 1. does it fit? The monitor's copy of the trainable weights (for update ratios) counts too.
     estimate = estimate_memory(spec, plan)
+    snapshot = sum(g.nbytes for g in layout(spec, count_params(spec), plan).groups if g.trainable)
+    needed = estimate.total + snapshot
     free = available_memory(device)
-    if free is not None and estimate.total > free:
+    if free is not None and needed > free:
         ideas = suggest(spec, plan, free, estimate.total, limit=4)
         report.status = "does_not_fit"
-        report.message = f"the run needs about {fmt_gib(estimate.total)} but {device} has {fmt_gib(free)} free"
+        report.message = (f"the run needs about {fmt_gib(needed)} (with the monitor's weight copy) but {device} "
+                          f"has {fmt_gib(free)} free")
         report.findings.append(Finding(
             kind="does_not_fit", severity="error", title="The run does not fit in memory",
-            evidence=report.message, data={"estimate": estimate.total, "free": free},
+            evidence=report.message, data={"estimate": needed, "free": free},
             fix="; ".join(f"{s.title} ({s.flags}) -> {fmt_gib(s.new_total)}" for s in ideas)
             or "use a smaller model or a larger device"))
         return report
@@ -193,7 +198,8 @@ def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
             report.records.append(record)
             if on_step is not None:
                 on_step(record)
-            if record.nonfinite_param or not math.isfinite(record.loss):
+            overflow_skipped = scaler is not None and math.isfinite(record.loss)  # GradScaler skipped the step
+            if (record.nonfinite_param and not overflow_skipped) or not math.isfinite(record.loss):
                 report.status = "non_finite"
                 report.message = f"stopped at step {step}: non-finite " + (
                     f"gradient in {record.nonfinite_param}" if record.nonfinite_param else "loss")
@@ -210,12 +216,14 @@ def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
             evidence=f"CUDA ran out of memory at step {len(report.records) + 1} (the planner expected "
                      f"{fmt_gib(estimate.total)})",
             fix="; ".join(f"{s.title} ({s.flags})" for s in ideas) or "reduce the micro-batch or sequence length"))
-    report.memory = MemoryComparison(estimate_total=estimate.total, estimate_allocated=estimate.peak_allocated)
+    # the monitor's weight copy sits beside the optimizer step: compare like with like
+    report.memory = MemoryComparison(estimate_total=estimate.total + snapshot,
+                                     estimate_allocated=estimate.peak_allocated + snapshot)
     if on_cuda and report.records:
         peak = max(r.memory.get("max_allocated") or 0 for r in report.records)
         report.memory.measured_allocated = peak
         report.memory.measured_reserved = max(r.memory.get("max_reserved") or 0 for r in report.records)
-        report.memory.error = (estimate.peak_allocated - peak) / peak if peak else None
+        report.memory.error = (report.memory.estimate_allocated - peak) / peak if peak else None
         seen = [r.memory["process"] for r in report.records if r.memory.get("process") is not None]
         report.memory.measured_process = max(seen) if seen else None
     if nvml_reader is not None:

@@ -104,6 +104,7 @@ class DiagnoseSettings(BaseModel):
 class DiagnosticReport(BaseModel):
     status: Status
     message: str | None = None
+    error_kind: Literal["input", "environment"] | None = None  # why a "failed" run failed before training
     settings: DiagnoseSettings
     environment: dict[str, Any] = {}
     records: list[StepRecord] = []

@@ -70,7 +70,9 @@ def analyze(records: list[StepRecord], settings: DiagnoseSettings) -> list[Findi
     lora = plan.method in ("lora", "qlora")
     after_first = [r for r in records if r.step > 1] if lora else records
 
-    bad = next((r for r in records if r.nonfinite_param or not math.isfinite(r.loss)), None)
+    # With a GradScaler an overflowing step is skipped by design; the loss-scale rule watches those.
+    bad = next((r for r in records if (r.nonfinite_param and r.loss_scale is None) or not math.isfinite(r.loss)),
+               None)
     if bad is not None:
         what = f"the gradient of {bad.nonfinite_param}" if bad.nonfinite_param else "the loss"
         findings.append(Finding(
@@ -110,15 +112,21 @@ def analyze(records: list[StepRecord], settings: DiagnoseSettings) -> list[Findi
     if settings.max_grad_norm and post:
         clipped = [r.step for r in post if r.clipped]
         med = _median(_finite(r.grad_norm for r in post))
-        # a clip that trims a little is harmless; one that halves most steps is a hidden learning-rate cut
+        # A clip that trims a little is harmless. One that halves most steps is, for SGD, a hidden
+        # learning-rate cut; Adam's normalisation undoes a uniform rescaling, so there it only stops the clip
+        # from singling out outliers (and reweights steps): worth knowing, not a warning.
         if len(clipped) > CLIP_SHARE * len(post) and med > CLIP_CUT * settings.max_grad_norm:
+            sgd = plan.optimizer in ("sgd", "sgd-momentum")
+            effect = (f"so the effective learning rate is about {settings.max_grad_norm / med:.2g}x the configured "
+                      "one" if sgd else "so it no longer singles out outlier batches (Adam's normalisation undoes "
+                      "a uniform rescale)")
             findings.append(Finding(
-                kind="clipping_most_steps", severity="warning", title="Clipping acts on most steps",
+                kind="clipping_most_steps", severity="warning" if sgd else "info", title="Clipping acts on most steps",
                 evidence=f"max_grad_norm={settings.max_grad_norm:g} clipped {len(clipped)} of {len(post)} steps; "
-                         f"median norm {med:.3g}, so the effective learning rate is about "
-                         f"{settings.max_grad_norm / med:.2g}x the configured one",
+                         f"median norm {med:.3g}, {effect}",
                 data={"clipped_steps": clipped, "median_norm": med},
-                fix="raise max_grad_norm to the healthy range (see advice) or lower learning_rate deliberately"))
+                fix="raise max_grad_norm to the healthy range (see advice)"
+                    + (" or lower learning_rate deliberately" if sgd else "")))
 
     scales = [r.loss_scale for r in records if r.loss_scale is not None]
     if scales and (scales[-1] < 1.0 or sum(1 for a, b in itertools.pairwise(scales) if b < a) >= 5):
@@ -285,11 +293,12 @@ def advise(records: list[StepRecord], findings: list[Finding], settings: Diagnos
                    f"{_median(healthy):.3g}): clipping then trims the spikes only"))
     early = [s for s in spike_steps(records) if s <= max(3, len(records) // 3)]
     if (early or "non_finite" in kinds or "loss_divergence" in kinds) and settings.warmup_ratio == 0:
-        settle = max(early, default=len(records) // 5) + 1
+        settle = max(early, default=max(1, len(records) // 5))
+        what = f"the gradient norm spikes up to step {settle}" if early else "the run diverges from the start"
         out.append(Advice(
             key="warmup_ratio", value=0.05, current=settings.warmup_ratio,
-            reason=f"the early steps spike (up to step {settle - 1}) without warmup; warm up over at least "
-                   f"{2 * settle} steps (warmup_steps) or 5% of the run"))
+            reason=f"{what} without warmup; warm up over at least {2 * settle} steps (warmup_steps) or 5% of the "
+                   "run"))
     lr = settings.learning_rate
     if "non_finite" in kinds:
         out.append(Advice(key="learning_rate", value=float(f"{lr * 0.1:.2g}"), current=lr,

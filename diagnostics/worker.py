@@ -22,7 +22,7 @@ def main() -> int:
 
     from diagnostics.loop import run
     from diagnostics.report import DiagnoseSettings, DiagnosticReport
-    from planner.errors import FtplanError
+    from planner.errors import EnvironmentMissing, FtplanError
 
     def emit(event: dict) -> None:
         events.write(json.dumps(event) + "\n")
@@ -32,7 +32,8 @@ def main() -> int:
     try:
         report = run(settings, on_step=lambda r: emit({"event": "step", "record": r.model_dump(mode="json")}))
     except FtplanError as exc:
-        report = DiagnosticReport(status="failed", settings=settings, message=str(exc))
+        kind = "environment" if isinstance(exc, EnvironmentMissing) else "input"
+        report = DiagnosticReport(status="failed", settings=settings, message=str(exc), error_kind=kind)
     emit({"event": "report", "report": report.model_dump(mode="json")})
     return 0
 

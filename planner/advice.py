@@ -78,10 +78,11 @@ def _candidates(spec: ModelSpec, plan: Plan, capacity: int) -> list[tuple[str, s
                     "no fp32 weights/gradients; but small updates can round away (watch for it in diagnose)",
                     {"precision": "bf16"}))
     if plan.method in ("lora", "qlora") and any(t.lora_params for t in block_training(spec, plan)):
+        attention = sorted({lin.name for g in spec.blocks for lin in g.block.linears if lin.component == "attention"})
         out.append(("Target attention only with LoRA",
                     "peft wraps this model's fused MoE experts with ParamWrapper, which materialises W + BA "
-                    "for every expert in every forward", {"lora_target": "attention"}))
-    if plan.method != "qlora":
+                    "for every expert in every forward", {"lora_target": ",".join(attention)}))
+    if plan.method != "qlora" and not plan.optimizer_in_backward:  # a fused step cannot shard gradients
         for gpus in (2, 4, 8, 16):
             if gpus > plan.gpus and estimate_memory(spec, plan.with_(gpus=gpus, zero=3)).total <= capacity:
                 out.append((f"Shard with ZeRO-3 / FSDP over {gpus} GPUs",

@@ -31,9 +31,9 @@ class Check(BaseModel):
 def total_steps(run: RunConfig, gpus: int) -> int | None:
     if run.hyper.max_steps:
         return run.hyper.max_steps
-    if not run.data.samples:
+    train = run.data.train_samples
+    if not train:
         return None
-    train = run.data.samples * (1 - run.data.val_size)
     per_epoch = math.ceil(train / (run.plan.batch_size * run.plan.grad_accum * gpus))
     return max(1, math.ceil(per_epoch * run.hyper.epochs))
 
@@ -87,7 +87,7 @@ def static_checks(run: RunConfig, gpu: GpuSpec | None, gpus: int) -> list[Check]
     steps = total_steps(run, gpus)
     if steps is not None:
         global_batch = plan.batch_size * plan.grad_accum * gpus
-        train = int(run.data.samples * (1 - run.data.val_size)) if run.data.samples else None
+        train = run.data.train_samples
         if train is not None and global_batch > train:
             out.append(Check(severity="warning", key=names.get("grad_accum"),
                              message=f"the global batch ({global_batch}) is larger than the {train} training "

@@ -109,8 +109,15 @@ class DataInfo(BaseModel):
     dataset_dir: str | None = None
     files: list[str] = []  # resolved data files, when found
     max_samples: int | None = None
-    val_size: float = 0.0
-    samples: int | None = None  # training examples, when known (counted, or capped by max_samples)
+    val_size: float = 0.0  # a share (< 1) or, as LLaMA-Factory allows, a number of examples (>= 1)
+    samples: int | None = None  # examples, when known (counted, or capped by max_samples)
+
+    @property
+    def train_samples(self) -> int | None:
+        if self.samples is None:
+            return None
+        held_out = self.val_size if self.val_size >= 1 else self.samples * self.val_size
+        return max(0, int(self.samples - held_out))
 
 
 class RunConfig(BaseModel):
@@ -188,8 +195,9 @@ class _Keys:
         if kind is bool and isinstance(value, str) and value.lower() in ("true", "false"):
             value = value.lower() == "true"
         if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
-            want = {int: "a whole number", float: "a number", bool: "true or false", str: "text",
-                    list: "a list"}.get(kind, "another type") if not isinstance(kind, tuple) else "text or a list"
+            names = {int: "a whole number", float: "a number", bool: "true or false", str: "text", list: "a list",
+                     dict: "a mapping"}
+            want = " or ".join(names.get(k, k.__name__) for k in (kind if isinstance(kind, tuple) else (kind,)))
             raise FtplanError(f"{self.path}: key '{key}' must be {want}, got {value!r}")
         return value
 
@@ -205,21 +213,38 @@ def _deepspeed(keys: _Keys, base: Path) -> tuple[int, bool, str | None]:
     spec = keys.get("deepspeed", (str, dict))
     if spec is None:
         return 0, False, None
+    where = "key 'deepspeed'"
     if isinstance(spec, str):
-        file = Path(spec) if Path(spec).is_absolute() else base / spec
+        file = resolve_path(spec, base)
         if not file.is_file():
-            raise FtplanError(f"{keys.path}: key 'deepspeed' points at {spec}, which does not exist")
+            raise FtplanError(f"{keys.path}: key 'deepspeed' points at {spec}, which does not exist (looked in "
+                              f"the working directory and beside the config)")
+        where = str(file)
         try:
             spec = json.loads(file.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise FtplanError(f"{file}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    zero = spec.get("zero_optimization") or {}
+    zero = spec.get("zero_optimization") if isinstance(spec, dict) else None
+    if zero is None:
+        zero = {}
+    if not isinstance(spec, dict) or not isinstance(zero, dict):
+        raise FtplanError(f"{keys.path}: {where} must be a DeepSpeed config object with a zero_optimization "
+                          "mapping")
     stage = zero.get("stage", 0)
     if stage not in (0, 1, 2, 3):
         raise FtplanError(f"{keys.path}: DeepSpeed zero_optimization.stage must be 0-3, got {stage!r}")
     offload = (zero.get("offload_optimizer") or {}).get("device") in ("cpu", "nvme")
     note = f"DeepSpeed ZeRO-{stage}" + (" with optimizer offload" if offload else "")
     return stage, offload, note
+
+
+def resolve_path(spec: str, base: Path) -> Path:
+    """A relative path in a config: the frameworks resolve it from the working directory (where the training
+    command runs); fall back to the config's own folder."""
+    path = Path(spec).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    return base / path
 
 
 def _unknown(config: dict, used: set[str], fmt: Format) -> list[str]:
@@ -313,8 +338,7 @@ def _read_llamafactory(keys: _Keys, base: Path) -> RunConfig:
 
 def _resolve_llamafactory_data(data: DataInfo, base: Path) -> DataInfo:
     """Find the files behind LLaMA-Factory dataset names (dataset_dir/dataset_info.json) and count them."""
-    folder = Path(data.dataset_dir or "data")
-    folder = folder if folder.is_absolute() else base / folder
+    folder = resolve_path(data.dataset_dir or "data", base)
     info_file = folder / "dataset_info.json"
     info = {}
     if info_file.is_file():
@@ -380,6 +404,13 @@ def _read_hf(keys: _Keys, base: Path) -> RunConfig:
     return RunConfig(path=path, format="hf", model=model, plan=plan, hyper=hyper, data=DataInfo(), notes=notes)
 
 
+def _truthy(value) -> bool:
+    """axolotl writes some switches as strings ("true", "false", "unsloth", "offload")."""
+    if isinstance(value, str):
+        return value.strip().lower() not in ("false", "no", "off", "0", "")
+    return bool(value)
+
+
 def _read_axolotl(keys: _Keys, base: Path) -> RunConfig:
     k, path = keys, keys.path
     model = k.get("base_model", str)
@@ -396,7 +427,7 @@ def _read_axolotl(keys: _Keys, base: Path) -> RunConfig:
     targets = "all" if k.get("lora_target_linear", bool, False) else k.get("lora_target_modules", (str, list), "all")
     targets = ",".join(targets) if isinstance(targets, list) else targets
     bf16 = k.get("bf16", (bool, str), False)
-    bf16 = bf16 is True or bf16 == "auto"
+    bf16 = bf16 == "auto" or _truthy(bf16)
     fp16 = k.get("fp16", bool, False)
     attention = "flash" if k.get("flash_attention", bool, False) else \
         "sdpa" if k.get("sdp_attention", bool, False) else "eager"
@@ -406,7 +437,7 @@ def _read_axolotl(keys: _Keys, base: Path) -> RunConfig:
         precision=_precision(bf16, fp16, False, path), optimizer=_OPTIM.get(optim, "adamw"),
         batch_size=k.positive("micro_batch_size", 1), seq_len=k.positive("sequence_len", 2048),
         grad_accum=k.positive("gradient_accumulation_steps", 1),
-        gradient_checkpointing=bool(k.get("gradient_checkpointing", (bool, str), False)), attention=attention,
+        gradient_checkpointing=_truthy(k.get("gradient_checkpointing", (bool, str), False)), attention=attention,
         lora_rank=k.positive("lora_r", 8), lora_target=targets, lora_dropout=k.get("lora_dropout", float, 0.0),
         zero=zero, offload_optimizer=offload, fused_loss=k.get("liger_fused_linear_cross_entropy", bool, False),
     )
@@ -443,14 +474,22 @@ _FIX_KEYS: dict[str, dict[str, str]] = {
                      "learning_rate": "learning_rate", "warmup_ratio": "warmup_ratio", "bf16": "bf16",
                      "fp16": "fp16", "max_grad_norm": "max_grad_norm", "fused_loss": "enable_liger_kernel",
                      "lora_target": "lora_target", "attention": "flash_attn", "precision": "pure_bf16"},
-    "hf": {"batch_size": "per_device_train_batch_size", "grad_accum": "gradient_accumulation_steps",
-           "seq_len": "max_length", "gradient_checkpointing": "gradient_checkpointing", "optimizer": "optim",
+    "hf": {"method": "use_peft", "batch_size": "per_device_train_batch_size",
+           "grad_accum": "gradient_accumulation_steps", "seq_len": "max_length", "gradient_checkpointing": "gradient_checkpointing", "optimizer": "optim",
            "learning_rate": "learning_rate", "warmup_ratio": "warmup_ratio", "bf16": "bf16", "fp16": "fp16",
            "max_grad_norm": "max_grad_norm", "fused_loss": "use_liger_kernel"},
-    "axolotl": {"batch_size": "micro_batch_size", "grad_accum": "gradient_accumulation_steps",
+    "axolotl": {"method": "adapter", "batch_size": "micro_batch_size", "grad_accum": "gradient_accumulation_steps",
                 "seq_len": "sequence_len", "gradient_checkpointing": "gradient_checkpointing",
                 "optimizer": "optimizer", "learning_rate": "learning_rate", "warmup_ratio": "warmup_ratio",
                 "bf16": "bf16", "fp16": "fp16", "max_grad_norm": "max_grad_norm"},
+}
+
+
+_METHOD_KEYS = {
+    "llamafactory": lambda m: {"finetuning_type": "lora" if m == "qlora" else m,
+                               **({"quantization_bit": 4} if m == "qlora" else {})},
+    "hf": lambda m: {"use_peft": m in ("lora", "qlora"), **({"load_in_4bit": True} if m == "qlora" else {})},
+    "axolotl": lambda m: {"adapter": m, **({"load_in_4bit": True} if m == "qlora" else {})},
 }
 
 
@@ -467,9 +506,8 @@ def config_changes(run: RunConfig, plan_changes: dict[str, Any], hyper_changes: 
         elif field == "optimizer":
             value = _OPTIM_BACK.get(value, value)
         elif field == "method":
-            if value == "qlora":
-                out[names["quant_bits"]] = 4
-                value = "lora"
+            out.update(_METHOD_KEYS[run.format](value))
+            continue
         elif field == "attention":
             value = {"flash": "fa2", "eager": "disabled"}.get(value, "sdpa")
         elif field == "precision":
@@ -544,6 +582,8 @@ def llamafactory_yaml(model: str, plan: Plan, hyper: Hyper | None = None, datase
     lines = ["### model", f"model_name_or_path: {model}"]
     if plan.method == "qlora":
         lines.append(f"quantization_bit: {plan.base_bits}")
+        if not plan.double_quant:
+            lines.append("double_quantization: false")
     lines += ["", "### method", "stage: sft", "do_train: true", f"finetuning_type: {method}"]
     if method == "lora":
         lines += [f"lora_rank: {plan.lora_rank}", f"lora_target: {plan.lora_target}"]

@@ -260,7 +260,11 @@ def _hub_config_path(repo_id: str) -> Path:
         import huggingface_hub as hf
     except ImportError:  # pragma: no cover - a core dependency
         raise EnvironmentMissing("huggingface_hub is not installed; pip install huggingface_hub") from None
-    cached = hf.try_to_load_from_cache(repo_id, "config.json")
+    try:
+        cached = hf.try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # huggingface_hub's HFValidationError: not a legal repo id
+        raise FtplanError(f"--model {repo_id}: not a valid hub id (owner/name with letters, digits, '-', '_', "
+                          "'.'); or give a preset (`ftplan models`) or a local directory") from None
     if isinstance(cached, str):
         return Path(cached)
     try:

@@ -15,9 +15,10 @@ from tui.flags import (
     add_diagnose_flags,
     add_system_flags,
     add_training_flags,
-    fraction,
     plan_from,
+    positive_float,
     positive_int,
+    share,
 )
 
 EXIT_CODES_HELP = """exit codes:
@@ -156,6 +157,10 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         from diagnostics.runner import run_isolated
 
         report = run_isolated(settings, on_step=on_step)
+        if report.error_kind is not None:  # failed before training: the same exit code as in-process
+            from planner.errors import EnvironmentMissing, FtplanError
+
+            raise (EnvironmentMissing if report.error_kind == "environment" else FtplanError)(report.message)
     if int(os.environ.get("RANK", "0")) != 0:
         return ExitCode.OK  # rank 0 speaks for the run
     if args.out:
@@ -250,11 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--gpu-memory", help="usable memory per GPU instead of --gpu, e.g. 24GiB or 80GB")
     est.add_argument("--max-batch", action="store_true", help="find the largest micro-batch that fits")
     est.add_argument("--max-seq-len", action="store_true", help="find the longest sequence that fits")
-    est.add_argument("--mfu", type=fraction("--mfu"), default=None,
+    est.add_argument("--mfu", type=share("--mfu"), default=None,
                      help="model FLOPs utilisation for the time estimate (default: 0.40 full, 0.35 LoRA, 0.25 QLoRA)")
     est.add_argument("--samples", type=positive_int("--samples"), default=None,
                      help="training examples, for a total-time estimate")
-    est.add_argument("--epochs", type=float, default=1.0, help="epochs, with --samples (default: 1)")
+    est.add_argument("--epochs", type=positive_float("--epochs"), default=1.0,
+                     help="epochs, with --samples (default: 1)")
     est.add_argument("--json", action="store_true", help="print the result as JSON (the pydantic dump)")
     est.set_defaults(func=cmd_estimate)
     diag = _command(

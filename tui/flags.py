@@ -100,7 +100,17 @@ def plan_from(args: argparse.Namespace):
 
 
 def positive_float(flag: str):
-    return _number(flag, float, lambda v: v > 0, "a positive number")
+    return _number(flag, float, lambda v: 0 < v < float("inf"), "a positive number")
+
+
+def share(flag: str):
+    return _number(flag, float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+
+
+def device(text: str) -> str:
+    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"--device takes auto, cpu, cuda or cuda:N, got {text!r}")
 
 
 def add_diagnose_flags(p: argparse.ArgumentParser) -> None:
@@ -115,7 +125,7 @@ def add_diagnose_flags(p: argparse.ArgumentParser) -> None:
                    help="gradient clipping threshold; 0 turns clipping off (default: 1.0, as the HF Trainer)")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--no-loss-scaling", dest="loss_scaling", action="store_false",
                    help="fp16-mixed without a GradScaler (to see underflow)")
     p.add_argument("--init-std", type=positive_float("--init-std"), default=None,
