@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from diagnostics.nvml import NvmlBackend, probe
 from planner.errors import EnvironmentMissing
+from planner.files import write_text_atomic
 
 FILE = "calibration.json"
 
@@ -76,15 +77,9 @@ def calibration_for(device_name: str | None = None, catalog_name: str | None = N
 
 def save_calibration(cal: Calibration) -> Path:
     """Write atomically, keeping the calibrations of other GPU models."""
-    folder = cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
     data = _read_all()
     data[cal.gpu] = cal.model_dump()
-    path = folder / FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(cache_dir() / FILE, json.dumps(data, indent=2) + "\n")
 
 
 def calibrate(device: int = 0, backend: NvmlBackend | None = None) -> Calibration:

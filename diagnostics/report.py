@@ -6,12 +6,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from planner.files import write_text_atomic
 from planner.plan import Plan
 
 Severity = Literal["error", "warning", "info"]
@@ -120,9 +120,4 @@ class DiagnosticReport(BaseModel):
 
 def write_report(report: DiagnosticReport, path: str | Path) -> Path:
     """Write atomically: a reader never sees half a file, and a failed write leaves the old one intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(report.model_dump_json(indent=2), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, report.model_dump_json(indent=2) + "\n")

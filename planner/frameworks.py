@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from planner.errors import FtplanError
+from planner.files import write_text_atomic
 from planner.plan import Plan
 
 Format = Literal["llamafactory", "hf", "axolotl"]
@@ -553,11 +554,7 @@ def fix_config(source: str | Path, changes: dict[str, Any], target: str | Path) 
         if pending:
             lines += ["", "### changed by ftplan preflight"] + [f"{k}: {_yaml_scalar(v)}" for k, v in pending.items()]
         new_text = "\n".join(lines) + "\n"
-    tmp = target.with_name(f".{target.name}.tmp")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(new_text, encoding="utf-8")
-    tmp.replace(target)
-    return target
+    return write_text_atomic(target, new_text)
 
 
 def deepspeed_json(plan: Plan) -> dict:

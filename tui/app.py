@@ -16,6 +16,7 @@ from textual.command import Hit, Hits, Provider
 from textual.lazy import Lazy
 from textual.widgets import Footer, Header, Input, TabbedContent, TabPane
 
+from planner.files import write_text_atomic
 from tui.diagnose_pane import DiagnosePane
 from tui.fits_pane import FitsPane
 from tui.gpus_pane import GpusPane
@@ -145,13 +146,17 @@ class FtplanApp(App):
             return None
         from planner.frameworks import deepspeed_json, llamafactory_yaml
 
-        target = free_path(path)
-        deepspeed = None
-        if self.state.plan.zero:
-            deepspeed = free_path(target.with_name(f"ds_z{self.state.plan.zero}_config.json"))
-            _write(deepspeed, json.dumps(deepspeed_json(self.state.plan), indent=2) + "\n")
-        _write(target, llamafactory_yaml(self.state.model, self.state.plan,
-                                         deepspeed_file=deepspeed.name if deepspeed else None))
+        try:
+            target = free_path(path)
+            deepspeed = None
+            if self.state.plan.zero:
+                deepspeed = free_path(target.with_name(f"ds_z{self.state.plan.zero}_config.json"))
+                write_text_atomic(deepspeed, json.dumps(deepspeed_json(self.state.plan), indent=2) + "\n")
+            write_text_atomic(target, llamafactory_yaml(self.state.model, self.state.plan,
+                                             deepspeed_file=deepspeed.name if deepspeed else None))
+        except OSError as exc:
+            self._write_failed(path, exc)
+            return None
         self.notify(f"wrote {target}" + (f" and {deepspeed.name}" if deepspeed else ""), title="exported")
         return target
 
@@ -164,16 +169,25 @@ class FtplanApp(App):
     def save_json(self, path: str | None) -> Path | None:
         if not path or self.state is None:
             return None
-        target = free_path(path)
-        _write(target, self.state.result.model_dump_json(indent=2) + "\n")
         report = self.query_one("#diagnose-pane", DiagnosePane).report
         note = ""
-        if report is not None:
-            report_path = free_path(target.with_name(target.stem + "-report.json"))
-            _write(report_path, report.model_dump_json(indent=2) + "\n")
-            note = f" and {report_path.name}"
+        try:
+            target = free_path(path)
+            write_text_atomic(target, self.state.result.model_dump_json(indent=2) + "\n")
+            if report is not None:
+                report_path = free_path(target.with_name(target.stem + "-report.json"))
+                write_text_atomic(report_path, report.model_dump_json(indent=2) + "\n")
+                note = f" and {report_path.name}"
+        except OSError as exc:
+            self._write_failed(path, exc)
+            return None
         self.notify(f"wrote {target}{note}", title="saved")
         return target
+
+    def _write_failed(self, path: str, exc: OSError) -> None:
+        reason = exc.strerror or str(exc)
+        self.notify(f"could not write {path}: {reason}; choose another path", title="not written",
+                    severity="error")
 
 
 def estimate_command(state: PlanState) -> str:
@@ -197,12 +211,6 @@ def estimate_command(state: PlanState) -> str:
         parts.append(f"--gpu-memory {state.target.capacity / (1 << 30):.2f}GiB" if state.target.source == "given"
                      else f"--gpu '{state.target.gpu.name}'" if state.target.gpu else "--gpu auto")
     return " ".join(parts)
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def run() -> None:

@@ -22,7 +22,9 @@ def fit_cells(state: PlanState) -> list[tuple[str, list[str]]]:
         cells = []
         for method in METHODS:
             try:
-                plan = state.plan.with_(method=method)
+                # QLoRA keeps the form's bits; other methods train unquantised weights.
+                bits = state.plan.quant_bits if method == "qlora" else None
+                plan = state.plan.with_(method=method, quant_bits=bits)
                 best = max_batch_size(state.spec, plan, gpu.memory_bytes, limit=256)
             except FtplanError:
                 cells.append("n/a")

@@ -15,6 +15,7 @@ from textual.app import ComposeResult
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.suggester import SuggestFromList
+from textual.timer import Timer
 from textual.validation import Integer, Number
 from textual.widgets import DataTable, Input, Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
@@ -40,6 +41,7 @@ FLAG_FIELDS = {"--batch-size": "batch_size", "--grad-accum": "grad_accum", "--se
                "--freeze-trainable-layers": "method"}
 SWITCHES = {"gradient_checkpointing": "checkpointing", "fused_loss": "fused loss", "offload_optimizer": "offload optim."}
 AUTO = "auto (measured)"
+MODEL_DEBOUNCE_S = 0.4
 
 
 @dataclass
@@ -78,6 +80,7 @@ class PlanPane(Horizontal):
         self.spec: ModelSpec | None = None
         self.model_name = ""
         self._applying = False
+        self._model_timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
         plan = Plan(method=self.DEFAULTS["method"])
@@ -168,7 +171,10 @@ class PlanPane(Horizontal):
             return
         widget = getattr(event, "input", None) or getattr(event, "select", None)
         if widget is not None and widget.id == "model":
-            self.load_model(event.value)
+            # Each keystroke would read a config (or ask the hub): wait until typing pauses.
+            if self._model_timer is not None:
+                self._model_timer.stop()
+            self._model_timer = self.set_timer(MODEL_DEBOUNCE_S, lambda: self.load_model(event.value))
             return
         self.recompute()
 
@@ -178,6 +184,9 @@ class PlanPane(Horizontal):
             spec = load_spec(name.strip())
         except FtplanError as exc:
             self.app.call_from_thread(self._model_failed, str(exc))
+            return
+        except Exception as exc:  # a half-typed name must never take the app down
+            self.app.call_from_thread(self._model_failed, f"could not read {name.strip()!r}: {exc}")
             return
         self.app.call_from_thread(self._model_loaded, spec, name.strip())
 

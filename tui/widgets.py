@@ -19,7 +19,14 @@ LABELS = {"weights": "weights", "master_weights": "master", "optimizer": "optimi
 class MemoryBar(Static):
     """A stacked bar of the peak phase's components (plus overhead), scaled to the GPU when there is one."""
 
+    _result: Estimate | None = None
+
+    def on_resize(self) -> None:
+        # The bar is drawn to the widget's width: redraw when the layout settles or the terminal changes.
+        self.show(self._result)
+
     def show(self, result: Estimate | None) -> None:
+        self._result = result
         if result is None:
             self.update("")
             return

@@ -13,7 +13,8 @@ from planner.frameworks import read_run_config
 from planner.hardware import find_gpu
 from planner.spec import load_spec
 from tui.app import FtplanApp, estimate_command
-from tui.plan_pane import PlanPane
+from tui.fits_pane import fit_cells
+from tui.plan_pane import MODEL_DEBOUNCE_S, PlanPane, PlanState
 
 
 @asynccontextmanager
@@ -44,6 +45,8 @@ def pane(app) -> PlanPane:
 async def set_value(app, pilot, field: str, value) -> None:
     widget = app.query_one(f"#{field}")
     widget.value = value
+    if field == "model":  # the model is read once typing pauses
+        await pilot.pause(MODEL_DEBOUNCE_S + 0.2)
     await settle(app, pilot)
 
 
@@ -168,9 +171,73 @@ def test_copy_command_reproduces_the_plan() -> None:
         source, gpu, capacity = "catalog", find_gpu("H100"), 0
 
     from planner.plan import Plan
-    from tui.plan_pane import PlanState
 
     plan = Plan(method="qlora", batch_size=3, seq_len=2048, gradient_checkpointing=True, lora_rank=16)
     state = PlanState("7b", load_spec("7b"), plan, Target(), None)
     args = build_parser().parse_args(shlex.split(estimate_command(state))[1:])
     assert plan_from(args) == plan.model_copy(update={"quant_bits": None})
+
+
+@pytest.mark.asyncio
+async def test_typing_a_model_name_reads_it_once_typing_pauses(monkeypatch) -> None:
+    import tui.plan_pane
+
+    reads: list[str] = []
+
+    def counting_load_spec(name: str):
+        reads.append(name)
+        return load_spec(name)
+
+    monkeypatch.setattr(tui.plan_pane, "load_spec", counting_load_spec)
+    async with running() as (app, pilot):
+        reads.clear()
+        model = app.query_one("#model")
+        model.focus()
+        model.value = ""
+        await pilot.press(*"tiny-llama")
+        await set_value(app, pilot, "batch_size", "1")  # settles, without waiting for the model
+        assert reads == []  # nothing read while typing
+        await pilot.pause(MODEL_DEBOUNCE_S + 0.2)
+        await settle(app, pilot)
+        assert reads == ["tiny-llama"]
+        assert app.state.model == "tiny-llama" and app.state.spec == load_spec("tiny-llama")
+
+
+@pytest.mark.asyncio
+async def test_an_unexpected_error_reading_a_model_is_shown_not_raised(monkeypatch) -> None:
+    import tui.plan_pane
+
+    async with running() as (app, pilot):
+        before = app.state
+
+        def broken(name: str):
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+        monkeypatch.setattr(tui.plan_pane, "load_spec", broken)
+        await set_value(app, pilot, "model", "./corrupt")
+        assert "could not read './corrupt'" in str(app.query_one("#spec").render())
+        assert app.is_running and app.state is before
+
+
+@pytest.mark.asyncio
+async def test_an_unwritable_export_path_is_reported_and_nothing_is_left(tmp_path, monkeypatch) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("mine\n")
+    async with running() as (app, _pilot):
+        notes: list[tuple[str, str]] = []
+        monkeypatch.setattr(app, "notify", lambda message, **kw: notes.append((message, kw.get("severity"))))
+        assert app.export_yaml(str(blocker / "train.yaml")) is None
+        assert app.save_json(str(blocker / "plan.json")) is None
+        assert [severity for _, severity in notes] == ["error", "error"]
+        assert all(str(blocker) in message for message, _ in notes)
+        assert blocker.read_text() == "mine\n" and sorted(p.name for p in tmp_path.iterdir()) == ["not-a-folder"]
+
+
+def test_what_fits_compares_methods_without_carrying_quantization_over() -> None:
+    from planner.plan import Plan
+
+    spec = load_spec("7b")
+    qlora = fit_cells(PlanState("7b", spec, Plan(method="qlora", quant_bits=4), None, None))
+    lora = fit_cells(PlanState("7b", spec, Plan(method="lora"), None, None))
+    assert qlora == lora  # the same table whichever method the form shows
+    assert all(cells[0] != "n/a" for _, cells in qlora)  # full fine-tuning is never "n/a" from a QLoRA form
