@@ -452,6 +452,9 @@ class ActivationBytes:
     logits: int  # saved by the LM head's output path and the loss (log-softmax in fp32, targets)
     per_block_max: int  # the largest single block, for recomputation under checkpointing
     per_layer: list[int]
+    # what checkpointing keeps instead of `blocks`: each block's input, in the residual stream's
+    # real dtype (fp32 under autocast when the embeddings are fp32)
+    block_inputs: int
 
     @property
     def total(self) -> int:
@@ -476,10 +479,12 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
     x = tape.dropout(x, spec.embedding_dropout)
     embedding_bytes = tape.bytes()
     per_layer: list[int] = []
+    block_inputs = 0
     # Identical blocks with the same training and input save the same bytes: replay each
     # distinct one once. Storages shared across layers (rotary cos/sin) are counted once.
     memo: dict[tuple, tuple[int, T]] = {}
     for (_, block), training in zip(spec.iter_blocks(), trainings, strict=True):
+        block_inputs += x.numel * DTYPE_BYTES[x.dtype]
         key = (id(block), training, x.grad, x.dtype)
         if key in memo:
             nbytes, out = memo[key]
@@ -506,7 +511,8 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
         if x.grad:
             tape.save(T(tokens * d, x.dtype, False))
         return ActivationBytes(blocks=blocks, outside=outside, logits=tape.bytes("logits"),
-                               per_block_max=max(per_layer, default=0), per_layer=per_layer)
+                               per_block_max=max(per_layer, default=0), per_layer=per_layer,
+                               block_inputs=block_inputs)
     logits = tape.linear(x, spec.vocab_size, d, head_trainable)
     outside = tape.bytes() + unreplayed - blocks
     tape.region = "logits"
@@ -515,4 +521,5 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
     if logits.grad:
         tape.save(T(tokens * spec.vocab_size, "fp32", True), T(tokens, "int64", False))  # log_softmax, target
     return ActivationBytes(blocks=blocks, outside=outside, logits=tape.bytes("logits"),
-                           per_block_max=max(per_layer, default=0), per_layer=per_layer)
+                           per_block_max=max(per_layer, default=0), per_layer=per_layer,
+                           block_inputs=block_inputs)

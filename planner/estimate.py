@@ -168,6 +168,10 @@ def _warnings(spec: ModelSpec, plan: Plan, target: GpuTarget | None) -> list[str
         if plan.attention == "flash" and gpu.compute_capability and float(gpu.compute_capability) < 8.0:
             out.append(f"flash-attention 2 needs compute capability >= 8.0; {gpu.name} has "
                        f"{gpu.compute_capability}: use --attention sdpa")
+    context = spec.max_position_embeddings
+    if context and plan.seq_len > context:
+        out.append(f"--seq-len {plan.seq_len:,} is longer than {spec.name}'s context ({context:,} tokens): "
+                   "positions past it were never trained; set rope scaling in the config or shorten --seq-len")
     if plan.method == "qlora" and plan.precision == "fp16-mixed":
         out.append("QLoRA with fp16 compute can overflow in 4-bit dequantized matmuls; prefer bf16 if the GPU has it")
     return out

@@ -34,7 +34,18 @@ class FitReport(BaseModel):
     headroom_fraction: float
     max_batch: int | None = None
     max_seq_len: int | None = None
+    # the search stopped at its limit (the batch search's, or the model's context length): at least this much fits
+    max_batch_capped: bool = False
+    max_seq_len_capped: bool = False
     note: str | None = None
+
+    @property
+    def max_batch_label(self) -> str:
+        if self.max_batch is None:
+            return "not searched"
+        if self.max_batch == 0:
+            return "none (not even 1)"
+        return f"{'≥ ' if self.max_batch_capped else ''}{self.max_batch:,}"
 
 
 def total_bytes(spec: ModelSpec, plan: Plan) -> int:
@@ -60,15 +71,23 @@ def _largest(fits, low: int, limit: int) -> int:
     return lo
 
 
-def max_batch_size(spec: ModelSpec, plan: Plan, capacity: int, limit: int = 1 << 16) -> int:
+BATCH_SEARCH_LIMIT = 1 << 16
+
+
+def max_batch_size(spec: ModelSpec, plan: Plan, capacity: int, limit: int = BATCH_SEARCH_LIMIT) -> int:
     """Largest micro-batch that fits (0 if even batch 1 does not)."""
     return _largest(lambda b: total_bytes(spec, plan.with_(batch_size=b)) <= capacity, 1, limit)
 
 
 def max_seq_len(spec: ModelSpec, plan: Plan, capacity: int, limit: int | None = None) -> int:
-    """Longest sequence (tokens) that fits at the plan's micro-batch (0 if 1 token does not)."""
-    limit = limit or max(plan.seq_len, spec.max_position_embeddings or 0, 1 << 17)
+    """Longest sequence (tokens) that fits at the plan's micro-batch (0 if 1 token does not), up to the
+    model's context length: positions beyond it were never trained."""
+    limit = limit or seq_search_limit(spec, plan)
     return _largest(lambda s: total_bytes(spec, plan.with_(seq_len=s)) <= capacity, 1, limit)
+
+
+def seq_search_limit(spec: ModelSpec, plan: Plan) -> int:
+    return spec.max_position_embeddings or max(plan.seq_len, 1 << 17)
 
 
 def fit_report(spec: ModelSpec, plan: Plan, target: GpuTarget, required: int, *, search_batch: bool = False,
@@ -76,10 +95,12 @@ def fit_report(spec: ModelSpec, plan: Plan, target: GpuTarget, required: int, *,
     if target.capacity <= 0:
         raise FtplanError(f"--gpu-memory: {target.name} leaves no usable memory")
     headroom = target.capacity - required
+    batch = max_batch_size(spec, plan, target.capacity) if search_batch else None
+    seq = max_seq_len(spec, plan, target.capacity) if search_seq else None
     return FitReport(
         gpu=target.name, source=target.source, capacity=target.capacity, required=required,
         fits=headroom >= 0, headroom=headroom, headroom_fraction=headroom / target.capacity,
-        max_batch=max_batch_size(spec, plan, target.capacity) if search_batch else None,
-        max_seq_len=max_seq_len(spec, plan, target.capacity) if search_seq else None,
+        max_batch=batch, max_seq_len=seq, max_batch_capped=batch == BATCH_SEARCH_LIMIT,
+        max_seq_len_capped=seq is not None and seq == seq_search_limit(spec, plan),
         note=target.note,
     )

@@ -81,17 +81,16 @@ def gradient_dtype(train: TrainingLayout) -> dict[str, int]:
 
 
 def gradient_bytes(train: TrainingLayout, plan: Plan) -> int:
-    """Σ trainable params × bytes of their dtype; ZeRO-2/3 shard them over the GPUs.
-
-    Plain DDP (several GPUs, no ZeRO) also keeps its gradient buckets, a second
-    copy of every gradient unless `gradient_as_bucket_view=True` (PyTorch's default is False).
-    """
+    """Σ trainable params × bytes of their dtype; ZeRO-2/3 shard them over the GPUs."""
     total = sum(n * DTYPE_BYTES[dt] for dt, n in gradient_dtype(train).items())
-    if plan.zero >= 2:
-        return _ceil_div(total, plan.gpus)
-    if plan.gpus > 1 and plan.zero == 0:
-        return 2 * total
-    return total
+    return _ceil_div(total, plan.gpus) if plan.zero >= 2 else total
+
+
+def ddp_bucket_bytes(train: TrainingLayout, plan: Plan) -> int:
+    """Plain DDP (several GPUs, no ZeRO) allocates its all-reduce buckets when the model is wrapped and
+    keeps them for the whole run: a second copy of every gradient unless `gradient_as_bucket_view=True`
+    (PyTorch's default is False)."""
+    return gradient_bytes(train, plan) if plan.gpus > 1 and plan.zero == 0 else 0
 
 
 def optimizer_state_bytes(train: TrainingLayout, plan: Plan, spec: ModelSpec) -> int:
@@ -131,18 +130,23 @@ def master_weight_bytes(train: TrainingLayout, plan: Plan) -> int:
     return _ceil_div(4 * train.trainable_params, plan.gpus)
 
 
+def trainable_dtype(plan: Plan) -> str:
+    """The dtype trainable full-size weights live in: fp32 under autocast (unless ZeRO keeps a
+    separate fp32 master copy and 16-bit weights), else the compute dtype."""
+    if plan.precision == "fp32" or (plan.mixed and plan.zero == 0):
+        return "fp32"
+    return plan.compute_dtype
+
+
 def activation_bytes(spec: ModelSpec, plan: Plan, train: TrainingLayout) -> ActivationBytes:
     """Bytes autograd saves for backward in one micro-batch (see planner.activations).
 
     Replayed op by op rather than a closed formula; matches `saved_tensors_hooks` on real
     transformers models. Logits: the loss up-casts them and log_softmax keeps an fp32 copy.
     """
-    trainable_dtype = "fp32" if plan.mixed and plan.zero == 0 else plan.compute_dtype
-    if plan.precision == "fp32":
-        trainable_dtype = "fp32"
     return saved_bytes(
         spec, block_training(spec, plan), batch=plan.batch_size, seq=plan.seq_len,
-        compute=plan.compute_dtype, weight_dtypes=(trainable_dtype, plan.compute_dtype),
+        compute=plan.compute_dtype, weight_dtypes=(trainable_dtype(plan), plan.compute_dtype),
         kernel=plan.attention, autocast=plan.compute_dtype if plan.mixed else None,
         embeddings_trainable=train.embeddings_trainable, head_trainable=train.head_trainable,
         input_grad=plan.gradient_checkpointing, lora_rank=plan.lora_rank, lora_dropout=plan.lora_dropout,
@@ -150,25 +154,30 @@ def activation_bytes(spec: ModelSpec, plan: Plan, train: TrainingLayout) -> Acti
     )
 
 
-def autocast_weight_copies(train: TrainingLayout, plan: Plan, counts: ParamCounts) -> int:
+def autocast_weight_copies(train: TrainingLayout, plan: Plan, counts: ParamCounts) -> tuple[int, int]:
     """Under torch.autocast, fp32 trainable weights are cast to 16 bits once per forward and the
-    copies are saved for backward (the autocast weight cache), 2 bytes per matmul weight."""
+    copies are kept (the autocast weight cache, and the matmuls save them for backward), 2 bytes per
+    matmul weight. Returns (copies made inside the decoder blocks, the LM head's copy)."""
     if not plan.mixed or plan.zero > 0:
-        return 0
+        return 0, 0
+    head = counts.head or counts.embeddings - counts.position_embeddings  # a tied head casts the embedding
     if train.method == "full":
-        tied_head = 0 if counts.head else counts.embeddings - counts.position_embeddings
-        return 2 * (counts.total - counts.norms - counts.embeddings + tied_head)
+        return 2 * (counts.total - counts.norms - counts.embeddings - counts.head), 2 * head
     if train.method == "freeze":
-        return 2 * train.trainable_params
-    return 2 * train.adapter_params
+        outside = 2 * head if train.head_trainable else 0
+        return 2 * train.trainable_params - outside, outside
+    return 2 * train.adapter_params, 0
 
 
-def _checkpointed(spec: ModelSpec, plan: Plan, acts: ActivationBytes) -> tuple[int, int]:
-    """With gradient checkpointing each block keeps only its input (one hidden-state tensor);
-    one block's activations are recomputed at a time during backward (Chen et al. 2016)."""
-    per_block_input = plan.tokens * spec.hidden_size * DTYPE_BYTES[
-        "fp32" if plan.precision == "fp32" else plan.compute_dtype]
-    return spec.num_layers * per_block_input, acts.per_block_max
+def _checkpointed(spec: ModelSpec, train: TrainingLayout, acts: ActivationBytes,
+                  block_copies: int) -> tuple[int, int, int]:
+    """With gradient checkpointing each block keeps only its input, and one block is recomputed at a
+    time during backward (Chen et al. 2016). The checkpointed forward saves nothing, but autocast
+    still caches its weight casts until the autocast region ends (before backward); the recomputed
+    block casts its own again. Returns (saved block inputs, recompute peak, forward-only cache)."""
+    layers_with_copies = len(train.trainable_layers) or spec.num_layers
+    recompute = acts.per_block_max + _ceil_div(block_copies, layers_with_copies)
+    return acts.block_inputs, recompute, block_copies
 
 
 def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = None,
@@ -185,13 +194,15 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
         cpu_offload = opt_state + master
         opt_state = master = 0
 
-    copies = autocast_weight_copies(train, plan, counts)
+    block_copies, head_copy = autocast_weight_copies(train, plan, counts)
     if plan.gradient_checkpointing:
-        block_acts, recompute = _checkpointed(spec, plan, acts)
+        block_acts, recompute, autocast_cache = _checkpointed(spec, train, acts, block_copies)
+        activations = block_acts + acts.outside + head_copy
     else:
-        block_acts, recompute = acts.blocks, 0
-    activations = block_acts + acts.outside + copies
+        block_acts, recompute, autocast_cache = acts.blocks, 0, 0
+        activations = block_acts + acts.outside + block_copies + head_copy
     logits = acts.logits
+    buckets = ddp_bucket_bytes(train, plan)
 
     tv = plan.tokens * spec.vocab_size
     compute_bytes = DTYPE_BYTES[plan.compute_dtype]
@@ -200,8 +211,11 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
     # backward start: nll_loss's fp32 grad and log_softmax's fp32 grad input, both T x V
     loss_backward = 8 * tv
     if plan.fused_loss:
-        # Liger's chunking keeps one chunk of about (tokens x hidden) logits, in fp32, at a time
-        loss_forward, loss_backward = 4 * plan.tokens * spec.hidden_size * 2, 0
+        # Liger's chunking keeps one chunk of about (tokens x hidden) logits, in fp32, at a time; it
+        # computes the gradients during forward, so a trainable head's fp32 gradient exists from then on
+        head_grad = spec.vocab_size * spec.hidden_size * DTYPE_BYTES[trainable_dtype(plan)] \
+            if train.head_trainable else 0
+        loss_forward, loss_backward = 4 * plan.tokens * spec.hidden_size * 2 + head_grad, head_grad
     largest_linear = max((lin.in_features * lin.out_features for g in spec.blocks for lin in g.block.linears),
                          default=0)
     dequant = largest_linear * compute_bytes if train.method == "qlora" else 0
@@ -218,9 +232,10 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
         grads = _largest_gradient(spec, train, plan, grads)
         optimizer_temp = _ceil_div(optimizer_temp * grads, max(1, gradient_bytes(train, plan)))
     persistent = {"weights": weights, "master_weights": master, "optimizer": opt_state}
-    accum_grads = grads if plan.grad_accum > 1 else 0
+    accum_grads = (grads if plan.grad_accum > 1 else 0) + buckets
+    grads += buckets
     forward = {**persistent, "gradients": accum_grads, "activations": activations, "logits": logits,
-               "temporaries": max(loss_forward, dequant) + zero3_gather}
+               "temporaries": max(loss_forward, dequant) + zero3_gather + autocast_cache}
     backward_start = {**persistent, "gradients": accum_grads, "activations": activations, "logits": logits,
                       "temporaries": loss_backward + recompute + zero3_gather + dequant}
     backward_end = {**persistent, "gradients": grads, "activations": 0, "logits": 0,
@@ -229,7 +244,7 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
     optimizer = {**persistent, "gradients": grads, "activations": 0, "logits": 0, "temporaries": optimizer_temp}
     if plan.optimizer_in_backward:  # the step happens inside backward, one parameter at a time
         backward = max(backward_start, backward_end, optimizer, key=lambda p: sum(p.values()))
-        optimizer = {**persistent, "gradients": 0, "activations": 0, "logits": 0, "temporaries": 0}
+        optimizer = {**persistent, "gradients": buckets, "activations": 0, "logits": 0, "temporaries": 0}
     phases = [
         Phase(name="forward", parts=forward, allocated=sum(forward.values()),
               what="loss: logits and their fp32 up-cast"),
@@ -251,7 +266,8 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
         peak_allocated=peak.allocated, phases=phases, cpu_offload=cpu_offload,
         details={
             "activations_saved_in_blocks": block_acts, "activations_outside_blocks": acts.outside,
-            "autocast_weight_copies": copies, "recompute_one_block": recompute,
+            "autocast_weight_copies": block_copies + head_copy, "autocast_cache_forward": autocast_cache,
+            "ddp_buckets": buckets, "recompute_one_block": recompute,
             "loss_forward_transient": loss_forward, "loss_backward_transient": loss_backward,
             "optimizer_temporaries": optimizer_temp, "zero3_gather": zero3_gather, "qlora_dequant": dequant,
             "fragmentation": fragmentation, "cuda_context": context,

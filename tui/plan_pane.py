@@ -247,7 +247,7 @@ class PlanPane(Horizontal):
             summary.update(head)
         elif fit.fits:
             summary.update(f"{head} · [b $success]fits {fit.gpu}[/], {fmt_gib(fit.headroom)} headroom · "
-                           f"largest micro-batch {fit.max_batch}")
+                           f"largest micro-batch {fit.max_batch_label}")
         else:
             summary.update(f"{head} · [b $error]does not fit {fit.gpu}[/] ({fmt_gib(fit.capacity)}): short by "
                            f"{fmt_gib(-fit.headroom)}")

@@ -20,8 +20,8 @@ def print_preflight(report: PreflightReport, console: Console | None = None) -> 
                   f"{plan.grad_accum}{' · checkpointing' if plan.gradient_checkpointing else ''} · "
                   f"{report.gpus} GPU{'s' if report.gpus > 1 else ''}{f' · ZeRO-{plan.zero}' if plan.zero else ''}")
     mem = est.memory
-    parts = ", ".join(f"{k.replace('_', ' ')} {getattr(mem, k) / (1 << 30):.1f}" for k in
-                      ("weights", "optimizer", "gradients", "activations", "logits") if getattr(mem, k))
+    peak = next(p for p in mem.phases if p.name == mem.peak_phase)  # the parts that add up to the total
+    parts = ", ".join(f"{k.replace('_', ' ')} {v / (1 << 30):.1f}" for k, v in peak.parts.items() if v)
     console.print(f"memory per GPU: {fmt_gib(mem.total)} at the {mem.peak_phase} peak ({parts} GiB; "
                   f"overhead {fmt_gib(mem.overhead)})")
     fit = est.fit
@@ -29,7 +29,7 @@ def print_preflight(report: PreflightReport, console: Console | None = None) -> 
         verdict = (f"[green]fits[/green], {fmt_gib(fit.headroom)} headroom" if fit.fits
                    else f"[bold red]does not fit[/bold red]: short by {fmt_gib(-fit.headroom)}")
         console.print(f"{fit.gpu} ({fmt_gib(fit.capacity)}, {fit.source}): {verdict}; largest micro-batch "
-                      f"{fit.max_batch}")
+                      f"{fit.max_batch_label}")
         if fit.note:
             console.print(f"  {fit.note}", style="dim")
         if not fit.fits:

@@ -71,9 +71,17 @@ def print_estimate(result: Estimate, console: Console | None = None) -> None:
         if f.note:
             console.print(f"  {f.note}")
         if f.max_batch is not None:
-            console.print(f"largest micro-batch that fits: {f.max_batch}")
-        if f.max_seq_len is not None:
-            console.print(f"longest sequence that fits at micro-batch {plan.batch_size}: {f.max_seq_len:,} tokens")
+            console.print(f"largest micro-batch that fits: {f.max_batch_label}")
+        if f.max_seq_len == 0:
+            console.print(f"no sequence length fits at micro-batch {plan.batch_size}: the rest of the plan is "
+                          "already too big")
+        elif f.max_seq_len is not None:
+            if f.max_seq_len_capped and result.model.context:
+                console.print(f"longest sequence that fits at micro-batch {plan.batch_size}: the model's whole "
+                              f"context, {f.max_seq_len:,} tokens")
+            else:
+                console.print(f"longest sequence that fits at micro-batch {plan.batch_size}: "
+                              f"{'≥ ' if f.max_seq_len_capped else ''}{f.max_seq_len:,} tokens")
     if result.suggestions:
         console.print("\nwhat to change (largest saving first):")
         for i, s in enumerate(result.suggestions, 1):
@@ -109,12 +117,21 @@ def _duration(seconds: float) -> str:
 def print_models(rows: list[dict], console: Console | None = None) -> None:
     console = console or Console(highlight=False)
     table = Table(title="model presets (config.json of each, offline)", title_justify="left", show_edge=False)
-    for col in ("preset", "hub id", "type", "params", "layers", "aliases"):
-        table.add_column(col, justify="right" if col in ("params", "layers") else "left")
+    # the preset name is what users copy into --model and numbers must not be cut: those never wrap;
+    # a terminal too narrow for the hub ids leaves them to --json rather than folding every row
+    columns = ["preset", "hub id", "type", "params", "layers", "aliases"]
+    if console.width < 110:
+        columns.remove("hub id")
+    for col in columns:
+        table.add_column(col, justify="right" if col in ("params", "layers") else "left",
+                         no_wrap=col != "aliases", overflow="fold")
     for r in rows:
-        table.add_row(r["name"], r["hub_id"] or "", r["model_type"], fmt_count(r["params"]), str(r["layers"]),
-                      ", ".join(r["aliases"]))
+        cells = {"preset": r["name"], "hub id": r["hub_id"] or "", "type": r["model_type"],
+                 "params": fmt_count(r["params"]), "layers": str(r["layers"]), "aliases": ", ".join(r["aliases"])}
+        table.add_row(*(cells[c] for c in columns))
     console.print(table)
+    if "hub id" not in columns:
+        console.print("hub ids: widen the terminal or use `ftplan models --json`", style="dim")
     console.print("use a preset, an alias, a hub id (owner/name) or a local model directory with --model",
                   style="dim")
 

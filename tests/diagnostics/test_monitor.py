@@ -47,8 +47,9 @@ def test_norms_match_torch_and_clipping_matches_clip_grad_norm() -> None:
     from planner.plan import Plan
     from tests.planner.configs import random_config
 
-    model = build_model(random_config("llama", 0, layers=2), Plan(method="full", precision="fp32"))
-    ids = torch.randint(3, 100, (2, 16))
+    config = random_config("llama", 0, layers=2)
+    model = build_model(config, Plan(method="full", precision="fp32"))
+    ids = torch.randint(3, config["vocab_size"], (2, 16), generator=torch.Generator().manual_seed(0))
     model(input_ids=ids, labels=ids).loss.backward()
     grads = [p.grad.clone() for p in model.parameters()]
     monitor = GradMonitor(model)

@@ -55,6 +55,26 @@ def test_max_batch_is_the_largest_that_fits(capsys) -> None:
         assert (code == ExitCode.OK) is should_fit
 
 
+def test_longest_sequence_stops_at_the_models_context(capsys) -> None:
+    spec = load_spec("tiny-llama")
+    main(["estimate", "--model", "tiny-llama", "--method", "lora", "--gpu", "H100", "--max-seq-len",
+          "--max-batch", "--json"])
+    fit = json.loads(capsys.readouterr().out)["fit"]
+    assert fit["max_seq_len"] == spec.max_position_embeddings and fit["max_seq_len_capped"]
+    assert not fit["max_batch_capped"]
+    main(["estimate", "--model", "7b", "--method", "qlora", "--gpu-memory", "8GiB", "--max-seq-len", "--json"])
+    fit = json.loads(capsys.readouterr().out)["fit"]
+    assert 0 < fit["max_seq_len"] < 4096 and not fit["max_seq_len_capped"]
+
+
+def test_a_sequence_past_the_context_is_warned_about(capsys) -> None:
+    main(["estimate", "--model", "7b", "--seq-len", "8192", "--json"])
+    warnings = json.loads(capsys.readouterr().out)["warnings"]
+    assert any("--seq-len 8,192" in w and "4,096" in w for w in warnings)
+    main(["estimate", "--model", "7b", "--seq-len", "4096", "--json"])
+    assert not any("--seq-len" in w for w in json.loads(capsys.readouterr().out)["warnings"])
+
+
 @pytest.mark.parametrize(("args", "needle"), [
     (["--model", "no-such-preset"], "no-such-preset"),
     (["--model", "7b", "--batch-size", "-2"], "--batch-size"),

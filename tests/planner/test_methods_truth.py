@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 
+from planner.memory import estimate_memory
 from planner.methods import layout
 from planner.params import count_params
 from planner.plan import Plan
@@ -86,3 +87,26 @@ def test_trainable_counts_match_requires_grad(method: str) -> None:
     ours = layout(spec, count_params(spec), Plan(method=method, freeze_trainable_layers=1, lora_rank=4))
     model = build_model(config, method=method, freeze_trainable_layers=1, lora_rank=4)
     assert ours.trainable_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize(("method", "precision"), [("full", "bf16"), ("lora", "bf16"), ("freeze", "fp32")])
+def test_ddp_buckets_match_what_ddp_allocates(method: str, precision: str, tmp_path) -> None:
+    """Plain DDP allocates its gradient buckets when it wraps the model, before the first forward: the
+    planner counts them in every phase, and their size is what DDP itself reports."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    config = random_config("llama", 0, layers=2)
+    spec = spec_from_config(config, source="test")
+    plan = Plan(method=method, precision=precision, gpus=2, lora_rank=4, freeze_trainable_layers=1, device="cpu")
+    est = estimate_memory(spec, plan)
+    model = build_model(config, method=method, precision=precision, lora_rank=4, freeze_trainable_layers=1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        sizes = DistributedDataParallel(model)._get_ddp_logging_data()["bucket_sizes"]
+    finally:
+        dist.destroy_process_group()
+    assert est.details["ddp_buckets"] == sum(int(s) for s in str(sizes).split(","))
+    single = estimate_memory(spec, plan.with_(gpus=1))
+    assert all(p.parts["gradients"] >= est.details["ddp_buckets"] for p in est.phases)
+    assert est.phases[0].allocated - single.phases[0].allocated == est.details["ddp_buckets"]
