@@ -50,8 +50,7 @@ def _read_all() -> dict[str, dict]:
     return data if isinstance(data, dict) else {}
 
 
-def load_calibration(gpu_name: str) -> Calibration | None:
-    raw = _read_all().get(gpu_name)
+def _parse(raw: dict | None) -> Calibration | None:
     try:
         return Calibration(**raw) if raw else None
     except (TypeError, ValueError):
@@ -63,13 +62,14 @@ def calibration_for(device_name: str | None = None, catalog_name: str | None = N
     from planner.errors import FtplanError
     from planner.hardware import find_gpu
 
-    if device_name and (found := load_calibration(device_name)):
+    stored = _read_all()  # one read of the cache file
+    if device_name and (found := _parse(stored.get(device_name))):
         return found
     if catalog_name:
-        for name in _read_all():
+        for name, raw in stored.items():
             try:
                 if find_gpu(name).name == catalog_name:
-                    return load_calibration(name)
+                    return _parse(raw)
             except FtplanError:
                 continue
     return None

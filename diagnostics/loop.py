@@ -27,7 +27,7 @@ from diagnostics.measure import make_optimizer
 from diagnostics.models import build_model, torch_dtype
 from diagnostics.monitor import GradMonitor
 from diagnostics.report import DiagnoseSettings, DiagnosticReport, Finding, MemoryComparison, StepRecord
-from diagnostics.rules import advise, analyze, noise_scale
+from diagnostics.rules import conclude
 from planner.advice import suggest
 from planner.errors import EnvironmentMissing
 from planner.memory import estimate_memory
@@ -96,17 +96,9 @@ def _environment(device: str, settings: DiagnoseSettings, random_init: bool, tok
     return env
 
 
-def _finish(report: DiagnosticReport, world: int) -> DiagnosticReport:
-    report.findings += analyze(report.records, report.settings)
-    report.noise_scale = noise_scale(report.records, report.settings, world)
-    report.advice = advise(report.records, report.findings, report.settings, world=world,
-                           bf16_supported=report.environment.get("bf16_supported"))
-    return report
-
 
 def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
-        prepare_model: Callable | None = None, should_stop: Callable[[], bool] | None = None,
-        monitor_class: type = GradMonitor) -> DiagnosticReport:
+        prepare_model: Callable | None = None, monitor_class: type = GradMonitor) -> DiagnosticReport:
     """Run the diagnostics; never raises for training failures (they become the report's status).
 
     `prepare_model` sees the built model before training (tests inject gradient hooks there);
@@ -125,8 +117,10 @@ def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
     report = DiagnosticReport(status="completed", settings=settings)
 
     # 1. does it fit? The monitor's copy of the trainable weights (for update ratios) counts too.
-    estimate = estimate_memory(spec, plan)
-    snapshot = sum(g.nbytes for g in layout(spec, count_params(spec), plan).groups if g.trainable)
+    counts = count_params(spec)
+    train = layout(spec, counts, plan)
+    estimate = estimate_memory(spec, plan, counts, train)
+    snapshot = sum(g.nbytes for g in train.groups if g.trainable)
     needed = estimate.total + snapshot
     free = available_memory(device)
     if free is not None and needed > free:
@@ -183,9 +177,6 @@ def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
 
     try:
         for step in range(1, settings.steps + 1):
-            if should_stop is not None and should_stop():
-                report.status = "interrupted"
-                break
             record = _step(step, model, optimizer, scheduler, scaler, monitor, batches, accelerator, autocast,
                            settings, track_zeros, world)
             if on_cuda:
@@ -230,7 +221,7 @@ def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
         nvml_reader.close()
     if world == 1:
         _reset_accelerate()
-    return _finish(report, world)
+    return conclude(report, world)
 
 
 def _step(step: int, model, optimizer, scheduler, scaler, monitor: GradMonitor, batches: Batches, accelerator,

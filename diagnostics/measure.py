@@ -58,13 +58,11 @@ def make_optimizer(params, plan: Plan, lr: float = 1e-5, weight_decay: float = 0
 
 
 def _process_memory(device_index: int) -> int | None:
-    from diagnostics.nvml import ProcessMemoryReader, cuda_uuid
+    """This process's memory on `cuda:<device_index>`, from one NVML probe (it lists the processes)."""
+    from diagnostics.nvml import probe
 
-    reader = ProcessMemoryReader(cuda_uuid(device_index))
-    try:
-        return reader.read()
-    finally:
-        reader.close()
+    return next((p.used_memory for g in probe().visible if g.cuda_index == device_index
+                 for p in g.processes if p.own), None)
 
 
 def measure_training_memory(config: dict, plan: Plan, *, steps: int = 3, device: str = "cuda",

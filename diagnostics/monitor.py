@@ -109,9 +109,6 @@ class GradMonitor:
                                       dtype=torch.long, device=self.device)
         self._numel = torch.zeros(len(self.layers), dtype=torch.float32, device=self.device).index_add_(
             0, self._layer_idx, torch.tensor([float(p.numel()) for p in self.params], device=self.device))
-        self.layer_params = {layer: 0 for layer in self.layers}
-        for (layer, _), p in zip(keys, self.params, strict=True):
-            self.layer_params[layer] += p.numel()
         self._sum = distributed_sum  # all-reduce for sharded parameters (FSDP / ZeRO-3)
         self._micro = None
         self._snapshot = None
@@ -138,12 +135,14 @@ class GradMonitor:
     def _grad_norms(self):
         import torch
 
-        present = [(i, p.grad) for i, p in enumerate(self.params) if p.grad is not None]
-        norms = torch.zeros(len(self.params), dtype=torch.float32, device=self.device)
-        if present:
-            values = torch._foreach_norm([g for _, g in present], 2, dtype=torch.float32)
-            norms[torch.tensor([i for i, _ in present], device=self.device)] = torch.stack(values)
-        return norms
+        # Built on the device only: a host-made tensor (an index list, a constant) copied to a CUDA
+        # device synchronises the stream, and the step must have one sync, in finish().
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if not grads:
+            return torch.zeros(len(self.params), dtype=torch.float32, device=self.device)
+        values = iter(torch._foreach_norm(grads, 2, dtype=torch.float32))
+        missing = torch.zeros((), dtype=torch.float32, device=self.device)
+        return torch.stack([next(values) if p.grad is not None else missing for p in self.params])
 
     def after_backward(self, max_grad_norm: float | None, zeros: bool = False):
         """Pre-clip norms (grads must be unscaled), then clip in place without a host sync.
@@ -160,11 +159,11 @@ class GradMonitor:
             layer_sq, kind_sq = self._sum(layer_sq), self._sum(kind_sq)
         total = layer_sq.sum().sqrt()
         bad = ~torch.isfinite(norms)
-        first_bad = torch.where(bad.any(), bad.float().argmax().float(), torch.tensor(-1.0, device=self.device))
+        first_bad = torch.where(bad.any(), bad.float().argmax().float(), -1.0)
         parts = [layer_sq, kind_sq[:-1], total.reshape(1), first_bad.reshape(1), (norms == 0).float()]
         if zeros:
             counts = torch.stack([(p.grad == 0).sum().float() if p.grad is not None else
-                                  torch.tensor(float(p.numel()), device=self.device) for p in self.params])
+                                  torch.full((), float(p.numel()), device=self.device) for p in self.params])
             parts.append(torch.zeros(len(self.layers), device=self.device).index_add_(0, self._layer_idx, counts)
                          / self._numel)
         if max_grad_norm is not None and max_grad_norm > 0:
@@ -233,9 +232,9 @@ class GradMonitor:
         import torch
 
         tail = [x.detach().float().reshape(1).to(self.device) if torch.is_tensor(x)
-                else torch.tensor([float(x)], device=self.device) for x in extra]
+                else torch.full((1,), float(x), device=self.device) for x in extra]
         head = [p.reshape(-1).float().to(self.device) for p in parts]
-        flag = torch.tensor([-1.0 if micro is None else 0.0], device=self.device)
+        flag = torch.full((1,), -1.0 if micro is None else 0.0, device=self.device)
         value = (micro if micro is not None else torch.zeros((), device=self.device)).reshape(1)
         return torch.cat([*head, flag, value, *tail]).tolist()
 
@@ -266,7 +265,8 @@ class PlainMonitor:
         import torch
 
         values = torch.cat([parts[0].float(), *(x.detach().float().reshape(1) if torch.is_tensor(x)
-                                               else torch.tensor([float(x)]) for x in (extra or []))]).tolist()
+                                               else torch.tensor([float(x)], device=parts[0].device)
+                                               for x in (extra or []))]).tolist()
         return StepStats(total_norm=values[0], layer_norms={}, kind_norms={}, nonfinite_param=None, zero_params=[],
                          micro_sq=None, zero_fraction=None, update_ratio=None, unchanged_fraction=None,
                          extra=values[1:])

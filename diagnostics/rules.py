@@ -14,7 +14,7 @@ import math
 import statistics
 from collections.abc import Sequence
 
-from diagnostics.report import Advice, DiagnoseSettings, Finding, StepRecord
+from diagnostics.report import Advice, DiagnoseSettings, DiagnosticReport, Finding, StepRecord
 
 SPIKE_FACTOR = 10.0  # a gradient norm this many times its running median is a spike
 GROWTH_FACTOR = 10.0  # last-third median norm / first-third median norm that counts as steady growth
@@ -331,3 +331,13 @@ def advise(records: list[StepRecord], findings: list[Finding], settings: Diagnos
         out.append(Advice(key="pure_bf16", value=False, current=True,
                           reason="keep fp32 master weights so small updates accumulate"))
     return out
+
+
+def conclude(report: DiagnosticReport, world: int = 1) -> DiagnosticReport:
+    """Findings, the noise scale and advice from the report's records: the end of every run,
+    a finished one or one whose child process died."""
+    report.findings += analyze(report.records, report.settings)
+    report.noise_scale = noise_scale(report.records, report.settings, world)
+    report.advice = advise(report.records, report.findings, report.settings, world=world,
+                           bf16_supported=report.environment.get("bf16_supported"))
+    return report

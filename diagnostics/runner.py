@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 
 from diagnostics.report import DiagnoseSettings, DiagnosticReport, Finding, StepRecord
-from diagnostics.rules import advise, analyze
+from diagnostics.rules import conclude
 
 
 def run_isolated(settings: DiagnoseSettings, on_step: Callable[[StepRecord], None] | None = None,
@@ -75,6 +75,4 @@ def _crash_report(settings: DiagnoseSettings, records: list[StepRecord], code: i
                               message=f"{title} after {len(records)} step(s): {tail}" if tail else title)
     report.findings.append(Finding(kind=kind, severity="error", title=title,
                                    evidence=tail or f"exit code {code}", data={"exit_code": code}, fix=fix))
-    report.findings += analyze(records, settings)
-    report.advice = advise(records, report.findings, settings)
-    return report
+    return conclude(report)
