@@ -21,9 +21,7 @@ from planner.errors import EnvironmentMissing
 from planner.estimate import Estimate, estimate
 from planner.fit import GpuTarget
 from planner.frameworks import Format, RunConfig, config_changes, fix_config, read_run_config
-from planner.hardware import find_gpu
 from planner.spec import load_spec
-from planner.units import parse_bytes
 
 Verdict = Literal["ready", "ready_with_warnings", "will_not_fit", "not_ready", "diagnostics_failed"]
 
@@ -51,11 +49,9 @@ def _target(gpu: str | None, gpu_memory: str | None, gpus: int | None) -> tuple[
     """Where the run will happen: a named GPU, a memory size, or (default) this machine's GPUs."""
     notes: list[str] = []
     if gpu_memory:
-        capacity = parse_bytes(gpu_memory, "--gpu-memory")
-        return GpuTarget(name=f"{gpu_memory} GPU", capacity=capacity, source="given"), gpus or 1, notes
+        return GpuTarget.of_memory(gpu_memory), gpus or 1, notes
     if gpu and gpu.lower() != "auto":
-        spec = find_gpu(gpu)
-        return GpuTarget(name=spec.name, capacity=spec.memory_bytes, source="catalog", gpu=spec), gpus or 1, notes
+        return GpuTarget.of_catalog(gpu), gpus or 1, notes
     from diagnostics.gpus import measured_target
     from diagnostics.nvml import probe
 

@@ -7,10 +7,11 @@ from typing import Literal
 from pydantic import BaseModel
 
 from planner.errors import FtplanError
-from planner.hardware import GpuSpec
+from planner.hardware import GpuSpec, find_gpu
 from planner.memory import estimate_memory
 from planner.plan import Plan
 from planner.spec import ModelSpec
+from planner.units import parse_bytes
 
 
 class GpuTarget(BaseModel):
@@ -22,6 +23,17 @@ class GpuTarget(BaseModel):
     gpu: GpuSpec | None = None  # catalog entry, for speed and bf16 support
     device_name: str | None = None  # the name NVML reports, for a measured GPU
     note: str | None = None  # e.g. memory held by other processes
+
+    @classmethod
+    def of_catalog(cls, name: str) -> GpuTarget:
+        """A catalog GPU, matched leniently ('RTX 4090', 'rtx4090', '4090')."""
+        gpu = find_gpu(name)
+        return cls(name=gpu.name, capacity=gpu.memory_bytes, source="catalog", gpu=gpu)
+
+    @classmethod
+    def of_memory(cls, size: str, flag: str = "--gpu-memory") -> GpuTarget:
+        """A GPU known only by its usable memory ('24GiB', '80GB'); errors name `flag`."""
+        return cls(name=f"{size} GPU", capacity=parse_bytes(size, flag), source="given")
 
 
 class FitReport(BaseModel):

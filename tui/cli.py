@@ -46,14 +46,11 @@ class _Parser(argparse.ArgumentParser):
 def _gpu_target(args: argparse.Namespace, plan):
     from planner.errors import FtplanError
     from planner.fit import GpuTarget
-    from planner.hardware import find_gpu
-    from planner.units import parse_bytes
 
     if args.gpu and args.gpu_memory:
         raise FtplanError("--gpu and --gpu-memory: give one of them")
     if args.gpu_memory:
-        capacity = parse_bytes(args.gpu_memory, "--gpu-memory")
-        return GpuTarget(name=f"{args.gpu_memory} GPU", capacity=capacity, source="given")
+        return GpuTarget.of_memory(args.gpu_memory)
     if not args.gpu:
         return None
     if args.gpu.lower() == "auto":
@@ -61,8 +58,7 @@ def _gpu_target(args: argparse.Namespace, plan):
         from diagnostics.nvml import probe
 
         return measured_target(probe(), plan.gpus)
-    gpu = find_gpu(args.gpu)
-    return GpuTarget(name=gpu.name, capacity=gpu.memory_bytes, source="catalog", gpu=gpu)
+    return GpuTarget.of_catalog(args.gpu)
 
 
 def _calibrated(plan, target, args: argparse.Namespace):

@@ -23,7 +23,7 @@ from textual.widgets.option_list import Option
 from planner.errors import FtplanError
 from planner.estimate import Estimate, estimate
 from planner.fit import GpuTarget
-from planner.hardware import catalog, find_gpu
+from planner.hardware import catalog
 from planner.memory import COMPONENTS
 from planner.plan import ATTENTION_KERNELS, METHODS, OPTIMIZERS, PRECISIONS, Plan
 from planner.spec import ModelSpec, load_spec, preset_index
@@ -65,8 +65,7 @@ def gpu_target(name: str) -> GpuTarget | None:
         from diagnostics.nvml import probe
 
         return measured_target(probe())
-    gpu = find_gpu(name)
-    return GpuTarget(name=gpu.name, capacity=gpu.memory_bytes, source="catalog", gpu=gpu)
+    return GpuTarget.of_catalog(name)
 
 
 class PlanPane(Horizontal):
@@ -158,8 +157,7 @@ class PlanPane(Horizontal):
             check = memory.validate(memory.value)
             if check is not None and not check.is_valid:
                 raise FtplanError(f"--gpu-memory: {check.failure_descriptions[0]}")
-            capacity = int(float(memory.value) * GIB)
-            return GpuTarget(name=f"{memory.value} GiB GPU", capacity=capacity, source="given")
+            return GpuTarget.of_memory(f"{memory.value} GiB")
         return gpu_target(self._value("gpu"))
 
     # ------------------------------------------------------------ reacting

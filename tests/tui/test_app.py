@@ -33,9 +33,7 @@ async def settle(app, pilot) -> None:
 
 
 def expected_total(state) -> int:
-    gpu = find_gpu(state.target.name)
-    target = GpuTarget(name=gpu.name, capacity=gpu.memory_bytes, source="catalog", gpu=gpu)
-    return estimate(load_spec(state.model), state.plan, target).memory.total
+    return estimate(load_spec(state.model), state.plan, GpuTarget.of_catalog(state.target.name)).memory.total
 
 
 def pane(app) -> PlanPane:
