@@ -28,6 +28,7 @@ from planner.methods import (
     keeps_master_copy,
     layout,
     lora_targets,
+    param_dtype,
 )
 from planner.params import ParamCounts, count_params
 from planner.plan import Plan
@@ -86,13 +87,6 @@ def gradient_bytes(train: TrainingLayout, plan: Plan) -> int:
     return _ceil_div(total, plan.gpus) if plan.zero >= 2 else total
 
 
-def ddp_bucket_bytes(train: TrainingLayout, plan: Plan) -> int:
-    """Plain DDP (several GPUs, no ZeRO) allocates its all-reduce buckets when the model is wrapped and
-    keeps them for the whole run: a second copy of every gradient unless `gradient_as_bucket_view=True`
-    (PyTorch's default is False)."""
-    return gradient_bytes(train, plan) if plan.gpus > 1 and plan.zero == 0 else 0
-
-
 def optimizer_state_bytes(train: TrainingLayout, plan: Plan, spec: ModelSpec) -> int:
     """Optimizer state per trainable parameter (Loshchilov & Hutter 2019; Dettmers et al. 2022).
 
@@ -130,14 +124,6 @@ def master_weight_bytes(train: TrainingLayout, plan: Plan) -> int:
     return _ceil_div(4 * train.trainable_params, plan.gpus)
 
 
-def trainable_dtype(plan: Plan) -> str:
-    """The dtype trainable full-size weights live in: fp32 under autocast (unless ZeRO keeps a
-    separate fp32 master copy and 16-bit weights), else the compute dtype."""
-    if plan.precision == "fp32" or (plan.mixed and plan.zero == 0):
-        return "fp32"
-    return plan.compute_dtype
-
-
 def activation_bytes(spec: ModelSpec, plan: Plan, train: TrainingLayout) -> ActivationBytes:
     """Bytes autograd saves for backward in one micro-batch (see planner.activations).
 
@@ -146,7 +132,7 @@ def activation_bytes(spec: ModelSpec, plan: Plan, train: TrainingLayout) -> Acti
     """
     return saved_bytes(
         spec, block_training(spec, plan), batch=plan.batch_size, seq=plan.seq_len,
-        compute=plan.compute_dtype, weight_dtypes=(trainable_dtype(plan), plan.compute_dtype),
+        compute=plan.compute_dtype, weight_dtypes=(param_dtype(plan, trainable=True), plan.compute_dtype),
         kernel=plan.attention, autocast=plan.compute_dtype if plan.mixed else None,
         embeddings_trainable=train.embeddings_trainable, head_trainable=train.head_trainable,
         input_grad=plan.gradient_checkpointing, lora_rank=plan.lora_rank, lora_dropout=plan.lora_dropout,
@@ -169,17 +155,6 @@ def autocast_weight_copies(train: TrainingLayout, plan: Plan, counts: ParamCount
     return 2 * train.adapter_params, 0
 
 
-def _checkpointed(spec: ModelSpec, train: TrainingLayout, acts: ActivationBytes,
-                  block_copies: int) -> tuple[int, int, int]:
-    """With gradient checkpointing each block keeps only its input, and one block is recomputed at a
-    time during backward (Chen et al. 2016). The checkpointed forward saves nothing, but autocast
-    still caches its weight casts until the autocast region ends (before backward); the recomputed
-    block casts its own again. Returns (saved block inputs, recompute peak, forward-only cache)."""
-    layers_with_copies = len(train.trainable_layers) or spec.num_layers
-    recompute = acts.per_block_max + _ceil_div(block_copies, layers_with_copies)
-    return acts.block_inputs, recompute, block_copies
-
-
 def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = None,
                     train: TrainingLayout | None = None) -> Breakdown:
     counts = counts or count_params(spec)
@@ -196,13 +171,20 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
 
     block_copies, head_copy = autocast_weight_copies(train, plan, counts)
     if plan.gradient_checkpointing:
-        block_acts, recompute, autocast_cache = _checkpointed(spec, train, acts, block_copies)
-        activations = block_acts + acts.outside + head_copy
+        # Each block keeps only its input, and one block is recomputed at a time during backward
+        # (Chen et al. 2016). The checkpointed forward saves nothing, but autocast still caches its
+        # weight casts until the autocast region ends (before backward); the recomputed block casts
+        # its own again.
+        block_acts, autocast_cache, saved_copies = acts.block_inputs, block_copies, 0
+        recompute = acts.per_block_max + _ceil_div(block_copies, len(train.trainable_layers) or spec.num_layers)
     else:
-        block_acts, recompute, autocast_cache = acts.blocks, 0, 0
-        activations = block_acts + acts.outside + block_copies + head_copy
+        block_acts, autocast_cache, saved_copies, recompute = acts.blocks, 0, block_copies, 0
+    activations = block_acts + acts.outside + saved_copies + head_copy
     logits = acts.logits
-    buckets = ddp_bucket_bytes(train, plan)
+    # Plain DDP (several GPUs, no ZeRO) allocates its all-reduce buckets when it wraps the model and
+    # keeps them for the whole run: a second copy of every gradient unless gradient_as_bucket_view=True
+    # (PyTorch's default is False).
+    buckets = grads if plan.gpus > 1 and plan.zero == 0 else 0
 
     tv = plan.tokens * spec.vocab_size
     compute_bytes = DTYPE_BYTES[plan.compute_dtype]
@@ -213,7 +195,7 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
     if plan.fused_loss:
         # Liger's chunking keeps one chunk of about (tokens x hidden) logits, in fp32, at a time; it
         # computes the gradients during forward, so a trainable head's fp32 gradient exists from then on
-        head_grad = spec.vocab_size * spec.hidden_size * DTYPE_BYTES[trainable_dtype(plan)] \
+        head_grad = spec.vocab_size * spec.hidden_size * DTYPE_BYTES[param_dtype(plan, trainable=True)] \
             if train.head_trainable else 0
         loss_forward, loss_backward = 4 * plan.tokens * spec.hidden_size * 2 + head_grad, head_grad
     largest_linear = max((lin.in_features * lin.out_features for g in spec.blocks for lin in g.block.linears),
@@ -229,8 +211,8 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
 
     if plan.optimizer_in_backward:
         # each gradient is stepped and freed in its own hook: only the largest one exists at a time
-        grads = _largest_gradient(spec, train, plan, grads)
-        optimizer_temp = _ceil_div(optimizer_temp * grads, max(1, gradient_bytes(train, plan)))
+        all_grads, grads = grads, _largest_gradient(spec, train, plan, grads)
+        optimizer_temp = _ceil_div(optimizer_temp * grads, max(1, all_grads))
     persistent = {"weights": weights, "master_weights": master, "optimizer": opt_state}
     accum_grads = (grads if plan.grad_accum > 1 else 0) + buckets
     grads += buckets

@@ -175,7 +175,7 @@ def check_lora_target(spec: ModelSpec, plan: Plan) -> None:
         )
 
 
-def _param_dtype(plan: Plan, trainable: bool) -> str:
+def param_dtype(plan: Plan, trainable: bool) -> str:
     """Storage dtype of a (non-quantized) parameter."""
     if not trainable or plan.precision == "bf16":
         return plan.compute_dtype
@@ -202,7 +202,7 @@ def layout(spec: ModelSpec, counts: ParamCounts, plan: Plan) -> TrainingLayout:
     def add(name: str, params: int, trainable: bool, dtype: str | None = None, nbytes: int | None = None):
         if params <= 0:
             return
-        dtype = dtype or _param_dtype(plan, trainable)
+        dtype = dtype or param_dtype(plan, trainable)
         nbytes = params * DTYPE_BYTES[dtype] if nbytes is None else nbytes
         groups.append(ParamGroup(name=name, params=params, dtype=dtype, nbytes=nbytes, trainable=trainable))
 
