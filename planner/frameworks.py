@@ -36,6 +36,9 @@ _OPTIM = {
 _OPTIM_BACK = {"adamw": "adamw_torch", "adamw-fused": "adamw_torch_fused", "adamw-8bit": "adamw_bnb_8bit",
                "paged-adamw-8bit": "paged_adamw_8bit", "adafactor": "adafactor", "sgd": "sgd",
                "sgd-momentum": "sgd"}
+# LLaMA-Factory's flash_attn (auto/sdpa/fa2/disabled) <-> the plan's attention kernel
+_FLASH_ATTN = {"fa2": "flash", "disabled": "eager", "eager": "eager"}  # anything else: sdpa
+_FLASH_ATTN_BACK = {"flash": "fa2", "eager": "disabled", "sdpa": "sdpa"}
 
 # Keys each framework accepts that do not change memory, stability or time: recognised, not planned.
 _IRRELEVANT = {
@@ -45,26 +48,25 @@ _IRRELEVANT = {
         "per_device_eval_batch_size", "eval_strategy", "evaluation_strategy", "eval_steps", "report_to",
         "save_only_model", "trust_remote_code", "dataloader_num_workers", "save_strategy", "save_total_limit",
         "run_name", "resume_from_checkpoint", "include_num_input_tokens_seen", "packing", "logging_dir",
-        "seed", "streaming", "buffer_size", "mix_strategy", "tokenized_path", "lora_alpha", "use_rslora",
-        "adapter_name_or_path", "create_new_adapter", "weight_decay", "adam_beta1", "adam_beta2",
+        "seed", "streaming", "buffer_size", "mix_strategy", "tokenized_path", "adapter_name_or_path", "create_new_adapter", "weight_decay", "adam_beta1", "adam_beta2",
         "neat_packing", "train_on_prompt", "mask_history", "freeze_trainable_modules", "freeze_extra_modules",
         "additional_target", "quantization_method", "quantization_type", "upcast_layernorm", "rope_scaling",
-        "booster", "image_max_pixels", "video_max_pixels", "warmup_steps", "dataloader_pin_memory",
+        "booster", "image_max_pixels", "video_max_pixels", "dataloader_pin_memory",
     },
     "hf": {
         "output_dir", "logging_steps", "save_steps", "save_strategy", "eval_strategy", "evaluation_strategy",
         "eval_steps", "report_to", "run_name", "seed", "save_total_limit", "push_to_hub", "hub_model_id",
         "per_device_eval_batch_size", "logging_dir", "dataloader_num_workers", "remove_unused_columns",
-        "dataset_text_field", "lora_alpha", "weight_decay", "adam_beta1", "adam_beta2", "warmup_steps",
+        "dataset_text_field", "weight_decay", "adam_beta1", "adam_beta2",
         "trust_remote_code", "overwrite_output_dir", "do_train", "do_eval", "logging_first_step",
         "dataset_name", "dataset_config", "dataset_train_split", "packing", "completion_only_loss",
-        "assistant_only_loss", "use_peft", "tf32", "ddp_timeout", "resume_from_checkpoint", "dataloader_pin_memory",
+        "assistant_only_loss", "tf32", "ddp_timeout", "resume_from_checkpoint", "dataloader_pin_memory",
     },
     "axolotl": {
         "output_dir", "logging_steps", "save_steps", "saves_per_epoch", "evals_per_epoch", "wandb_project",
         "wandb_entity", "wandb_name", "wandb_watch", "wandb_log_model", "special_tokens", "tokenizer_type",
-        "model_type", "strict", "dataset_prepared_path", "chat_template", "lora_alpha", "weight_decay",
-        "warmup_steps", "tf32", "logging_dir", "resume_from_checkpoint", "local_rank", "xformers_attention",
+        "model_type", "strict", "dataset_prepared_path", "chat_template", "weight_decay",
+        "tf32", "logging_dir", "resume_from_checkpoint", "local_rank", "xformers_attention",
         "early_stopping_patience", "train_on_inputs", "group_by_length", "pad_to_sequence_len",
         "eval_sample_packing", "hub_model_id", "trust_remote_code", "seed", "lora_model_dir", "lora_fan_in_fan_out",
         "gptq", "auto_resume_from_checkpoints", "debug", "fsdp", "fsdp_config", "save_safetensors",
@@ -308,7 +310,7 @@ def _read_llamafactory(keys: _Keys, base: Path) -> RunConfig:
     if ds_note:
         notes.append(ds_note)
     flash = k.get("flash_attn", str, "auto")
-    attention = {"fa2": "flash", "disabled": "eager", "eager": "eager"}.get(flash, "sdpa")
+    attention = _FLASH_ATTN.get(flash, "sdpa")
     optim = k.get("optim", str, "adamw_torch")
     precision = _precision(k.get("bf16", bool, False), k.get("fp16", bool, False), k.get("pure_bf16", bool, False),
                            path)
@@ -510,7 +512,7 @@ def config_changes(run: RunConfig, plan_changes: dict[str, Any], hyper_changes: 
             out.update(_METHOD_KEYS[run.format](value))
             continue
         elif field == "attention":
-            value = {"flash": "fa2", "eager": "disabled"}.get(value, "sdpa")
+            value = _FLASH_ATTN_BACK[value]
         elif field == "precision":
             value = value == "bf16"
         out[key] = value
@@ -607,7 +609,7 @@ def llamafactory_yaml(model: str, plan: Plan, hyper: Hyper | None = None, datase
         lines.append("fp16: true")
     if not plan.gradient_checkpointing:
         lines.append("disable_gradient_checkpointing: true")
-    lines.append(f"flash_attn: {({'flash': 'fa2', 'eager': 'disabled'}).get(plan.attention, 'sdpa')}")
+    lines.append(f"flash_attn: {_FLASH_ATTN_BACK[plan.attention]}")
     if plan.zero:
         lines.append(f"deepspeed: {deepspeed_file or f'ds_z{plan.zero}_config.json'}")
     return "\n".join(lines) + "\n"
