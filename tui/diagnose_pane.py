@@ -79,8 +79,8 @@ class DiagnosePane(Vertical):
 
     @on(Button.Pressed, "#diag-run")
     def start(self) -> None:
-        if self.state is None or not self.query_one("#diag-run", Button).display:
-            return
+        if self.state is None or self.query_one("#diag-run", Button).disabled:
+            return  # no plan yet, or a run is going (`r` reaches here even while the button is disabled)
         try:
             settings = self.settings()
         except ValueError as exc:

@@ -239,3 +239,19 @@ def test_what_fits_compares_methods_without_carrying_quantization_over() -> None
     lora = fit_cells(PlanState("7b", spec, Plan(method="lora"), None, None))
     assert qlora == lora  # the same table whichever method the form shows
     assert all(cells[0] != "n/a" for _, cells in qlora)  # full fine-tuning is never "n/a" from a QLoRA form
+
+
+@pytest.mark.asyncio
+async def test_a_second_diagnose_start_during_a_run_is_ignored(monkeypatch) -> None:
+    import tui.diagnose_pane
+
+    async with running() as (app, pilot):
+        await pilot.press("4")
+        await pilot.pause()
+        diag = app.query_one("#diagnose-pane")
+        started: list = []
+        monkeypatch.setattr(tui.diagnose_pane.DiagnosePane, "_run", lambda self, settings: started.append(settings))
+        await pilot.press("r")
+        await pilot.press("r")  # the first run is still going: its Run button is disabled
+        await pilot.pause()
+        assert len(started) == 1 and app.query_one("#diag-run").disabled and diag.report is None
