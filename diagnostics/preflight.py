@@ -22,6 +22,7 @@ from planner.estimate import Estimate, estimate
 from planner.fit import GpuTarget
 from planner.frameworks import Format, RunConfig, config_changes, fix_config, read_run_config
 from planner.spec import load_spec
+from planner.units import fmt_gib
 
 Verdict = Literal["ready", "ready_with_warnings", "will_not_fit", "not_ready", "diagnostics_failed"]
 
@@ -148,12 +149,12 @@ def _fixes(run: RunConfig, result: Estimate, checks: list[Check], diag: Diagnost
 def _summary(verdict: Verdict, result: Estimate, errors: list[Check], diag: DiagnosticReport | None,
              strict: bool) -> str:
     fit = result.fit
-    room = f"{fit.headroom / (1 << 30):.1f} GiB headroom on {fit.gpu}" if fit and fit.fits else ""
+    room = f"{fmt_gib(fit.headroom, 1)} headroom on {fit.gpu}" if fit and fit.fits else ""
     return {
         "ready": f"READY: fits with {room}",
         "ready_with_warnings": f"READY with warnings{' (--strict: not ready)' if strict else ''}: fits with {room}",
-        "will_not_fit": f"NOT READY: needs {result.memory.total / (1 << 30):.1f} GiB per GPU, {fit.gpu if fit else ''} "
-                        f"has {fit.capacity / (1 << 30):.1f} GiB" if fit else "NOT READY",
+        "will_not_fit": f"NOT READY: needs {fmt_gib(result.memory.total, 1)} per GPU, {fit.gpu if fit else ''} "
+                        f"has {fmt_gib(fit.capacity, 1)}" if fit else "NOT READY",
         "not_ready": "NOT READY: " + "; ".join(c.message for c in errors),
         "diagnostics_failed": "NOT READY: the diagnostics run " + (
             diag.status if diag and diag.status != "completed" else "found errors"),

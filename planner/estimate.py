@@ -141,8 +141,7 @@ def assumptions(plan: Plan, train: TrainingLayout, memory: Breakdown) -> list[st
         "the loss up-casts logits to fp32 (transformers' ForCausalLMLoss); log_softmax keeps them for backward",
         f"overhead: CUDA context {fmt_gib(plan.cuda_context)} ({context}) + allocator fragmentation "
         f"{plan.fragmentation:.0%} of the peak (settable with --cuda-context / --fragmentation)",
-        f"peak phase: {memory.peak_phase} ("
-        + next(p.what for p in memory.phases if p.name == memory.peak_phase) + ")",
+        f"peak phase: {memory.peak_phase} ({memory.peak.what})",
     ]
     if plan.gradient_checkpointing:
         out.append("gradient checkpointing per decoder layer (use_reentrant=False), with input grads enabled")

@@ -63,6 +63,11 @@ class Breakdown(BaseModel):
     cpu_offload: int = 0  # host RAM taken by an offloaded optimizer
     details: dict[str, int] = {}
 
+    @property
+    def peak(self) -> Phase:
+        """The phase that sets `total`: its parts add up to `peak_allocated`."""
+        return next(p for p in self.phases if p.name == self.peak_phase)
+
 
 # ---------------------------------------------------------------- components
 

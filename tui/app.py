@@ -17,6 +17,7 @@ from textual.lazy import Lazy
 from textual.widgets import Footer, Header, Input, TabbedContent, TabPane
 
 from planner.files import write_text_atomic
+from planner.units import gib
 from tui.diagnose_pane import DiagnosePane
 from tui.fits_pane import FitsPane
 from tui.gpus_pane import GpusPane
@@ -169,6 +170,8 @@ class FtplanApp(App):
     def save_json(self, path: str | None) -> Path | None:
         if not path or self.state is None:
             return None
+        from diagnostics.report import write_report
+
         report = self.query_one("#diagnose-pane", DiagnosePane).report
         note = ""
         try:
@@ -176,7 +179,7 @@ class FtplanApp(App):
             write_text_atomic(target, self.state.result.model_dump_json(indent=2) + "\n")
             if report is not None:
                 report_path = free_path(target.with_name(target.stem + "-report.json"))
-                write_text_atomic(report_path, report.model_dump_json(indent=2) + "\n")
+                write_report(report, report_path)
                 note = f" and {report_path.name}"
         except OSError as exc:
             self._write_failed(path, exc)
@@ -208,7 +211,7 @@ def estimate_command(state: PlanState) -> str:
     if p.fused_loss:
         parts.append("--fused-loss")
     if state.target is not None:
-        parts.append(f"--gpu-memory {state.target.capacity / (1 << 30):.2f}GiB" if state.target.source == "given"
+        parts.append(f"--gpu-memory {gib(state.target.capacity):.2f}GiB" if state.target.source == "given"
                      else f"--gpu '{state.target.gpu.name}'" if state.target.gpu else "--gpu auto")
     return " ".join(parts)
 

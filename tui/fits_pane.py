@@ -11,32 +11,37 @@ from planner.errors import FtplanError
 from planner.fit import max_batch_size
 from planner.hardware import catalog
 from planner.memory import estimate_memory
-from planner.plan import METHODS
+from planner.plan import METHODS, Plan
+from planner.units import fmt_gib
 from tui.plan_pane import PlanState
 
 
 def fit_cells(state: PlanState) -> list[tuple[str, list[str]]]:
     """One row per GPU: for each method, the largest micro-batch that fits, or the memory it would need."""
+    per_method: list[tuple[Plan, int] | None] = []  # the plan and its micro-batch-1 total; None: n/a
+    for method in METHODS:
+        # QLoRA keeps the form's bits; other methods train unquantised weights.
+        bits = state.plan.quant_bits if method == "qlora" else None
+        try:
+            plan = state.plan.with_(method=method, quant_bits=bits)
+            per_method.append((plan, estimate_memory(state.spec, plan.with_(batch_size=1)).total))
+        except FtplanError:
+            per_method.append(None)
     rows = []
     for gpu in catalog():
         cells = []
-        for method in METHODS:
-            try:
-                # QLoRA keeps the form's bits; other methods train unquantised weights.
-                bits = state.plan.quant_bits if method == "qlora" else None
-                plan = state.plan.with_(method=method, quant_bits=bits)
-                best = max_batch_size(state.spec, plan, gpu.memory_bytes, limit=256)
-            except FtplanError:
+        for entry in per_method:
+            if entry is None:
                 cells.append("n/a")
                 continue
-            if best:
-                cells.append(f"✓ b≤{best}" + ("+" if best == 256 else ""))
-            else:
-                need = estimate_memory(state.spec, plan.with_(batch_size=1)).total
-                cells.append(f"✗ {need / (1 << 30):.0f} GiB")
-        rows.append((f"{gpu.name} ({gpu.memory_bytes / (1 << 30):.0f} GiB)", cells))
+            plan, need = entry
+            if need > gpu.memory_bytes:
+                cells.append(f"✗ {fmt_gib(need, 0)}")
+                continue
+            best = max_batch_size(state.spec, plan, gpu.memory_bytes, limit=256)
+            cells.append(f"✓ b≤{best}" + ("+" if best == 256 else ""))
+        rows.append((f"{gpu.name} ({fmt_gib(gpu.memory_bytes, 0)})", cells))
     return rows
-
 
 class FitsPane(Vertical):
     def compose(self) -> ComposeResult:

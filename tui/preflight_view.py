@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 
 from diagnostics.preflight import PreflightReport
-from planner.units import fmt_gib
+from planner.units import fmt_gib, gib
 
 _STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
 _FORMATS = {"llamafactory": "LLaMA-Factory", "hf": "HF TrainingArguments / TRL", "axolotl": "axolotl"}
@@ -20,8 +20,7 @@ def print_preflight(report: PreflightReport, console: Console | None = None) -> 
                   f"{plan.grad_accum}{' · checkpointing' if plan.gradient_checkpointing else ''} · "
                   f"{report.gpus} GPU{'s' if report.gpus > 1 else ''}{f' · ZeRO-{plan.zero}' if plan.zero else ''}")
     mem = est.memory
-    peak = next(p for p in mem.phases if p.name == mem.peak_phase)  # the parts that add up to the total
-    parts = ", ".join(f"{k.replace('_', ' ')} {v / (1 << 30):.1f}" for k, v in peak.parts.items() if v)
+    parts = ", ".join(f"{k.replace('_', ' ')} {gib(v):.1f}" for k, v in mem.peak.parts.items() if v)
     console.print(f"memory per GPU: {fmt_gib(mem.total)} at the {mem.peak_phase} peak ({parts} GiB; "
                   f"overhead {fmt_gib(mem.overhead)})")
     fit = est.fit

@@ -31,7 +31,7 @@ class MemoryBar(Static):
             self.update("")
             return
         mem = result.memory
-        peak = next(p for p in result.memory.phases if p.name == mem.peak_phase)
+        peak = mem.peak
         parts = [(k, peak.parts.get(k, 0)) for k in COMPONENTS] + [("overhead", mem.overhead)]
         capacity = result.fit.capacity if result.fit else None
         scale = max(mem.total, capacity or 0) or 1
