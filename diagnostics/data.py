@@ -108,13 +108,8 @@ class ByteTokenizer:
         return [b + 3 for b in text.encode("utf-8")]
 
     def conversation(self, turns: list[Turn]) -> tuple[list[int], list[int]]:
-        ids, labels = [self.bos_id], [IGNORE]
-        for role, content in turns:
-            head = self.encode(f"<|{role}|>\n")
-            body = self.encode(content) + ([self.eos_id] if role == "assistant" else self.encode("\n"))
-            ids += head + body
-            labels += [IGNORE] * len(head) + (body if role == "assistant" else [IGNORE] * len(body))
-        return ids, labels
+        ids, labels = ByteTemplate(self).conversation(turns)
+        return [self.bos_id, *ids], [IGNORE, *labels]
 
 
 class HFTokenizer:
@@ -155,9 +150,9 @@ class HFTokenizer:
 
 @dataclass
 class ByteTemplate:
-    """The `<|role|>` template over any tokenizer's `encode` (tokenizers without a chat template)."""
+    """The `<|role|>` template over any tokenizer's `encode` and `eos_id` (tokenizers without a chat template)."""
 
-    tok: HFTokenizer
+    tok: HFTokenizer | ByteTokenizer
 
     def conversation(self, turns: list[Turn]) -> tuple[list[int], list[int]]:
         ids: list[int] = []

@@ -18,6 +18,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from diagnostics.monitor import layer_index
 from planner.errors import EnvironmentMissing
 from planner.plan import Plan
 
@@ -38,23 +39,16 @@ def hf_config(config: dict):
     return AutoConfig.for_model(fields.pop("model_type"), **fields)
 
 
-def layer_index(name: str) -> int | None:
-    """The decoder-layer number in a parameter name (`model.layers.3.mlp...` -> 3)."""
-    parts = name.split(".")
-    for i, part in enumerate(parts[:-1]):
-        if part in ("layers", "h") and parts[i + 1].isdigit():
-            return int(parts[i + 1])
-    return None
-
-
 def _lora_targets(model, target: str):
     import torch
     from transformers.pytorch_utils import Conv1D
 
-    names = [t.strip() for t in target.split(",") if t.strip()]
+    from planner.params import ATTENTION_ALIASES, target_names
+
+    names = target_names(target)
     if any(n.lower() == "all" for n in names):
         return "all-linear"
-    if any(n.lower() in ("attention", "attn", "attention_only") for n in names):
+    if any(n.lower() in ATTENTION_ALIASES for n in names):
         found = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
                  if isinstance(module, (torch.nn.Linear, Conv1D)) and any(k in name for k in ("attn", "attention"))}
         return sorted(found)

@@ -36,6 +36,12 @@ def normalize_name(name: str) -> str:
     return re.sub(r"\.(lora_[AB]|lora_embedding_[AB])\.[^.]+\.", r".\1.", name)
 
 
+def layer_index(name: str) -> int | None:
+    """The decoder-layer number in a parameter name (`model.layers.3.mlp...` -> 3)."""
+    match = _LAYER.search(name)
+    return int(match.group(1)) if match else None
+
+
 def classify(name: str) -> tuple[str, str]:
     """(layer key, module kind) of a normalised parameter name."""
     match = _LAYER.search(name)

@@ -14,6 +14,7 @@ import math
 import statistics
 from collections.abc import Sequence
 
+from diagnostics.monitor import layer_index
 from diagnostics.report import Advice, DiagnoseSettings, DiagnosticReport, Finding, StepRecord
 
 SPIKE_FACTOR = 10.0  # a gradient norm this many times its running median is a spike
@@ -138,7 +139,7 @@ def analyze(records: list[StepRecord], settings: DiagnoseSettings) -> list[Findi
 
     dead = _dead_parameters(after_first)
     if dead and not any(f.kind == "fp16_underflow" for f in findings):  # underflow already explains them
-        in_blocks = [n for n in dead if ".layers." in n or ".h." in n]
+        in_blocks = [n for n in dead if layer_index(n) is not None]
         ckpt = plan.gradient_checkpointing and lora and len(in_blocks) == len(dead)
         findings.append(Finding(
             kind="dead_parameters", severity="warning",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from planner.errors import FtplanError
-from planner.params import ATTENTION_ALIASES, ParamCounts, select_linears
+from planner.params import ATTENTION_ALIASES, ParamCounts, select_linears, target_names
 from planner.plan import Plan
 from planner.spec import Block, Linear, ModelSpec
 
@@ -64,14 +64,10 @@ _PEFT_MOE_TARGETS: dict[str, dict[str, str]] = {
 }
 
 
-def _target_names(target: str) -> list[str]:
-    return [n.strip() for n in target.split(",") if n.strip()]
-
-
 def lora_targets(spec: ModelSpec, block: Block, plan: Plan) -> tuple[list[Linear], frozenset[str]]:
     """The linears peft wraps in `block`, and the MoE parameters it wraps with ParamWrapper."""
     mapping = _PEFT_MOE_TARGETS.get(spec.model_type)
-    names = _target_names(plan.lora_target)
+    names = target_names(plan.lora_target)
     lowered = {n.lower() for n in names}
     if not mapping or lowered & ATTENTION_ALIASES:
         return select_linears(block, plan.lora_target), frozenset()

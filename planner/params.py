@@ -71,6 +71,12 @@ def count_params(spec: ModelSpec) -> ParamCounts:
 ATTENTION_ALIASES = {"attention", "attn", "attention_only"}
 
 
+def target_names(target: str | list[str] | tuple[str, ...]) -> list[str]:
+    """The module names of a `lora_target`: a comma list ("q_proj, v_proj") or a list of them."""
+    parts = [target] if isinstance(target, str) else list(target)
+    return [n.strip() for part in parts for n in part.split(",") if n.strip()]
+
+
 def select_linears(block: Block, target: str | list[str] | tuple[str, ...]) -> list[Linear]:
     """The block's linears that LoRA wraps, as LLaMA-Factory's `lora_target` selects them.
 
@@ -79,8 +85,7 @@ def select_linears(block: Block, target: str | list[str] | tuple[str, ...]) -> l
     comma list of module names, matched like peft matches `target_modules`: the
     full relative path, or its last components ("q_proj", "shared_expert.up_proj").
     """
-    names = [target] if isinstance(target, str) else list(target)
-    names = [n.strip() for part in names for n in part.split(",") if n.strip()]
+    names = target_names(target)
     if any(n.lower() == "all" for n in names):
         return list(block.linears)
     if any(n.lower() in ATTENTION_ALIASES for n in names):
