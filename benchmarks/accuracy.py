@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from planner.estimate import estimate  # noqa: E402
-from planner.params import count_params  # noqa: E402
+from planner.files import write_text_atomic  # noqa: E402
 from planner.plan import Plan  # noqa: E402
 from planner.spec import ModelSpec, load_spec, spec_from_config  # noqa: E402
 from planner.units import GIB  # noqa: E402
@@ -133,7 +133,6 @@ def _lora_target(raw) -> str:
 
 def _plan(r: dict) -> Plan:
     optimizer = r["optimizer"]
-    paged = optimizer.startswith("paged")
     optimizer = {"paged-adamw-32bit": "adamw", "unknown": "adamw"}.get(optimizer, optimizer)
     zero = r.get("zero")
     zero = 3 if zero == "fsdp-full-shard" else int(zero or 0)
@@ -143,7 +142,7 @@ def _plan(r: dict) -> Plan:
         method=method, precision=precision, optimizer=optimizer, batch_size=int(r["batch_size"]),
         seq_len=int(r["seq_len"]), gradient_checkpointing=bool(r["gradient_checkpointing"]),
         attention="sdpa" if r["attention"] in ("unknown", None) else r["attention"], gpus=int(r["gpus"]),
-        zero=zero if int(r["gpus"]) > 1 or zero else 0, offload_optimizer=bool(r.get("offload_optimizer")) and zero > 0,
+        zero=zero, offload_optimizer=bool(r.get("offload_optimizer")) and zero > 0,
         optimizer_in_backward="optinbwd" in r["id"] or r["id"].startswith(("torchtune-llama3.1-8b-full",
                                                                              "torchtune-llama2-7b-full")),
     )
@@ -153,8 +152,7 @@ def _plan(r: dict) -> Plan:
                       lora_target=_lora_target(r.get("lora_target")))
     if method == "qlora":
         fields["quant_bits"] = int(r.get("quant_bits") or 4)
-    plan = Plan.build(**fields)
-    return plan.model_copy(update={"optimizer": plan.optimizer}) if not paged else plan
+    return Plan.build(**fields)
 
 
 def _comparable(r: dict, result) -> tuple[float, str]:
@@ -191,7 +189,7 @@ def compare() -> tuple[list[Row], list[tuple[str, str]]]:
         plan = _plan(r)
         result = estimate(spec, plan)
         ours, quantity = _comparable(r, result)
-        params = count_params(spec).total
+        params = result.params.total
         full = r["method"] == "full"
         notes = [UNMODELLED[r["id"]]] if r["id"] in UNMODELLED else []
         clean = not notes
@@ -271,10 +269,7 @@ def main() -> None:
     text = render(rows, skipped)
     print(text)
     if args.write:
-        target = ROOT / "docs" / "accuracy.md"
-        tmp = target.with_suffix(".md.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(target)
+        write_text_atomic(ROOT / "docs" / "accuracy.md", text)
 
 
 if __name__ == "__main__":

@@ -242,10 +242,11 @@ def _preset_source(name: str) -> ModelSource:
 
 
 def load_preset(name: str) -> ModelSpec:
-    return _spec_of(_preset_source(name))
+    return spec_of(_preset_source(name))
 
 
-def _spec_of(src: ModelSource) -> ModelSpec:
+def spec_of(src: ModelSource) -> ModelSpec:
+    """The spec of a resolved model, saying which real model a size alias stands for."""
     spec = spec_from_config(src.config, source=src.source, name=src.name)
     return spec.model_copy(update={"stands_for": src.stands_for}) if src.stands_for else spec
 
@@ -302,4 +303,4 @@ def resolve_model(model: str) -> ModelSource:
 
 
 def load_spec(model: str) -> ModelSpec:
-    return _spec_of(resolve_model(model))
+    return spec_of(resolve_model(model))

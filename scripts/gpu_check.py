@@ -9,11 +9,9 @@ process; writes the table to $OUT/gpu_check.md when OUT is set.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from diagnostics.measure import measure_training_memory  # noqa: E402
 from planner.plan import Plan  # noqa: E402
-from planner.spec import load_spec  # noqa: E402
+from planner.spec import resolve_model, spec_of  # noqa: E402
 from planner.units import GIB  # noqa: E402
 
 MODELS = ("qwen2.5-0.5b-instruct", "llama-3.2-1b")
@@ -40,8 +38,8 @@ def main() -> None:
     print(lines[0])
     print(lines[1])
     for name in MODELS:
-        spec = load_spec(name)
-        config = json.loads((resources.files("profiles") / "models" / f"{name}.json").read_text())
+        source = resolve_model(name)  # one read of the preset: its config builds the model, its spec plans it
+        spec, config = spec_of(source), source.config
         for method in METHODS:
             for batch, seq in SHAPES:
                 plan = Plan(method=method, precision="bf16-mixed", batch_size=batch, seq_len=seq,
