@@ -503,23 +503,20 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
     unreplayed = blocks - (tape.bytes() - embedding_bytes)
     head_dtype = weight_dtypes[0] if head_trainable else weight_dtypes[1]
     x = tape.norm(x, tokens, spec.final_norm.kind, head_trainable, head_dtype, spec.final_norm.bias)
+    if not fused_loss:
+        logits = tape.linear(x, spec.vocab_size, d, head_trainable)
+    outside = tape.bytes() + unreplayed - blocks
+    tape.region = "logits"
     if fused_loss:
         # fused linear cross-entropy (Liger, Cut Cross-Entropy): logits are made chunk by chunk inside
         # the loss, which computes d(loss)/d(hidden) during forward and keeps only that for backward
-        outside = tape.bytes() + unreplayed - blocks
-        tape.region = "logits"
         if x.grad:
             tape.save(T(tokens * d, x.dtype, False))
-        return ActivationBytes(blocks=blocks, outside=outside, logits=tape.bytes("logits"),
-                               per_block_max=max(per_layer, default=0), per_layer=per_layer,
-                               block_inputs=block_inputs)
-    logits = tape.linear(x, spec.vocab_size, d, head_trainable)
-    outside = tape.bytes() + unreplayed - blocks
-    tape.region = "logits"
-    if spec.final_logit_softcap:
-        logits = tape.unary(logits, "output")  # tanh(logits / cap) * cap
-    if logits.grad:
-        tape.save(T(tokens * spec.vocab_size, "fp32", True), T(tokens, "int64", False))  # log_softmax, target
+    else:
+        if spec.final_logit_softcap:
+            logits = tape.unary(logits, "output")  # tanh(logits / cap) * cap
+        if logits.grad:
+            tape.save(T(tokens * spec.vocab_size, "fp32", True), T(tokens, "int64", False))  # log_softmax, target
     return ActivationBytes(blocks=blocks, outside=outside, logits=tape.bytes("logits"),
                            per_block_max=max(per_layer, default=0), per_layer=per_layer,
                            block_inputs=block_inputs)

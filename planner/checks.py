@@ -67,7 +67,7 @@ def static_checks(run: RunConfig, gpu: GpuSpec | None, gpus: int) -> list[Check]
             out.append(Check(severity="error", key=names.get("bf16"),
                              message=f"bf16 on {gpu.name} (compute capability {gpu.compute_capability}), which has "
                                      "no bf16: the run will fail; use fp16", fix={"bf16": False, "fp16": True}))
-        if plan.attention == "flash" and gpu.compute_capability and float(gpu.compute_capability) < 8.0:
+        if plan.attention == "flash" and gpu.predates_flash_attention:
             out.append(Check(severity="error", key=names.get("attention"),
                              message=f"flash-attention 2 needs compute capability 8.0; {gpu.name} has "
                                      f"{gpu.compute_capability}", fix={"attention": "sdpa"}))

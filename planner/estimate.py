@@ -164,7 +164,7 @@ def _warnings(spec: ModelSpec, plan: Plan, target: GpuTarget | None) -> list[str
         if plan.compute_dtype == "bf16" and not gpu.supports_bf16:
             out.append(f"{gpu.name} has no bf16 tensor cores (compute capability {gpu.compute_capability}); "
                        "use --precision fp16-mixed")
-        if plan.attention == "flash" and gpu.compute_capability and float(gpu.compute_capability) < 8.0:
+        if plan.attention == "flash" and gpu.predates_flash_attention:
             out.append(f"flash-attention 2 needs compute capability >= 8.0; {gpu.name} has "
                        f"{gpu.compute_capability}: use --attention sdpa")
     context = spec.max_position_embeddings

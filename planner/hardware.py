@@ -31,6 +31,12 @@ class GpuSpec(BaseModel):
     def supports_bf16(self) -> bool:
         return self.bf16_tflops is not None
 
+    @property
+    def predates_flash_attention(self) -> bool:
+        """flash-attention 2 needs compute capability 8.0 (Ampere); an unknown capability gets the benefit of
+        the doubt."""
+        return bool(self.compute_capability) and float(self.compute_capability) < 8.0
+
     def peak_tflops(self, compute_dtype: str) -> float:
         """Dense tensor-core peak for the compute dtype; fp32 runs as TF32 at half the bf16 rate."""
         if compute_dtype == "bf16":
