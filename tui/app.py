@@ -103,6 +103,9 @@ class FtplanApp(App):
 
     @on(TabbedContent.TabActivated)
     def _tab_shown(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane.id == "gpus":  # its refresh pauses while hidden: show fresh numbers at once
+            for pane in self.query(GpusPane):
+                pane.refresh_gpus()
         if event.pane.id == "fits" and self.state is not None and getattr(self, "_fits_stale", True):
             self._fits_stale = False
             self.call_after_refresh(lambda: [pane.show(self.state) for pane in self.query(FitsPane)])

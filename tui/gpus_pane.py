@@ -23,7 +23,11 @@ class GpusPane(Vertical):
         self.query_one("#gpus-table", DataTable).add_columns("cuda", "nvml", "name", "used / total GiB", "free GiB", "util",
                                                        "temp", "power", "cc")
         self.refresh_gpus()
-        self.set_interval(REFRESH_SECONDS, self.refresh_gpus)
+        self.set_interval(REFRESH_SECONDS, self._tick)
+
+    def _tick(self) -> None:
+        if self.is_on_screen:  # the tab is mounted at start-up: no NVML traffic while nobody looks at it
+            self.refresh_gpus()
 
     @work(exclusive=True, thread=True, group="gpus")
     def refresh_gpus(self) -> None:

@@ -255,3 +255,21 @@ async def test_a_second_diagnose_start_during_a_run_is_ignored(monkeypatch) -> N
         await pilot.press("r")  # the first run is still going: its Run button is disabled
         await pilot.pause()
         assert len(started) == 1 and app.query_one("#diag-run").disabled and diag.report is None
+
+
+@pytest.mark.asyncio
+async def test_the_gpus_tab_probes_only_while_shown(monkeypatch) -> None:
+    import tui.gpus_pane
+
+    calls: list[int] = []
+    real_probe = tui.gpus_pane.probe
+    monkeypatch.setattr(tui.gpus_pane, "REFRESH_SECONDS", 0.05)
+    monkeypatch.setattr(tui.gpus_pane, "probe", lambda: calls.append(1) or real_probe())
+    async with running() as (app, pilot):
+        await pilot.pause(0.4)
+        hidden = len(calls)
+        assert hidden <= 1  # the first reading when the tab mounts, then nothing while on the Plan tab
+        await pilot.press("3")
+        await pilot.pause(0.4)
+        await settle(app, pilot)
+        assert len(calls) >= hidden + 3  # refreshed on showing, then every interval
