@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from planner.estimate import estimate  # noqa: E402
+from planner.service import plan_run as estimate  # noqa: E402
 from planner.fit import max_batch_size  # noqa: E402
 from planner.plan import Plan  # noqa: E402
 from planner.spec import load_spec  # noqa: E402

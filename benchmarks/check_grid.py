@@ -54,14 +54,14 @@ def _estimate(spec, fields: dict, target):
 
         return plan_run(spec, fields, target)
     except ImportError:  # the layout before it
-        from planner.estimate import estimate
+        from planner.service import plan_run as estimate
         from planner.plan import Plan
 
         return estimate(spec, Plan.build(**fields), target)
 
 
 def _target():
-    from planner.fit import GpuTarget
+    from planner.target import GpuTarget
 
     return GpuTarget.of_catalog(GPU)
 

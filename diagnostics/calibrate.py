@@ -3,84 +3,19 @@
 The planner's `overhead` assumes about 0.5 GiB for the CUDA context (driver state,
 cuBLAS/cuDNN handles and workspaces). `calibrate()` measures it: NVML's count of
 the memory this process holds after creating a context and running one matmul,
-minus what PyTorch's allocator reserved. The result is stored in the user cache
-(`$FTPLAN_CACHE_DIR`, else `$XDG_CACHE_HOME/ftplan`, else `~/.cache/ftplan`) per GPU
-model, and `ftplan estimate` uses it, labelled "measured".
+minus what PyTorch's allocator reserved. The result is stored per GPU model
+(`planner.calibration`), and every GPU target the planner resolves uses it, labelled "measured".
 """
 
 from __future__ import annotations
 
-import json
-import os
 from datetime import datetime, timezone
-from pathlib import Path
-
-from pydantic import BaseModel
 
 from diagnostics.nvml import NvmlBackend, probe
+from planner.calibration import Calibration, calibration_for, save_calibration
 from planner.errors import EnvironmentMissing
-from planner.files import write_text_atomic
 
-FILE = "calibration.json"
-
-
-class Calibration(BaseModel):
-    gpu: str  # NVML name, e.g. "NVIDIA H100 80GB HBM3"
-    cuda_context: int  # bytes
-    allocator_reserved: int  # bytes PyTorch reserved for the test matmul
-    method: str  # "process" (NVML per-process memory) or "device" (device used-memory delta)
-    driver_version: str | None = None
-    torch_version: str | None = None
-    measured_at: str
-
-
-def cache_dir() -> Path:
-    if os.environ.get("FTPLAN_CACHE_DIR"):
-        return Path(os.environ["FTPLAN_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "ftplan"
-
-
-def _read_all() -> dict[str, dict]:
-    path = cache_dir() / FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _parse(raw: dict | None) -> Calibration | None:
-    try:
-        return Calibration(**raw) if raw else None
-    except (TypeError, ValueError):
-        return None  # an old or hand-edited entry: ignore it rather than fail an estimate
-
-
-def calibration_for(device_name: str | None = None, catalog_name: str | None = None) -> Calibration | None:
-    """The stored calibration of a GPU model, by its NVML name or its catalog name ('H100-80GB')."""
-    from planner.errors import FtplanError
-    from planner.hardware import find_gpu
-
-    stored = _read_all()  # one read of the cache file
-    if device_name and (found := _parse(stored.get(device_name))):
-        return found
-    if catalog_name:
-        for name, raw in stored.items():
-            try:
-                if find_gpu(name).name == catalog_name:
-                    return _parse(raw)
-            except FtplanError:
-                continue
-    return None
-
-
-def save_calibration(cal: Calibration) -> Path:
-    """Write atomically, keeping the calibrations of other GPU models."""
-    data = _read_all()
-    data[cal.gpu] = cal.model_dump()
-    return write_text_atomic(cache_dir() / FILE, json.dumps(data, indent=2) + "\n")
-
+__all__ = ["Calibration", "calibrate", "calibration_for", "save_calibration"]
 
 def calibrate(device: int = 0, backend: NvmlBackend | None = None) -> Calibration:
     """Create a CUDA context on `device` (a CUDA index) and measure what it costs. Needs torch with CUDA."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from diagnostics.nvml import GpuInfo, GpuProbe
 from planner.errors import EnvironmentMissing, FtplanError
-from planner.fit import GpuTarget
 from planner.hardware import find_gpu
+from planner.target import GpuTarget
 from planner.units import fmt_gib
 
 

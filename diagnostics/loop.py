@@ -26,14 +26,15 @@ from diagnostics.data import Batches, build_examples, load_records, load_tokeniz
 from diagnostics.measure import make_optimizer
 from diagnostics.models import build_model, torch_dtype
 from diagnostics.monitor import GradMonitor
-from diagnostics.report import DiagnoseSettings, DiagnosticReport, Finding, MemoryComparison, StepRecord
+from diagnostics.report import DiagnoseSettings, DiagnosticReport, MemoryComparison, StepRecord
 from diagnostics.rules import conclude
-from planner.advice import suggest
 from planner.errors import EnvironmentMissing
-from planner.memory import estimate_memory
+from planner.findings import Finding
 from planner.methods import layout
 from planner.params import count_params
+from planner.service import plan_run
 from planner.spec import resolve_model, spec_from_config
+from planner.target import GpuTarget, Machine, with_calibration
 from planner.units import fmt_gib
 
 OnStep = Callable[[StepRecord], None]
@@ -53,6 +54,22 @@ def _has_weights(directory: Path | None) -> bool:
     if directory is None:
         return False
     return any(directory.glob("*.safetensors")) or any(directory.glob("pytorch_model*.bin"))
+
+
+def _target(device: str, free: int | None, reserved: int) -> Machine:
+    """The device as the planner's target: its free memory less what the run keeps besides the plan
+    (`reserved`), with this GPU's stored CUDA-context calibration."""
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    if free is None:
+        return Machine(device=kind)
+    name = device
+    if kind == "cuda":
+        import torch
+
+        name = torch.cuda.get_device_name(torch.device(device))
+    target = GpuTarget(name=f"{name} ({device})", capacity=max(0, free - reserved), source="measured",
+                       device_name=name, device=kind)
+    return with_calibration(target) if kind == "cuda" else target
 
 
 def available_memory(device: str) -> int | None:
@@ -107,7 +124,7 @@ def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
     import torch
 
     device = resolve_device(settings.device)
-    plan = settings.plan.with_(device="cuda" if device.startswith("cuda") else "cpu")
+    plan = settings.plan
     source = resolve_model(settings.model)
     config = dict(source.config)
     random_init = not _has_weights(source.directory)
@@ -117,22 +134,23 @@ def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
     report = DiagnosticReport(status="completed", settings=settings)
 
     # 1. does it fit? The monitor's copy of the trainable weights (for update ratios) counts too.
-    counts = count_params(spec)
-    train = layout(spec, counts, plan)
-    estimate = estimate_memory(spec, plan, counts, train)
+    train = layout(spec, count_params(spec), plan)
     snapshot = sum(g.nbytes for g in train.groups if g.trainable)
-    needed = estimate.total + snapshot
     free = available_memory(device)
-    if free is not None and needed > free:
-        ideas = suggest(spec, plan, free, estimate.total, limit=4)
+    planned = plan_run(spec, plan, _target(device, free, snapshot))
+    estimate = planned.memory
+    needed = estimate.total + snapshot
+    if planned.fit is not None and not planned.fit.fits:
+        ideas = planned.suggestions[:4]
         report.status = "does_not_fit"
         report.message = (f"the run needs about {fmt_gib(needed)} (with the monitor's weight copy) but {device} "
                           f"has {fmt_gib(free)} free")
         report.findings.append(Finding(
-            kind="does_not_fit", severity="error", title="The run does not fit in memory",
+            code="does_not_fit", severity="error", message="The run does not fit in memory",
             evidence=report.message, data={"estimate": needed, "free": free},
-            fix="; ".join(f"{s.title} ({s.flags}) -> {fmt_gib(s.new_total)}" for s in ideas)
-            or "use a smaller model or a larger device"))
+            fix="; ".join(f"{s.title} ({s.how}) -> {fmt_gib(s.new_total)}" for s in ideas)
+            or "use a smaller model or a larger device",
+            change=next((s for s in ideas if s.fits), None)))
         return report
 
     from accelerate import Accelerator
@@ -201,12 +219,13 @@ def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
     except torch.cuda.OutOfMemoryError as exc:
         report.status = "oom"
         report.message = str(exc).splitlines()[0]
-        ideas = suggest(spec, plan, available_memory(device) or estimate.total, estimate.total, limit=4)
+        ideas = plan_run(spec, plan, _target(device, available_memory(device) or estimate.total, 0)).suggestions[:4]
         report.findings.append(Finding(
-            kind="out_of_memory", severity="error", title="Out of GPU memory",
+            code="out_of_memory", severity="error", message="Out of GPU memory",
             evidence=f"CUDA ran out of memory at step {len(report.records) + 1} (the planner expected "
                      f"{fmt_gib(estimate.total)})",
-            fix="; ".join(f"{s.title} ({s.flags})" for s in ideas) or "reduce the micro-batch or sequence length"))
+            fix="; ".join(f"{s.title} ({s.how})" for s in ideas) or "reduce the micro-batch or sequence length",
+            change=next((s for s in ideas if s.fits), None)))
     # the monitor's weight copy sits beside the optimizer step: compare like with like
     report.memory = MemoryComparison(estimate_total=estimate.total + snapshot,
                                      estimate_allocated=estimate.peak_allocated + snapshot)

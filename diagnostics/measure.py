@@ -16,6 +16,7 @@ from diagnostics.models import build_model, torch_dtype
 from planner.memory import estimate_memory
 from planner.plan import Plan
 from planner.spec import ModelSpec, spec_from_config
+from planner.target import Machine
 
 
 class MemoryCheck(BaseModel):
@@ -97,11 +98,12 @@ def measure_training_memory(config: dict, plan: Plan, *, steps: int = 3, device:
         else:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    estimate = estimate_memory(spec, plan.with_(device="cuda" if on_cuda else "cpu"))
+    machine = Machine(device="cuda" if on_cuda else "cpu")
+    estimate = estimate_memory(spec, plan, machine=machine)
     check = MemoryCheck(
         model=name or spec.name, plan=plan, device=device, steps=steps, losses=losses,
         estimate_allocated=estimate.peak_allocated,
-        estimate_reserved=int(estimate.peak_allocated * (1 + plan.fragmentation)),
+        estimate_reserved=int(estimate.peak_allocated * (1 + machine.fragmentation)),
         estimate_total=estimate.total,
     )
     if on_cuda:

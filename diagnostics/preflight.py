@@ -2,7 +2,7 @@
 
 1. the plan on the GPUs it will run on (NVML, honouring CUDA_VISIBLE_DEVICES and the
    launcher's process count) or on a named GPU: fits, headroom, largest micro-batch;
-2. static checks that need no run (planner.checks);
+2. the estimate's findings and static checks that need no run (planner.configs.checks);
 3. optionally a short diagnostics run with the config's own model, data and settings;
 4. a verdict, and with `fix` a corrected copy of the config (the input is never touched).
 """
@@ -16,12 +16,15 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from diagnostics.report import DiagnoseSettings, DiagnosticReport
-from planner.checks import Check, static_checks
+from planner.configs import Format, RunConfig, config_changes_for, fix_config, read_run_config, static_checks
+from planner.configs.read import FRAMEWORKS
 from planner.errors import EnvironmentMissing
-from planner.estimate import Estimate, estimate
-from planner.fit import GpuTarget
-from planner.frameworks import Format, RunConfig, config_changes, fix_config, read_run_config
+from planner.fields import word, worded
+from planner.findings import Finding
+from planner.result import Estimate
+from planner.service import plan_run
 from planner.spec import load_spec
+from planner.target import GpuTarget, resolve_target
 from planner.units import fmt_gib
 
 Verdict = Literal["ready", "ready_with_warnings", "will_not_fit", "not_ready", "diagnostics_failed"]
@@ -34,7 +37,7 @@ class PreflightReport(BaseModel):
     run: RunConfig
     estimate: Estimate
     gpus: int
-    checks: list[Check]
+    checks: list[Finding]  # the estimate's findings, then the config's, worded with the framework's keys
     diagnostics: DiagnosticReport | None = None
     verdict: Verdict
     summary: str
@@ -42,30 +45,24 @@ class PreflightReport(BaseModel):
     fix_changes: dict[str, Any] = {}
 
     @property
-    def warnings(self) -> list[Check]:
+    def warnings(self) -> list[Finding]:
         return [c for c in self.checks if c.severity in ("warning", "error")]
 
 
-def _target(gpu: str | None, gpu_memory: str | None, gpus: int | None) -> tuple[GpuTarget, int, list[str]]:
+def _target(gpu: str | None, gpu_memory: str | None, gpus: int | None) -> tuple[GpuTarget, list[str]]:
     """Where the run will happen: a named GPU, a memory size, or (default) this machine's GPUs."""
+    auto = not gpu_memory and (not gpu or gpu.strip().lower() == "auto")
+    try:
+        target = resolve_target("auto" if auto else gpu, gpu_memory, gpus=gpus)
+    except EnvironmentMissing as exc:
+        raise EnvironmentMissing(f"{worded(exc, 'cli')}; on a machine without the GPUs, pass --gpu NAME (and --gpus N) to check "
+                                 "against the catalog") from None
     notes: list[str] = []
-    if gpu_memory:
-        return GpuTarget.of_memory(gpu_memory), gpus or 1, notes
-    if gpu and gpu.lower() != "auto":
-        return GpuTarget.of_catalog(gpu), gpus or 1, notes
-    from diagnostics.gpus import measured_target
-    from diagnostics.nvml import probe
-
-    result = probe()
-    if result.status != "ok" or not result.visible:
-        raise EnvironmentMissing(f"--gpu auto: {result.summary()}; on a machine without the GPUs, pass "
-                                 "--gpu NAME (and --gpus N) to check against the catalog")
-    if gpus is None:
-        world = os.environ.get("WORLD_SIZE")
-        gpus = int(world) if world and world.isdigit() else len(result.visible)
-        notes.append(f"{gpus} GPU(s): " + ("the launcher's WORLD_SIZE" if world else
-                                           "every visible GPU, as llamafactory-cli and accelerate launch use them"))
-    return measured_target(result, gpus), gpus, notes
+    if auto and gpus is None:
+        notes.append(f"{target.gpus} GPU(s): " + ("the launcher's WORLD_SIZE" if os.environ.get("WORLD_SIZE") else
+                                                  "every visible GPU, as llamafactory-cli and accelerate launch use "
+                                                  "them"))
+    return target, notes
 
 
 def _model_for(run: RunConfig) -> str:
@@ -79,15 +76,16 @@ def preflight(path: str | Path, *, gpu: str | None = None, gpu_memory: str | Non
               fmt: Format | None = None) -> PreflightReport:
     run = read_run_config(path, fmt)
     spec = load_spec(_model_for(run))
-    target, gpus, notes = _target(gpu, gpu_memory, gpus)
-    plan = run.plan.with_(gpus=gpus, zero=run.plan.zero if gpus > 1 or run.plan.zero else 0)
-    result = estimate(spec, plan, target, search_batch=True)
-    checks = [Check(severity="info", message=n) for n in [*run.notes, *notes]]
+    target, notes = _target(gpu, gpu_memory, gpus)
+    result = plan_run(spec, run.plan, target, search_batch=True, vocabulary=run.format)
+    gpus = result.plan.gpus
+    checks = [Finding(severity="info", code="note", message=n) for n in [*run.notes, *notes]]
     if run.data.datasets and not run.data.files and run.format == "llamafactory":
-        checks.append(Check(severity="info", key="dataset",
-                            message=f"dataset {', '.join(run.data.datasets)} not found through "
-                                    f"{run.data.dataset_dir}/dataset_info.json: steps per epoch unknown"))
-    checks += static_checks(run, target.gpu, gpus)
+        checks.append(Finding(severity="info", code="dataset_not_found",
+                              message=f"dataset {', '.join(run.data.datasets)} not found through "
+                                      f"{run.data.dataset_dir}/dataset_info.json: steps per epoch unknown"))
+    checks += result.warnings + [f.model_copy(update={"message": word(f.message, run.format)})
+                                 for f in static_checks(run, target.gpu, gpus)]
     fits = result.fit is not None and result.fit.fits
 
     diag = None
@@ -121,32 +119,26 @@ def preflight(path: str | Path, *, gpu: str | None = None, gpu_memory: str | Non
                            summary=_summary(verdict, result, errors, diag, strict), fixed=fixed, fix_changes=changes)
 
 
-def _fixes(run: RunConfig, result: Estimate, checks: list[Check], diag: DiagnosticReport | None) -> dict[str, Any]:
+def _fixes(run: RunConfig, result: Estimate, checks: list[Finding], diag: DiagnosticReport | None) -> dict[str, Any]:
     """The config keys to change: the first memory suggestion that fits and is expressible as plain keys,
-    then the static checks' fixes, then the diagnostics' advice."""
-    plan_changes: dict[str, Any] = {}
-    hyper_changes: dict[str, Any] = {}
+    then the findings' changes, then the diagnostics' advice (later ones win on the same setting)."""
+    writable = FRAMEWORKS[run.format].writable
+    changes: dict[str, Any] = {}
     if result.fit is not None and not result.fit.fits:
-        expressible = set(run.key_names) | {"method"}
-        fitting = [s for s in result.suggestions if s.fits and set(s.changes) <= expressible]
+        fitting = [s for s in result.suggestions if s.fits and set(s.changes) <= writable]
         # least invasive first: keep the method and the data, then change the method, then cut sequences
         fitting.sort(key=lambda s: ("seq_len" in s.changes, "method" in s.changes))
         if fitting:
-            plan_changes.update(fitting[0].changes)
-    for c in checks:
-        hyper_changes.update(c.fix)
-    if diag is not None:
-        neutral = {"max_grad_norm": "max_grad_norm", "warmup_ratio": "warmup_ratio", "learning_rate": "learning_rate",
-                   "gradient_accumulation_steps": "grad_accum", "bf16": "bf16"}
-        for a in diag.advice:
-            if a.key in neutral:
-                hyper_changes[neutral[a.key]] = a.value
-    if hyper_changes.get("bf16") and run.hyper.fp16:
-        hyper_changes["fp16"] = False
-    return config_changes(run, plan_changes, hyper_changes)
+            changes.update(fitting[0].changes)
+    for finding in checks:
+        if finding.change is not None:
+            changes.update(finding.change.changes)
+    for advice in diag.advice if diag is not None else ():
+        changes.update(advice.changes)
+    return config_changes_for(run.format, changes)
 
 
-def _summary(verdict: Verdict, result: Estimate, errors: list[Check], diag: DiagnosticReport | None,
+def _summary(verdict: Verdict, result: Estimate, errors: list[Finding], diag: DiagnosticReport | None,
              strict: bool) -> str:
     fit = result.fit
     room = f"{fmt_gib(fit.headroom, 1)} headroom on {fit.gpu}" if fit and fit.fits else ""

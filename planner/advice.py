@@ -4,49 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
-
 from planner.errors import FtplanError
+from planner.fields import Vocabulary, how
+from planner.findings import Change
 from planner.fit import max_batch_size, max_seq_len
 from planner.memory import estimate_memory
 from planner.methods import block_training
 from planner.plan import Plan
 from planner.spec import ModelSpec
+from planner.target import Machine
 from planner.units import fmt_gib
 
 
-class Suggestion(BaseModel):
-    title: str
-    why: str
-    changes: dict[str, Any]  # Plan fields to change
-    flags: str  # the same change as `ftplan estimate` flags
-    new_total: int
-    saved: int
-    fits: bool
-
-
-_FLAG = {
-    "gradient_checkpointing": lambda v: "--gradient-checkpointing" if v else "--no-gradient-checkpointing",
-    "method": lambda v: f"--method {v}",
-    "optimizer": lambda v: f"--optimizer {v}",
-    "attention": lambda v: f"--attention {v}",
-    "precision": lambda v: f"--precision {v}",
-    "batch_size": lambda v: f"--batch-size {v}",
-    "grad_accum": lambda v: f"--grad-accum {v}",
-    "seq_len": lambda v: f"--seq-len {v}",
-    "gpus": lambda v: f"--gpus {v}",
-    "zero": lambda v: f"--zero {v}",
-    "offload_optimizer": lambda v: "--offload-optimizer" if v else "",
-    "lora_target": lambda v: f"--lora-target {v}",
-    "fused_loss": lambda v: "--fused-loss" if v else "",
-}
-
-
-def flags_for(changes: dict[str, Any]) -> str:
-    return " ".join(_FLAG[k](v) for k, v in changes.items() if k in _FLAG).strip()
-
-
-def _candidates(spec: ModelSpec, plan: Plan, capacity: int) -> list[tuple[str, str, dict[str, Any]]]:
+def _candidates(spec: ModelSpec, plan: Plan, capacity: int, machine: Machine) -> list[tuple[str, str, dict[str, Any]]]:
     out: list[tuple[str, str, dict[str, Any]]] = []
     if not plan.gradient_checkpointing:
         out.append(("Enable gradient checkpointing",
@@ -84,7 +54,7 @@ def _candidates(spec: ModelSpec, plan: Plan, capacity: int) -> list[tuple[str, s
                     "for every expert in every forward", {"lora_target": ",".join(attention)}))
     if plan.method != "qlora" and not plan.optimizer_in_backward:  # a fused step cannot shard gradients
         for gpus in (2, 4, 8, 16):
-            if gpus > plan.gpus and estimate_memory(spec, plan.with_(gpus=gpus, zero=3)).total <= capacity:
+            if gpus > plan.gpus and estimate_memory(spec, plan.with_(gpus=gpus, zero=3), machine=machine).total <= capacity:
                 out.append((f"Shard with ZeRO-3 / FSDP over {gpus} GPUs",
                             "weights, gradients and optimizer state are divided across the GPUs",
                             {"gpus": gpus, "zero": 3}))
@@ -94,13 +64,13 @@ def _candidates(spec: ModelSpec, plan: Plan, capacity: int) -> list[tuple[str, s
                     "optimizer state and master weights live in host RAM; steps get slower",
                     {"offload_optimizer": True}))
     if plan.batch_size > 1:
-        best = max(1, max_batch_size(spec, plan, capacity, limit=plan.batch_size))
+        best = max(1, max_batch_size(spec, plan, capacity, limit=plan.batch_size, machine=machine))
         if best < plan.batch_size:
             accum = -(-plan.batch_size * plan.grad_accum // best)
             out.append((f"Micro-batch {best} with {accum} accumulation steps",
                         f"keeps the global batch ({plan.global_batch} -> {best * accum * plan.gpus})",
                         {"batch_size": best, "grad_accum": accum}))
-    longest = max_seq_len(spec, plan, capacity, limit=plan.seq_len)
+    longest = max_seq_len(spec, plan, capacity, limit=plan.seq_len, machine=machine)
     if 0 < longest < plan.seq_len:
         rounded = longest // 64 * 64 or longest
         out.append((f"Shorten sequences to {rounded} tokens",
@@ -109,30 +79,34 @@ def _candidates(spec: ModelSpec, plan: Plan, capacity: int) -> list[tuple[str, s
     return out
 
 
-def suggest(spec: ModelSpec, plan: Plan, capacity: int, current_total: int, limit: int = 8) -> list[Suggestion]:
+def suggest(spec: ModelSpec, plan: Plan, capacity: int, current_total: int, limit: int = 8,
+            machine: Machine | None = None, vocabulary: Vocabulary = "cli") -> list[Change]:
     """Single changes that lower the per-GPU total, largest saving first, plus a combination that fits
     when no single change does."""
-    found: list[Suggestion] = []
-    for title, why, changes in _candidates(spec, plan, capacity):
+    machine = machine or Machine()
+    found: list[Change] = []
+    for title, why, changes in _candidates(spec, plan, capacity, machine):
         try:
             new_plan = plan.with_(**changes)
-            total = estimate_memory(spec, new_plan).total
+            total = estimate_memory(spec, new_plan, machine=machine).total
         except FtplanError:
             continue
         if total < current_total:
-            found.append(Suggestion(title=title, why=why, changes=changes, flags=flags_for(changes),
-                                    new_total=total, saved=current_total - total, fits=total <= capacity))
+            found.append(Change(title=title, reason=why, changes=changes, how=how(changes, vocabulary),
+                                current={k: getattr(plan, k) for k in changes}, new_total=total,
+                                saved=current_total - total, fits=total <= capacity))
     found.sort(key=lambda s: s.saved, reverse=True)
     # Shorter sequences change what is trained on; when nothing else fits alone, stack the rest.
     keeps_data = [s for s in found if "seq_len" not in s.changes]
     if keeps_data and not any(s.fits for s in keeps_data):
-        combo = _combine(spec, plan, capacity, keeps_data)
+        combo = _combine(spec, plan, capacity, keeps_data, machine, vocabulary)
         if combo:
             found.insert(0, combo)
     return found[:limit]
 
 
-def _combine(spec: ModelSpec, plan: Plan, capacity: int, ranked: list[Suggestion]) -> Suggestion | None:
+def _combine(spec: ModelSpec, plan: Plan, capacity: int, ranked: list[Change], machine: Machine,
+             vocabulary: Vocabulary) -> Change | None:
     """Greedily stack the biggest savings until the plan fits."""
     changes: dict[str, Any] = {}
     titles: list[str] = []
@@ -142,16 +116,17 @@ def _combine(spec: ModelSpec, plan: Plan, capacity: int, ranked: list[Suggestion
             continue
         try:
             trial = current.with_(**suggestion.changes)
-            total = estimate_memory(spec, trial).total
+            total = estimate_memory(spec, trial, machine=machine).total
         except FtplanError:
             continue
-        if total < estimate_memory(spec, current).total:
+        if total < estimate_memory(spec, current, machine=machine).total:
             current, changes = trial, {**changes, **suggestion.changes}
             titles.append(suggestion.title.lower())
             if total <= capacity:
-                base = estimate_memory(spec, plan).total
-                return Suggestion(title="Combine: " + "; ".join(titles),
-                                  why=f"no single change fits; together they need {fmt_gib(total)}",
-                                  changes=changes, flags=flags_for(changes), new_total=total,
-                                  saved=base - total, fits=True)
+                base = estimate_memory(spec, plan, machine=machine).total
+                return Change(title="Combine: " + "; ".join(titles),
+                              reason=f"no single change fits; together they need {fmt_gib(total)}",
+                              changes=changes, how=how(changes, vocabulary),
+                              current={k: getattr(plan, k) for k in changes}, new_total=total, saved=base - total,
+                              fits=True)
     return None

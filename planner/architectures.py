@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from planner.errors import FtplanError
-from planner.spec import (
+from planner.modelspec import (
     MLP,
     Attention,
     Block,

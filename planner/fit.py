@@ -2,38 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel
 
 from planner.errors import FtplanError
-from planner.hardware import GpuSpec, find_gpu
 from planner.memory import estimate_memory
 from planner.plan import Plan
 from planner.spec import ModelSpec
-from planner.units import parse_bytes
-
-
-class GpuTarget(BaseModel):
-    """The memory a plan must fit in, per GPU, and where that number came from."""
-
-    name: str
-    capacity: int  # bytes a job can use on each GPU
-    source: Literal["catalog", "given", "measured"]
-    gpu: GpuSpec | None = None  # catalog entry, for speed and bf16 support
-    device_name: str | None = None  # the name NVML reports, for a measured GPU
-    note: str | None = None  # e.g. memory held by other processes
-
-    @classmethod
-    def of_catalog(cls, name: str) -> GpuTarget:
-        """A catalog GPU, matched leniently ('RTX 4090', 'rtx4090', '4090')."""
-        gpu = find_gpu(name)
-        return cls(name=gpu.name, capacity=gpu.memory_bytes, source="catalog", gpu=gpu)
-
-    @classmethod
-    def of_memory(cls, size: str, flag: str = "--gpu-memory") -> GpuTarget:
-        """A GPU known only by its usable memory ('24GiB', '80GB'); errors name `flag`."""
-        return cls(name=f"{size} GPU", capacity=parse_bytes(size, flag), source="given")
+from planner.target import GpuTarget, Machine
 
 
 class FitReport(BaseModel):
@@ -60,8 +35,8 @@ class FitReport(BaseModel):
         return f"{'≥ ' if self.max_batch_capped else ''}{self.max_batch:,}"
 
 
-def total_bytes(spec: ModelSpec, plan: Plan) -> int:
-    return estimate_memory(spec, plan).total
+def total_bytes(spec: ModelSpec, plan: Plan, machine: Machine | None = None) -> int:
+    return estimate_memory(spec, plan, machine=machine).total
 
 
 def _largest(fits, low: int, limit: int) -> int:
@@ -86,16 +61,18 @@ def _largest(fits, low: int, limit: int) -> int:
 BATCH_SEARCH_LIMIT = 1 << 16
 
 
-def max_batch_size(spec: ModelSpec, plan: Plan, capacity: int, limit: int = BATCH_SEARCH_LIMIT) -> int:
+def max_batch_size(spec: ModelSpec, plan: Plan, capacity: int, limit: int = BATCH_SEARCH_LIMIT,
+                   machine: Machine | None = None) -> int:
     """Largest micro-batch that fits (0 if even batch 1 does not)."""
-    return _largest(lambda b: total_bytes(spec, plan.with_(batch_size=b)) <= capacity, 1, limit)
+    return _largest(lambda b: total_bytes(spec, plan.with_(batch_size=b), machine) <= capacity, 1, limit)
 
 
-def max_seq_len(spec: ModelSpec, plan: Plan, capacity: int, limit: int | None = None) -> int:
+def max_seq_len(spec: ModelSpec, plan: Plan, capacity: int, limit: int | None = None,
+                machine: Machine | None = None) -> int:
     """Longest sequence (tokens) that fits at the plan's micro-batch (0 if 1 token does not), up to the
     model's context length: positions beyond it were never trained."""
     limit = limit or seq_search_limit(spec, plan)
-    return _largest(lambda s: total_bytes(spec, plan.with_(seq_len=s)) <= capacity, 1, limit)
+    return _largest(lambda s: total_bytes(spec, plan.with_(seq_len=s), machine) <= capacity, 1, limit)
 
 
 def seq_search_limit(spec: ModelSpec, plan: Plan) -> int:
@@ -105,10 +82,10 @@ def seq_search_limit(spec: ModelSpec, plan: Plan) -> int:
 def fit_report(spec: ModelSpec, plan: Plan, target: GpuTarget, required: int, *, search_batch: bool = False,
                search_seq: bool = False) -> FitReport:
     if target.capacity <= 0:
-        raise FtplanError(f"--gpu-memory: {target.name} leaves no usable memory")
+        raise FtplanError(f"{target.name} leaves no usable memory", field="gpu_memory")
     headroom = target.capacity - required
-    batch = max_batch_size(spec, plan, target.capacity) if search_batch else None
-    seq = max_seq_len(spec, plan, target.capacity) if search_seq else None
+    batch = max_batch_size(spec, plan, target.capacity, machine=target) if search_batch else None
+    seq = max_seq_len(spec, plan, target.capacity, machine=target) if search_seq else None
     return FitReport(
         gpu=target.name, source=target.source, capacity=target.capacity, required=required,
         fits=headroom >= 0, headroom=headroom, headroom_fraction=headroom / target.capacity,
@@ -116,3 +93,40 @@ def fit_report(spec: ModelSpec, plan: Plan, target: GpuTarget, required: int, *,
         max_seq_len_capped=seq is not None and seq == seq_search_limit(spec, plan),
         note=target.note,
     )
+
+
+class FitsCell(BaseModel):
+    method: str
+    need: int | None  # total per GPU at micro-batch 1; None: the method does not apply to this plan
+    max_batch: int = 0  # largest micro-batch that fits (0: not even 1)
+    capped: bool = False  # the search stopped at its limit: at least this much fits
+
+
+class FitsRow(BaseModel):
+    gpu: str
+    capacity: int
+    cells: list[FitsCell]
+
+
+def what_fits(spec: ModelSpec, plan: Plan, gpus, methods: tuple[str, ...], machine: Machine | None = None,
+              limit: int = 256) -> list[FitsRow]:
+    """Every GPU (catalog entries) against every method at the plan's other settings: the largest micro-batch
+    that fits, or what micro-batch 1 needs. QLoRA keeps the plan's bits; other methods train unquantised."""
+    per_method: list[tuple[str, Plan | None, int | None]] = []
+    for method in methods:
+        try:
+            trial = plan.with_(method=method, quant_bits=plan.quant_bits if method == "qlora" else None)
+            per_method.append((method, trial, total_bytes(spec, trial.with_(batch_size=1), machine)))
+        except FtplanError:
+            per_method.append((method, None, None))
+    rows = []
+    for gpu in gpus:
+        cells = []
+        for method, trial, need in per_method:
+            if trial is None or need is None or need > gpu.memory_bytes:
+                cells.append(FitsCell(method=method, need=need))
+                continue
+            best = max_batch_size(spec, trial, gpu.memory_bytes, limit=limit, machine=machine)
+            cells.append(FitsCell(method=method, need=need, max_batch=best, capped=best == limit))
+        rows.append(FitsRow(gpu=gpu.name, capacity=gpu.memory_bytes, cells=cells))
+    return rows

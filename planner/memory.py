@@ -11,8 +11,22 @@ A training step is three phases, and the components alive in each differ:
 * **optimizer step**: weights, gradients, optimizer state and the optimizer's
   temporaries.
 
-`total` is the largest phase plus the allocator's fragmentation and the CUDA
-context, i.e. what `nvidia-smi` shows at the peak.
+The equations, per GPU (each phase's parts are listed in `Phase.parts`):
+
+    forward   = W + M + O + G_accum + A + L + T_fwd
+    backward  = max(W + M + O + G_accum + A + L + T_bwd_start,  W + M + O + G + T_bwd_end)
+    optimizer = W + M + O + G + T_step
+    peak_allocated = max(forward, backward, optimizer)
+    overhead  = fragmentation x peak_allocated + CUDA context (on a GPU)
+    total     = peak_allocated + overhead
+
+with W weights (sharded by ZeRO-3), M fp32 master weights and O optimizer state (sharded by
+ZeRO-1+, zero when offloaded), G gradients (sharded by ZeRO-2+, plus DDP's buckets), G_accum
+the gradients alive during forward (only with accumulation, plus DDP's buckets), A saved
+activations (planner.activations), L the logits, T the phase's transients (the loss's fp32
+copies and gradients, the recomputed block, ZeRO-3's gathered layers, QLoRA's dequantized
+weight, the foreach optimizer's temporaries). `Breakdown.peak` holds the peak phase's parts,
+which add up to `peak_allocated`; `total` is what `nvidia-smi` shows at the peak.
 """
 
 from __future__ import annotations
@@ -33,6 +47,7 @@ from planner.methods import (
 from planner.params import ParamCounts, count_params
 from planner.plan import Plan
 from planner.spec import ModelSpec
+from planner.target import Machine
 
 COMPONENTS = ("weights", "master_weights", "optimizer", "gradients", "activations", "logits", "temporaries")
 PHASES = ("forward", "backward", "optimizer")
@@ -40,33 +55,45 @@ PHASES = ("forward", "backward", "optimizer")
 
 class Phase(BaseModel):
     name: str
-    parts: dict[str, int]
-    allocated: int
+    parts: dict[str, int]  # COMPONENTS -> bytes alive at this phase's largest point
+    allocated: int  # the sum of `parts`
     what: str  # which transient dominates this phase
 
 
-class Breakdown(BaseModel):
-    """Per-GPU bytes. Components are each at their largest; `total` is the peak phase."""
+class Details(BaseModel):
+    """Where the components' bytes come from (per GPU); for reports and `--json` readers."""
 
-    weights: int
-    gradients: int
-    optimizer: int
-    master_weights: int
-    activations: int
-    logits: int
-    temporaries: int
-    overhead: int
+    activations_saved_in_blocks: int
+    activations_outside_blocks: int
+    autocast_weight_copies: int
+    autocast_cache_forward: int
+    ddp_buckets: int
+    recompute_one_block: int
+    loss_forward_transient: int
+    loss_backward_transient: int
+    optimizer_temporaries: int
+    zero3_gather: int
+    qlora_dequant: int
+    fragmentation: int
+    cuda_context: int
+
+
+class Breakdown(BaseModel):
+    """Per-GPU bytes: `peak` (the parts at the peak phase) + `overhead` = `total`."""
+
     total: int
     peak_phase: str
     peak_allocated: int
+    peak: dict[str, int]  # COMPONENTS at the peak phase: they add up to `peak_allocated`
+    overhead: int  # fragmentation + CUDA context (`details`)
     phases: list[Phase]
+    largest: dict[str, int]  # each component at its largest over the phases: a view, not a sum
     cpu_offload: int = 0  # host RAM taken by an offloaded optimizer
-    details: dict[str, int] = {}
+    details: Details
 
     @property
-    def peak(self) -> Phase:
-        """The phase that sets `total`: its parts add up to `peak_allocated`."""
-        return next(p for p in self.phases if p.name == self.peak_phase)
+    def peak_what(self) -> str:
+        return next(p.what for p in self.phases if p.name == self.peak_phase)
 
 
 # ---------------------------------------------------------------- components
@@ -129,7 +156,7 @@ def master_weight_bytes(train: TrainingLayout, plan: Plan) -> int:
     return _ceil_div(4 * train.trainable_params, plan.gpus)
 
 
-def activation_bytes(spec: ModelSpec, plan: Plan, train: TrainingLayout) -> ActivationBytes:
+def activation_bytes(spec: ModelSpec, plan: Plan, train: TrainingLayout, device: str = "cuda") -> ActivationBytes:
     """Bytes autograd saves for backward in one micro-batch (see planner.activations).
 
     Replayed op by op rather than a closed formula; matches `saved_tensors_hooks` on real
@@ -141,7 +168,7 @@ def activation_bytes(spec: ModelSpec, plan: Plan, train: TrainingLayout) -> Acti
         kernel=plan.attention, autocast=plan.compute_dtype if plan.mixed else None,
         embeddings_trainable=train.embeddings_trainable, head_trainable=train.head_trainable,
         input_grad=plan.gradient_checkpointing, lora_rank=plan.lora_rank, lora_dropout=plan.lora_dropout,
-        adapter_dtype=adapter_dtype(plan), device=plan.device, fused_loss=plan.fused_loss,
+        adapter_dtype=adapter_dtype(plan), device=device, fused_loss=plan.fused_loss,
     )
 
 
@@ -161,10 +188,11 @@ def autocast_weight_copies(train: TrainingLayout, plan: Plan, counts: ParamCount
 
 
 def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = None,
-                    train: TrainingLayout | None = None) -> Breakdown:
+                    train: TrainingLayout | None = None, machine: Machine | None = None) -> Breakdown:
+    machine = machine or Machine()
     counts = counts or count_params(spec)
     train = train or layout(spec, counts, plan)
-    acts = activation_bytes(spec, plan, train)
+    acts = activation_bytes(spec, plan, train, machine.device)
     weights = weight_bytes(train, plan)
     grads = gradient_bytes(train, plan)
     opt_state = optimizer_state_bytes(train, plan, spec)
@@ -242,23 +270,21 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
               what="step: " + ("foreach temporaries" if optimizer_temp else "in-place update")),
     ]
     peak = max(phases, key=lambda p: p.allocated)
-    fragmentation = int(peak.allocated * plan.fragmentation)
-    context = plan.cuda_context if plan.device == "cuda" else 0
+    fragmentation = int(peak.allocated * machine.fragmentation)
+    context = machine.context_bytes
     overhead = fragmentation + context
     return Breakdown(
-        weights=weights, gradients=grads, optimizer=opt_state, master_weights=master,
-        activations=activations, logits=logits,
-        temporaries=max(p.parts["temporaries"] for p in phases),
-        overhead=overhead, total=peak.allocated + overhead, peak_phase=peak.name,
-        peak_allocated=peak.allocated, phases=phases, cpu_offload=cpu_offload,
-        details={
-            "activations_saved_in_blocks": block_acts, "activations_outside_blocks": acts.outside,
-            "autocast_weight_copies": block_copies + head_copy, "autocast_cache_forward": autocast_cache,
-            "ddp_buckets": buckets, "recompute_one_block": recompute,
-            "loss_forward_transient": loss_forward, "loss_backward_transient": loss_backward,
-            "optimizer_temporaries": optimizer_temp, "zero3_gather": zero3_gather, "qlora_dequant": dequant,
-            "fragmentation": fragmentation, "cuda_context": context,
-        },
+        total=peak.allocated + overhead, peak_phase=peak.name, peak_allocated=peak.allocated, peak=peak.parts,
+        overhead=overhead, phases=phases, largest={k: max(p.parts[k] for p in phases) for k in COMPONENTS},
+        cpu_offload=cpu_offload,
+        details=Details(
+            activations_saved_in_blocks=block_acts, activations_outside_blocks=acts.outside,
+            autocast_weight_copies=block_copies + head_copy, autocast_cache_forward=autocast_cache,
+            ddp_buckets=buckets, recompute_one_block=recompute,
+            loss_forward_transient=loss_forward, loss_backward_transient=loss_backward,
+            optimizer_temporaries=optimizer_temp, zero3_gather=zero3_gather, qlora_dequant=dequant,
+            fragmentation=fragmentation, cuda_context=context,
+        ),
     )
 
 

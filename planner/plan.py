@@ -1,7 +1,9 @@
 """`Plan`: the training settings an estimate is made for.
 
-Field names follow the CLI flags; LLaMA-Factory's keys map onto them in the
-preflight reader. Validation errors name the flag and the fix.
+Each field's names in every front end (CLI flag, config keys, form label) live in
+`planner.fields`; validation errors carry the field, and each front end words them.
+Facts about the machine (CUDA context, fragmentation, device) are not training
+settings: they live on `planner.target.Machine`.
 """
 
 from __future__ import annotations
@@ -10,8 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from planner.errors import FtplanError
-from planner.units import GIB
+from planner.errors import FtplanError, validation_error
 
 Method = Literal["full", "freeze", "lora", "qlora"]
 Precision = Literal["fp32", "bf16", "bf16-mixed", "fp16-mixed"]
@@ -22,13 +23,6 @@ METHODS: tuple[str, ...] = Method.__args__
 PRECISIONS: tuple[str, ...] = Precision.__args__
 OPTIMIZERS: tuple[str, ...] = Optimizer.__args__
 ATTENTION_KERNELS: tuple[str, ...] = AttentionKernel.__args__
-
-# Assumed when nothing is measured: PyTorch's CUDA context with lazy module loading
-# is 0.3-0.6 GiB on recent GPUs (cuBLAS/cuDNN handles included), and the caching
-# allocator reserves some memory beyond what is allocated (fragmentation).
-DEFAULT_CUDA_CONTEXT = GIB // 2
-DEFAULT_FRAGMENTATION = 0.08
-
 
 class Plan(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -52,10 +46,6 @@ class Plan(BaseModel):
     offload_optimizer: bool = False
     fused_loss: bool = False  # fused linear cross-entropy (Liger / Cut Cross-Entropy): no full logits
     optimizer_in_backward: bool = False  # torchtune's optimizer_in_bwd: step each parameter in its grad hook
-    cuda_context: int = DEFAULT_CUDA_CONTEXT
-    cuda_context_measured: bool = False
-    fragmentation: float = DEFAULT_FRAGMENTATION
-    device: Literal["cuda", "cpu"] = "cuda"
 
     @model_validator(mode="before")
     @classmethod
@@ -69,30 +59,22 @@ class Plan(BaseModel):
     def _check(self) -> Plan:
         if self.quant_bits and self.method in ("full", "freeze"):
             raise FtplanError(
-                f"--quant-bits {self.quant_bits} with --method {self.method}: quantized weights cannot be trained; "
-                "use --method qlora (LoRA adapters on the quantized base) or drop --quant-bits"
-            )
-        for flag, value in (("--batch-size", self.batch_size), ("--seq-len", self.seq_len),
-                            ("--grad-accum", self.grad_accum), ("--gpus", self.gpus),
-                            ("--lora-rank", self.lora_rank)):
-            if value < 1:
-                raise FtplanError(f"{flag}: must be at least 1, got {value}")
+                f"{self.quant_bits}-bit weights cannot be trained with {{method}} {self.method}; train LoRA "
+                "adapters on the quantized base (QLoRA) or drop {quant_bits}", field="quant_bits")
+        for field in ("batch_size", "seq_len", "grad_accum", "gpus", "lora_rank"):
+            if getattr(self, field) < 1:
+                raise FtplanError(f"must be at least 1, got {getattr(self, field)}", field=field)
         if self.freeze_trainable_layers == 0 and self.method == "freeze":
-            raise FtplanError("--freeze-trainable-layers: 0 trains nothing; use N > 0 (last N layers) or -N (first N)")
+            raise FtplanError("0 trains nothing; use N > 0 (last N layers) or -N (first N)",
+                              field="freeze_trainable_layers")
         if not 0.0 <= self.lora_dropout < 1.0:
-            raise FtplanError(f"--lora-dropout: must be in [0, 1), got {self.lora_dropout}")
-        if not 0.0 <= self.fragmentation < 1.0:
-            raise FtplanError(f"--fragmentation: must be in [0, 1), got {self.fragmentation}")
-        if self.cuda_context < 0:
-            raise FtplanError("--cuda-context: must not be negative")
-        if self.zero and self.gpus == 1:
-            # ZeRO over one GPU shards nothing; allowed (DeepSpeed runs it), but nothing is divided.
-            pass
+            raise FtplanError(f"must be in [0, 1), got {self.lora_dropout}", field="lora_dropout")
         if self.offload_optimizer and self.zero == 0:
-            raise FtplanError("--offload-optimizer: needs ZeRO (--zero 1, 2 or 3), as DeepSpeed requires")
+            raise FtplanError("needs ZeRO: set {zero} to 1, 2 or 3, as DeepSpeed requires",
+                              field="offload_optimizer")
         if self.optimizer_in_backward and (self.grad_accum > 1 or self.zero):
-            raise FtplanError("--optimizer-in-backward: steps each parameter as its gradient arrives, so it "
-                              "cannot accumulate gradients or shard them; use --grad-accum 1 and --zero 0")
+            raise FtplanError("steps each parameter as its gradient arrives, so it cannot accumulate gradients "
+                              "or shard them; set {grad_accum} to 1 and {zero} to 0", field="optimizer_in_backward")
         return self
 
     @property
@@ -119,17 +101,13 @@ class Plan(BaseModel):
 
     @classmethod
     def build(cls, **fields) -> Plan:
-        """Validate user input; errors come back as one FtplanError naming the flag."""
+        """Validate user input; errors come back as one FtplanError carrying the field."""
         try:
             return cls(**fields)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            cause = (first.get("ctx") or {}).get("error")
-            if isinstance(cause, FtplanError):
-                raise cause from None
-            where = ".".join(str(p) for p in first["loc"]) or "plan"
-            raise FtplanError(f"--{where.replace('_', '-')}: {first['msg']}") from None
+            raise validation_error(exc) from None
 
     def with_(self, **changes) -> Plan:
         """A validated copy (pydantic's model_copy skips validation)."""
         return Plan.build(**{**self.model_dump(), **changes})
+

@@ -1,4 +1,4 @@
-"""`ModelSpec`: the architecture facts the planner needs, read from a config.json.
+"""Where a `ModelSpec` comes from (the types are in `planner.modelspec`, re-exported here).
 
 A spec is built from a plain config dict (see `planner.architectures` for the
 per-family readers) and loaded from one of three sources, tried in this order:
@@ -16,129 +16,42 @@ import json
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from planner.architectures import read_config
 from planner.errors import EnvironmentMissing, FtplanError
+from planner.modelspec import (
+    MLP,
+    Attention,
+    Block,
+    BlockGroup,
+    FrozenModel,
+    Linear,
+    ModelSpec,
+    Norm,
+    NormKind,
+)
 
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Linear(_Frozen):
-    """One `nn.Linear`-like module inside a block (also GPT-2's `Conv1D`): what LoRA can target."""
-
-    path: str  # relative to the block, e.g. "self_attn.q_proj"
-    in_features: int
-    out_features: int
-    bias: bool = False
-    component: Literal["attention", "mlp", "shared_expert"] = "attention"
-
-    @property
-    def name(self) -> str:
-        return self.path.rsplit(".", 1)[-1]
-
-    @property
-    def params(self) -> int:
-        return self.in_features * self.out_features + (self.out_features if self.bias else 0)
-
-
-NormKind = Literal["rms", "rms_gemma", "rms_olmo", "layer"]
-
-
-class Norm(_Frozen):
-    """How a block normalises: the kind decides which fp32 copies autograd keeps."""
-
-    kind: NormKind = "rms"
-    bias: bool = False  # LayerNorm with a bias vector
-
-
-class Attention(_Frozen):
-    kind: Literal["standard", "fused_qkv", "mla"] = "standard"
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int  # query/key head size (MLA: nope + rope)
-    v_head_dim: int
-    rope_dim: int  # rotary dims per head; 0 for learned absolute positions
-    qk_norm: Literal["none", "per_head", "full"] = "none"
-    logit_softcap: float | None = None
-    sliding_window: int | None = None
-    explicit_mask: bool = False  # the model always hands sdpa a mask tensor (no is_causal fast path)
-    softmax_fp32: bool = True  # eager softmax up-casts to fp32 (Falcon and GPT-2 stay in the compute dtype)
-    dropout: float = 0.0
-    q_lora_rank: int | None = None  # MLA only
-    kv_lora_rank: int | None = None  # MLA only
-
-
-class MLP(_Frozen):
-    kind: Literal["gated", "plain", "moe"] = "gated"
-    activation: Literal["silu", "gelu", "gelu_tanh", "gelu_new", "relu"] = "silu"
-    intermediate_size: int  # dense MLP width, or each routed expert's width for MoE
-    num_experts: int = 0
-    top_k: int = 0
-    router: Literal["softmax", "sigmoid"] = "softmax"
-    shared_intermediate_size: int = 0
-    shared_expert_gate: bool = False
-
-
-class Block(_Frozen):
-    """One decoder block; identical consecutive blocks share one `BlockGroup`."""
-
-    layout: Literal["pre", "sandwich", "post", "parallel"] = "pre"
-    norm: Norm = Norm()
-    num_norms: int = 2  # LayerNorm/RMSNorm modules of hidden size in the block
-    attention: Attention
-    mlp: MLP
-    linears: tuple[Linear, ...]
-    # Parameters that are not in `linears`, by component (router, experts, norms, qk_norm).
-    other_params: dict[str, int] = Field(default_factory=dict)
-    residual_dropout: float = 0.0
-
-    @property
-    def params(self) -> int:
-        return sum(lin.params for lin in self.linears) + sum(self.other_params.values())
-
-
-class BlockGroup(_Frozen):
-    start: int  # index of the first block in the group
-    count: int
-    block: Block
-
-
-class ModelSpec(_Frozen):
-    name: str
-    source: str  # where the config came from: a path, "preset:NAME" or "hub:ID"
-    model_type: str
-    architecture: str
-    vocab_size: int
-    hidden_size: int
-    num_layers: int
-    max_position_embeddings: int | None = None
-    learned_positions: int = 0  # GPT-2's wpe rows
-    tie_word_embeddings: bool = False
-    final_norm: Norm = Norm()
-    final_logit_softcap: float | None = None
-    embedding_dropout: float = 0.0
-    blocks: tuple[BlockGroup, ...]
-    stands_for: str | None = None  # for a size alias: the real model it stands for
-    warnings: tuple[str, ...] = ()
-    checkpoint_dtype: str | None = None
-
-    def iter_blocks(self):
-        """Yield (layer index, Block) for every decoder layer, in order."""
-        for group in self.blocks:
-            for i in range(group.count):
-                yield group.start + i, group.block
-
-    @property
-    def first_block(self) -> Block:
-        return self.blocks[0].block
-
-    @property
-    def is_moe(self) -> bool:
-        return any(g.block.mlp.kind == "moe" for g in self.blocks)
+__all__ = [
+    "MLP",
+    "Attention",
+    "Block",
+    "BlockGroup",
+    "Linear",
+    "ModelSource",
+    "ModelSpec",
+    "Norm",
+    "NormKind",
+    "Preset",
+    "PresetIndex",
+    "load_preset",
+    "load_spec",
+    "preset_index",
+    "resolve_model",
+    "resolve_preset",
+    "spec_from_config",
+    "spec_of",
+]
 
 
 # ---------------------------------------------------------------- loading
@@ -146,8 +59,6 @@ class ModelSpec(_Frozen):
 
 def spec_from_config(config: dict, source: str = "<config>", name: str | None = None) -> ModelSpec:
     """Build a spec from a config.json dict; `source` names it in error messages."""
-    from planner.architectures import read_config
-
     if not isinstance(config, dict):
         raise FtplanError(f"{source}: expected a JSON object (a config.json), got {type(config).__name__}")
     return read_config(config, source=source, name=name)
@@ -169,7 +80,7 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-class Preset(_Frozen):
+class Preset(FrozenModel):
     name: str
     hub_id: str | None = None
     published_params: int | None = None
@@ -177,7 +88,7 @@ class Preset(_Frozen):
     file: str
 
 
-class PresetIndex(_Frozen):
+class PresetIndex(FrozenModel):
     presets: dict[str, Preset]
     aliases: dict[str, str]
 

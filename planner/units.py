@@ -24,22 +24,23 @@ _UNITS = {
 _PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
 
 
-def parse_bytes(text: str | int | float, what: str = "size") -> int:
+def parse_bytes(text: str | int | float, field: str | None = None) -> int:
     """Parse '24GiB', '24 GB', '80G', '512MiB' or a bare number of GiB into bytes.
 
-    'GB' is decimal (10**9) as vendors print it; 'G' and 'GiB' are binary.
+    'GB' is decimal (10**9) as vendors print it; 'G' and 'GiB' are binary. Errors carry `field`,
+    the setting the text was given for.
     """
     if isinstance(text, (int, float)):
         value, unit = float(text), ""
     else:
         match = _PATTERN.match(text)
         if not match:
-            raise FtplanError(f"{what}: cannot read {text!r} as a size; write e.g. 24GiB, 80GB or 512MiB")
+            raise FtplanError(f"cannot read {text!r} as a size; write e.g. 24GiB, 80GB or 512MiB", field=field)
         value, unit = float(match.group(1)), match.group(2).lower()
         if unit not in _UNITS:
-            raise FtplanError(f"{what}: unknown unit {match.group(2)!r} in {text!r}; use B, MiB, GiB, GB or TiB")
+            raise FtplanError(f"unknown unit {match.group(2)!r} in {text!r}; use B, MiB, GiB, GB or TiB", field=field)
     if value <= 0:
-        raise FtplanError(f"{what}: {text!r} must be positive")
+        raise FtplanError(f"{text!r} must be positive", field=field)
     return int(value * _UNITS[unit])
 
 

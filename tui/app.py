@@ -148,7 +148,7 @@ class FtplanApp(App):
     def export_yaml(self, path: str | None) -> Path | None:
         if not path or self.state is None:
             return None
-        from planner.frameworks import deepspeed_json, llamafactory_yaml
+        from planner.configs import deepspeed_json, llamafactory_yaml
 
         try:
             target = free_path(path)
@@ -197,25 +197,21 @@ class FtplanApp(App):
 
 
 def estimate_command(state: PlanState) -> str:
-    p = state.plan
-    parts = [f"ftplan estimate --model {state.model}", f"--method {p.method}", f"--precision {p.precision}",
-             f"--optimizer {p.optimizer}", f"--batch-size {p.batch_size}", f"--seq-len {p.seq_len}",
-             f"--grad-accum {p.grad_accum}", f"--attention {p.attention}"]
-    if p.gradient_checkpointing:
-        parts.append("--gradient-checkpointing")
-    if p.method in ("lora", "qlora"):
-        parts += [f"--lora-rank {p.lora_rank}", f"--lora-target {p.lora_target}"]
-    if p.method == "qlora" and p.quant_bits:
-        parts.append(f"--quant-bits {p.quant_bits}")
-    if p.gpus > 1 or p.zero:
-        parts += [f"--gpus {p.gpus}", f"--zero {p.zero}"]
-    if p.offload_optimizer:
-        parts.append("--offload-optimizer")
-    if p.fused_loss:
-        parts.append("--fused-loss")
-    if state.target is not None:
-        parts.append(f"--gpu-memory {gib(state.target.capacity):.2f}GiB" if state.target.source == "given"
-                     else f"--gpu '{state.target.gpu.name}'" if state.target.gpu else "--gpu auto")
+    """The `ftplan estimate` command line that plans the same run (generated from the field table)."""
+    import shlex
+
+    from planner.fields import cli_value, plan_flags
+    from planner.target import GpuTarget
+
+    parts = [f"ftplan estimate --model {shlex.quote(state.model)}", *plan_flags(state.plan)]
+    target = state.target
+    if isinstance(target, GpuTarget):
+        if target.source == "given":
+            parts.append(cli_value("gpu_memory", f"{gib(target.capacity):.2f}GiB"))
+        else:
+            parts.append(cli_value("gpu", target.gpu.name if target.source == "catalog" and target.gpu else "auto"))
+    if target.cuda_context_source == "given":
+        parts.append(cli_value("cuda_context", f"{target.cuda_context}B"))
     return " ".join(parts)
 
 

@@ -14,11 +14,13 @@ from enum import IntEnum
 from tui.flags import (
     add_diagnose_flags,
     add_system_flags,
+    add_target_flags,
     add_training_flags,
     plan_from,
     positive_float,
     positive_int,
     share,
+    target_from,
 )
 
 EXIT_CODES_HELP = """exit codes:
@@ -43,49 +45,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(ExitCode.BAD_INPUT, f"ftplan: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _gpu_target(args: argparse.Namespace, plan):
-    from planner.errors import FtplanError
-    from planner.fit import GpuTarget
-
-    if args.gpu and args.gpu_memory:
-        raise FtplanError("--gpu and --gpu-memory: give one of them")
-    if args.gpu_memory:
-        return GpuTarget.of_memory(args.gpu_memory)
-    if not args.gpu:
-        return None
-    if args.gpu.lower() == "auto":
-        from diagnostics.gpus import measured_target
-        from diagnostics.nvml import probe
-
-        return measured_target(probe(), plan.gpus)
-    return GpuTarget.of_catalog(args.gpu)
-
-
-def _calibrated(plan, target, args: argparse.Namespace):
-    """Use this machine's measured CUDA context (`ftplan gpus --calibrate`) unless --cuda-context is given."""
-    if target is None or args.cuda_context is not None:
-        return plan
-    from diagnostics.calibrate import calibration_for
-
-    cal = calibration_for(target.device_name, target.gpu.name if target.gpu else None)
-    if cal is None:
-        return plan
-    return plan.with_(cuda_context=cal.cuda_context, cuda_context_measured=True)
-
-
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from planner.estimate import estimate
+    from planner.service import plan_run
     from planner.spec import load_spec
+    from planner.target import GpuTarget
 
     plan = plan_from(args)
-    target = _gpu_target(args, plan)
-    plan = _calibrated(plan, target, args)
-    if (args.max_batch or args.max_seq_len) and target is None:
+    target = target_from(args)
+    if (args.max_batch or args.max_seq_len) and not isinstance(target, GpuTarget):
         from planner.errors import FtplanError
 
-        raise FtplanError("--max-batch/--max-seq-len: need a GPU to fit against; add --gpu NAME or --gpu-memory")
+        raise FtplanError("--max-batch/--max-seq-len: need a GPU to fit against; add {gpu} NAME or {gpu_memory}")
     spec = load_spec(args.model)
-    result = estimate(spec, plan, target, search_batch=args.max_batch, search_seq=args.max_seq_len,
+    result = plan_run(spec, plan, target, search_batch=args.max_batch, search_seq=args.max_seq_len,
                       mfu=args.mfu, samples=args.samples, epochs=args.epochs)
     if args.json:
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")
@@ -95,6 +67,35 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         print_estimate(result)
     if result.fit is not None and not result.fit.fits:
         return ExitCode.CHECK_FAILED
+    return ExitCode.OK
+
+
+def cmd_fits(args: argparse.Namespace) -> int:
+    from planner.fit import what_fits
+    from planner.hardware import catalog, find_gpu
+    from planner.plan import METHODS
+    from planner.spec import load_spec
+
+    plan = plan_from(args)
+    machine = target_from(args)
+    spec = load_spec(args.model)
+    gpus = [find_gpu(name) for name in args.gpu_names] if args.gpu_names else list(catalog())
+    methods = tuple(args.methods.split(",")) if args.methods else METHODS
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        from planner.errors import FtplanError
+
+        raise FtplanError(f"--methods: unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+    rows = what_fits(spec, plan, gpus, methods, machine=machine, limit=args.limit)
+    if args.json:
+        import json
+
+        sys.stdout.write(json.dumps({"model": spec.name, "plan": plan.model_dump(),
+                                     "rows": [r.model_dump() for r in rows]}, indent=2) + "\n")
+    else:
+        from tui.report import print_fits
+
+        print_fits(spec.name, plan, rows, methods)
     return ExitCode.OK
 
 
@@ -246,9 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         EXIT_CODES_HELP + "\nexample:\n  ftplan estimate --model 7b --method qlora --gpu 4090 --max-batch\n")
     add_training_flags(est)
     add_system_flags(est)
-    est.add_argument("--gpu", help="GPU to fit: a catalog name, leniently matched ('RTX 4090', '4090', 'H100'), "
-                                   "or auto for the measured free memory of this machine's visible GPU(s)")
-    est.add_argument("--gpu-memory", help="usable memory per GPU instead of --gpu, e.g. 24GiB or 80GB")
+    add_target_flags(est)
     est.add_argument("--max-batch", action="store_true", help="find the largest micro-batch that fits")
     est.add_argument("--max-seq-len", action="store_true", help="find the longest sequence that fits")
     est.add_argument("--mfu", type=share("--mfu"), default=None,
@@ -259,6 +258,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="epochs, with --samples (default: 1)")
     est.add_argument("--json", action="store_true", help="print the result as JSON (the pydantic dump)")
     est.set_defaults(func=cmd_estimate)
+    fits = _command(
+        sub, "fits", "which GPUs fit the plan, for every method, and the largest micro-batch on each",
+        "The What-fits table of the TUI: every catalog GPU (or those named with --gpu) against every method at "
+        "the plan's other settings (precision, optimizer, sequence, checkpointing, GPUs, ZeRO): the largest "
+        "micro-batch that fits, or what micro-batch 1 needs.",
+        EXIT_CODES_HELP.replace("(for estimate --gpu: the plan fits)", "") + "\nexample:\n  ftplan fits --model 8b "
+        "--seq-len 4096 --gradient-checkpointing\n")
+    add_training_flags(fits)
+    add_system_flags(fits)
+    fits.add_argument("--gpu", action="append", dest="gpu_names", help="a catalog GPU to include (repeatable; default: the whole "
+                                                      "catalog, `ftplan gpus --catalog`)")
+    fits.add_argument("--methods", help="comma-separated methods to compare (default: all)")
+    fits.add_argument("--limit", type=positive_int("--limit"), default=256,
+                      help="largest micro-batch searched (default: 256)")
+    fits.add_argument("--json", action="store_true", help="print the table as JSON")
+    fits.set_defaults(func=cmd_fits)
     diag = _command(
         sub, "diagnose", "a short instrumented training run: unstable gradients and what to change",
         "Runs a few dozen real training steps of the model on your data (or ftplan's sample), records every "
@@ -324,6 +339,7 @@ example:
 
 def main(argv: list[str] | None = None) -> int:
     from planner.errors import EnvironmentMissing, FtplanError
+    from planner.fields import worded
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -335,10 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except EnvironmentMissing as exc:
-        sys.stderr.write(f"ftplan: {exc}\n")
+        sys.stderr.write(f"ftplan: {worded(exc, 'cli')}\n")
         return ExitCode.ENVIRONMENT
     except FtplanError as exc:
-        sys.stderr.write(f"ftplan: {exc}\n")
+        sys.stderr.write(f"ftplan: {worded(exc, 'cli')}\n")
         return ExitCode.BAD_INPUT
     except KeyboardInterrupt:
         sys.stderr.write("ftplan: interrupted\n")

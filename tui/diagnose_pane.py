@@ -16,6 +16,9 @@ from textual.validation import Integer, Number
 from textual.widgets import Button, Input, Label, ProgressBar, Static
 
 from diagnostics.report import DiagnoseSettings, DiagnosticReport, StepRecord
+from planner.errors import FtplanError
+from planner.fields import worded
+from tui.diagnose_view import change_settings, finding_line
 from tui.plan_pane import PlanState
 from tui.plot_widgets import LossPlot
 from tui.plots import norm_heatmap
@@ -84,7 +87,8 @@ class DiagnosePane(Vertical):
         try:
             settings = self.settings()
         except ValueError as exc:
-            self.query_one("#diag-status", Static).update(f"[b red]{exc}[/]")
+            message = worded(exc, "tui") if isinstance(exc, FtplanError) else str(exc)
+            self.query_one("#diag-status", Static).update(f"[b red]{message}[/]")
             return
         self.records, self.report, self._cancel = [], None, False
         self._started = time.monotonic()
@@ -133,7 +137,7 @@ class DiagnosePane(Vertical):
         self.query_one("#diag-status", Static).update(
             f"[b]{report.status}[/] after {len(report.records)} step(s)" + (f": {report.message}" if report.message
                                                                            else ""))
-        lines = [f"[{_STYLE[f.severity]}]{f.severity}[/] {f.title}: {f.evidence}" for f in report.findings]
-        lines += [f"advice: {a.key} {a.current} → {a.value} — {a.reason}" for a in report.advice]
+        lines = [f"[{_STYLE[f.severity]}]{f.severity}[/] {finding_line(f)}" for f in report.findings]
+        lines += [f"advice: {a.title} ({change_settings(a, 'tui')}) — {a.reason}" for a in report.advice]
         self.query_one("#diag-findings", Static).update(
             "\n".join(lines) or "no findings: the gradients, loss and updates look healthy")

@@ -6,6 +6,8 @@ from rich.console import Console
 from rich.table import Table
 
 from diagnostics.report import DiagnosticReport, StepRecord
+from planner.fields import Vocabulary, name_in
+from planner.findings import Change, Finding
 from planner.units import fmt_gib
 from tui.plots import loss_plot, norm_heatmap
 
@@ -16,6 +18,16 @@ def step_line(record: StepRecord, total: int) -> str:
     clip = " clipped" if record.clipped else ""
     return (f"step {record.step:>3}/{total}  loss {record.loss:8.4f}  grad norm {record.grad_norm:9.4g}{clip}  "
             f"lr {record.lr:.2e}  {record.tokens_per_s:,.0f} tok/s")
+
+
+def finding_line(f: Finding) -> str:
+    """A finding as one line: its message, and its evidence when it has some."""
+    return f.message + (f": {f.evidence}" if f.evidence else "")
+
+
+def change_settings(change: Change, vocabulary: Vocabulary) -> str:
+    """What a change sets, in a front end's names: `--max-grad-norm 1.0 → 0.5`."""
+    return ", ".join(f"{name_in(k, vocabulary)} {change.current.get(k)} → {v}" for k, v in change.changes.items())
 
 
 def print_report(report: DiagnosticReport, console: Console | None = None, plots: bool = True) -> None:
@@ -39,16 +51,18 @@ def print_report(report: DiagnosticReport, console: Console | None = None, plots
     if report.findings:
         console.print("\nfindings:")
         for f in report.findings:
-            console.print(f"  [{_STYLE[f.severity]}]{f.severity}[/{_STYLE[f.severity]}] {f.title}: {f.evidence}")
-            console.print(f"      fix: {f.fix}", style="dim")
+            console.print(f"  [{_STYLE[f.severity]}]{f.severity}[/{_STYLE[f.severity]}] {finding_line(f)}")
+            if f.fix:
+                console.print(f"      fix: {f.fix}", style="dim")
     else:
         console.print("\nfindings: none; the gradients, loss and updates look healthy")
     if report.advice:
-        table = Table(title="suggested settings (LLaMA-Factory keys)", title_justify="left", show_edge=False)
-        for col in ("key", "now", "suggest", "why"):
+        table = Table(title="suggested settings (ftplan flags)", title_justify="left", show_edge=False)
+        for col in ("flag", "now", "suggest", "why"):
             table.add_column(col, overflow="fold")
         for a in report.advice:
-            table.add_row(a.key, str(a.current), str(a.value), a.reason)
+            for k, v in a.changes.items():
+                table.add_row(name_in(k, "cli"), str(a.current.get(k)), str(v), a.reason)
         console.print(table)
     if report.noise_scale is not None:
         console.print(f"gradient noise scale ≈ {report.noise_scale:.1f} sequences (McCandlish et al. 2018; "

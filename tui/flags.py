@@ -28,75 +28,91 @@ def fraction(flag: str):
     return _number(flag, float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
+def _flag_type(name: str, annotation):
+    """The argparse type and choices of a model field, from its annotation."""
+    import typing
+
+    from planner.fields import choices, setting
+
+    values = choices(name)
+    if values:
+        return type(values[0]), values
+    # the range is the model's to check (one rule, one message); here only the type
+    base = next((a for a in typing.get_args(annotation) if a is not type(None)), annotation)
+    flag = setting(name).flag
+    if base is int:
+        return _number(flag, int, lambda v: True, "a whole number"), None
+    if base is float:
+        return _number(flag, float, lambda v: True, "a number"), None
+    return str, None
+
+
+def _add_plan_flags(p: argparse.ArgumentParser, group: str, defaults: dict) -> None:
+    """Every Plan field of `group` in the field table, as a flag with the table's help."""
+    from planner import fields
+    from planner import plan as plan_module
+
+    model = plan_module.Plan
+    for s in fields.FIELDS:
+        if s.owner != "plan" or s.group != group or s.name not in model.model_fields:
+            continue
+        info = model.model_fields[s.name]
+        default = defaults.get(s.name, info.default)
+        names = [s.flag, *([s.short] if s.short else [])]
+        shown = "" if default is None else f" (default: {'on' if default is True else 'off' if default is False else default})"
+        if info.annotation is bool:
+            p.add_argument(*names, dest=s.name, action=argparse.BooleanOptionalAction, default=default,
+                           help=s.help + shown)
+            continue
+        kind, choices = _flag_type(s.name, info.annotation)
+        p.add_argument(*names, dest=s.name, type=kind, choices=choices, default=default, help=s.help + shown)
+
+
 def add_training_flags(p: argparse.ArgumentParser, batch: int = 1, seq: int = 1024, accum: int = 1) -> None:
     """The model and how it trains: shared by `estimate` and `diagnose` (which train differently by default)."""
-    from planner.plan import ATTENTION_KERNELS, METHODS, OPTIMIZERS, PRECISIONS
-
     p.add_argument("--model", "-m", required=True,
                    help="preset or size alias (`ftplan models`), hub id (owner/name), or a local dir/config.json")
-    p.add_argument("--method", choices=METHODS, default="full", help="fine-tuning method (default: full)")
-    p.add_argument("--precision", choices=PRECISIONS, default="bf16-mixed",
-                   help="bf16 = pure bf16 weights; *-mixed = fp32 weights + autocast (default: bf16-mixed)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="(default: adamw, torch foreach)")
-    p.add_argument("--batch-size", "-b", type=positive_int("--batch-size"), default=batch,
-                   help=f"micro-batch per GPU (default: {batch})")
-    p.add_argument("--seq-len", "-s", type=positive_int("--seq-len"), default=seq,
-                   help=f"tokens per sequence, i.e. cutoff_len (default: {seq})")
-    p.add_argument("--grad-accum", type=positive_int("--grad-accum"), default=accum,
-                   help=f"gradient accumulation steps (default: {accum})")
-    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False,
-                   help="recompute activations in backward (default: off)")
-    p.add_argument("--attention", choices=ATTENTION_KERNELS, default="sdpa", help="attention kernel (default: sdpa)")
-    p.add_argument("--lora-rank", type=positive_int("--lora-rank"), default=8, help="LoRA rank (default: 8)")
-    p.add_argument("--lora-target", default="all",
-                   help="all, attention, or comma-separated module names as LLaMA-Factory's lora_target")
-    p.add_argument("--lora-dropout", type=fraction("--lora-dropout"), default=0.0)
-    p.add_argument("--freeze-trainable-layers", type=int, default=2,
-                   help="freeze method: train the last N layers (negative: the first N) (default: 2)")
-    p.add_argument("--quant-bits", type=int, choices=(4, 8), default=None,
-                   help="quantize the frozen base to 4 or 8 bits (QLoRA; --method qlora defaults to 4)")
-    p.add_argument("--no-double-quant", dest="double_quant", action="store_false",
-                   help="QLoRA without double quantization of the constants")
+    _add_plan_flags(p, "training", {"batch_size": batch, "seq_len": seq, "grad_accum": accum})
+
 
 def add_system_flags(p: argparse.ArgumentParser) -> None:
-    """Sharding, offload and overhead: what only the planner models."""
-    p.add_argument("--gpus", type=positive_int("--gpus"), default=1, help="data-parallel GPUs (default: 1)")
-    p.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=0,
-                   help="ZeRO stage / FSDP sharding: 1 optimizer, 2 +gradients, 3 +weights (FSDP full_shard)")
-    p.add_argument("--offload-optimizer", action="store_true", help="ZeRO-Offload the optimizer to CPU")
-    p.add_argument("--fused-loss", action="store_true",
-                   help="fused linear cross-entropy (LLaMA-Factory enable_liger_kernel, Cut Cross-Entropy): "
-                        "logits are never materialised (Liger's other kernels are not modelled)")
-    p.add_argument("--optimizer-in-backward", action="store_true",
-                   help="step each parameter inside backward (torchtune's optimizer_in_bwd): no full gradient set")
-    p.add_argument("--cuda-context", default=None,
-                   help="CUDA context + library workspace per GPU, e.g. 600MiB (default: 0.5GiB, assumed)")
-    p.add_argument("--fragmentation", type=fraction("--fragmentation"), default=None,
-                   help="allocator fragmentation as a fraction of the peak (default: 0.08)")
+    """Sharding, offload, overhead and the GPU: what only the planner models."""
+    from planner.fields import setting
 
+    _add_plan_flags(p, "system", {"gpus": None})
+    p.add_argument("--cuda-context", default=None, help=setting("cuda_context").help)
+    p.add_argument("--fragmentation", type=fraction("--fragmentation"), default=None,
+                   help=setting("fragmentation").help)
+
+
+def add_target_flags(p: argparse.ArgumentParser) -> None:
+    from planner.fields import setting
+
+    p.add_argument("--gpu", help=setting("gpu").help)
+    p.add_argument("--gpu-memory", help=setting("gpu_memory").help)
 
 
 def plan_from(args: argparse.Namespace):
-    from planner.plan import Plan
+    """The Plan the flags describe (fields the command has no flag for keep their defaults)."""
+    from planner import fields
+    from planner import plan as plan_module
+
+    values = {s.name: getattr(args, s.name) for s in fields.FIELDS
+              if s.owner == "plan" and getattr(args, s.name, None) is not None}
+    return plan_module.Plan.build(**values)
+
+
+def target_from(args: argparse.Namespace):
+    """The machine the flags describe, resolved once (`planner.target.resolve_target`)."""
+    from planner.target import resolve_target
     from planner.units import parse_bytes
 
-    extra = {}
-    if getattr(args, "cuda_context", None) is not None:
-        extra["cuda_context"] = parse_bytes(args.cuda_context, "--cuda-context") if args.cuda_context not in (
-            "0", "0B") else 0
-    if getattr(args, "fragmentation", None) is not None:
-        extra["fragmentation"] = args.fragmentation
-    return Plan.build(
-        method=args.method, precision=args.precision, optimizer=args.optimizer, batch_size=args.batch_size,
-        seq_len=args.seq_len, grad_accum=args.grad_accum, gradient_checkpointing=args.gradient_checkpointing,
-        attention=args.attention, lora_rank=args.lora_rank, lora_target=args.lora_target,
-        lora_dropout=args.lora_dropout, freeze_trainable_layers=args.freeze_trainable_layers,
-        quant_bits=args.quant_bits, double_quant=args.double_quant, **extra,
-        **{k: getattr(args, k) for k in ("gpus", "zero", "offload_optimizer", "optimizer_in_backward", "fused_loss")
-           if hasattr(args, k)},
-    )
-
-
+    context = getattr(args, "cuda_context", None)
+    if context is not None:
+        context = 0 if context.strip() in ("0", "0B") else parse_bytes(context, "cuda_context")
+    return resolve_target(getattr(args, "gpu", None), getattr(args, "gpu_memory", None),
+                          gpus=getattr(args, "gpus", None), cuda_context=context,
+                          fragmentation=getattr(args, "fragmentation", None))
 
 
 def positive_float(flag: str):

@@ -16,31 +16,27 @@ from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.suggester import SuggestFromList
 from textual.timer import Timer
-from textual.validation import Integer, Number
+from textual.validation import Integer
 from textual.widgets import DataTable, Input, Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
+from planner import fields
+from planner import plan as plan_module
 from planner.errors import FtplanError
-from planner.estimate import Estimate, estimate
-from planner.fit import GpuTarget
+from planner.fields import Setting, worded
 from planner.hardware import catalog
-from planner.memory import COMPONENTS
-from planner.plan import ATTENTION_KERNELS, METHODS, OPTIMIZERS, PRECISIONS, Plan
+from planner.plan import Plan
+from planner.result import Estimate
+from planner.service import plan_run
 from planner.spec import ModelSpec, load_spec, preset_index
-from planner.units import GIB, fmt_gib
+from planner.target import Machine, resolve_target
+from planner.units import fmt_gib
+from tui.views import breakdown_rows
 from tui.widgets import LABELS, MemoryBar, SpecSummary
 
-INT_FIELDS = {"batch_size": "micro-batch", "grad_accum": "accumulation", "seq_len": "sequence", "lora_rank": "LoRA r",
-              "gpus": "GPUs"}
-SELECTS = {"method": METHODS, "precision": PRECISIONS, "optimizer": OPTIMIZERS, "attention": ATTENTION_KERNELS,
-           "quant_bits": (4, 8), "zero": (0, 1, 2, 3)}
-# Plan validation errors name CLI flags; this puts them on the right field.
-FLAG_FIELDS = {"--batch-size": "batch_size", "--grad-accum": "grad_accum", "--seq-len": "seq_len",
-               "--lora-rank": "lora_rank", "--lora-target": "lora_target", "--gpus": "gpus", "--zero": "zero",
-               "--quant-bits": "quant_bits", "--method": "method", "--offload-optimizer": "zero",
-               "--freeze-trainable-layers": "method"}
-SWITCHES = {"gradient_checkpointing": "checkpointing", "fused_loss": "fused loss", "offload_optimizer": "offload optim."}
 AUTO = "auto (measured)"
+# an error about a setting the form does not show is marked on the one that decides it
+SHOWN_ON = {"offload_optimizer": "zero", "freeze_trainable_layers": "method", "optimizer_in_backward": "grad_accum"}
 MODEL_DEBOUNCE_S = 0.4
 
 
@@ -49,7 +45,7 @@ class PlanState:
     model: str  # as typed: a preset, hub id or path (what diagnose and export need)
     spec: ModelSpec
     plan: Plan
-    target: GpuTarget | None
+    target: Machine
     result: Estimate
 
 
@@ -59,13 +55,9 @@ class PlanChanged(Message):
         self.state = state
 
 
-def gpu_target(name: str) -> GpuTarget | None:
-    if name == AUTO:
-        from diagnostics.gpus import measured_target
-        from diagnostics.nvml import probe
-
-        return measured_target(probe())
-    return GpuTarget.of_catalog(name)
+def form_settings() -> list[Setting]:
+    """The settings the form edits, in the field table's order."""
+    return [s for s in fields.FIELDS if s.widget is not None and s.owner in ("plan", "target")]
 
 
 class PlanPane(Horizontal):
@@ -82,7 +74,7 @@ class PlanPane(Horizontal):
         self._model_timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
-        plan = Plan(method=self.DEFAULTS["method"])
+        plan = plan_module.Plan(method=self.DEFAULTS["method"])
         presets = sorted(preset_index().presets) + sorted(preset_index().aliases)
         yield Static("loading the model…", id="summary")  # docked on top: the answer stays in view
         with VerticalScroll(id="form"):
@@ -90,37 +82,38 @@ class PlanPane(Horizontal):
             yield Input(self.DEFAULTS["model"], id="model", suggester=SuggestFromList(presets, case_sensitive=False))
             yield SpecSummary(id="spec")
             with Grid(id="fields"):
-                for field in ("method", "precision", "optimizer", "attention"):
-                    yield Label(field, classes="field-label")
-                    yield Select([(str(v), v) for v in SELECTS[field]], value=getattr(plan, field),
-                                 allow_blank=False, id=field, compact=True)
-                for field, label in INT_FIELDS.items():
-                    yield Label(label, classes="field-label")
-                    yield Input(str(getattr(plan, field)), id=field, compact=True, type="integer",
-                                validators=[Integer(minimum=1, failure_description=f"{label} must be at least 1")])
-                yield Label("LoRA targets", classes="field-label")
-                yield Input(plan.lora_target, id="lora_target", compact=True)
-                yield Label("quant bits", classes="field-label")
-                yield Select([("4", 4), ("8", 8)], value=4, allow_blank=False, id="quant_bits", compact=True)
-                yield Label("ZeRO stage", classes="field-label")
-                yield Select([(str(z), z) for z in (0, 1, 2, 3)], value=0, allow_blank=False, id="zero",
-                             compact=True)
-                for field, label in SWITCHES.items():
-                    yield Label(label, classes="field-label")
-                    yield Select([("off", False), ("on", True)], value=False, allow_blank=False, id=field,
-                                 compact=True)
-                yield Label("GPU", classes="field-label")
-                yield Select([(g.name, g.name) for g in catalog()] + [(AUTO, AUTO)], value=self.DEFAULTS["gpu"],
-                             allow_blank=False, id="gpu", compact=True)
-                yield Label("GPU memory", classes="field-label")
-                yield Input("", id="gpu_memory", compact=True, placeholder="e.g. 24GiB (overrides GPU)",
-                            validators=[Number(minimum=0.1, failure_description="memory in GiB, e.g. 24")])
+                for setting in form_settings():
+                    yield Label(setting.label, classes="field-label")
+                    yield self._widget(setting, plan)
             yield Static("", id="form-error")
         with Vertical(id="results"):
             yield MemoryBar(id="bar")
             yield DataTable(id="breakdown", zebra_stripes=True, cursor_type="none")
             yield Label("what to change (enter applies it)", id="suggestions-title")
             yield OptionList(id="suggestions")
+
+    def _widget(self, setting: Setting, plan: Plan):
+        """The form widget of one setting, from its kind in the field table."""
+        name = setting.name
+        if name == "gpu":
+            return Select([(g.name, g.name) for g in catalog()] + [(AUTO, AUTO)], value=self.DEFAULTS["gpu"],
+                          allow_blank=False, id=name, compact=True)
+        if setting.widget == "bytes":
+            return Input("", id=name, compact=True, placeholder="e.g. 24GiB (overrides GPU)")
+        value = getattr(plan, name)
+        if setting.widget == "switch":
+            return Select([("off", False), ("on", True)], value=value, allow_blank=False, id=name, compact=True)
+        if setting.widget == "select":
+            options = fields.choices(name)
+            return Select([(str(v), v) for v in options], value=value if value is not None else options[0],
+                          allow_blank=False, id=name, compact=True)
+        if name == "gpus":  # blank: one GPU, or with the measured GPU every visible one
+            return Input("", id=name, compact=True, type="integer", placeholder="1 / all (auto)",
+                         validators=[Integer(minimum=1, failure_description=f"{setting.label} must be at least 1")])
+        if setting.widget == "int":
+            return Input(str(value), id=name, compact=True, type="integer",
+                         validators=[Integer(minimum=1, failure_description=f"{setting.label} must be at least 1")])
+        return Input(str(value), id=name, compact=True)
 
     def on_mount(self) -> None:
         table = self.query_one("#breakdown", DataTable)
@@ -134,31 +127,37 @@ class PlanPane(Horizontal):
         return widget.value
 
     def form_plan(self) -> Plan:
-        """The Plan the form describes; raises FtplanError naming the field that is wrong."""
-        fields: dict[str, Any] = {}
-        for field in SELECTS:
-            fields[field] = self._value(field)
-        for field in INT_FIELDS:
-            widget = self.query_one(f"#{field}", Input)
-            check = widget.validate(widget.value)
-            if check is not None and not check.is_valid:
-                raise FtplanError(f"--{field.replace('_', '-')}: {check.failure_descriptions[0]}")
-            fields[field] = int(widget.value)
-        fields["lora_target"] = self._value("lora_target") or "all"
-        for field in SWITCHES:
-            fields[field] = self._value(field)
-        if fields["method"] != "qlora":
-            fields["quant_bits"] = None
-        return Plan.build(**fields)
+        """The Plan the form describes; raises FtplanError carrying the field that is wrong."""
+        values: dict[str, Any] = {}
+        for setting in form_settings():
+            if setting.owner != "plan":
+                continue
+            widget = self.query_one(f"#{setting.name}")
+            if isinstance(widget, Input):
+                if setting.name == "gpus" and not widget.value.strip():
+                    continue
+                check = widget.validate(widget.value)
+                if check is not None and not check.is_valid:
+                    raise FtplanError(check.failure_descriptions[0], field=setting.name)
+                values[setting.name] = int(widget.value) if setting.widget == "int" else widget.value
+            else:
+                values[setting.name] = widget.value
+        values["lora_target"] = values.get("lora_target") or "all"
+        if values.get("method") != "qlora":
+            values["quant_bits"] = None
+        return plan_module.Plan.build(**values)
 
-    def form_target(self) -> GpuTarget | None:
-        memory = self.query_one("#gpu_memory", Input)
-        if memory.value.strip():
-            check = memory.validate(memory.value)
-            if check is not None and not check.is_valid:
-                raise FtplanError(f"--gpu-memory: {check.failure_descriptions[0]}")
-            return GpuTarget.of_memory(f"{memory.value} GiB")
-        return gpu_target(self._value("gpu"))
+    def form_gpus(self) -> int | None:
+        text = self.query_one("#gpus", Input).value.strip()
+        return int(text) if text.isdigit() else None
+
+    def form_target(self, gpus: int | None) -> Machine:
+        memory = self.query_one("#gpu_memory", Input).value.strip()
+        if memory:
+            return resolve_target(gpu_memory=memory if not memory.replace(".", "", 1).isdigit() else f"{memory}GiB",
+                                  gpus=gpus)
+        gpu = self._value("gpu")
+        return resolve_target("auto" if gpu == AUTO else gpu, gpus=gpus)
 
     # ------------------------------------------------------------ reacting
 
@@ -208,14 +207,12 @@ class PlanPane(Horizontal):
         error = self.query_one("#form-error", Static)
         try:
             plan = self.form_plan()
-            target = self.form_target()
-            result = estimate(self.spec, plan, target, search_batch=target is not None)
+            target = self.form_target(self.form_gpus())
+            result = plan_run(self.spec, plan, target, search_batch=True, vocabulary="tui")
         except FtplanError as exc:
-            message = str(exc)
-            field = next((f for flag, f in FLAG_FIELDS.items() if message.startswith(flag)), None)
-            field = field or next((f for f in INT_FIELDS if message.startswith(f"--{f.replace('_', '-')}")), None)
-            field = field or ("gpu_memory" if message.startswith("--gpu") else None)
-            if field is not None:  # mark the field itself, with the reason on hover
+            message = worded(exc, "tui")
+            field = exc.field if exc.field and self.query(f"#{exc.field}") else SHOWN_ON.get(exc.field or "")
+            if field is not None and self.query(f"#{field}"):  # mark the field itself, with the reason on hover
                 widget = self.query_one(f"#{field}")
                 widget.border_subtitle, widget.tooltip = "invalid", message
                 widget.add_class("-plan-error")
@@ -232,11 +229,8 @@ class PlanPane(Horizontal):
         table = self.query_one("#breakdown", DataTable)
         table.clear()
         mem = result.memory
-        for key in COMPONENTS:
-            values = [p.parts.get(key, 0) for p in mem.phases]
-            if any(values):
-                table.add_row(LABELS[key], *(f"{v / GIB:.2f}" if v else "–" for v in values))
-        table.add_row("allocated", *(f"{p.allocated / GIB:.2f}" for p in mem.phases))
+        for label, cells in breakdown_rows(mem, LABELS):
+            table.add_row(label, *cells)
         summary = self.query_one("#summary", Static)
         head = f"{result.model.name} · {result.plan.method} · total [b]{fmt_gib(mem.total)}[/] per GPU " \
                f"({mem.peak_phase} peak)"

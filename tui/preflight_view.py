@@ -5,7 +5,9 @@ from __future__ import annotations
 from rich.console import Console
 
 from diagnostics.preflight import PreflightReport
+from planner.fields import name_in
 from planner.units import fmt_gib, gib
+from tui.diagnose_view import change_settings, finding_line
 
 _STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
 _FORMATS = {"llamafactory": "LLaMA-Factory", "hf": "HF TrainingArguments / TRL", "axolotl": "axolotl"}
@@ -20,7 +22,7 @@ def print_preflight(report: PreflightReport, console: Console | None = None) -> 
                   f"{plan.grad_accum}{' · checkpointing' if plan.gradient_checkpointing else ''} · "
                   f"{report.gpus} GPU{'s' if report.gpus > 1 else ''}{f' · ZeRO-{plan.zero}' if plan.zero else ''}")
     mem = est.memory
-    parts = ", ".join(f"{k.replace('_', ' ')} {gib(v):.1f}" for k, v in mem.peak.parts.items() if v)
+    parts = ", ".join(f"{k.replace('_', ' ')} {gib(v):.1f}" for k, v in mem.peak.items() if v)
     console.print(f"memory per GPU: {fmt_gib(mem.total)} at the {mem.peak_phase} peak ({parts} GiB; "
                   f"overhead {fmt_gib(mem.overhead)})")
     fit = est.fit
@@ -37,16 +39,16 @@ def print_preflight(report: PreflightReport, console: Console | None = None) -> 
     if report.checks:
         console.print("checks:")
         for c in report.checks:
-            key = f"{c.key}: " if c.key else ""
+            key = f"{name_in(c.field, report.format)}: " if c.field else ""
             console.print(f"  [{_STYLE[c.severity]}]{c.severity}[/{_STYLE[c.severity]}] {key}{c.message}")
     if report.diagnostics is not None:
         d = report.diagnostics
         console.print(f"diagnostics: {d.status} after {len(d.records)} step(s)"
                       + (f" — {d.message}" if d.message else ""))
         for f in d.findings:
-            console.print(f"  [{_STYLE[f.severity]}]{f.severity}[/{_STYLE[f.severity]}] {f.title}: {f.evidence}")
+            console.print(f"  [{_STYLE[f.severity]}]{f.severity}[/{_STYLE[f.severity]}] {finding_line(f)}")
         for a in d.advice:
-            console.print(f"  advice: {a.key} {a.current} → {a.value} ({a.reason})", style="dim")
+            console.print(f"  advice: {a.title} ({change_settings(a, report.format)}): {a.reason}", style="dim")
     if report.fixed:
         changed = ", ".join(f"{k}: {v}" for k, v in report.fix_changes.items()) or "nothing to change"
         console.print(f"corrected copy: {report.fixed} ({changed}); {report.config} is unchanged")

@@ -6,15 +6,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from planner.estimate import Estimate
-from planner.memory import COMPONENTS
+from planner.result import Estimate
 from planner.units import GIB, fmt_count, fmt_gib
-
-_LABELS = {
-    "weights": "weights", "master_weights": "master weights (fp32)", "optimizer": "optimizer state",
-    "gradients": "gradients", "activations": "activations", "logits": "logits (loss)",
-    "temporaries": "temporaries",
-}
+from tui.views import breakdown_rows, fits_rows, fits_title
 
 
 def _g(nbytes: int) -> str:
@@ -48,15 +42,14 @@ def print_estimate(result: Estimate, console: Console | None = None) -> None:
         style = "bold" if phase.name == mem.peak_phase else None
         table.add_column(phase.name + (" (peak)" if phase.name == mem.peak_phase else ""), justify="right",
                          style=style)
-    for key in COMPONENTS:
-        values = [ph.parts.get(key, 0) for ph in mem.phases]
-        if any(values):
-            table.add_row(_LABELS[key], *(_g(v) if v else "–" for v in values))
+    rows = breakdown_rows(mem)
+    for label, cells in rows[:-1]:
+        table.add_row(label, *cells)
     table.add_section()
-    table.add_row("allocated", *(_g(ph.allocated) for ph in mem.phases))
+    table.add_row(rows[-1][0], *rows[-1][1])
     console.print(table)
-    console.print(f"+ overhead {fmt_gib(mem.overhead)} (CUDA context {fmt_gib(mem.details['cuda_context'])}, "
-                  f"fragmentation {fmt_gib(mem.details['fragmentation'])})")
+    console.print(f"+ overhead {fmt_gib(mem.overhead)} (CUDA context {fmt_gib(mem.details.cuda_context)}, "
+                  f"fragmentation {fmt_gib(mem.details.fragmentation)})")
     console.print(Text(f"= total {fmt_gib(mem.total)} per GPU at the {mem.peak_phase} peak", style="bold"))
     if mem.cpu_offload:
         console.print(f"  host RAM for the offloaded optimizer: {fmt_gib(mem.cpu_offload)} per GPU")
@@ -87,7 +80,7 @@ def print_estimate(result: Estimate, console: Console | None = None) -> None:
         for i, s in enumerate(result.suggestions, 1):
             mark = "[green]fits[/green]" if s.fits else "still too big"
             console.print(f"  {i}. {s.title} → {fmt_gib(s.new_total)} ({mark})")
-            console.print(f"     {s.why}; flags: {s.flags}", style="dim")
+            console.print(f"     {s.reason}; flags: {s.how}", style="dim")
     if result.time:
         t = result.time
         line = f"\ntime: {t.step_seconds:.2f} s per optimizer step, {t.tokens_per_second:,.0f} tokens/s"
@@ -98,7 +91,7 @@ def print_estimate(result: Estimate, console: Console | None = None) -> None:
     if result.warnings:
         console.print()
         for w in result.warnings:
-            console.print(f"[yellow]warning:[/yellow] {w}")
+            console.print(f"[{'red' if w.severity == 'error' else 'yellow'}]{w.severity}:[/] {w.message}")
     console.print("\nassumptions:", style="dim")
     for a in result.assumptions:
         console.print(f"  - {a}", style="dim")
@@ -182,4 +175,15 @@ def print_catalog(gpus, console: Console | None = None) -> None:
     for g in gpus:
         table.add_row(g.name, f"{g.memory_bytes / GIB:.1f}", _na(g.bf16_tflops, "{:g}"), f"{g.fp16_tflops:g}",
                       _na(g.bandwidth_gbps, "{:g}"), _na(g.compute_capability), ", ".join(g.aliases))
+    console.print(table)
+
+
+def print_fits(model: str, plan, rows, methods, console: Console | None = None) -> None:
+    """`ftplan fits`: the What-fits table."""
+    console = console or Console(highlight=False)
+    table = Table(title=fits_title(model, plan), title_justify="left", show_edge=False)
+    for col in ("GPU", *methods):
+        table.add_column(col, justify="left" if col == "GPU" else "right")
+    for name, cells in fits_rows(rows):
+        table.add_row(name, *cells)
     console.print(table)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from planner.estimate import Estimate
 from planner.memory import COMPONENTS
+from planner.result import Estimate
 from planner.units import GIB, fmt_count
 
 COLORS = {"weights": "dodger_blue2", "master_weights": "purple", "optimizer": "dark_orange3",
@@ -31,8 +31,7 @@ class MemoryBar(Static):
             self.update("")
             return
         mem = result.memory
-        peak = mem.peak
-        parts = [(k, peak.parts.get(k, 0)) for k in COMPONENTS] + [("overhead", mem.overhead)]
+        parts = [(k, mem.peak.get(k, 0)) for k in COMPONENTS] + [("overhead", mem.overhead)]
         capacity = result.fit.capacity if result.fit else None
         scale = max(mem.total, capacity or 0) or 1
         width = max(20, self.size.width - 2 if self.size.width else 60)

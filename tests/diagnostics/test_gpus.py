@@ -11,8 +11,8 @@ from diagnostics.calibrate import Calibration, calibrate, calibration_for, save_
 from diagnostics.gpus import measured_target
 from diagnostics.nvml import NvmlFailure, probe
 from planner.errors import EnvironmentMissing
-from planner.estimate import estimate
 from planner.plan import Plan
+from planner.service import plan_run as estimate
 from planner.spec import load_spec
 from tests.diagnostics.fake_nvml import GIB, FakeGpu, FakeNvml
 from tui.cli import ExitCode, main

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from diagnostics.preflight import exit_code, preflight
-from planner.estimate import estimate
-from planner.fit import GpuTarget
-from planner.frameworks import read_run_config
+from planner.configs import read_run_config
 from planner.hardware import find_gpu
+from planner.service import plan_run as estimate
 from planner.spec import load_spec
+from planner.target import GpuTarget
 
 SEED = Path(__file__).resolve().parents[1] / "data" / "seed_llamafactory.yaml"
 

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from planner.estimate import estimate
 from planner.plan import Plan
+from planner.service import plan_run as estimate
 from planner.spec import load_spec
 from tui.cli import ExitCode, main
 
@@ -22,8 +22,13 @@ def test_json_has_the_contract_keys_and_equals_the_api(capsys) -> None:
     code = main(["estimate", "--model", "7b", "--method", "full", "--json"])
     assert code == ExitCode.OK
     data = json.loads(capsys.readouterr().out)
-    for key in ("weights", "gradients", "optimizer", "master_weights", "activations", "logits", "overhead", "total"):
-        assert isinstance(data["memory"][key], int)
+    memory = data["memory"]
+    for key in ("weights", "gradients", "optimizer", "master_weights", "activations", "logits", "temporaries"):
+        assert isinstance(memory["peak"][key], int) and isinstance(memory["largest"][key], int)
+    # the parts at the peak add up: a script summing them gets the total, not more
+    assert sum(memory["peak"].values()) == memory["peak_allocated"]
+    assert memory["peak_allocated"] + memory["overhead"] == memory["total"]
+    assert memory["overhead"] == memory["details"]["cuda_context"] + memory["details"]["fragmentation"]
     assert data["params"]["total"] == 6_738_415_616
     assert data["params"]["trainable"] == data["params"]["total"]
     assert data["fit"] is None and data["suggestions"] == [] and data["assumptions"]
@@ -70,9 +75,10 @@ def test_longest_sequence_stops_at_the_models_context(capsys) -> None:
 def test_a_sequence_past_the_context_is_warned_about(capsys) -> None:
     main(["estimate", "--model", "7b", "--seq-len", "8192", "--json"])
     warnings = json.loads(capsys.readouterr().out)["warnings"]
-    assert any("--seq-len 8,192" in w and "4,096" in w for w in warnings)
+    assert any("--seq-len 8,192" in w["message"] and "4,096" in w["message"] and w["field"] == "seq_len"
+               and w["change"]["changes"] == {"seq_len": 4096} for w in warnings)
     main(["estimate", "--model", "7b", "--seq-len", "4096", "--json"])
-    assert not any("--seq-len" in w for w in json.loads(capsys.readouterr().out)["warnings"])
+    assert not any(w["field"] == "seq_len" for w in json.loads(capsys.readouterr().out)["warnings"])
 
 
 @pytest.mark.parametrize(("args", "needle"), [
@@ -104,7 +110,8 @@ def test_four_bit_full_fine_tune_is_rejected() -> None:
     """Quantized weights cannot be trained: a 4-bit *full* fine-tune is bad input, named as such."""
     result = run("estimate", "--model", "7b", "--method", "full", "--quant-bits", "4")
     assert result.returncode == ExitCode.BAD_INPUT
-    assert "--quant-bits 4 with --method full" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "--quant-bits: 4-bit weights cannot be trained with --method full" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_lora_on_a_quantized_base_is_qlora(capsys) -> None:

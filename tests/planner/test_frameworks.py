@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from planner.configs import common, fix_config, llamafactory_yaml, read_run_config
 from planner.errors import FtplanError
-from planner.frameworks import fix_config, llamafactory_yaml, read_run_config
 
 SEED = Path(__file__).resolve().parents[1] / "data" / "seed_llamafactory.yaml"
 
@@ -38,7 +38,7 @@ def test_unknown_keys_are_listed_with_a_suggestion(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    ("finetuning_type: full\n", "quantization_bit 4 with finetuning_type full"),
+    ("finetuning_type: full\n", "key 'quantization_bit': 4-bit weights cannot be trained with finetuning_type full"),
     ("per_device_train_batch_size: 0\n", "'per_device_train_batch_size' must be at least 1"),
     ("cutoff_len: long\n", "'cutoff_len' must be a whole number"),
     ("quantization_bit: 3\n", "'quantization_bit' must be 4 or 8"),
@@ -72,6 +72,22 @@ def test_llamafactory_dataset_info_gives_the_sample_count(tmp_path) -> None:
     (tmp_path / "data" / "dataset_info.json").write_text(json.dumps({"mine": {"file_name": "mine.json"}}))
     run = read_run_config(write(tmp_path, SEED.read_text().replace("dataset: identity", "dataset: mine")))
     assert run.data.samples == 240 and run.data.files
+
+
+@pytest.mark.parametrize("chunk", [3, 1 << 16])  # 3: every element, number and string crosses a chunk boundary
+def test_data_files_are_counted_by_streaming(tmp_path, monkeypatch, chunk: int) -> None:
+    monkeypatch.setattr(common, "_CHUNK", chunk)
+    lines = tmp_path / "lines.jsonl"
+    lines.write_text('{"q": "a"}\n\n  \n{"q": "b, [c]"}\r\n{"q": "line\u2028separator"}\n{"q": 12345}')
+    assert common.count_records(lines) == 4
+    records = [{"q": "a]b,c", "n": [1, [2, 3]]}, 12345678, "x", None, {"deep": {"er": [{}]}}, -1.5e3]
+    array = tmp_path / "array.json"
+    array.write_text("\n  " + json.dumps(records, indent=2) + "\n")
+    assert common.count_records(array) == len(records)
+    for text, count in [("[]", 0), (" [ 7 ] ", 1), ("[1, 2,]", 0), ("[1, 2", 0), ("[1] 2", 0), ("[1 2]", 0),
+                        ('[{"a": 1}, {"a": }]', 0), ("", 0)]:
+        array.write_text(text)
+        assert common.count_records(array) == count, text
 
 
 def test_hf_trl_config(tmp_path) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 HEAVY = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "textual", "plotext", "pynvml",
          "huggingface_hub")
@@ -23,8 +25,9 @@ def _loaded(body: str) -> list[str]:
 
 
 def test_importing_every_planner_module_loads_nothing_heavy() -> None:
-    modules = ["planner." + m for m in ("spec", "architectures", "params", "methods", "activations", "memory",
-                                        "plan", "fit", "advice", "flops", "hardware", "estimate", "units")]
+    modules = ["planner." + m for m in ("spec", "modelspec", "architectures", "params", "methods", "activations",
+                                        "memory", "plan", "fit", "advice", "flops", "hardware", "estimate", "units",
+                                        "configs")]
     assert _loaded("\n".join(f"import {m}" for m in modules)) == []
 
 
@@ -33,3 +36,77 @@ def test_estimate_command_loads_nothing_heavy() -> None:
             "with contextlib.redirect_stdout(io.StringIO()):\n"
             "    main(['estimate', '--model', '7b', '--method', 'qlora', '--gpu', 'H100', '--max-batch'])")
     assert _loaded(body) == []
+
+
+def test_config_readers_import_yaml_only_to_read_a_file() -> None:
+    code = "import sys, planner.configs; print('yaml' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "False"
+
+
+def _imports(package: Path) -> dict[str, set[str]]:
+    """Module -> the modules of `package` it imports, at the top or inside a function (a function-level import
+    only postpones a cycle); `if TYPE_CHECKING:` blocks never run, so they do not count."""
+    modules = {}
+    for file in package.rglob("*.py"):
+        parts = file.relative_to(package.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = file
+    graph: dict[str, set[str]] = {}
+    for name, file in modules.items():
+        tree = ast.parse(file.read_text(encoding="utf-8"))
+        type_checking = {id(n) for node in ast.walk(tree)
+                         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                         for statement in node.body for n in ast.walk(statement)}
+        edges = graph.setdefault(name, set())
+        for node in ast.walk(tree):
+            if id(node) in type_checking:
+                continue
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                # `from planner.configs import fix` names a module; `from planner.configs import Check` a package
+                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                           for a in node.names]
+            else:
+                continue
+            edges.update(t for t in targets if t in modules and t != name)
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        if node in path:
+            return [*path[path.index(node):], node]
+        if node in done:
+            return None
+        path.append(node)
+        for target in sorted(graph[node]):
+            if found := visit(target):
+                return found
+        path.pop()
+        done.add(node)
+        return None
+
+    return next((found for node in sorted(graph) if (found := visit(node))), None)
+
+
+def test_planner_modules_import_each_other_without_a_cycle() -> None:
+    graph = _imports(Path(__file__).resolve().parents[2] / "planner")
+    assert {"planner.spec", "planner.architectures", "planner.configs.read"} <= graph.keys()
+    cycle = _cycle(graph)
+    assert cycle is None, " -> ".join(cycle)
+
+
+def test_the_cycle_check_sees_function_level_imports(tmp_path) -> None:
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("from pkg.sub.b import B\n")
+    (package / "a.py").write_text("import pkg.sub\n")
+    (package / "sub" / "b.py").write_text("B = 1\n\ndef f():\n    from pkg import a\n")
+    assert _cycle(_imports(package)) == ["pkg.a", "pkg.sub", "pkg.sub.b", "pkg.a"]
+    (package / "sub" / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import a\n")
+    assert _cycle(_imports(package)) is None

@@ -47,9 +47,10 @@ def _total(spec: ModelSpec, plan: Plan) -> int:
 def test_no_component_is_negative_or_nan(model_type: str, plan: Plan) -> None:
     mem = estimate_memory(SPECS[model_type], plan)
     for key in COMPONENTS:
-        value = getattr(mem, key)
-        assert isinstance(value, int) and value >= 0, key
+        for value in (mem.peak[key], mem.largest[key]):
+            assert isinstance(value, int) and value >= 0, key
     assert mem.total >= mem.peak_allocated > 0
+    assert sum(mem.peak.values()) == mem.peak_allocated and mem.peak_allocated + mem.overhead == mem.total
     assert mem.peak_allocated == max(p.allocated for p in mem.phases)
 
 
@@ -97,5 +98,5 @@ def test_qlora_weights_below_lora_below_full(name: str, plan: Plan) -> None:
     """At the same precision. (In pure bf16, LoRA = the full model's bf16 weights + fp32 adapters.)"""
     spec = REAL[name]
     plan = plan.with_(precision="bf16-mixed", zero=0, gpus=1)
-    weights = {m: estimate_memory(spec, plan.with_(method=m)).weights for m in ("qlora", "lora", "full")}
+    weights = {m: estimate_memory(spec, plan.with_(method=m)).peak["weights"] for m in ("qlora", "lora", "full")}
     assert weights["qlora"] < weights["lora"] < weights["full"]

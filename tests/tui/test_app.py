@@ -7,11 +7,11 @@ from contextlib import asynccontextmanager
 import pytest
 
 from diagnostics.preflight import preflight
-from planner.estimate import estimate
-from planner.fit import GpuTarget
-from planner.frameworks import read_run_config
+from planner.configs import read_run_config
 from planner.hardware import find_gpu
+from planner.service import plan_run as estimate
 from planner.spec import load_spec
+from planner.target import GpuTarget
 from tui.app import FtplanApp, estimate_command
 from tui.fits_pane import fit_cells
 from tui.plan_pane import MODEL_DEBOUNCE_S, PlanPane, PlanState
@@ -85,8 +85,10 @@ async def test_an_invalid_field_is_marked_and_the_last_plan_stays() -> None:
 async def test_a_plan_error_names_its_field() -> None:
     async with running() as (app, pilot):
         await set_value(app, pilot, "offload_optimizer", True)  # offload needs ZeRO
-        assert "--offload-optimizer" in str(app.query_one("#form-error").render())
-        assert app.query_one("#zero").border_subtitle == "invalid"
+        # worded in the form's own labels, never as a CLI flag, and marked on the field itself
+        message = str(app.query_one("#form-error").render())
+        assert message.startswith("offload optim.: needs ZeRO: set ZeRO stage to 1, 2 or 3") and "--" not in message
+        assert app.query_one("#offload_optimizer").border_subtitle == "invalid"
 
 
 @pytest.mark.asyncio
@@ -162,18 +164,16 @@ async def test_a_diagnose_run_completes_inside_the_app() -> None:
 def test_copy_command_reproduces_the_plan() -> None:
     import shlex
 
-    from tui.cli import build_parser
-    from tui.flags import plan_from
-
-    class Target:
-        source, gpu, capacity = "catalog", find_gpu("H100"), 0
-
     from planner.plan import Plan
+    from tui.cli import build_parser
+    from tui.flags import plan_from, target_from
 
-    plan = Plan(method="qlora", batch_size=3, seq_len=2048, gradient_checkpointing=True, lora_rank=16)
-    state = PlanState("7b", load_spec("7b"), plan, Target(), None)
+    plan = Plan(method="qlora", batch_size=3, seq_len=2048, gradient_checkpointing=True, lora_rank=16,
+                lora_target="q_proj,v_proj", double_quant=False, gpus=2, zero=2, offload_optimizer=True)
+    target = GpuTarget.of_catalog("H100")
+    state = PlanState("7b", load_spec("7b"), plan, target, None)
     args = build_parser().parse_args(shlex.split(estimate_command(state))[1:])
-    assert plan_from(args) == plan.model_copy(update={"quant_bits": None})
+    assert plan_from(args) == plan and target_from(args).gpu == target.gpu
 
 
 @pytest.mark.asyncio

@@ -1,0 +1,66 @@
+"""A plan written out as a LLaMA-Factory config and its DeepSpeed JSON (the TUI's export)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from planner.configs.common import OPTIM_BACK, Hyper
+from planner.configs.fix import yaml_scalar
+from planner.configs.llamafactory import FLASH_ATTN_BACK
+from planner.plan import Plan
+
+
+def deepspeed_json(plan: Plan) -> dict:
+    """A DeepSpeed config with the plan's ZeRO stage and offload, "auto" elsewhere (HF Trainer fills those in)."""
+    zero: dict[str, Any] = {"stage": plan.zero, "overlap_comm": True, "contiguous_gradients": True}
+    if plan.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    return {"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
+            "gradient_accumulation_steps": "auto", "gradient_clipping": "auto",
+            "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"}, "zero_optimization": zero}
+
+
+def llamafactory_yaml(model: str, plan: Plan, hyper: Hyper | None = None, dataset: str = "identity",
+                      deepspeed_file: str | None = None) -> str:
+    """A LLaMA-Factory training config for `plan`, with the seed's key names and sections.
+
+    With ZeRO (`plan.zero`), `deepspeed_file` names the DeepSpeed JSON (see `deepspeed_json`) to write beside it.
+    """
+    hyper = hyper or Hyper(learning_rate=1e-4 if plan.method in ("lora", "qlora") else 1e-5, warmup_ratio=0.1,
+                           lr_scheduler="cosine")
+    method = "lora" if plan.method == "qlora" else plan.method
+    lines = ["### model", f"model_name_or_path: {model}"]
+    if plan.method == "qlora":
+        lines.append(f"quantization_bit: {plan.base_bits}")
+        if not plan.double_quant:
+            lines.append("double_quantization: false")
+    lines += ["", "### method", "stage: sft", "do_train: true", f"finetuning_type: {method}"]
+    if method == "lora":
+        lines += [f"lora_rank: {plan.lora_rank}", f"lora_target: {plan.lora_target}"]
+        if plan.lora_dropout:
+            lines.append(f"lora_dropout: {plan.lora_dropout}")
+    if method == "freeze":
+        lines.append(f"freeze_trainable_layers: {plan.freeze_trainable_layers}")
+    if plan.fused_loss:
+        lines.append("enable_liger_kernel: true")
+    lines += ["", "### dataset", f"dataset: {dataset}", f"cutoff_len: {plan.seq_len}", "", "### train",
+              f"per_device_train_batch_size: {plan.batch_size}",
+              f"gradient_accumulation_steps: {plan.grad_accum}",
+              f"learning_rate: {yaml_scalar(hyper.learning_rate or 1e-4)}",
+              f"num_train_epochs: {hyper.epochs}", f"lr_scheduler_type: {hyper.lr_scheduler}",
+              f"warmup_ratio: {hyper.warmup_ratio}"]
+    if hyper.max_grad_norm is not None:
+        lines.append(f"max_grad_norm: {hyper.max_grad_norm}")
+    lines.append(f"optim: {OPTIM_BACK[plan.optimizer]}")
+    if plan.precision in ("bf16", "bf16-mixed"):
+        lines.append("bf16: true")
+    if plan.precision == "bf16":
+        lines.append("pure_bf16: true")
+    if plan.precision == "fp16-mixed":
+        lines.append("fp16: true")
+    if not plan.gradient_checkpointing:
+        lines.append("disable_gradient_checkpointing: true")
+    lines.append(f"flash_attn: {FLASH_ATTN_BACK[plan.attention]}")
+    if plan.zero:
+        lines.append(f"deepspeed: {deepspeed_file or f'ds_z{plan.zero}_config.json'}")
+    return "\n".join(lines) + "\n"

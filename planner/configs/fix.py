@@ -1,0 +1,81 @@
+"""`--fix`: planner changes as a framework's keys, written into a copy of the user's config.
+
+The copy keeps the user's comments and key order: top-level `key: value` lines are edited in
+place and new keys are appended.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from planner.configs.common import OPTIM_BACK, Format, RunConfig
+from planner.configs.read import FRAMEWORKS
+from planner.errors import FtplanError
+from planner.fields import name_in
+from planner.files import write_text_atomic
+
+
+def config_changes(run: RunConfig, plan_changes: dict[str, Any], hyper_changes: dict[str, Any]) -> dict[str, Any]:
+    """Planner-side changes (Plan fields, hyperparameters) as the keys and values of `run`'s framework."""
+    return config_changes_for(run.format, {**plan_changes, **hyper_changes})
+
+
+def config_changes_for(fmt: Format, changes: dict[str, Any]) -> dict[str, Any]:
+    """Planner-side changes as one framework's keys and values; settings it has no key for are left out."""
+    framework = FRAMEWORKS[fmt]
+    out: dict[str, Any] = {}
+    for field, value in changes.items():
+        if field not in framework.writable:
+            continue
+        if field == "method":
+            out.update(framework.method_keys(value))
+            continue
+        if field == "optimizer":
+            value = OPTIM_BACK.get(value, value)
+        convert = framework.fix_values.get(field)
+        written = convert(value) if convert else value
+        out.update(written if isinstance(written, dict) else {name_in(field, fmt): written})
+    return out
+
+
+_LINE = re.compile(r"^(?P<key>[A-Za-z_][\w.-]*)(?P<sep>\s*:\s*)(?P<value>[^#\n]*?)(?P<trail>\s*(#.*)?)$")
+
+
+def yaml_scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.1e}" if value and abs(value) < 1e-3 else repr(value)
+    return str(value)
+
+
+def fix_config(source: str | Path, changes: dict[str, Any], target: str | Path) -> Path:
+    """Write `source` with `changes` applied to `target`, keeping comments, blank lines and key order.
+
+    Only top-level keys are edited; a key not present is appended under a comment. JSON files
+    are rewritten as JSON (JSON has no comments to keep). The source is never modified, and the
+    target is written atomically.
+    """
+    source, target = Path(source), Path(target)
+    if source.resolve() == target.resolve():
+        raise FtplanError(f"--fix {target}: that is the input file; write the corrected copy elsewhere")
+    text = source.read_text(encoding="utf-8")
+    if source.suffix.lower() == ".json":
+        data = json.loads(text)
+        data.update(changes)
+        new_text = json.dumps(data, indent=2) + "\n"
+    else:
+        lines = text.splitlines()
+        pending = dict(changes)
+        for i, line in enumerate(lines):
+            match = _LINE.match(line)
+            if match and match.group("key") in pending:
+                value = yaml_scalar(pending.pop(match.group("key")))
+                lines[i] = f"{match.group('key')}{match.group('sep')}{value}{match.group('trail')}"
+        if pending:
+            lines += ["", "### changed by ftplan preflight"] + [f"{k}: {yaml_scalar(v)}" for k, v in pending.items()]
+        new_text = "\n".join(lines) + "\n"
+    return write_text_atomic(target, new_text)

@@ -1,0 +1,218 @@
+"""One table of every setting a user can give: its CLI flag, config keys, form label and help.
+
+The front ends are generated from it: argparse flags (`tui.flags`), the TUI's Plan form,
+the equivalent `ftplan estimate` command, suggestion flags, `--fix` keys and every
+validation message. A setting's field name is the attribute on its model (`Plan`,
+`Hyper`, `Machine`, or the GPU target's options); adding a setting is one `Setting` here
+plus the field on its model.
+
+Vocabularies: "cli" (flags), "tui" (form labels), and one per config format
+("llamafactory", "hf", "axolotl") whose key names are listed here; how a value is written
+in a framework's config (e.g. LLaMA-Factory's inverted `disable_gradient_checkpointing`)
+belongs to that framework's module in `planner.configs`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from planner.errors import FtplanError
+
+Vocabulary = Literal["cli", "tui", "llamafactory", "hf", "axolotl"]
+Owner = Literal["plan", "hyper", "machine", "target"]
+Widget = Literal["select", "int", "text", "switch", "bytes"]
+FORMATS = ("llamafactory", "hf", "axolotl")
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # the field on its owner model
+    owner: Owner
+    flag: str  # the CLI flag
+    label: str  # the TUI form label
+    help: str
+    keys: dict[str, str] = field(default_factory=dict)  # config format -> key
+    short: str | None = None  # a one-letter CLI alias
+    widget: Widget | None = None  # how the TUI form edits it (None: not on the form)
+    group: Literal["training", "system"] = "training"  # which commands take the flag
+
+    def name_in(self, vocabulary: Vocabulary) -> str:
+        """What a user of this front end calls the setting."""
+        if vocabulary == "cli":
+            return self.flag
+        if vocabulary == "tui":
+            return self.label
+        return self.keys.get(vocabulary, self.flag)
+
+
+_T, _S = "training", "system"
+FIELDS: list[Setting] = [
+    Setting("method", "plan", "--method", "method", "fine-tuning method",
+            {"llamafactory": "finetuning_type", "hf": "use_peft", "axolotl": "adapter"}, widget="select"),
+    Setting("precision", "plan", "--precision", "precision",
+            "bf16 = pure bf16 weights; *-mixed = fp32 weights + autocast",
+            {"llamafactory": "bf16", "hf": "bf16", "axolotl": "bf16"}, widget="select"),
+    Setting("optimizer", "plan", "--optimizer", "optimizer", "torch foreach AdamW unless named",
+            {"llamafactory": "optim", "hf": "optim", "axolotl": "optimizer"}, widget="select"),
+    Setting("attention", "plan", "--attention", "attention", "attention kernel",
+            {"llamafactory": "flash_attn", "hf": "attn_implementation", "axolotl": "flash_attention"},
+            widget="select"),
+    Setting("batch_size", "plan", "--batch-size", "micro-batch", "micro-batch per GPU",
+            {"llamafactory": "per_device_train_batch_size", "hf": "per_device_train_batch_size",
+             "axolotl": "micro_batch_size"}, short="-b", widget="int"),
+    Setting("grad_accum", "plan", "--grad-accum", "accumulation", "gradient accumulation steps",
+            {f: "gradient_accumulation_steps" for f in FORMATS}, widget="int"),
+    Setting("seq_len", "plan", "--seq-len", "sequence", "tokens per sequence, i.e. cutoff_len",
+            {"llamafactory": "cutoff_len", "hf": "max_length", "axolotl": "sequence_len"}, short="-s",
+            widget="int"),
+    Setting("gradient_checkpointing", "plan", "--gradient-checkpointing", "checkpointing",
+            "recompute activations in backward",
+            {"llamafactory": "disable_gradient_checkpointing", "hf": "gradient_checkpointing",
+             "axolotl": "gradient_checkpointing"}, widget="switch"),
+    Setting("lora_rank", "plan", "--lora-rank", "LoRA r", "LoRA rank",
+            {"llamafactory": "lora_rank", "hf": "lora_r", "axolotl": "lora_r"}, widget="int"),
+    Setting("lora_target", "plan", "--lora-target", "LoRA targets",
+            "all, attention, or comma-separated module names as LLaMA-Factory's lora_target",
+            {"llamafactory": "lora_target", "hf": "lora_target_modules", "axolotl": "lora_target_modules"},
+            widget="text"),
+    Setting("lora_dropout", "plan", "--lora-dropout", "LoRA dropout", "dropout on the LoRA input",
+            {f: "lora_dropout" for f in FORMATS}),
+    Setting("freeze_trainable_layers", "plan", "--freeze-trainable-layers", "trainable layers",
+            "freeze method: train the last N layers (negative: the first N)",
+            {"llamafactory": "freeze_trainable_layers"}),
+    Setting("quant_bits", "plan", "--quant-bits", "quant bits",
+            "quantize the frozen base to 4 or 8 bits (QLoRA; --method qlora defaults to 4)",
+            {"llamafactory": "quantization_bit", "hf": "load_in_4bit/load_in_8bit",
+             "axolotl": "load_in_4bit/load_in_8bit"},
+            widget="select"),
+    Setting("double_quant", "plan", "--double-quant", "double quant",
+            "QLoRA with double quantization of the constants",
+            {"llamafactory": "double_quantization", "hf": "use_bnb_nested_quant",
+             "axolotl": "bnb_4bit_use_double_quant"}),
+    Setting("gpus", "plan", "--gpus", "GPUs", "data-parallel GPUs (with --gpu auto: every visible GPU)",
+            widget="int", group=_S),
+    Setting("zero", "plan", "--zero", "ZeRO stage",
+            "ZeRO stage / FSDP sharding: 1 optimizer, 2 +gradients, 3 +weights (FSDP full_shard)",
+            {f: "deepspeed" for f in FORMATS}, widget="select", group=_S),
+    Setting("offload_optimizer", "plan", "--offload-optimizer", "offload optim.", "ZeRO-Offload the optimizer to CPU",
+            {f: "deepspeed" for f in FORMATS}, widget="switch", group=_S),
+    Setting("fused_loss", "plan", "--fused-loss", "fused loss",
+            "fused linear cross-entropy (Liger, Cut Cross-Entropy): logits are never materialised "
+            "(Liger's other kernels are not modelled)",
+            {"llamafactory": "enable_liger_kernel", "hf": "use_liger_kernel",
+             "axolotl": "liger_fused_linear_cross_entropy"}, widget="switch", group=_S),
+    Setting("optimizer_in_backward", "plan", "--optimizer-in-backward", "optimizer in backward",
+            "step each parameter inside backward (torchtune's optimizer_in_bwd): no full gradient set", group=_S),
+    Setting("cuda_context", "machine", "--cuda-context", "CUDA context",
+            "CUDA context + library workspace per GPU, e.g. 600MiB (default: measured by `ftplan gpus "
+            "--calibrate`, else 0.5GiB assumed)", group=_S),
+    Setting("fragmentation", "machine", "--fragmentation", "fragmentation",
+            "allocator fragmentation as a fraction of the peak (default: 0.08)", group=_S),
+    Setting("gpu", "target", "--gpu", "GPU",
+            "GPU to fit: a catalog name, leniently matched ('RTX 4090', '4090', 'H100'), or auto for the "
+            "measured free memory of this machine's visible GPU(s)", widget="select", group=_S),
+    Setting("gpu_memory", "target", "--gpu-memory", "GPU memory", "usable memory per GPU instead of --gpu, "
+            "e.g. 24GiB or 80GB", widget="bytes", group=_S),
+    Setting("learning_rate", "hyper", "--lr", "learning rate", "peak learning rate",
+            {f: "learning_rate" for f in FORMATS}),
+    Setting("warmup_ratio", "hyper", "--warmup-ratio", "warmup", "share of the steps spent warming up",
+            {f: "warmup_ratio" for f in FORMATS}),
+    Setting("max_grad_norm", "hyper", "--max-grad-norm", "clip norm", "gradient clipping threshold",
+            {f: "max_grad_norm" for f in FORMATS}),
+    Setting("bf16", "hyper", "--precision", "precision", "bf16 autocast", {f: "bf16" for f in FORMATS}),
+    Setting("fp16", "hyper", "--precision", "precision", "fp16 autocast", {f: "fp16" for f in FORMATS}),
+]
+
+
+def setting(name: str) -> Setting:
+    for s in FIELDS:
+        if s.name == name:
+            return s
+    raise KeyError(name)
+
+
+def name_in(name: str, vocabulary: Vocabulary) -> str:
+    """A field's name in a vocabulary; an unknown name is returned as it is."""
+    try:
+        return setting(name).name_in(vocabulary)
+    except KeyError:
+        return name
+
+
+_PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
+
+
+def word(text: str, vocabulary: Vocabulary) -> str:
+    """Replace `{field}` placeholders with the fields' names in `vocabulary`; other braces stay."""
+    def one(match: re.Match) -> str:
+        try:
+            return setting(match.group(1)).name_in(vocabulary)
+        except KeyError:
+            return match.group(0)
+
+    return _PLACEHOLDER.sub(one, text)
+
+
+def worded(exc: FtplanError, vocabulary: Vocabulary, where: str | None = None) -> str:
+    """The error as a user of this front end reads it: `<name>: <reason>`, prefixed by `where` (a file)."""
+    reason = word(exc.reason, vocabulary)
+    if exc.field is not None:
+        name = name_in(exc.field, vocabulary)
+        if vocabulary in FORMATS and name.isidentifier():
+            name = f"key '{name}'"
+        reason = f"{name}: {reason}"
+    return f"{where}: {reason}" if where else reason
+
+
+def cli_value(name: str, value: Any) -> str:
+    """One field set to `value`, as `ftplan estimate` flags (a switch turned off is its --no- form)."""
+    import shlex
+
+    flag = setting(name).flag
+    if isinstance(value, bool):
+        return flag if value else f"--no-{flag.removeprefix('--')}"
+    return f"{flag} {shlex.quote(str(value))}"
+
+
+def choices(name: str) -> tuple:
+    """The values a Plan field takes, from its annotation (empty when it is free)."""
+    import typing
+
+    from planner import plan as plan_module
+
+    annotation = plan_module.Plan.model_fields[name].annotation
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    literal = annotation if typing.get_origin(annotation) is typing.Literal else next(
+        (a for a in args if typing.get_origin(a) is typing.Literal), None)
+    if literal is not None:
+        return typing.get_args(literal)
+    return (False, True) if annotation is bool else ()
+
+
+def cli_flags(changes: dict[str, Any]) -> str:
+    return " ".join(cli_value(k, v) for k, v in changes.items()).strip()
+
+
+def plan_flags(plan, *, always: tuple[str, ...] = ("method",)) -> list[str]:
+    """The flags that reproduce `plan`: every field that differs from its default, plus `always`."""
+    out = []
+    for s in FIELDS:
+        if s.owner != "plan" or s.name not in type(plan).model_fields:
+            continue
+        value = getattr(plan, s.name)
+        if value is not None and (s.name in always or value != type(plan).model_fields[s.name].default):
+            out.append(cli_value(s.name, value))
+    return out
+
+
+def how(changes: dict[str, Any], vocabulary: Vocabulary) -> str:
+    """A change in a front end's words: flags for the CLI, `key: value` for a config, labels for the form."""
+    if vocabulary == "cli":
+        return cli_flags(changes)
+    if vocabulary == "tui":
+        return ", ".join(f"{name_in(k, 'tui')} = {v}" for k, v in changes.items())
+    from planner.configs import config_changes_for
+
+    return ", ".join(f"{k}: {v}" for k, v in config_changes_for(vocabulary, changes).items())

@@ -1,0 +1,134 @@
+"""The one planning service every front end calls (CLI, TUI, preflight, diagnose's fit check).
+
+`plan_run(spec, plan, target)` takes a resolved machine (`planner.target.resolve_target`:
+catalog GPU, memory size, or the measured GPUs with their stored calibration) and returns the
+`Estimate`: memory by phase, fit and the largest batch, what to change, time, and every
+assumption and warning. A target that decides the GPU count (`--gpu auto` with no count)
+sets the plan's `gpus` here, so no front end plans over a different count.
+"""
+
+from __future__ import annotations
+
+from planner.advice import suggest
+from planner.fields import Vocabulary, word
+from planner.findings import Change, Finding
+from planner.fit import fit_report
+from planner.flops import estimate_time
+from planner.memory import Breakdown, estimate_memory
+from planner.methods import TrainingLayout, layout
+from planner.params import count_params
+from planner.plan import Plan
+from planner.result import Estimate, ModelSummary, ParamSummary
+from planner.spec import ModelSpec
+from planner.target import GpuTarget, Machine
+from planner.units import fmt_gib
+
+
+def plan_run(spec: ModelSpec, plan: Plan | dict, target: Machine | None = None, *, search_batch: bool = False,
+             search_seq: bool = False, mfu: float | None = None, samples: int | None = None,
+             epochs: float = 1.0, vocabulary: Vocabulary = "cli") -> Estimate:
+    """Plan one run on one machine. `plan` may be a `Plan` or its fields (validated here); the texts
+    (assumptions, warnings, suggestions) name settings in `vocabulary`."""
+    plan = plan if isinstance(plan, Plan) else Plan.build(**plan)
+    machine = target or Machine()
+    gpu_target = machine if isinstance(machine, GpuTarget) else None
+    if gpu_target is not None and gpu_target.gpus and gpu_target.gpus != plan.gpus:
+        plan = plan.with_(gpus=gpu_target.gpus)
+    counts = count_params(spec)
+    train = layout(spec, counts, plan)
+    memory = estimate_memory(spec, plan, counts, train, machine)
+    fit = suggestions = time = None
+    if gpu_target is not None:
+        fit = fit_report(spec, plan, gpu_target, memory.total, search_batch=search_batch, search_seq=search_seq)
+        suggestions = [] if fit.fits else suggest(spec, plan, gpu_target.capacity, memory.total, machine=machine,
+                                                  vocabulary=vocabulary)
+        if gpu_target.gpu is not None:
+            time = estimate_time(spec, counts, train, plan, gpu_target.gpu, mfu=mfu, samples=samples,
+                                 epochs=epochs)
+    return Estimate(
+        model=ModelSummary.of(spec), plan=plan, machine=machine.facts(), params=ParamSummary.of(counts, train),
+        memory=memory, fit=fit, suggestions=suggestions or [], time=time,
+        assumptions=[word(a, vocabulary) for a in assumptions(plan, machine, train, memory)],
+        warnings=[w.model_copy(update={"message": word(w.message, vocabulary)})
+                  for w in warnings(spec, plan, gpu_target)],
+    )
+
+
+def assumptions(plan: Plan, machine: Machine, train: TrainingLayout, memory: Breakdown) -> list[str]:
+    precision = {
+        "fp32": "fp32: weights, gradients, optimizer state and activations in fp32 (matmuls may use TF32)",
+        "bf16": "bf16 (pure): weights, gradients and Adam state in bf16, no fp32 master copy",
+        "bf16-mixed": "bf16-mixed: trainable weights in fp32 under torch.autocast(bf16); frozen weights in bf16",
+        "fp16-mixed": "fp16-mixed: trainable weights in fp32 under torch.autocast(fp16) with a GradScaler",
+    }[plan.precision]
+    if plan.mixed and plan.zero:
+        precision = (f"{plan.precision} under ZeRO: 16-bit weights and gradients, fp32 master weights and "
+                     "Adam state in the optimizer (Rajbhandari et al. 2020)")
+    optimizer = {
+        "adamw": "AdamW, PyTorch foreach implementation (LLaMA-Factory/TRL `adamw_torch`): its step briefly "
+                 "holds sqrt(exp_avg_sq) for all parameters",
+        "adamw-fused": "AdamW, fused kernel (`adamw_torch_fused`, transformers' default on torch >= 2.8)",
+        "adamw-8bit": "bitsandbytes AdamW8bit: 2 bytes of state per parameter (tensors >= 4096 elements)",
+        "paged-adamw-8bit": "bitsandbytes paged AdamW8bit: 8-bit state in unified memory that can page to the "
+                            "host under pressure (counted on the GPU here)",
+        "adafactor": "Adafactor without momentum: factored second moments only",
+        "sgd": "SGD without momentum: no optimizer state",
+        "sgd-momentum": "SGD with momentum: one buffer per parameter",
+    }[plan.optimizer]
+    kernel = {"eager": "eager attention (stores the s x s scores)",
+              "sdpa": "PyTorch SDPA (flash/memory-efficient kernels: no s x s matrix)",
+              "flash": "flash-attention 2 (no s x s matrix)"}[plan.attention]
+    out = [
+        precision, optimizer, kernel,
+        f"micro-batch {plan.batch_size} x {plan.seq_len} tokens, sequences padded or packed to full length",
+        "the loss up-casts logits to fp32 (transformers' ForCausalLMLoss); log_softmax keeps them for backward",
+        f"overhead: CUDA context {fmt_gib(machine.context_bytes)} ({machine.cuda_context_source}) + allocator "
+        f"fragmentation {machine.fragmentation:.0%} of the peak (settable with {{cuda_context}} / {{fragmentation}})",
+        f"peak phase: {memory.peak_phase} ({memory.peak_what})",
+    ]
+    if plan.gradient_checkpointing:
+        out.append("gradient checkpointing per decoder layer (use_reentrant=False), with input grads enabled")
+    if plan.grad_accum > 1:
+        out.append("gradient accumulation: gradients stay allocated through every micro-batch's forward")
+    if plan.gpus > 1 and plan.zero == 0:
+        out.append("DDP: gradient buckets are a second copy of the gradients (gradient_as_bucket_view=False)")
+    if plan.zero == 3 and plan.gpus > 1:
+        out.append("ZeRO-3: one gathered layer plus one prefetched layer of 16-bit weights per GPU")
+    if memory.cpu_offload:
+        out.append(f"offloaded to host RAM: {fmt_gib(memory.cpu_offload)} per GPU (optimizer state and "
+                   "master weights)")
+    return out + train.notes
+
+
+def warnings(spec: ModelSpec, plan: Plan, target: GpuTarget | None) -> list[Finding]:
+    """What about this plan will not run as planned, or not as the user meant; `{field}` names settings."""
+    out = [Finding(severity="warning", code="model_config", message=w) for w in spec.warnings]
+    gpu = target.gpu if target else None
+    if gpu is not None:
+        if plan.compute_dtype == "bf16" and not gpu.supports_bf16:
+            out.append(Finding(
+                severity="error", code="no_bf16", field="precision",
+                message=f"{gpu.name} has no bf16 tensor cores (compute capability {gpu.compute_capability}); "
+                        "use {precision} fp16-mixed",
+                change=Change(title="Train in fp16 with loss scaling", changes={"precision": "fp16-mixed"},
+                              current={"precision": plan.precision}, reason="the GPU has no bf16")))
+        if plan.attention == "flash" and gpu.predates_flash_attention:
+            out.append(Finding(
+                severity="error", code="no_flash_attention", field="attention",
+                message=f"flash-attention 2 needs compute capability >= 8.0; {gpu.name} has "
+                        f"{gpu.compute_capability}: use {{attention}} sdpa",
+                change=Change(title="Use SDPA attention", changes={"attention": "sdpa"},
+                              current={"attention": plan.attention}, reason="flash-attention 2 needs Ampere")))
+    context = spec.max_position_embeddings
+    if context and plan.seq_len > context:
+        out.append(Finding(
+            severity="warning", code="seq_beyond_context", field="seq_len",
+            message=f"{{seq_len}} {plan.seq_len:,} is longer than {spec.name}'s context ({context:,} tokens): "
+                    "positions past it were never trained; set rope scaling in the config or shorten {seq_len}",
+            change=Change(title=f"Shorten sequences to the context ({context:,})", changes={"seq_len": context},
+                          current={"seq_len": plan.seq_len}, reason="positions past the context were never trained")))
+    if plan.method == "qlora" and plan.precision == "fp16-mixed":
+        out.append(Finding(severity="warning", code="qlora_fp16", field="precision",
+                           message="QLoRA with fp16 compute can overflow in 4-bit dequantized matmuls; prefer bf16 "
+                                   "if the GPU has it"))
+    return out
