@@ -20,9 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from planner.service import plan_run as estimate  # noqa: E402
 from planner.fit import max_batch_size  # noqa: E402
 from planner.plan import Plan  # noqa: E402
+from planner.service import plan_run as estimate  # noqa: E402
 from planner.spec import load_spec  # noqa: E402
 from planner.units import GIB  # noqa: E402
 
@@ -46,8 +46,19 @@ def _warm(fn, runs: int) -> float:
     return statistics.median(times)
 
 
+def _import_time(code: str, runs: int) -> float:
+    """Seconds `code` takes inside a fresh interpreter (its own start-up excluded), median of `runs`."""
+    probe = f"import time; t = time.perf_counter(); {code}; print(time.perf_counter() - t)"
+    return statistics.median(
+        float(subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True,
+                             cwd=ROOT).stdout.split()[-1]) for _ in range(runs))
+
+
 def main() -> None:
     rows = []
+    rows.append(("`import planner` in a fresh interpreter", _import_time("import planner", 15), 0.100))
+    rows.append(("`import planner; planner.estimate('7b', method='lora', gpu='RTX 4090')` (first call)",
+                 _import_time("import planner; planner.estimate('7b', method='lora', gpu='RTX 4090')", 7), 0.5))
     estimate_cmd = [sys.executable, "-m", "tui", "estimate", "--model", "7b", "--method", "full"]
     rows.append(("cold `ftplan estimate --model 7b --method full`", _cold(estimate_cmd, 7), 0.5))
     rows.append(("cold `ftplan estimate ... --json`", _cold([*estimate_cmd, "--json"], 7), 0.5))

@@ -4,7 +4,7 @@
     python benchmarks/check_grid.py --write    # store a new baseline (only after a deliberate model change)
 
 A refactor must leave every estimate byte-identical: per-phase parts, totals, overhead,
-parameter counts, fit, suggestions (title and new total) and step time. The baseline was
+parameter counts, fit, suggestions (the settings they change and the new total) and step time. The baseline was
 written by the code before the pipeline refactor; the script reads the public API when it
 exists and the older module layout otherwise, so the same file checks both sides.
 It also asserts that the peak phase's parts plus the overhead add up to the total.
@@ -54,14 +54,15 @@ def _estimate(spec, fields: dict, target):
 
         return plan_run(spec, fields, target)
     except ImportError:  # the layout before it
-        from planner.service import plan_run as estimate
+        from planner.estimate import estimate
+
         from planner.plan import Plan
 
         return estimate(spec, Plan.build(**fields), target)
 
 
 def _target():
-    from planner.target import GpuTarget
+    from planner.fit import GpuTarget  # re-exported there on both sides
 
     return GpuTarget.of_catalog(GPU)
 
@@ -77,7 +78,8 @@ def digest(result) -> dict:
         "cpu_offload": mem.cpu_offload,
         "params": [result.params.total, result.params.trainable, result.params.adapter],
         "fit": [result.fit.fits, result.fit.headroom] if result.fit else None,
-        "suggestions": [[s.title, s.new_total] for s in result.suggestions],
+        # a suggestion by what it changes, not its wording
+        "suggestions": [[s.changes, s.new_total] for s in result.suggestions],
         "step_seconds": round(result.time.step_seconds, 9) if result.time else None,
     }
 

@@ -1,7 +1,9 @@
 """The typed results of a diagnostics run: per-step records, findings, advice, the report.
 
-`DiagnosticReport.model_dump(mode="json")` is what `--json` prints and `--out` writes
-(atomically); the TUI and preflight read the same object.
+Findings and advice are the planner's `Finding` and `Change` (planner.findings): advice names
+settings by their planner field (`learning_rate`, `grad_accum`, `precision`, ...), never by a
+framework's key. `DiagnosticReport.model_dump(mode="json")` is what `--json` prints and `--out`
+writes (atomically); the TUI and preflight read the same object.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from planner.files import write_text_atomic
+from planner.findings import Change, Finding
 from planner.plan import Plan
 
-Severity = Literal["error", "warning", "info"]
 Status = Literal["completed", "interrupted", "non_finite", "oom", "does_not_fit", "crashed", "failed"]
 
 
@@ -37,24 +39,6 @@ class StepRecord(BaseModel):
     step_time: float = 0.0
     tokens_per_s: float = 0.0
     memory: dict[str, int | None] = {}  # max_allocated, max_reserved, process (NVML) or rss
-
-
-class Finding(BaseModel):
-    kind: str
-    severity: Severity
-    title: str
-    evidence: str
-    data: dict[str, Any] = {}  # steps, layers, values behind the evidence
-    fix: str
-
-
-class Advice(BaseModel):
-    """A concrete change, named by the config key LLaMA-Factory uses for it."""
-
-    key: str  # max_grad_norm, warmup_ratio, learning_rate, per_device_train_batch_size, ...
-    value: Any
-    current: Any = None
-    reason: str
 
 
 class MemoryComparison(BaseModel):
@@ -109,7 +93,7 @@ class DiagnosticReport(BaseModel):
     environment: dict[str, Any] = {}
     records: list[StepRecord] = []
     findings: list[Finding] = []
-    advice: list[Advice] = []
+    advice: list[Change] = []  # settings to change, by planner field
     memory: MemoryComparison | None = None
     noise_scale: float | None = None  # gradient noise scale B_simple, in sequences (None: not measurable)
 

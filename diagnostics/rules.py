@@ -1,5 +1,9 @@
 """Findings from a run's step records, and the advice that follows from them.
 
+Both are the planner's types: a `Finding` per pattern (`code`, `message`, `evidence`, `fix`
+in words, and `field` / `change` where one setting is the remedy), and a `Change` per piece
+of advice, keyed by planner field names (`planner.fields`).
+
 Every rule works on robust statistics (medians, median absolute deviations,
 ratios of medians) over the recorded steps, and is deliberately conservative: a
 healthy run must raise nothing. LoRA-aware: `lora_B` starts at zero, so at the
@@ -15,7 +19,8 @@ import statistics
 from collections.abc import Sequence
 
 from diagnostics.monitor import layer_index
-from diagnostics.report import Advice, DiagnoseSettings, DiagnosticReport, Finding, StepRecord
+from diagnostics.report import DiagnoseSettings, DiagnosticReport, StepRecord
+from planner.findings import Change, Finding
 
 SPIKE_FACTOR = 10.0  # a gradient norm this many times its running median is a spike
 GROWTH_FACTOR = 10.0  # last-third median norm / first-third median norm that counts as steady growth
@@ -77,7 +82,7 @@ def analyze(records: list[StepRecord], settings: DiagnoseSettings) -> list[Findi
     if bad is not None:
         what = f"the gradient of {bad.nonfinite_param}" if bad.nonfinite_param else "the loss"
         findings.append(Finding(
-            kind="non_finite", severity="error", title="NaN/Inf in training",
+            code="non_finite", severity="error", message="NaN/Inf in training",
             evidence=f"{what} became non-finite at step {bad.step} (loss {bad.loss:.4g}, norm {bad.grad_norm:.4g})",
             data={"step": bad.step, "parameter": bad.nonfinite_param, "loss": bad.loss},
             fix="lower learning_rate (x0.1), keep max_grad_norm set, add warmup; under fp16 keep loss scaling "
@@ -100,8 +105,8 @@ def analyze(records: list[StepRecord], settings: DiagnoseSettings) -> list[Findi
         if grew:
             parts.append(f"the median norm grew {max(growth, jump):.0f}x over the run while the loss did not fall")
         findings.append(Finding(
-            kind="exploding_gradients", severity="error" if bad is not None else "warning",
-            title="Exploding gradients", evidence="; ".join(parts),
+            code="exploding_gradients", severity="error" if bad is not None else "warning",
+            message="Exploding gradients", evidence="; ".join(parts),
             data={"spike_steps": spikes, "growth": growth, "max_norm": max(norms, default=0.0),
                   "median_norm": _median(norms)},
             fix="clip gradients (max_grad_norm, see advice), warm the learning rate up, or lower it"))
@@ -122,28 +127,29 @@ def analyze(records: list[StepRecord], settings: DiagnoseSettings) -> list[Findi
                       "one" if sgd else "so it no longer singles out outlier batches (Adam's normalisation undoes "
                       "a uniform rescale)")
             findings.append(Finding(
-                kind="clipping_most_steps", severity="warning" if sgd else "info", title="Clipping acts on most steps",
+                code="clipping_most_steps", severity="warning" if sgd else "info", message="Clipping acts on most steps",
                 evidence=f"max_grad_norm={settings.max_grad_norm:g} clipped {len(clipped)} of {len(post)} steps; "
                          f"median norm {med:.3g}, {effect}",
                 data={"clipped_steps": clipped, "median_norm": med},
                 fix="raise max_grad_norm to the healthy range (see advice)"
-                    + (" or lower learning_rate deliberately" if sgd else "")))
+                    + (" or lower learning_rate deliberately" if sgd else ""),
+                field="max_grad_norm", change=clip_change(records, settings)))
 
     scales = [r.loss_scale for r in records if r.loss_scale is not None]
     if scales and (scales[-1] < 1.0 or sum(1 for a, b in itertools.pairwise(scales) if b < a) >= 5):
         findings.append(Finding(
-            kind="loss_scale_collapse", severity="error", title="fp16 loss scale collapsed",
+            code="loss_scale_collapse", severity="error", message="fp16 loss scale collapsed",
             evidence=f"the GradScaler scale fell from {scales[0]:g} to {scales[-1]:g}: overflowing steps were skipped",
-            data={"scales": scales},
+            data={"scales": scales}, field="precision",
             fix="use bf16 (bf16: true) if the GPU supports it, or lower learning_rate"))
 
     dead = _dead_parameters(after_first)
-    if dead and not any(f.kind == "fp16_underflow" for f in findings):  # underflow already explains them
+    if dead and not any(f.code == "fp16_underflow" for f in findings):  # underflow already explains them
         in_blocks = [n for n in dead if layer_index(n) is not None]
         ckpt = plan.gradient_checkpointing and lora and len(in_blocks) == len(dead)
         findings.append(Finding(
-            kind="dead_parameters", severity="warning",
-            title="Gradient checkpointing blocks gradients" if ckpt else "Trainable parameters never updated",
+            code="dead_parameters", severity="warning",
+            message="Gradient checkpointing blocks gradients" if ckpt else "Trainable parameters never updated",
             evidence=f"{len(dead)} trainable tensors had an exactly zero (or no) gradient on every step, e.g. "
                      + ", ".join(dead[:4]),
             data={"parameters": dead[:50], "count": len(dead)},
@@ -159,12 +165,13 @@ def analyze(records: list[StepRecord], settings: DiagnoseSettings) -> list[Findi
         if shares and len(stuck) > len(shares) / 2:
             med = _median([v for _, v in stuck])
             findings.append(Finding(
-                kind="bf16_updates_round_away", severity="warning", title="Pure-bf16 updates round to nothing",
+                code="bf16_updates_round_away", severity="warning", message="Pure-bf16 updates round to nothing",
                 evidence=f"on {len(stuck)} of {len(shares)} steps a median {med:.0%} of block weights were left "
                          "bit-identical: updates below half a bf16 step (2^-9 relative) vanish",
                 data={"unchanged": dict(stuck)},
                 fix="train in bf16-mixed (fp32 master weights; pure_bf16: false), use a Kahan-summation "
-                    "optimizer, or raise learning_rate"))
+                    "optimizer, or raise learning_rate",
+                field="precision", change=_mixed_precision(plan.precision, _KEEP_MASTER)))
     return findings
 
 
@@ -179,7 +186,7 @@ def _vanishing(records: list[StepRecord], settings: DiagnoseSettings) -> list[Fi
         depth = first / last if last > 0 else float("inf")
         if low or depth < VANISH_RATIO:
             out.append(Finding(
-                kind="vanishing_gradients", severity="warning", title="Vanishing gradients",
+                code="vanishing_gradients", severity="warning", message="Vanishing gradients",
                 evidence=(f"blocks {', '.join(b.split('.')[1] for b in low)} have median gradient norms below "
                           f"{VANISH_RATIO:g}x the median block ({ref:.3g})" if low else "")
                 + ("; " if low and depth < VANISH_RATIO else "")
@@ -197,10 +204,10 @@ def _vanishing(records: list[StepRecord], settings: DiagnoseSettings) -> list[Fi
         if flushed:
             worst = max(flushed.values())
             out.append(Finding(
-                kind="fp16_underflow", severity="warning", title="fp16 gradients flushed to zero",
+                code="fp16_underflow", severity="warning", message="fp16 gradients flushed to zero",
                 evidence=f"in {len(flushed)} block(s) a median {worst:.0%} of gradient elements were exactly zero "
                          + ("without loss scaling" if not settings.loss_scaling else "despite loss scaling"),
-                data={"zero_share": flushed},
+                data={"zero_share": flushed}, field="precision",
                 fix="keep loss scaling on (fp16: true uses a GradScaler) or train in bf16 (bf16: true)"))
     return out
 
@@ -214,9 +221,9 @@ def _loss_findings(records: list[StepRecord], settings: DiagnoseSettings) -> lis
         tail = _median(values[-5:])
         if tail > 1.5 * best_early:
             out.append(Finding(
-                kind="loss_divergence", severity="error", title="Loss is diverging",
+                code="loss_divergence", severity="error", message="Loss is diverging",
                 evidence=f"the loss rose from a best of {best_early:.4g} to {tail:.4g} (median of the last 5 steps)",
-                data={"best": best_early, "last": tail},
+                data={"best": best_early, "last": tail}, field="learning_rate",
                 fix="lower learning_rate (x0.3) and add warmup"))
         spikes = []
         for i in range(8, len(losses)):
@@ -227,7 +234,7 @@ def _loss_findings(records: list[StepRecord], settings: DiagnoseSettings) -> lis
                 spikes.append(losses[i][0])
         if spikes:
             out.append(Finding(
-                kind="loss_spikes", severity="warning", title="Loss spikes",
+                code="loss_spikes", severity="warning", message="Loss spikes",
                 evidence=f"the loss jumped over {LOSS_SPIKE_MADS:g} median absolute deviations above its recent "
                          f"median at steps {_steps_text(spikes)}",
                 data={"steps": spikes},
@@ -238,7 +245,7 @@ def _loss_findings(records: list[StepRecord], settings: DiagnoseSettings) -> lis
         first, second = _median(post[:half]), _median(post[half:])
         if first > 0 and abs(first - second) / first < 0.005:
             out.append(Finding(
-                kind="loss_plateau", severity="info", title="Loss plateau",
+                code="loss_plateau", severity="info", message="Loss plateau",
                 evidence=f"the median loss moved {abs(first - second) / first:.2%} between the two halves of the run",
                 data={"first_half": first, "second_half": second},
                 fix="a learning rate too low (see the update ratios) or data the model already fits"))
@@ -279,40 +286,64 @@ def noise_scale(records: list[StepRecord], settings: DiagnoseSettings, world: in
     return trace / g_sq
 
 
-def advise(records: list[StepRecord], findings: list[Finding], settings: DiagnoseSettings,
-           world: int = 1, bf16_supported: bool | None = None) -> list[Advice]:
-    kinds = {f.kind for f in findings}
-    plan = settings.plan
-    out: list[Advice] = []
+_BF16_RANGE = "bf16 has fp32's exponent range: no underflow, no loss scaling needed"
+_KEEP_MASTER = "keep fp32 master weights so small updates accumulate"
+
+
+def _change(title: str, field: str, value, current, reason: str) -> Change:
+    return Change(title=title, changes={field: value}, current={field: current}, reason=reason)
+
+
+def _mixed_precision(current: str, reason: str) -> Change:
+    title = {"fp16-mixed": "Train in bf16 instead of fp16", "bf16": "Keep fp32 master weights (bf16-mixed)"}.get(
+        current, "Train in bf16-mixed")
+    return _change(title, "precision", "bf16-mixed", current, reason)
+
+
+def clip_change(records: list[StepRecord], settings: DiagnoseSettings) -> Change | None:
+    """Clip at the 90th percentile of the healthy steps' norms: clipping then trims the spikes only."""
     healthy = healthy_norms(records, settings)
-    if healthy and kinds & {"exploding_gradients", "clipping_most_steps", "non_finite", "loss_spikes"}:
-        p90 = sorted(healthy)[int(0.9 * (len(healthy) - 1))]
-        value = float(f"{p90:.2g}")
-        out.append(Advice(
-            key="max_grad_norm", value=value, current=settings.max_grad_norm,
-            reason=f"the 90th percentile of the {len(healthy)} healthy steps' gradient norms (median "
-                   f"{_median(healthy):.3g}): clipping then trims the spikes only"))
+    if not healthy:
+        return None
+    p90 = sorted(healthy)[int(0.9 * (len(healthy) - 1))]
+    value = float(f"{p90:.2g}")
+    return _change(f"Clip gradients at {value:g}", "max_grad_norm", value, settings.max_grad_norm,
+                   f"the 90th percentile of the {len(healthy)} healthy steps' gradient norms (median "
+                   f"{_median(healthy):.3g}): clipping then trims the spikes only")
+
+
+def advise(records: list[StepRecord], findings: list[Finding], settings: DiagnoseSettings,
+           world: int = 1, bf16_supported: bool | None = None) -> list[Change]:
+    """The settings to change, as `Change`s keyed by planner field (`planner.fields`)."""
+    codes = {f.code for f in findings}
+    plan = settings.plan
+    out: list[Change] = []
+    clip = clip_change(records, settings)
+    if clip is not None and codes & {"exploding_gradients", "clipping_most_steps", "non_finite", "loss_spikes"}:
+        out.append(clip)
     early = [s for s in spike_steps(records) if s <= max(3, len(records) // 3)]
-    if (early or "non_finite" in kinds or "loss_divergence" in kinds) and settings.warmup_ratio == 0:
+    if (early or "non_finite" in codes or "loss_divergence" in codes) and settings.warmup_ratio == 0:
         settle = max(early, default=max(1, len(records) // 5))
         what = f"the gradient norm spikes up to step {settle}" if early else "the run diverges from the start"
-        out.append(Advice(
-            key="warmup_ratio", value=0.05, current=settings.warmup_ratio,
-            reason=f"{what} without warmup; warm up over at least {2 * settle} steps (warmup_steps) or 5% of the "
-                   "run"))
+        out.append(_change(
+            "Warm the learning rate up over 5% of the run", "warmup_ratio", 0.05, settings.warmup_ratio,
+            f"{what} without warmup; warm up over at least {2 * settle} steps (warmup_steps) or 5% of the run"))
     lr = settings.learning_rate
-    if "non_finite" in kinds:
-        out.append(Advice(key="learning_rate", value=float(f"{lr * 0.1:.2g}"), current=lr,
-                          reason="gradients became non-finite: a tenth of the learning rate"))
-    elif kinds & {"loss_divergence", "exploding_gradients"}:
-        out.append(Advice(key="learning_rate", value=float(f"{lr * 0.3:.2g}"), current=lr,
-                          reason="the run diverges or its gradients explode: about a third of the learning rate"))
-    elif "loss_plateau" in kinds:
+    if "non_finite" in codes:
+        new = float(f"{lr * 0.1:.2g}")
+        out.append(_change(f"Lower the learning rate to {new:g}", "learning_rate", new, lr,
+                           "gradients became non-finite: a tenth of the learning rate"))
+    elif codes & {"loss_divergence", "exploding_gradients"}:
+        new = float(f"{lr * 0.3:.2g}")
+        out.append(_change(f"Lower the learning rate to {new:g}", "learning_rate", new, lr,
+                           "the run diverges or its gradients explode: about a third of the learning rate"))
+    elif "loss_plateau" in codes:
         ratios = _finite(_median(list(r.update_ratio.values())) for r in records if r.update_ratio)
         if ratios and _median(ratios) < 1e-4:
-            out.append(Advice(key="learning_rate", value=float(f"{lr * 3:.2g}"), current=lr,
-                              reason=f"the loss is flat and the median update is {_median(ratios):.1e} of the "
-                                     "weights: a learning rate about 3x higher"))
+            new = float(f"{lr * 3:.2g}")
+            out.append(_change(f"Raise the learning rate to {new:g}", "learning_rate", new, lr,
+                               f"the loss is flat and the median update is {_median(ratios):.1e} of the weights: a "
+                               "learning rate about 3x higher"))
     b_noise = noise_scale(records, settings, world)
     global_batch = plan.batch_size * plan.grad_accum * world
     # The noise scale grows as the loss falls (McCandlish et al., Sec. 4), so one measured at the start of
@@ -320,17 +351,16 @@ def advise(records: list[StepRecord], findings: list[Finding], settings: Diagnos
     if b_noise is not None and b_noise > 4 * global_batch:
         target = max(plan.batch_size * world, min(round(b_noise), 8 * global_batch))
         accum = max(1, round(target / (plan.batch_size * world)))
-        out.append(Advice(
-            key="gradient_accumulation_steps", value=accum, current=plan.grad_accum,
-            reason=f"the gradient noise scale is about {b_noise:.0f} sequences (McCandlish et al. 2018) against a "
-                   f"global batch of {global_batch}: {accum} accumulation steps x per_device_train_batch_size "
-                   f"{plan.batch_size} gets the global batch near it"))
-    if kinds & {"fp16_underflow", "loss_scale_collapse"} and bf16_supported is not False:
-        out.append(Advice(key="bf16", value=True, current=False,
-                          reason="bf16 has fp32's exponent range: no underflow, no loss scaling needed"))
-    if "bf16_updates_round_away" in kinds:
-        out.append(Advice(key="pure_bf16", value=False, current=True,
-                          reason="keep fp32 master weights so small updates accumulate"))
+        out.append(_change(
+            f"Accumulate {accum} micro-batches per step", "grad_accum", accum, plan.grad_accum,
+            f"the gradient noise scale is about {b_noise:.0f} sequences (McCandlish et al. 2018) against a global "
+            f"batch of {global_batch}: {accum} accumulation steps x micro-batch {plan.batch_size} gets the global "
+            "batch near it"))
+    if codes & {"fp16_underflow", "loss_scale_collapse"} and bf16_supported is not False \
+            and plan.precision != "bf16-mixed":
+        out.append(_mixed_precision(plan.precision, _BF16_RANGE))
+    if "bf16_updates_round_away" in codes:
+        out.append(_mixed_precision(plan.precision, _KEEP_MASTER))
     return out
 
 

@@ -16,8 +16,9 @@ import sys
 import threading
 from collections.abc import Callable
 
-from diagnostics.report import DiagnoseSettings, DiagnosticReport, Finding, StepRecord
+from diagnostics.report import DiagnoseSettings, DiagnosticReport, StepRecord
 from diagnostics.rules import conclude
+from planner.findings import Finding
 
 
 def run_isolated(settings: DiagnoseSettings, on_step: Callable[[StepRecord], None] | None = None,
@@ -58,21 +59,21 @@ def run_isolated(settings: DiagnoseSettings, on_step: Callable[[StepRecord], Non
     return _crash_report(settings, records, code, "".join(errors), interrupted)
 
 
-def _crash_report(settings: DiagnoseSettings, records: list[StepRecord], code: int, stderr: str,
+def _crash_report(settings: DiagnoseSettings, records: list[StepRecord], exit_code: int, stderr: str,
                   interrupted: bool) -> DiagnosticReport:
     tail = " | ".join(line.strip() for line in stderr.strip().splitlines()[-3:])
     if "out of memory" in stderr.lower():
-        kind, title = "out_of_memory", "Out of memory"
+        code, title = "out_of_memory", "Out of memory"
         fix = "lower per_device_train_batch_size or cutoff_len, enable gradient checkpointing (see ftplan estimate)"
-    elif code == -signal.SIGKILL:
-        kind, title = "killed", "The run was killed (SIGKILL), most likely by the kernel's OOM killer"
+    elif exit_code == -signal.SIGKILL:
+        code, title = "killed", "The run was killed (SIGKILL), most likely by the kernel's OOM killer"
         fix = "the host ran out of RAM: load fewer weights on the CPU, or use a machine with more memory"
     else:
-        kind, title = "crashed", f"The run died with exit code {code}"
+        code, title = "crashed", f"The run died with exit code {exit_code}"
         fix = "see the error above; rerun with --in-process to get the full traceback"
-    status = "interrupted" if interrupted else ("oom" if kind == "out_of_memory" else "crashed")
+    status = "interrupted" if interrupted else ("oom" if code == "out_of_memory" else "crashed")
     report = DiagnosticReport(status=status, settings=settings, records=records,
                               message=f"{title} after {len(records)} step(s): {tail}" if tail else title)
-    report.findings.append(Finding(kind=kind, severity="error", title=title,
-                                   evidence=tail or f"exit code {code}", data={"exit_code": code}, fix=fix))
+    report.findings.append(Finding(code=code, severity="error", message=title,
+                                   evidence=tail or f"exit code {exit_code}", data={"exit_code": exit_code}, fix=fix))
     return conclude(report)

@@ -23,6 +23,7 @@ def main() -> int:
     from diagnostics.loop import run
     from diagnostics.report import DiagnoseSettings, DiagnosticReport
     from planner.errors import EnvironmentMissing, FtplanError
+    from planner.fields import worded
 
     def emit(event: dict) -> None:
         events.write(json.dumps(event) + "\n")
@@ -33,7 +34,7 @@ def main() -> int:
         report = run(settings, on_step=lambda r: emit({"event": "step", "record": r.model_dump(mode="json")}))
     except FtplanError as exc:
         kind = "environment" if isinstance(exc, EnvironmentMissing) else "input"
-        report = DiagnosticReport(status="failed", settings=settings, message=str(exc), error_kind=kind)
+        report = DiagnosticReport(status="failed", settings=settings, message=worded(exc, "cli"), error_kind=kind)
     emit({"event": "report", "report": report.model_dump(mode="json")})
     return 0
 

@@ -33,14 +33,14 @@ def _candidates(spec: ModelSpec, plan: Plan, capacity: int, machine: Machine) ->
         out.append(("Use QLoRA (4-bit base weights)",
                     "NF4 stores the frozen base in about 0.5 byte per parameter", {"method": "qlora"}))
     if not plan.fused_loss:
-        out.append(("Use a fused linear cross-entropy (enable_liger_kernel: true)",
+        out.append(("Use a fused linear cross-entropy (Liger)",
                     f"the loss never materialises the {spec.vocab_size:,}-wide logits in fp32",
                     {"fused_loss": True}))
     if plan.method in ("full", "freeze") and plan.optimizer in ("adamw", "adamw-fused"):
         out.append(("Use an 8-bit optimizer (bitsandbytes AdamW8bit)",
                     "2 bytes of Adam state per parameter instead of 8", {"optimizer": "adamw-8bit"}))
     if plan.optimizer == "adamw":
-        out.append(("Use fused AdamW (optim: adamw_torch_fused)",
+        out.append(("Use fused AdamW",
                     "the foreach AdamW materialises sqrt(v) for every parameter during the step",
                     {"optimizer": "adamw-fused"}))
     if plan.precision == "bf16-mixed" and plan.method in ("full", "freeze"):
@@ -74,7 +74,7 @@ def _candidates(spec: ModelSpec, plan: Plan, capacity: int, machine: Machine) ->
     if 0 < longest < plan.seq_len:
         rounded = longest // 64 * 64 or longest
         out.append((f"Shorten sequences to {rounded} tokens",
-                    "cutoff_len bounds activation memory; longer examples are truncated",
+                    "the sequence length bounds activation memory; longer examples are truncated",
                     {"seq_len": rounded}))
     return out
 

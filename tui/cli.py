@@ -147,9 +147,14 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if args.in_process or distributed:
+        import contextlib
+
         from diagnostics.loop import run
 
-        report = run(settings, on_step=on_step)
+        # libraries print to stdout (DeepSpeed's accelerator notice): keep it for the JSON alone
+        quiet = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
+        with quiet:
+            report = run(settings, on_step=on_step)
     else:
         from diagnostics.runner import run_isolated
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 
 from diagnostics.preflight import PreflightReport
-from planner.fields import name_in
+from planner.fields import how, name_in
 from planner.units import fmt_gib, gib
 from tui.diagnose_view import change_settings, finding_line
 
@@ -48,7 +48,8 @@ def print_preflight(report: PreflightReport, console: Console | None = None) -> 
         for f in d.findings:
             console.print(f"  [{_STYLE[f.severity]}]{f.severity}[/{_STYLE[f.severity]}] {finding_line(f)}")
         for a in d.advice:
-            console.print(f"  advice: {a.title} ({change_settings(a, report.format)}): {a.reason}", style="dim")
+            console.print(f"  advice: {a.title} ({how(a.changes, report.format) or change_settings(a, report.format)}): "
+                          f"{a.reason}", style="dim")
     if report.fixed:
         changed = ", ".join(f"{k}: {v}" for k, v in report.fix_changes.items()) or "nothing to change"
         console.print(f"corrected copy: {report.fixed} ({changed}); {report.config} is unchanged")

@@ -32,8 +32,19 @@ RECOGNISED = frozenset({
 
 # Planner flags -> keys, to report a Plan validation error by the name the user wrote.
 # Key for each change the advice can make.
-WRITABLE = frozenset({"method", "batch_size", "grad_accum", "seq_len", "gradient_checkpointing", "optimizer",
-                      "learning_rate", "warmup_ratio", "max_grad_norm", "precision"})
+# DeepSpeed settings live in a JSON file the key points at: not a value --fix can write
+UNWRITABLE = frozenset({"zero", "offload_optimizer"})
+
+
+def attention_keys(kernel: str) -> dict[str, bool]:
+    return {"flash_attention": kernel == "flash", "sdp_attention": kernel == "sdpa"}
+
+
+def target_keys(target: str) -> dict:
+    """axolotl's lora_target_linear for every linear layer, else lora_target_modules."""
+    if target == "all":
+        return {"lora_target_linear": True}
+    return {"lora_target_modules": [t.strip() for t in target.split(",") if t.strip()]}
 
 
 def method_keys(method: str) -> dict:
@@ -87,6 +98,7 @@ def read(keys: Keys, base: Path) -> RunConfig:
 
 FRAMEWORK = Framework(
     name="axolotl", read=read, model_key="base_model", signature=frozenset({"base_model"}),
-    recognised=RECOGNISED, writable=WRITABLE, method_keys=method_keys,
-    fix_values={"precision": precision_keys},
+    recognised=RECOGNISED, unwritable=UNWRITABLE, method_keys=method_keys,
+    fix_values={"precision": precision_keys, "attention": attention_keys, "lora_target": target_keys,
+                "quant_bits": lambda bits: {"load_in_4bit": bits == 4, "load_in_8bit": bits == 8}},
 )

@@ -90,11 +90,18 @@ class Framework:
     model_key: str
     signature: frozenset[str]  # keys only this framework writes (format detection)
     recognised: frozenset[str]  # keys it accepts that change neither memory, stability nor time
-    writable: frozenset[str]  # settings `--fix` can write as plain keys (names: planner.fields)
+    unwritable: frozenset[str]  # settings with a key that `--fix` cannot write as a plain value (e.g. a file)
     method_keys: Callable[[str], dict[str, Any]]  # a change of method, as keys and values
     # where a key's value differs from the planner's; a dict return sets several keys
     fix_values: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
     default_lora_alpha: Callable[[int], float] | None = None  # of the LoRA rank, when lora_alpha is unset
+
+    @property
+    def writable(self) -> frozenset[str]:
+        """The settings `--fix` and exports can write: every field with a key here (planner.fields)."""
+        from planner import fields
+
+        return frozenset(s.name for s in fields.FIELDS if self.name in s.keys) - self.unwritable
 
 
 # ---------------------------------------------------------------- reading

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from planner import fields
 from planner.configs.common import OPTIM_BACK, Hyper
-from planner.configs.fix import yaml_scalar
+from planner.configs.fix import config_changes_for, yaml_scalar
 from planner.configs.llamafactory import FLASH_ATTN_BACK
 from planner.plan import Plan
 
@@ -63,4 +64,22 @@ def llamafactory_yaml(model: str, plan: Plan, hyper: Hyper | None = None, datase
     lines.append(f"flash_attn: {FLASH_ATTN_BACK[plan.attention]}")
     if plan.zero:
         lines.append(f"deepspeed: {deepspeed_file or f'ds_z{plan.zero}_config.json'}")
+    other = _other_settings(plan)
+    if other:
+        lines += ["", "### other"] + [f"{k}: {yaml_scalar(v)}" for k, v in other.items()]
     return "\n".join(lines) + "\n"
+
+
+# written above, in LLaMA-Factory's sections
+_SECTIONED = frozenset({"method", "quant_bits", "double_quant", "lora_rank", "lora_target", "lora_dropout",
+                        "freeze_trainable_layers", "fused_loss", "seq_len", "batch_size", "grad_accum", "optimizer",
+                        "precision", "gradient_checkpointing", "attention", "zero", "offload_optimizer"})
+
+
+def _other_settings(plan: Plan) -> dict[str, Any]:
+    """Every other plan field with a LLaMA-Factory key that differs from its default (planner.fields)."""
+    changed = {s.name: getattr(plan, s.name) for s in fields.FIELDS
+               if s.owner == "plan" and s.name not in _SECTIONED and "llamafactory" in s.keys
+               and s.name in type(plan).model_fields
+               and getattr(plan, s.name) != type(plan).model_fields[s.name].default}
+    return config_changes_for("llamafactory", changed)

@@ -30,9 +30,18 @@ RECOGNISED = frozenset({
 })
 
 # Planner flags -> keys, to report a Plan validation error by the name the user wrote.
-# Settings `--fix` writes (their keys: planner.fields).
-WRITABLE = frozenset({"method", "batch_size", "grad_accum", "seq_len", "gradient_checkpointing", "optimizer",
-                      "learning_rate", "warmup_ratio", "max_grad_norm", "fused_loss", "precision"})
+# DeepSpeed settings live in a JSON file the key points at: not a value --fix can write
+UNWRITABLE = frozenset({"zero", "offload_optimizer"})
+ATTN_BACK = {"flash": "flash_attention_2", "sdpa": "sdpa", "eager": "eager"}
+
+
+def target_modules(target: str) -> str | list[str]:
+    """peft's target_modules as TRL's ModelConfig takes it: "all-linear" or a list of names."""
+    return "all-linear" if target == "all" else [t.strip() for t in target.split(",") if t.strip()]
+
+
+def quant_keys(bits: int | None) -> dict[str, bool]:
+    return {"load_in_4bit": bits == 4, "load_in_8bit": bits == 8}
 
 
 def method_keys(method: str) -> dict:
@@ -73,6 +82,7 @@ def read(keys: Keys, base: Path) -> RunConfig:
 FRAMEWORK = Framework(
     name="hf", read=read, model_key="model_name_or_path",
     signature=frozenset(),  # TrainingArguments have no keys of their own: the format of last resort
-    recognised=RECOGNISED, writable=WRITABLE, method_keys=method_keys,
-    fix_values={"precision": precision_keys},
+    recognised=RECOGNISED, unwritable=UNWRITABLE, method_keys=method_keys,
+    fix_values={"precision": precision_keys, "attention": ATTN_BACK.__getitem__, "lora_target": target_modules,
+                "quant_bits": quant_keys},
 )

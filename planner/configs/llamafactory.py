@@ -39,10 +39,8 @@ RECOGNISED = frozenset({
     "booster", "image_max_pixels", "video_max_pixels", "dataloader_pin_memory",
 })
 
-# Settings `--fix` writes (their keys: planner.fields).
-WRITABLE = frozenset({"batch_size", "grad_accum", "seq_len", "method", "quant_bits", "gradient_checkpointing",
-                      "optimizer", "learning_rate", "warmup_ratio", "max_grad_norm", "fused_loss", "lora_target",
-                      "attention", "precision"})
+# DeepSpeed settings live in a JSON file the key points at: not a value --fix can write
+UNWRITABLE = frozenset({"zero", "offload_optimizer"})
 
 
 def method_keys(method: str) -> dict:
@@ -127,7 +125,7 @@ def _resolve_data(data: DataInfo, base: Path) -> DataInfo:
 FRAMEWORK = Framework(
     name="llamafactory", read=read, model_key="model_name_or_path",
     signature=frozenset({"finetuning_type", "stage", "cutoff_len", "lora_target", "quantization_bit", "template"}),
-    recognised=RECOGNISED, writable=WRITABLE, method_keys=method_keys,
+    recognised=RECOGNISED, unwritable=UNWRITABLE, method_keys=method_keys,
     fix_values={"gradient_checkpointing": lambda on: not on,  # the key is disable_gradient_checkpointing
                 "attention": FLASH_ATTN_BACK.__getitem__,
                 "precision": lambda precision: {**precision_keys(precision), "pure_bf16": precision == "bf16"}},

@@ -43,7 +43,10 @@ def test_an_error_finding_exits_1() -> None:
     result = ftplan("diagnose", "--model", "tiny-llama", "--steps", "12", "--method", "full", "--lr", "3",
                     "--max-grad-norm", "0", "--precision", "fp32", "--grad-accum", "1", "--json")
     assert result.returncode == ExitCode.CHECK_FAILED
-    assert any(f["severity"] == "error" for f in json.loads(result.stdout)["findings"])
+    data = json.loads(result.stdout)
+    assert any(f["severity"] == "error" for f in data["findings"])
+    assert all(f["code"] and f["message"] for f in data["findings"])
+    assert data["advice"] and all(a["title"] and a["changes"] for a in data["advice"])
 
 
 @pytest.mark.parametrize(("args", "needle"), [
@@ -74,8 +77,8 @@ def test_a_dead_child_still_yields_a_report(tmp_path) -> None:
     seen = []
     report = run_isolated(settings, on_step=seen.append, python=str(fake))
     assert [r.step for r in seen] == [1, 2] and [r.step for r in report.records] == [1, 2]
-    assert report.status == "crashed" and report.findings[0].kind == "killed"
-    assert "OOM killer" in report.findings[0].title
+    assert report.status == "crashed" and report.findings[0].code == "killed"
+    assert "OOM killer" in report.findings[0].message
 
 
 def test_ctrl_c_in_the_parent_reaches_the_child_and_keeps_a_partial_report() -> None:

@@ -20,12 +20,12 @@ def settings(method: str = "lora", steps: int = 12, **kw) -> DiagnoseSettings:
     return DiagnoseSettings(model="tiny-llama", steps=steps, plan=plan, **kw)
 
 
-def kinds(report: DiagnosticReport) -> set[str]:
-    return {f.kind for f in report.findings}
+def codes(report: DiagnosticReport) -> set[str]:
+    return {f.code for f in report.findings}
 
 
 def warnings_of(report: DiagnosticReport) -> list[str]:
-    return [f"{f.kind}: {f.evidence}" for f in report.warnings]
+    return [f"{f.code}: {f.evidence}" for f in report.warnings]
 
 
 @pytest.mark.parametrize("method", ["full", "lora", "qlora"])
@@ -54,16 +54,16 @@ def test_healthy_lora_run_raises_no_warning_and_step_zero_is_not_vanishing() -> 
     assert all(v == 0 for k, v in first.kind_norms.items() if k.endswith("lora_A"))
     # ... which is not a finding
     assert warnings_of(report) == []
-    assert not kinds(report) & {"vanishing_gradients", "dead_parameters"}
+    assert not codes(report) & {"vanishing_gradients", "dead_parameters"}
 
 
 def test_very_high_learning_rate_is_exploding_with_a_clip_suggestion() -> None:
     report = run(settings("full", steps=20, lr=1.0, max_grad_norm=None, precision="fp32", grad_accum=1))
-    assert "exploding_gradients" in kinds(report)
-    clip = next(a for a in report.advice if a.key == "max_grad_norm")
+    assert "exploding_gradients" in codes(report)
+    clip = next(a.changes["max_grad_norm"] for a in report.advice if "max_grad_norm" in a.changes)
     healthy = sorted(r.grad_norm for r in report.records)
-    assert healthy[0] <= clip.value <= healthy[-1]
-    assert any(a.key == "learning_rate" and a.value < 1.0 for a in report.advice)
+    assert healthy[0] <= clip <= healthy[-1]
+    assert any(a.changes.get("learning_rate", 1.0) < 1.0 for a in report.advice)
 
 
 def test_injected_vanishing_blocks_are_named() -> None:
@@ -75,22 +75,23 @@ def test_injected_vanishing_blocks_are_named() -> None:
                 p.register_hook(lambda g: g * 1e-6)
 
     report = run(settings("full", steps=6, precision="fp32"), prepare_model=shrink)
-    finding = next(f for f in report.findings if f.kind == "vanishing_gradients")
+    finding = next(f for f in report.findings if f.code == "vanishing_gradients")
     assert set(finding.data["low_blocks"]) == {"block.1", "block.2"}
 
 
 def test_fp16_without_loss_scaling_flushes_small_gradients_to_zero() -> None:
     report = run(settings("full", steps=4, precision="fp16-mixed", loss_scaling=False, init_std=1e-3,
                           lr=1e-4, grad_accum=1))
-    finding = next(f for f in report.findings if f.kind == "fp16_underflow")
+    finding = next(f for f in report.findings if f.code == "fp16_underflow")
     assert max(finding.data["zero_share"].values()) > 0.05
-    assert any(a.key == "bf16" for a in report.advice)
+    assert any(a.changes == {"precision": "bf16-mixed"} and a.current == {"precision": "fp16-mixed"}
+               for a in report.advice)
 
 
 def test_fp16_with_loss_scaling_keeps_them() -> None:
     report = run(settings("full", steps=4, precision="fp16-mixed", loss_scaling=True, init_std=1e-3,
                           lr=1e-4, grad_accum=1))
-    assert "fp16_underflow" not in kinds(report)
+    assert "fp16_underflow" not in codes(report)
     assert all(max(r.zero_fraction[f"block.{i}"] for i in range(4)) < 0.01 for r in report.records)
     assert all(r.loss_scale for r in report.records)
 
@@ -108,7 +109,7 @@ def test_small_init_pre_ln_model_is_not_vanishing(tmp_path) -> None:
     report = run(s)
     medians = [report.records[-1].layer_norms[f"block.{i}"] for i in (0, 23)]
     assert 0.1 < medians[0] / medians[1] < 10
-    assert "vanishing_gradients" not in kinds(report)
+    assert "vanishing_gradients" not in codes(report)
 
 
 def test_injected_nan_names_its_parameter() -> None:
@@ -121,7 +122,7 @@ def test_injected_nan_names_its_parameter() -> None:
 
     report = run(settings("full", steps=5, precision="fp32"), prepare_model=poison)
     assert report.status == "non_finite" and len(report.records) == 1
-    finding = next(f for f in report.findings if f.kind == "non_finite")
+    finding = next(f for f in report.findings if f.code == "non_finite")
     assert finding.data["parameter"] == target and finding.data["step"] == 1
 
 
@@ -138,8 +139,9 @@ def test_interrupt_keeps_a_valid_partial_report(tmp_path) -> None:
 
 def test_pure_bf16_with_a_tiny_learning_rate_rounds_updates_away() -> None:
     report = run(settings("full", steps=6, precision="bf16", lr=1e-6, grad_accum=1, max_grad_norm=None))
-    assert "bf16_updates_round_away" in kinds(report)
-    assert any(a.key == "pure_bf16" and a.value is False for a in report.advice)
+    assert "bf16_updates_round_away" in codes(report)
+    assert any(a.changes == {"precision": "bf16-mixed"} and a.current == {"precision": "bf16"}
+               for a in report.advice)
 
 
 def test_checkpointing_with_frozen_inputs_blocks_lora_gradients() -> None:
@@ -155,7 +157,7 @@ def test_checkpointing_with_frozen_inputs_blocks_lora_gradients() -> None:
                 p.register_hook(lambda g: g * 0)
 
     report = run(settings("lora", steps=4, gradient_checkpointing=True), prepare_model=misconfigure)
-    finding = next(f for f in report.findings if f.kind == "dead_parameters")
+    finding = next(f for f in report.findings if f.code == "dead_parameters")
     assert "enable_input_require_grads" in finding.fix and finding.data["count"] > 0
 
 
@@ -165,7 +167,7 @@ def test_run_that_does_not_fit_stops_before_loading(monkeypatch) -> None:
     monkeypatch.setattr(loop, "available_memory", lambda device: 1 << 20)
     report = run(settings("full", steps=3))
     assert report.status == "does_not_fit" and report.records == []
-    assert report.findings[0].kind == "does_not_fit" and "--" in report.findings[0].fix
+    assert report.findings[0].code == "does_not_fit" and "--" in report.findings[0].fix
 
 
 @pytest.mark.parametrize("optimizer", ["adamw-8bit", "adamw-fused", "adafactor", "sgd-momentum"])
