@@ -18,10 +18,11 @@ from textual.widgets import Button, Input, Label, ProgressBar, Static
 from diagnostics.report import DiagnoseSettings, DiagnosticReport, StepRecord
 from planner.errors import FtplanError
 from planner.fields import worded
-from tui.diagnose_view import change_settings, finding_line
+from tui.diagnose_view import change_settings
 from tui.plan_pane import PlanState
 from tui.plot_widgets import LossPlot
 from tui.plots import norm_heatmap
+from tui.views import finding_line
 
 _STYLE = {"error": "b red", "warning": "yellow", "info": "dim"}
 

@@ -7,9 +7,10 @@ from rich.table import Table
 
 from diagnostics.report import DiagnosticReport, StepRecord
 from planner.fields import Vocabulary, name_in
-from planner.findings import Change, Finding
+from planner.findings import Change
 from planner.units import fmt_gib
 from tui.plots import loss_plot, norm_heatmap
+from tui.views import finding_line
 
 _STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
@@ -18,11 +19,6 @@ def step_line(record: StepRecord, total: int) -> str:
     clip = " clipped" if record.clipped else ""
     return (f"step {record.step:>3}/{total}  loss {record.loss:8.4f}  grad norm {record.grad_norm:9.4g}{clip}  "
             f"lr {record.lr:.2e}  {record.tokens_per_s:,.0f} tok/s")
-
-
-def finding_line(f: Finding) -> str:
-    """A finding as one line: its message, and its evidence when it has some."""
-    return f.message + (f": {f.evidence}" if f.evidence else "")
 
 
 def change_settings(change: Change, vocabulary: Vocabulary) -> str:

@@ -8,9 +8,10 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
 from diagnostics.nvml import GpuProbe, probe
-from planner.units import GIB
+from tui.views import gpu_rows, process_lines
 
 REFRESH_SECONDS = 3.0
+COLUMNS = ("cuda", "nvml", "name", "used / total", "free", "util", "temp", "power", "cc")
 
 
 class GpusPane(Vertical):
@@ -20,8 +21,7 @@ class GpusPane(Vertical):
         yield Static("", id="gpus-processes")
 
     def on_mount(self) -> None:
-        self.query_one("#gpus-table", DataTable).add_columns("cuda", "nvml", "name", "used / total GiB", "free GiB", "util",
-                                                       "temp", "power", "cc")
+        self.query_one("#gpus-table", DataTable).add_columns(*COLUMNS)
         self.refresh_gpus()
         self.set_interval(REFRESH_SECONDS, self._tick)
 
@@ -47,16 +47,8 @@ class GpusPane(Vertical):
         status.update(f"driver {result.driver_version}, CUDA {result.cuda_driver_version}"
                       + (f", CUDA_VISIBLE_DEVICES={result.cuda_visible_devices!r}"
                          if result.cuda_visible_devices is not None else "") + f" — refreshed every {REFRESH_SECONDS:g} s")
-        for g in result.gpus:
-            used = (f"{g.memory_used / GIB:.1f} / {g.memory_total / GIB:.1f}" if g.memory_total is not None
-                    and g.memory_used is not None else "lost")
-            table.add_row("–" if g.cuda_index is None else str(g.cuda_index), g.label.removeprefix("GPU "), g.name,
-                          used, "–" if g.memory_free is None else f"{g.memory_free / GIB:.1f}",
-                          "–" if g.utilization_gpu is None else f"{g.utilization_gpu}%",
-                          "–" if g.temperature_c is None else f"{g.temperature_c}°C",
-                          "–" if g.power_w is None else f"{g.power_w:.0f} W", g.compute_capability or "–")
-        lines = [f"{g.label}: pid {p.pid} {p.name or ''} "
-                 + ("?" if p.used_memory is None else f"{p.used_memory / GIB:.2f} GiB") + (" (ftplan)" if p.own else "")
-                 for g in result.gpus for p in g.processes]
+        for row in gpu_rows(result):
+            table.add_row(*(row[c] for c in COLUMNS))
+        lines = process_lines(result)
         self.query_one("#gpus-processes", Static).update(
             ("processes holding memory:\n" + "\n".join(lines)) if lines else "no processes hold GPU memory")

@@ -7,7 +7,8 @@ from rich.console import Console
 from diagnostics.preflight import PreflightReport
 from planner.fields import how, name_in
 from planner.units import fmt_gib, gib
-from tui.diagnose_view import change_settings, finding_line
+from tui.diagnose_view import change_settings
+from tui.views import finding_line
 
 _STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
 _FORMATS = {"llamafactory": "LLaMA-Factory", "hf": "HF TrainingArguments / TRL", "axolotl": "axolotl"}

@@ -8,7 +8,7 @@ from rich.text import Text
 
 from planner.result import Estimate
 from planner.units import GIB, fmt_count, fmt_gib
-from tui.views import breakdown_rows, fits_rows, fits_title
+from tui.views import GPU_COLUMNS, breakdown_rows, fits_rows, fits_title, gpu_rows, process_lines
 
 
 def _g(nbytes: int) -> str:
@@ -140,25 +140,16 @@ def print_gpus(result, console: Console | None = None) -> None:
                   + (f", CUDA_VISIBLE_DEVICES={result.cuda_visible_devices!r}"
                      if result.cuda_visible_devices is not None else ""), style="dim")
     table = Table(show_edge=False, title="GPUs (memory in GiB, 2^30 bytes)", title_justify="left")
-    for col in ("nvml", "cuda", "name", "used / total", "free", "util", "temp", "power", "cc", "MIG"):
+    for col in GPU_COLUMNS:
         table.add_column(col, justify="right" if col in ("used / total", "free", "util", "temp", "power") else "left")
-    for g in result.gpus:
-        used = (f"{g.memory_used / GIB:.1f} / {g.memory_total / GIB:.1f}"
-                if g.memory_total is not None and g.memory_used is not None else "lost")
-        table.add_row(
-            g.label.removeprefix("GPU "), _na(g.cuda_index), g.name, used,
-            _na(None if g.memory_free is None else g.memory_free / GIB, "{:.1f}"),
-            _na(g.utilization_gpu, "{}%"), _na(g.temperature_c, "{}°C"),
-            "n/a" if g.power_w is None else f"{g.power_w:.0f}/{g.power_limit_w:.0f} W",
-            _na(g.compute_capability), {True: "on", False: "off", None: "–"}[g.mig_enabled],
-            style=None if g.cuda_index is not None else "dim")
+    for g, row in zip(result.gpus, gpu_rows(result), strict=True):
+        table.add_row(*(row[c] for c in GPU_COLUMNS), style=None if g.cuda_index is not None else "dim")
     console.print(table)
-    procs = [(g, p) for g in result.gpus for p in g.processes]
-    if procs:
+    lines = process_lines(result)
+    if lines:
         console.print("processes holding GPU memory:")
-        for g, p in procs:
-            mem = "n/a" if p.used_memory is None else fmt_gib(p.used_memory)
-            console.print(f"  {g.label}: pid {p.pid} {p.name or ''} {mem}" + ("  (this process)" if p.own else ""))
+        for line in lines:
+            console.print(f"  {line}")
     for g in result.gpus:
         for problem in g.problems:
             console.print(f"[yellow]{g.label}:[/yellow] {problem}")

@@ -46,3 +46,39 @@ def fits_title(model: str, plan, gpus_label: str = "") -> str:
             f"{f', {plan.gpus} GPUs' if plan.gpus > 1 else ''}{f', ZeRO-{plan.zero}' if plan.zero else ''}"
             f"{', optimizer offloaded' if plan.offload_optimizer else ''}{gpus_label}: largest micro-batch per GPU "
             "and method (✗: needs that much at micro-batch 1)")
+
+
+GPU_COLUMNS = ("nvml", "cuda", "name", "used / total", "free", "util", "temp", "power", "cc", "MIG")
+
+
+def _na(value, fmt: str = "{}") -> str:
+    return "–" if value is None else fmt.format(value)
+
+
+def gpu_rows(result) -> list[dict[str, str]]:
+    """One row per GPU of an NVML probe (memory in GiB), keyed by `GPU_COLUMNS`."""
+    rows = []
+    for g in result.gpus:
+        used = (f"{g.memory_used / GIB:.1f} / {g.memory_total / GIB:.1f}"
+                if g.memory_total is not None and g.memory_used is not None else "lost")
+        rows.append({
+            "nvml": g.label.removeprefix("GPU "), "cuda": _na(g.cuda_index), "name": g.name, "used / total": used,
+            "free": _na(None if g.memory_free is None else g.memory_free / GIB, "{:.1f}"),
+            "util": _na(g.utilization_gpu, "{}%"), "temp": _na(g.temperature_c, "{}°C"),
+            "power": "–" if g.power_w is None else f"{g.power_w:.0f}"
+                     + (f"/{g.power_limit_w:.0f}" if g.power_limit_w else "") + " W",
+            "cc": _na(g.compute_capability), "MIG": {True: "on", False: "off", None: "–"}[g.mig_enabled],
+        })
+    return rows
+
+
+def process_lines(result) -> list[str]:
+    """Who holds memory on each GPU."""
+    return [f"{g.label}: pid {p.pid} {p.name or ''} "
+            + ("?" if p.used_memory is None else fmt_gib(p.used_memory)) + ("  (this process)" if p.own else "")
+            for g in result.gpus for p in g.processes]
+
+
+def finding_line(f) -> str:
+    """A finding as one line: its message, and its evidence when it has some."""
+    return f.message + (f": {f.evidence}" if f.evidence else "")

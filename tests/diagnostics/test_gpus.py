@@ -104,7 +104,7 @@ def test_calibration_is_stored_and_used_by_estimates(capsys) -> None:
 
 
 def test_a_damaged_calibration_file_is_ignored(tmp_path) -> None:
-    from diagnostics.calibrate import cache_dir
+    from planner.calibration import cache_dir
 
     cache_dir().mkdir(parents=True, exist_ok=True)
     (cache_dir() / "calibration.json").write_text("{ broken")
