@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from planner.configs.fix import how
 from planner.errors import FtplanError
-from planner.fields import Vocabulary, how
+from planner.fields import Vocabulary
 from planner.findings import Change
 from planner.fit import max_batch_size, max_seq_len
 from planner.memory import estimate_memory

@@ -206,13 +206,3 @@ def plan_flags(plan, *, always: tuple[str, ...] = ("method",)) -> list[str]:
             out.append(cli_value(s.name, value))
     return out
 
-
-def how(changes: dict[str, Any], vocabulary: Vocabulary) -> str:
-    """A change in a front end's words: flags for the CLI, `key: value` for a config, labels for the form."""
-    if vocabulary == "cli":
-        return cli_flags(changes)
-    if vocabulary == "tui":
-        return ", ".join(f"{name_in(k, 'tui')} = {v}" for k, v in changes.items())
-    from planner.configs import config_changes_for
-
-    return ", ".join(f"{k}: {v}" for k, v in config_changes_for(vocabulary, changes).items())

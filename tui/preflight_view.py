@@ -5,7 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 
 from diagnostics.preflight import PreflightReport
-from planner.fields import how, name_in
+from planner.configs.fix import how
+from planner.fields import name_in
 from planner.units import fmt_gib, gib
 from tui.diagnose_view import change_settings
 from tui.views import finding_line

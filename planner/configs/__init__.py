@@ -10,7 +10,7 @@ key tables; `checks` are the static checks, `fix` writes a corrected copy (`--fi
 from planner.configs.checks import static_checks, total_steps
 from planner.configs.common import DataInfo, Format, Hyper, RunConfig, load_config_file, resolve_path
 from planner.configs.export import deepspeed_json, llamafactory_yaml
-from planner.configs.fix import config_changes, config_changes_for, fix_config
+from planner.configs.fix import config_changes, config_changes_for, fix_config, how
 from planner.configs.read import detect_format, read_run_config
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "deepspeed_json",
     "detect_format",
     "fix_config",
+    "how",
     "llamafactory_yaml",
     "load_config_file",
     "read_run_config",

@@ -14,7 +14,7 @@ from typing import Any
 from planner.configs.common import OPTIM_BACK, Format, RunConfig
 from planner.configs.read import FRAMEWORKS
 from planner.errors import FtplanError
-from planner.fields import name_in
+from planner.fields import Vocabulary, cli_flags, name_in
 from planner.files import write_text_atomic
 
 
@@ -39,6 +39,15 @@ def config_changes_for(fmt: Format, changes: dict[str, Any]) -> dict[str, Any]:
         written = convert(value) if convert else value
         out.update(written if isinstance(written, dict) else {name_in(field, fmt): written})
     return out
+
+
+def how(changes: dict[str, Any], vocabulary: Vocabulary) -> str:
+    """A change in a front end's words: flags for the CLI, labels for the form, `key: value` for a config."""
+    if vocabulary == "cli":
+        return cli_flags(changes)
+    if vocabulary == "tui":
+        return ", ".join(f"{name_in(k, 'tui')} = {v}" for k, v in changes.items())
+    return ", ".join(f"{k}: {v}" for k, v in config_changes_for(vocabulary, changes).items())
 
 
 _LINE = re.compile(r"^(?P<key>[A-Za-z_][\w.-]*)(?P<sep>\s*:\s*)(?P<value>[^#\n]*?)(?P<trail>\s*(#.*)?)$")

@@ -25,10 +25,15 @@ def _loaded(body: str) -> list[str]:
 
 
 def test_importing_every_planner_module_loads_nothing_heavy() -> None:
-    modules = ["planner." + m for m in ("spec", "modelspec", "architectures", "params", "methods", "activations",
-                                        "memory", "plan", "fit", "advice", "flops", "hardware", "estimate", "units",
-                                        "configs")]
+    root = Path(__file__).resolve().parents[2]
+    modules = sorted(".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+                     for p in (root / "planner").rglob("*.py"))
+    assert len(modules) > 20 and "planner.service" in modules
     assert _loaded("\n".join(f"import {m}" for m in modules)) == []
+
+
+def test_the_public_api_loads_nothing_heavy() -> None:
+    assert _loaded("import planner\nplanner.estimate('7b', method='lora', gpu='RTX 4090')") == []
 
 
 def test_estimate_command_loads_nothing_heavy() -> None:
