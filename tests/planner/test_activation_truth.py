@@ -15,12 +15,17 @@ import pytest
 from planner.memory import estimate_memory
 from planner.plan import Plan
 from planner.spec import spec_from_config
+from planner.target import Machine
 from tests.planner.configs import random_config
-from tests.planner.truth import build_model, measure_saved_bytes
+from tests.planner.truth import build_model, enable_gradient_checkpointing, measure_saved_bytes
 
+CPU = Machine(device="cpu")  # no CUDA context in the totals
 FAMILIES = ["llama", "qwen2", "mixtral", "gemma", "phi3"]
 SHAPES = [(2, 24), (1, 40)]
 TOLERANCE = 0.10
+# The planner's `lora_target: all` is peft's "all-linear" (on transformers 5 MoE models it also wraps the
+# fused experts); LLaMA-Factory's own `all` differs there, which test_methods_truth pins separately.
+ALL_LINEAR = "all-linear"
 
 GRID = list(itertools.product(FAMILIES, ["eager", "sdpa"], ["bf16", "fp32"],
                               ["full", "freeze", "lora", "qlora"]))
@@ -31,13 +36,14 @@ def _relative_error(model_type: str, kernel: str, precision: str, method: str, b
     config = random_config(model_type, 0, layers=2)
     spec = spec_from_config(config, source="test")
     plan = Plan(method=method, precision=precision, attention=kernel, batch_size=batch, seq_len=seq,
-                lora_rank=4, freeze_trainable_layers=1, device="cpu", **plan_kw)
-    est = estimate_memory(spec, plan)
+                lora_rank=4, freeze_trainable_layers=1, **plan_kw)
+    est = estimate_memory(spec, plan, machine=CPU)
+    target = plan_kw.get("lora_target", ALL_LINEAR)
     model = build_model(config, method=method, precision=precision, kernel=kernel, lora_rank=4,
-                        freeze_trainable_layers=1, lora_target=plan.lora_target,
-                        lora_dropout=plan.lora_dropout)
+                        freeze_trainable_layers=1, lora_target=target,
+                        lora_dropout=plan_kw.get("lora_dropout", 0.0))
     real = measure_saved_bytes(model, batch, seq, config["vocab_size"])
-    ours = est.activations + est.logits
+    ours = est.largest["activations"] + est.largest["logits"]
     return (ours - real) / real, ours, real
 
 
@@ -76,12 +82,13 @@ def test_bf16_mixed_autocast_saves_match(model_type: str, method: str) -> None:
     config = random_config(model_type, 0, layers=2)
     spec = spec_from_config(config, source="test")
     plan = Plan(method=method, precision="bf16-mixed", attention="sdpa", batch_size=2, seq_len=24,
-                lora_rank=4, freeze_trainable_layers=1, device="cpu")
-    est = estimate_memory(spec, plan)
-    model = build_model(config, method=method, precision="bf16-mixed", lora_rank=4, freeze_trainable_layers=1)
+                lora_rank=4, freeze_trainable_layers=1)
+    est = estimate_memory(spec, plan, machine=CPU)
+    model = build_model(config, method=method, precision="bf16-mixed", lora_rank=4, freeze_trainable_layers=1,
+                        lora_target=ALL_LINEAR)
     real = measure_saved_bytes(model, 2, 24, config["vocab_size"], autocast="bf16")
-    assert est.details["autocast_weight_copies"] > 0
-    assert abs(est.activations + est.logits - real) / real <= 0.02
+    assert est.details.autocast_weight_copies > 0
+    assert abs(est.largest["activations"] + est.largest["logits"] - real) / real <= 0.02
 
 
 @pytest.mark.parametrize("model_type", ["llama", "mixtral", "gemma", "phi3"])
@@ -93,18 +100,19 @@ def test_gradient_checkpointing_keeps_only_block_inputs(model_type: str, method:
     config = random_config(model_type, 0, layers=3)
     spec = spec_from_config(config, source="test")
     plan = Plan(method=method, precision="bf16", attention="sdpa", batch_size=2, seq_len=24, lora_rank=4,
-                gradient_checkpointing=True, device="cpu")
-    est = estimate_memory(spec, plan)
-    model = build_model(config, method=method, precision="bf16", kernel="sdpa", lora_rank=4)
+                gradient_checkpointing=True)
+    est = estimate_memory(spec, plan, machine=CPU)
+    model = build_model(config, method=method, precision="bf16", kernel="sdpa", lora_rank=4,
+                        lora_target=ALL_LINEAR)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
     base.enable_input_require_grads()
     real = measure_saved_bytes(model, 2, 24, config["vocab_size"])
-    assert abs(est.activations + est.logits - real) / real <= 0.01
-    without = estimate_memory(spec, plan.with_(gradient_checkpointing=False))
-    assert est.activations < without.activations
+    assert abs(est.largest["activations"] + est.largest["logits"] - real) / real <= 0.01
+    without = estimate_memory(spec, plan.with_(gradient_checkpointing=False), machine=CPU)
+    assert est.largest["activations"] < without.largest["activations"]
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen2"])
@@ -117,16 +125,40 @@ def test_checkpointing_under_autocast_keeps_fp32_block_inputs(model_type: str, m
     config = random_config(model_type, 0, layers=3)
     spec = spec_from_config(config, source="test")
     plan = Plan(method=method, precision="bf16-mixed", attention="sdpa", batch_size=2, seq_len=24, lora_rank=4,
-                freeze_trainable_layers=1, gradient_checkpointing=True, device="cpu")
-    est = estimate_memory(spec, plan)
+                freeze_trainable_layers=1, gradient_checkpointing=True)
+    est = estimate_memory(spec, plan, machine=CPU)
     model = build_model(config, method=method, precision="bf16-mixed", kernel="sdpa", lora_rank=4,
-                        freeze_trainable_layers=1)
+                        freeze_trainable_layers=1, lora_target=ALL_LINEAR)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
     base.enable_input_require_grads()
     real = measure_saved_bytes(model, 2, 24, config["vocab_size"], autocast="bf16")
-    assert abs(est.activations + est.logits - real) / real <= 0.01
+    assert abs(est.largest["activations"] + est.largest["logits"] - real) / real <= 0.01
     if method != "lora":  # cached by autocast through forward, not saved: in temporaries, not activations
-        assert 0 < est.details["autocast_cache_forward"] <= est.phases[0].parts["temporaries"]
+        assert 0 < est.details.autocast_cache_forward <= est.phases[0].parts["temporaries"]
+
+
+LLAMAFACTORY_FREEZE_GC = ("LLaMA-Factory checkpoints only layers with a trainable parameter: frozen layers below run "
+                          "without autograd and keep no block input, which the planner counts (+21.9% llama, "
+                          "+30.5% qwen2 here)")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "bf16-mixed"])
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+@pytest.mark.parametrize("method", [
+    "full", "lora", pytest.param("freeze", marks=pytest.mark.xfail(strict=True, reason=LLAMAFACTORY_FREEZE_GC))])
+def test_llamafactory_checkpointing_saves_match(model_type: str, method: str, precision: str) -> None:
+    """Gradient checkpointing as LLaMA-Factory enables it (reentrant, trainable layers only)."""
+    config = random_config(model_type, 0, layers=3)
+    spec = spec_from_config(config, source="test")
+    plan = Plan(method=method, precision=precision, attention="sdpa", batch_size=2, seq_len=24, lora_rank=4,
+                freeze_trainable_layers=1, gradient_checkpointing=True)
+    est = estimate_memory(spec, plan, machine=CPU)
+    model = build_model(config, method=method, precision=precision, kernel="sdpa", lora_rank=4,
+                        freeze_trainable_layers=1, lora_target=ALL_LINEAR)
+    enable_gradient_checkpointing(model)
+    real = measure_saved_bytes(model, 2, 24, config["vocab_size"], autocast="bf16" if plan.mixed else None)
+    ours = est.largest["activations"] + est.largest["logits"]
+    assert abs(ours - real) / real <= 0.01, f"ours {ours:,} vs real {real:,} ({(ours - real) / real:+.2%})"

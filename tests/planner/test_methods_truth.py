@@ -11,8 +11,11 @@ from planner.methods import layout
 from planner.params import count_params
 from planner.plan import Plan
 from planner.spec import spec_from_config
+from planner.target import Machine
 from tests.planner.configs import EXACT_TYPES, random_config
-from tests.planner.truth import build_model, meta_model
+from tests.planner.truth import build_model, lora_target_modules, meta_model
+
+CPU = Machine(device="cpu")  # no CUDA context in the totals
 
 # A second target set per family: the MLP projections under their transformers names.
 MLP_TARGETS = {
@@ -22,12 +25,27 @@ MLP_TARGETS = {
 QV_TARGETS = {"gpt2": "c_attn", "gpt_neox": "query_key_value", "falcon": "query_key_value",
               "phi3": "qkv_proj", "deepseek_v3": "q_b_proj,kv_b_proj"}
 
+# Where LLaMA-Factory's `lora_target: all` (find_all_linear_modules: modules whose class name contains
+# "Linear") is not peft's "all-linear", which is what the planner's `all` models. On transformers 5 the MoE
+# experts are fused 3-D parameters and the routers are not nn.Linear, so LLaMA-Factory's list names neither,
+# unless a shared-expert MLP lends the expert names (DeepSeek-V3's gate_proj/up_proj/down_proj, which peft
+# then re-points to the experts as well); GPT-2's blocks are Conv1D, so its list is empty.
+LLAMAFACTORY_ALL_DIFFERS = {
+    "mixtral": "LLaMA-Factory's `all` wraps attention only: no expert or router adapters",
+    "qwen3_moe": "LLaMA-Factory's `all` wraps attention only: no expert or router adapters",
+    "deepseek_v3": "LLaMA-Factory's `all` has no router (`gate`) adapters",
+    "gpt2": "LLaMA-Factory's `all` finds no module (Conv1D): peft refuses the empty target list",
+}
 
-def _peft_trainable(config: dict, target: str, rank: int) -> int:
+
+def _peft_trainable(config: dict, target: str, rank: int, *, llamafactory: bool = False) -> int:
+    """Trainable parameters peft creates; `all` is peft's "all-linear" unless `llamafactory`."""
     from peft import LoraConfig, get_peft_model
 
     model = meta_model(config)
-    targets = "all-linear" if target == "all" else [t.strip() for t in target.split(",")]
+    if target == "all" and not llamafactory:
+        target = "all-linear"
+    targets = lora_target_modules(model, target)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets))
@@ -48,6 +66,19 @@ def test_lora_trainable_counts_match_peft(model_type: str, rank: int) -> None:
         assert ours.trainable_params == _peft_trainable(config, target, rank), target
 
 
+@pytest.mark.parametrize("model_type", [
+    pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=LLAMAFACTORY_ALL_DIFFERS[t]))
+    if t in LLAMAFACTORY_ALL_DIFFERS else t for t in EXACT_TYPES])
+def test_lora_all_matches_llamafactory(model_type: str) -> None:
+    """`lora_target: all` as LLaMA-Factory expands it, built by the truth helper."""
+    config = random_config(model_type, 1, layers=2)
+    if model_type == "deepseek_v3":
+        config["q_lora_rank"] = 24
+    spec = spec_from_config(config, source="test")
+    ours = layout(spec, count_params(spec), Plan(method="lora", lora_rank=4, lora_target="all"))
+    assert ours.trainable_params == _peft_trainable(config, "all", 4, llamafactory=True)
+
+
 @pytest.mark.parametrize("model_type", ["llama", "qwen2", "mixtral", "phi3"])
 def test_qlora_trainable_and_weight_bytes_match_bitsandbytes(model_type: str, tmp_path) -> None:
     """A real 4-bit model: adapters as peft counts them, weights as the storages hold them."""
@@ -58,7 +89,7 @@ def test_qlora_trainable_and_weight_bytes_match_bitsandbytes(model_type: str, tm
         plan = Plan(method="qlora", precision="bf16", lora_rank=8, double_quant=double_quant)
         ours = layout(spec, counts, plan)
         model = build_model(config, method="qlora", precision="bf16", lora_rank=8, double_quant=double_quant,
-                            tmp_dir=tmp_path / str(double_quant))
+                            lora_target="all-linear", tmp_dir=tmp_path / str(double_quant))
         assert ours.trainable_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
         assert ours.weight_bytes == _stored_bytes(model)
 
@@ -80,12 +111,13 @@ def _stored_bytes(model) -> int:
     return sum(seen.values())
 
 
-@pytest.mark.parametrize("method", ["full", "freeze", "lora"])
-def test_trainable_counts_match_requires_grad(method: str) -> None:
+@pytest.mark.parametrize(("method", "layers"), [("full", 1), ("freeze", 1), ("freeze", -2), ("lora", 1)])
+def test_trainable_counts_match_requires_grad(method: str, layers: int) -> None:
+    """freeze_trainable_layers N > 0 trains the last N layers, N < 0 the first -N (LLaMA-Factory)."""
     config = random_config("qwen2", 3, layers=3)
     spec = spec_from_config(config, source="test")
-    ours = layout(spec, count_params(spec), Plan(method=method, freeze_trainable_layers=1, lora_rank=4))
-    model = build_model(config, method=method, freeze_trainable_layers=1, lora_rank=4)
+    ours = layout(spec, count_params(spec), Plan(method=method, freeze_trainable_layers=layers, lora_rank=4))
+    model = build_model(config, method=method, freeze_trainable_layers=layers, lora_rank=4)
     assert ours.trainable_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
@@ -98,15 +130,15 @@ def test_ddp_buckets_match_what_ddp_allocates(method: str, precision: str, tmp_p
 
     config = random_config("llama", 0, layers=2)
     spec = spec_from_config(config, source="test")
-    plan = Plan(method=method, precision=precision, gpus=2, lora_rank=4, freeze_trainable_layers=1, device="cpu")
-    est = estimate_memory(spec, plan)
+    plan = Plan(method=method, precision=precision, gpus=2, lora_rank=4, freeze_trainable_layers=1)
+    est = estimate_memory(spec, plan, machine=CPU)
     model = build_model(config, method=method, precision=precision, lora_rank=4, freeze_trainable_layers=1)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         sizes = DistributedDataParallel(model)._get_ddp_logging_data()["bucket_sizes"]
     finally:
         dist.destroy_process_group()
-    assert est.details["ddp_buckets"] == sum(int(s) for s in str(sizes).split(","))
-    single = estimate_memory(spec, plan.with_(gpus=1))
-    assert all(p.parts["gradients"] >= est.details["ddp_buckets"] for p in est.phases)
-    assert est.phases[0].allocated - single.phases[0].allocated == est.details["ddp_buckets"]
+    assert est.details.ddp_buckets == sum(int(s) for s in str(sizes).split(","))
+    single = estimate_memory(spec, plan.with_(gpus=1), machine=CPU)
+    assert all(p.parts["gradients"] >= est.details.ddp_buckets for p in est.phases)
+    assert est.phases[0].allocated - single.phases[0].allocated == est.details.ddp_buckets

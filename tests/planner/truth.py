@@ -1,18 +1,65 @@
-"""Independent truth from the real stack: transformers models, peft, autograd.
+"""Independent truth from the real stack: transformers models, peft, bitsandbytes, autograd.
 
-Only tests and benchmarks import this module; `planner` itself never imports torch.
+Every model here is built with literal transformers / peft / bitsandbytes calls, set up the
+way LLaMA-Factory sets it up (src/llamafactory/model/{loader,adapter,patcher}.py and
+model_utils/{misc,quantization}.py), re-derived from that source rather than from ftplan:
+
+* the base loads in the compute dtype: LLaMA-Factory loads `dtype="auto"`, i.e. the
+  checkpoint's dtype, and a checkpoint is taken to be stored in the compute dtype;
+* `cast_trainable_params_to_fp32` (init_adapter): every precision but pure bf16 up-casts
+  the trainable parameters to fp32 after the method is set up;
+* full: every parameter trains;
+* freeze: decoder layers `num_layers - N .. num_layers - 1` train for N > 0, layers `0 .. -N - 1`
+  for N < 0, selected by the substring ".{index}." in the parameter name (`_setup_freeze_tuning`);
+* LoRA: `peft.get_peft_model(model, LoraConfig(task_type=CAUSAL_LM, r, lora_alpha=2r,
+  lora_dropout, target_modules))`, adapters in fp32 (peft's `autocast_adapter_dtype=True`);
+  `all` is `find_all_linear_modules`: the last name of every module whose class name contains
+  "Linear" (and not "Embedding"), lm_head excepted; a comma list is passed as given (also
+  accepted: peft's and TRL's `all-linear`, and `attention`, the attention block's linears);
+* QLoRA: `from_pretrained` with `BitsAndBytesConfig(load_in_4bit, bnb_4bit_quant_type="nf4",
+  bnb_4bit_use_double_quant, bnb_4bit_compute_dtype=bnb_4bit_quant_storage=compute dtype)` and
+  `device_map={"": device}` (`configure_quantization`); LLaMA-Factory then prepares the model
+  with its own `prepare_model_for_training` (layer norms stay in the compute dtype, lm_head
+  output not up-cast, by default) and never calls peft's `prepare_model_for_kbit_training`;
+* gradient checkpointing (`enable_gradient_checkpointing`): reentrant, and only decoder layers
+  holding a trainable parameter are checkpointed (model_utils/checkpointing.py).
+
+Only tests and benchmarks import this module; it imports nothing from `planner`,
+`diagnostics` or `tui` (tests/test_truth_hygiene.py proves it), and `planner` never
+imports torch.
 """
 
 from __future__ import annotations
 
+import tempfile
 import warnings
+from pathlib import Path
+
+TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+# precision -> (compute dtype the base is loaded in, trainable parameters up-cast to fp32?)
+PRECISIONS = {"fp32": ("fp32", True), "bf16": ("bf16", False), "bf16-mixed": ("bf16", True),
+              "fp16-mixed": ("fp16", True)}
+KERNELS = {"eager": "eager", "sdpa": "sdpa", "flash": "flash_attention_2"}
+ATTENTION_WORDS = ("attention", "attn", "attention_only")  # a lora_target naming the attention projections
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, TORCH_DTYPES[name])
+
+
+def hf_config(config: dict):
+    """The transformers config for a config.json-style dict."""
+    from transformers import AutoConfig
+
+    fields = dict(config)
+    return AutoConfig.for_model(fields.pop("model_type"), **fields)
 
 
 def meta_model(config: dict):
     import torch
     from transformers import AutoModelForCausalLM
-
-    from diagnostics.models import hf_config
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -27,17 +74,118 @@ def linear_like_types():
     return (torch.nn.Linear, Conv1D)
 
 
+def find_all_linear_modules(model) -> list[str]:
+    """LLaMA-Factory's `lora_target: all` (model_utils/misc.py): last names of the "Linear" modules."""
+    names = set()
+    for name, module in model.named_modules():
+        if "lm_head" in name:
+            continue
+        kind = module.__class__.__name__
+        if "Linear" in kind and "Embedding" not in kind:
+            names.add(name.split(".")[-1])
+    return sorted(names)
+
+
+def lora_target_modules(model, target: str) -> list[str] | str:
+    """peft `target_modules` for a `lora_target`.
+
+    `all` as LLaMA-Factory expands it; `all-linear` goes to peft unchanged (TRL's and peft's own
+    spelling); `attention` = the linear modules inside the attention block; else a comma list.
+    """
+    names = [n.strip() for n in target.split(",") if n.strip()]
+    lowered = {n.lower() for n in names}
+    if names == ["all"]:
+        return find_all_linear_modules(model)
+    if names == ["all-linear"]:
+        return "all-linear"
+    if lowered & set(ATTENTION_WORDS):
+        return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                       if isinstance(module, linear_like_types())
+                       and any(word in name for word in ("attn", "attention"))})
+    return names
+
+
 def build_model(config: dict, *, method: str = "full", precision: str = "bf16", kernel: str = "sdpa",
                 lora_rank: int = 4, lora_target: str = "all", lora_dropout: float = 0.0,
-                freeze_trainable_layers: int = 1, double_quant: bool = True, tmp_dir=None, seed: int = 0):
-    """A real CPU model, set up as LLaMA-Factory would (see diagnostics.models)."""
-    from diagnostics.models import build_model as build
-    from planner.plan import Plan
+                freeze_trainable_layers: int = 1, double_quant: bool = True, quant_bits: int = 4,
+                tmp_dir=None, seed: int = 0, device: str = "cpu"):
+    """A random-weight model ready to train with `method` at `precision`, as LLaMA-Factory sets it up."""
+    import torch
+    from transformers import AutoModelForCausalLM
 
-    plan = Plan(method=method, precision=precision, attention=kernel, lora_rank=lora_rank, lora_target=lora_target,
-                lora_dropout=lora_dropout, freeze_trainable_layers=freeze_trainable_layers,
-                double_quant=double_quant)
-    return build(config, plan, seed=seed, workdir=tmp_dir)
+    torch.manual_seed(seed)
+    compute, upcast = PRECISIONS[precision]
+    dtype = torch_dtype(compute)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if method == "qlora":
+            from transformers import BitsAndBytesConfig
+
+            folder = Path(tmp_dir or tempfile.mkdtemp(prefix="truth-qlora-"))
+            AutoModelForCausalLM.from_config(hf_config(config), dtype=dtype).save_pretrained(folder)
+            if quant_bits == 8:
+                quant = BitsAndBytesConfig(load_in_8bit=True)
+            else:
+                quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype,
+                                           bnb_4bit_use_double_quant=double_quant, bnb_4bit_quant_type="nf4",
+                                           bnb_4bit_quant_storage=dtype)
+            model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=quant, dtype="auto",
+                                                         attn_implementation=KERNELS[kernel],
+                                                         device_map={"": device})
+        else:
+            model = AutoModelForCausalLM.from_config(hf_config(config), dtype=dtype,
+                                                     attn_implementation=KERNELS[kernel]).to(device)
+
+        if method == "freeze":
+            layers = model.config.num_hidden_layers
+            n = freeze_trainable_layers
+            ids = range(max(0, layers - n), layers) if n > 0 else range(min(-n, layers))
+            marks = [f".{i}." for i in ids]
+            for name, param in model.named_parameters():
+                param.requires_grad_(any(mark in name for mark in marks))
+        elif method in ("lora", "qlora"):
+            from peft import LoraConfig, TaskType, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(
+                task_type=TaskType.CAUSAL_LM, inference_mode=False, r=lora_rank, lora_alpha=2 * lora_rank,
+                lora_dropout=lora_dropout, target_modules=lora_target_modules(model, lora_target)))
+    if upcast:
+        for param in model.parameters():
+            if param.requires_grad:
+                param.data = param.data.to(torch.float32)
+    model.train()
+    return model
+
+
+def enable_gradient_checkpointing(model, *, use_reentrant: bool = True) -> None:
+    """Gradient checkpointing as LLaMA-Factory sets it up (model_utils/checkpointing.py).
+
+    Only decoder layers that hold a trainable parameter are checkpointed, and their hidden-states
+    input is made to require grad (`get_custom_gradient_checkpointing_func`); frozen layers run
+    as they are. `use_reentrant` is LLaMA-Factory's `use_reentrant_gc` (default True). The
+    function is installed through transformers' `_set_gradient_checkpointing`, as LLaMA-Factory does.
+    """
+    from functools import partial
+
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = partial(checkpoint, use_reentrant=use_reentrant)
+
+    def trainable_layers_only(func, *args, **kwargs):
+        # transformers 5 passes partial(Layer.forward, layer, ...); older versions a bound method
+        module = func.args[0] if isinstance(func, partial) and func.args else func.__self__
+        if not any(p.requires_grad for p in module.parameters()):
+            return func(*args, **kwargs)
+        for arg in args:
+            if torch.is_tensor(arg) and torch.is_floating_point(arg):
+                arg.requires_grad_(True)
+                break  # the first floating tensor is the hidden states
+        return inner(func, *args, **kwargs)
+
+    base._set_gradient_checkpointing(enable=True, gradient_checkpointing_func=trainable_layers_only)
+    base.config.use_cache = False
 
 
 def model_storages(model) -> set[int]:
@@ -53,6 +201,13 @@ def model_storages(model) -> set[int]:
                 if isinstance(value, torch.Tensor):
                     ptrs.add(value.untyped_storage().data_ptr())
     return ptrs
+
+
+def random_ids(batch: int, seq: int, vocab: int, seed: int = 0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, vocab, (batch, seq), generator=g)
 
 
 def measure_saved_bytes(model, batch: int, seq: int, vocab: int, *, seed: int = 0, autocast=None) -> int:
@@ -73,10 +228,7 @@ def measure_saved_bytes(model, batch: int, seq: int, vocab: int, *, seed: int = 
             keep.append(t)
         return t
 
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, vocab, (batch, seq), generator=g)
-    from diagnostics.models import torch_dtype
-
+    ids = random_ids(batch, seq, vocab, seed)
     ctx = torch.autocast("cpu", dtype=torch_dtype(autocast)) if autocast else contextlib.nullcontext()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ctx:
         out = model(input_ids=ids, labels=ids)
