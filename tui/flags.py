@@ -49,6 +49,8 @@ def _flag_type(name: str, annotation):
 
 def _add_plan_flags(p: argparse.ArgumentParser, group: str, defaults: dict) -> None:
     """Every Plan field of `group` in the field table, as a flag with the table's help."""
+    import typing
+
     from planner import fields
     from planner import plan as plan_module
 
@@ -65,7 +67,10 @@ def _add_plan_flags(p: argparse.ArgumentParser, group: str, defaults: dict) -> N
                            help=s.help + shown)
             continue
         kind, choices = _flag_type(s.name, info.annotation)
-        p.add_argument(*names, dest=s.name, type=kind, choices=choices, default=default, help=s.help + shown)
+        numeric = {int: "N", float: "X"}.get(next((a for a in typing.get_args(info.annotation) or (info.annotation,)
+                                                   if a is not type(None)), None))
+        p.add_argument(*names, dest=s.name, type=kind, choices=choices, default=default, help=s.help + shown,
+                       metavar=None if choices else numeric)
 
 
 def add_training_flags(p: argparse.ArgumentParser, batch: int = 1, seq: int = 1024, accum: int = 1) -> None:
