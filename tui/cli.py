@@ -336,6 +336,9 @@ example:
     gpus.add_argument("--device", type=int, default=0, help="CUDA device to calibrate (default: 0)")
     gpus.add_argument("--catalog", action="store_true", help="list the GPU catalog used by --gpu NAME")
     gpus.set_defaults(func=cmd_gpus)
+    from tui.trace_cmd import add_trace_command
+
+    add_trace_command(sub)
     models = sub.add_parser("models", help="list model presets and size aliases")
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=cmd_models)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 
 from tui.flags import add_system_flags, add_training_flags, plan_from
 
@@ -16,7 +17,7 @@ DESCRIPTION = (
     "Builds the model for the plan (as LLaMA-Factory sets it up) with fake tensors, which have shapes and "
     "dtypes but no data, runs one training step on the CPU (forward with the model's own loss, backward, "
     "optimizer step) and counts the bytes every op allocates, as torch.cuda.max_memory_allocated would on "
-    "one GPU. A 70B step takes seconds and no memory. Prints the traced peak per phase next to the planner's "
+    "one GPU. A 70B step needs no memory and well under a minute of CPU. Prints the traced peak per phase next to the planner's "
     "allocated peak for the same plan; works for any model transformers can build, planned or not.")
 
 EPILOG = """exit codes:
@@ -33,7 +34,7 @@ example:
 def add_trace_command(sub) -> argparse.ArgumentParser:
     """Add `trace` to an argparse subparsers object; its func is `cmd_trace`."""
     p = sub.add_parser("trace", help="trace one real training step on fake tensors: the exact allocated peak",
-                       description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=textwrap.fill(DESCRIPTION, 100), epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_training_flags(p)
     add_system_flags(p)
     p.add_argument("--json", action="store_true", help="print the trace and the planner's peak as JSON")
@@ -57,10 +58,11 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
-def _gib(nbytes: int) -> str:
+def _unit(peak: int) -> tuple[str, int]:
+    """GiB (2^30), or MiB (2^20) for a step under 1 GiB, so a tiny model's numbers still read."""
     from planner.units import GIB
 
-    return f"{nbytes / GIB:,.3f}"
+    return ("GiB", GIB) if peak >= GIB else ("MiB", 2**20)
 
 
 def _percent(fraction: float | None) -> str:
@@ -75,13 +77,19 @@ def print_trace(report, stands_for: str | None = None, console=None) -> None:
 
     console = console or Console(highlight=False)
     t, est = report.trace, report.planner
+    unit, scale = _unit(max(t.peak_allocated, est.peak_allocated if est else 0))
+
+    def size(nbytes: int) -> str:
+        return f"{nbytes / scale:,.3f}"
+
     plan = t.plan
     console.print(Text(t.model + (f" (→ {stands_for})" if stands_for else ""), style="bold"))
     method = plan.method + (f" r={plan.lora_rank} on {plan.lora_target}" if plan.method == "lora" else "")
     ckpt = ", grad checkpointing" if plan.gradient_checkpointing else ""
     console.print(f"plan: {method} · {plan.precision} · {plan.optimizer} · micro-batch {plan.batch_size} × "
                   f"{plan.seq_len} · accumulation {plan.grad_accum} · {plan.attention}{ckpt}", style="dim")
-    table = Table(title="allocated on one GPU, GiB (2^30 bytes)", title_justify="left", show_edge=False)
+    power = "2^30" if unit == "GiB" else "2^20"
+    table = Table(title=f"allocated on one GPU, {unit} ({power} bytes)", title_justify="left", show_edge=False)
     table.add_column("phase")
     table.add_column("trace", justify="right")
     if est is not None:
@@ -89,23 +97,23 @@ def print_trace(report, stands_for: str | None = None, console=None) -> None:
         table.add_column("difference", justify="right")
     for phase in t.phases:
         label = phase.name + (" (peak)" if phase.name == t.peak_phase else "")
-        cells = [_gib(phase.peak)]
+        cells = [size(phase.peak)]
         if est is not None and phase.name in est.phases:
             planned = est.phases[phase.name]
-            cells += [_gib(planned), _percent((planned - phase.peak) / phase.peak if phase.peak else None)]
+            cells += [size(planned), _percent((planned - phase.peak) / phase.peak if phase.peak else None)]
         elif est is not None:
             cells += ["–", "–"]
         table.add_row(label, *cells, style="bold" if phase.name == t.peak_phase else None)
     table.add_section()
-    peak_cells = [_gib(t.peak_allocated)]
+    peak_cells = [size(t.peak_allocated)]
     if est is not None:
-        peak_cells += [_gib(est.peak_allocated), _percent(report.difference)]
+        peak_cells += [size(est.peak_allocated), _percent(report.difference)]
     table.add_row("step peak", *peak_cells, style="bold")
     console.print(table)
-    start = f"at the start: weights {_gib(t.weights)}, optimizer state {_gib(t.optimizer_state)}"
+    start = f"at the start: weights {size(t.weights)}, optimizer state {size(t.optimizer_state)}"
     if t.gradients:
-        start += f", accumulated gradients {_gib(t.gradients)}"
-    console.print(start + " GiB")
+        start += f", accumulated gradients {size(t.gradients)}"
+    console.print(f"{start} {unit}")
     if est is not None:
         console.print("planner: its allocated peak (estimate_memory().peak_allocated), without the CUDA context "
                       "and allocator fragmentation that `ftplan estimate` adds to its total; "
