@@ -125,7 +125,9 @@ def _bytes(value: float, unit: str) -> float:
 
 
 def _lora_target(raw) -> str:
-    if not raw or raw == "unknown" or raw == ["all-linear"]:
+    if raw == ["all-linear"]:
+        return "all-linear"  # peft's expansion, as TRL/axolotl pass it
+    if not raw or raw == "unknown":
         return "all"
     names = []
     for name in raw:

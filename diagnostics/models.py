@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 
 from diagnostics.monitor import layer_index
-from planner.errors import EnvironmentMissing
+from planner.errors import EnvironmentMissing, FtplanError
 from planner.plan import Plan
 
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -43,12 +43,22 @@ def _lora_targets(model, target: str):
     import torch
     from transformers.pytorch_utils import Conv1D
 
-    from planner.params import ATTENTION_ALIASES, target_names
+    from planner.params import ALL, ALL_LINEAR, ATTENTION_ALIASES, target_names
 
     names = target_names(target)
-    if any(n.lower() == "all" for n in names):
-        return "all-linear"
-    if any(n.lower() in ATTENTION_ALIASES for n in names):
+    lowered = {n.lower() for n in names}
+    if ALL_LINEAR in lowered:
+        return ALL_LINEAR  # peft's own expansion: Conv1D and transformers 5's fused experts included
+    if ALL in lowered:
+        # LLaMA-Factory's `all` (model/model_utils/misc.py, find_all_linear_modules): the last name of every
+        # nn.Linear except the output head (bitsandbytes' Linear4bit/8bitLt are nn.Linear subclasses)
+        found = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                 if isinstance(module, torch.nn.Linear) and "lm_head" not in name}
+        if not found:
+            raise FtplanError("this model has no nn.Linear layers for LLaMA-Factory's `all` (GPT-2 uses Conv1D); "
+                              "name the modules or use all-linear", field="lora_target")
+        return sorted(found)
+    if lowered & ATTENTION_ALIASES:
         found = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
                  if isinstance(module, (torch.nn.Linear, Conv1D)) and any(k in name for k in ("attn", "attention"))}
         return sorted(found)

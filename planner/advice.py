@@ -11,6 +11,7 @@ from planner.findings import Change
 from planner.fit import max_batch_size, max_seq_len
 from planner.memory import estimate_memory
 from planner.methods import block_training
+from planner.params import ALL, ALL_LINEAR, CONV1D_MODEL_TYPES
 from planner.plan import Plan
 from planner.spec import ModelSpec
 from planner.target import Machine
@@ -27,12 +28,14 @@ def _candidates(spec: ModelSpec, plan: Plan, capacity: int, machine: Machine) ->
         out.append(("Use flash attention",
                     "eager attention stores the full seq x seq score and probability matrices per head",
                     {"attention": "flash"}))
+    # LLaMA-Factory's `all` finds no nn.Linear in Conv1D models (GPT-2): peft's all-linear does
+    targets = {"lora_target": ALL_LINEAR} if spec.model_type in CONV1D_MODEL_TYPES and plan.lora_target == ALL else {}
     if plan.method in ("full", "freeze"):
         out.append(("Train LoRA adapters instead",
-                    "frozen base weights need no gradients or optimizer state", {"method": "lora"}))
+                    "frozen base weights need no gradients or optimizer state", {"method": "lora", **targets}))
     if plan.method != "qlora":
         out.append(("Use QLoRA (4-bit base weights)",
-                    "NF4 stores the frozen base in about 0.5 byte per parameter", {"method": "qlora"}))
+                    "NF4 stores the frozen base in about 0.5 byte per parameter", {"method": "qlora", **targets}))
     if not plan.fused_loss:
         out.append(("Use a fused linear cross-entropy (Liger)",
                     f"the loss never materialises the {spec.vocab_size:,}-wide logits in fp32",

@@ -74,7 +74,8 @@ FIELDS: list[Setting] = [
     Setting("lora_rank", "plan", "--lora-rank", "LoRA r", "LoRA rank",
             {"llamafactory": "lora_rank", "hf": "lora_r", "axolotl": "lora_r"}, widget="int"),
     Setting("lora_target", "plan", "--lora-target", "LoRA targets",
-            "all, attention, or comma-separated module names as LLaMA-Factory's lora_target",
+            "all (LLaMA-Factory's: every nn.Linear but the head), all-linear (peft's: Conv1D and fused MoE "
+            "experts too), attention, or comma-separated module names",
             {"llamafactory": "lora_target", "hf": "lora_target_modules", "axolotl": "lora_target_modules"},
             widget="text"),
     Setting("lora_dropout", "plan", "--lora-dropout", "LoRA dropout", "dropout on the LoRA input",

@@ -16,7 +16,17 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from planner.errors import FtplanError
-from planner.params import ATTENTION_ALIASES, ParamCounts, select_linears, target_names
+from planner.params import (
+    ALL,
+    ALL_LINEAR,
+    ATTENTION_ALIASES,
+    CONV1D_MODEL_TYPES,
+    ParamCounts,
+    known_module_names,
+    llamafactory_all,
+    select_linears,
+    target_names,
+)
 from planner.plan import Plan
 from planner.spec import Block, Linear, ModelSpec
 
@@ -56,7 +66,8 @@ class BlockTraining:
 # fused 3-D parameters: the v4 names are re-pointed to those parameters (peft/utils/
 # transformers_weight_conversion.py, `_MOE_TARGET_MODULE_MAPPING`, used through transformers'
 # `_MODEL_TO_CONVERSION_PATTERN`). A name mapped this way stops targeting the nn.Linear modules of the
-# same name (dense and shared-expert MLPs), and `all` ("all-linear") includes every mapped name.
+# same name (dense and shared-expert MLPs); peft's `all-linear` includes every mapped name, LLaMA-Factory's
+# `all` only the mapped names some Linear module also has (DeepSeek-V3's shared-expert gate/up/down_proj).
 _PEFT_MOE_TARGETS: dict[str, dict[str, str]] = {
     "mixtral": {"gate": "router", "w1": "gate_up", "w3": "gate_up", "w2": "down"},
     "qwen3_moe": {"gate": "router", "gate_proj": "gate_up", "up_proj": "gate_up", "down_proj": "down"},
@@ -64,15 +75,27 @@ _PEFT_MOE_TARGETS: dict[str, dict[str, str]] = {
 }
 
 
+def peft_all_linear(spec: ModelSpec) -> list[str]:
+    """The module names peft's `all-linear` wraps in this model, as an explicit list (for configs such as
+    LLaMA-Factory's, which hand peft a list and so never trigger peft's own expansion)."""
+    return sorted(known_module_names(spec) | set(_PEFT_MOE_TARGETS.get(spec.model_type, {})))
+
+
 def lora_targets(spec: ModelSpec, block: Block, plan: Plan) -> tuple[list[Linear], frozenset[str]]:
     """The linears peft wraps in `block`, and the MoE parameters it wraps with ParamWrapper."""
     mapping = _PEFT_MOE_TARGETS.get(spec.model_type)
     names = target_names(plan.lora_target)
     lowered = {n.lower() for n in names}
-    if not mapping or lowered & ATTENTION_ALIASES:
-        return select_linears(block, plan.lora_target), frozenset()
-    if "all" in lowered:
-        names = sorted({lin.name for g in spec.blocks for lin in g.block.linears} | set(mapping))
+    if lowered & ATTENTION_ALIASES:
+        return select_linears(block, names), frozenset()
+    if ALL_LINEAR in lowered:
+        if not mapping:
+            return select_linears(block, names), frozenset()
+        names = sorted(known_module_names(spec) | set(mapping))
+    elif ALL in lowered:
+        names = llamafactory_all(spec)
+    if not mapping:
+        return select_linears(block, names), frozenset()
     mapped = [n for n in names if n.rsplit(".", 1)[-1] in mapping]
     params = {mapping[n.rsplit(".", 1)[-1]] for n in mapped}
     if "gate_up" in params:
@@ -80,30 +103,51 @@ def lora_targets(spec: ModelSpec, block: Block, plan: Plan) -> tuple[list[Linear
         given = {n.rsplit(".", 1)[-1] for n in mapped} & parts
         if given != parts:
             raise FtplanError(
-                f"--lora-target: {', '.join(sorted(given))} is fused with {', '.join(sorted(parts - given))} "
-                f"in transformers 5's {spec.model_type} experts; target both or neither (peft requires it)"
+                f"{', '.join(sorted(given))} is fused with {', '.join(sorted(parts - given))} "
+                f"in transformers 5's {spec.model_type} experts; target both or neither (peft requires it)",
+                field="lora_target",
             )
     modules = [n for n in names if n not in mapped]
     linears = select_linears(block, modules) if modules else []
     return linears, frozenset(params) if block.mlp.kind == "moe" else frozenset()
 
 
-def lora_param_adapters(block: Block, hidden: int, params: frozenset[str], rank: int) -> int:
-    """LoRA parameters peft adds for the MoE tensors it wraps (ParamWrapper).
+@dataclass(frozen=True)
+class WrappedTensor:
+    """One MoE tensor peft wraps with ParamWrapper, as (experts, out, in) with the LoRA rank it gets."""
 
-    A 3-D expert tensor (E, out, in) gets A: (E*r, in) and B: (out, E*r); the fused gate_up
-    tensor gets twice the rank (peft's rank_pattern for fused w1+w3); the router (E, d) gets A: (r, d), B: (E, r).
+    experts: int  # 1 for the router's 2-D (E, d) weight
+    out_features: int
+    in_features: int
+    rank: int
+    active: int  # experts one token multiplies through (top-k; the router's one weight)
+
+    @property
+    def numel(self) -> int:
+        return self.experts * self.out_features * self.in_features
+
+    @property
+    def adapter_params(self) -> int:
+        return self.experts * self.rank * (self.in_features + self.out_features)
+
+
+def wrapped_tensors(block: Block, hidden: int, params: frozenset[str], rank: int) -> list[WrappedTensor]:
+    """The MoE tensors peft wraps in `block` (ParamWrapper).
+
+    A 3-D expert tensor (E, out, in) gets A: (E*r, in) and B: (out, E*r); the fused gate_up tensor
+    gets twice the rank (peft's rank_pattern for fused w1+w3); the router (E, d) gets A: (r, d), B: (E, r).
     """
     mlp = block.mlp
-    e, i = mlp.num_experts, mlp.intermediate_size
-    total = 0
-    if "router" in params:
-        total += rank * (hidden + e)
-    if "gate_up" in params:
-        total += e * 2 * rank * (hidden + 2 * i)
-    if "down" in params:
-        total += e * rank * (i + hidden)
-    return total
+    e, i, k = mlp.num_experts, mlp.intermediate_size, mlp.top_k
+    table = {"router": WrappedTensor(1, e, hidden, rank, 1),
+             "gate_up": WrappedTensor(e, 2 * i, hidden, 2 * rank, k),
+             "down": WrappedTensor(e, hidden, i, rank, k)}
+    return [table[p] for p in sorted(params)]
+
+
+def lora_param_adapters(block: Block, hidden: int, params: frozenset[str], rank: int) -> int:
+    """LoRA parameters peft adds for the MoE tensors it wraps (ParamWrapper)."""
+    return sum(t.adapter_params for t in wrapped_tensors(block, hidden, params, rank))
 
 
 class ParamGroup(BaseModel):
@@ -165,9 +209,16 @@ def check_lora_target(spec: ModelSpec, plan: Plan) -> None:
         return
     if not any(any(lora_targets(spec, g.block, plan)) for g in spec.blocks):
         names = sorted({lin.name for g in spec.blocks for lin in g.block.linears})
+        if ALL in {n.lower() for n in target_names(plan.lora_target)} and spec.model_type in CONV1D_MODEL_TYPES:
+            # LLaMA-Factory's find_all_linear_modules returns [] and peft refuses the empty target list
+            raise FtplanError(
+                f"all finds no module in {spec.model_type}: LLaMA-Factory's `all` takes only modules whose class "
+                f"is a Linear, and {spec.model_type}'s are Conv1D (peft refuses the empty list); name them "
+                f"({', '.join(names)}) or use all-linear (peft's, which includes Conv1D)", field="lora_target",
+            )
         raise FtplanError(
-            f"--lora-target {plan.lora_target}: matches no linear layer of {spec.model_type}; "
-            f"use all, attention, or names from: {', '.join(names)}"
+            f"{plan.lora_target} matches no linear layer of {spec.model_type}; "
+            f"use all, all-linear, attention, or names from: {', '.join(names)}", field="lora_target",
         )
 
 

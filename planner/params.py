@@ -69,6 +69,20 @@ def count_params(spec: ModelSpec) -> ParamCounts:
 # ----------------------------------------------------------------- LoRA targets
 
 ATTENTION_ALIASES = {"attention", "attn", "attention_only"}
+# Two "every linear layer" targets, which differ on some models:
+# - `all` is LLaMA-Factory's `lora_target: all`, its find_all_linear_modules
+#   (src/llamafactory/model/model_utils/misc.py, read at hiyouga/LLaMA-Factory ff6d4d1): the last name of
+#   every module whose *class name* contains "Linear" (not "Embedding"), lm_head excepted, handed to peft as a
+#   list of names. transformers 5's fused MoE experts are 3-D parameters and its routers are not Linear
+#   modules, so the list names neither (peft may still re-point a listed name to the experts:
+#   methods.lora_targets); GPT-2's projections are `Conv1D` (transformers/models/gpt2/modeling_gpt2.py),
+#   so for GPT-2 the list is empty and peft refuses it (NoMatchingPeftModuleError).
+# - `all-linear` is peft's own shorthand (TRL's and the HF scripts' `lora_target_modules: all-linear`):
+#   every nn.Linear and Conv1D but the output layer, plus, on transformers 5 MoE models, every name peft
+#   re-points to the fused experts and the router (methods._PEFT_MOE_TARGETS).
+ALL = "all"
+ALL_LINEAR = "all-linear"
+CONV1D_MODEL_TYPES = frozenset({"gpt2"})  # model types whose block projections are transformers' Conv1D
 
 
 def target_names(target: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -78,15 +92,16 @@ def target_names(target: str | list[str] | tuple[str, ...]) -> list[str]:
 
 
 def select_linears(block: Block, target: str | list[str] | tuple[str, ...]) -> list[Linear]:
-    """The block's linears that LoRA wraps, as LLaMA-Factory's `lora_target` selects them.
+    """The block's linears that LoRA wraps for a target given by names.
 
-    `all` = every linear layer in the block (peft's "all-linear": the LM head is
-    never inside a block). `attention` = the attention projections. Otherwise a
-    comma list of module names, matched like peft matches `target_modules`: the
-    full relative path, or its last components ("q_proj", "shared_expert.up_proj").
+    `all-linear` = every linear layer in the block (the LM head is never inside a block);
+    `attention` = the attention projections. Otherwise a comma list of module names, matched
+    like peft matches `target_modules`: the full relative path, or its last components
+    ("q_proj", "shared_expert.up_proj"). LLaMA-Factory's `all` depends on the model, not the
+    block: expand it with `llamafactory_all` first.
     """
     names = target_names(target)
-    if any(n.lower() == "all" for n in names):
+    if any(n.lower() == ALL_LINEAR for n in names):
         return list(block.linears)
     if any(n.lower() in ATTENTION_ALIASES for n in names):
         return [lin for lin in block.linears if lin.component == "attention"]
@@ -96,3 +111,14 @@ def select_linears(block: Block, target: str | list[str] | tuple[str, ...]) -> l
 
 def known_module_names(spec: ModelSpec) -> set[str]:
     return {lin.name for group in spec.blocks for lin in group.block.linears}
+
+
+def llamafactory_all(spec: ModelSpec) -> list[str]:
+    """The module names LLaMA-Factory's `lora_target: all` hands to peft (find_all_linear_modules).
+
+    Every linear ftplan lists is an nn.Linear (or a subclass such as FalconLinear) in transformers,
+    except GPT-2's Conv1D; routers and fused experts are not listed, as they are not Linear modules.
+    """
+    if spec.model_type in CONV1D_MODEL_TYPES:
+        return []
+    return sorted(known_module_names(spec))

@@ -156,8 +156,8 @@ class FtplanApp(App):
             if self.state.plan.zero:
                 deepspeed = free_path(target.with_name(f"ds_z{self.state.plan.zero}_config.json"))
                 write_text_atomic(deepspeed, json.dumps(deepspeed_json(self.state.plan), indent=2) + "\n")
-            write_text_atomic(target, llamafactory_yaml(self.state.model, self.state.plan,
-                                             deepspeed_file=deepspeed.name if deepspeed else None))
+            write_text_atomic(target, llamafactory_yaml(self.state.model, self.state.plan, spec=self.state.spec,
+                                                        deepspeed_file=deepspeed.name if deepspeed else None))
         except OSError as exc:
             self._write_failed(path, exc)
             return None

@@ -8,7 +8,11 @@ from planner import fields
 from planner.configs.common import OPTIM_BACK, Hyper
 from planner.configs.fix import config_changes_for, yaml_scalar
 from planner.configs.llamafactory import FLASH_ATTN_BACK
+from planner.errors import FtplanError
+from planner.methods import peft_all_linear
+from planner.params import ALL_LINEAR
 from planner.plan import Plan
+from planner.spec import ModelSpec
 
 
 def deepspeed_json(plan: Plan) -> dict:
@@ -22,10 +26,12 @@ def deepspeed_json(plan: Plan) -> dict:
 
 
 def llamafactory_yaml(model: str, plan: Plan, hyper: Hyper | None = None, dataset: str = "identity",
-                      deepspeed_file: str | None = None) -> str:
+                      deepspeed_file: str | None = None, spec: ModelSpec | None = None) -> str:
     """A LLaMA-Factory training config for `plan`, with the seed's key names and sections.
 
     With ZeRO (`plan.zero`), `deepspeed_file` names the DeepSpeed JSON (see `deepspeed_json`) to write beside it.
+    peft's `all-linear` is written as the module names it stands for in `spec` (LLaMA-Factory hands peft a
+    list, so the shorthand would match nothing); without a spec that target cannot be exported.
     """
     hyper = hyper or Hyper(learning_rate=1e-4 if plan.method in ("lora", "qlora") else 1e-5, warmup_ratio=0.1,
                            lr_scheduler="cosine")
@@ -37,7 +43,7 @@ def llamafactory_yaml(model: str, plan: Plan, hyper: Hyper | None = None, datase
             lines.append("double_quantization: false")
     lines += ["", "### method", "stage: sft", "do_train: true", f"finetuning_type: {method}"]
     if method == "lora":
-        lines += [f"lora_rank: {plan.lora_rank}", f"lora_target: {plan.lora_target}"]
+        lines += [f"lora_rank: {plan.lora_rank}", f"lora_target: {_lora_target(plan, spec)}"]
         if plan.lora_dropout:
             lines.append(f"lora_dropout: {plan.lora_dropout}")
     if method == "freeze":
@@ -68,6 +74,15 @@ def llamafactory_yaml(model: str, plan: Plan, hyper: Hyper | None = None, datase
     if other:
         lines += ["", "### other"] + [f"{k}: {yaml_scalar(v)}" for k, v in other.items()]
     return "\n".join(lines) + "\n"
+
+
+def _lora_target(plan: Plan, spec: ModelSpec | None) -> str:
+    if plan.lora_target.strip().lower() != ALL_LINEAR:
+        return plan.lora_target
+    if spec is None:
+        raise FtplanError("all-linear is peft's shorthand, which LLaMA-Factory cannot pass on: name the modules",
+                          field="lora_target")
+    return ",".join(peft_all_linear(spec))
 
 
 # written above, in LLaMA-Factory's sections

@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 
+from planner.errors import FtplanError
 from planner.memory import estimate_memory
 from planner.methods import layout
 from planner.params import count_params
@@ -25,30 +26,16 @@ MLP_TARGETS = {
 QV_TARGETS = {"gpt2": "c_attn", "gpt_neox": "query_key_value", "falcon": "query_key_value",
               "phi3": "qkv_proj", "deepseek_v3": "q_b_proj,kv_b_proj"}
 
-# Where LLaMA-Factory's `lora_target: all` (find_all_linear_modules: modules whose class name contains
-# "Linear") is not peft's "all-linear", which is what the planner's `all` models. On transformers 5 the MoE
-# experts are fused 3-D parameters and the routers are not nn.Linear, so LLaMA-Factory's list names neither,
-# unless a shared-expert MLP lends the expert names (DeepSeek-V3's gate_proj/up_proj/down_proj, which peft
-# then re-points to the experts as well); GPT-2's blocks are Conv1D, so its list is empty.
-LLAMAFACTORY_ALL_DIFFERS = {
-    "mixtral": "LLaMA-Factory's `all` wraps attention only: no expert or router adapters",
-    "qwen3_moe": "LLaMA-Factory's `all` wraps attention only: no expert or router adapters",
-    "deepseek_v3": "LLaMA-Factory's `all` has no router (`gate`) adapters",
-    "gpt2": "LLaMA-Factory's `all` finds no module (Conv1D): peft refuses the empty target list",
-}
-
-
-def _peft_trainable(config: dict, target: str, rank: int, *, llamafactory: bool = False) -> int:
-    """Trainable parameters peft creates; `all` is peft's "all-linear" unless `llamafactory`."""
+def _peft_trainable(config: dict, target: str, rank: int) -> int:
+    """Trainable parameters peft creates for a `lora_target`: `all` as LLaMA-Factory expands it
+    (find_all_linear_modules), `all-linear` handed to peft as its own shorthand."""
     from peft import LoraConfig, get_peft_model
 
     model = meta_model(config)
-    if target == "all" and not llamafactory:
-        target = "all-linear"
-    targets = lora_target_modules(model, target)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets))
+        peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank,
+                                                      target_modules=lora_target_modules(model, target)))
     return sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
 
 
@@ -60,23 +47,43 @@ def test_lora_trainable_counts_match_peft(model_type: str, rank: int) -> None:
         config["q_lora_rank"] = 24
     spec = spec_from_config(config, source="test")
     counts = count_params(spec)
-    targets = ["all", QV_TARGETS.get(model_type, "q_proj,v_proj"), MLP_TARGETS.get(model_type, "gate_proj,up_proj,down_proj")]
+    targets = ["all-linear", QV_TARGETS.get(model_type, "q_proj,v_proj"),
+               MLP_TARGETS.get(model_type, "gate_proj,up_proj,down_proj")]
     for target in targets:
         ours = layout(spec, counts, Plan(method="lora", lora_rank=rank, lora_target=target))
         assert ours.trainable_params == _peft_trainable(config, target, rank), target
 
 
-@pytest.mark.parametrize("model_type", [
-    pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=LLAMAFACTORY_ALL_DIFFERS[t]))
-    if t in LLAMAFACTORY_ALL_DIFFERS else t for t in EXACT_TYPES])
+@pytest.mark.parametrize("model_type", [t for t in EXACT_TYPES if t != "gpt2"])
 def test_lora_all_matches_llamafactory(model_type: str) -> None:
-    """`lora_target: all` as LLaMA-Factory expands it, built by the truth helper."""
+    """`lora_target: all` as LLaMA-Factory expands it, built by the truth helper. On transformers 5 it differs
+    from peft's all-linear where experts are fused 3-D parameters and routers are not Linear modules: Mixtral
+    and Qwen3-MoE get attention adapters only, DeepSeek-V3 no router adapters (its shared experts lend the
+    expert names, which peft re-points to the experts too)."""
     config = random_config(model_type, 1, layers=2)
     if model_type == "deepseek_v3":
         config["q_lora_rank"] = 24
     spec = spec_from_config(config, source="test")
     ours = layout(spec, count_params(spec), Plan(method="lora", lora_rank=4, lora_target="all"))
-    assert ours.trainable_params == _peft_trainable(config, "all", 4, llamafactory=True)
+    assert ours.trainable_params == _peft_trainable(config, "all", 4)
+
+
+def test_lora_all_on_gpt2_is_refused_as_llamafactory_refuses_it() -> None:
+    """GPT-2's projections are Conv1D, so LLaMA-Factory's `all` finds no module and peft refuses the empty
+    list: LLaMA-Factory cannot launch the run, and the planner says so (all-linear includes Conv1D)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = random_config("gpt2", 1, layers=2)
+    model = meta_model(config)
+    assert lora_target_modules(model, "all") == []
+    with pytest.raises(ValueError, match="target_modules"):
+        get_peft_model(model, LoraConfig(r=4, target_modules=lora_target_modules(model, "all")))
+    spec = spec_from_config(config, source="test")
+    with pytest.raises(FtplanError, match="Conv1D") as caught:
+        layout(spec, count_params(spec), Plan(method="lora", lora_rank=4, lora_target="all"))
+    assert caught.value.field == "lora_target"
+    ours = layout(spec, count_params(spec), Plan(method="lora", lora_rank=4, lora_target="all-linear"))
+    assert ours.trainable_params == _peft_trainable(config, "all-linear", 4)
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen2", "mixtral", "phi3"])
@@ -86,7 +93,8 @@ def test_qlora_trainable_and_weight_bytes_match_bitsandbytes(model_type: str, tm
     spec = spec_from_config(config, source="test")
     counts = count_params(spec)
     for double_quant in (True, False):
-        plan = Plan(method="qlora", precision="bf16", lora_rank=8, double_quant=double_quant)
+        plan = Plan(method="qlora", precision="bf16", lora_rank=8, double_quant=double_quant,
+                    lora_target="all-linear")
         ours = layout(spec, counts, plan)
         model = build_model(config, method="qlora", precision="bf16", lora_rank=8, double_quant=double_quant,
                             lora_target="all-linear", tmp_dir=tmp_path / str(double_quant))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from planner.params import count_params
+from planner.params import count_params, llamafactory_all
 from planner.spec import spec_from_config
 from tests.planner.configs import EXACT_TYPES, random_config
 from tests.planner.truth import meta_model
@@ -53,3 +53,13 @@ def test_linears_are_the_modules_transformers_builds(model_type: str) -> None:
     last_block = spec.blocks[-1].block
     ours = {lin.path: (lin.out_features, lin.in_features) for lin in last_block.linears}
     assert ours == real
+
+
+@pytest.mark.parametrize("model_type", EXACT_TYPES)
+def test_llamafactory_all_names_what_find_all_linear_modules_finds(model_type: str) -> None:
+    """LLaMA-Factory's `lora_target: all`: the names of the modules whose class name has "Linear" (GPT-2's
+    Conv1D, transformers 5's routers and fused experts are not among them)."""
+    from tests.planner.truth import find_all_linear_modules
+
+    config = random_config(model_type, 7, layers=2)
+    assert llamafactory_all(spec_from_config(config, source="test")) == find_all_linear_modules(meta_model(config))
