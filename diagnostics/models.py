@@ -7,7 +7,8 @@
 * LoRA goes through `peft.get_peft_model` with its defaults (fp32 adapters);
 * QLoRA loads the base in 4-bit NF4 through bitsandbytes (it needs a checkpoint on
   disk: a config-only model is first saved with random weights to a temporary folder);
-* gradient checkpointing uses `use_reentrant=False` with input gradients enabled.
+* gradient checkpointing as LLaMA-Factory installs it: only decoder layers holding a trainable
+  parameter are checkpointed (reentrant), their hidden-states input made to require grad.
 
 torch, transformers, peft and bitsandbytes are imported inside the functions.
 """
@@ -65,6 +66,30 @@ def _lora_targets(model, target: str):
     return names
 
 
+def _checkpoint_trainable_layers(model) -> None:
+    """LLaMA-Factory's gradient checkpointing (model/model_utils/checkpointing.py,
+    `get_custom_gradient_checkpointing_func`, `use_reentrant_gc` default True): a layer is checkpointed
+    only if one of its parameters trains when it runs (so LoRA adapters added later count), and the
+    first floating-point argument, the hidden states, is made to require grad so the recompute has a
+    gradient to carry. Installed through transformers' `_set_gradient_checkpointing`, as LLaMA-Factory does."""
+    from functools import partial
+
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    def trainable_only(func, *args, **kwargs):
+        layer = func.args[0] if isinstance(func, partial) and func.args else getattr(func, "__self__", None)
+        if layer is not None and not any(p.requires_grad for p in layer.parameters()):
+            return func(*args, **kwargs)
+        hidden = next((a for a in args if torch.is_tensor(a) and torch.is_floating_point(a)), None)
+        if hidden is not None:
+            hidden.requires_grad_(True)
+        return checkpoint(func, *args, use_reentrant=True, **kwargs)
+
+    model._set_gradient_checkpointing(enable=True, gradient_checkpointing_func=trainable_only)
+    model.config.use_cache = False
+
+
 def build_model(config: dict | None, plan: Plan, *, weights: str | Path | None = None, device: str = "cpu",
                 seed: int = 0, workdir: str | Path | None = None):
     """A model ready to train under `plan`: from `weights` (a local model directory) or `config` (random init)."""
@@ -104,8 +129,7 @@ def build_model(config: dict | None, plan: Plan, *, weights: str | Path | None =
             for name, p in model.named_parameters():
                 p.requires_grad_(layer_index(name) in chosen)
         if plan.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.enable_input_require_grads()
+            _checkpoint_trainable_layers(model)
         if plan.method in ("lora", "qlora"):
             from peft import LoraConfig, get_peft_model
 

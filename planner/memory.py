@@ -24,12 +24,15 @@ with W weights (sharded by ZeRO-3), M fp32 master weights and O optimizer state 
 ZeRO-1+, zero when offloaded), G gradients (sharded by ZeRO-2+, plus DDP's buckets), G_accum
 the gradients alive during forward (only with accumulation, plus DDP's buckets), A saved
 activations (planner.activations), L the logits, T the phase's transients (the loss's fp32
-copies and gradients, the recomputed block, ZeRO-3's gathered layers, QLoRA's dequantized
-weight, the foreach optimizer's temporaries). `Breakdown.peak` holds the peak phase's parts,
-which add up to `peak_allocated`; `total` is what `nvidia-smi` shows at the peak.
+copies and gradients, the recomputed block, ZeRO-3's gathered layers or largest module,
+QLoRA's dequantized weight, the foreach optimizer's temporaries, the ZeRO step's gradient
+partition). `Breakdown.peak` holds the peak phase's parts, which add up to `peak_allocated`;
+`total` is what `nvidia-smi` shows at the peak.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 from pydantic import BaseModel
 
@@ -43,10 +46,11 @@ from planner.methods import (
     layout,
     lora_targets,
     param_dtype,
+    quantized_bytes,
 )
 from planner.params import ParamCounts, count_params
 from planner.plan import Plan
-from planner.spec import ModelSpec
+from planner.spec import Block, ModelSpec
 from planner.target import Machine
 
 COMPONENTS = ("weights", "master_weights", "optimizer", "gradients", "activations", "logits", "temporaries")
@@ -71,8 +75,9 @@ class Details(BaseModel):
     recompute_one_block: int
     loss_forward_transient: int
     loss_backward_transient: int
-    optimizer_temporaries: int
-    zero3_gather: int
+    optimizer_temporaries: int  # all of the step's temporaries, the ZeRO gradient partition included
+    zero_gradient_partition: int  # DeepSpeed ZeRO's gradient partition in the master's dtype, built in step()
+    zero3_gather: int  # ZeRO-3's gathered parameters (and gradient) in backward; forward holds no gradient
     qlora_dequant: int
     fragmentation: int
     cuda_context: int
@@ -124,24 +129,22 @@ def optimizer_state_bytes(train: TrainingLayout, plan: Plan, spec: ModelSpec) ->
 
     * AdamW: exp_avg + exp_avg_sq in the parameter's dtype (PyTorch allocates them `zeros_like(p)`),
       so 8 bytes for fp32 parameters, 4 for pure bf16, 8 (fp32) under a ZeRO master copy.
-    * 8-bit AdamW (bitsandbytes): 2 bytes, plus an fp32 absmax per block of 2048, for tensors of at least
-      4096 elements; smaller ones keep 32-bit state.
-    * Adafactor (Shazeer & Stern 2018): factored second moment, one row and one column vector per matrix.
+    * 8-bit AdamW (bitsandbytes, as the HF Trainer builds it): 2 bytes plus fp32 absmaxes per parameter,
+      32-bit state (8 bytes) for small tensors and embeddings; see `_bnb_8bit_state`.
+    * Adafactor (Shazeer & Stern 2018): factored second moment, one row and one column vector per matrix,
+      always in fp32 (see `_adafactor_state`).
     * SGD: nothing; with momentum: one buffer.
     ZeRO-1+ shards the state over the GPUs; `--offload-optimizer` moves it to host RAM.
     """
     per_dtype = gradient_dtype(train)
     state_dtype_bytes = {dt: (4 if keeps_master_copy(plan) else DTYPE_BYTES[dt]) for dt in per_dtype}
-    params = sum(per_dtype.values())
     opt = plan.optimizer
     if opt in ("adamw", "adamw-fused"):
         total = sum(2 * n * state_dtype_bytes[dt] for dt, n in per_dtype.items())
     elif opt in ("adamw-8bit", "paged-adamw-8bit"):
-        small = _small_tensor_params(train, spec)
-        big = params - small
-        total = 2 * big + 2 * 4 * _ceil_div(big, 2048) + 8 * small
+        total = _bnb_8bit_state(trainable_tensors(spec, train, plan))
     elif opt == "adafactor":
-        total = _adafactor_state(train, spec, plan, max(state_dtype_bytes.values(), default=4))
+        total = _adafactor_state(train, spec, plan)
     elif opt == "sgd-momentum":
         total = sum(n * state_dtype_bytes[dt] for dt, n in per_dtype.items())
     else:
@@ -156,20 +159,50 @@ def master_weight_bytes(train: TrainingLayout, plan: Plan) -> int:
     return _ceil_div(4 * train.trainable_params, plan.gpus)
 
 
-def activation_bytes(spec: ModelSpec, plan: Plan, train: TrainingLayout, device: str = "cuda") -> ActivationBytes:
+def activation_bytes(spec: ModelSpec, plan: Plan, train: TrainingLayout, device: str = "cuda", *,
+                     input_grad: bool | None = None, layers: int | None = None) -> ActivationBytes:
     """Bytes autograd saves for backward in one micro-batch (see planner.activations).
 
     Replayed op by op rather than a closed formula; matches `saved_tensors_hooks` on real
     transformers models. Logits: the loss up-casts them and log_softmax keeps an fp32 copy.
+    `input_grad` (default: with gradient checkpointing) is `enable_input_require_grads()`;
+    `layers` replays only the first that many decoder layers (for their block inputs).
     """
+    trainings = block_training(spec, plan)
+    if layers is not None:
+        groups = tuple(g.model_copy(update={"count": min(g.count, layers - g.start)})
+                       for g in spec.blocks if g.start < layers)
+        spec, trainings = spec.model_copy(update={"blocks": groups, "num_layers": layers}), trainings[:layers]
     return saved_bytes(
-        spec, block_training(spec, plan), batch=plan.batch_size, seq=plan.seq_len,
+        spec, trainings, batch=plan.batch_size, seq=plan.seq_len,
         compute=plan.compute_dtype, weight_dtypes=(param_dtype(plan, trainable=True), plan.compute_dtype),
         kernel=plan.attention, autocast=plan.compute_dtype if plan.mixed else None,
         embeddings_trainable=train.embeddings_trainable, head_trainable=train.head_trainable,
-        input_grad=plan.gradient_checkpointing, lora_rank=plan.lora_rank, lora_dropout=plan.lora_dropout,
+        input_grad=plan.gradient_checkpointing if input_grad is None else input_grad,
+        lora_rank=plan.lora_rank, lora_dropout=plan.lora_dropout,
         adapter_dtype=adapter_dtype(plan), device=device, fused_loss=plan.fused_loss,
     )
+
+
+def _freeze_checkpointing(spec: ModelSpec, plan: Plan, train: TrainingLayout, device: str,
+                          acts: ActivationBytes) -> tuple[int, int, int]:
+    """Gradient checkpointing as LLaMA-Factory sets it up for freeze tuning: (saved in the blocks, saved
+    outside them, the largest recomputed block).
+
+    LLaMA-Factory (src/llamafactory/model/model_utils/checkpointing.py, `get_custom_gradient_checkpointing_
+    func`) checkpoints only decoder layers that hold a trainable parameter, making their hidden-states input
+    require grad, and does not call `enable_input_require_grads()`: frozen layers below the first trainable
+    one run on an input that needs no gradient and keep nothing; the trainable (checkpointed) layers keep
+    their input; frozen layers above them (`freeze_trainable_layers` < 0) are not checkpointed and keep what
+    their ops save. Trainable layers are contiguous (`trainable_layer_indices`).
+    """
+    chosen = train.trainable_layers
+    first, end = chosen[0], chosen[-1] + 1
+    plain = activation_bytes(spec, plan, train, device, input_grad=False)  # nothing asks for input grads
+    inputs = (activation_bytes(spec, plan, train, device, layers=end).block_inputs
+              - (activation_bytes(spec, plan, train, device, layers=first).block_inputs if first else 0))
+    above = sum(plain.per_layer[end:])
+    return inputs + above, plain.outside, max(acts.per_layer[first:end])
 
 
 def autocast_weight_copies(train: TrainingLayout, plan: Plan, counts: ParamCounts) -> tuple[int, int]:
@@ -208,11 +241,14 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
         # (Chen et al. 2016). The checkpointed forward saves nothing, but autocast still caches its
         # weight casts until the autocast region ends (before backward); the recomputed block casts
         # its own again.
-        block_acts, autocast_cache, saved_copies = acts.block_inputs, block_copies, 0
-        recompute = acts.per_block_max + _ceil_div(block_copies, len(train.trainable_layers) or spec.num_layers)
+        block_acts, outside, autocast_cache, saved_copies = acts.block_inputs, acts.outside, block_copies, 0
+        recompute_block = acts.per_block_max
+        if train.method == "freeze":
+            block_acts, outside, recompute_block = _freeze_checkpointing(spec, plan, train, machine.device, acts)
+        recompute = recompute_block + _ceil_div(block_copies, len(train.trainable_layers) or spec.num_layers)
     else:
-        block_acts, autocast_cache, saved_copies, recompute = acts.blocks, 0, block_copies, 0
-    activations = block_acts + acts.outside + saved_copies + head_copy
+        block_acts, outside, autocast_cache, saved_copies, recompute = acts.blocks, acts.outside, 0, block_copies, 0
+    activations = block_acts + outside + saved_copies + head_copy
     logits = acts.logits
     # Plain DDP (several GPUs, no ZeRO) allocates its all-reduce buckets when it wraps the model and
     # keeps them for the whole run: a second copy of every gradient unless gradient_as_bucket_view=True
@@ -234,13 +270,8 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
     largest_linear = max((lin.in_features * lin.out_features for g in spec.blocks for lin in g.block.linears),
                          default=0)
     dequant = largest_linear * compute_bytes if train.method == "qlora" else 0
-    zero3_gather = 0
-    if plan.zero == 3 and plan.gpus > 1:
-        # the current layer and the prefetched next one, gathered whole (QLoRA: its 4-bit storage,
-        # which FSDP/ZeRO-3 shard through bnb_4bit_quant_storage)
-        layer_bytes = train.weight_bytes * max(counts.per_layer) // max(1, counts.total)
-        zero3_gather = 2 * layer_bytes
-    optimizer_temp = _optimizer_temporaries(train, plan)
+    gather_forward, zero3_gather = _zero3_gather(spec, plan, train, counts)
+    grad_partition, optimizer_temp = _optimizer_temporaries(spec, train, plan)
 
     if plan.optimizer_in_backward:
         # each gradient is stepped and freed in its own hook: only the largest one exists at a time
@@ -250,7 +281,7 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
     accum_grads = (grads if plan.grad_accum > 1 else 0) + buckets
     grads += buckets
     forward = {**persistent, "gradients": accum_grads, "activations": activations, "logits": logits,
-               "temporaries": max(loss_forward, dequant) + zero3_gather + autocast_cache}
+               "temporaries": max(loss_forward, dequant) + gather_forward + autocast_cache}
     backward_start = {**persistent, "gradients": accum_grads, "activations": activations, "logits": logits,
                       "temporaries": loss_backward + recompute + zero3_gather + dequant}
     backward_end = {**persistent, "gradients": grads, "activations": 0, "logits": 0,
@@ -267,7 +298,8 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
               what=("start: fp32 logit gradients" if backward is backward_start else "end: all gradients")
               + (", one block recomputed" if recompute else "")),
         Phase(name="optimizer", parts=optimizer, allocated=sum(optimizer.values()),
-              what="step: " + ("foreach temporaries" if optimizer_temp else "in-place update")),
+              what="step: " + ("ZeRO's gradient partition" if grad_partition else
+                               "foreach temporaries" if optimizer_temp else "in-place update")),
     ]
     peak = max(phases, key=lambda p: p.allocated)
     fragmentation = int(peak.allocated * machine.fragmentation)
@@ -278,11 +310,12 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
         overhead=overhead, phases=phases, largest={k: max(p.parts[k] for p in phases) for k in COMPONENTS},
         cpu_offload=cpu_offload,
         details=Details(
-            activations_saved_in_blocks=block_acts, activations_outside_blocks=acts.outside,
+            activations_saved_in_blocks=block_acts, activations_outside_blocks=outside,
             autocast_weight_copies=block_copies + head_copy, autocast_cache_forward=autocast_cache,
             ddp_buckets=buckets, recompute_one_block=recompute,
             loss_forward_transient=loss_forward, loss_backward_transient=loss_backward,
-            optimizer_temporaries=optimizer_temp, zero3_gather=zero3_gather, qlora_dequant=dequant,
+            optimizer_temporaries=optimizer_temp, zero_gradient_partition=grad_partition,
+            zero3_gather=zero3_gather, qlora_dequant=dequant,
             fragmentation=fragmentation, cuda_context=context,
         ),
     )
@@ -308,33 +341,201 @@ def _largest_gradient(spec: ModelSpec, train: TrainingLayout, plan: Plan, all_gr
     return min(all_grads, int(largest * bytes_per_param))
 
 
-def _optimizer_temporaries(train: TrainingLayout, plan: Plan) -> int:
-    """PyTorch's foreach AdamW materialises sqrt(exp_avg_sq) for the whole parameter group
-    (`torch._foreach_sqrt` in `_multi_tensor_adam`); the fused kernel and bitsandbytes update in place."""
-    if plan.optimizer != "adamw" or plan.offload_optimizer:
-        return 0
+# DeepSpeed's `sub_group_size` (deepspeed/runtime/zero/config.py default, also in LLaMA-Factory's ds_z3 configs)
+ZERO3_SUB_GROUP = 10**9
+
+
+def _optimizer_temporaries(spec: ModelSpec, train: TrainingLayout, plan: Plan) -> tuple[int, int]:
+    """What the optimizer step allocates and frees again, per GPU: (ZeRO's gradient partition, all of it).
+
+    PyTorch's foreach AdamW materialises sqrt(exp_avg_sq) for the whole parameter group
+    (`torch._foreach_sqrt` in `_multi_tensor_adam`); the fused kernel and bitsandbytes update in place.
+
+    DeepSpeed ZeRO (not offloaded) steps one parameter group at a time: `DeepSpeedZeroOptimizer.step`
+    (deepspeed/runtime/zero/stage_1_and_2.py, ZeRO-1 and 2 alike) flattens the group's reduced gradient
+    partition (`self.flatten(self.averaged_gradients[i])`, a copy in the gradient dtype) and converts it to
+    the master weights' dtype (`single_grad_partition = flat_grad_partition.to(...)`): the fp32 gradient
+    partition, 4 bytes per parameter / GPUs, which DeepSpeed's estimator counts as "4_grads_32bit". The
+    16-bit copy is freed before the optimizer runs on the group (`del flat_grad_partition`), and the fp32 one
+    after it (`single_partition_of_fp32_groups[i].grad = None`). ZeRO-3 does the same one sub-group at a time
+    (stage3.py `step` -> `_prepare_fp32_grad_for_sub_group`, `_optimizer_step`, `_release_sub_group`): a
+    sub-group holds `sub_group_size` partitioned elements plus the parameter that crosses it
+    (`_create_fp16_sub_groups`). The Trainer's no-decay group (norms, biases) is counted with the rest.
+    """
+    if plan.offload_optimizer:
+        return 0, 0  # DeepSpeed keeps the fp32 gradients on the host with the optimizer
     per_dtype = gradient_dtype(train)
-    bytes_ = sum(n * (4 if keeps_master_copy(plan) else DTYPE_BYTES[dt]) for dt, n in per_dtype.items())
-    return _ceil_div(bytes_, plan.gpus) if plan.zero >= 1 else bytes_
+    grad_bytes = sum(n * DTYPE_BYTES[dt] for dt, n in per_dtype.items())
+    state_bytes = sum(n * (4 if keeps_master_copy(plan) else DTYPE_BYTES[dt]) for dt, n in per_dtype.items())
+    foreach = plan.optimizer == "adamw"
+    if plan.zero == 0:
+        return 0, state_bytes if foreach else 0
+    params = max(1, train.trainable_params)
+    state_part, grad_part = _ceil_div(state_bytes, plan.gpus), _ceil_div(grad_bytes, plan.gpus)
+    if plan.zero == 3:
+        largest = max((t.numel for t in trainable_tensors(spec, train, plan)), default=0)
+        elements = ZERO3_SUB_GROUP + _ceil_div(largest, plan.gpus)
+        if elements < _ceil_div(params, plan.gpus):
+            state_part = _ceil_div(state_bytes * elements, params)
+            grad_part = _ceil_div(grad_bytes * elements, params)
+    # without a master copy `.to` of the same dtype returns the flat copy itself: it is the partition
+    flat = grad_part if keeps_master_copy(plan) else 0
+    return state_part, state_part + max(flat, state_part if foreach else 0)
 
 
-def _small_tensor_params(train: TrainingLayout, spec: ModelSpec) -> int:
-    """Trainable params in tensors below bitsandbytes' min_8bit_size (4096): norms, biases, tiny LoRA A/B."""
-    if train.method in ("lora", "qlora"):
-        return 0  # LoRA matrices are rank x width: above 4096 elements for any real model
-    d = spec.hidden_size
-    small = 0
+def _zero3_gather(spec: ModelSpec, plan: Plan, train: TrainingLayout, counts: ParamCounts) -> tuple[int, int]:
+    """Bytes ZeRO-3 holds gathered beyond each GPU's shard: (during forward, during backward).
+
+    The current decoder layer and the prefetched next one, gathered whole (QLoRA: its 4-bit storage, which
+    FSDP/ZeRO-3 shard through bnb_4bit_quant_storage); or, when it is bigger, the largest single module
+    (most direct parameters: the embedding or LM head at real size, or a fused MoE experts module).
+    DeepSpeed gathers a module's parameters whole before it runs (partitioned_param_coordinator.py,
+    `fetch_sub_module`), in backward too, and a module's full gradient exists until it is reduce-scattered
+    into the partition: 16-bit parameter + gradient, the "4 x largest_layer" that
+    `estimate_zero3_model_states_mem_needs` (stage3.py) reserves. The LM head is used last in forward and
+    first in backward, so `stage3_max_reuse_distance` (1e9, DeepSpeed's default and LLaMA-Factory's) keeps it
+    gathered from its forward through the loss (`__params_to_release`); taken as the phase's transient
+    throughout, with the gradient in backward only.
+    """
+    if plan.zero != 3 or plan.gpus == 1:
+        return 0, 0
+    window = 2 * (train.weight_bytes * max(counts.per_layer) // max(1, counts.total))
+    weight, with_grad = _largest_module(spec, plan, train)
+    return max(window, weight), max(window, with_grad)
+
+
+def _largest_module(spec: ModelSpec, plan: Plan, train: TrainingLayout) -> tuple[int, int]:
+    """Bytes of the module with the most direct parameters: (its weights, its weights + gradient)."""
+    trained, frozen = param_dtype(plan, trainable=True), param_dtype(plan, trainable=False)
+    modules: list[tuple[int, int]] = []
+
+    def add(numel: int, trainable: bool, nbytes: int | None = None) -> None:
+        weight = numel * DTYPE_BYTES[trained if trainable else frozen] if nbytes is None else nbytes
+        modules.append((weight, weight + (numel * DTYPE_BYTES[trained] if trainable else 0)))
+
+    vocab = spec.vocab_size * spec.hidden_size
+    add(vocab, train.embeddings_trainable)
+    if not spec.tie_word_embeddings:
+        add(vocab, train.head_trainable)
+    chosen = set(train.trainable_layers)
     for group in spec.blocks:
-        if train.method == "freeze":
-            continue
-        block = group.block
-        small += group.count * (block.other_params.get("norms", 0) + block.other_params.get("qk_norm", 0))
-        small += group.count * sum(lin.out_features for lin in block.linears if lin.bias)
-    return small + (d if train.method == "full" else 0)
+        trainable = train.method == "full" or any(group.start <= i < group.start + group.count for i in chosen)
+        for lin in group.block.linears:
+            nbytes = None
+            if train.method == "qlora":
+                nbytes = quantized_bytes(lin.in_features * lin.out_features, lin.out_features, plan.base_bits,
+                                         plan.double_quant) + (lin.out_features if lin.bias else 0) * \
+                    DTYPE_BYTES[frozen]
+            add(lin.params, trainable, nbytes)
+        for key in ("experts", "router"):  # a fused experts module holds gate_up and down itself
+            if group.block.other_params.get(key):
+                add(group.block.other_params[key], trainable)
+    return max(w for w, _ in modules), max(wg for _, wg in modules)
 
 
-def _adafactor_state(train: TrainingLayout, spec: ModelSpec, plan: Plan, nbytes: int) -> int:
-    """Adafactor keeps rows + cols second-moment entries per trainable matrix, a full one per vector."""
+class Tensor(NamedTuple):
+    """`count` trainable parameter tensors of `numel` elements each; `embedding`: an `nn.Embedding` weight."""
+
+    numel: int
+    count: int = 1
+    embedding: bool = False
+
+
+def _split(total: int, sizes: list[int]) -> list[int]:
+    """`sizes` when they add up to `total` (the spec keeps only the sum), else one tensor of `total`."""
+    return sizes if sum(sizes) == total else [total]
+
+
+def _block_tensors(spec: ModelSpec, block: Block) -> list[int]:
+    """Sizes of every parameter tensor of one decoder block, as transformers creates them."""
+    d, att, other = spec.hidden_size, block.attention, block.other_params
+    sizes: list[int] = []
+    for lin in block.linears:
+        sizes += [lin.in_features * lin.out_features] + ([lin.out_features] if lin.bias else [])
+    norms = other.get("norms", 0)
+    sizes += [d] * (norms // d) if norms % d == 0 else [norms]  # every block norm's weight and bias is d wide
+    if other.get("qk_norm"):
+        if att.kind == "mla":  # q_a_layernorm (q_lora_rank), kv_a_layernorm (kv_lora_rank)
+            parts = [r for r in (att.q_lora_rank, att.kv_lora_rank) if r]
+        elif att.qk_norm == "per_head":
+            parts = [att.head_dim, att.head_dim]
+        else:
+            parts = [att.num_heads * att.head_dim, att.num_kv_heads * att.head_dim]
+        sizes += _split(other["qk_norm"], parts)
+    if other.get("router"):
+        sizes.append(other["router"])  # one (experts, hidden) gate weight
+    if other.get("experts"):  # transformers 5's fused 3-D experts: gate_up (E, 2i, d) and down (E, d, i)
+        e, i = block.mlp.num_experts, block.mlp.intermediate_size
+        sizes += _split(other["experts"], [e * 2 * i * d, e * d * i])
+    sizes += [n for key, n in other.items() if key not in ("norms", "qk_norm", "router", "experts") and n]
+    return sizes
+
+
+def trainable_tensors(spec: ModelSpec, train: TrainingLayout, plan: Plan) -> list[Tensor]:
+    """Every trainable parameter tensor, by size: what a per-tensor optimizer (bitsandbytes) allocates for."""
+    d, out = spec.hidden_size, []
+    if train.method in ("lora", "qlora"):
+        r = plan.lora_rank
+        for group in spec.blocks:
+            linears, wrapped = lora_targets(spec, group.block, plan)
+            for lin in linears:  # lora_A (r, in), lora_B (out, r)
+                out += [Tensor(r * lin.in_features, group.count), Tensor(lin.out_features * r, group.count)]
+            e, i = group.block.mlp.num_experts, group.block.mlp.intermediate_size
+            shapes = {"router": [r * d, e * r],  # ParamWrapper shapes: see planner.methods.lora_param_adapters
+                      "gate_up": [e * 2 * r * d, 2 * i * e * 2 * r], "down": [e * r * i, d * e * r]}
+            out += [Tensor(n, group.count) for name in sorted(wrapped) for n in shapes[name]]
+        return out
+    chosen = set(train.trainable_layers)
+    for group in spec.blocks:
+        layers = group.count if train.method == "full" else \
+            sum(1 for i in range(group.start, group.start + group.count) if i in chosen)
+        if layers:
+            out += [Tensor(n, layers) for n in _block_tensors(spec, group.block)]
+    if train.method == "full":
+        out.append(Tensor(spec.vocab_size * d, embedding=True))  # a tied LM head is this same tensor
+        if spec.learned_positions:
+            out.append(Tensor(spec.learned_positions * d, embedding=True))
+        if not spec.tie_word_embeddings:
+            out.append(Tensor(spec.vocab_size * d))
+        out += [Tensor(d, 2 if spec.final_norm.bias else 1)]
+    return out
+
+
+# bitsandbytes/optim/optimizer.py, Optimizer2State.init_state (bitsandbytes 0.50): a tensor with fewer than
+# `min_8bit_size` elements (4096, the `__init__` default the Trainer keeps) gets 32-bit state; a bigger one
+# gets uint8 state1/state2 and two fp32 absmax vectors, one value per block of 256 elements.
+BNB_MIN_8BIT_SIZE = 4096
+BNB_BLOCK = 256
+# Optimizer.fill_qmap: the signed and unsigned dynamic quantile maps, 256 fp32 values each, created once per
+# optimizer (`name2qmap`) and shared by every 8-bit tensor's state.
+BNB_QMAPS = 2 * 256 * 4
+
+
+def _bnb_8bit_state(tensors: list[Tensor]) -> int:
+    """bitsandbytes AdamW8bit / PagedAdamW8bit state as `transformers.Trainer.create_optimizer` sets it up.
+
+    The Trainer registers every `nn.Embedding` weight with `GlobalOptimManager.register_module_override(
+    module, "weight", {"optim_bits": 32})` (transformers/trainer.py, `Trainer.create_optimizer`), so the
+    embeddings (and a head tied to them) keep two fp32 moments, 8 bytes per parameter, as do tensors under
+    `min_8bit_size`; every other tensor keeps 2 bytes plus 2 x 4 bytes per 256-element block.
+    """
+    total = eight_bit = 0
+    for t in tensors:
+        if t.embedding or t.numel < BNB_MIN_8BIT_SIZE:
+            total += t.count * 8 * t.numel
+        else:
+            eight_bit += t.count
+            total += t.count * (2 * t.numel + 2 * 4 * _ceil_div(t.numel, BNB_BLOCK))
+    return total + (BNB_QMAPS if eight_bit else 0)
+
+
+def _adafactor_state(train: TrainingLayout, spec: ModelSpec, plan: Plan) -> int:
+    """Adafactor keeps rows + cols second-moment entries per trainable matrix, a full one per vector.
+
+    The entries are fp32 whatever the parameter's dtype: transformers' `Adafactor.step`
+    (transformers/optimization.py) up-casts a 16-bit gradient with `grad.float()` and allocates the state
+    `.to(grad)`, i.e. in fp32; ZeRO's fp32 master copy gets fp32 state too.
+    """
     d = spec.hidden_size
     entries = 0
     chosen = set(train.trainable_layers)
@@ -353,7 +554,7 @@ def _adafactor_state(train: TrainingLayout, spec: ModelSpec, plan: Plan, nbytes:
             entries += e * (2 * i + d) + e * (d + i) + e + d
     if train.method == "full":
         entries += (spec.vocab_size + d) * (1 if spec.tie_word_embeddings else 2) + d
-    return nbytes * entries
+    return 4 * entries
 
 
 def _ceil_div(a: int, b: int) -> int:

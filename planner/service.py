@@ -87,13 +87,27 @@ def assumptions(plan: Plan, machine: Machine, train: TrainingLayout, memory: Bre
         f"peak phase: {memory.peak_phase} ({memory.peak_what})",
     ]
     if plan.gradient_checkpointing:
-        out.append("gradient checkpointing per decoder layer (use_reentrant=False), with input grads enabled")
+        out.append("gradient checkpointing as LLaMA-Factory installs it: each decoder layer with a trainable "
+                   "parameter keeps only its input (reentrant); frozen layers are not checkpointed")
     if plan.grad_accum > 1:
         out.append("gradient accumulation: gradients stay allocated through every micro-batch's forward")
     if plan.gpus > 1 and plan.zero == 0:
         out.append("DDP: gradient buckets are a second copy of the gradients (gradient_as_bucket_view=False)")
     if plan.zero == 3 and plan.gpus > 1:
         out.append("ZeRO-3: one gathered layer plus one prefetched layer of 16-bit weights per GPU")
+        out.append("ZeRO-3: or, when larger, the largest module (the embedding or LM head at real size) gathered "
+                   "whole, with its full 16-bit gradient in backward (DeepSpeed's 4 x largest layer)")
+    if plan.zero and not plan.offload_optimizer:
+        out.append("ZeRO step: DeepSpeed converts each parameter group's gradient partition to the master dtype "
+                   "(fp32: 4 bytes per parameter / GPUs; ZeRO-3 one sub_group_size=1e9 sub-group at a time)")
+    if plan.optimizer in ("adamw-8bit", "paged-adamw-8bit"):
+        out.append("8-bit state as the HF Trainer sets it up: nn.Embedding weights and tensors under 4096 elements "
+                   "keep 32-bit state (8 bytes per parameter); one fp32 absmax per 256 values")
+    if plan.optimizer == "adafactor":
+        out.append("Adafactor state in fp32 whatever the weights' dtype (transformers up-casts the gradient)")
+    if plan.gradient_checkpointing and plan.method == "freeze":
+        out.append("freeze + gradient checkpointing as LLaMA-Factory sets it up: only trainable layers are "
+                   "checkpointed; frozen layers below them keep nothing, frozen layers above keep their activations")
     if memory.cpu_offload:
         out.append(f"offloaded to host RAM: {fmt_gib(memory.cpu_offload)} per GPU (optimizer state and "
                    "master weights)")

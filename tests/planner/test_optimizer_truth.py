@@ -33,44 +33,26 @@ from tests.planner.truth_training import (
 )
 
 # Every matrix, LoRA A/B included (rank 16 x 256), has at least bitsandbytes' min_8bit_size (4096)
-# elements, so only norms stay in 32-bit state: the planner's documented rule is what is tested.
+# elements, so only norms stay in 32-bit state, and the embedding, which the Trainer registers as 32-bit
+# (`GlobalOptimManager.register_module_override`); GQA below puts LoRA matrices under the threshold too.
 CONFIG = {
     "model_type": "llama", "vocab_size": 512, "hidden_size": 256, "intermediate_size": 512,
     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4, "tie_word_embeddings": False,
     "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
 }
 RANK = 16
+# one key/value head of 64: the k/v projections' lora_B (64 x 16 = 1,024 elements) keep 32-bit state,
+# their lora_A (16 x 256 = 4,096) is 8-bit; the tied embedding is the head, registered 32-bit once
+GQA_CONFIG = {**CONFIG, "num_key_value_heads": 1, "tie_word_embeddings": True}
 SCALARS = ("step", "RMS")  # 0-dim per-parameter tensors, see the module docstring
 PRECISIONS = ["fp32", "bf16", "bf16-mixed"]
 EIGHT_BIT = ("adamw-8bit", "paged-adamw-8bit")
-
-# Measured discrepancies (the planner is not changed here; see the numbers in each reason).
-ABSMAX = ("bitsandbytes 0.50 keeps one fp32 absmax per 256-element block of each tensor (Optimizer2State."
-          "init_state: blocksize = 256), the planner one per 2048: +{} B")
-EMBEDDING = ("the HF Trainer registers every nn.Embedding with bitsandbytes as optim_bits=32 "
-             "(Trainer.create_optimizer), so embeddings keep 8 bytes of state per parameter, not 2")
-ADAFACTOR_FP32 = ("transformers' Adafactor up-casts bf16 gradients and allocates its factored state "
-                  "`.to(grad)` in fp32; the planner sizes it in bf16 for pure bf16 weights (half)")
-
-
-def _known(optimizer: str, method: str, precision: str) -> str | None:
-    if optimizer in EIGHT_BIT:
-        if method == "full":  # embedding +786,432 (131,072 params x 6), absmax +38,912, quantile maps +2,048
-            return f"{EMBEDDING}; {ABSMAX.format('38,912')}: ours 3,162,112 vs real 3,989,504"
-        return f"{ABSMAX.format('3,808')}, and 2,048 B of quantile maps: ours 279,072 vs real 284,928"
-    if optimizer == "adafactor" and method == "full" and precision == "bf16":
-        return f"{ADAFACTOR_FP32}: ours 23,040 vs real 46,080"  # LoRA adapters are fp32 anyway: exact
-    return None
-
 
 def _cases():
     for optimizer in OPTIMIZERS:
         for method in ("full", "lora"):
             for precision in PRECISIONS:
                 marks = [] if (method, precision) in (("full", "bf16-mixed"), ("lora", "bf16")) else [pytest.mark.slow]
-                reason = _known(optimizer, method, precision)
-                if reason:
-                    marks.append(pytest.mark.xfail(strict=True, reason=reason))
                 yield pytest.param(optimizer, method, precision, marks=marks, id=f"{optimizer}-{method}-{precision}")
 
 
@@ -81,13 +63,13 @@ def _fresh_bitsandbytes_overrides():
     reset_bitsandbytes_overrides()
 
 
-def _real_step(optimizer: str, method: str, precision: str, tmp_path):
+def _real_step(optimizer: str, method: str, precision: str, tmp_path, config: dict = CONFIG):
     if optimizer in EIGHT_BIT:
         pytest.importorskip("bitsandbytes")
-    model = build_model(CONFIG, method=method, precision=precision, lora_rank=RANK, lora_target="all")
+    model = build_model(config, method=method, precision=precision, lora_rank=RANK, lora_target="all")
     optim = trainer_optimizer(model, optimizer, tmp_path)
     try:
-        step_once(model, optim, CONFIG["vocab_size"])
+        step_once(model, optim, config["vocab_size"])
     except (NotImplementedError, RuntimeError) as exc:  # a bitsandbytes build without CPU kernels
         if optimizer in EIGHT_BIT:
             pytest.skip(f"{optimizer} does not run on CPU with this bitsandbytes: {exc}")
@@ -95,8 +77,8 @@ def _real_step(optimizer: str, method: str, precision: str, tmp_path):
     return model, optim
 
 
-def _planner_bytes(optimizer: str, method: str, precision: str) -> int:
-    spec = spec_from_config(CONFIG, source="test")
+def _planner_bytes(optimizer: str, method: str, precision: str, config: dict = CONFIG) -> int:
+    spec = spec_from_config(config, source="test")
     plan = Plan(method=method, precision=precision, optimizer=optimizer, lora_rank=RANK, lora_target="all")
     return optimizer_state_bytes(layout(spec, count_params(spec), plan), plan, spec)
 
@@ -109,6 +91,18 @@ def test_optimizer_state_matches_one_real_step(optimizer: str, method: str, prec
     ours = _planner_bytes(optimizer, method, precision)
     by_key = {key: tensor_bytes(ts) for key, ts in state.items()}
     assert ours == real, f"ours {ours:,} vs real {real:,} ({by_key})"
+
+
+@pytest.mark.parametrize("optimizer", EIGHT_BIT)
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_8bit_small_tensors_and_tied_embedding_keep_32bit_state(optimizer: str, method: str, tmp_path) -> None:
+    """Under bitsandbytes' min_8bit_size: GQA's LoRA B of k/v (1,024 elements); the tied embedding-head is 32-bit."""
+    _, optim = _real_step(optimizer, method, "bf16", tmp_path, GQA_CONFIG)
+    state = optimizer_state_tensors(optim)
+    real = sum(tensor_bytes(ts) for key, ts in state.items() if key not in SCALARS)
+    fp32_state1 = [t.numel() for t in state["state1"] if t.dtype.is_floating_point]
+    assert (1_024 in fp32_state1) == (method == "lora") and (512 * 256 in fp32_state1) == (method == "full")
+    assert _planner_bytes(optimizer, method, "bf16", GQA_CONFIG) == real
 
 
 def test_trainer_builds_the_optimizers_ftplan_names(tmp_path) -> None:
