@@ -257,10 +257,14 @@ with literal transformers / peft / bitsandbytes / torch calls), never ftplan's o
 | quantity | checked against | agreement | test |
 | --- | --- | --- | --- |
 | parameter counts, total and per layer | transformers models on the meta device, 18 model types (llama, mistral, mixtral, qwen2/3 and their MoE, gemma 1-3, phi3, olmo2, starcoder2, granite, gpt2, gpt_neox, falcon, deepseek_v3) | exact | `test_params.py` |
-| LoRA trainable parameters | peft `get_peft_model` on the same types: all-linear, attention and MLP targets, ranks 4 and 16 | exact | `test_methods_truth.py` |
+| LoRA trainable parameters | peft `get_peft_model` on the same types: all-linear, attention and MLP targets, ranks 4 and 16; LLaMA-Factory's `all` (find_all_linear_modules) per model type | exact | `test_methods_truth.py` |
 | QLoRA trainable parameters and weight bytes (4-bit storage, absmax, nested quantization state) | a real bitsandbytes 4-bit model: llama, qwen2, mixtral, phi3, double quantization on and off | exact | `test_methods_truth.py` |
 | DDP gradient buckets | the bucket sizes `DistributedDataParallel` reports | exact | `test_methods_truth.py` |
 | activations and logits saved for backward | the bytes autograd saves (`saved_tensors_hooks`) on small real CPU models: eager and SDPA, bf16 and fp32, full / freeze / LoRA / QLoRA | over the test's grid, llama, qwen2, mixtral, gemma: under 0.01%; phi3: 0.01% eager, 3-4.4% low with SDPA. The test holds every case to 10% (2% under bf16 autocast, 1% with gradient checkpointing) | `test_activation_truth.py` |
+| optimizer state | the bytes in `optimizer.state` after a real step: torch AdamW (foreach and fused), SGD with and without momentum, transformers' Adafactor, bitsandbytes AdamW8bit and PagedAdamW8bit as the HF Trainer builds them; full, LoRA, fp32 and pure bf16 | exact (the per-tensor `step` scalars aside) | `test_optimizer_truth.py` |
+| ZeRO-sharded model states | DeepSpeed's own estimators (`estimate_zero2/3_model_states_mem_needs`), 4 families, 1/2/8 GPUs | exact within 4 bytes | `test_zero_truth.py` |
+| training FLOPs per step | `torch.utils.flop_counter.FlopCounterMode`, forward + backward (+ recompute under checkpointing): full, freeze, LoRA, MoE | within 0.4% | `test_flops_truth.py` |
+| one whole training step's allocated peak | `ftplan trace`: the real transformers/peft step on fake tensors (equal to real CPU tensors byte for byte) | 0.00% for full fine-tuning and LoRA at 1B-70B; LoRA with checkpointing over-counted by 0.1-3% (`benchmarks/bench_trace.py`) | `tests/diagnostics/test_trace.py` |
 | peak memory of a whole run | published measurements (this page) | headline rows: {headline} | `test_published.py` |
 """
 
