@@ -57,7 +57,7 @@ FIELDS: list[Setting] = [
     Setting("optimizer", "plan", "--optimizer", "optimizer", "torch foreach AdamW unless named",
             {"llamafactory": "optim", "hf": "optim", "axolotl": "optimizer"}, widget="select"),
     Setting("attention", "plan", "--attention", "attention", "attention kernel",
-            {"llamafactory": "flash_attn", "hf": "attn_implementation", "axolotl": "flash_attention"},
+            {"llamafactory": "flash_attn", "hf": "attn_implementation", "axolotl": "attn_implementation"},
             widget="select"),
     Setting("batch_size", "plan", "--batch-size", "micro-batch", "micro-batch per GPU",
             {"llamafactory": "per_device_train_batch_size", "hf": "per_device_train_batch_size",

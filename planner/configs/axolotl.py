@@ -1,104 +1,691 @@
-"""axolotl configs (`axolotl train config.yml`): keys and defaults."""
+"""axolotl configs (`axolotl train config.yml`): keys and defaults, as axolotl runs them.
+
+Read from axolotl's source (axolotl-ai-cloud/axolotl at 067b021): the pydantic schema
+(src/axolotl/utils/schemas/), the dtype it loads the model in (src/axolotl/utils/config/__init__.py,
+resolve_dtype), the model loader (src/axolotl/loaders/model.py, adapter.py), the FSDP environment it sets
+(src/axolotl/utils/trainer.py) and the plugins' arguments (src/axolotl/integrations/*/args.py). axolotl drops
+keys its schema does not know; every key it knows is read into the plan, recognised as irrelevant, or warned
+about with the way the estimate is off.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from planner.configs.common import (
-    OPTIM,
     DataInfo,
+    DeepSpeed,
+    Direction,
     Framework,
+    Fsdp,
     Keys,
     RunConfig,
     build_plan,
+    deepspeed_config,
+    optimizer_for,
+    param_offload_warning,
     precision_keys,
     precision_of,
-    read_deepspeed,
     read_hyper,
+    resolve_path,
+    warning,
 )
+from planner.configs.hf import attention, say, targets_of, words
 from planner.errors import FtplanError
+from planner.findings import Finding
 
-# Keys that do not change memory, stability or time: recognised, not planned.
-RECOGNISED = frozenset({
-    "output_dir", "logging_steps", "save_steps", "saves_per_epoch", "evals_per_epoch", "wandb_project",
-    "wandb_entity", "wandb_name", "wandb_watch", "wandb_log_model", "special_tokens", "tokenizer_type",
-    "model_type", "strict", "dataset_prepared_path", "chat_template", "weight_decay",
-    "tf32", "logging_dir", "resume_from_checkpoint", "local_rank", "xformers_attention",
-    "early_stopping_patience", "train_on_inputs", "group_by_length", "pad_to_sequence_len",
-    "eval_sample_packing", "hub_model_id", "trust_remote_code", "seed", "lora_model_dir", "lora_fan_in_fan_out",
-    "gptq", "auto_resume_from_checkpoints", "debug", "fsdp", "fsdp_config", "save_safetensors",
-    "eval_batch_size", "sample_packing", "lora_modules_to_save", "peft_use_rslora",
-})
+# ---------------------------------------------------------------- the keys
 
-# Planner flags -> keys, to report a Plan validation error by the name the user wrote.
-# Key for each change the advice can make.
-# DeepSpeed settings live in a JSON file the key points at: not a value --fix can write
-UNWRITABLE = frozenset({"zero", "offload_optimizer"})
+# Every top-level key axolotl's schema takes: the fields (and aliases) of AxolotlInputConfig and its mixins
+# (utils/schemas/config.py, model.py, peft.py, training.py, integrations.py, multimodal.py, deprecated.py),
+# listed once from the source.
+SCHEMA_KEYS = words("""
+accelerator_config activation_offloading adam_beta1 adam_beta2 adam_beta3 adam_epsilon adam_epsilon2 adapter
+added_tokens_overrides attn_implementation auto_find_batch_size auto_resume_from_checkpoints
+axolotl_config_path base_model base_model_config batch_flattening batch_size bench_dataset bench_split bf16
+bfloat16 bnb_config_kwargs center_rewards_coefficient chat_template chat_template_jinja chat_template_kwargs
+chunked_cross_entropy chunked_cross_entropy_num_chunks cls_model_config comet_api_key comet_experiment_config
+comet_experiment_key comet_mode comet_online comet_project_name comet_workspace context_parallel_size
+cosine_constant_lr_ratio cosine_min_lr_ratio cpo_alpha curriculum_sampling dataloader_drop_last
+dataloader_num_workers dataloader_pin_memory dataloader_prefetch_factor dataset_exact_deduplication
+dataset_keep_in_memory dataset_num_proc dataset_prepared_path dataset_processes dataset_shard_idx
+dataset_shard_num datasets ddp ddp_broadcast_buffers ddp_bucket_cap_mb ddp_find_unused_parameters ddp_timeout
+deepcompile deepspeed default_system_message device device_map dion_lr dion_momentum dion_rank_fraction
+dion_rank_multiple_of do_bench_eval do_causal_lm_eval dp_replicate_size dp_shard_size dpo_beta
+dpo_generate_during_eval dpo_label_smoothing dpo_loss_type dpo_loss_weights dpo_norm_loss dpo_padding_free
+dpo_use_liger_kernel dpo_use_logits_to_keep dpo_use_weighting dynamic_checkpoint eaft_alpha eaft_k
+eager_attention early_stopping_patience ebft embedding_lr embedding_lr_scale embeddings_skip_upcast eot_tokens
+eval_batch_size eval_causal_lm_metrics eval_max_new_tokens eval_sample_packing eval_sequence_len eval_steps
+eval_strategy eval_table_size evals_per_epoch evaluation_strategy excess_length_strategy
+experimental_skip_move_to_device experts_implementation fix_untrained_tokens flash_attention
+flash_attn_cross_entropy flash_attn_d512 flash_attn_fuse_mlp flash_attn_rms_norm flash_optimum flex_attention
+flex_attn_compile_kwargs float16 float32 fp16 fp32_norm_classes fp32_norms fp8
+fp8_enable_fsdp_float8_all_gather freeze_mm_modules fsdp fsdp_config fsdp_final_state_dict_type fsdp_version
+fused_attn_kernel gc_collect_steps gc_steps gemma4_hybrid_attn_impl generate_samples generation_do_sample
+generation_max_new_tokens generation_prompt_ratio generation_temperature generation_top_k generation_top_p
+gptq gpu_memory_limit gradient_accumulation_steps gradient_checkpointing gradient_checkpointing_kwargs
+gradio_max_new_tokens gradio_server_name gradio_server_port gradio_share gradio_temperature gradio_title
+greater_is_better group_by_length heads_k_stride hf_mlflow_log_artifacts hf_use_auth_token hub_model_id
+hub_revision hub_strategy image_resize_algorithm image_size include_tkps include_tokens_per_second
+is_falcon_derived_model is_llama_derived_model is_mistral_derived_model is_preprocess is_qwen_derived_model
+jagged_restart_anneal_steps jagged_restart_steps jagged_restart_warmup_steps kto_desirable_weight
+kto_undesirable_weight large_head_attention layer_offloading learning_rate lisa_layers_attribute lisa_n_layers
+lisa_step_interval llama4_linearized_experts load_best_model_at_end load_in_4bit load_in_8bit local_rank
+logging_steps lora_alpha lora_alpha_pattern lora_dropout lora_embedding_kernel lora_fan_in_fan_out
+lora_mlp_kernel lora_model_dir lora_modules_to_save lora_o_kernel lora_on_cpu lora_qkv_kernel lora_r
+lora_rank_pattern lora_target_linear lora_target_modules lora_target_parameters loraplus_lr_embedding
+loraplus_lr_ratio loss_watchdog_patience loss_watchdog_threshold low_cpu_mem_usage lr_div_factor lr_groups
+lr_quadratic_warmup lr_scheduler lr_scheduler_kwargs max_grad_norm max_memory max_packed_sequence_len
+max_prompt_len max_steps mean_resizing_embeddings merge_lora merge_method metric_for_best_model
+micro_batch_size min_sample_len mlflow_experiment_name mlflow_run_name mlflow_tracking_uri model_config
+model_kwargs model_quantization_config model_quantization_config_kwargs model_revision model_type
+multipack_real_batches neftune_noise_alpha noisy_embedding_alpha num_dataset_shards_to_save num_epochs
+num_generation_samples num_labels optim_args optim_target_modules optimizer orpo_alpha otel_metrics_host
+otel_metrics_port output_dir overrides_of_model_config overrides_of_model_kwargs pad_to_multiple_of
+pad_to_sequence_len peft peft_autocast_adapter_dtype peft_ensure_weight_tying peft_init_lora_weights
+peft_layer_replication peft_layers_pattern peft_layers_to_transform peft_trainable_token_indices peft_use_dora
+peft_use_rslora plugins pose_max_context_len pose_num_chunks pose_split_on_token_ids precompute_ref_log_probs
+preprocess_iterable pretrain_multipack_attn pretrain_multipack_buffer_size pretraining_dataset
+pretraining_sample_concatenation process_reward_model processor_kwargs processor_type profiler_steps
+profiler_steps_start push_dataset_to_hub qat qgalore_cos_threshold qgalore_gamma_proj qgalore_proj_bits
+qgalore_proj_group_size qgalore_proj_quant qgalore_proj_type qgalore_queue_size qgalore_rank qgalore_scale
+qgalore_update_proj_gap qlora_sharded_model_loading quantization quantize_moe_experts ray_num_workers
+ray_run_name reinit_weights relora relora_cpu_offload relora_prune_method relora_prune_ratio
+remove_unused_columns resize_token_embeddings_to_32x resources_per_worker resume_from_checkpoint
+revision_of_model reward_model ring_attn_func rl rl_beta role_boundaries rope_scaling rpo_alpha s2_attention
+sage_attention sample_packing sample_packing_bin_size sample_packing_eff_est sample_packing_group_size
+sample_packing_mp_start_method sample_packing_sequentially save_first_step save_only_model save_safetensors
+save_steps save_strategy save_total_limit saves_per_epoch scaling_softmax scaling_softmax_bias
+scaling_softmax_factor sdp_attention sdpa_varlen seed selective_checkpointing sequence_len
+sequence_parallel_degree shrink_embeddings shuffle_before_merging_datasets shuffle_merged_datasets simpo_gamma
+skip_prepare_dataset special_tokens streaming streaming_multipack_buffer_size strict tensor_parallel_size
+test_datasets tf32 tiled_mlp tiled_mlp_num_shards tiled_mlp_use_original_mlp tokenizer_config tokenizer_legacy
+tokenizer_save_jinja_files tokenizer_type tokenizer_use_fast tokenizer_use_mistral_common tokens torch_compile
+torch_compile_backend torch_compile_mode torch_compile_options torch_empty_cache_steps torchdistx_path
+total_num_tokens total_supervised_tokens trackio_project_name trackio_run_name trackio_space_id
+train_on_inputs trainer_cls trl trust_remote_code type_of_model unfrozen_parameters use_comet use_eaft
+use_kernels use_mlflow use_onebitllms use_otel_metrics use_pose use_ray use_tensorboard use_trackio use_wandb
+val_set_size vllm wandb_entity wandb_log_model wandb_mode wandb_name wandb_project wandb_run_id wandb_watch
+warmup_ratio warmup_steps weight_decay world_size xformers_attention""")
+# The plugins' keys (integrations/*/args.py: the class each plugin's get_input_args names), which axolotl
+# accepts only with the plugin in `plugins`; without it the schema drops them (integrations/config.py).
+PLUGIN_KEYS: dict[str, frozenset[str]] = {
+    "cut_cross_entropy": words("cut_cross_entropy"),
+    "densemixer": words("dense_mixer"),
+    "diffusion": words("diffusion"),
+    "expert_parallel": words("""
+        expert_parallel_size expert_parallel_backend expert_parallel_num_nvl_bytes
+        expert_parallel_num_rdma_bytes expert_parallel_token_capacity
+        expert_parallel_fallback_on_unsupported"""),
+    "grokfast": words("grokfast_alpha grokfast_lamb"),
+    "hatchery": words("hatchery"),
+    "kd": words("""
+        kd_trainer kd_ce_alpha kd_alpha kd_temperature kd_beta kd_normalize_topk kd_online_server_base_url
+        kd_online_topk kd_online_server kd_online_timeout kd_temperature_min"""),
+    "kernels": words("""
+        expert_backend nonexpert_quantization moe_grouped_backend moe_dequant_chunk_size moe_bnb_fast
+        use_scattermoe use_sonicmoe use_dsv4_kernels use_glm_dsa_kernels dsv4_fp8_nonexpert_mode
+        dsv4_fp8_lora_kernel dsv4_shared_mlp_lora_kernel dsv4_bf16_all dsv4_fp4_grouped_mode
+        gemma4_fp8_nonexpert gemma4_nf4_nonexpert nvfp4_merge_aware nvfp4_merge_aware_start_step"""),
+    "liger": words("""
+        liger_rope liger_rms_norm liger_rms_norm_gated liger_layer_norm liger_swiglu liger_glu_activation
+        liger_cross_entropy liger_fused_linear_cross_entropy liger_use_token_scaling"""),
+    "llm_compressor": words("llmcompressor"),
+    "lm_eval": words("lm_eval_tasks lm_eval_batch_size lm_eval_post_train lm_eval_model"),
+    "mora": words("mora"),
+    "nemo_gym": words("""
+        nemo_gym_enabled nemo_gym_dir nemo_gym_auto_clone nemo_gym_config_paths nemo_gym_head_port
+        nemo_gym_server_timeout nemo_gym_verify_timeout nemo_gym_run_timeout nemo_gym_datasets
+        nemo_gym_auto_start nemo_gym_model_name nemo_gym_multi_turn nemo_gym_max_turns"""),
+    "spectrum": words("spectrum_top_fraction spectrum_model_name"),
+    "swanlab": words("""
+        use_swanlab swanlab_project swanlab_experiment_name swanlab_description swanlab_mode swanlab_workspace
+        swanlab_api_key swanlab_log_model swanlab_web_host swanlab_api_host swanlab_lark_webhook_url
+        swanlab_lark_secret swanlab_log_completions swanlab_completion_log_interval
+        swanlab_completion_max_buffer"""),
+}
+# Keys of older axolotl releases that configs still carry; the schema drops them, as any unknown key.
+LEGACY_KEYS = words("gptq_groupsize gptq_model_v1 gptq_disable_exllama debug")
+
+KNOWN = SCHEMA_KEYS | frozenset().union(*PLUGIN_KEYS.values()) | LEGACY_KEYS
+
+# The preference / RL settings: named in the stage warning when `rl` is set, irrelevant without it.
+RL_KEYS = words("""
+rl trl vllm ebft dpo_beta dpo_generate_during_eval dpo_label_smoothing dpo_loss_type dpo_loss_weights
+dpo_norm_loss dpo_padding_free dpo_use_liger_kernel dpo_use_logits_to_keep dpo_use_weighting orpo_alpha
+simpo_gamma cpo_alpha kto_desirable_weight kto_undesirable_weight rl_beta rpo_alpha precompute_ref_log_probs
+max_prompt_len""") | PLUGIN_KEYS["nemo_gym"]
+REWARD_KEYS = words("reward_model process_reward_model num_labels center_rewards_coefficient "
+                    "cls_model_config")
+
+# Settings that change what a step holds and that this plan does not model: each group of keys, what they do,
+# and which way the estimate is off when one of them is set.
+NOT_MODELLED: list[tuple[tuple[str, ...], str, Direction]] = [
+    (("unfrozen_parameters",),
+     "only the parameters matching these patterns train; this plan trains every weight", "overstates"),
+    (("lisa_n_layers", "lisa_step_interval", "lisa_layers_attribute"),
+     "LISA trains a few sampled layers at a time; this plan trains every layer", "overstates"),
+    (("spectrum_top_fraction", "spectrum_model_name"),
+     "Spectrum trains only the highest-SNR share of the weights; this plan trains every weight",
+     "overstates"),
+    (("peft_use_dora",),
+     "DoRA adds a magnitude vector and a weight-norm pass per adapted layer; this plan counts plain LoRA",
+     "understates"),
+    (("lora_modules_to_save",),
+     "these modules train as full copies (weights, gradients, optimizer state), which this plan does not "
+     "count", "understates"),
+    (("peft_trainable_token_indices",),
+     "trainable token rows of the embeddings are not counted", "understates"),
+    (("lora_target_parameters",), "LoRA on parameters (MoE experts) is not counted", "understates"),
+    (("peft_layers_to_transform", "peft_layers_pattern"),
+     "LoRA adapts only these layers; this plan adapts every layer", "overstates"),
+    (("peft_layer_replication",), "layers are replicated, which this plan does not count", "understates"),
+    (("lora_rank_pattern",), "some modules get another rank than lora_r", "unknown"),
+    (("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel"),
+     "axolotl's fused LoRA kernels save fewer activations than the ops this plan replays", "overstates"),
+    (("activation_offloading",),
+     "activations are offloaded to CPU memory; this plan keeps them on the GPU", "overstates"),
+    (("layer_offloading",),
+     "frozen layers are offloaded to CPU memory between uses; this plan keeps them on the GPU", "overstates"),
+    (("selective_checkpointing", "dynamic_checkpoint"),
+     "some activations are kept rather than recomputed; this plan checkpoints every layer", "understates"),
+    (("qat",), "quantization-aware training fake-quantizes weights and activations, whose copies this plan "
+     "does not count", "understates"),
+    (("fp8", "fp8_enable_fsdp_float8_all_gather"),
+     "FP8 linears save fp8 activations; this plan saves them in 16 bits", "overstates"),
+    (("quantize_moe_experts",),
+     "the MoE experts are quantized; this plan keeps them in the compute dtype", "overstates"),
+    (("model_quantization_config", "model_quantization_config_kwargs"),
+     "the base is loaded quantized (MXFP4 or FP8); this plan loads it in 16 bits", "overstates"),
+    (("gptq", "gptq_groupsize", "gptq_model_v1", "gptq_disable_exllama"),
+     "the base is a GPTQ-quantized checkpoint; this plan loads it in 16 bits", "overstates"),
+    (("use_onebitllms",), "the base is a 1-bit model; this plan loads it in 16 bits", "overstates"),
+    (("chunked_cross_entropy", "chunked_cross_entropy_num_chunks"),
+     "the loss is computed in chunks, without the fp32 copy of the logits this plan counts", "overstates"),
+    (("tiled_mlp", "tiled_mlp_num_shards", "tiled_mlp_use_original_mlp"),
+     "the MLP runs in tiles along the sequence, saving less than this plan counts", "overstates"),
+    (("use_kernels",),
+     "Hub kernels replace modules with fused ones that save fewer activations", "overstates"),
+    (("flash_attn_cross_entropy", "flash_attn_rms_norm", "flash_attn_fuse_mlp", "flash_optimum"),
+     "flash-attn's fused kernels save fewer activations than the ops this plan replays", "overstates"),
+    (("s2_attention",), "shifted sparse attention computes attention in groups", "overstates"),
+    (("experts_implementation",),
+     "the MoE experts run with another implementation than this plan replays", "unknown"),
+    (("llama4_linearized_experts",), "the Llama 4 experts are linearized into separate modules", "unknown"),
+    (tuple(sorted(PLUGIN_KEYS["kernels"])),
+     "the kernels plugin replaces the MoE (and some non-expert) layers with its own kernels", "unknown"),
+    (("context_parallel_size", "sequence_parallel_degree", "heads_k_stride", "ring_attn_func"),
+     "context parallelism splits each sequence across GPUs; this plan keeps whole sequences on each GPU",
+     "overstates"),
+    (("tensor_parallel_size",),
+     "tensor parallelism splits the weights across GPUs; this plan keeps them whole", "overstates"),
+    (tuple(sorted(PLUGIN_KEYS["expert_parallel"])),
+     "expert parallelism splits the MoE experts across GPUs; this plan keeps them all on each GPU",
+     "overstates"),
+    (("torch_compile", "torch_compile_backend", "torch_compile_mode", "torch_compile_options", "deepcompile"),
+     "compilation fuses operations and can save fewer activations, while this plan replays eager autograd",
+     "overstates"),
+    (("auto_find_batch_size",), "the Trainer halves the micro-batch after an out-of-memory error, while this "
+     "plan keeps micro_batch_size", "overstates"),
+    (("max_memory", "gpu_memory_limit"),
+     "layers beyond the limit are placed on the CPU; this plan puts the whole model on the GPU",
+     "overstates"),
+    (("lora_on_cpu",), "LoRA weights are kept on the CPU; this plan puts them on the GPU", "overstates"),
+    (tuple(sorted(PLUGIN_KEYS["kd"])),
+     "knowledge distillation adds the teacher's top-k logits and a distillation loss", "understates"),
+    (("grokfast_alpha", "grokfast_lamb"),
+     "Grokfast keeps an EMA of the gradients besides them", "understates"),
+    (("processor_type", "processor_kwargs", "freeze_mm_modules", "image_size", "image_resize_algorithm",
+      "role_boundaries"),
+     "a multimodal model: the image tokens and the vision tower's activations are not modelled", "unknown"),
+    (("overrides_of_model_config", "model_config", "overrides_of_model_kwargs", "model_kwargs"),
+     "the model's config is overridden at load, while this plan reads the config.json as it is", "unknown"),
+    (("trainer_cls",), "a custom trainer class; this plan is the Trainer's supervised step", "unknown"),
+    (("diffusion",),
+     "diffusion language-model training masks and denoises tokens; this plan is the causal step", "unknown"),
+    (("hatchery",),
+     "the training runs on a remote service (Tinker/Hatchery); this GPU estimate does not apply", "unknown"),
+    (("llmcompressor",), "sparse fine-tuning keeps masks and compression state", "unknown"),
+    (("dense_mixer",), "DenseMixer routes every token through every expert in backward", "understates"),
+    (("mora",), "MoRA's square adapters are not LoRA's", "unknown"),
+]
+WARNED_KEYS = frozenset(key for keys, _, _ in NOT_MODELLED for key in keys)
+
+# Keys `read` plans with (Liger's other kernels and the plugins list included).
+PLANNED = words("""
+base_model adapter load_in_4bit load_in_8bit lora_r lora_alpha lora_dropout lora_target_linear
+lora_target_modules peft_use_rslora peft_autocast_adapter_dtype micro_batch_size batch_size sequence_len
+gradient_accumulation_steps gradient_checkpointing attn_implementation flash_attention sdp_attention
+xformers_attention flex_attention sage_attention eager_attention gemma4_hybrid_attn_impl bf16 fp16 bfloat16
+float16 optimizer deepspeed fsdp fsdp_config fsdp_version dp_shard_size dp_replicate_size plugins
+liger_fused_linear_cross_entropy liger_rope liger_rms_norm liger_rms_norm_gated liger_layer_norm liger_swiglu
+liger_glu_activation liger_cross_entropy cut_cross_entropy learning_rate num_epochs max_steps lr_scheduler
+warmup_ratio warmup_steps max_grad_norm datasets val_set_size bnb_config_kwargs sample_packing""")
+
+# Everything else axolotl takes changes neither memory, stability nor time of the training steps: logging,
+# saving, evaluation, the hub, data preparation, tokenizer and chat template, the learning-rate schedule's
+# shape, and (without `rl`) the preference settings.
+RECOGNISED = KNOWN - PLANNED - WARNED_KEYS - REWARD_KEYS - {"rl"}
+
+# axolotl's own optimizers (utils/schemas/enums.py, CustomSupportedOptimizers); the others are
+# TrainingArguments' `optim` names (common.optimizer_for): (planner optimizer, which way the estimate is off,
+# why).
+CUSTOM_OPTIMIZERS: dict[str, tuple[str, Direction | None, str]] = {
+    "optimi_adamw": ("adamw", None, ""),  # a Kahan-summation buffer with pure 16-bit weights: see read()
+    "ao_adamw_8bit": ("adamw-8bit", None, ""),
+    "ao_adamw_fp8": ("adamw-8bit", None, ""),  # fp8 states: one byte each, as 8-bit states
+    "ao_adamw_4bit": ("adamw-8bit", "overstates", "its states are 4-bit"),
+    "adopt_adamw": ("adamw", None, ""),  # ADOPT keeps Adam's two states
+    "came_pytorch": ("sgd-momentum", "understates", "CAME keeps a momentum plus factored second moments and "
+                     "confidence terms"),
+    "muon": ("adamw", "overstates", "Muon keeps one momentum for the 2-D weights (AdamW for the rest)"),
+    "dion": ("adamw", "overstates", "Dion keeps low-rank states"),
+    "sinkgd": ("adamw", "unknown", "SinkGD's state is not Adam's"),
+    "flash_adamw": ("adamw", "overstates", "FlashOptim compresses the states and the master weights"),
+    "flash_adam": ("adamw", "overstates", "FlashOptim compresses the states and the master weights"),
+    "flash_sgd": ("sgd-momentum", "overstates", "FlashOptim compresses the momentum"),
+    "flash_sgdw": ("sgd-momentum", "overstates", "FlashOptim compresses the momentum"),
+    "flash_lion": ("sgd-momentum", "overstates", "FlashOptim compresses Lion's momentum"),
+    "q_galore_adamw8bit": ("adamw-8bit", "overstates", "Q-GaLore keeps low-rank projected states"),
+}
+
+# Liger's kernels besides the fused linear cross-entropy (integrations/liger/args.py)
+LIGER_OTHERS = ("liger_rope", "liger_rms_norm", "liger_rms_norm_gated", "liger_layer_norm", "liger_swiglu",
+                "liger_glu_activation", "liger_cross_entropy")
+
+# The deprecated attention switches and the attn_implementation each stands for (utils/schemas/enums.py
+# LEGACY_ATTN_FLAG_TO_IMPL, most specific first)
+LEGACY_ATTENTION = {"xformers_attention": "xformers", "sage_attention": "sage",
+                    "flex_attention": "flex_attention", "flash_attention": "flash_attention_2",
+                    "sdp_attention": "sdpa", "eager_attention": "eager"}
+
+# The DeepSpeed configs axolotl ships (deepspeed_configs/*.json): ZeRO stage, optimizer offload, parameter
+# offload. Examples point at them by a path relative to axolotl's checkout.
+SHIPPED_DEEPSPEED = {
+    "deepspeed_configs/zero1.json": (1, False, False),
+    "deepspeed_configs/zero1_torch_compile.json": (1, False, False),
+    "deepspeed_configs/zero2.json": (2, True, False),
+    "deepspeed_configs/zero2_torch_compile.json": (2, True, False),
+    "deepspeed_configs/zero3.json": (3, False, False),
+    "deepspeed_configs/zero3_bf16.json": (3, False, False),
+    "deepspeed_configs/zero3_bf16_cpuoffload_all.json": (3, True, True),
+    "deepspeed_configs/zero3_bf16_cpuoffload_params.json": (3, False, True),
+}
+
+# FSDP's sharding options (transformers trainer_utils.py FSDPOption) as ZeRO stages
+FSDP_SHARDING = {"full_shard": 3, "hybrid_shard": 3, "shard_grad_op": 2, "hybrid_shard_zero2": 2,
+                 "no_shard": 0}
 
 
-def attention_keys(kernel: str) -> dict[str, bool]:
-    return {"flash_attention": kernel == "flash", "sdp_attention": kernel == "sdpa"}
+def _set(value: Any) -> bool:
+    """A key counts as set unless it is null, false, 0 or empty (axolotl writes some switches as strings)."""
+    if isinstance(value, str):
+        return value.strip().lower() not in ("false", "no", "off", "0", "")
+    return value not in (None, False, 0, [], {})
+
+
+class _Read:
+    def __init__(self, k: Keys):
+        self.k = k
+        self.notes: list[str] = []
+        self.warnings: list[Finding] = []
+
+    def warn(self, code: str, keys: str | list[str], message: str, direction: Direction) -> None:
+        self.warnings.append(warning(code, keys, f"{message}, {say(direction)}", direction))
+
+
+def _plugins(k: Keys) -> set[str]:
+    """The plugins in `plugins`, by their integration's folder (axolotl.integrations.liger.LigerPlugin)."""
+    out = set()
+    for name in k.get("plugins", list, []) or []:
+        parts = str(name).split(".")
+        out.add(parts[2] if len(parts) > 2 and parts[:2] == ["axolotl", "integrations"] else str(name))
+    return out
+
+
+def read(keys: Keys, base: Path) -> RunConfig:
+    k, path = keys, keys.path
+    r = _Read(k)
+    model = k.get("base_model", str)
+    plugins = _plugins(k)
+    dropped: set[str] = set()  # plugin keys without their plugin
+    for plugin, plugin_keys in PLUGIN_KEYS.items():
+        given = sorted(str(key) for key in k.config.keys() & plugin_keys)
+        if given and plugin not in plugins:
+            dropped.update(given)
+            k.used.update(given)
+            if any(_set(k.config[key]) for key in given):
+                these = "these keys" if len(given) > 1 else "this key"
+                r.notes.append(f"{', '.join(given)}: axolotl drops {these} without the {plugin} plugin in "
+                               f"plugins (axolotl.integrations.{plugin}); planned without")
+    zero, offload, fsdp_checkpointing, sharded = _sharding(r, base)
+    method, quant_bits = _method(r)
+    kernel, attn = _attention(r)
+    cut_ce = "cut_cross_entropy" in plugins and k.get("cut_cross_entropy", bool, True)  # args.py: true
+    precision, bf16, fp16 = _precision(r, method=method, sharded=sharded, attn=attn, cut_ce=cut_ce)
+
+    # Checkpointing: true, or "offload"/"offload_disk" (deprecated spellings of activation_offloading,
+    # schemas/validation.py check_gradient_checkpointing_w_offload); FSDP's own activation_checkpointing
+    gc = k.get("gradient_checkpointing", (bool, str), False)
+    checkpointing = _set(gc) or fsdp_checkpointing
+    if isinstance(gc, str) and gc.strip().lower() in ("offload", "offload_disk"):
+        r.warn("activation_offloading", "gradient_checkpointing", f"gradient_checkpointing {gc}: the "
+               "checkpoints are offloaded to CPU memory (activation_offloading); this plan keeps them on the "
+               "GPU", "overstates")
+
+    fused = _kernels(r, plugins, cut_ce)
+    _stages(r)
+    for group, why, direction in NOT_MODELLED:
+        given = [key for key in group if key in k.config and key not in dropped]
+        for key in group:
+            k.get(key, object)
+        if any(_set(k.config[key]) for key in given):
+            r.warn("not_modelled", given, f"{', '.join(given)}: {why}", direction)
+    if k.get("peft_autocast_adapter_dtype", bool) is False and method == "lora":
+        r.warn("not_modelled", "peft_autocast_adapter_dtype", "peft_autocast_adapter_dtype false: the "
+               "adapters stay in the base's 16-bit dtype, while this plan keeps them in fp32", "overstates")
+
+    micro = k.positive("micro_batch_size", 1)
+    accum = k.get("gradient_accumulation_steps", int)
+    batch_size = k.get("batch_size", int)
+    if accum is None:  # utils/config/__init__.py normalize_config: batch_size // micro_batch_size
+        accum = max(1, batch_size // micro) if batch_size else 1
+    if accum < 1:
+        raise FtplanError(f"{path}: key 'gradient_accumulation_steps' must be at least 1, got {accum}")
+
+    optim_name = k.get("optimizer", str, "adamw_torch_fused")  # schemas/training.py
+    if optim_name in CUSTOM_OPTIMIZERS:
+        optim, direction, why = CUSTOM_OPTIMIZERS[optim_name]
+        if optim_name == "optimi_adamw" and precision == "bf16":
+            direction, why = "understates", "optimi keeps a Kahan-summation buffer for 16-bit weights"
+        if direction is not None:
+            r.warn("optimizer_nearest", "optimizer", f"optimizer {optim_name} is planned as {optim}: {why}",
+                   direction)
+    else:
+        optim, optim_warning = optimizer_for(optim_name, "optimizer")
+        if optim_warning:
+            r.warnings.append(optim_warning)
+
+    if k.get("lora_target_linear", bool, False):
+        targets = "all"  # adapter.py: every linear layer, the lora_target_modules among them
+        k.get("lora_target_modules", (str, list))
+    else:
+        targets = targets_of(k, "lora_target_modules", "all", r.warnings)
+    bnb = k.get("bnb_config_kwargs", dict, {}) or {}
+    plan = build_plan(
+        "axolotl", path, method=method, quant_bits=quant_bits, precision=precision, optimizer=optim,
+        batch_size=micro, seq_len=k.positive("sequence_len", 512),  # schemas/config.py: sequence_len 512
+        grad_accum=accum, gradient_checkpointing=checkpointing, attention=kernel,
+        lora_rank=k.positive("lora_r", 8), lora_target=targets,
+        lora_dropout=k.get("lora_dropout", float, 0.0),
+        # loaders/model.py: bnb_4bit_use_double_quant true, which bnb_config_kwargs may override
+        double_quant=bool(bnb.get("bnb_4bit_use_double_quant", True)),
+        zero=zero, offload_optimizer=offload, fused_loss=fused,
+    )
+    k.get("sample_packing", bool)  # packed rows of sequence_len tokens: micro_batch x sequence_len, planned
+    hyper = read_hyper(k, epochs="num_epochs", epochs_default=1.0, scheduler="lr_scheduler",
+                       scheduler_default="cosine", fp16=fp16, bf16=bf16)
+    if "warmup_steps" not in k.config and "warmup_ratio" not in k.config:
+        # core/builders/base.py _configure_warmup_and_logging: 3% of the steps (at most 100) when unset
+        hyper = hyper.model_copy(update={"warmup_ratio": 0.03})
+    raw = k.get("datasets", list, []) or []
+    data = DataInfo(datasets=[str(d.get("path")) for d in raw if isinstance(d, dict)],
+                    val_size=k.get("val_set_size", float, 0.0))
+    return RunConfig(path=path, format="axolotl", model=model or "", plan=plan, hyper=hyper, data=data,
+                     notes=r.notes, warnings=r.warnings, gpus=_gpus(k))
+
+
+def _method(r: _Read) -> tuple[str, int | None]:
+    """adapter, load_in_4bit / load_in_8bit (schemas/peft.py validators; loaders/model.py quantizes with
+    bitsandbytes only for adapter qlora with load_in_4bit, and lora with load_in_8bit)."""
+    k, path = r.k, r.k.path
+    adapter = k.get("adapter", str)
+    four, eight = k.get("load_in_4bit", bool, False), k.get("load_in_8bit", bool, False)
+    if not adapter:
+        if four or eight:
+            raise FtplanError(f"{path}: key 'load_in_4bit'/'load_in_8bit' without an adapter is a quantized "
+                              "full fine-tune, which axolotl refuses; set adapter: qlora")
+        return "full", None
+    if adapter == "qlora":
+        if eight:
+            raise FtplanError(f"{path}: key 'adapter' qlora with load_in_8bit: axolotl refuses it; use "
+                              "adapter: lora with load_in_8bit")
+        if not four:
+            raise FtplanError(f"{path}: key 'adapter' qlora needs load_in_4bit: true (axolotl refuses it "
+                              "otherwise)")
+        return "lora", 4
+    if adapter != "lora":
+        r.warn("adapter", "adapter", f"adapter {adapter}: not LoRA; planned as LoRA adapters on a frozen "
+               "base", "unknown")
+        return "lora", None
+    if four:
+        r.warn("lora_4bit", ["adapter", "load_in_4bit"], "adapter lora with load_in_4bit: axolotl quantizes "
+               "to 4 bits only with adapter: qlora, so the base loads in 16 bits and peft's "
+               "prepare_model_for_kbit_training casts its weights to fp32; planned as LoRA on a 16-bit base",
+               "understates")
+        return "lora", None
+    return "lora", 8 if eight else None
+
+
+def _attention(r: _Read) -> tuple[str, str | None]:
+    """attn_implementation, or the deprecated switches it replaced (schemas/config.py
+    normalize_attn_implementation); unset, transformers' default, sdpa. Returns the plan's kernel and the
+    attn_implementation."""
+    k = r.k
+    attn = k.get("attn_implementation", str)
+    flags = [flag for flag in LEGACY_ATTENTION if _set(k.get(flag, (bool, str), False))]
+    if attn and flags:
+        raise FtplanError(f"{k.path}: key 'attn_implementation' cannot be combined with the deprecated "
+                          f"'{flags[0]}' (axolotl refuses both); keep attn_implementation")
+    key = "attn_implementation"
+    if attn is None and flags:
+        key, attn = flags[0], LEGACY_ATTENTION[flags[0]]
+    if k.get("gemma4_hybrid_attn_impl", bool, False) and attn is None:
+        attn = "flash_attention_2"  # normalize_attn_implementation defaults it for gemma4_hybrid_attn_impl
+    kernel, unknown = attention("sdpa" if attn == "fp8" else attn, key)  # fp8 loads as sdpa (model.py)
+    if unknown:
+        r.warnings.append(unknown)
+    return kernel, attn
+
+
+def _precision(r: _Read, *, method: str, sharded: bool, attn: str | None,
+               cut_ce: bool) -> tuple[str, bool, bool]:
+    """The dtype axolotl loads the model in (utils/config/__init__.py resolve_dtype: bfloat16 for bf16 or bf16
+    auto, float16 for fp16 or load_in_8bit, else float32) and the autocast the Trainer adds (bf16/fp16).
+
+    A full fine-tune trains those 16-bit weights as they are, with no fp32 master copy, unless DeepSpeed or
+    FSDP keep one (both up-cast the trainable weights under mixed precision: accelerate
+    utils/fsdp_utils.py fsdp2_prepare_model, DeepSpeed's fp32 partitions)."""
+    k = r.k
+    bf16_raw = k.get("bf16", (bool, str), "auto")  # schemas/config.py: bf16 defaults to "auto"
+    auto = isinstance(bf16_raw, str) and bf16_raw.strip().lower() == "auto"
+    fp16 = k.get("fp16", bool, False)
+    bf16 = False if auto and fp16 else auto or _set(bf16_raw)  # resolve_dtype: fp16 turns bf16 auto off
+    if auto and bf16:
+        said = "bf16 unset: axolotl's default is auto" if "bf16" not in k.config else "bf16 auto"
+        r.notes.append(f"{said}: bf16 on a GPU that has it (Ampere or newer), fp16 on older ones; planned "
+                       "as bf16")
+    if bf16 and fp16:
+        precision_of(bf16, fp16, False, k.path)  # both true: the shared error
+    bfloat16, float16 = k.get("bfloat16", bool, False), k.get("float16", bool, False)
+    if bf16 or bfloat16:
+        weights = "bf16"
+    elif k.get("load_in_8bit", bool, False) or fp16 or float16:
+        weights = "fp16"
+    else:
+        weights = "fp32"
+    if weights == "fp32":
+        return precision_of(bf16, fp16, False, k.path), bf16, fp16
+    if method == "full" and not sharded:
+        if weights == "fp16" and fp16:
+            r.warn("fp16_weights", "fp16", "fp16: true on a full fine-tune: axolotl loads the weights in "
+                   "float16 and the Trainer's gradient scaler refuses fp16 gradients, so this run stops; use "
+                   "bf16",
+                   "unknown")
+        if attn in (None, "sdpa", "eager") and not cut_ce:
+            # loaders/model.py _configure_embedding_dtypes: the embeddings, LM head and norms go to fp32, and
+            # back to 16 bits only for adapters, FSDP, cut_cross_entropy or attention other than sdpa/eager
+            r.warn("fp32_embeddings", ["attn_implementation"] if attn else ["bf16"], "full fine-tune with "
+                   f"{attn or 'default (sdpa)'} attention: axolotl keeps the embeddings, LM head and norms "
+                   "in fp32 (with their gradients and optimizer states), while this plan keeps every weight "
+                   "in 16 bits", "understates")
+        return "bf16", bf16, fp16  # fp16 weights: the same bytes as bf16
+    if not (bf16 or fp16):
+        return "bf16", bf16, fp16  # bfloat16/float16 weights with no autocast: pure 16-bit
+    return ("bf16-mixed" if bf16 else "fp16-mixed"), bf16, fp16
+
+
+def _sharding(r: _Read, base: Path) -> tuple[int, bool, bool, bool]:
+    """DeepSpeed, or FSDP as axolotl sets it up (utils/trainer.py setup_fsdp_envs; core/builders/base.py
+    hands fsdp_config to TrainingArguments): ZeRO stage, optimizer offload, FSDP's activation
+    checkpointing, and whether the weights are sharded."""
+    k = r.k
+    spec = k.get("deepspeed", (str, dict))
+    shipped = SHIPPED_DEEPSPEED.get(Path(spec).as_posix().removeprefix("./")) if isinstance(spec, str) \
+        else None
+    if shipped is not None and not resolve_path(spec, base).is_file():
+        stage, optimizer, param = shipped
+        note = (f"deepspeed {spec}: axolotl's own (not found here; `axolotl fetch deepspeed_configs` copies "
+                f"it), ZeRO-{stage}" + (" with optimizer offload" if optimizer else "")
+                + (" and parameter offload" if param else ""))
+        ds = DeepSpeed(stage=stage, offload_optimizer=optimizer, offload_param=param, note=note)
+    else:
+        ds = deepspeed_config(spec, k, base)
+    fsdp = _fsdp(r)
+    if ds.stage or ds.offload_optimizer:
+        if fsdp.zero:
+            raise FtplanError(f"{k.path}: keys 'deepspeed' and 'fsdp_config' are both set; axolotl takes one")
+        if ds.note:
+            r.notes.append(ds.note)
+        if ds.offload_param:
+            r.warnings.append(param_offload_warning("deepspeed"))
+        return ds.stage, ds.offload_optimizer, False, ds.stage > 0
+    if fsdp.note:
+        r.notes.append(fsdp.note)
+    if fsdp.offload:
+        r.warnings.append(param_offload_warning("fsdp_config"))
+    return fsdp.zero, fsdp.offload, bool(fsdp.checkpointing), fsdp.zero > 0
+
+
+def _fsdp(r: _Read) -> Fsdp:
+    """FSDP in axolotl: `fsdp_config` turns it on (keys with or without the `fsdp_` prefix,
+    schemas/validation.py check_fsdp_config_kwargs_prefix), as does the deprecated `fsdp` option list.
+    Version 1 unless fsdp_version says 2 (check_fsdp_version_in_fsdp_config). Sharding: full_shard unless the
+    option list or reshard_after_forward: false say otherwise; the schema (schemas/fsdp.py FSDPConfig) has no
+    sharding_strategy and drops it."""
+    k = r.k
+    raw = k.get("fsdp", (list, str))
+    options = raw.lower().split() if isinstance(raw, str) else [str(o).strip().lower() for o in raw or []]
+    config = k.get("fsdp_config", dict)
+    version = k.get("fsdp_version", int)
+    if config is None and not options:
+        return Fsdp()
+    config = {str(key) if key == "fsdp_version" else str(key).removeprefix("fsdp_"): value
+              for key, value in (config or {}).items()}
+    version = version or config.get("fsdp_version") or config.get("version") or 1
+    named = [FSDP_SHARDING[o] for o in options if o in FSDP_SHARDING]
+    reshard = config.get("reshard_after_forward")
+    zero = named[0] if named else 2 if str(reshard).lower() == "false" else 3
+    if config.get("sharding_strategy") not in (None, "FULL_SHARD", "full_shard", 1) and not named:
+        r.notes.append(f"fsdp_config sharding_strategy {config['sharding_strategy']}: not in axolotl's FSDP "
+                       "schema, which drops it; planned as full_shard")
+    offload = "offload" in options or _set(config.get("offload_params", False))
+    checkpointing = _set(config.get("activation_checkpointing", False))
+    name = {3: "full_shard", 2: "shard_grad_op", 0: "no_shard"}[zero]
+    note = None
+    if zero:
+        note = f"FSDP{version} {name}: planned as ZeRO-{zero} across the GPUs the launcher starts"
+        if checkpointing:
+            note += ", with FSDP's activation checkpointing"
+    return Fsdp(zero=zero, offload=offload and zero > 0, checkpointing=checkpointing, note=note)
+
+
+def _kernels(r: _Read, plugins: set[str], cut_ce: bool) -> bool:
+    """The fused loss: Cut Cross-Entropy (on by default with its plugin) or Liger's fused linear
+    cross-entropy; Liger's other kernels are not modelled (integrations/liger/args.py)."""
+    k = r.k
+    liger = "liger" in plugins
+    flce = liger and k.get("liger_fused_linear_cross_entropy", bool, False)
+    others = [key for key in LIGER_OTHERS if _set(k.get(key, (bool, str)))]
+    if liger and others:
+        r.warn("liger_kernels", others, f"{', '.join(others)}: Liger's kernels save fewer activations than "
+               "the ops this plan replays (only its fused linear cross-entropy is modelled)", "overstates")
+    return bool(cut_ce or flce)
+
+
+# What each RL trainer holds that supervised fine-tuning does not (utils/schemas/enums.py RLType)
+RL_WHY = {
+    "grpo": "generates completions per prompt (with vLLM, its memory too) and keeps a reference model when "
+            "beta > 0",
+    "gdpo": "generates completions per prompt and keeps a reference model",
+    "ebft": "generates completions and scores them with the model's own features",
+    "kto": "runs each example with a mismatched KL example and a reference model (a frozen copy unless an "
+           "adapter)",
+    "orpo": "runs every chosen and rejected sequence (twice the batch)",
+    "simpo": "runs every chosen and rejected sequence (twice the batch)",
+}
+
+
+def _stages(r: _Read) -> None:
+    """Preference and RL training (`rl`) and reward models: planned as supervised fine-tuning."""
+    k = r.k
+    rl = k.get("rl", str)
+    if rl:
+        found = ["rl", *sorted(key for key in k.config.keys() & RL_KEYS if key != "rl")]
+        why = RL_WHY.get(rl, "runs every chosen and rejected sequence (twice the batch) and a reference "
+                             "model (a frozen copy unless an adapter or precompute_ref_log_probs)")
+        r.warn(f"stage_{rl}", found, f"rl {rl}: axolotl's {rl.upper()} trainer {why}; this plan is "
+               "supervised fine-tuning", "understates")
+    reward = [key for key in ("reward_model", "process_reward_model") if k.get(key, bool, False)]
+    if reward:
+        found = reward + sorted(key for key in k.config.keys() & REWARD_KEYS if key not in reward)
+        r.warn("stage_reward", found, f"{reward[0]}: a reward model scores chosen and rejected sequences "
+               "with a one-score head instead of the LM head; this plan is supervised fine-tuning of a "
+               "causal LM", "unknown")
+    for key in REWARD_KEYS:
+        k.get(key, object)
+
+
+def _gpus(k: Keys) -> int | None:
+    """The GPUs the parallelism sizes imply (utils/trainer.py setup_parallelism_envs: a device mesh of
+    dp_replicate x dp_shard x context x tensor, with experts split across it)."""
+    sizes = [k.get(key, int) for key in ("dp_shard_size", "dp_replicate_size")]
+    sizes += [k.config.get(key) for key in ("context_parallel_size", "tensor_parallel_size")]
+    product = 1
+    for size in sizes:
+        if isinstance(size, int) and not isinstance(size, bool) and size > 1:
+            product *= size
+    return product if product > 1 else None
+
+
+def attention_keys(kernel: str) -> dict[str, str]:
+    """The plan's kernel as attn_implementation (which the deprecated switches cannot be combined with)."""
+    return {"attn_implementation": {"flash": "flash_attention_2", "sdpa": "sdpa", "eager": "eager"}[kernel]}
 
 
 def target_keys(target: str) -> dict:
     """axolotl's lora_target_linear for every linear layer, else lora_target_modules."""
-    if target == "all":
+    if target in ("all", "all-linear"):
         return {"lora_target_linear": True}
     return {"lora_target_modules": [t.strip() for t in target.split(",") if t.strip()]}
 
 
 def method_keys(method: str) -> dict:
-    return {"adapter": method, **({"load_in_4bit": True} if method == "qlora" else {})}
+    """A method as adapter and quantization keys; no adapter (written empty, YAML's null) is full."""
+    if method == "full":
+        return {"adapter": "", "load_in_4bit": False, "load_in_8bit": False}
+    return {"adapter": method, "load_in_4bit": method == "qlora"}
 
 
-def _truthy(value) -> bool:
-    """axolotl writes some switches as strings ("true", "false", "unsloth", "offload")."""
-    if isinstance(value, str):
-        return value.strip().lower() not in ("false", "no", "off", "0", "")
-    return bool(value)
-
-
-def read(keys: Keys, base: Path) -> RunConfig:
-    k, path = keys, keys.path
-    model = k.get("base_model", str)
-    adapter = k.get("adapter", str)
-    if adapter not in (None, "lora", "qlora"):
-        raise FtplanError(f"{path}: key 'adapter' must be lora or qlora (or absent for full), got {adapter!r}")
-    four, eight = k.get("load_in_4bit", bool, False), k.get("load_in_8bit", bool, False)
-    if adapter == "qlora" and not four:
-        four = True
-    if adapter is None and (four or eight):
-        raise FtplanError(f"{path}: key 'load_in_4bit'/'load_in_8bit' without an adapter is a quantized full "
-                          "fine-tune, which cannot train; set adapter: qlora")
-    zero, offload, ds_note = read_deepspeed(k, base)
-    targets = "all" if k.get("lora_target_linear", bool, False) else k.joined("lora_target_modules", "all")
-    bf16 = k.get("bf16", (bool, str), False)
-    bf16 = bf16 == "auto" or _truthy(bf16)
-    fp16 = k.get("fp16", bool, False)
-    attention = "flash" if k.get("flash_attention", bool, False) else \
-        "sdpa" if k.get("sdp_attention", bool, False) else "eager"
-    optim = k.get("optimizer", str, "adamw_torch_fused")
-    plan = build_plan(
-        "axolotl", path, method="lora" if adapter else "full", quant_bits=4 if four else 8 if eight else None,
-        precision=precision_of(bf16, fp16, False, path), optimizer=OPTIM.get(optim, "adamw"),
-        batch_size=k.positive("micro_batch_size", 1), seq_len=k.positive("sequence_len", 2048),
-        grad_accum=k.positive("gradient_accumulation_steps", 1),
-        gradient_checkpointing=_truthy(k.get("gradient_checkpointing", (bool, str), False)), attention=attention,
-        lora_rank=k.positive("lora_r", 8), lora_target=targets, lora_dropout=k.get("lora_dropout", float, 0.0),
-        zero=zero, offload_optimizer=offload, fused_loss=k.get("liger_fused_linear_cross_entropy", bool, False),
-    )
-    hyper = read_hyper(k, epochs="num_epochs", epochs_default=1.0, scheduler="lr_scheduler",
-                       scheduler_default="cosine", fp16=fp16, bf16=bf16)
-    raw = k.get("datasets", list, [])
-    data = DataInfo(datasets=[str(d.get("path")) for d in raw if isinstance(d, dict)],
-                    val_size=k.get("val_set_size", float, 0.0))
-    notes = [ds_note] if ds_note else []
-    return RunConfig(path=path, format="axolotl", model=model or "", plan=plan, hyper=hyper, data=data, notes=notes)
+# DeepSpeed settings live in a JSON file the key points at: not a value --fix can write
+UNWRITABLE = frozenset({"zero", "offload_optimizer"})
 
 
 FRAMEWORK = Framework(
-    name="axolotl", read=read, model_key="base_model", signature=frozenset({"base_model"}),
-    recognised=RECOGNISED, unwritable=UNWRITABLE, method_keys=method_keys,
+    name="axolotl", read=read, model_key="base_model", title="axolotl", signature=frozenset({"base_model"}),
+    recognised=RECOGNISED, unwritable=UNWRITABLE, method_keys=method_keys, known=KNOWN,
+    rejects_unknown=False,  # the schema drops keys it does not know (pydantic's default, extra="ignore")
     fix_values={"precision": precision_keys, "attention": attention_keys, "lora_target": target_keys,
                 "quant_bits": lambda bits: {"load_in_4bit": bits == 4, "load_in_8bit": bits == 8}},
 )

@@ -103,8 +103,23 @@ def static_checks(run: RunConfig, gpu: GpuSpec | None, gpus: int) -> list[Findin
             out.append(Finding(severity="info", code="steps",
                                message=f"{steps} optimizer steps of {global_batch} examples"
                                        + (f", {warm_steps} of them warmup" if warm_steps else "")))
+    framework = FRAMEWORKS[run.format]
     for key in run.ignored:
-        out.append(Finding(severity="warning" if "did you mean" in key else "info", code="unknown_key",
-                           message=f"key '{key}' is not a {run.format} setting ftplan knows; it was ignored",
-                           data={"key": key.split(" ")[0]}))
+        strict = framework.rejects_unknown
+        out.append(Finding(
+            severity="warning" if strict or "did you mean" in key else "info", code="unknown_key",
+            message=f"key '{key}' is not a setting ftplan knows for {framework.display}; it was ignored"
+                    + (f" ({framework.display} itself stops on keys it does not know)" if strict else ""),
+            data={"key": key.split(" ")[0]}))
+    # settings the reader could not plan, each saying which way the estimate is off
+    out += run.warnings
+    if plan.zero and gpus == 1:
+        sharding = f"ZeRO-{plan.zero}"
+        out.append(Finding(
+            severity="warning", code="sharding_on_one_gpu", field="zero",
+            message=f"{sharding} sharding ({{zero}}) is planned on 1 GPU, where it divides nothing"
+                    + (f"; the config implies {run.gpus} GPUs" if run.gpus and run.gpus > 1 else "")
+                    + ": if the launcher starts more processes (NPROC_PER_NODE, accelerate's num_processes, "
+                      "WORLD_SIZE), pass --gpus N; per-GPU memory is then lower than this estimate",
+            data={"direction": "overstates", "gpus": run.gpus}))
     return out

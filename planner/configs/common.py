@@ -10,7 +10,7 @@ import contextlib
 import difflib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TextIO
@@ -18,9 +18,80 @@ from typing import Any, Literal, TextIO
 from pydantic import BaseModel
 
 from planner.errors import FtplanError
+from planner.findings import Finding
 from planner.plan import Plan
 
 Format = Literal["llamafactory", "hf", "axolotl"]
+
+# Which way a setting ftplan does not model moves the real run's memory from the estimate.
+Direction = Literal["overstates", "understates", "unknown"]
+# How a reader treated each key of a config (RunConfig.treatment).
+Treatment = Literal["modelled", "warned", "irrelevant", "unknown"]
+
+# The fields of Hugging Face `Seq2SeqTrainingArguments` (with `TrainingArguments`'), which LLaMA-Factory and TRL
+# pass through to the Trainer: the union over transformers 4.57.6 and 5.8.0 (LLaMA-Factory's supported range,
+# pyproject.toml: transformers>=4.55.0,<=5.8.0), generated once with
+#   {f.name for f in dataclasses.fields(Seq2SeqTrainingArguments) if f.init}
+# in each version. Static so that reading a config never imports transformers.
+TRAINING_ARGUMENTS = frozenset({
+    "accelerator_config", "adafactor", "adam_beta1", "adam_beta2", "adam_epsilon", "auto_find_batch_size",
+    "average_tokens_across_devices", "batch_eval_metrics", "bf16", "bf16_full_eval", "data_seed",
+    "dataloader_drop_last", "dataloader_num_workers", "dataloader_persistent_workers", "dataloader_pin_memory",
+    "dataloader_prefetch_factor", "ddp_backend", "ddp_broadcast_buffers", "ddp_bucket_cap_mb",
+    "ddp_find_unused_parameters", "ddp_static_graph", "ddp_timeout", "debug", "deepspeed", "disable_tqdm",
+    "do_eval", "do_predict", "do_train", "enable_jit_checkpoint", "eval_accumulation_steps", "eval_delay",
+    "eval_do_concat_batches", "eval_on_start", "eval_steps", "eval_strategy", "eval_use_gather_object", "fp16",
+    "fp16_backend", "fp16_full_eval", "fp16_opt_level", "fsdp", "fsdp_config", "fsdp_min_num_params",
+    "fsdp_transformer_layer_cls_to_wrap", "full_determinism", "generation_config", "generation_max_length",
+    "generation_num_beams", "gradient_accumulation_steps", "gradient_checkpointing",
+    "gradient_checkpointing_kwargs", "greater_is_better", "group_by_length", "half_precision_backend",
+    "hub_always_push", "hub_model_id", "hub_private_repo", "hub_revision", "hub_strategy", "hub_token",
+    "ignore_data_skip", "include_for_metrics", "include_inputs_for_metrics", "include_num_input_tokens_seen",
+    "include_tokens_per_second", "jit_mode_eval", "label_names", "label_smoothing_factor", "learning_rate",
+    "length_column_name", "liger_kernel_config", "load_best_model_at_end", "local_rank", "log_level",
+    "log_level_replica", "log_on_each_node", "logging_dir", "logging_first_step", "logging_nan_inf_filter",
+    "logging_steps", "logging_strategy", "lr_scheduler_kwargs", "lr_scheduler_type", "max_grad_norm", "max_steps",
+    "metric_for_best_model", "mp_parameters", "neftune_noise_alpha", "no_cuda", "num_train_epochs", "optim",
+    "optim_args", "optim_target_modules", "output_dir", "overwrite_output_dir", "parallelism_config", "past_index",
+    "per_device_eval_batch_size", "per_device_train_batch_size", "per_gpu_eval_batch_size",
+    "per_gpu_train_batch_size", "predict_with_generate", "prediction_loss_only", "project", "push_to_hub",
+    "push_to_hub_model_id", "push_to_hub_organization", "push_to_hub_token", "ray_scope", "remove_unused_columns",
+    "report_to", "restore_callback_states_from_checkpoint", "resume_from_checkpoint", "run_name",
+    "save_on_each_node", "save_only_model", "save_safetensors", "save_steps", "save_strategy", "save_total_limit",
+    "seed", "skip_memory_metrics", "sortish_sampler", "tf32", "torch_compile", "torch_compile_backend",
+    "torch_compile_mode", "torch_empty_cache_steps", "torchdynamo", "tpu_metrics_debug", "tpu_num_cores",
+    "trackio_bucket_id", "trackio_space_id", "trackio_static_space_id", "train_sampling_strategy", "use_cache",
+    "use_cpu", "use_legacy_prediction_loop", "use_liger_kernel", "use_mps_device", "warmup_ratio", "warmup_steps",
+    "weight_decay",
+})
+
+# TrainingArguments that change neither memory, stability nor time of the training steps: logging, saving,
+# evaluation, the hub, data loading, seeds and launch plumbing. Every framework that passes TrainingArguments
+# through may recognise these.
+TRAINING_ARGUMENTS_IRRELEVANT = frozenset({
+    "accelerator_config", "adam_beta1", "adam_beta2", "adam_epsilon", "average_tokens_across_devices",
+    "batch_eval_metrics", "bf16_full_eval", "data_seed", "dataloader_drop_last", "dataloader_num_workers",
+    "dataloader_persistent_workers", "dataloader_pin_memory", "dataloader_prefetch_factor", "ddp_backend",
+    "ddp_broadcast_buffers", "ddp_bucket_cap_mb", "ddp_find_unused_parameters", "ddp_static_graph", "ddp_timeout",
+    "debug", "disable_tqdm", "enable_jit_checkpoint", "eval_accumulation_steps", "eval_delay",
+    "eval_do_concat_batches", "eval_on_start", "eval_steps", "eval_strategy", "eval_use_gather_object",
+    "fp16_backend", "fp16_full_eval", "fp16_opt_level", "fsdp_min_num_params", "fsdp_transformer_layer_cls_to_wrap",
+    "full_determinism", "generation_config", "generation_max_length", "generation_num_beams",
+    "gradient_checkpointing_kwargs", "greater_is_better", "group_by_length", "half_precision_backend",
+    "hub_always_push", "hub_model_id", "hub_private_repo", "hub_revision", "hub_strategy", "hub_token",
+    "ignore_data_skip", "include_for_metrics", "include_inputs_for_metrics", "include_num_input_tokens_seen",
+    "include_tokens_per_second", "jit_mode_eval", "label_names", "length_column_name", "load_best_model_at_end",
+    "local_rank", "log_level", "log_level_replica", "log_on_each_node", "logging_dir", "logging_first_step",
+    "logging_nan_inf_filter", "logging_steps", "logging_strategy", "lr_scheduler_kwargs", "metric_for_best_model",
+    "mp_parameters", "neftune_noise_alpha", "optim_args", "output_dir", "overwrite_output_dir", "past_index",
+    "per_device_eval_batch_size", "per_gpu_eval_batch_size", "predict_with_generate", "prediction_loss_only",
+    "project", "push_to_hub", "push_to_hub_model_id", "push_to_hub_organization", "push_to_hub_token", "ray_scope",
+    "remove_unused_columns", "report_to", "restore_callback_states_from_checkpoint", "resume_from_checkpoint",
+    "run_name", "save_on_each_node", "save_only_model", "save_safetensors", "save_steps", "save_strategy",
+    "save_total_limit", "seed", "skip_memory_metrics", "sortish_sampler", "tf32", "torch_empty_cache_steps",
+    "tpu_metrics_debug", "tpu_num_cores", "trackio_bucket_id", "trackio_space_id", "trackio_static_space_id",
+    "train_sampling_strategy", "use_legacy_prediction_loop", "weight_decay",
+})
 
 # The `optim` names of Hugging Face TrainingArguments, which all three frameworks pass through to it.
 OPTIM = {
@@ -32,6 +103,63 @@ OPTIM = {
 OPTIM_BACK = {"adamw": "adamw_torch", "adamw-fused": "adamw_torch_fused", "adamw-8bit": "adamw_bnb_8bit",
               "paged-adamw-8bit": "paged_adamw_8bit", "adafactor": "adafactor", "sgd": "sgd",
               "sgd-momentum": "sgd"}
+
+# Other TrainingArguments `optim` names (transformers' OptimizerNames), each planned as the nearest optimizer the
+# planner models: (planner optimizer, which way the estimate is off, why). Direction None: the same state bytes.
+OPTIM_NEAREST: dict[str, tuple[str, Direction | None, str]] = {
+    "adamw_torch_npu_fused": ("adamw-fused", None, ""),
+    "adamw_torch_xla": ("adamw", None, ""),
+    "adamw_anyprecision": ("adamw", "unknown", "its state dtypes are configurable"),
+    "stable_adamw": ("adamw", None, ""),
+    "grokadamw": ("adamw", "understates", "it keeps a gradient EMA besides Adam's two moments"),
+    "adamw_torch_8bit": ("adamw-8bit", None, "torchao's 8-bit states are bitsandbytes' size"),
+    "adamw_torch_4bit": ("adamw-8bit", "overstates", "its states are 4-bit"),
+    "ademamix": ("adamw", "understates", "AdEMAMix keeps a third state (a slow EMA)"),
+    "paged_ademamix_32bit": ("adamw", "understates", "AdEMAMix keeps a third state (a slow EMA)"),
+    "ademamix_8bit": ("adamw-8bit", "understates", "AdEMAMix keeps a third state (a slow EMA)"),
+    "paged_ademamix_8bit": ("adamw-8bit", "understates", "AdEMAMix keeps a third state (a slow EMA)"),
+    "lion_32bit": ("sgd-momentum", None, "Lion keeps one fp32 momentum, as SGD with momentum"),
+    "paged_lion_32bit": ("sgd-momentum", None, "Lion keeps one fp32 momentum, as SGD with momentum"),
+    "lion_8bit": ("adamw-8bit", "overstates", "Lion keeps one 8-bit state, not two"),
+    "paged_lion_8bit": ("adamw-8bit", "overstates", "Lion keeps one 8-bit state, not two"),
+    "rmsprop": ("sgd-momentum", None, "RMSprop keeps one fp32 state"),
+    "rmsprop_bnb_32bit": ("sgd-momentum", None, "RMSprop keeps one fp32 state"),
+    "rmsprop_bnb": ("adamw-8bit", "overstates", "8-bit RMSprop keeps one 8-bit state, not two"),
+    "rmsprop_bnb_8bit": ("adamw-8bit", "overstates", "8-bit RMSprop keeps one 8-bit state, not two"),
+    "adagrad": ("sgd-momentum", None, "Adagrad keeps one fp32 state"),
+    "schedule_free_adamw": ("adamw", None, "schedule-free AdamW keeps two states"),
+    "schedule_free_radam": ("adamw", None, "schedule-free RAdam keeps two states"),
+    "schedule_free_sgd": ("sgd-momentum", None, "schedule-free SGD keeps one state"),
+    "galore_adamw": ("adamw", "overstates", "GaLore keeps Adam's states in a low-rank projection"),
+    "galore_adamw_8bit": ("adamw-8bit", "overstates", "GaLore keeps Adam's states in a low-rank projection"),
+    "galore_adafactor": ("adafactor", "overstates", "GaLore keeps the states in a low-rank projection"),
+    "galore_adamw_layerwise": ("adamw", "overstates", "layer-wise GaLore keeps low-rank states and one layer's "
+                               "gradients at a time"),
+    "galore_adamw_8bit_layerwise": ("adamw-8bit", "overstates", "layer-wise GaLore keeps low-rank states and one "
+                                    "layer's gradients at a time"),
+    "galore_adafactor_layerwise": ("adafactor", "overstates", "layer-wise GaLore keeps low-rank states and one "
+                                   "layer's gradients at a time"),
+    "apollo_adamw": ("adamw", "overstates", "APOLLO keeps low-rank auxiliary states"),
+    "apollo_adamw_layerwise": ("adamw", "overstates", "layer-wise APOLLO keeps low-rank states and one layer's "
+                               "gradients at a time"),
+    "lomo": ("sgd", "overstates", "LOMO updates each parameter inside backward and keeps no full gradient set"),
+    "adalomo": ("adafactor", "overstates", "AdaLomo updates each parameter inside backward and keeps no full "
+                "gradient set"),
+}
+
+
+def optimizer_for(name: str, key: str = "optim") -> tuple[str, Finding | None]:
+    """A TrainingArguments `optim` name as the planner's optimizer, with a warning where it is only the
+    nearest one the planner models."""
+    if name in OPTIM:
+        return OPTIM[name], None
+    nearest, direction, why = OPTIM_NEAREST.get(name, ("adamw", "unknown", "ftplan does not know this optimizer"))
+    if direction is None:
+        return nearest, None
+    verb = {"overstates": "so this plan overstates memory", "understates": "so this plan understates memory",
+            "unknown": "so the estimate may be off either way"}[direction]
+    return nearest, warning("optimizer_nearest", key, f"{key} {name} is planned as {nearest}: {why}, {verb}",
+                            direction)
 
 
 class Hyper(BaseModel):
@@ -75,7 +203,12 @@ class RunConfig(BaseModel):
     data: DataInfo
     gpus: int | None = None  # processes the config itself asks for (DeepSpeed/accelerate), if it says
     ignored: list[str] = []  # unknown keys, each with a "did you mean" where one is close
-    notes: list[str] = []
+    notes: list[str] = []  # facts about how the config was read (info)
+    # Settings the framework applies that the plan does not model: severity "warning", data["keys"] the config
+    # keys concerned and data["direction"] which way the estimate is off (`warning`). They make a verdict
+    # conditional.
+    warnings: list[Finding] = []
+    treatment: dict[str, Treatment] = {}  # each top-level key of the file: how it was read (set by read_run_config)
     # The framework's key for each planner setting, for messages and --fix. Set by `read_run_config` (the
     # framework modules build RunConfigs, so this module cannot look their tables up); a property of the
     # format rather than of this run, hence not dumped.
@@ -95,6 +228,16 @@ class Framework:
     # where a key's value differs from the planner's; a dict return sets several keys
     fix_values: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
     default_lora_alpha: Callable[[int], float] | None = None  # of the LoRA rank, when lora_alpha is unset
+    # Every key the framework itself accepts (its real argument list). Empty: unknown means neither read nor
+    # recognised. A known key that the reader neither reads, recognises nor warns about gets a "not modelled"
+    # warning, so no accepted key is dropped silently.
+    known: frozenset[str] = frozenset()
+    title: str = ""  # the framework's name in messages ("LLaMA-Factory"); `name` when empty
+    rejects_unknown: bool = False  # the framework itself stops on a key it does not know (HfArgumentParser)
+
+    @property
+    def display(self) -> str:
+        return self.title or self.name
 
     @property
     def writable(self) -> frozenset[str]:
@@ -102,6 +245,13 @@ class Framework:
         from planner import fields
 
         return frozenset(s.name for s in fields.FIELDS if self.name in s.keys) - self.unwritable
+
+
+def warning(code: str, keys: str | Iterable[str], message: str, direction: Direction) -> Finding:
+    """A setting the plan does not model, on the config keys that ask for it. `message` says what the
+    framework does and which way the estimate is off (it overstates or understates the run's memory)."""
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    return Finding(severity="warning", code=code, message=message, data={"keys": keys, "direction": direction})
 
 
 # ---------------------------------------------------------------- reading
@@ -172,16 +322,26 @@ class Keys:
         return ",".join(value) if isinstance(value, list) else value
 
 
-def read_deepspeed(keys: Keys, base: Path) -> tuple[int, bool, str | None]:
-    """ZeRO stage and optimizer offload from a DeepSpeed JSON (path or inline dict)."""
-    spec = keys.get("deepspeed", (str, dict))
+@dataclass(frozen=True)
+class DeepSpeed:
+    """What a DeepSpeed config decides for memory."""
+
+    stage: int = 0
+    offload_optimizer: bool = False
+    offload_param: bool = False  # ZeRO-3 parameter offload (not modelled: a reader warns)
+    note: str | None = None
+
+
+def deepspeed_config(spec: str | dict | None, keys: Keys, base: Path, key: str = "deepspeed") -> DeepSpeed:
+    """ZeRO stage and offloads from a DeepSpeed JSON, given as a path (relative to the working directory or the
+    config's folder) or inline; `key` is the config key that holds it, for messages."""
     if spec is None:
-        return 0, False, None
-    where = "key 'deepspeed'"
+        return DeepSpeed()
+    where = f"key '{key}'"
     if isinstance(spec, str):
         file = resolve_path(spec, base)
         if not file.is_file():
-            raise FtplanError(f"{keys.path}: key 'deepspeed' points at {spec}, which does not exist (looked in "
+            raise FtplanError(f"{keys.path}: key '{key}' points at {spec}, which does not exist (looked in "
                               f"the working directory and beside the config)")
         where = str(file)
         try:
@@ -197,9 +357,75 @@ def read_deepspeed(keys: Keys, base: Path) -> tuple[int, bool, str | None]:
     stage = zero.get("stage", 0)
     if stage not in (0, 1, 2, 3):
         raise FtplanError(f"{keys.path}: DeepSpeed zero_optimization.stage must be 0-3, got {stage!r}")
-    offload = (zero.get("offload_optimizer") or {}).get("device") in ("cpu", "nvme")
-    note = f"DeepSpeed ZeRO-{stage}" + (" with optimizer offload" if offload else "")
-    return stage, offload, note
+
+    def offloaded(name: str) -> bool:
+        part = zero.get(name)
+        return isinstance(part, dict) and part.get("device") in ("cpu", "nvme")
+
+    offload, param = offloaded("offload_optimizer"), offloaded("offload_param") and stage == 3
+    note = f"DeepSpeed ZeRO-{stage}" + (" with optimizer offload" if offload else "") + (
+        " and parameter offload" if param else "")
+    return DeepSpeed(stage=stage, offload_optimizer=offload and stage > 0, offload_param=param, note=note)
+
+
+def read_deepspeed(keys: Keys, base: Path) -> tuple[int, bool, str | None]:
+    """ZeRO stage and optimizer offload from a DeepSpeed JSON (path or inline dict)."""
+    ds = deepspeed_config(keys.get("deepspeed", (str, dict)), keys, base)
+    return ds.stage, ds.offload_optimizer, ds.note
+
+
+def param_offload_warning(key: str) -> Finding:
+    return warning("param_offload", key, f"{key}: parameters (and their gradients) are offloaded to CPU memory; "
+                   "this plan offloads the optimizer states only, so it overstates GPU memory", "overstates")
+
+
+@dataclass(frozen=True)
+class Fsdp:
+    """What Hugging Face TrainingArguments' `fsdp` / `fsdp_config` decide, as the planner's ZeRO stages."""
+
+    zero: int = 0  # full_shard / hybrid_shard: 3; shard_grad_op / hybrid_shard_zero2 / FSDP2 without reshard: 2
+    offload: bool = False  # fsdp "offload" / fsdp_config offload_params: parameters, gradients and optimizer
+    checkpointing: bool | None = None  # fsdp_config activation_checkpointing, when set
+    note: str | None = None
+
+
+# transformers.trainer_utils.FSDPOption -> ZeRO stage (FSDP full_shard is ZeRO-3; shard_grad_op ZeRO-2)
+FSDP_SHARDING = {"full_shard": 3, "hybrid_shard": 3, "shard_grad_op": 2, "hybrid_shard_zero2": 2, "no_shard": 0}
+
+
+def read_fsdp(keys: Keys, base: Path, key: str = "fsdp", config_key: str = "fsdp_config") -> Fsdp:
+    """TrainingArguments' `fsdp` (options as a list or a space-separated string) and `fsdp_config` (a mapping
+    or a JSON file; keys with or without the `fsdp_` prefix, as transformers accepts them)."""
+    value = keys.get(key, (str, list, bool))
+    options = value.split() if isinstance(value, str) else [str(v) for v in value] if isinstance(value, list) else (
+        ["full_shard"] if value is True else [])
+    options = [o.strip().lower() for o in options if str(o).strip()]
+    config = keys.get(config_key, (str, dict))
+    if isinstance(config, str):
+        file = resolve_path(config, base)
+        if not file.is_file():
+            raise FtplanError(f"{keys.path}: key '{config_key}' points at {config}, which does not exist")
+        try:
+            config = json.loads(file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise FtplanError(f"{file}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    config = {str(k).removeprefix("fsdp_"): v for k, v in (config or {}).items()} if isinstance(config, dict) else {}
+    unknown = [o for o in options if o not in FSDP_SHARDING and o not in ("offload", "auto_wrap")]
+    if unknown:
+        raise FtplanError(f"{keys.path}: key '{key}': unknown FSDP option {unknown[0]!r} (use full_shard, "
+                          "shard_grad_op, hybrid_shard, hybrid_shard_zero2, no_shard, offload, auto_wrap)")
+    sharding = [FSDP_SHARDING[o] for o in options if o in FSDP_SHARDING]
+    if not options:
+        return Fsdp()
+    zero = sharding[0] if sharding else 3  # transformers: offload / auto_wrap alone shard fully
+    if zero == 3 and str(config.get("version", 1)) == "2" and config.get("reshard_after_forward") is False:
+        zero = 2  # FSDP2 keeps the gathered weights after forward: ZeRO-2's footprint
+    truthy = {True, "true", "True", "TRUE"}
+    offload = "offload" in options or config.get("offload_params") in truthy
+    checkpointing = config.get("activation_checkpointing")
+    checkpointing = None if checkpointing is None else checkpointing in truthy
+    note = f"FSDP ({' '.join(options)}) planned as ZeRO-{zero}" if zero else None
+    return Fsdp(zero=zero, offload=offload and zero > 0, checkpointing=checkpointing, note=note)
 
 
 def resolve_path(spec: str, base: Path) -> Path:
@@ -211,15 +437,40 @@ def resolve_path(spec: str, base: Path) -> Path:
     return base / path
 
 
-def unknown_keys(config: dict, used: set[str], recognised: frozenset[str]) -> list[str]:
-    known = used | recognised
+def unknown_keys(config: dict, used: set[str], recognised: frozenset[str],
+                 known: frozenset[str] = frozenset()) -> list[str]:
+    """Keys that are neither read, recognised nor among the framework's own (`known`), each with a "did you
+    mean" where a key the framework accepts is close."""
+    accepted = used | recognised | known
+    # suggest from the framework's whole key list where there is one, else from the keys read
+    candidates = sorted(known | recognised) if known else sorted(used)
     out = []
     for key in config:
-        if key in known:
+        if key in accepted:
             continue
-        close = difflib.get_close_matches(key, sorted(used), n=1, cutoff=0.8)
-        out.append(f"{key} (did you mean {close[0]}?)" if close else key)
+        close = [c for c in difflib.get_close_matches(str(key), candidates, n=3, cutoff=0.8) if _typo_of(str(key), c)]
+        close.sort(key=lambda c: c not in used)  # prefer a key the reader plans with (stable otherwise)
+        out.append(f"{key} (did you mean {close[0]}?)" if close else str(key))
     return out
+
+
+def _typo_of(key: str, candidate: str) -> bool:
+    """`key` looks like a slip for `candidate`: at most two edits (learning_rat), or the same words with some
+    left out (per_device_batch_size), not another setting that shares a word (orpo_alpha is not lora_alpha)."""
+    if _edits(key, candidate) <= 2:
+        return True
+    short, long = sorted((key.split("_"), candidate.split("_")), key=len)
+    return set(short) <= set(long)
+
+
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
 
 
 def precision_keys(precision: str) -> dict[str, bool]:
@@ -248,12 +499,29 @@ def build_plan(fmt: Format, path: str, **fields) -> Plan:
 def read_hyper(k: Keys, *, epochs: str, scheduler: str, scheduler_default: str, epochs_default: float,
                fp16: bool, bf16: bool) -> Hyper:
     """The optimisation keys all three frameworks share (under their own names for epochs and schedule)."""
+    ratio, steps = read_warmup(k)
     return Hyper(
         learning_rate=k.get("learning_rate", float, 5e-5), epochs=k.get(epochs, float, epochs_default),
         max_steps=k.get("max_steps", int), lr_scheduler=k.get(scheduler, str, scheduler_default),
-        warmup_ratio=k.get("warmup_ratio", float, 0.0), warmup_steps=k.get("warmup_steps", int, 0),
+        warmup_ratio=ratio, warmup_steps=steps,
         max_grad_norm=k.get("max_grad_norm", float, 1.0), lora_alpha=k.get("lora_alpha", float),
         use_rslora=k.get("use_rslora", bool, False) or k.get("peft_use_rslora", bool, False), fp16=fp16, bf16=bf16)
+
+
+def read_warmup(k: Keys) -> tuple[float, int]:
+    """`warmup_ratio` and `warmup_steps` as transformers reads them: since 5.0 `warmup_steps` is a float, a
+    number of steps when >= 1 and a share of the steps below 1 (TrainingArguments.get_warmup_steps), and a
+    `warmup_ratio` is copied into it."""
+    ratio = k.get("warmup_ratio", float, 0.0)
+    steps = k.get("warmup_steps", (int, float), 0)
+    for key, value in (("warmup_ratio", ratio), ("warmup_steps", steps)):
+        if value < 0:
+            raise FtplanError(f"{k.path}: key '{key}' must be at least 0, got {value}")
+    if ratio > 1:
+        raise FtplanError(f"{k.path}: key 'warmup_ratio' is a share of the steps, in [0, 1]; got {ratio}")
+    if isinstance(steps, float) and steps < 1:
+        return (ratio or steps), 0
+    return ratio, int(steps)
 
 
 # ---------------------------------------------------------------- data files

@@ -1,51 +1,367 @@
-"""Hugging Face TrainingArguments and TRL configs (SFTConfig + ModelConfig, as `trl sft --config` reads them)."""
+"""Hugging Face TrainingArguments and TRL configs (SFTConfig + ModelConfig, as `trl sft --config` reads them).
+
+A config is TRL's when it has a key only TRL writes (`TRL_MARKERS`), and TRL changes the defaults
+(huggingface/trl at f2cd577): bf16 autocast unless fp16 and gradient checkpointing on
+(trl/trainer/base_config.py), the model loaded in float32 unless `dtype` says otherwise
+(trl/trainer/model_config.py; trl/scripts/sft.py hands it to from_pretrained), max_length 1024
+(trl/trainer/sft_config.py). Without one, TrainingArguments' own defaults hold (transformers
+training_args.py: fp32, no checkpointing).
+
+Attention names and peft's target_modules are transformers' and peft's; axolotl loads models the same way, so
+its module reuses `attention` and `regex_targets`.
+"""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from planner.configs.common import (
-    OPTIM,
+    TRAINING_ARGUMENTS,
+    TRAINING_ARGUMENTS_IRRELEVANT,
     DataInfo,
+    Direction,
     Framework,
+    Hyper,
     Keys,
     RunConfig,
     build_plan,
+    deepspeed_config,
+    optimizer_for,
+    param_offload_warning,
     precision_keys,
     precision_of,
-    read_deepspeed,
-    read_hyper,
+    read_fsdp,
+    read_warmup,
+    resolve_path,
+    warning,
 )
 from planner.errors import FtplanError
-
-# Keys that do not change memory, stability or time: recognised, not planned.
-RECOGNISED = frozenset({
-    "output_dir", "logging_steps", "save_steps", "save_strategy", "eval_strategy", "evaluation_strategy",
-    "eval_steps", "report_to", "run_name", "seed", "save_total_limit", "push_to_hub", "hub_model_id",
-    "per_device_eval_batch_size", "logging_dir", "dataloader_num_workers", "remove_unused_columns",
-    "dataset_text_field", "weight_decay", "adam_beta1", "adam_beta2",
-    "trust_remote_code", "overwrite_output_dir", "do_train", "do_eval", "logging_first_step",
-    "dataset_name", "dataset_config", "dataset_train_split", "packing", "completion_only_loss",
-    "assistant_only_loss", "tf32", "ddp_timeout", "resume_from_checkpoint", "dataloader_pin_memory",
-})
-
-# Planner flags -> keys, to report a Plan validation error by the name the user wrote.
-# DeepSpeed settings live in a JSON file the key points at: not a value --fix can write
-UNWRITABLE = frozenset({"zero", "offload_optimizer"})
-ATTN_BACK = {"flash": "flash_attention_2", "sdpa": "sdpa", "eager": "eager"}
+from planner.findings import Finding
 
 
-def target_modules(target: str) -> str | list[str]:
-    """peft's target_modules as TRL's ModelConfig takes it: "all-linear" or a list of names."""
-    return "all-linear" if target == "all" else [t.strip() for t in target.split(",") if t.strip()]
+def words(text: str) -> frozenset[str]:
+    """A key list written as whitespace-separated names."""
+    return frozenset(text.split())
 
 
-def quant_keys(bits: int | None) -> dict[str, bool]:
-    return {"load_in_4bit": bits == 4, "load_in_8bit": bits == 8}
+# ---------------------------------------------------------------- the keys
+
+# TRL's own keys: trl 1.x trainer/sft_config.py, dpo_config.py, kto_config.py, grpo_config.py, rloo_config.py,
+# reward_config.py, model_config.py (ModelConfig) and scripts/utils.py (ScriptArguments,
+# DatasetMixtureConfig); the CLI's `env` and the launcher arguments it hands to accelerate; names of TRL 0.x
+# that configs still carry.
+TRL_KEYS = words("""
+model_name_or_path model_revision dtype torch_dtype attn_implementation use_peft lora_r lora_alpha
+lora_dropout lora_target_modules lora_target_parameters lora_modules_to_save lora_task_type use_rslora
+use_dora load_in_8bit load_in_4bit bnb_4bit_quant_type use_bnb_nested_quant bnb_4bit_quant_storage
+dataset_name dataset_config dataset_train_split dataset_test_split dataset_streaming ignore_bias_buffers
+datasets streaming test_split_size model_init_kwargs trust_remote_code router_aux_loss_coef chat_template_path
+dataset_text_field dataset_kwargs dataset_num_proc eos_token pad_token max_length truncation_mode
+shuffle_dataset packing packing_strategy padding_free pad_to_multiple_of eval_packing completion_only_loss
+assistant_only_loss loss_type activation_offloading disable_dropout precompute_ref_log_probs
+precompute_ref_batch_size loss_weights ld_alpha f_divergence_type f_alpha_divergence_coef label_smoothing beta
+use_weighting discopop_tau sync_ref_model ref_model_mixup_alpha ref_model_sync_steps cast_lm_head_to_fp32
+num_generations num_generations_eval max_completion_length ds3_gather_for_generation generation_batch_size
+steps_per_generation temperature top_p top_k min_p generation_kwargs chat_template_kwargs repetition_penalty
+cache_implementation use_vllm vllm_mode vllm_model_impl vllm_enable_sleep_mode vllm_structured_outputs_regex
+vllm_server_base_url vllm_server_host vllm_server_port vllm_server_timeout vllm_group_port
+vllm_gpu_memory_utilization vllm_max_model_length vllm_tensor_parallel_size num_iterations epsilon delta
+epsilon_high sapo_temperature_neg sapo_temperature_pos vespo_k_pos vespo_lambda_pos vespo_k_neg
+vespo_lambda_neg importance_sampling_level reward_weights multi_objective_aggregation scale_rewards
+mask_truncated_completions top_entropy_quantile entropy_coef use_adaptive_entropy entropy_coef_min
+entropy_coef_max entropy_coef_delta entropy_target max_tool_calling_iterations
+vllm_importance_sampling_correction vllm_importance_sampling_mode vllm_importance_sampling_clip_max
+vllm_importance_sampling_clip_min vllm_importance_sampling_cap off_policy_mask_threshold
+use_bias_correction_kl log_completions log_multimodal num_completions_to_print log_unique_prompts
+log_completions_hub_repo use_transformers_continuous_batching transformers_continuous_batching_config
+use_transformers_paged desirable_weight undesirable_weight center_rewards_coefficient normalize_advantages
+reward_clip_range env accelerate_config num_processes max_seq_length dataset_batch_size max_prompt_length
+max_target_length model_adapter_name ref_adapter_name generate_during_eval ref_model_init_kwargs
+force_use_ref_model use_logits_to_keep padding_value label_pad_token_id rpo_alpha cpo_alpha simpo_gamma
+orpo_alpha
+""")
+# transformers 5.9 renamed gradient_checkpointing(_kwargs) to activation_checkpointing(_kwargs), keeping the
+# old names as aliases (training_args.py)
+NEW_TRAINING_ARGUMENTS = words("activation_checkpointing activation_checkpointing_kwargs")
+
+KNOWN = TRAINING_ARGUMENTS | NEW_TRAINING_ARGUMENTS | TRL_KEYS | {"model"}
+
+# Keys that only TRL writes: any one of them makes the config TRL's and brings TRL's defaults.
+TRL_MARKERS = words("""
+max_length max_seq_length packing packing_strategy padding_free dataset_text_field completion_only_loss
+assistant_only_loss dataset_kwargs chat_template_path model_init_kwargs eval_packing activation_offloading
+dataset_batch_size use_peft lora_r lora_alpha lora_dropout lora_target_modules lora_target_parameters
+lora_modules_to_save lora_task_type use_rslora use_dora load_in_4bit load_in_8bit bnb_4bit_quant_type
+use_bnb_nested_quant bnb_4bit_quant_storage dataset_train_split dataset_test_split dataset_config
+dataset_streaming ignore_bias_buffers accelerate_config
+""")
+# `dataset_name` is TRL's ScriptArguments key and also the transformers examples' (run_clm.py); these tell.
+HF_EXAMPLE_KEYS = words("block_size dataset_config_name train_file validation_file config_name "
+                        "tokenizer_name cache_dir use_fast_tokenizer model_type")
+
+# Preference and RL trainers, by the keys only their configs have (trl/trainer/grpo_config.py, rloo_config.py,
+# kto_config.py, reward_config.py, dpo_config.py; cpo and orpo in trl/experimental): the first match names
+# the stage, and every such key in the config is named in its warning. The learning-rate defaults are from the
+# same files.
+STAGES: list[tuple[str, frozenset[str], str, float]] = [
+    ("GRPO/RLOO", words("""
+        num_generations num_generations_eval max_completion_length use_vllm vllm_mode
+        vllm_gpu_memory_utilization vllm_tensor_parallel_size vllm_max_model_length vllm_model_impl
+        vllm_enable_sleep_mode generation_batch_size steps_per_generation num_iterations epsilon delta
+        epsilon_high reward_weights scale_rewards mask_truncated_completions importance_sampling_level
+        multi_objective_aggregation top_entropy_quantile entropy_coef use_adaptive_entropy entropy_coef_min
+        entropy_coef_max entropy_coef_delta entropy_target sapo_temperature_neg sapo_temperature_pos
+        vespo_k_pos vespo_lambda_pos vespo_k_neg vespo_lambda_neg ds3_gather_for_generation
+        cast_lm_head_to_fp32 use_transformers_paged use_transformers_continuous_batching
+        transformers_continuous_batching_config max_tool_calling_iterations normalize_advantages
+        reward_clip_range off_policy_mask_threshold use_bias_correction_kl vllm_importance_sampling_correction
+        vllm_importance_sampling_mode vllm_importance_sampling_clip_max vllm_importance_sampling_clip_min
+        vllm_importance_sampling_cap"""),
+     "generates num_generations completions per prompt (with use_vllm and vllm_mode colocate, vLLM's "
+     "memory on the same GPU) and keeps a reference model when beta > 0", 1e-6),
+    ("KTO", words("desirable_weight undesirable_weight"),
+     "runs each example with a mismatched KL example and a reference model (a frozen copy unless PEFT)",
+     1e-6),
+    ("reward modelling", words("center_rewards_coefficient"),
+     "scores a chosen and a rejected sequence per example with a one-score head instead of the LM head",
+     1e-4),
+    ("CPO/ORPO", words("cpo_alpha simpo_gamma orpo_alpha"),
+     "runs every chosen and rejected sequence (twice the batch)", 1e-6),
+    ("DPO", words("""
+        precompute_ref_log_probs precompute_ref_batch_size ref_model_sync_steps ref_model_mixup_alpha
+        sync_ref_model f_divergence_type f_alpha_divergence_coef use_weighting ld_alpha discopop_tau
+        loss_weights rpo_alpha ref_adapter_name model_adapter_name force_use_ref_model ref_model_init_kwargs
+        max_prompt_length max_target_length generate_during_eval"""),
+     "runs every chosen and rejected sequence (twice the batch) and a reference model (a frozen copy unless "
+     "PEFT or precompute_ref_log_probs)", 1e-6),
+    ("preference", words("beta label_smoothing"),
+     "runs chosen and rejected sequences and, for DPO-style losses, a reference model", 1e-6),
+]
+STAGE_KEYS = frozenset().union(*(keys for _, keys, _, _ in STAGES))
+
+# Keys `read` looks at: planned, or warned about when set.
+READ = words("""
+model_name_or_path model deepspeed fsdp fsdp_config accelerate_config num_processes load_in_4bit load_in_8bit
+use_peft lora_task_type lora_target_modules lora_r lora_alpha lora_dropout use_rslora use_dora
+lora_modules_to_save lora_target_parameters fp16 bf16 model_init_kwargs dtype torch_dtype
+bnb_4bit_compute_dtype use_bnb_nested_quant bnb_4bit_use_double_quant bnb_4bit_quant_type
+activation_checkpointing gradient_checkpointing activation_checkpointing_kwargs gradient_checkpointing_kwargs
+attn_implementation max_length max_seq_length max_prompt_length max_completion_length use_liger_kernel
+liger_kernel_config activation_offloading gradient_accumulation_steps optim adafactor optim_target_modules
+per_device_train_batch_size per_gpu_train_batch_size warmup_steps warmup_ratio learning_rate num_train_epochs
+max_steps lr_scheduler_type max_grad_norm do_train do_predict do_eval auto_find_batch_size
+label_smoothing_factor torch_compile torch_compile_backend torch_compile_mode torchdynamo use_cpu no_cuda
+use_mps_device
+""") | STAGE_KEYS
+
+# Everything else TrainingArguments or TRL takes changes neither memory, stability nor time of the training
+# steps: data loading and formatting, logging, the hub, the RL trainers' sampling settings, the vLLM server.
+RECOGNISED = (TRAINING_ARGUMENTS_IRRELEVANT | words("""
+dataset_name dataset_config dataset_train_split dataset_test_split dataset_streaming ignore_bias_buffers
+datasets streaming test_split_size model_revision trust_remote_code router_aux_loss_coef chat_template_path
+dataset_text_field dataset_kwargs dataset_num_proc eos_token pad_token truncation_mode shuffle_dataset packing
+packing_strategy padding_free pad_to_multiple_of eval_packing completion_only_loss assistant_only_loss
+loss_type env dataset_batch_size bnb_4bit_quant_storage disable_dropout temperature top_p top_k min_p
+generation_kwargs chat_template_kwargs repetition_penalty cache_implementation vllm_server_base_url
+vllm_server_host vllm_server_port vllm_server_timeout vllm_group_port vllm_structured_outputs_regex
+log_completions log_multimodal num_completions_to_print log_unique_prompts log_completions_hub_repo
+use_logits_to_keep padding_value label_pad_token_id use_cache
+""")) - READ
+
+# ModelConfig and SFTConfig keys the plan does not model: what they do, and which way the estimate is off.
+NOT_MODELLED: dict[str, tuple[str, Direction]] = {
+    "activation_offloading": ("activations are offloaded to CPU memory, while this plan keeps them on the "
+                              "GPU", "overstates"),
+    "use_dora": ("DoRA adds a magnitude vector and a weight-norm pass per adapted layer, while this plan "
+                 "counts plain LoRA", "understates"),
+    "lora_modules_to_save": ("these modules train as full copies (weights, gradients, optimizer state), "
+                             "which this plan does not count", "understates"),
+    "lora_target_parameters": ("LoRA on parameters (MoE experts) is not counted", "understates"),
+}
 
 
-def method_keys(method: str) -> dict:
-    return {"use_peft": method in ("lora", "qlora"), **({"load_in_4bit": True} if method == "qlora" else {})}
+def say(direction: Direction) -> str:
+    """How a warning ends: which way the estimate is off."""
+    return {"overstates": "so the estimate overstates memory",
+            "understates": "so the estimate understates memory",
+            "unknown": "so the estimate may be off either way"}[direction]
+
+
+# ---------------------------------------------------------------- attention and LoRA targets
+
+
+def attention(name: str | None, key: str) -> tuple[str, Finding | None]:
+    """A transformers `attn_implementation` as the plan's kernel; unset is transformers' default, sdpa."""
+    if name is None:
+        return "sdpa", None
+    lowered = name.strip().lower()
+    if lowered == "eager":
+        return "eager", None
+    if "flash" in lowered:  # flash_attention_2/3, kernels-community/flash-attn*, paged|flash_attention_2
+        return "flash", None
+    if "sdpa" in lowered:
+        return "sdpa", None
+    if lowered in ("flex_attention", "xformers") or "sage" in lowered:
+        return "flash", None  # fused kernels that keep no score matrix, as flash-attention
+    return "sdpa", warning("attention_unknown", key, f"{key} {name}: an attention kernel ftplan does not "
+                           "know, planned as sdpa; the estimate may be off either way", "unknown")
+
+
+# Module names a regex target may pick out, and where they sit in common architectures: peft matches a string
+# target_modules as a regular expression against each module's full name (peft tuners_utils.py,
+# check_target_module_exists), which the plan's comma list of names cannot say.
+_LEAVES = sorted(words("""
+q_proj k_proj v_proj o_proj qkv_proj gate_proj up_proj down_proj gate_up_proj c_attn c_proj c_fc
+query_key_value dense dense_h_to_4h dense_4h_to_h fc1 fc2 w1 w2 w3 in_proj out_proj x_proj q_a_proj q_b_proj
+kv_a_proj_with_mqa kv_b_proj wqkv"""))
+_ROOTS = ("model.layers", "model.language_model.layers", "language_model.model.layers",
+          "model.text_model.layers", "model.model.layers", "transformer.h", "gpt_neox.layers")
+_BLOCKS = ("self_attn", "mlp", "cross_attn", "mlp.shared_experts", "attn", "attention", "self_attention",
+           "mixer")
+_LAYERS = 48
+
+
+def regex_targets(pattern: str) -> tuple[str | None, bool]:
+    """A regex `target_modules` as the plan's comma list of module names, and whether it leaves some layers
+    out; None when it names none of the usual projections."""
+    if not re.search(r"[\\^$*+?()\[\]|{}]", pattern):
+        return None, False
+    try:
+        regex = re.compile(pattern)
+    except re.error:
+        return None, False
+    names, partial = [], False
+    for leaf in _LEAVES:
+        for root in _ROOTS:
+            # a few layer numbers find the block; every layer then says whether some are left out
+            block = next((b for b in _BLOCKS for i in (0, 1, 2, 3, 7)
+                          if regex.fullmatch(f"{root}.{i}.{b}.{leaf}")), None)
+            if block is not None:
+                names.append(leaf)
+                partial |= not all(regex.fullmatch(f"{root}.{i}.{block}.{leaf}") for i in range(_LAYERS))
+                break
+    return (",".join(names) if names else None), partial
+
+
+def targets_of(k: Keys, key: str, default: str, warnings: list[Finding]) -> str:
+    """`key` as the plan's lora_target: a list or comma list of names, "all-linear", or a regex."""
+    value = k.get(key, (str, list), default)
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if value.strip().lower() in ("all-linear", "all_linear"):
+        return "all-linear"
+    names, partial = regex_targets(value)
+    if names is None:
+        return value
+    if partial:
+        warnings.append(warning("lora_layers", key, f"{key} {value!r} adapts only some layers; this plan "
+                                f"adapts {names} in every layer, {say('overstates')}", "overstates"))
+    return names
+
+
+# ---------------------------------------------------------------- the TRL CLI's launcher
+
+# trl/accelerate_configs/*.yaml, which `accelerate_config: NAME` selects: (ZeRO stage, FSDP, processes)
+ACCELERATE_PRESETS = {"single_gpu": (0, False, 1), "multi_gpu": (0, False, 8), "zero1": (1, False, 8),
+                      "zero2": (2, False, 8), "zero3": (3, False, 8), "fsdp1": (3, True, 8),
+                      "fsdp2": (3, True, 8)}
+# accelerate's FSDP sharding (FSDP2 reshard_after_forward, FSDP1 sharding_strategy by name or number) as ZeRO
+ACCELERATE_SHARDING = {"true": 3, "false": 2, "full_shard": 3, "shard_grad_op": 2, "no_shard": 0,
+                       "hybrid_shard": 3, "hybrid_shard_zero2": 2, "1": 3, "2": 2, "3": 0, "4": 3, "5": 2}
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What the launcher shards: a ZeRO stage (FSDP's as its ZeRO equivalent) and what it offloads."""
+
+    zero: int = 0
+    offload_optimizer: bool = False
+    offload_param: bool = False  # parameters and gradients on CPU (FSDP offload, ZeRO-3 offload_param)
+    checkpointing: bool = False
+    note: str | None = None
+
+
+def _accelerate(k: Keys, base: Path) -> tuple[Launch | None, int | None]:
+    """`accelerate_config` (a preset shipped with TRL or an accelerate config file) and `num_processes`: keys
+    the TRL CLI does not parse itself but hands to `accelerate launch` (trl/cli/commands/training.py,
+    trl/cli/accelerate_config.py)."""
+    spec, gpus = k.get("accelerate_config", str), k.get("num_processes", int)
+    if spec is None:
+        return None, gpus
+    if spec in ACCELERATE_PRESETS:
+        stage, fsdp, processes = ACCELERATE_PRESETS[spec]
+        what = (f"FSDP full_shard, planned as ZeRO-{stage}" if fsdp else f"DeepSpeed ZeRO-{stage}" if stage
+                else "data parallel")
+        note = f"accelerate_config {spec} (TRL's preset): {what}, {gpus or processes} processes"
+        return Launch(zero=stage, note=note), gpus or processes
+    file = resolve_path(spec, base)
+    if not file.is_file():
+        raise FtplanError(f"{k.path}: key 'accelerate_config' is {spec!r}: neither one of TRL's presets "
+                          f"({', '.join(ACCELERATE_PRESETS)}) nor a file")
+    import yaml
+
+    try:
+        launcher = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError:
+        raise FtplanError(f"{file}: not valid YAML") from None
+    if not isinstance(launcher, dict):
+        raise FtplanError(f"{file}: expected an accelerate config (a mapping)")
+    gpus = gpus or launcher.get("num_processes")
+    kind = str(launcher.get("distributed_type", "")).upper()
+    if kind == "DEEPSPEED":
+        ds = launcher.get("deepspeed_config") or {}
+        if ds.get("deepspeed_config_file"):
+            inner = deepspeed_config(str(ds["deepspeed_config_file"]), k, file.parent, "accelerate_config")
+            stage, offload, param = inner.stage, inner.offload_optimizer, inner.offload_param
+        else:  # accelerate's own deepspeed_config keys
+            stage = int(ds.get("zero_stage", 0) or 0)
+            offload = str(ds.get("offload_optimizer_device", "none")).lower() in ("cpu", "nvme") and stage > 0
+            param = str(ds.get("offload_param_device", "none")).lower() in ("cpu", "nvme") and stage == 3
+        note = f"accelerate_config {spec}: DeepSpeed ZeRO-{stage}"
+        if offload:
+            note += " with optimizer offload"
+        return Launch(zero=stage, offload_optimizer=offload, offload_param=param, note=note), gpus
+    if kind == "FSDP":  # accelerate's keys: fsdp_reshard_after_forward, fsdp_sharding_strategy, ...
+        config = {str(key).removeprefix("fsdp_"): value
+                  for key, value in (launcher.get("fsdp_config") or {}).items()}
+        reshard = config.get("reshard_after_forward", config.get("sharding_strategy", True))
+        zero = ACCELERATE_SHARDING.get(str(reshard).lower(), 3)
+        offload = str(config.get("offload_params", False)).lower() == "true" and zero > 0
+        checkpointing = str(config.get("activation_checkpointing", False)).lower() == "true"
+        note = f"accelerate_config {spec}: FSDP{config.get('version', 1)} planned as ZeRO-{zero}"
+        return Launch(zero=zero, offload_optimizer=offload, offload_param=offload,
+                      checkpointing=checkpointing, note=note), gpus
+    return None, gpus
+
+
+# ---------------------------------------------------------------- the reader
+
+# ModelConfig's `dtype` (trl/trainer/model_config.py: auto, bfloat16, float16, float32) as the weights' dtype.
+DTYPES = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16", "half": "fp16",
+          "float32": "fp32", "fp32": "fp32", "float": "fp32", "auto": "auto"}
+
+
+def trl_markers(config: dict) -> list[str]:
+    found = sorted(config.keys() & (TRL_MARKERS | STAGE_KEYS))
+    if "dataset_name" in config and not config.keys() & HF_EXAMPLE_KEYS:
+        found.append("dataset_name")
+    return found
+
+
+class _Read:
+    """What one reading collects besides the plan: notes (info), warnings, and the TRL defaults applied."""
+
+    def __init__(self, k: Keys, trl: bool):
+        self.k, self.trl = k, trl
+        self.notes: list[str] = []
+        self.warnings: list[Finding] = []
+        self.defaults: list[str] = []
+
+    def warn(self, code: str, keys: str | list[str], message: str, direction: Direction) -> None:
+        self.warnings.append(warning(code, keys, f"{message}, {say(direction)}", direction))
 
 
 def read(keys: Keys, base: Path) -> RunConfig:
@@ -53,36 +369,305 @@ def read(keys: Keys, base: Path) -> RunConfig:
     model = k.get("model_name_or_path", str) or k.get("model", str)
     if not model:
         raise FtplanError(f"{path}: missing key 'model_name_or_path'")
-    zero, offload, ds_note = read_deepspeed(k, base)
-    four, eight = k.get("load_in_4bit", bool, False), k.get("load_in_8bit", bool, False)
-    peft = k.get("use_peft", bool, False) or four or eight
-    targets = k.joined("lora_target_modules", "all-linear")
-    attn = k.get("attn_implementation", str, "sdpa")
-    optim = k.get("optim", str, "adamw_torch_fused")
-    dtype = k.get("torch_dtype", str) or k.get("dtype", str)
-    bf16, fp16 = k.get("bf16", bool, False), k.get("fp16", bool, False)
+    markers = trl_markers(k.config)
+    r = _Read(k, trl=bool(markers))
+    predict = k.get("do_predict", bool) or k.get("do_eval", bool)
+    if not r.trl and k.get("do_train", bool) is False and predict:
+        raise FtplanError(f"{path}: not a training config: do_train is false (an evaluation or prediction "
+                          "run)")
+    stage = next(((name, why, lr) for name, stage_keys, why, lr in STAGES if k.config.keys() & stage_keys),
+                 None)
+
+    zero, offload, fsdp_checkpointing, gpus = _sharding(r, base)
+    method, quant_bits = _method(r)
+    precision, bf16, fp16 = _precision(r, method=method, quantized=bool(quant_bits), sharded=zero > 0)
+    checkpointing = _checkpointing(r) or fsdp_checkpointing
+    init_kwargs = k.get("model_init_kwargs", dict, {})
+    attn_key, attn_name = "attn_implementation", k.get("attn_implementation", str)
+    if attn_name is None and isinstance(init_kwargs.get("attn_implementation"), str):
+        attn_key, attn_name = "model_init_kwargs", init_kwargs["attn_implementation"]
+    kernel, attn_warning = attention(attn_name, attn_key)
+    if attn_warning:
+        r.warnings.append(attn_warning)
+    seq_len = _seq_len(r, stage[0] if stage else None)
+    if stage is not None:
+        name, why, _ = stage
+        found = sorted(k.config.keys() & STAGE_KEYS)
+        k.used.update(found)
+        direction: Direction = "unknown" if name == "reward modelling" else "understates"
+        code = "stage_" + name.split("/")[0].split()[0].lower()  # stage_grpo, stage_dpo, stage_reward, ...
+        r.warn(code, found, f"a TRL {name} config ({', '.join(found)}): its trainer {why}; this plan is "
+               "supervised fine-tuning", direction)
+    fused = _kernels(r)
+    _runtime(r)
+
+    grad_accum = k.positive("gradient_accumulation_steps", 1)
+    optim_name = k.get("optim", str, "adamw_torch_fused")  # training_args.py, for torch >= 2.8
+    if k.get("adafactor", bool, False):  # transformers 4.x: the deprecated switch for optim adafactor
+        optim_name = "adafactor"
+    optim, optim_warning = optimizer_for(optim_name, "optim")
+    if optim_warning:
+        r.warnings.append(optim_warning)
+    k.get("optim_target_modules", (str, list))  # GaLore/APOLLO's targets: their optimizer's warning says it
+    if method == "lora" and r.trl:
+        r.defaults += [f"{key} {value}" for key, value in (("lora_r", 16), ("lora_alpha", 32),
+                                                           ("lora_dropout", 0.05)) if key not in k.config]
+        if "lora_target_modules" not in k.config:
+            r.defaults.append("peft's default target modules for the model type (q_proj, v_proj for Llama, "
+                              "Mistral, Qwen and Gemma)")
+    batch = k.get("per_device_train_batch_size", int)
+    if batch is None:
+        batch = k.get("per_gpu_train_batch_size", int, 8)  # transformers 4.x's old name
+    if batch < 1:
+        raise FtplanError(f"{path}: key 'per_device_train_batch_size' must be at least 1, got {batch}")
     plan = build_plan(
-        "hf", path, method="lora" if peft else "full", quant_bits=4 if four else 8 if eight else None,
-        precision=precision_of(bf16, fp16, dtype == "bfloat16" and not (bf16 or fp16), path),
-        optimizer=OPTIM.get(optim, "adamw"), batch_size=k.positive("per_device_train_batch_size", 8),
-        seq_len=k.get("max_length", int) or k.get("max_seq_length", int) or 1024,
-        grad_accum=k.positive("gradient_accumulation_steps", 1),
-        gradient_checkpointing=k.get("gradient_checkpointing", bool, False),
-        attention={"flash_attention_2": "flash", "eager": "eager"}.get(attn, "sdpa"),
-        lora_rank=k.positive("lora_r", 16), lora_target="all" if targets == "all-linear" else targets,
-        lora_dropout=k.get("lora_dropout", float, 0.05), zero=zero, offload_optimizer=offload,
-        fused_loss=k.get("use_liger_kernel", bool, False),
+        "hf", path, method=method, quant_bits=quant_bits, precision=precision, optimizer=optim,
+        batch_size=batch, seq_len=seq_len, grad_accum=grad_accum, gradient_checkpointing=checkpointing,
+        attention=kernel,
+        # model_config.py: lora_r 16, lora_dropout 0.05, lora_target_modules None (peft's per-model default)
+        lora_rank=k.positive("lora_r", 16), lora_dropout=k.get("lora_dropout", float, 0.05),
+        lora_target=targets_of(k, "lora_target_modules", "q_proj,v_proj", r.warnings),
+        # model_config.py: use_bnb_nested_quant False (bitsandbytes' bnb_4bit_use_double_quant, likewise)
+        double_quant=k.get("use_bnb_nested_quant", bool, k.get("bnb_4bit_use_double_quant", bool, False)),
+        zero=zero, offload_optimizer=offload, fused_loss=fused,
     )
-    hyper = read_hyper(k, epochs="num_train_epochs", epochs_default=3.0, scheduler="lr_scheduler_type",
-                       scheduler_default="linear", fp16=fp16, bf16=bf16)
-    notes = [ds_note] if ds_note else []
-    return RunConfig(path=path, format="hf", model=model, plan=plan, hyper=hyper, data=DataInfo(), notes=notes)
+    k.get("bnb_4bit_quant_type", str)  # nf4 or fp4: the same bytes
+    if r.trl:
+        shown = ", ".join(markers[:4]) + (", ..." if len(markers) > 4 else "")
+        applied = f"TRL's defaults applied: {', '.join(r.defaults)}" if r.defaults else "TRL's defaults"
+        r.notes.insert(0, f"TRL config ({shown}): {applied}")
+    # learning_rate: sft_config.py 2e-5 (the RL and preference trainers': STAGES); TrainingArguments 5e-5
+    lr_default = stage[2] if stage else 2e-5 if r.trl else 5e-5
+    ratio, steps = read_warmup(k)  # a float warmup_steps below 1 is a share of the steps (transformers 5)
+    hyper = Hyper(
+        learning_rate=k.get("learning_rate", float, lr_default), epochs=k.get("num_train_epochs", float, 3.0),
+        max_steps=k.get("max_steps", int), lr_scheduler=k.get("lr_scheduler_type", str, "linear"),
+        warmup_ratio=ratio, warmup_steps=steps, max_grad_norm=k.get("max_grad_norm", float, 1.0),
+        lora_alpha=k.get("lora_alpha", float), use_rslora=k.get("use_rslora", bool, False), fp16=fp16,
+        bf16=bf16)
+    return RunConfig(path=path, format="hf", model=model, plan=plan, hyper=hyper, data=DataInfo(),
+                     notes=r.notes, warnings=r.warnings, gpus=gpus if gpus and gpus > 1 else None)
+
+
+def _sharding(r: _Read, base: Path) -> tuple[int, bool, bool, int | None]:
+    """DeepSpeed, FSDP (TrainingArguments' fsdp / fsdp_config), or the accelerate config the TRL CLI launches
+    with: ZeRO stage, optimizer offload, FSDP's activation checkpointing, and the processes asked for."""
+    k = r.k
+    ds = deepspeed_config(k.get("deepspeed", (str, dict)), k, base)
+    fsdp = read_fsdp(k, base)
+    launcher, gpus = _accelerate(k, base)
+    if ds.stage or ds.offload_optimizer:
+        launch = Launch(zero=ds.stage, offload_optimizer=ds.offload_optimizer, offload_param=ds.offload_param,
+                        note=ds.note)
+        key = "deepspeed"
+    elif fsdp.zero:
+        launch = Launch(zero=fsdp.zero, offload_optimizer=fsdp.offload, offload_param=fsdp.offload,
+                        checkpointing=bool(fsdp.checkpointing), note=fsdp.note)
+        key = "fsdp_config"
+    elif launcher is not None:
+        launch, key = launcher, "accelerate_config"
+    else:
+        return 0, False, False, gpus
+    if launch.note:
+        r.notes.append(launch.note)
+    if launch.offload_param:
+        r.warnings.append(param_offload_warning(key))
+    return launch.zero, launch.offload_optimizer, launch.checkpointing, gpus
+
+
+def _method(r: _Read) -> tuple[str, int | None]:
+    """ModelConfig: use_peft, load_in_4bit / load_in_8bit (model_config.py; trl/trainer/utils.py
+    get_peft_config, get_quantization_config)."""
+    k = r.k
+    four, eight = k.get("load_in_4bit", bool, False), k.get("load_in_8bit", bool, False)
+    if four and eight:
+        raise FtplanError(f"{k.path}: keys 'load_in_4bit' and 'load_in_8bit' are both true; choose one")
+    peft = k.get("use_peft", bool)
+    if peft is None and (four or eight) and any(str(key).startswith("lora_") for key in k.config):
+        peft = True
+        r.notes.append("use_peft unset, with load_in_4bit/8bit and lora_* keys: planned as QLoRA")
+    if (four or eight) and not peft:
+        raise FtplanError(f"{k.path}: key 'load_in_{4 if four else 8}bit' without use_peft: true is a "
+                          "quantized full fine-tune, which the Trainer refuses; set use_peft: true")
+    if k.get("lora_task_type", str, "CAUSAL_LM") == "SEQ_CLS":
+        r.warn("lora_task_type", "lora_task_type", "lora_task_type SEQ_CLS: a sequence-classification "
+               "(reward) model, planned as a causal LM", "unknown")
+    for key, (why, direction) in NOT_MODELLED.items():
+        if k.get(key, (bool, list, str, dict)) not in (None, False, [], "", {}):
+            r.warn(key, key, f"{key}: {why}", direction)
+    return ("lora" if peft else "full"), (4 if four else 8 if eight else None)
+
+
+def _precision(r: _Read, *, method: str, quantized: bool, sharded: bool) -> tuple[str, bool, bool]:
+    """The dtype the model is loaded in (ModelConfig `dtype`: float32 unless set, trl/scripts/sft.py) and the
+    Trainer's autocast switches (TRL: bf16 unless fp16, base_config.py). 16-bit weights train as they are,
+    with no fp32 master copy, unless DeepSpeed or FSDP keep one (both up-cast trainable weights under
+    autocast)."""
+    k = r.k
+    fp16 = k.get("fp16", bool, False)
+    bf16_value = k.get("bf16", bool)
+    bf16 = (not fp16) if bf16_value is None and r.trl else bool(bf16_value)
+    if bf16_value is None and r.trl and bf16:
+        r.defaults.append("bf16 autocast")
+    if bf16 and fp16:
+        precision_of(bf16, fp16, False, k.path)  # both on: the shared error
+    init_kwargs = k.get("model_init_kwargs", dict, {})
+    dtype_key = next((key for key in ("dtype", "torch_dtype") if k.get(key, str) is not None), None)
+    raw = k.get(dtype_key, str) if dtype_key else init_kwargs.get("dtype") or init_kwargs.get("torch_dtype")
+    where = dtype_key or "model_init_kwargs"
+    if raw is None:
+        weights = "fp32"  # ModelConfig.dtype defaults to float32; a plain script's from_pretrained, alike
+        if r.trl:
+            r.defaults.append("the model loaded in float32 (dtype)")
+    else:
+        weights = DTYPES.get(str(raw).removeprefix("torch.").lower())
+        if weights is None:
+            raise FtplanError(f"{k.path}: key '{where}' must be auto, bfloat16, float16 or float32, got "
+                              f"{raw!r}")
+        if weights == "auto":
+            weights = "bf16"
+            r.notes.append(f"{where} auto: the checkpoint's own dtype, assumed bfloat16")
+    compute = k.get("bnb_4bit_compute_dtype", str)  # not TRL's: TRL computes in `dtype` (trainer/utils.py)
+    if compute is not None and DTYPES.get(compute.removeprefix("torch.").lower()) not in (weights, None):
+        r.warn("compute_dtype", "bnb_4bit_compute_dtype", f"bnb_4bit_compute_dtype {compute} differs from "
+               "the weights' dtype; ftplan computes in the weights' dtype", "unknown")
+    if weights == "fp32":
+        if method == "lora" and (bf16 or fp16):
+            which = " that are not quantized" if quantized else ""
+            r.warn("fp32_frozen_base", where if raw is not None else "bf16",
+                   f"the model is loaded in float32: the frozen base weights{which} stay in fp32 (and QLoRA "
+                   "computes in fp32), while this plan keeps them in 16 bits; set dtype: bfloat16",
+                   "understates")
+        return precision_of(bf16, fp16, False, k.path), bf16, fp16
+    if not (bf16 or fp16) or (method == "full" and not sharded):
+        if weights == "fp16" and method == "full" and fp16:
+            r.warn("fp16_weights", [where, "fp16"], "fp16: true on a model loaded in float16: the Trainer's "
+                   "gradient scaler refuses fp16 gradients, so this run stops; load in float32 or use bf16",
+                   "unknown")
+        return "bf16", bf16, fp16  # fp16 weights: the same bytes as bf16
+    # LoRA: a 16-bit frozen base, fp32 adapters and autocast; full under DeepSpeed/FSDP: fp32 master weights
+    return ("bf16-mixed" if bf16 else "fp16-mixed"), bf16, fp16
+
+
+def _checkpointing(r: _Read) -> bool:
+    """transformers 5.9's activation_checkpointing (gradient_checkpointing is its alias); TRL turns it on
+    (base_config.py)."""
+    k = r.k
+    key = ("activation_checkpointing" if k.get("activation_checkpointing", bool) is not None
+           else "gradient_checkpointing")
+    on = k.get(key, bool)
+    if on is None:
+        on = r.trl
+        if r.trl:
+            r.defaults.append("gradient checkpointing")
+    kwargs = k.get(f"{key}_kwargs", (dict, str), {}) or {}
+    if isinstance(kwargs, dict) and on:
+        every = kwargs.get("every_n_layers") or 1
+        if isinstance(every, int) and every > 1:
+            r.warn("partial_checkpointing", f"{key}_kwargs", f"{key}_kwargs every_n_layers {every}: only "
+                   "some layers are checkpointed, while this plan checkpoints every layer", "understates")
+        if kwargs.get("offload"):
+            r.warn("checkpoint_offload", f"{key}_kwargs", f"{key}_kwargs offload: the checkpoints are held "
+                   "in host memory, while this plan keeps them on the GPU", "overstates")
+    return bool(on)
+
+
+def _seq_len(r: _Read, stage: str | None) -> int:
+    """TRL's max_length (max_seq_length before TRL 0.20); GRPO's prompt plus completion."""
+    k = r.k
+    key = "max_length" if "max_length" in k.config else "max_seq_length"
+    seq_len = k.get(key, int)
+    if seq_len is None and stage == "GRPO/RLOO":
+        prompt = k.get("max_prompt_length", int)
+        completion = k.get("max_completion_length", int, 512)  # grpo_config.py
+        seq_len = (prompt or 0) + completion
+        if prompt is None:
+            r.warn("grpo_prompt", "max_completion_length", "GRPO with no max_prompt_length (TRL 1.x does not "
+                   f"cap prompts): planned at the {completion} completion tokens alone", "understates")
+    elif seq_len is None:
+        seq_len = 1024  # sft_config.py, dpo_config.py, kto_config.py, reward_config.py: max_length 1024
+        if r.trl:
+            r.defaults.append("max_length 1024")
+        else:
+            r.notes.append("no sequence length in the config (TrainingArguments have none): planned at 1024 "
+                           "tokens")
+    if seq_len < 1:
+        raise FtplanError(f"{k.path}: key '{key}' must be at least 1, got {seq_len}")
+    return seq_len
+
+
+def _kernels(r: _Read) -> bool:
+    """use_liger_kernel: Liger's fused linear cross-entropy is the plan's fused loss; its other kernels (on by
+    default in liger_kernel's _apply_liger_kernel_to_instance: rope, rms_norm, swiglu) are not modelled."""
+    k = r.k
+    if not k.get("use_liger_kernel", bool, False):
+        k.get("liger_kernel_config", dict)
+        return False
+    config = k.get("liger_kernel_config", dict, {})
+    others = [n for n in ("rope", "rms_norm", "swiglu", "cross_entropy")
+              if config.get(n, n != "cross_entropy")]
+    if others:
+        r.warn("liger_kernels", ["use_liger_kernel"] + (["liger_kernel_config"] if config else []),
+               f"use_liger_kernel: Liger's {', '.join(others)} kernels save fewer activations, which this "
+               "plan does not model (only its fused linear cross-entropy)", "overstates")
+    return bool(config.get("fused_linear_cross_entropy", True))
+
+
+def _runtime(r: _Read) -> None:
+    """TrainingArguments that change how the step runs rather than what it holds: warned when set."""
+    k = r.k
+    if k.get("auto_find_batch_size", bool, False):
+        r.warn("auto_find_batch_size", "auto_find_batch_size", "auto_find_batch_size: the Trainer halves the "
+               "micro-batch after an out-of-memory error, while this plan keeps per_device_train_batch_size",
+               "overstates")
+    if (k.get("label_smoothing_factor", float, 0.0) or 0.0) > 0:
+        r.warn("label_smoothing", "label_smoothing_factor", "label_smoothing_factor: the Trainer's label "
+               "smoother takes a log-softmax of the full logits, which this plan does not count",
+               "understates")
+    compiled = [key for key in ("torch_compile", "torch_compile_backend", "torch_compile_mode", "torchdynamo")
+                if k.get(key, (bool, str)) not in (None, False, "")]
+    if compiled:
+        r.warn("torch_compile", compiled, "torch.compile fuses operations and can save fewer activations, "
+               "while this plan replays eager autograd", "overstates")
+    cpu = [key for key in ("use_cpu", "no_cuda", "use_mps_device") if k.get(key, bool, False)]
+    if cpu:
+        r.warn("not_gpu", cpu, f"{cpu[0]}: the run does not use a CUDA GPU; this GPU estimate does not apply",
+               "unknown")
+
+
+def target_modules(target: str) -> str | list[str]:
+    """peft's target_modules as TRL's ModelConfig takes it: "all-linear" or a list of names."""
+    if target in ("all", "all-linear"):
+        return "all-linear"
+    return [t.strip() for t in target.split(",") if t.strip()]
+
+
+def quant_keys(bits: int | None) -> dict[str, bool]:
+    return {"load_in_4bit": bits == 4, "load_in_8bit": bits == 8}
+
+
+def method_keys(method: str) -> dict:
+    return {"use_peft": method in ("lora", "qlora"), "load_in_4bit": method == "qlora"}
+
+
+def precision_fix(precision: str) -> dict[str, Any]:
+    """Pure bf16 under TRL is the model loaded in bfloat16 (ModelConfig `dtype`), not a Trainer switch."""
+    return {**precision_keys(precision), **({"dtype": "bfloat16"} if precision == "bf16" else {})}
+
+
+# DeepSpeed settings live in a JSON file the key points at: not a value --fix can write
+UNWRITABLE = frozenset({"zero", "offload_optimizer"})
+ATTN_BACK = {"flash": "flash_attention_2", "sdpa": "sdpa", "eager": "eager"}
 
 
 FRAMEWORK = Framework(
-    name="hf", read=read, model_key="model_name_or_path",
+    name="hf", read=read, model_key="model_name_or_path", title="Hugging Face Trainer / TRL",
     signature=frozenset(),  # TrainingArguments have no keys of their own: the format of last resort
-    recognised=RECOGNISED, unwritable=UNWRITABLE, method_keys=method_keys,
-    fix_values={"precision": precision_keys, "attention": ATTN_BACK.__getitem__, "lora_target": target_modules,
+    recognised=RECOGNISED, unwritable=UNWRITABLE, method_keys=method_keys, known=KNOWN,
+    # `trl sft` stops on a key no dataclass takes, but a training script's own arguments (its ModelArguments)
+    # share this format and are not ftplan's to know: an unknown key is said, not held against the config
+    rejects_unknown=False,
+    fix_values={"precision": precision_fix, "attention": ATTN_BACK.__getitem__, "lora_target": target_modules,
                 "quant_bits": quant_keys},
+    default_lora_alpha=lambda rank: 32.0,  # trl/trainer/model_config.py: lora_alpha 32
 )

@@ -1,43 +1,235 @@
-"""LLaMA-Factory training configs (`llamafactory-cli train config.yaml`): keys, defaults and datasets."""
+"""LLaMA-Factory training configs (`llamafactory-cli train config.yaml`): keys, defaults and datasets.
+
+Two formats, one reader:
+- v0, `model_name_or_path:` and flat keys, parsed by src/llamafactory/hparams/ (ModelArguments, DataArguments,
+  FinetuningArguments, TrainingArguments = transformers' Seq2SeqTrainingArguments + LLaMA-Factory's own);
+- v1, `model:` with plugin mappings (`peft_config:`, `dist_config:`, `quant_config:`, `kernel_config:`...),
+  parsed by src/llamafactory/v1/config/ and run by `llamafactory-cli sft|dpo|rm`.
+
+Defaults are LLaMA-Factory's, each citing the file it comes from (hiyouga/LLaMA-Factory at ff6d4d1). Every key
+LLaMA-Factory accepts is read into the plan, recognised as irrelevant to memory, stability and time, or warned
+about with the direction the estimate is off.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from planner.configs.common import (
-    OPTIM,
+    TRAINING_ARGUMENTS,
+    TRAINING_ARGUMENTS_IRRELEVANT,
     DataInfo,
+    DeepSpeed,
+    Direction,
     Framework,
+    Hyper,
     Keys,
     RunConfig,
     build_plan,
     count_records,
+    deepspeed_config,
+    optimizer_for,
+    param_offload_warning,
     precision_keys,
     precision_of,
-    read_deepspeed,
+    read_fsdp,
     read_hyper,
     resolve_path,
+    warning,
 )
 from planner.errors import FtplanError
+from planner.findings import Finding
 
-# flash_attn (auto/sdpa/fa2/disabled) <-> the plan's attention kernel
-FLASH_ATTN = {"fa2": "flash", "disabled": "eager", "eager": "eager"}  # anything else: sdpa
+# flash_attn (hparams/model_args.py: auto/disabled/sdpa/fa2/fa3, extras/constants.py AttentionFunction) <-> the
+# plan's attention kernel; auto leaves transformers' default, sdpa. v1 (v1/utils/types.py) names them
+# eager/sdpa/flash_attention_2.
+FLASH_ATTN = {"fa2": "flash", "fa3": "flash", "disabled": "eager", "eager": "eager", "sdpa": "sdpa", "auto": "sdpa",
+              "flash_attention_2": "flash", "flash_attention_3": "flash"}
 FLASH_ATTN_BACK = {"flash": "fa2", "eager": "disabled", "sdpa": "sdpa"}
 
-# Keys that do not change memory, stability or time: recognised, not planned.
-RECOGNISED = frozenset({
-    "do_train", "do_eval", "do_predict", "template", "overwrite_cache", "preprocessing_num_workers",
-    "output_dir", "logging_steps", "save_steps", "plot_loss", "overwrite_output_dir", "ddp_timeout",
-    "per_device_eval_batch_size", "eval_strategy", "evaluation_strategy", "eval_steps", "report_to",
-    "save_only_model", "trust_remote_code", "dataloader_num_workers", "save_strategy", "save_total_limit",
-    "run_name", "resume_from_checkpoint", "include_num_input_tokens_seen", "packing", "logging_dir",
-    "seed", "streaming", "buffer_size", "mix_strategy", "tokenized_path", "adapter_name_or_path",
-    "create_new_adapter", "weight_decay", "adam_beta1", "adam_beta2",
-    "neat_packing", "train_on_prompt", "mask_history", "freeze_trainable_modules", "freeze_extra_modules",
-    "additional_target", "quantization_method", "quantization_type", "upcast_layernorm", "rope_scaling",
-    "booster", "image_max_pixels", "video_max_pixels", "dataloader_pin_memory",
+STAGES = ("pt", "sft", "rm", "ppo", "dpo", "kto")  # hparams/finetuning_args.py FinetuningArguments.stage
+METHODS = ("lora", "oft", "freeze", "full")  # FinetuningArguments.finetuning_type
+# extras/constants.py QuantizationMethod; model_utils/quantization.py quantizes on the fly with bnb, hqq, eetq only
+QUANT_METHODS = ("bnb", "gptq", "awq", "aqlm", "quanto", "eetq", "hqq", "mxfp4", "fp8")
+
+# ---------------------------------------------------------------- the key lists
+# Every argument LLaMA-Factory v0 parses (src/llamafactory/hparams/: the init fields of the dataclasses in
+# model_args.py, data_args.py, finetuning_args.py, training_args.py, generating_args.py, evaluation_args.py,
+# megatron_bridge_args.py and parser.py's _KTransformersRuntimeArguments), listed once with
+# `{f.name for f in dataclasses.fields(cls) if f.init}`; TrainingArguments' own are common.TRAINING_ARGUMENTS.
+V0_KEYS = frozenset({
+    # model_args.py
+    "adapter_folder", "adapter_name_or_path", "add_special_tokens", "add_tokens", "audio_sampling_rate",
+    "cache_dir", "crop_to_patches", "disable_gradient_checkpointing", "double_quantization", "enable_liger_kernel",
+    "export_device", "export_dir", "export_hub_model_id", "export_legacy_format", "export_quantization_bit",
+    "export_quantization_dataset", "export_quantization_maxlen", "export_quantization_nsamples", "export_size",
+    "flash_attn", "hf_hub_token", "image_do_pan_and_scan", "image_max_pixels", "image_min_pixels", "infer_backend",
+    "infer_dtype", "init_special_tokens", "kt_cpu_activation", "kt_expert_checkpoint_path",
+    "kt_lora_expert_intermediate_size", "kt_lora_expert_num", "kt_non_expert_weight_path", "kt_use_lora_experts",
+    "kt_weight_path", "low_cpu_mem_usage", "mixture_of_depths", "model_name_or_path", "model_revision",
+    "moe_aux_loss_coef", "ms_hub_token", "new_special_tokens_config", "offload_folder", "om_hub_token",
+    "print_param_status", "quantization_bit", "quantization_device_map", "quantization_method", "quantization_type",
+    "resize_vocab", "rope_scaling", "sglang_config", "sglang_lora_backend", "sglang_maxlen", "sglang_mem_fraction",
+    "sglang_tp_size", "shift_attn", "split_special_tokens", "train_from_scratch", "trust_remote_code",
+    "upcast_layernorm", "upcast_lmhead_output", "use_audio_in_video", "use_fast_tokenizer", "use_kt",
+    "use_kv_cache", "use_reentrant_gc", "use_unsloth", "use_unsloth_gc", "use_v1_kernels", "video_fps",
+    "video_max_pixels", "video_maxlen", "video_min_pixels", "vllm_config", "vllm_enforce_eager", "vllm_gpu_util",
+    "vllm_max_lora_rank", "vllm_maxlen",
+    # data_args.py
+    "buffer_size", "cutoff_len", "data_shared_file_system", "dataset", "dataset_dir", "default_system",
+    "enable_thinking", "eval_dataset", "eval_num_beams", "eval_on_each_dataset", "ignore_pad_token_for_loss",
+    "interleave_probs", "mask_history", "max_samples", "media_dir", "mix_strategy", "neat_packing",
+    "overwrite_cache", "packing", "preprocessing_batch_size", "preprocessing_num_workers", "preserve_thinking",
+    "streaming", "template", "tokenized_path", "tool_format", "train_on_prompt", "val_size",
+    # finetuning_args.py
+    "additional_target", "apollo_layerwise", "apollo_proj", "apollo_proj_type", "apollo_rank", "apollo_scale",
+    "apollo_scale_front", "apollo_scale_type", "apollo_target", "apollo_update_interval", "asft_alpha",
+    "badam_mask_mode", "badam_mode", "badam_start_block", "badam_switch_interval", "badam_switch_mode",
+    "badam_update_ratio", "badam_verbose", "compute_accuracy", "create_new_adapter", "disable_shuffling",
+    "dpo_label_smoothing", "eaft_alpha", "early_stopping_steps", "finetuning_type", "freeze_extra_modules",
+    "freeze_language_model", "freeze_multi_modal_projector", "freeze_trainable_layers", "freeze_trainable_modules",
+    "freeze_vision_tower", "galore_layerwise", "galore_proj_type", "galore_rank", "galore_scale", "galore_target",
+    "galore_update_interval", "hyper_parallel_args", "hyper_parallel_cp_size",
+    "include_effective_tokens_per_second", "kto_chosen_weight", "kto_rejected_weight", "ld_alpha", "lora_alpha",
+    "lora_dropout", "lora_rank", "lora_target", "loraplus_lr_embedding", "loraplus_lr_ratio", "module_dropout",
+    "oft_block_size", "oft_rank", "oft_target", "pissa_convert", "pissa_init", "pissa_iter", "plot_loss",
+    "ppo_buffer_size", "ppo_epochs", "ppo_score_norm", "ppo_target", "ppo_whiten_rewards", "pref_bco_weight",
+    "pref_beta", "pref_ftx", "pref_loss", "pure_bf16", "ref_model", "ref_model_adapters",
+    "ref_model_quantization_bit", "reward_model", "reward_model_adapters", "reward_model_quantization_bit",
+    "reward_model_type", "simpo_gamma", "stage", "swanlab_api_key", "swanlab_lark_secret",
+    "swanlab_lark_webhook_url", "swanlab_logdir", "swanlab_mode", "swanlab_project", "swanlab_run_name",
+    "swanlab_workspace", "use_adam_mini", "use_apollo", "use_asft_loss", "use_badam", "use_dft_loss", "use_dora",
+    "use_eaft_loss", "use_galore", "use_hyper_parallel", "use_llama_pro", "use_mca", "use_megatron_bridge",
+    "use_muon", "use_rslora", "use_swanlab",
+    # training_args.py (besides transformers')
+    "enable_torch_profiler", "fp8", "fp8_backend", "fp8_enable_fsdp_float8_all_gather", "master_addr",
+    "master_port", "overwrite_output_dir", "profile_modules", "profiler_active_steps", "profiler_output_dir",
+    "profiler_profile_memory", "profiler_record_shapes", "profiler_repeat", "profiler_wait_steps",
+    "profiler_warmup_steps", "profiler_with_stack", "ray_init_kwargs", "ray_num_workers",
+    # generating_args.py
+    "do_sample", "length_penalty", "max_length", "max_new_tokens", "num_beams", "repetition_penalty",
+    "skip_special_tokens", "temperature", "top_k", "top_p",
+    # evaluation_args.py (llamafactory-cli eval)
+    "batch_size", "download_mode", "lang", "n_shot", "save_dir", "seed", "task", "task_dir",
+    # megatron_bridge_args.py (USE_MEGATRON_BRIDGE=1; USE_MCA=1's mcore_adapter arguments share these names)
+    "account_for_embedding_in_pipeline_split", "account_for_loss_in_pipeline_split", "apply_rope_fusion",
+    "bias_activation_fusion", "calculate_per_token_loss", "context_parallel_size", "cross_entropy_loss_fusion",
+    "expert_model_parallel_size", "export_hf_on_finish", "extra_config", "masked_softmax_fusion",
+    "megatron_pretrained_checkpoint", "mixed_precision", "moe_grouped_gemm", "moe_token_dispatcher_type",
+    "overlap_grad_reduce", "overlap_param_gather", "pipeline_model_parallel_size", "recompute_granularity",
+    "recompute_method", "recompute_num_layers", "sequence_parallel", "tensor_model_parallel_size",
+    "use_distributed_optimizer", "use_packed_sequences", "virtual_pipeline_model_parallel_size",
+    # parser.py
+    "kt_config",
 })
+
+# The v1 format's arguments (src/llamafactory/v1/config/: model_args.py, data_args.py, training_args.py,
+# sample_args.py), listed the same way. v1 parses these alone: no TrainingArguments.
+V1_KEYS = frozenset({
+    "batching_strategy", "batching_workers", "bf16", "cp_mode", "cp_size", "custom_chat_template", "cutoff_len",
+    "dist_config", "dist_timeout", "dp_size", "dpo_label_smoothing", "enable_activation_checkpointing",
+    "eval_dataset", "flash_attn", "full_determinism", "global_batch_size", "init_config", "kernel_config",
+    "ld_alpha", "learning_rate", "logging_steps", "lr_scheduler_config", "max_grad_norm", "max_new_tokens",
+    "max_steps", "micro_batch_size", "model", "model_class", "mp_replicate_size", "mp_shard_size",
+    "num_train_epochs", "optim_config", "output_dir", "peft_config", "pref_beta", "pref_ftx", "pref_loss",
+    "quant_config", "resume_from_checkpoint", "sample_backend", "save_ckpt_as_hf", "save_epochs", "save_steps",
+    "save_total_limit", "seed", "simpo_gamma", "train_dataset", "trust_remote_code",
+})
+V0_ALL = V0_KEYS | TRAINING_ARGUMENTS
+KNOWN = V0_ALL | V1_KEYS
+V1_SIGNATURE = frozenset({"peft_config", "dist_config", "kernel_config", "quant_config", "init_config", "model_class",
+                          "optim_config", "lr_scheduler_config", "train_dataset", "micro_batch_size",
+                          "batching_strategy", "enable_activation_checkpointing", "global_batch_size"})
+
+# Groups of keys that only act when their switch is on (their warning names them); otherwise they do nothing.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "use_galore": ("galore_target", "galore_rank", "galore_update_interval", "galore_scale", "galore_proj_type",
+                   "galore_layerwise"),
+    "use_apollo": ("apollo_target", "apollo_rank", "apollo_update_interval", "apollo_scale", "apollo_proj",
+                   "apollo_proj_type", "apollo_scale_type", "apollo_layerwise", "apollo_scale_front"),
+    "use_badam": ("badam_mode", "badam_start_block", "badam_switch_mode", "badam_switch_interval",
+                  "badam_update_ratio", "badam_mask_mode", "badam_verbose"),
+    "use_kt": ("kt_cpu_activation", "kt_weight_path", "kt_non_expert_weight_path", "kt_expert_checkpoint_path",
+               "kt_use_lora_experts", "kt_lora_expert_num", "kt_lora_expert_intermediate_size", "kt_config"),
+    "use_hyper_parallel": ("hyper_parallel_args", "hyper_parallel_cp_size"),
+    "use_asft_loss": ("asft_alpha",),
+    "use_eaft_loss": ("eaft_alpha",),
+    "fp8": ("fp8_backend", "fp8_enable_fsdp_float8_all_gather"),
+    "torch_compile": ("torch_compile_backend", "torch_compile_mode"),
+}
+OFT_KEYS = ("oft_rank", "oft_block_size", "oft_target", "module_dropout")
+LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "use_rslora", "use_dora", "loraplus_lr_ratio",
+             "loraplus_lr_embedding", "pissa_init", "pissa_iter", "pissa_convert", "create_new_adapter")
+FREEZE_KEYS = ("freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules")
+# Preference / RL stages' settings (FinetuningArguments' RLHFArguments): they act in those stages only.
+RLHF_KEYS = ("pref_beta", "pref_ftx", "pref_bco_weight", "pref_loss", "dpo_label_smoothing", "kto_chosen_weight",
+             "kto_rejected_weight", "simpo_gamma", "ppo_buffer_size", "ppo_epochs", "ppo_score_norm", "ppo_target",
+             "ppo_whiten_rewards", "ref_model", "ref_model_adapters", "ref_model_quantization_bit", "reward_model",
+             "reward_model_adapters", "reward_model_quantization_bit", "reward_model_type", "ld_alpha")
+MULTIMODAL_KEYS = ("image_max_pixels", "image_min_pixels", "image_do_pan_and_scan", "crop_to_patches",
+                   "video_max_pixels", "video_min_pixels", "video_fps", "video_maxlen", "use_audio_in_video",
+                   "audio_sampling_rate", "freeze_vision_tower", "freeze_multi_modal_projector",
+                   "freeze_language_model", "media_dir")
+# Megatron-Core training (USE_MCA=1 with mcore_adapter, or USE_MEGATRON_BRIDGE=1): megatron_bridge_args.py
+MEGATRON_KEYS = ("tensor_model_parallel_size", "pipeline_model_parallel_size", "expert_model_parallel_size",
+                 "context_parallel_size", "virtual_pipeline_model_parallel_size", "sequence_parallel",
+                 "recompute_granularity", "recompute_method", "recompute_num_layers",
+                 "account_for_embedding_in_pipeline_split", "account_for_loss_in_pipeline_split",
+                 "bias_activation_fusion", "apply_rope_fusion", "masked_softmax_fusion", "cross_entropy_loss_fusion",
+                 "moe_grouped_gemm", "moe_token_dispatcher_type", "calculate_per_token_loss",
+                 "use_distributed_optimizer", "overlap_param_gather", "overlap_grad_reduce", "use_packed_sequences",
+                 "mixed_precision", "megatron_pretrained_checkpoint", "export_hf_on_finish", "extra_config")
+
+# Keys that change neither memory, stability nor time of a training step (logging, saving, evaluation,
+# inference engines, tokenizer and hub plumbing), plus the sub-settings of switches that are off: recognised,
+# not planned. A key here that the reader does read is reported as modelled.
+RECOGNISED = TRAINING_ARGUMENTS_IRRELEVANT | frozenset({
+    # model_args.py (export_dir without do_train makes an export config)
+    "adapter_name_or_path", "adapter_folder", "cache_dir", "use_fast_tokenizer", "split_special_tokens",
+    "add_tokens", "add_special_tokens", "new_special_tokens_config", "init_special_tokens", "model_revision",
+    "low_cpu_mem_usage", "moe_aux_loss_coef", "use_reentrant_gc", "train_from_scratch", "infer_backend",
+    "offload_folder", "use_kv_cache", "infer_dtype", "hf_hub_token", "ms_hub_token", "om_hub_token",
+    "print_param_status", "trust_remote_code", "quantization_type", "quantization_device_map", "export_size",
+    "export_device", "export_dir", "export_quantization_bit", "export_quantization_dataset", "export_quantization_nsamples",
+    "export_quantization_maxlen", "export_legacy_format", "export_hub_model_id", "vllm_maxlen", "vllm_gpu_util",
+    "vllm_enforce_eager", "vllm_max_lora_rank", "vllm_config", "sglang_maxlen", "sglang_mem_fraction",
+    "sglang_tp_size", "sglang_config", "sglang_lora_backend",
+    # upcast_layernorm: norm weights in fp32, a few MB; the norms' outputs feed autocast linears (saved in 16 bits)
+    "upcast_layernorm",
+    # use_v1_kernels: v1's "auto" kernels, which are NPU-only (v1/plugins/model_plugins/kernels/interface.py)
+    "use_v1_kernels",
+    # data_args.py
+    "template", "eval_dataset", "train_on_prompt", "mask_history", "streaming", "buffer_size", "mix_strategy",
+    "interleave_probs", "overwrite_cache", "preprocessing_batch_size", "preprocessing_num_workers",
+    "eval_num_beams", "ignore_pad_token_for_loss", "eval_on_each_dataset", "tool_format", "default_system",
+    "enable_thinking", "preserve_thinking", "tokenized_path", "data_shared_file_system",
+    # finetuning_args.py: learning-rate ratios, adapter initialisation, tracking, evaluation
+    "loraplus_lr_ratio", "loraplus_lr_embedding", "pissa_init", "pissa_iter", "pissa_convert", "create_new_adapter",
+    "use_swanlab", "swanlab_project", "swanlab_workspace", "swanlab_run_name", "swanlab_mode", "swanlab_api_key",
+    "swanlab_logdir", "swanlab_lark_webhook_url", "swanlab_lark_secret", "use_mca", "use_megatron_bridge",
+    "compute_accuracy", "disable_shuffling", "early_stopping_steps", "plot_loss",
+    "include_effective_tokens_per_second",
+    # training_args.py: Ray's rendezvous and the profiler
+    "ray_init_kwargs", "master_addr", "master_port", "enable_torch_profiler", "profiler_output_dir",
+    "profiler_wait_steps", "profiler_warmup_steps", "profiler_active_steps", "profiler_repeat",
+    "profiler_record_shapes", "profiler_profile_memory", "profiler_with_stack", "profile_modules",
+    # generating_args.py: generation for prediction and PPO rollouts
+    "do_sample", "temperature", "top_p", "top_k", "num_beams", "max_length", "max_new_tokens", "repetition_penalty",
+    "length_penalty", "skip_special_tokens",
+    # evaluation_args.py (`task` without do_train makes an evaluation config)
+    "task", "task_dir", "batch_size", "lang", "n_shot", "save_dir", "download_mode",
+    # TrainingArguments that act only with a switch that is read: optim_target_modules (GaLore/APOLLO optim names);
+    # evaluation and prediction during a training run (no gradients: below the training step's peak)
+    "optim_target_modules", "do_eval", "do_predict",
+    # LoRA-only settings, read when finetuning_type is lora or oft
+    "additional_target", "resize_vocab",
+    # v1: chat template, initialisation device, sampling, checkpoints, logging
+    "custom_chat_template", "init_config", "batching_workers", "dist_timeout", "save_epochs", "save_ckpt_as_hf",
+    "sample_backend", "lr_scheduler_config",
+}) | frozenset(k for keys in GROUPS.values() for k in keys) | frozenset(OFT_KEYS + LORA_KEYS + FREEZE_KEYS +
+                                                                          RLHF_KEYS)
 
 # DeepSpeed settings live in a JSON file the key points at: not a value --fix can write
 UNWRITABLE = frozenset({"zero", "offload_optimizer"})
@@ -48,52 +240,417 @@ def method_keys(method: str) -> dict:
             **({"quantization_bit": 4} if method == "qlora" else {})}
 
 
+def is_v1(config: dict) -> bool:
+    """The v1 format: `model:` (not `model_name_or_path:`) or one of v1's own keys."""
+    return "model_name_or_path" not in config and ("model" in config or bool(config.keys() & V1_SIGNATURE))
+
+
+class _Warnings:
+    """The reader's warnings, each on the keys of the file it concerns."""
+
+    def __init__(self, config: dict):
+        self.config, self.items = config, []
+
+    def add(self, code: str, keys: str | tuple[str, ...] | list[str], message: str, direction: Direction) -> None:
+        keys = [keys] if isinstance(keys, str) else list(keys)
+        present = [k for k in keys if k in self.config] or keys[:1]
+        self.items.append(warning(code, present, message, direction))
+
+    def finding(self, finding: Finding | None) -> None:
+        if finding is not None:
+            self.items.append(finding)
+
+    def group(self, switch: str) -> list[str]:
+        """The switch and its sub-settings that the file sets."""
+        return [k for k in (switch, *GROUPS.get(switch, ())) if k in self.config]
+
+
+def _over_under(direction: Direction) -> str:
+    return {"overstates": "so it overstates memory", "understates": "so it understates memory",
+            "unknown": "so the estimate may be off either way"}[direction]
+
+
 def read(keys: Keys, base: Path) -> RunConfig:
-    k, path = keys, keys.path
+    return read_v1(keys, base) if is_v1(keys.config) else read_v0(keys, base)
+
+
+# ---------------------------------------------------------------- v0
+
+
+def _not_training(k: Keys) -> None:
+    """`llamafactory-cli train` trains only with do_train (TrainingArguments' default is false); export, chat,
+    evaluation and prediction configs share the keys."""
+    config, path = k.config, k.path
+    do_train = k.get("do_train", bool)
+    if k.get("export_dir", str) and not do_train:
+        raise FtplanError(f"{path}: not a training config: key 'export_dir' makes it a model export "
+                          "(llamafactory-cli export)")
+    if k.get("task", str) and not do_train:
+        raise FtplanError(f"{path}: not a training config: key 'task' makes it a benchmark evaluation "
+                          "(llamafactory-cli eval)")
+    if do_train is False:
+        raise FtplanError(f"{path}: not a training config: key 'do_train' is false, so nothing trains")
+    if not do_train:
+        for key in ("do_predict", "do_eval", "predict_with_generate"):
+            if k.get(key, bool):
+                raise FtplanError(f"{path}: not a training config: key '{key}' without 'do_train: true' "
+                                  "evaluates or predicts only")
+        if not (config.get("dataset") or config.get("stage") or config.get("finetuning_type")):
+            raise FtplanError(f"{path}: not a training config: no 'do_train' and no 'dataset' (an inference "
+                              "config for llamafactory-cli chat/webchat/api); add do_train: true and a dataset to "
+                              "plan training")
+
+
+def read_v0(keys: Keys, base: Path) -> RunConfig:
+    k, path, config = keys, keys.path, keys.config
     model = k.get("model_name_or_path", str)
     if not model:
         raise FtplanError(f"{path}: missing key 'model_name_or_path'")
-    stage = k.get("stage", str, "sft")
-    if stage not in ("sft", "pt"):
-        notes = [f"stage '{stage}': planned as supervised fine-tuning (a reward or reference model is not counted)"]
-    else:
-        notes = []
-    method = k.get("finetuning_type", str, "lora")
-    if method not in ("full", "freeze", "lora"):
-        raise FtplanError(f"{path}: key 'finetuning_type' must be full, freeze or lora, got {method!r}")
-    bits = k.get("quantization_bit", int)
-    if bits is not None and bits not in (4, 8):
-        raise FtplanError(f"{path}: key 'quantization_bit' must be 4 or 8 (bitsandbytes), got {bits}")
-    zero, offload, ds_note = read_deepspeed(k, base)
-    if ds_note:
-        notes.append(ds_note)
-    flash = k.get("flash_attn", str, "auto")
-    attention = FLASH_ATTN.get(flash, "sdpa")
-    optim = k.get("optim", str, "adamw_torch")
+    _not_training(k)
+    w, notes = _Warnings(config), []
+    if k.get("do_train", bool) is None:
+        notes.append("do_train is not set: LLaMA-Factory (TrainingArguments) defaults it to false, so "
+                      "llamafactory-cli train would not train; planned as if do_train: true")
+    backend = k.get("infer_backend", str, "huggingface")
+    if backend not in ("huggingface", "hf"):
+        raise FtplanError(f"{path}: key 'infer_backend': {backend} serves inference only; LLaMA-Factory's "
+                          "training refuses it (hparams/parser.py); remove it")
+
+    stage = k.get("stage", str, "sft")  # finetuning_args.py: sft
+    if stage not in STAGES:
+        hint = (f" ({stage.upper()} is stage: dpo with pref_loss: {stage})" if stage in ("orpo", "simpo") else "")
+        raise FtplanError(f"{path}: key 'stage' must be one of {', '.join(STAGES)}, got {stage!r}{hint}")
+    method = k.get("finetuning_type", str, "lora")  # finetuning_args.py: lora
+    if method not in METHODS:
+        raise FtplanError(f"{path}: key 'finetuning_type' must be one of {', '.join(METHODS)}, got {method!r}")
+    pref_loss = str(config.get("pref_loss") or "sigmoid")  # RLHFArguments: sigmoid
+    _stage_warnings(k, w, stage, method, pref_loss)
+
+    bits = _quantization(k, w)
+    ds = deepspeed_config(k.get("deepspeed", (str, dict)), k, base)
+    fsdp = read_fsdp(k, base)
+    zero, offload = ds.stage, ds.offload_optimizer
+    for note in (ds.note, fsdp.note):
+        if note:
+            notes.append(note)
+    if ds.offload_param:
+        w.finding(param_offload_warning("deepspeed"))
+    if fsdp.zero:
+        if ds.stage:
+            raise FtplanError(f"{path}: keys 'deepspeed' and 'fsdp' are both set; the Trainer uses one of them")
+        zero, offload = fsdp.zero, fsdp.offload
+        if fsdp.offload:
+            w.finding(param_offload_warning("fsdp"))
+
+    flash = k.get("flash_attn", str, "auto")  # model_args.py: auto (transformers' default, sdpa)
+    if flash not in FLASH_ATTN:
+        raise FtplanError(f"{path}: key 'flash_attn' must be auto, disabled, sdpa, fa2 or fa3, got {flash!r}")
+    attention = FLASH_ATTN[flash]
+    # transformers' default optim is adamw_torch_fused with torch >= 2.8 (training_args.py), which LLaMA-Factory
+    # keeps; the old 'adafactor: true' switch of transformers 4 chooses Adafactor
+    adafactor = k.get("adafactor", bool)
+    optim = k.get("optim", str) or ("adafactor" if adafactor else "adamw_torch_fused")
+    optimizer, optim_warning = optimizer_for(optim)
+    w.finding(optim_warning)
     precision = precision_of(k.get("bf16", bool, False), k.get("fp16", bool, False),
                              k.get("pure_bf16", bool, False), path)
-    lora_target = k.joined("lora_target", "all")
+    disabled = k.get("disable_gradient_checkpointing", bool, False)  # model_args.py: false (checkpointing on)
+    trainer_checkpointing = k.get("gradient_checkpointing", bool, False)  # the Trainer's switch turns it on too
+    checkpointing = not disabled or trainer_checkpointing
+    if fsdp.checkpointing:
+        checkpointing = True
+
+    rank, target, dropout, lora_method = 8, "all", 0.0, method
+    if method == "oft":
+        rank, target = _oft(k, w)
+        lora_method = "lora"
+    elif method == "lora":
+        rank, target = k.positive("lora_rank", 8), k.joined("lora_target", "all")  # LoraArguments defaults
+        dropout = k.get("lora_dropout", float, 0.0)
+    _method_warnings(k, w, method)
+
+    per_gpu = k.get("per_gpu_train_batch_size", int)  # transformers 4's alias, which wins when set
+    batch = k.positive("per_device_train_batch_size", 8)  # TrainingArguments: 8
+    batch = per_gpu if per_gpu and per_gpu > 0 else batch
     plan = build_plan(
-        "llamafactory", path, method=method, precision=precision, optimizer=OPTIM.get(optim, "adamw"),
-        batch_size=k.positive("per_device_train_batch_size", 8), seq_len=k.positive("cutoff_len", 2048),
-        grad_accum=k.positive("gradient_accumulation_steps", 1),
-        gradient_checkpointing=not k.get("disable_gradient_checkpointing", bool, False), attention=attention,
-        lora_rank=k.positive("lora_rank", 8), lora_target=lora_target, lora_dropout=k.get("lora_dropout", float, 0.0),
+        "llamafactory", path, method=lora_method, precision=precision, optimizer=optimizer,
+        batch_size=batch, seq_len=k.positive("cutoff_len", 2048),  # data_args.py: 2048
+        grad_accum=k.positive("gradient_accumulation_steps", 1), gradient_checkpointing=checkpointing,
+        attention=attention, lora_rank=rank, lora_target=target, lora_dropout=dropout,
         freeze_trainable_layers=k.get("freeze_trainable_layers", int, 2), quant_bits=bits,
         double_quant=k.get("double_quantization", bool, True), zero=zero, offload_optimizer=offload,
-        fused_loss=k.get("enable_liger_kernel", bool, False),
+        fused_loss=_liger(k, w, stage),
     )
-    if optim not in OPTIM:
-        notes.append(f"optim '{optim}' is planned as AdamW")
+    _model_warnings(k, w, notes, method)
+    _system_warnings(k, w)
     hyper = read_hyper(k, epochs="num_train_epochs", epochs_default=3.0, scheduler="lr_scheduler_type",
                        scheduler_default="linear", fp16=k.get("fp16", bool, False), bf16=k.get("bf16", bool, False))
+    k.get("packing", bool)  # sequences packed to cutoff_len: what the plan assumes (padded or packed to seq_len)
+    k.get("neat_packing", bool)  # packing without cross-attention between sequences: the same tokens
     datasets = k.get("dataset", (str, list), "")
     data = DataInfo(datasets=[d.strip() for d in (datasets.split(",") if isinstance(datasets, str) else datasets)
-                              if d and d.strip()],
+                              if d and str(d).strip()],
                     dataset_dir=k.get("dataset_dir", str, "data"), max_samples=k.get("max_samples", int),
                     val_size=k.get("val_size", float, 0.0))
+    gpus = k.get("ray_num_workers", int)
+    if gpus and gpus > 1:
+        notes.append(f"ray_num_workers {gpus}: with USE_RAY=1, LLaMA-Factory trains on {gpus} GPUs")
+    _dialect(k, w, V1_KEYS - V0_ALL, "v1 format (model:, peft_config:, ...)")
     return RunConfig(path=path, format="llamafactory", model=model, plan=plan, hyper=hyper,
-                     data=_resolve_data(data, base), notes=notes)
+                     data=_resolve_data(data, base), notes=notes, warnings=w.items,
+                     gpus=gpus if gpus and gpus > 1 else None)
+
+
+def _stage_warnings(k: Keys, w: _Warnings, stage: str, method: str, pref_loss: str) -> None:
+    """Preference and RL stages are planned as supervised fine-tuning of the policy: what they add is not."""
+    if stage in ("pt", "sft"):
+        return
+    keys = ["stage", *(key for key in RLHF_KEYS if key in k.config)]
+    ref_model = k.config.get("ref_model")
+    frozen_copy = ref_model is not None or method != "lora"  # train/trainer_utils.py create_ref_model
+    what = {
+        "rm": "the reward model is trained on chosen and rejected responses together (twice the sequences per "
+              "micro-batch) with a value head",
+        "dpo": "chosen and rejected responses go through the model together (twice the sequences per micro-batch)"
+               + (", plus a frozen reference model" if frozen_copy and pref_loss not in ("orpo", "simpo") else ""),
+        "kto": "each batch adds mismatched KL pairs (twice the sequences)"
+               + (", plus a frozen reference model" if frozen_copy else ""),
+        "ppo": "PPO also holds a reward model, a value head"
+               + (", a frozen reference model" if frozen_copy else "") + " and generates rollouts with a KV cache",
+    }[stage]
+    w.add(f"stage_{stage}", keys, f"stage {stage}: {what}; this plan is supervised fine-tuning of the policy "
+          "alone, so it understates memory", "understates")
+
+
+def _quantization(k: Keys, w: _Warnings) -> int | None:
+    """quantization_bit with quantization_method (model_args.py QuantizationArguments: bnb by default), as
+    model_utils/quantization.py applies them on the fly."""
+    path = k.path
+    method = k.get("quantization_method", str, "bnb")
+    bits = k.get("quantization_bit", int)
+    if method not in QUANT_METHODS:
+        raise FtplanError(f"{path}: key 'quantization_method' must be one of {', '.join(QUANT_METHODS)}, "
+                          f"got {method!r}")
+    if bits is None:
+        return None
+    if method == "bnb":
+        if bits not in (4, 8):
+            raise FtplanError(f"{path}: key 'quantization_bit' must be 4 or 8 (bitsandbytes), got {bits}")
+        return bits
+    if method == "hqq":
+        if bits not in (1, 2, 3, 4, 5, 6, 8):
+            raise FtplanError(f"{path}: key 'quantization_bit' must be 1-6 or 8 with HQQ, got {bits}")
+        planned = 4 if bits <= 4 else 8
+        direction: Direction = "unknown" if bits in (4, 8) else "overstates"
+        w.add("quantization_method", ("quantization_method", "quantization_bit"),
+              f"quantization_method hqq: the {bits}-bit HQQ base (group-wise scales and zeros) is planned as "
+              f"bitsandbytes {planned}-bit, " + ("about the same bytes" if bits in (4, 8) else _over_under(direction)),
+              direction)
+        return planned
+    if method == "eetq":
+        if bits != 8:
+            raise FtplanError(f"{path}: key 'quantization_bit' must be 8 with EETQ, got {bits}")
+        w.add("quantization_method", ("quantization_method", "quantization_bit"),
+              "quantization_method eetq: the 8-bit EETQ base is planned as bitsandbytes 8-bit (about the same "
+              "bytes)", "unknown")
+        return 8
+    w.add("quantization_method", ("quantization_method", "quantization_bit"),
+          f"quantization_method {method}: LLaMA-Factory quantizes on the fly only with bnb, hqq or eetq, so "
+          f"quantization_bit {bits} leaves an unquantized checkpoint in 16 bits (a {method} checkpoint brings its "
+          "own quantization_config); this plan keeps a 16-bit base, so it overstates memory for a pre-quantized "
+          "checkpoint", "overstates")
+    return None
+
+
+def _oft(k: Keys, w: _Warnings) -> tuple[int, str]:
+    """OFT (finetuning_args.py OFTArguments) as the LoRA with about as many trainable parameters: a block-diagonal
+    orthogonal rotation keeps b(b-1)/2 free parameters per b x b block, d(b-1)/2 per d-wide layer, which a rank-r
+    LoRA matches at r = (b-1)/4 on square layers."""
+    block = k.positive("oft_block_size", 32)
+    blocks = k.get("oft_rank", int, 0)
+    target = k.joined("oft_target", "all")
+    k.get("module_dropout", float, 0.0)
+    rank = max(1, round((block - 1) / 4))
+    sized = f"oft_rank {blocks} blocks per layer" if blocks else f"oft_block_size {block}"
+    w.add("oft_as_lora", ("finetuning_type", *OFT_KEYS),
+          f"finetuning_type oft ({sized}) is planned as LoRA rank {rank} on oft_target {target}: about the same "
+          "trainable parameters; OFT's rotation of each target layer's input is not modelled, so this plan "
+          "understates activation memory", "understates")
+    return rank, target
+
+
+def _method_warnings(k: Keys, w: _Warnings, method: str) -> None:
+    if method in ("lora", "oft") and k.get("adapter_name_or_path", (str, list)) and not k.get("create_new_adapter",
+                                                                                             bool):
+        w.add("resumed_adapter", "adapter_name_or_path",
+              "adapter_name_or_path: training continues that adapter with its own rank and target modules "
+              "(model/adapter.py), not lora_rank/lora_target; the estimate may be off either way", "unknown")
+    if method in ("lora", "oft"):
+        if k.get("use_dora", bool) and method == "lora":
+            w.add("dora", "use_dora", "use_dora: DoRA also computes each adapted weight's norm (a weight-sized "
+                  "tensor per layer) in every step; this plan is plain LoRA, so it understates memory", "understates")
+        extra = k.joined("additional_target", "")
+        if extra:
+            w.add("additional_target", "additional_target",
+                  f"additional_target {extra}: those modules train in full (an fp32 copy, gradients and AdamW "
+                  "states); this plan trains the adapters only, so it understates memory", "understates")
+        elif k.get("resize_vocab", bool) and method == "lora":
+            w.add("resize_vocab", "resize_vocab", "resize_vocab with LoRA: LLaMA-Factory trains the embeddings and "
+                  "the LM head in full (model/adapter.py); this plan does not, so it understates memory",
+                  "understates")
+    else:
+        k.get("resize_vocab", bool)
+    if method == "freeze":
+        modules = k.joined("freeze_trainable_modules", "all")
+        if modules != "all":
+            w.add("freeze_modules", "freeze_trainable_modules",
+                  f"freeze_trainable_modules {modules}: only those modules of the trainable layers train; this plan "
+                  "trains the whole layers, so it overstates memory", "overstates")
+        extra = k.joined("freeze_extra_modules", "")
+        if extra:
+            w.add("freeze_extra", "freeze_extra_modules",
+                  f"freeze_extra_modules {extra}: those modules train too (an fp32 copy, gradients and AdamW "
+                  "states); this plan does not count them, so it understates memory", "understates")
+    if k.get("use_llama_pro", bool):
+        direction: Direction = "understates" if method == "freeze" else "overstates"
+        w.add("llama_pro", "use_llama_pro",
+              "use_llama_pro: only the expanded blocks, spread through the model, train; this plan trains "
+              + ("the last layers (backward stops earlier than the first expanded block)" if method == "freeze"
+                 else "every target layer") + f", {_over_under(direction)}", direction)
+    for switch, what, direction in (
+            ("use_galore", "GaLore projects the target matrices' gradients to rank galore_rank and keeps Adam's "
+                           "states at that rank (galore_layerwise: one layer's gradients at a time)", "overstates"),
+            ("use_apollo", "APOLLO keeps rank-apollo_rank auxiliary states instead of Adam's full moments "
+                           "(apollo_layerwise: one layer's gradients at a time)", "overstates"),
+            ("use_badam", "BAdam trains one block of layers at a time (badam_mode layer) or a share of the "
+                          "parameters (ratio): gradients and optimizer states exist for those only", "overstates"),
+            ("use_adam_mini", "Adam-mini keeps one second moment per parameter block, not per parameter",
+             "overstates"),
+            ("use_muon", "Muon keeps one momentum for the 2-D weights instead of Adam's two moments",
+             "overstates")):
+        if k.get(switch, bool):
+            w.add(switch.removeprefix("use_"), w.group(switch),
+                  f"{switch}: {what}; this plan keeps full AdamW states and gradients, {_over_under(direction)}",
+                  direction)
+
+
+def _liger(k: Keys, w: _Warnings, stage: str) -> bool:
+    """Liger's fused linear cross-entropy is modelled; its other kernels (RMSNorm, SwiGLU, RoPE) are not.
+    LLaMA-Factory's enable_liger_kernel fuses the loss in pt/sft only (model/loader.py require_logits); the
+    Trainer's use_liger_kernel fuses it unless liger_kernel_config turns it off."""
+    lf = k.get("enable_liger_kernel", bool, False)
+    hf = k.get("use_liger_kernel", bool, False)
+    hf_config = k.get("liger_kernel_config", (dict, str), {})
+    hf_config = hf_config if isinstance(hf_config, dict) else {}
+    fused = (lf and stage in ("pt", "sft")) or (hf and hf_config.get("fused_linear_cross_entropy", True) is not False)
+    if lf or hf:
+        keys = [key for key in ("enable_liger_kernel", "use_liger_kernel", "liger_kernel_config") if key in k.config]
+        w.add("liger_other_kernels", keys,
+              ("Liger's fused linear cross-entropy is planned (no full logits)" if fused else
+               f"stage {stage} needs the logits, so Liger's fused cross-entropy is off (model/loader.py)")
+              + "; its other kernels (RMSNorm, SwiGLU, RoPE) save some activations that this plan counts, so it "
+              "slightly overstates memory", "overstates")
+    return fused
+
+
+def _model_warnings(k: Keys, w: _Warnings, notes: list[str], method: str) -> None:
+    config = k.config
+    rope = k.get("rope_scaling", str)
+    if rope:
+        notes.append(f"rope_scaling {rope}: RoPE is stretched to cutoff_len; activations follow cutoff_len as planned")
+    for switch, what, direction in (
+            ("use_unsloth", "Unsloth's kernels and its offloaded gradient checkpointing", "overstates"),
+            ("use_unsloth_gc", "Unsloth's gradient checkpointing offloads each checkpointed layer input to CPU "
+                               "memory", "overstates"),
+            ("shift_attn", "S^2-Attn (LongLoRA) attends within groups of a quarter of the sequence; this matters "
+                           "with eager attention", "overstates"),
+            ("upcast_lmhead_output", "the LM head's output (the logits) is kept in fp32", "understates")):
+        if k.get(switch, bool):
+            w.add(switch, switch, f"{switch}: {what}; this plan does not model it, {_over_under(direction)}",
+                  direction)
+    mod = k.get("mixture_of_depths", str)
+    if mod:
+        w.add("mixture_of_depths", "mixture_of_depths", f"mixture_of_depths {mod}: tokens skip the computation of "
+              f"every other layer; this plan runs every token through every layer, {_over_under('overstates')}",
+              "overstates")
+    if k.get("use_kt", bool):
+        w.add("ktransformers", w.group("use_kt"), "use_kt: KTransformers keeps the MoE experts (and their LoRA) on "
+              f"the CPU; this plan puts the whole model on the GPU, {_over_under('overstates')}", "overstates")
+    mm = [key for key in MULTIMODAL_KEYS if key in config]
+    for key in mm:
+        k.get(key, (str, int, float, bool))
+    if mm:
+        tower = config.get("freeze_vision_tower", True) is False
+        lm_frozen = config.get("freeze_language_model") is True
+        direction: Direction = "overstates" if lm_frozen and not tower else "understates"
+        w.add("multimodal", mm, "multimodal settings (" + ", ".join(mm) + "): image/video/audio tokens count inside "
+              "cutoff_len, but the vision/audio tower's weights and activations" +
+              (" (trained: freeze_vision_tower false, so also its gradients and optimizer states)" if tower else "")
+              + " are not modelled" + (" and the frozen language model trains nothing (freeze_language_model)"
+                                        if lm_frozen else "") + f", {_over_under(direction)}", direction)
+    for switch in ("use_dft_loss", "use_eaft_loss", "use_asft_loss"):
+        if k.get(switch, bool):
+            extra = " and a frozen reference model (full or freeze fine-tuning)" if (
+                switch == "use_asft_loss" and method != "lora") else ""
+            w.add(switch.removeprefix("use_"), w.group(switch),
+                  f"{switch}: the loss also keeps vocabulary-sized probabilities per token{extra}; this plan counts "
+                  f"the plain cross-entropy, {_over_under('understates')}", "understates")
+
+
+def _system_warnings(k: Keys, w: _Warnings) -> None:
+    """Launch, compile and parallelism settings that change what one GPU holds."""
+    if k.get("fp8", bool):
+        w.add("fp8", w.group("fp8"), "fp8: FP8 matmuls (torchao/Transformer Engine) save their inputs in 8 bits; "
+              f"this plan saves them in the compute dtype, {_over_under('overstates')}", "overstates")
+    if k.get("torch_compile", bool) or k.get("torchdynamo", str):
+        w.add("torch_compile", ["torch_compile", "torchdynamo", *GROUPS["torch_compile"]],
+              "torch_compile: compiled graphs fuse element-wise operations and keep fewer activations; this plan "
+              f"replays eager PyTorch, {_over_under('overstates')}", "overstates")
+    for key in GROUPS["torch_compile"]:
+        k.get(key, str)
+    if k.get("auto_find_batch_size", bool):
+        w.add("auto_find_batch_size", "auto_find_batch_size", "auto_find_batch_size: after an out-of-memory error "
+              "the Trainer halves the micro-batch and retries; this plan is for the micro-batch as written",
+              "unknown")
+    smoothing = k.get("label_smoothing_factor", float, 0.0)
+    if smoothing:
+        w.add("label_smoothing", "label_smoothing_factor", f"label_smoothing_factor {smoothing}: the Trainer's "
+              "label smoother keeps a full-vocabulary log-softmax per token; this plan counts the plain "
+              f"cross-entropy, {_over_under('understates')}", "understates")
+    if k.get("use_cache", bool):
+        w.add("use_cache", "use_cache", "use_cache: the forward pass returns a KV cache, which stays alive through "
+              f"the step; this plan has none, {_over_under('understates')}", "understates")
+    for key in ("use_cpu", "no_cuda", "use_mps_device"):
+        if k.get(key, bool):
+            w.add("not_cuda", key, f"{key}: the run does not use a CUDA GPU, so GPU memory does not apply",
+                  "unknown")
+    if k.get("parallelism_config", (dict, str)):
+        w.add("parallelism_config", "parallelism_config", "parallelism_config: accelerate's tensor/context "
+              "parallelism splits the model or the sequence across GPUs; this plan is data parallel, "
+              f"{_over_under('overstates')}", "overstates")
+    if k.get("use_hyper_parallel", bool):
+        w.add("hyper_parallel", w.group("use_hyper_parallel"), "use_hyper_parallel: HyperParallel's FSDP/tensor "
+              f"parallel backend shards the model; this plan is data parallel, {_over_under('overstates')}",
+              "overstates")
+    megatron = [key for key in MEGATRON_KEYS if key in k.config]
+    for key in megatron:
+        k.get(key, (str, int, float, bool, dict))
+    if megatron:
+        sizes = {key: k.config[key] for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size",
+                                                 "expert_model_parallel_size", "context_parallel_size")
+                 if isinstance(k.config.get(key), int) and k.config[key] > 1}
+        split = ", ".join(f"{key} {value}" for key, value in sizes.items()) or "the Megatron backend"
+        w.add("megatron", megatron, f"Megatron-Core training (USE_MCA=1 or USE_MEGATRON_BRIDGE=1; {split}): tensor, "
+              "pipeline and expert parallelism and the distributed optimizer split the model across GPUs; this "
+              f"plan is data parallel, {_over_under('overstates')}", "overstates")
+
+
+def _dialect(k: Keys, w: _Warnings, other: frozenset[str], name: str) -> None:
+    """Keys of the other LLaMA-Factory format: its parser stops on them (HfArgumentParser, allow_extra_keys off)."""
+    found = [key for key in k.config if key in other]
+    if found:
+        w.add("other_format", found, f"{', '.join(found)}: LLaMA-Factory's {name} key(s), which this format's "
+              "parser rejects; they were ignored", "unknown")
 
 
 def _resolve_data(data: DataInfo, base: Path) -> DataInfo:
@@ -122,10 +679,196 @@ def _resolve_data(data: DataInfo, base: Path) -> DataInfo:
     return data.model_copy(update={"files": files, "samples": samples})
 
 
+# ---------------------------------------------------------------- v1
+
+V1_MODEL = "Qwen/Qwen3-4B-Instruct-2507"  # v1/config/model_args.py ModelArguments.model
+
+
+def _plugin(k: Keys, key: str) -> dict[str, Any] | None:
+    """A v1 plugin mapping (v1/config/arg_utils.py get_plugin_config): a mapping or JSON text with a 'name'."""
+    value = k.get(key, (dict, str))
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip().startswith("{") else None
+        except json.JSONDecodeError:
+            value = None
+        if not isinstance(value, dict):
+            raise FtplanError(f"{k.path}: key '{key}' must be a mapping with a 'name'")
+    if "name" not in value:
+        raise FtplanError(f"{k.path}: key '{key}' needs a 'name' (LLaMA-Factory v1 plugin configs do)")
+    return value
+
+
+def read_v1(keys: Keys, base: Path) -> RunConfig:
+    """The v1 format, as v1/core/model_engine.py and v1/core/base_trainer.py run it."""
+    k, path, config = keys, keys.path, keys.config
+    w, notes = _Warnings(config), []
+    model = k.get("model", str) or V1_MODEL
+    if "model" not in config:
+        notes.append(f"no 'model': LLaMA-Factory v1's default {V1_MODEL}")
+    notes.append("LLaMA-Factory v1 format: planned as `llamafactory-cli sft` (the command, not the file, names the "
+                 "stage); --fix writes v0 key names (per_device_train_batch_size is micro_batch_size here)")
+    peft = _plugin(k, "peft_config")
+    if peft and peft.get("export_dir"):
+        raise FtplanError(f"{path}: not a training config: peft_config.export_dir makes it a merge and export "
+                          "(llamafactory-cli merge)")
+    quant = _plugin(k, "quant_config")
+    kernels = _plugin(k, "kernel_config")
+    dist = _plugin(k, "dist_config")
+    optim = _plugin(k, "optim_config")
+    model_class = k.get("model_class", str, "llm")
+
+    method, rank, target, dropout, layers = "full", 8, "all", 0.0, 2
+    if peft is not None:
+        name = peft["name"]
+        if name == "lora":  # v1/plugins/model_plugins/peft.py LoraParams
+            method = "lora"
+            rank, dropout = int(peft.get("r", 8)), float(peft.get("lora_dropout", 0.05))
+            targets = peft.get("target_modules", "all")
+            target = ",".join(targets) if isinstance(targets, list) else str(targets)
+            if peft.get("use_dora"):
+                w.add("dora", "peft_config", "peft_config.use_dora: DoRA also computes each adapted weight's norm "
+                      f"in every step; this plan is plain LoRA, {_over_under('understates')}", "understates")
+            if peft.get("modules_to_save"):
+                w.add("modules_to_save", "peft_config", f"peft_config.modules_to_save {peft['modules_to_save']}: "
+                      "those modules train in full; this plan trains the adapters only, "
+                      f"{_over_under('understates')}", "understates")
+        elif name == "freeze":  # FreezeParams
+            method = "freeze"
+            layers = int(peft.get("freeze_trainable_layers", 2))
+            modules = peft.get("freeze_trainable_modules", "all")
+            if modules not in ("all", ["all"]):
+                w.add("freeze_modules", "peft_config", f"peft_config.freeze_trainable_modules {modules}: only those "
+                      f"modules train; this plan trains the whole layers, {_over_under('overstates')}", "overstates")
+            if peft.get("freeze_extra_modules"):
+                w.add("freeze_extra", "peft_config", f"peft_config.freeze_extra_modules "
+                      f"{peft['freeze_extra_modules']}: those train too; this plan does not count them, "
+                      f"{_over_under('understates')}", "understates")
+        else:
+            raise FtplanError(f"{path}: peft_config name must be lora or freeze (LLaMA-Factory v1), got {name!r}")
+
+    bits = None
+    if quant is not None:  # v1/plugins/model_plugins/quantization.py: bnb defaults to 4 bits
+        bits = quant.get("quantization_bit", 4 if quant["name"] == "bnb" else None)
+        if bits not in (4, 8):
+            raise FtplanError(f"{path}: quant_config.quantization_bit must be 4 or 8, got {bits!r}")
+        if method != "lora":
+            raise FtplanError(f"{path}: quant_config quantizes the base: train LoRA on it (peft_config name: lora)")
+
+    ds, zero, offload = DeepSpeed(), 0, False
+    dist_name = dist["name"] if dist else None
+    if dist_name == "deepspeed":  # v1/plugins/trainer_plugins/distributed/deepspeed.py: config_file
+        if not dist.get("config_file"):
+            raise FtplanError(f"{path}: dist_config deepspeed needs a config_file")
+        ds = deepspeed_config(dist["config_file"], k, base, key="dist_config.config_file")
+        zero, offload = ds.stage, ds.offload_optimizer
+        if ds.offload_param:
+            w.finding(param_offload_warning("dist_config"))
+        notes.append(ds.note or "")
+    elif dist_name in ("fsdp2", "fsdpturbo"):  # distributed/fsdp2.py: reshard_after_forward True by default
+        zero = 3 if dist.get("reshard_after_forward", True) is not False else 2
+        notes.append(f"dist_config {dist_name}: planned as ZeRO-{zero}")
+        if dist.get("offload_params"):
+            offload = True
+            w.finding(param_offload_warning("dist_config"))
+        if dist_name == "fsdpturbo" and dist.get("ep_size", 1) not in (1, None):
+            w.add("expert_parallel", "dist_config", f"dist_config fsdpturbo ep_size {dist['ep_size']}: the MoE "
+                  "experts are split across GPUs; this plan shards them as any weight, so the estimate may be off "
+                  "either way", "unknown")
+    elif dist_name is not None:
+        raise FtplanError(f"{path}: dist_config name must be fsdp2, fsdpturbo or deepspeed, got {dist_name!r}")
+
+    bf16 = k.get("bf16", bool, True)  # v1/config/training_args.py: true
+    # model_engine.py: a full fine-tune is cast to fp32 and trains in bf16 only through FSDP2's mixed-precision
+    # policy or DeepSpeed; LoRA and freeze keep the checkpoint's dtype (bf16 assumed) with fp32 trainable weights
+    if method == "full":
+        precision = "bf16-mixed" if bf16 and dist_name is not None else "fp32"
+    else:
+        precision = "bf16-mixed"
+    for key in ("cp_size", "mp_replicate_size"):
+        size = k.get(key, int, 1)
+        if size > 1:
+            w.add("v1_parallel", key, f"{key} {size}: " + ("context parallelism splits each sequence across GPUs"
+                  if key == "cp_size" else "hybrid sharding replicates the model across groups of GPUs")
+                  + "; this plan does not model it, so the estimate may be off either way", "unknown")
+    k.get("cp_mode", str)
+    shard = k.get("mp_shard_size", int)
+    dp = k.get("dp_size", int)
+    micro = k.positive("micro_batch_size", 1)  # training_args.py: 1
+    global_batch = k.get("global_batch_size", int)
+    accum = 1
+    if global_batch:
+        accum = max(1, global_batch // (micro * (dp or 1)))
+        notes.append(f"global_batch_size {global_batch}: {accum} micro-batches per step on "
+                     f"{dp or 1} data-parallel GPU(s)")
+    strategy = k.get("batching_strategy", str, "normal")
+    if strategy != "normal":
+        w.add("batching_strategy", "batching_strategy", f"batching_strategy {strategy}: micro-batches are "
+              "packed or sized by token count rather than micro_batch_size x cutoff_len; the estimate may be off "
+              "either way", "unknown")
+    attention = FLASH_ATTN.get(k.get("flash_attn", str, "sdpa"))
+    if attention is None:
+        raise FtplanError(f"{path}: key 'flash_attn' must be eager, sdpa or flash_attention_2")
+    if model_class != "llm":
+        w.add("model_class", "model_class", f"model_class {model_class}: a "
+              + ("token-classification head (one score per token) replaces the LM head, so this plan overstates "
+                 "the logits" if model_class == "cls" else "bare model without an LM head")
+              + "; the estimate is off", "overstates")
+    if kernels is not None:
+        names = [n.strip() for n in str(kernels["name"]).split(",") if n.strip()]
+        other = [n for n in names if n not in ("auto",)]
+        if other:
+            w.add("kernels", "kernel_config", f"kernel_config {', '.join(other)}: "
+                  + ("in training v1 keeps Liger's plain cross-entropy (require_logits), so the logits are planned "
+                     "in full; Liger's other kernels " if "liger_kernel" in other else "these kernels ")
+                  + f"save activations this plan counts, {_over_under('overstates')}", "overstates")
+    optimizer = "adamw"  # base_trainer.py: torch.optim.AdamW without an optim_config
+    if optim is not None:
+        name = str(optim["name"]).lower()
+        if name == "muon":
+            w.add("muon", "optim_config", "optim_config muon: Muon keeps one momentum for the 2-D weights instead "
+                  f"of Adam's two moments; this plan keeps AdamW states, {_over_under('overstates')}", "overstates")
+        elif name not in ("adamw", "adam"):
+            w.add("optimizer_nearest", "optim_config", f"optim_config {name}: planned as AdamW; the estimate may be "
+                  "off either way", "unknown")
+    if any(key in config for key in ("pref_loss", "pref_beta", "pref_ftx", "simpo_gamma", "dpo_label_smoothing",
+                                     "ld_alpha")):
+        pref = k.get("pref_loss", str, "sigmoid")
+        w.add("stage_dpo", [key for key in RLHF_KEYS if key in config],
+              "preference settings: launched as `llamafactory-cli dpo`, chosen and rejected responses go through the "
+              "model together" + (" with a frozen reference copy (pref_loss sigmoid)" if pref == "sigmoid" else "")
+              + f"; this plan is supervised fine-tuning, {_over_under('understates')}", "understates")
+    plan = build_plan(
+        "llamafactory", path, method=method, precision=precision, optimizer=optimizer, batch_size=micro,
+        seq_len=k.positive("cutoff_len", 2048), grad_accum=accum,
+        gradient_checkpointing=k.get("enable_activation_checkpointing", bool, True),  # training_args.py: true
+        attention=attention, lora_rank=rank, lora_target=target, lora_dropout=dropout,
+        freeze_trainable_layers=layers, quant_bits=bits, zero=zero, offload_optimizer=offload and zero > 0,
+    )
+    scheduler = _plugin(k, "lr_scheduler_config")  # base_trainer.py: a constant rate without one
+    hyper = Hyper(learning_rate=k.get("learning_rate", float, 1e-4), epochs=k.get("num_train_epochs", float, 3.0),
+                  max_steps=k.get("max_steps", int), lr_scheduler=(scheduler or {}).get("name", "constant"),
+                  max_grad_norm=k.get("max_grad_norm", float, 1.0),
+                  lora_alpha=float(peft.get("lora_alpha", 16)) if method == "lora" else None,
+                  use_rslora=bool(peft.get("use_rslora", False)) if method == "lora" else False, bf16=bf16)
+    train = k.get("train_dataset", str)
+    data = DataInfo(datasets=[train] if train else [], dataset_dir=None)
+    _dialect(k, w, V0_ALL - V1_KEYS, "v0 format (model_name_or_path:, ...)")
+    # GPUs the file implies: data-parallel x context-parallel, else the shard group, else fsdpturbo's expert groups
+    gpus = dp * k.get("cp_size", int, 1) if dp else shard or (dist or {}).get("ep_size")
+    gpus = gpus if isinstance(gpus, int) else None
+    return RunConfig(path=path, format="llamafactory", model=model, plan=plan, hyper=hyper, data=data,
+                     notes=[n for n in notes if n], warnings=w.items, gpus=gpus if gpus and gpus > 1 else None)
+
+
 FRAMEWORK = Framework(
-    name="llamafactory", read=read, model_key="model_name_or_path",
-    signature=frozenset({"finetuning_type", "stage", "cutoff_len", "lora_target", "quantization_bit", "template"}),
-    recognised=RECOGNISED, unwritable=UNWRITABLE, method_keys=method_keys,
+    name="llamafactory", read=read, model_key="model_name_or_path", title="LLaMA-Factory",
+    signature=frozenset({"finetuning_type", "stage", "cutoff_len", "lora_target", "quantization_bit", "template"})
+    | V1_SIGNATURE,
+    recognised=RECOGNISED, unwritable=UNWRITABLE, method_keys=method_keys, known=KNOWN,
+    rejects_unknown=True,  # hparams/parser.py: HfArgumentParser.parse_dict without ALLOW_EXTRA_ARGS
     fix_values={"gradient_checkpointing": lambda on: not on,  # the key is disable_gradient_checkpointing
                 "attention": FLASH_ATTN_BACK.__getitem__,
                 "precision": lambda precision: {**precision_keys(precision), "pure_bf16": precision == "bf16"}},

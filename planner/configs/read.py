@@ -5,11 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 
 from planner.configs import axolotl, hf, llamafactory
-from planner.configs.common import Format, Framework, Keys, RunConfig, load_config_file, unknown_keys
+from planner.configs.common import (
+    Format,
+    Framework,
+    Keys,
+    RunConfig,
+    Treatment,
+    load_config_file,
+    unknown_keys,
+    warning,
+)
 from planner.errors import FtplanError
 
 # In detection order: axolotl's base_model is unambiguous, and hf has no keys of its own.
 FRAMEWORKS: dict[str, Framework] = {f.name: f for f in (axolotl.FRAMEWORK, llamafactory.FRAMEWORK, hf.FRAMEWORK)}
+
+# Files that sit beside training configs but launch nothing themselves: the keys that give them away.
+NOT_TRAINING = (
+    (frozenset({"compute_environment", "distributed_type"}),
+     "an accelerate launcher config (accelerate launch --config_file); pass the training config it launches"),
+    (frozenset({"zero_optimization", "train_micro_batch_size_per_gpu", "train_batch_size"}),
+     "a DeepSpeed config; pass the training config whose 'deepspeed' key points at it"),
+)
 
 
 def detect_format(config: dict) -> Format:
@@ -19,9 +36,38 @@ def detect_format(config: dict) -> Format:
 def read_run_config(path: str | Path, fmt: Format | None = None) -> RunConfig:
     path = Path(path)
     config = load_config_file(path)
+    if fmt is None:
+        for marks, what in NOT_TRAINING:
+            found = sorted(config.keys() & marks)
+            if found and not config.keys() & {"model_name_or_path", "base_model", "model"}:
+                raise FtplanError(f"{path}: not a training config: key '{found[0]}' marks {what}")
     framework = FRAMEWORKS[fmt or detect_format(config)]
     keys = Keys(config, str(path))
     run = framework.read(keys, path.parent)
     if not run.model:
         raise FtplanError(f"{path}: no model: set '{framework.model_key}'")
-    return run.model_copy(update={"ignored": unknown_keys(config, keys.used, framework.recognised)})
+    ignored = unknown_keys(config, keys.used, framework.recognised, framework.known)
+    warned = {key for w in run.warnings for key in w.data.get("keys", ())}
+    # A key the framework accepts that the reader neither read, recognised nor warned about: never silent.
+    silent = [key for key in config if key in framework.known and key not in keys.used | framework.recognised | warned
+              and config[key] is not None]
+    warnings = run.warnings + [warning(
+        "not_modelled", key, f"key '{key}' is a {framework.display} setting that ftplan does not model; the "
+        "estimate may be off either way", "unknown") for key in silent]
+    return run.model_copy(update={"ignored": ignored, "warnings": warnings,
+                                  "treatment": treatment(config, keys.used, framework.recognised, warned | set(silent),
+                                                         ignored)})
+
+
+def treatment(config: dict, used: set[str], recognised: frozenset[str], warned: set[str],
+              ignored: list[str]) -> dict[str, Treatment]:
+    """How each top-level key was read: a warning about it first, then read into the plan, then recognised as
+    changing nothing that is planned; else unknown. Keys the framework accepts but no plan reads and that are
+    null count as irrelevant (null is the default)."""
+    unknown = {entry.split(" ")[0] for entry in ignored}
+    out: dict[str, Treatment] = {}
+    for key in config:
+        key = str(key)
+        out[key] = ("warned" if key in warned else "modelled" if key in used else
+                    "irrelevant" if key in recognised or key not in unknown else "unknown")
+    return out

@@ -1,0 +1,43 @@
+"""benchmarks/configs_corpus.py on a small folder of its own configs: every outcome counted, keys classified."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "configs_corpus.py"
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("configs_corpus", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_corpus_runner_counts_each_outcome(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache: hub ids are unavailable
+    folder = tmp_path / "examples"
+    (folder / "train").mkdir(parents=True)
+    (folder / "train" / "ok.yaml").write_text(
+        "model_name_or_path: qwen2.5-0.5b-instruct\nstage: sft\ndo_train: true\nfinetuning_type: oft\n"
+        "dataset: identity\ncutoff_len: 256\nper_device_train_batch_size: 1\nlogging_steps: 5\nmystery_key: 1\n")
+    (folder / "train" / "hub.yaml").write_text(
+        "model_name_or_path: someone/not-cached-anywhere\nstage: sft\ndo_train: true\ndataset: identity\n")
+    (folder / "accelerate.yaml").write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: FSDP\n")
+    corpus = load()
+    outcomes = {Path(o.path).name: o for o in corpus.run_corpus(folder, "H100", None)}
+    assert outcomes["ok.yaml"].kind == "planned" and outcomes["ok.yaml"].verdict == "ready_with_warnings"
+    assert outcomes["ok.yaml"].treatment == {
+        "model_name_or_path": "modelled", "stage": "modelled", "do_train": "modelled", "finetuning_type": "warned",
+        "dataset": "modelled", "cutoff_len": "modelled", "per_device_train_batch_size": "modelled",
+        "logging_steps": "irrelevant", "mystery_key": "unknown"}
+    assert outcomes["hub.yaml"].kind == "model_unavailable"
+    assert outcomes["accelerate.yaml"].kind == "exit2" and "not a training config" in outcomes["accelerate.yaml"].message
+    stood_in = {Path(o.path).name: o for o in corpus.run_corpus(folder, "H100", None, stand_in="tiny-llama")}
+    assert stood_in["hub.yaml"].kind == "planned" and stood_in["hub.yaml"].stand_in == "tiny-llama"
+    text = corpus.report({"mine": list(outcomes.values())}, "H100")
+    assert "3 files: 1 planned, 1 model config unavailable, 1 exit 2" in text and "## Tracebacks\n\nNone." in text

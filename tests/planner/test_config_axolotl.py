@@ -1,0 +1,331 @@
+"""The axolotl reader: axolotl's defaults and key semantics, on configs written here (pure Python, no
+torch)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from planner.configs import fix_config, read_run_config
+from planner.configs.axolotl import KNOWN, PLANNED, RECOGNISED, SCHEMA_KEYS, WARNED_KEYS
+from planner.errors import FtplanError
+
+BASE = {"base_model": "meta-llama/Llama-3.1-8B", "learning_rate": 2e-5,
+        "datasets": [{"path": "tatsu-lab/alpaca", "type": "alpaca"}]}
+LORA = {**BASE, "adapter": "lora", "lora_r": 16, "lora_alpha": 32, "lora_target_linear": True}
+
+
+def read(tmp_path, **keys):
+    path = tmp_path / "axolotl.yaml"
+    path.write_text(yaml.safe_dump({**BASE, **keys}, sort_keys=False))
+    return read_run_config(path)
+
+
+def codes(run) -> dict[str, str]:
+    """Each warning's code and direction, by the first key it names."""
+    return {w.data["keys"][0]: (w.code, w.data["direction"]) for w in run.warnings}
+
+
+def test_defaults_are_axolotls(tmp_path) -> None:
+    run = read(tmp_path)
+    p, h = run.plan, run.hyper
+    assert run.format == "axolotl" and p.method == "full"
+    # schemas/config.py: sequence_len 512, bf16 auto; schemas/training.py: micro_batch_size 1,
+    # adamw_torch_fused
+    assert (p.seq_len, p.batch_size, p.grad_accum, p.optimizer) == (512, 1, 1, "adamw-fused")
+    assert p.attention == "sdpa"  # transformers' default, not eager
+    assert p.precision == "bf16" and h.bf16  # bf16 auto: bfloat16 weights, no fp32 master copy
+    assert not p.gradient_checkpointing and p.zero == 0
+    assert (h.lr_scheduler, h.epochs, h.warmup_ratio) == ("cosine", 1.0, 0.03)  # warmup: 3% by default
+    assert any("bf16 unset" in n for n in run.notes) and run.ignored == []
+    assert codes(run) == {"bf16": ("fp32_embeddings", "understates")}
+
+
+@pytest.mark.parametrize(("keys", "kernel"), [
+    ({"attn_implementation": "flash_attention_2"}, "flash"),
+    ({"attn_implementation": "flash_attention_3"}, "flash"),
+    ({"attn_implementation": "kernels-community/flash-attn3"}, "flash"),
+    ({"attn_implementation": "sdpa"}, "sdpa"),
+    ({"attn_implementation": "eager"}, "eager"),
+    ({"attn_implementation": "flex_attention"}, "flash"),
+    ({"attn_implementation": "xformers"}, "flash"),
+    ({"attn_implementation": "fp8"}, "sdpa"),  # loaded as sdpa (loaders/model.py)
+    ({"flash_attention": True}, "flash"),  # the deprecated spelling
+    ({"sdp_attention": True}, "sdpa"),
+    ({"eager_attention": True}, "eager"),
+    ({"flash_attention": False}, "sdpa"),
+    ({}, "sdpa"),
+])
+def test_attention(tmp_path, keys: dict, kernel: str) -> None:
+    run = read(tmp_path, **keys)
+    assert run.plan.attention == kernel and run.ignored == []
+
+
+def test_attn_implementation_with_a_legacy_switch_is_refused(tmp_path) -> None:
+    with pytest.raises(FtplanError, match="'attn_implementation' cannot be combined with the deprecated"):
+        read(tmp_path, attn_implementation="sdpa", flash_attention=True)
+
+
+def test_full_bf16_is_pure_bf16_and_says_where_axolotl_keeps_fp32(tmp_path) -> None:
+    flash = read(tmp_path, bf16=True, attn_implementation="flash_attention_2")
+    assert flash.plan.precision == "bf16" and flash.warnings == []
+    # sdpa/eager: the embeddings, LM head and norms stay fp32 (loaders/model.py _configure_embedding_dtypes)
+    sdpa = read(tmp_path, bf16="auto", attn_implementation="sdpa")
+    assert sdpa.plan.precision == "bf16"
+    assert codes(sdpa)["attn_implementation"] == ("fp32_embeddings", "understates")
+    cce = read(tmp_path, bf16=True, plugins=["axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"])
+    assert "fp32_embeddings" not in {w.code for w in cce.warnings}
+    assert read(tmp_path, bf16=False).plan.precision == "fp32"
+    assert read(tmp_path, bf16=False, bfloat16=True, attn_implementation="eager").plan.precision == "bf16"
+    fp16 = read(tmp_path, bf16=False, fp16=True, attn_implementation="flash_attention_2")
+    assert fp16.plan.precision == "bf16" and codes(fp16)["fp16"][0] == "fp16_weights"
+
+
+def test_sharded_full_fine_tunes_keep_fp32_master_weights(tmp_path) -> None:
+    (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    ds = read(tmp_path, bf16=True, deepspeed=str(tmp_path / "ds.json"),
+              attn_implementation="flash_attention_2")
+    assert (ds.plan.precision, ds.plan.zero) == ("bf16-mixed", 3)
+    fsdp = read(tmp_path, bf16=True, fsdp_version=2, fsdp_config={"reshard_after_forward": True})
+    assert (fsdp.plan.precision, fsdp.plan.zero) == ("bf16-mixed", 3)
+
+
+def test_adapters_train_under_autocast(tmp_path) -> None:
+    lora = read(tmp_path, **LORA, attn_implementation="flash_attention_2")
+    assert (lora.plan.method, lora.plan.precision, lora.plan.lora_target) == ("lora", "bf16-mixed", "all")
+    qlora = read(tmp_path, **{**LORA, "adapter": "qlora"}, load_in_4bit=True)
+    assert (qlora.plan.method, qlora.plan.base_bits, qlora.plan.double_quant) == ("qlora", 4, True)
+    single = read(tmp_path, **{**LORA, "adapter": "qlora"}, load_in_4bit=True,
+                  bnb_config_kwargs={"bnb_4bit_use_double_quant": False})
+    assert not single.plan.double_quant
+    eight = read(tmp_path, **LORA, load_in_8bit=True)
+    assert (eight.plan.method, eight.plan.base_bits) == ("qlora", 8)
+
+
+def test_quantization_as_axolotl_checks_it(tmp_path) -> None:
+    with pytest.raises(FtplanError, match="qlora needs load_in_4bit"):
+        read(tmp_path, **{**LORA, "adapter": "qlora"})
+    with pytest.raises(FtplanError, match="without an adapter is a quantized full fine-tune"):
+        read(tmp_path, load_in_4bit=True)
+    # lora + load_in_4bit: loaders/model.py quantizes only for qlora; the base stays 16-bit
+    run = read(tmp_path, **LORA, load_in_4bit=True)
+    assert (run.plan.method, run.plan.quant_bits) == ("lora", None)
+    assert codes(run)["adapter"] == ("lora_4bit", "understates")
+
+
+@pytest.mark.parametrize(("fsdp", "config", "zero"), [
+    (None, {"fsdp_version": 2, "offload_params": False}, 3),
+    (["full_shard", "auto_wrap"], {"fsdp_offload_params": False, "fsdp_sharding_strategy": "FULL_SHARD"}, 3),
+    (["shard_grad_op", "auto_wrap"], {}, 2),
+    (None, {"fsdp_version": 2, "reshard_after_forward": False}, 2),
+])
+def test_fsdp_is_sharding(tmp_path, fsdp, config: dict, zero: int) -> None:
+    keys = {"fsdp_config": config} | ({"fsdp": fsdp} if fsdp else {})
+    run = read(tmp_path, **LORA, **keys)
+    assert run.plan.zero == zero and not run.plan.offload_optimizer
+    assert run.treatment["fsdp_config"] == "modelled" and any("FSDP" in n for n in run.notes)
+
+
+def test_fsdp_offload_and_checkpointing(tmp_path) -> None:
+    run = read(tmp_path, **LORA, fsdp=["full_shard", "auto_wrap"],
+               fsdp_config={"fsdp_offload_params": True, "fsdp_activation_checkpointing": True})
+    assert (run.plan.zero, run.plan.offload_optimizer, run.plan.gradient_checkpointing) == (3, True, True)
+    assert codes(run)["fsdp_config"] == ("param_offload", "overstates")
+    assert run.treatment["fsdp_config"] == "warned"
+    new = read(tmp_path, **LORA, fsdp_version=2,
+               fsdp_config={"offload_params": True, "activation_checkpointing": True})
+    assert (new.plan.zero, new.plan.offload_optimizer, new.plan.gradient_checkpointing) == (3, True, True)
+    # the schema has no sharding_strategy: axolotl drops it and shards fully
+    dropped = read(tmp_path, **LORA, fsdp_config={"sharding_strategy": "SHARD_GRAD_OP"})
+    assert dropped.plan.zero == 3 and any("sharding_strategy SHARD_GRAD_OP" in n for n in dropped.notes)
+
+
+def test_axolotls_shipped_deepspeed_configs_are_known_by_name(tmp_path) -> None:
+    run = read(tmp_path, deepspeed="deepspeed_configs/zero3_bf16_cpuoffload_all.json")
+    assert (run.plan.zero, run.plan.offload_optimizer) == (3, True)
+    assert codes(run)["deepspeed"] == ("param_offload", "overstates")
+    assert read(tmp_path, deepspeed="deepspeed_configs/zero2.json").plan.offload_optimizer  # it offloads
+    with pytest.raises(FtplanError, match=r"points at mine\.json"):
+        read(tmp_path, deepspeed="mine.json")
+
+
+@pytest.mark.parametrize(("name", "planned", "direction"), [
+    ("adamw_torch_fused", "adamw-fused", None),
+    ("adamw_bnb_8bit", "adamw-8bit", None),
+    ("adamw_torch_8bit", "adamw-8bit", None),
+    ("paged_adamw_8bit", "paged-adamw-8bit", None),
+    ("paged_adamw_32bit", "adamw", None),
+    ("adamw_torch_4bit", "adamw-8bit", "overstates"),
+    ("ao_adamw_4bit", "adamw-8bit", "overstates"),
+    ("lion_32bit", "sgd-momentum", None),
+    ("lion_8bit", "adamw-8bit", "overstates"),
+    ("galore_adamw", "adamw", "overstates"),
+    ("galore_adamw_8bit_layerwise", "adamw-8bit", "overstates"),
+    ("apollo_adamw", "adamw", "overstates"),
+    ("muon", "adamw", "overstates"),
+    ("dion", "adamw", "overstates"),
+    ("adopt_adamw", "adamw", None),
+    ("ademamix", "adamw", "understates"),
+    ("came_pytorch", "sgd-momentum", "understates"),
+    ("q_galore_adamw8bit", "adamw-8bit", "overstates"),
+    ("my_own_adam", "adamw", "unknown"),
+])
+def test_optimizers(tmp_path, name: str, planned: str, direction: str | None) -> None:
+    run = read(tmp_path, optimizer=name, attn_implementation="flash_attention_2")
+    assert run.plan.optimizer == planned
+    found = codes(run).get("optimizer")
+    assert (found[1] if found else None) == direction
+
+
+def test_optimi_adamw_keeps_a_kahan_buffer_on_pure_bf16(tmp_path) -> None:
+    pure = read(tmp_path, optimizer="optimi_adamw", attn_implementation="flash_attention_2")
+    assert codes(pure)["optimizer"][1] == "understates"
+    assert "optimizer" not in codes(read(tmp_path, **LORA, optimizer="optimi_adamw",
+                                         attn_implementation="flash_attention_2"))
+
+
+LIGER = "axolotl.integrations.liger.LigerPlugin"
+
+
+def test_fused_losses_need_their_plugin(tmp_path) -> None:
+    fused = read(tmp_path, **LORA, plugins=[LIGER], liger_fused_linear_cross_entropy=True)
+    assert fused.plan.fused_loss and fused.warnings == []
+    others = read(tmp_path, **LORA, plugins=[LIGER], liger_fused_linear_cross_entropy=True,
+                  liger_rms_norm=True, liger_glu_activation=True)
+    assert others.plan.fused_loss and codes(others)["liger_rms_norm"] == ("liger_kernels", "overstates")
+    # integrations/config.py: without the plugin the schema drops its keys
+    bare = read(tmp_path, **LORA, liger_fused_linear_cross_entropy=True, liger_rms_norm=True)
+    assert not bare.plan.fused_loss and bare.warnings == [] and bare.ignored == []
+    assert any("without the liger plugin" in n for n in bare.notes)
+    cce = read(tmp_path, **LORA, plugins=["axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"])
+    assert cce.plan.fused_loss  # cut_cross_entropy defaults to true with its plugin (args.py)
+    off = read(tmp_path, **LORA, plugins=["axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"],
+               cut_cross_entropy=False)
+    assert not off.plan.fused_loss
+
+
+def test_lora_targets(tmp_path) -> None:
+    both = read(tmp_path, **LORA, lora_target_modules=["q_proj", "v_proj"])
+    assert both.plan.lora_target == "all" and both.ignored == []  # every linear, these among them
+    named = read(tmp_path, **{**LORA, "lora_target_linear": False}, lora_target_modules=["q_proj", "v_proj"])
+    assert named.plan.lora_target == "q_proj,v_proj"
+
+
+@pytest.mark.parametrize(("rl", "extra"), [
+    ("dpo", {"dpo_beta": 0.1}),
+    ("orpo", {"orpo_alpha": 0.1}),
+    ("kto", {"kto_desirable_weight": 1.0}),
+    ("grpo", {"trl": {"num_generations": 8, "beta": 0.04}}),
+])
+def test_preference_and_rl_stages_are_warned(tmp_path, rl: str, extra: dict) -> None:
+    run = read(tmp_path, **LORA, rl=rl, **extra)
+    warning = next(w for w in run.warnings if w.code == f"stage_{rl}")
+    assert warning.data["direction"] == "understates" and set(warning.data["keys"]) == {"rl", *extra}
+    assert all(run.treatment[key] == "warned" for key in ("rl", *extra))
+
+
+def test_reward_models_and_idle_preference_keys(tmp_path) -> None:
+    run = read(tmp_path, reward_model=True, num_labels=1)
+    assert codes(run)["reward_model"] == ("stage_reward", "unknown")
+    idle = read(tmp_path, **LORA, dpo_beta=0.1)  # no rl: DPO settings change nothing
+    assert idle.warnings == [] and idle.treatment["dpo_beta"] == "irrelevant"
+
+
+@pytest.mark.parametrize(("keys", "first", "direction"), [
+    ({"activation_offloading": True, "gradient_checkpointing": True}, "activation_offloading", "overstates"),
+    ({"gradient_checkpointing": "offload"}, "gradient_checkpointing", "overstates"),
+    ({"context_parallel_size": 2}, "context_parallel_size", "overstates"),
+    ({"sequence_parallel_degree": 2}, "sequence_parallel_degree", "overstates"),
+    ({"tensor_parallel_size": 2}, "tensor_parallel_size", "overstates"),
+    ({"unfrozen_parameters": ["^lm_head.weight$"]}, "unfrozen_parameters", "overstates"),
+    ({"quantize_moe_experts": True}, "quantize_moe_experts", "overstates"),
+    ({"qat": {"weight_dtype": "int8"}}, "qat", "understates"),
+    ({"lora_mlp_kernel": True}, "lora_mlp_kernel", "overstates"),
+    ({"torch_compile": True}, "torch_compile", "overstates"),
+    ({"processor_type": "AutoProcessor"}, "processor_type", "unknown"),
+])
+def test_settings_ftplan_does_not_model_are_warned(tmp_path, keys: dict, first: str, direction: str) -> None:
+    run = read(tmp_path, **LORA, **keys)
+    assert codes(run)[first][1] == direction and run.treatment[first] == "warned"
+
+
+def test_checkpointing_and_packing_are_modelled(tmp_path) -> None:
+    run = read(tmp_path, **LORA, gradient_checkpointing=True, sample_packing=True, sequence_len=4096,
+               micro_batch_size=2, gradient_checkpointing_kwargs={"use_reentrant": False})
+    # packed rows of sequence_len tokens: micro_batch x sequence_len, as planned
+    assert run.plan.gradient_checkpointing and (run.plan.batch_size, run.plan.seq_len) == (2, 4096)
+    assert run.warnings == [] and run.treatment["sample_packing"] == "modelled"
+    assert run.treatment["gradient_checkpointing_kwargs"] == "irrelevant"
+
+
+def test_parallel_sizes_give_the_gpus(tmp_path) -> None:
+    run = read(tmp_path, **LORA, dp_shard_size=4, context_parallel_size=2,
+               fsdp_config={"fsdp_version": 2}, fsdp_version=2)
+    assert run.gpus == 8
+
+
+def test_batch_size_sets_the_accumulation(tmp_path) -> None:
+    # utils/config/__init__.py normalize_config: gradient_accumulation_steps = batch_size // micro_batch_size
+    assert read(tmp_path, micro_batch_size=2, batch_size=16).plan.grad_accum == 8
+
+
+def test_known_keys_are_never_unknown(tmp_path) -> None:
+    run = read(tmp_path, **LORA, gradient_checkpointing=True,
+               gradient_checkpointing_kwargs={"use_reentrant": True}, lora_target_modules=["q_proj"],
+               eval_sample_packing=False, wandb_project="x", saves_per_epoch=1, optim_target_modules=["attn"],
+               lora_modules_to_save=None, special_tokens={"pad_token": "<pad>"},
+               chat_template="llama3", dataset_prepared_path="prepared", loss_watchdog_threshold=5.0)
+    assert run.ignored == [] and run.warnings == []
+    typo = read(tmp_path, **LORA, micro_batchsize=2, my_flag=1)
+    assert "micro_batchsize (did you mean micro_batch_size?)" in typo.ignored and "my_flag" in typo.ignored
+
+
+def test_every_key_is_planned_warned_or_irrelevant() -> None:
+    assert not PLANNED & RECOGNISED and not WARNED_KEYS & RECOGNISED
+    assert PLANNED <= KNOWN and WARNED_KEYS <= KNOWN and "attn_implementation" in SCHEMA_KEYS
+    assert {"fsdp", "fsdp_config", "fsdp_version"} <= PLANNED  # no longer "irrelevant"
+
+
+def test_null_keys_are_defaults(tmp_path) -> None:
+    run = read(tmp_path, **dict.fromkeys(sorted(KNOWN - {"base_model", "datasets", "learning_rate"})))
+    assert run.ignored == [] and run.plan.method == "full"
+    assert codes(run) == {"bf16": ("fp32_embeddings", "understates")}  # the default full fine-tune's only one
+
+
+def test_fix_writes_attn_implementation(tmp_path) -> None:
+    path = tmp_path / "axolotl.yaml"
+    path.write_text(yaml.safe_dump({**LORA, "attn_implementation": "eager"}, sort_keys=False))
+    run = read_run_config(path)
+    from planner.configs import config_changes
+
+    changes = config_changes(run, {"attention": "flash"}, {})
+    assert changes == {"attn_implementation": "flash_attention_2"}
+    fixed = yaml.safe_load(fix_config(path, changes, tmp_path / "fixed.yaml").read_text())
+    assert fixed["attn_implementation"] == "flash_attention_2"
+
+
+@pytest.mark.parametrize(("pattern", "names", "partial"), [
+    (r"model.language_model.layers.[\d]+.(mlp|self_attn).(up|down|gate|q|k|v|o)_proj",
+     "down_proj,gate_proj,k_proj,o_proj,q_proj,up_proj,v_proj", False),
+    (r".*\.layers\.(3|7|11|15|19|23|27|31)\.self_attn\.(q|k|v|o)_proj|.*\.mlp\.(gate|up|down)_proj",
+     "down_proj,gate_proj,k_proj,o_proj,q_proj,up_proj,v_proj", True),
+    (r"model.layers.[\d]+.self_attn.(q|v)_proj", "q_proj,v_proj", False),
+])
+def test_a_regex_target_is_peft_s_full_match(tmp_path, pattern: str, names: str, partial: bool) -> None:
+    # peft matches a string target_modules as a regex against each module's full name
+    run = read(tmp_path, **{**LORA, "lora_target_linear": False}, lora_target_modules=pattern)
+    assert run.plan.lora_target == names
+    assert ("lora_target_modules" in codes(run)) == partial  # some layers only: overstates
+
+
+def test_method_changes_as_axolotl_keys(tmp_path) -> None:
+    from planner.configs.axolotl import method_keys
+
+    assert method_keys("full") == {"adapter": "", "load_in_4bit": False, "load_in_8bit": False}
+    assert method_keys("qlora") == {"adapter": "qlora", "load_in_4bit": True}
+    path = tmp_path / "axolotl.yaml"
+    path.write_text(yaml.safe_dump({**LORA, "adapter": "qlora", "load_in_4bit": True}, sort_keys=False))
+    fixed = fix_config(path, method_keys("full"), tmp_path / "fixed.yaml")
+    assert read_run_config(fixed).plan.method == "full"  # an empty adapter is none

@@ -1,0 +1,357 @@
+"""LLaMA-Factory configs as LLaMA-Factory runs them: v0 and v1 formats, every accepted key read, recognised or
+warned about (with the direction the estimate is off), and the files that train nothing refused by name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from planner.configs import llamafactory as lf
+from planner.configs import read_run_config, static_checks
+from planner.configs.common import TRAINING_ARGUMENTS, Keys, read_fsdp
+from planner.errors import FtplanError
+
+BASE = """model_name_or_path: qwen2.5-0.5b-instruct
+stage: sft
+do_train: true
+finetuning_type: lora
+dataset: identity
+template: qwen
+cutoff_len: 512
+per_device_train_batch_size: 2
+gradient_accumulation_steps: 4
+learning_rate: 1.0e-4
+warmup_ratio: 0.1
+bf16: true
+output_dir: saves/x
+logging_steps: 10
+save_steps: 500
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "train.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def read(tmp_path: Path, extra: str = "", base: str = BASE):
+    lines = {line.split(":")[0] for line in extra.splitlines() if ":" in line and not line.startswith(" ")}
+    kept = "\n".join(line for line in base.splitlines() if line.split(":")[0] not in lines)
+    return read_run_config(write(tmp_path, kept + "\n" + extra))
+
+
+def codes(run) -> dict[str, str]:
+    return {w.code: w.data["direction"] for w in run.warnings}
+
+
+# ---------------------------------------------------------------- warnings with a direction
+
+
+def test_a_plain_config_has_no_warnings_and_each_key_has_a_treatment(tmp_path) -> None:
+    run = read(tmp_path)
+    assert run.warnings == [] and run.ignored == []
+    assert run.treatment["cutoff_len"] == "modelled" and run.treatment["finetuning_type"] == "modelled"
+    for key in ("output_dir", "logging_steps", "save_steps", "template"):
+        assert run.treatment[key] == "irrelevant"
+    assert run.plan.optimizer == "adamw-fused"  # transformers' default optim with torch >= 2.8
+
+
+def test_reader_warnings_are_findings_with_code_keys_and_direction(tmp_path) -> None:
+    run = read(tmp_path, "finetuning_type: full\nuse_galore: true\ngalore_rank: 64\ngalore_layerwise: true\n"
+                         "pure_bf16: true\n")
+    (galore,) = [w for w in run.warnings if w.code == "galore"]
+    assert galore.severity == "warning" and galore.data["direction"] == "overstates"
+    assert set(galore.data["keys"]) == {"use_galore", "galore_rank", "galore_layerwise"}
+    assert "overstates" in galore.message
+    assert run.treatment["galore_rank"] == "warned"
+
+
+def test_sub_settings_of_a_switch_that_is_off_are_irrelevant(tmp_path) -> None:
+    run = read(tmp_path, "galore_rank: 64\nbadam_mode: layer\n")
+    assert run.warnings == [] and run.treatment["galore_rank"] == "irrelevant"
+
+
+@pytest.mark.parametrize(("extra", "code", "direction"), [
+    ("finetuning_type: full\nuse_badam: true\nbadam_mode: layer\n", "badam", "overstates"),
+    ("finetuning_type: full\nuse_apollo: true\napollo_rank: 128\n", "apollo", "overstates"),
+    ("finetuning_type: full\nuse_adam_mini: true\n", "adam_mini", "overstates"),
+    ("finetuning_type: full\nuse_muon: true\n", "muon", "overstates"),
+    ("use_unsloth: true\n", "use_unsloth", "overstates"),
+    ("use_unsloth_gc: true\n", "use_unsloth_gc", "overstates"),
+    ("use_kt: true\nkt_cpu_activation: retain\n", "ktransformers", "overstates"),
+    ("shift_attn: true\n", "shift_attn", "overstates"),
+    ("mixture_of_depths: convert\n", "mixture_of_depths", "overstates"),
+    ("upcast_lmhead_output: true\n", "upcast_lmhead_output", "understates"),
+    ("use_dora: true\n", "dora", "understates"),
+    ("additional_target: embed_tokens,lm_head\n", "additional_target", "understates"),
+    ("resize_vocab: true\n", "resize_vocab", "understates"),
+    ("finetuning_type: freeze\nfreeze_trainable_modules: mlp\n", "freeze_modules", "overstates"),
+    ("finetuning_type: freeze\nfreeze_extra_modules: embed_tokens\n", "freeze_extra", "understates"),
+    ("finetuning_type: freeze\nuse_llama_pro: true\n", "llama_pro", "understates"),
+    ("image_max_pixels: 262144\nfreeze_vision_tower: false\n", "multimodal", "understates"),
+    ("use_dft_loss: true\n", "dft_loss", "understates"),
+    ("finetuning_type: full\nuse_asft_loss: true\nasft_alpha: 0.1\n", "asft_loss", "understates"),
+    ("fp8: true\nfp8_backend: torchao\n", "fp8", "overstates"),
+    ("torch_compile: true\n", "torch_compile", "overstates"),
+    ("label_smoothing_factor: 0.1\n", "label_smoothing", "understates"),
+    ("tensor_model_parallel_size: 2\npipeline_model_parallel_size: 2\n", "megatron", "overstates"),
+    ("use_hyper_parallel: true\n", "hyper_parallel", "overstates"),
+    ("optim: lion_8bit\n", "optimizer_nearest", "overstates"),
+    ("optim: ademamix\n", "optimizer_nearest", "understates"),
+])
+def test_settings_ftplan_does_not_model_are_warned_with_their_direction(tmp_path, extra, code, direction) -> None:
+    run = read(tmp_path, extra)
+    assert codes(run).get(code) == direction, [w.message for w in run.warnings]
+    for key in (line.split(":")[0] for line in extra.splitlines()):
+        if key not in ("finetuning_type",):
+            assert run.treatment[key] in ("warned", "modelled"), key
+
+
+def test_rmsprop_is_planned_as_one_state_without_a_warning(tmp_path) -> None:
+    run = read(tmp_path, "optim: rmsprop\n")
+    assert run.plan.optimizer == "sgd-momentum" and run.warnings == []
+
+
+@pytest.mark.parametrize("key", sorted(lf.V0_KEYS | TRAINING_ARGUMENTS))
+def test_every_key_llamafactory_accepts_is_read_recognised_or_warned(tmp_path, key) -> None:
+    """No accepted key falls through to the generic "not modelled" warning, and none is called unknown."""
+    if key in ("model_name_or_path", "export_dir", "task", "infer_backend", "do_train", "do_predict",
+               "predict_with_generate", "do_eval", "deepspeed", "fsdp_config", "stage", "finetuning_type",
+               "quantization_method"):
+        pytest.skip("read with its own tests")
+    for value in ("true", "4", "0.1", "false", "x", "sdpa", "{a: 1}", "[a]"):
+        try:
+            run = read(tmp_path, f"{key}: {value}\n")
+        except FtplanError:
+            continue
+        assert "not_modelled" not in codes(run) and run.ignored == [], (key, value)
+        return
+    pytest.fail(f"no value of {key} reads")
+
+
+# ---------------------------------------------------------------- methods, stages, quantization
+
+
+def test_oft_is_planned_as_the_lora_of_about_the_same_size_with_a_warning(tmp_path) -> None:
+    run = read(tmp_path, "finetuning_type: oft\noft_block_size: 32\noft_target: q_proj,v_proj\n")
+    assert (run.plan.method, run.plan.lora_rank, run.plan.lora_target) == ("lora", 8, "q_proj,v_proj")
+    (oft,) = run.warnings
+    assert oft.code == "oft_as_lora" and oft.data["direction"] == "understates" and "OFT" in oft.message
+    quantized = read(tmp_path, "finetuning_type: oft\nquantization_bit: 4\n")
+    assert quantized.plan.method == "qlora"
+
+
+@pytest.mark.parametrize(("stage", "method", "reference"), [
+    ("dpo", "lora", False), ("dpo", "full", True), ("kto", "full", True), ("rm", "lora", False),
+    ("ppo", "lora", False)])
+def test_preference_and_rl_stages_are_planned_as_sft_with_a_warning(tmp_path, stage, method, reference) -> None:
+    run = read(tmp_path, f"stage: {stage}\nfinetuning_type: {method}\npref_beta: 0.1\n")
+    (warned,) = run.warnings
+    assert warned.code == f"stage_{stage}" and warned.data["direction"] == "understates"
+    assert ("reference" in warned.message) is reference and "pref_beta" in warned.data["keys"]
+
+
+def test_dpo_with_a_reference_free_loss_counts_no_reference_model(tmp_path) -> None:
+    run = read(tmp_path, "stage: dpo\nfinetuning_type: full\npref_loss: simpo\n")
+    assert "reference" not in run.warnings[0].message
+
+
+def test_orpo_is_not_a_stage_in_llamafactory(tmp_path) -> None:
+    with pytest.raises(FtplanError, match=r"key 'stage'.*ORPO is stage: dpo with pref_loss: orpo"):
+        read(tmp_path, "stage: orpo\n")
+
+
+@pytest.mark.parametrize(("extra", "bits", "warned"), [
+    ("quantization_bit: 4\nquantization_method: bnb\n", 4, False),
+    ("quantization_bit: 8\nquantization_method: eetq\n", 8, True),
+    ("quantization_bit: 2\nquantization_method: hqq\n", 4, True),
+    ("quantization_bit: 4\nquantization_method: gptq\n", None, True),
+])
+def test_quantization_methods(tmp_path, extra, bits, warned) -> None:
+    run = read(tmp_path, extra)
+    assert run.plan.quant_bits == bits and ("quantization_method" in codes(run)) is warned
+
+
+def test_liger_fuses_the_loss_in_sft_only_and_warns_about_its_other_kernels(tmp_path) -> None:
+    sft = read(tmp_path, "enable_liger_kernel: true\n")
+    assert sft.plan.fused_loss and codes(sft) == {"liger_other_kernels": "overstates"}
+    dpo = read(tmp_path, "enable_liger_kernel: true\nstage: dpo\n")
+    assert not dpo.plan.fused_loss  # model/loader.py: require_logits outside pt/sft
+    trainer = read(tmp_path, "use_liger_kernel: true\nliger_kernel_config: {fused_linear_cross_entropy: false}\n")
+    assert not trainer.plan.fused_loss
+
+
+def test_packing_and_rope_scaling_are_read(tmp_path) -> None:
+    run = read(tmp_path, "packing: true\nneat_packing: true\nrope_scaling: linear\n")
+    assert run.warnings == [] and {run.treatment[k] for k in ("packing", "neat_packing", "rope_scaling")} == {
+        "modelled"}
+    assert any("rope_scaling linear" in note for note in run.notes)
+
+
+def test_trainer_gradient_checkpointing_turns_it_back_on(tmp_path) -> None:
+    run = read(tmp_path, "disable_gradient_checkpointing: true\ngradient_checkpointing: true\n"
+                         "gradient_checkpointing_kwargs: {use_reentrant: false}\n")
+    assert run.plan.gradient_checkpointing and run.ignored == [] and run.warnings == []
+
+
+@pytest.mark.parametrize(("value", "ratio", "steps"), [("0.05", 0.05, 0), ("10", 0.0, 10), ("10.0", 0.0, 10)])
+def test_float_warmup_steps_is_a_ratio_below_one_as_in_transformers_5(tmp_path, value, ratio, steps) -> None:
+    run = read(tmp_path, f"warmup_steps: {value}\nwarmup_ratio: 0.0\n")
+    assert (run.hyper.warmup_ratio, run.hyper.warmup_steps) == (ratio, steps)
+
+
+def test_negative_warmup_steps_is_refused(tmp_path) -> None:
+    with pytest.raises(FtplanError, match="'warmup_steps' must be at least 0"):
+        read(tmp_path, "warmup_steps: -1\n")
+
+
+# ---------------------------------------------------------------- what trains nothing
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("model_name_or_path: x\nadapter_name_or_path: a\nexport_dir: out\ntemplate: qwen\n", "export_dir"),
+    ("model_name_or_path: x\nstage: sft\ndo_predict: true\npredict_with_generate: true\neval_dataset: d\n"
+     "finetuning_type: lora\n", "do_predict"),
+    ("model_name_or_path: x\nstage: sft\ndo_train: false\ndataset: d\n", "do_train"),
+    ("model_name_or_path: x\ntemplate: qwen\ninfer_backend: vllm\n", "'do_train'"),
+    ("model_name_or_path: x\ntemplate: qwen\ntask: mmlu_test\nn_shot: 5\n", "task"),
+    ("compute_environment: LOCAL_MACHINE\ndistributed_type: FSDP\nnum_processes: 2\n", "compute_environment"),
+])
+def test_configs_that_train_nothing_are_refused_naming_the_key(tmp_path, text, key) -> None:
+    with pytest.raises(FtplanError, match="not a training config") as info:
+        read_run_config(write(tmp_path, text))
+    assert key in str(info.value)
+
+
+def test_a_deepspeed_json_is_not_a_training_config(tmp_path) -> None:
+    path = write(tmp_path, json.dumps({"train_batch_size": "auto", "zero_optimization": {"stage": 3}}), "ds.json")
+    with pytest.raises(FtplanError, match=r"not a training config.*DeepSpeed config"):
+        read_run_config(path)
+
+
+def test_a_config_without_do_train_is_planned_with_a_note(tmp_path) -> None:
+    run = read(tmp_path, base=BASE.replace("do_train: true\n", ""))
+    assert any("do_train is not set" in note for note in run.notes) and run.warnings == []
+
+
+# ---------------------------------------------------------------- sharding
+
+
+def test_fsdp_options_shard_offload_and_checkpoint(tmp_path) -> None:
+    run = read(tmp_path, "finetuning_type: full\nfsdp: full_shard offload auto_wrap\n"
+                         "fsdp_config: {activation_checkpointing: true}\ndisable_gradient_checkpointing: true\n")
+    assert (run.plan.zero, run.plan.offload_optimizer, run.plan.gradient_checkpointing) == (3, True, True)
+    assert codes(run) == {"param_offload": "overstates"}
+    keys = Keys({"fsdp": ["full_shard"], "fsdp_config": {"fsdp_version": 2, "reshard_after_forward": False}}, "x")
+    assert read_fsdp(keys, tmp_path).zero == 2
+    with pytest.raises(FtplanError, match="unknown FSDP option 'fully'"):
+        read_fsdp(Keys({"fsdp": "fully"}, "x"), tmp_path)
+
+
+def test_deepspeed_parameter_offload_is_warned(tmp_path) -> None:
+    (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": {
+        "stage": 3, "offload_optimizer": {"device": "cpu"}, "offload_param": {"device": "cpu"}}}))
+    run = read(tmp_path, f"finetuning_type: full\ndeepspeed: {tmp_path / 'ds.json'}\n")
+    assert (run.plan.zero, run.plan.offload_optimizer) == (3, True) and "param_offload" in codes(run)
+
+
+def test_sharding_on_one_gpu_is_a_warning(tmp_path) -> None:
+    (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    run = read(tmp_path, f"finetuning_type: full\ndeepspeed: {tmp_path / 'ds.json'}\n")
+    one = [f for f in static_checks(run, None, 1) if f.code == "sharding_on_one_gpu"]
+    assert one and one[0].severity == "warning" and "--gpus N" in one[0].message
+    assert not [f for f in static_checks(run, None, 4) if f.code == "sharding_on_one_gpu"]
+
+
+# ---------------------------------------------------------------- unknown keys
+
+
+def test_real_keys_never_get_a_did_you_mean(tmp_path) -> None:
+    run = read(tmp_path, "gradient_checkpointing_kwargs: {use_reentrant: false}\ngalore_target: all\n"
+                         "ddp_find_unused_parameters: false\nlr_scheduler_kwargs: {}\n")
+    assert run.ignored == [] and run.warnings == []
+
+
+def test_unknown_keys_suggest_only_slips(tmp_path) -> None:
+    run = read(tmp_path, "orpo_alpha: 0.1\nlearning_rat: 1\nper_device_batch_size: 2\n")
+    assert "orpo_alpha" in run.ignored  # not "did you mean lora_alpha"
+    assert "learning_rat (did you mean learning_rate?)" in run.ignored
+    assert "per_device_batch_size (did you mean per_device_train_batch_size?)" in run.ignored
+    assert run.treatment["orpo_alpha"] == "unknown"
+    (message,) = [f.message for f in static_checks(run, None, 1) if f.code == "unknown_key"
+                  and "orpo_alpha" in f.message]
+    assert "not a setting ftplan knows for LLaMA-Factory" in message
+
+
+def test_the_unknown_key_message_names_the_framework_without_a_bad_article(tmp_path) -> None:
+    run = read_run_config(write(tmp_path, "base_model: tiny-llama\nmicro_batch_size: 1\nmy_flag: 1\n"))
+    (finding,) = [f for f in static_checks(run, None, 1) if f.code == "unknown_key"]
+    assert "a axolotl" not in finding.message and "for axolotl" in finding.message
+
+
+# ---------------------------------------------------------------- the v1 format
+
+V1 = """model: qwen2.5-0.5b-instruct
+model_class: llm
+peft_config:
+  name: lora
+  r: 16
+  lora_alpha: 32
+  lora_dropout: 0.05
+  target_modules: all
+kernel_config:
+  name: auto
+dist_config:
+  name: fsdp2
+  dcp_path: null
+train_dataset: data/v1_sft_demo.yaml
+output_dir: ./outputs/x
+micro_batch_size: 2
+cutoff_len: 1024
+learning_rate: 1.0e-4
+max_steps: 10
+sample_backend: hf
+max_new_tokens: 128
+"""
+
+
+def test_v1_lora_with_fsdp2(tmp_path) -> None:
+    run = read_run_config(write(tmp_path, V1))
+    p = run.plan
+    assert run.format == "llamafactory" and run.model == "qwen2.5-0.5b-instruct"
+    assert (p.method, p.lora_rank, p.lora_dropout, p.batch_size, p.seq_len) == ("lora", 16, 0.05, 2, 1024)
+    assert (p.zero, p.precision, p.gradient_checkpointing, p.attention) == (3, "bf16-mixed", True, "sdpa")
+    assert run.hyper.lora_alpha == 32 and run.warnings == [] and run.ignored == []
+    assert run.treatment["peft_config"] == "modelled" and run.treatment["sample_backend"] == "irrelevant"
+
+
+def test_v1_full_without_sharding_trains_in_fp32(tmp_path) -> None:
+    text = "model: qwen2.5-0.5b-instruct\nmicro_batch_size: 1\nglobal_batch_size: 8\n"
+    run = read_run_config(write(tmp_path, text))
+    assert (run.plan.method, run.plan.precision, run.plan.zero, run.plan.grad_accum) == ("full", "fp32", 0, 8)
+
+
+def test_v1_deepspeed_quantization_freeze_and_the_default_model(tmp_path) -> None:
+    (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    ds = read_run_config(write(tmp_path, f"model: qwen2.5-0.5b-instruct\ndist_config:\n  name: deepspeed\n"
+                                         f"  config_file: {tmp_path / 'ds.json'}\n"))
+    assert ds.plan.zero == 2 and ds.plan.precision == "bf16-mixed"
+    q = read_run_config(write(tmp_path, "model: m\npeft_config: {name: lora}\nquant_config: {name: bnb}\n"))
+    assert (q.plan.method, q.plan.quant_bits, q.plan.lora_rank) == ("qlora", 4, 8)  # peft.py LoraParams: r 8
+    frozen = read_run_config(write(tmp_path, "micro_batch_size: 1\npeft_config:\n  name: freeze\n"
+                                             "  freeze_trainable_layers: 4\n"))
+    assert frozen.model == lf.V1_MODEL and (frozen.plan.method, frozen.plan.freeze_trainable_layers) == ("freeze", 4)
+
+
+def test_v1_warnings_and_refusals(tmp_path) -> None:
+    run = read_run_config(write(tmp_path, V1 + "cp_size: 2\nbatching_strategy: padding_free\n"
+                                                "optim_config: {name: muon}\nper_device_train_batch_size: 4\n"))
+    assert {"v1_parallel", "batching_strategy", "muon", "other_format"} <= set(codes(run))
+    assert run.treatment["per_device_train_batch_size"] == "warned" and run.plan.batch_size == 2
+    with pytest.raises(FtplanError, match=r"not a training config: peft_config\.export_dir"):
+        read_run_config(write(tmp_path, "model: m\npeft_config: {name: lora, export_dir: out}\n"))
+    with pytest.raises(FtplanError, match="peft_config name must be lora or freeze"):
+        read_run_config(write(tmp_path, "model: m\npeft_config: {name: oft}\n"))
