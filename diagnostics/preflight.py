@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,7 +19,7 @@ from pydantic import BaseModel
 from diagnostics.report import DiagnoseSettings, DiagnosticReport
 from planner.configs import Format, RunConfig, config_changes_for, fix_config, read_run_config, static_checks
 from planner.configs.read import FRAMEWORKS
-from planner.errors import EnvironmentMissing
+from planner.errors import EnvironmentMissing, FtplanError
 from planner.fields import word, worded
 from planner.findings import Finding
 from planner.result import Estimate
@@ -46,23 +47,84 @@ class PreflightReport(BaseModel):
 
     @property
     def warnings(self) -> list[Finding]:
-        return [c for c in self.checks if c.severity in ("warning", "error")]
+        """The findings that make the verdict conditional (and fail --strict): errors, and warnings that
+        `conservative` does not clear."""
+        fits = self.estimate.fit is not None and self.estimate.fit.fits
+        return [c for c in self.checks if c.severity == "error" or (c.severity == "warning"
+                                                                     and not conservative(c, fits))]
+
+    @property
+    def conditional(self) -> list[Finding]:
+        """Settings ftplan does not model that would only lower memory: printed, but the verdict stands."""
+        fits = self.estimate.fit is not None and self.estimate.fit.fits
+        return [c for c in self.checks if c.severity == "warning" and conservative(c, fits)]
 
 
-def _target(gpu: str | None, gpu_memory: str | None, gpus: int | None) -> tuple[GpuTarget, list[str]]:
-    """Where the run will happen: a named GPU, a memory size, or (default) this machine's GPUs."""
-    auto = not gpu_memory and (not gpu or gpu.strip().lower() == "auto")
+def conservative(finding: Finding, fits: bool) -> bool:
+    """Whether a warning leaves a fitting plan's verdict standing (and `--strict` passing).
+
+    A reader's "not modelled" warning (a setting the framework applies that the plan leaves out: it carries the
+    config keys in `data["keys"]` and `data["direction"]`) whose direction is `overstates` says the real run needs
+    *less* memory than planned. When the plan fits, the run fits too, so the estimate is conservative, not wrong:
+    the warning is printed as "conditional: ...", the verdict stays `ready` and says how many such settings there
+    are. Everything else still counts: a not-modelled setting that understates memory or whose direction is
+    unknown, the static checks' warnings (stability and schedule: they carry no direction), the estimate's own
+    warnings, and any warning on a plan that does not fit (there the direction cannot rescue the verdict).
+    """
+    return (fits and finding.severity == "warning" and "keys" in finding.data
+            and finding.data.get("direction") == "overstates")
+
+
+def _target(gpu: str | None, gpu_memory: str | None, gpus: int | None,
+            implied: int | None = None) -> tuple[GpuTarget, list[str]]:
+    """Where the run will happen: a named GPU, a memory size, or (default) this machine's GPUs.
+
+    `gpu` None means the user named no GPU: this machine's, as with `auto`. The GPU count is, in order: `--gpus`;
+    with an explicit `--gpu auto`, the launcher's WORLD_SIZE or every visible GPU; else the count the config
+    implies (`implied`: accelerate's num_processes, Ray workers, parallel sizes), said in a note; else
+    WORLD_SIZE / every visible GPU (no GPU named) or 1 (a named GPU or a memory size)."""
+    explicit_auto = gpu is not None and gpu.strip().lower() == "auto"
+    auto = not gpu_memory and (not gpu or explicit_auto)
+    from_config = gpus is None and not explicit_auto and implied is not None and implied > 1
     try:
-        target = resolve_target("auto" if auto else gpu, gpu_memory, gpus=gpus)
+        target = resolve_target("auto" if auto else gpu, gpu_memory, gpus=implied if from_config else gpus)
     except EnvironmentMissing as exc:
         raise EnvironmentMissing(f"{worded(exc, 'cli')}; on a machine without the GPUs, pass --gpu NAME (and --gpus N) to check "
                                  "against the catalog") from None
     notes: list[str] = []
-    if auto and gpus is None:
+    if from_config:
+        notes.append(f"{implied} GPUs: the count the config implies (its launcher, Ray or parallel settings); "
+                     "pass --gpus N to plan another count")
+    elif auto and gpus is None:
         notes.append(f"{target.gpus} GPU(s): " + ("the launcher's WORLD_SIZE" if os.environ.get("WORLD_SIZE") else
                                                   "every visible GPU, as llamafactory-cli and accelerate launch use "
                                                   "them"))
     return target, notes
+
+
+def _model_key(run: RunConfig) -> str:
+    """The key the user wrote the model under (LLaMA-Factory v1 writes `model:`)."""
+    framework = FRAMEWORKS[run.format]
+    for key in (framework.model_key, "model_name_or_path", "base_model", "model"):
+        if key in run.treatment:
+            return key
+    return framework.model_key
+
+
+def _load_spec(run: RunConfig):
+    """The model's spec; an error names the config key the user wrote, never a `--model` flag."""
+    try:
+        return load_spec(_model_for(run))
+    except FtplanError as exc:
+        if exc.field not in (None, "model"):
+            raise FtplanError(f"{run.path}: {worded(exc, run.format)}") from None
+        # planner.spec words its own errors for the CLI ("--model X: ..."): here the setting is a config key
+        reason = re.sub(r"^--model(?: .*?)?: ", "", word(exc.reason, run.format))
+        for model in (run.model, _model_for(run)):
+            reason = reason.removeprefix(f"{model}: ")
+        reason = reason.replace("or pass a local directory", "or set it to a local directory")
+        error = type(exc)(f"{run.path}: key '{_model_key(run)}': {run.model}: {reason}")
+        raise error from None
 
 
 def _model_for(run: RunConfig) -> str:
@@ -75,8 +137,8 @@ def preflight(path: str | Path, *, gpu: str | None = None, gpu_memory: str | Non
               diagnose_steps: int | None = None, strict: bool = False, fix: str | Path | None = None,
               fmt: Format | None = None) -> PreflightReport:
     run = read_run_config(path, fmt)
-    spec = load_spec(_model_for(run))
-    target, notes = _target(gpu, gpu_memory, gpus)
+    spec = _load_spec(run)
+    target, notes = _target(gpu, gpu_memory, gpus, run.gpus)
     result = plan_run(spec, run.plan, target, search_batch=True, vocabulary=run.format)
     gpus = result.plan.gpus
     checks = [Finding(severity="info", code="note", message=n) for n in [*run.notes, *notes]]
@@ -107,16 +169,18 @@ def preflight(path: str | Path, *, gpu: str | None = None, gpu_memory: str | Non
         verdict = "not_ready"
     elif diag is not None and (diag.status != "completed" or any(f.severity == "error" for f in diag.findings)):
         verdict = "diagnostics_failed"
-    elif any(c.severity == "warning" for c in checks) or (diag is not None and diag.warnings):
+    elif any(c.severity == "warning" and not conservative(c, fits) for c in checks) or (
+            diag is not None and diag.warnings):
         verdict = "ready_with_warnings"
     else:
         verdict = "ready"
+    conditional = [c for c in checks if c.severity == "warning" and conservative(c, fits)]
     fixed = None
     if fix is not None:
         fixed = str(fix_config(run.path, changes, fix))
     return PreflightReport(config=str(path), format=run.format, model=run.model, run=run, estimate=result,
                            gpus=gpus, checks=checks, diagnostics=diag, verdict=verdict,
-                           summary=_summary(verdict, result, errors, diag, strict), fixed=fixed, fix_changes=changes)
+                           summary=_summary(verdict, result, errors, diag, strict, conditional), fixed=fixed, fix_changes=changes)
 
 
 def _fixes(run: RunConfig, result: Estimate, checks: list[Finding], diag: DiagnosticReport | None) -> dict[str, Any]:
@@ -139,12 +203,16 @@ def _fixes(run: RunConfig, result: Estimate, checks: list[Finding], diag: Diagno
 
 
 def _summary(verdict: Verdict, result: Estimate, errors: list[Finding], diag: DiagnosticReport | None,
-             strict: bool) -> str:
+             strict: bool, conditional: list[Finding] = ()) -> str:
     fit = result.fit
     room = f"{fmt_gib(fit.headroom, 1)} headroom on {fit.gpu}" if fit and fit.fits else ""
+    n = len({k for c in conditional for k in c.data.get("keys", ())} or conditional)
+    lower = (f" (estimate conservative: {n} setting{'s' if n > 1 else ''} not modelled would lower it)"
+             if conditional else "")
     return {
-        "ready": f"READY: fits with {room}",
-        "ready_with_warnings": f"READY with warnings{' (--strict: not ready)' if strict else ''}: fits with {room}",
+        "ready": f"READY{lower}: fits with {room}",
+        "ready_with_warnings": f"READY with warnings{' (--strict: not ready)' if strict else ''}{lower}: fits with "
+                               f"{room}",
         "will_not_fit": f"NOT READY: needs {fmt_gib(result.memory.total, 1)} per GPU, {fit.gpu if fit else ''} "
                         f"has {fmt_gib(fit.capacity, 1)}" if fit else "NOT READY",
         "not_ready": "NOT READY: " + "; ".join(c.message for c in errors),

@@ -20,6 +20,7 @@ from planner.modelspec import (
     Linear,
     ModelSpec,
     Norm,
+    Quantization,
 )
 
 _MISSING = object()
@@ -133,9 +134,76 @@ def _groups(blocks: list[Block]) -> tuple[BlockGroup, ...]:
     return tuple(groups)
 
 
+# ------------------------------------------------------- pre-quantized checkpoints
+
+_QUANT_METHODS = {"gptq": "gptq", "awq": "awq", "bitsandbytes": "bitsandbytes", "fp8": "fp8", "mxfp4": "mxfp4"}
+
+
+def read_quantization(r: ConfigReader, moe: bool) -> tuple[Quantization | None, tuple[str, ...]]:
+    """A checkpoint's `quantization_config` (transformers/utils/quantization_config.py): the stored format of
+    its linear weights, and warnings saying what the plan does with it and where the estimate is off."""
+    qc = r.config.get("quantization_config")
+    if not isinstance(qc, dict) or not qc:
+        return None, ()
+    method = str(qc.get("quant_method", "")).lower().replace("-", "_")
+    where = f"{r.source}: quantization_config"
+    if method not in _QUANT_METHODS:
+        return None, (f"{where}: quant_method {method or '?'!r} is not modelled; the base weights are counted in "
+                      "the compute dtype, which overstates memory if they load quantized",)
+    excluded = tuple(str(m) for key in ("modules_to_not_convert", "ignored_layers", "llm_int8_skip_modules")
+                     for m in (qc.get(key) or []))
+    warnings: list[str] = []
+    fields: dict[str, Any] = {"excluded": excluded, "dequantize": bool(qc.get("dequantize", False))}
+    if method in ("gptq", "awq"):
+        bits = int(qc.get("bits", qc.get("w_bit", 4)))
+        group = int(qc.get("group_size", qc.get("q_group_size", 128)))
+        fields.update(bits=bits, group_size=group if group > 0 else None,
+                      zero_point=bool(qc.get("zero_point", True)) if method == "awq" else True)
+        if qc.get("modules_in_block_to_quantize"):
+            warnings.append(f"{where}: modules_in_block_to_quantize is not modelled; every block linear is "
+                            "counted quantized, which understates memory if some are not")
+        if qc.get("lm_head"):
+            warnings.append(f"{where}: lm_head is quantized in this checkpoint; it is counted in the compute "
+                            "dtype, which overstates memory")
+        warnings.append(f"{method.upper()} kernels' dequantization workspaces are not modelled beyond one "
+                        "dequantized weight at a time (as for QLoRA): the estimate may be slightly low")
+    elif method == "bitsandbytes":
+        four = bool(qc.get("load_in_4bit") or qc.get("_load_in_4bit"))
+        fields.update(bits=4 if four else 8, double_quant=four and bool(qc.get("bnb_4bit_use_double_quant")))
+    elif method == "fp8":
+        block = qc.get("weight_block_size")
+        fields.update(bits=8, block_size=tuple(int(b) for b in block) if block else None,
+                      static_activation_scale=qc.get("activation_scheme") == "static")
+    else:  # mxfp4
+        fields.update(bits=4)
+    q = Quantization(method=_QUANT_METHODS[method], **fields)
+    if q.dequantize:
+        warnings.append(f"{where}: {q.label} with dequantize: true; transformers dequantizes the weights at "
+                        "load, so the base is planned in the compute dtype")
+    elif method == "mxfp4":
+        warnings.append(f"{where}: {q.label}: transformers cannot train MXFP4 weights (its quantizer is not "
+                        "trainable); fine-tuning recipes load with Mxfp4Config(dequantize=True), which this plan "
+                        "assumes: the base is planned dequantized to the compute dtype")
+    elif method == "fp8":
+        warnings.append(f"{where}: {q.label}: LoRA plans keep the base weights in FP8 as stored (adapters on an "
+                        "FP8 base); transformers dequantizes FP8 to bf16 at load on GPUs below compute capability "
+                        "8.9 (A100, V100), where this understates memory; full and freeze fine-tuning are planned "
+                        "dequantized (FineGrainedFP8Config(dequantize=True))")
+    else:
+        warnings.append(f"{where}: pre-quantized {q.label} checkpoint: LoRA plans keep the base linears as "
+                        "stored, adapters on a quantized base (QLoRA-like, whatever quantization the plan asks "
+                        "for: the checkpoint's wins); full and freeze fine-tuning are refused (transformers does "
+                        "not train quantized weights without adapters)")
+        if moe:
+            warnings.append(f"{where}: MoE experts are counted in the compute dtype (transformers 5's fused expert "
+                            f"tensors); if this {q.label} checkpoint's experts load quantized, it overstates memory")
+    return q, tuple(warnings)
+
+
 def _spec(r: ConfigReader, name: str | None, blocks: list[Block], *, d: int, vocab: int, tie: bool,
           final_norm: Norm, warnings: tuple[str, ...] = (), **extra) -> ModelSpec:
     archs = r.config.get("architectures") or []
+    quantization, quant_warnings = read_quantization(r, moe=any(b.mlp.kind == "moe" for b in blocks))
     return ModelSpec(
         name=name or r.str("_name_or_path", "") or r.model_type,
         source=r.source,
@@ -148,8 +216,9 @@ def _spec(r: ConfigReader, name: str | None, blocks: list[Block], *, d: int, voc
         tie_word_embeddings=tie,
         final_norm=final_norm,
         blocks=_groups(blocks),
-        warnings=warnings,
+        warnings=(*warnings, *quant_warnings),
         checkpoint_dtype=r.config.get("torch_dtype") or r.config.get("dtype"),
+        quantization=quantization,
         **extra,
     )
 
@@ -539,6 +608,8 @@ def read_config(config: dict, *, source: str, name: str | None = None) -> ModelS
         # Multimodal wrappers (e.g. Gemma 3, LLaVA): plan the language model they carry.
         text = dict(config["text_config"])
         text.setdefault("architectures", config.get("architectures"))
+        if config.get("quantization_config") is not None:  # it lives at the top, for the whole model
+            text.setdefault("quantization_config", config["quantization_config"])
         spec = read_config(text, source=f"{source} (text_config)", name=name)
         note = f"{model_type}: only the language model (text_config) is planned; the vision tower is not counted"
         return spec.model_copy(update={"warnings": (*spec.warnings, note)})

@@ -42,6 +42,7 @@ from planner.methods import (
     TrainingLayout,
     adapter_dtype,
     block_training,
+    checkpoint_weight_bytes,
     keeps_master_copy,
     layout,
     lora_targets,
@@ -269,7 +270,8 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
         loss_forward, loss_backward = 4 * plan.tokens * spec.hidden_size * 2 + head_grad, head_grad
     largest_linear = max((lin.in_features * lin.out_features for g in spec.blocks for lin in g.block.linears),
                          default=0)
-    dequant = largest_linear * compute_bytes if train.method == "qlora" else 0
+    # a quantized base (QLoRA's, or a pre-quantized checkpoint's) dequantizes one weight at a time
+    dequant = largest_linear * compute_bytes if train.method == "qlora" or train.checkpoint_quantized else 0
     gather_forward, zero3_gather = _zero3_gather(spec, plan, train, counts)
     grad_partition, optimizer_temp = _optimizer_temporaries(spec, train, plan)
 
@@ -422,7 +424,11 @@ def _largest_module(spec: ModelSpec, plan: Plan, train: TrainingLayout) -> tuple
         trainable = train.method == "full" or any(group.start <= i < group.start + group.count for i in chosen)
         for lin in group.block.linears:
             nbytes = None
-            if train.method == "qlora":
+            q = spec.quantization
+            if train.checkpoint_quantized and q is not None and q.converts(f"model.layers.{group.start}.{lin.path}"):
+                nbytes = checkpoint_weight_bytes(q, lin.in_features, lin.out_features) + \
+                    (lin.out_features if lin.bias else 0) * DTYPE_BYTES[frozen]
+            elif train.method == "qlora" and not train.checkpoint_quantized:
                 nbytes = quantized_bytes(lin.in_features * lin.out_features, lin.out_features, plan.base_bits,
                                          plan.double_quant) + (lin.out_features if lin.bias else 0) * \
                     DTYPE_BYTES[frozen]

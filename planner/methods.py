@@ -28,7 +28,7 @@ from planner.params import (
     target_names,
 )
 from planner.plan import Plan
-from planner.spec import Block, Linear, ModelSpec
+from planner.spec import Block, Linear, ModelSpec, Quantization
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "bool": 1}
 
@@ -51,6 +51,70 @@ def quantized_bytes(numel: int, out_features: int, bits: int, double_quant: bool
         return packed + 4 * blocks + codebook
     # uint8 absmax, its fp32 offset, and the nested state: fp32 absmax per 256 blocks + 256-entry code
     return packed + blocks + codebook + 4 + 4 * (-(-blocks // NF4_DQ_BLOCK)) + 256 * 4
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def checkpoint_weight_bytes(q: Quantization, in_features: int, out_features: int) -> int:
+    """Bytes of one linear weight (out x in) as a pre-quantized checkpoint stores it, constants included.
+
+    * GPTQ (gptqmodel/auto-gptq QuantLinear): qweight int32 (in*bits/32, out), qzeros int32
+      (groups, out*bits/32), scales fp16 (groups, out), g_idx int32 (in,); groups = in / group_size (1 for
+      group_size -1).
+    * AWQ (GEMM layout): qweight int32 (in, out*bits/32), qzeros int32 (groups, out*bits/32) unless
+      zero_point is false, scales fp16 (groups, out).
+    * bitsandbytes: as `quantized_bytes` (NF4/FP4 with its absmax constants; LLM.int8 with an fp32 SCB row).
+    * FP8 (transformers' FP8Linear, integrations/finegrained_fp8.py): weight float8_e4m3 (out, in), 1 byte each,
+      weight_scale_inv fp32 (ceil(out/b0), ceil(in/b1)) for a weight_block_size (b0, b1), else one fp32 scalar;
+      a static activation scheme adds one fp32 activation_scale.
+    """
+    numel = in_features * out_features
+    if q.method in ("gptq", "awq"):
+        groups = _cdiv(in_features, q.group_size) if q.group_size else 1
+        packed_out = _cdiv(out_features * q.bits, 32) * 4  # one packed int32 row of out values
+        if q.method == "gptq":
+            qweight = _cdiv(in_features * q.bits, 32) * 4 * out_features
+            return qweight + groups * packed_out + groups * out_features * 2 + 4 * in_features
+        return in_features * packed_out + (groups * packed_out if q.zero_point else 0) + groups * out_features * 2
+    if q.method == "bitsandbytes":
+        return quantized_bytes(numel, out_features, q.bits, q.double_quant)
+    if q.method == "fp8":
+        scales = _cdiv(out_features, q.block_size[0]) * _cdiv(in_features, q.block_size[1]) if q.block_size else 1
+        return numel + 4 * scales + (4 if q.static_activation_scale else 0)
+    raise ValueError(f"no stored layout for {q.method}")  # mxfp4 is planned dequantized (base_quantization)
+
+
+def fp8_experts_bytes(q: Quantization, block: Block, hidden: int) -> int:
+    """transformers' FP8Experts: fused gate_up (E, 2i, d) and down (E, d, i) in float8, each with fp32 block scales
+    (E, ceil(out/b0), ceil(in/b1)) (integrations/finegrained_fp8.py, `_make_expert_params`)."""
+    e, i = block.mlp.num_experts, block.mlp.intermediate_size
+    total = 0
+    for out_f, in_f in ((2 * i, hidden), (hidden, i)):
+        scales = _cdiv(out_f, q.block_size[0]) * _cdiv(in_f, q.block_size[1]) if q.block_size else 1
+        total += e * (out_f * in_f + 4 * scales)
+    return total
+
+
+def base_quantization(spec: ModelSpec, plan: Plan) -> Quantization | None:
+    """The checkpoint's own quantization the frozen base keeps in this plan; None: it loads in the compute dtype.
+
+    transformers refuses to train a purely quantized model (trainer_utils.validate_quantization_for_training:
+    "You cannot perform fine-tuning on purely quantized models"), so full/freeze need a format that dequantizes
+    at load (FP8); MXFP4 is not trainable at all and is planned dequantized (Mxfp4Config(dequantize=True)).
+    """
+    q = spec.quantization
+    if q is None or q.dequantize or q.method == "mxfp4":
+        return None
+    if plan.method in ("full", "freeze"):
+        if q.method == "fp8":
+            return None
+        raise FtplanError(
+            f"{plan.method} fine-tuning of a pre-quantized {q.label} checkpoint: transformers refuses to train "
+            "quantized weights without adapters (\"You cannot perform fine-tuning on purely quantized models\"); "
+            "use lora (adapters on the quantized base) or the unquantized model", field="method")
+    return q
 
 
 @dataclass(frozen=True)
@@ -168,6 +232,7 @@ class TrainingLayout(BaseModel):
     head_trainable: bool = False
     groups: list[ParamGroup]
     notes: list[str] = []
+    checkpoint_quantized: bool = False  # the frozen base keeps a pre-quantized checkpoint's format
 
     @property
     def weight_bytes(self) -> int:
@@ -253,6 +318,11 @@ def layout(spec: ModelSpec, counts: ParamCounts, plan: Plan) -> TrainingLayout:
         nbytes = params * DTYPE_BYTES[dtype] if nbytes is None else nbytes
         groups.append(ParamGroup(name=name, params=params, dtype=dtype, nbytes=nbytes, trainable=trainable))
 
+    quant = spec.quantization
+    # base_quantization refuses full/freeze on formats that cannot train without adapters
+    if quant is not None and base_quantization(spec, plan) is None and plan.method != "qlora":
+        notes.append(f"pre-quantized checkpoint ({quant.label}): planned dequantized to the compute dtype at load")
+
     if plan.method == "full":
         add("all parameters", counts.total, True)
         return TrainingLayout(method="full", trainable_params=counts.total, groups=groups,
@@ -269,6 +339,7 @@ def layout(spec: ModelSpec, counts: ParamCounts, plan: Plan) -> TrainingLayout:
                               groups=groups, notes=notes)
 
     # LoRA / QLoRA
+    ckpt = base_quantization(spec, plan)
     adapters = modules = quant_params = quant_bytes = 0
     for group in spec.blocks:
         block, n = group.block, group.count
@@ -276,12 +347,30 @@ def layout(spec: ModelSpec, counts: ParamCounts, plan: Plan) -> TrainingLayout:
         adapters += n * sum(plan.lora_rank * (lin.in_features + lin.out_features) for lin in linears)
         adapters += n * lora_param_adapters(block, spec.hidden_size, params, plan.lora_rank)
         modules += n * (len(linears) + len(params))
-        if plan.method == "qlora":  # every linear's weight is quantized; biases stay in the compute dtype
+        if ckpt is not None:  # the checkpoint's own format, module by module (its exclusions name layers)
+            qp, qb = _checkpoint_block(spec, ckpt, group.start, block)
+            if ckpt.excluded:
+                for idx in range(group.start + 1, group.start + n):
+                    more = _checkpoint_block(spec, ckpt, idx, block)
+                    qp, qb = qp + more[0], qb + more[1]
+            else:
+                qp, qb = qp * n, qb * n
+            quant_params += qp
+            quant_bytes += qb
+        elif plan.method == "qlora":  # every linear's weight is quantized; biases stay in the compute dtype
             for lin in block.linears:
                 w = lin.in_features * lin.out_features
                 quant_params += n * w
                 quant_bytes += n * quantized_bytes(w, lin.out_features, plan.base_bits, plan.double_quant)
-    if plan.method == "qlora":
+    if ckpt is not None:
+        add(f"quantized linears (checkpoint's {ckpt.label})", quant_params, False,
+            dtype=f"{ckpt.method}-{ckpt.bits}bit", nbytes=quant_bytes)
+        add("embeddings, head, norms, biases, unquantized modules", counts.total - quant_params, False)
+        notes.append(f"pre-quantized checkpoint: the frozen base keeps the checkpoint's {ckpt.label} weights "
+                     "(constants included); LoRA adapters train on top of it (QLoRA-like)"
+                     + (", and the plan's own quantization is not applied (the checkpoint's wins)"
+                        if plan.method == "qlora" else ""))
+    elif plan.method == "qlora":
         qname = f"{plan.base_bits}-bit" + (" NF4" if plan.base_bits == 4 else " LLM.int8")
         if plan.base_bits == 4 and plan.double_quant:
             qname += " + double quant"
@@ -299,4 +388,19 @@ def layout(spec: ModelSpec, counts: ParamCounts, plan: Plan) -> TrainingLayout:
         notes.append("lora: peft keeps adapter weights in fp32 (autocast_adapter_dtype=True) and casts "
                      "each adapter's input to fp32")
     return TrainingLayout(method=plan.method, trainable_params=adapters, adapter_params=adapters,
-                          lora_modules=modules, groups=groups, notes=notes)
+                          lora_modules=modules, groups=groups, notes=notes, checkpoint_quantized=ckpt is not None)
+
+
+def _checkpoint_block(spec: ModelSpec, q: Quantization, index: int, block: Block) -> tuple[int, int]:
+    """(params, bytes) of layer `index`'s weights the checkpoint stores quantized: nn.Linear weights (biases stay
+    in the compute dtype), and for FP8 the fused MoE experts (transformers' FP8Experts)."""
+    params = nbytes = 0
+    for lin in block.linears:
+        if q.converts(f"model.layers.{index}.{lin.path}"):
+            params += lin.in_features * lin.out_features
+            nbytes += checkpoint_weight_bytes(q, lin.in_features, lin.out_features)
+    experts = block.other_params.get("experts", 0)
+    if q.method == "fp8" and experts and q.converts(f"model.layers.{index}.mlp.experts"):
+        params += experts
+        nbytes += fp8_experts_bytes(q, block, spec.hidden_size)
+    return params, nbytes

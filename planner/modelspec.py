@@ -6,6 +6,7 @@ from (and re-exports these types, which is where the rest of the code imports th
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -95,9 +96,53 @@ class BlockGroup(FrozenModel):
     block: Block
 
 
+class Quantization(FrozenModel):
+    """A pre-quantized checkpoint's `quantization_config`: how its frozen linear weights are stored.
+
+    Read by `planner.architectures.read_quantization`; `planner.methods.checkpoint_weight_bytes` turns it into
+    bytes. Modules matching `excluded` (transformers' `should_convert_module` rules: a prefix up to a module
+    boundary, a regex, or a suffix of the full module name) stay in the compute dtype, as do the embeddings,
+    the LM head, norms and routers.
+    """
+
+    method: Literal["gptq", "awq", "bitsandbytes", "fp8", "mxfp4"]
+    bits: int  # stored bits per quantized weight
+    group_size: int | None = None  # GPTQ/AWQ: input features per scale/zero group; None: one group per row
+    block_size: tuple[int, int] | None = None  # FP8: (out, in) weights per fp32 scale; None: one per tensor
+    double_quant: bool = False  # bitsandbytes 4-bit nested quantization of the absmax constants
+    static_activation_scale: bool = False  # FP8 activation_scheme "static": one fp32 input scale per linear
+    zero_point: bool = True  # GPTQ/AWQ store packed zero points (AWQ `zero_point: false` does not)
+    excluded: tuple[str, ...] = ()  # modules_to_not_convert / ignored_layers / llm_int8_skip_modules
+    dequantize: bool = False  # the config asks transformers to dequantize at load (FP8 / MXFP4 `dequantize`)
+
+    @property
+    def label(self) -> str:
+        name = {"gptq": "GPTQ", "awq": "AWQ", "bitsandbytes": "bitsandbytes", "fp8": "FP8", "mxfp4": "MXFP4"}
+        text = f"{name[self.method]} {self.bits}-bit"
+        if self.group_size:
+            text += f", group {self.group_size}"
+        if self.block_size:
+            text += f", {self.block_size[0]}x{self.block_size[1]} blocks"
+        return text
+
+    def converts(self, module: str) -> bool:
+        """Whether transformers quantizes the module with this full name (e.g. "model.layers.3.mlp.up_proj");
+        transformers/quantizers/quantizers_utils.py `should_convert_module`."""
+        boundary = r"(?:(?<=\.)|(?=\.|$))"
+        for key in self.excluded:
+            try:
+                if re.match(rf"(?:{key}){boundary}", module):
+                    return False
+            except re.error:
+                pass
+            if module.endswith(key):
+                return False
+        return True
+
+
 class ModelSpec(FrozenModel):
     name: str
-    source: str  # where the config came from: a path, "preset:NAME" or "hub:ID"
+    source: str  # where the config came from: a path, "preset: NAME", "HF cache: ID (PATH)" or "hub: ID"
     model_type: str
     architecture: str
     vocab_size: int
@@ -113,6 +158,7 @@ class ModelSpec(FrozenModel):
     stands_for: str | None = None  # for a size alias: the real model it stands for
     warnings: tuple[str, ...] = ()
     checkpoint_dtype: str | None = None
+    quantization: Quantization | None = None  # a pre-quantized checkpoint (config.json quantization_config)
 
     def iter_blocks(self):
         """Yield (layer index, Block) for every decoder layer, in order."""

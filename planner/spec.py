@@ -1,18 +1,23 @@
 """Where a `ModelSpec` comes from (the types are in `planner.modelspec`, re-exported here).
 
 A spec is built from a plain config dict (see `planner.architectures` for the
-per-family readers) and loaded from one of three sources, tried in this order:
+per-family readers) and loaded from one of these sources, tried in this order:
 
 1. a local directory holding `config.json`, or a path to a JSON file;
-2. a preset name or size alias from `profiles/models/` (offline, always works),
-   or a hub id that matches a preset's `hub_id`;
-3. a Hugging Face hub id: only `config.json` is fetched, from the local cache
-   first, through `huggingface_hub` (imported lazily: it costs ~0.2 s).
+2. a preset name or size alias from `profiles/models/` (offline, always works);
+3. a hub id (owner/name): the user's own copy first, then ours, then the network:
+   a. the local Hugging Face cache's `config.json` (no network);
+   b. a preset whose `hub_id` is that id (offline);
+   c. the hub: only `config.json` is fetched, through `huggingface_hub`
+      (imported lazily: it costs ~0.2 s).
+
+`ModelSpec.source` says which: a path, "preset: NAME", "HF cache: ID (PATH)" or "hub: ID".
 """
 
 from __future__ import annotations
 
 import json
+import os
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -30,6 +35,7 @@ from planner.modelspec import (
     ModelSpec,
     Norm,
     NormKind,
+    Quantization,
 )
 
 __all__ = [
@@ -44,6 +50,7 @@ __all__ = [
     "NormKind",
     "Preset",
     "PresetIndex",
+    "Quantization",
     "load_preset",
     "load_spec",
     "preset_index",
@@ -148,8 +155,8 @@ def _preset_source(name: str) -> ModelSource:
     config = json.loads((_models_dir() / preset.file).read_text(encoding="utf-8"))
     label = preset.hub_id or preset.name
     if alias:
-        return ModelSource(config, f"preset:{preset.name}", alias, stands_for=label)
-    return ModelSource(config, f"preset:{preset.name}", label)
+        return ModelSource(config, f"preset: {preset.name}", alias, stands_for=label)
+    return ModelSource(config, f"preset: {preset.name}", label)
 
 
 def load_preset(name: str) -> ModelSpec:
@@ -167,20 +174,40 @@ def _looks_like_hub_id(text: str) -> bool:
     return len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
 
 
-def _hub_config_path(repo_id: str) -> Path:
+def _hf():
     try:
         import huggingface_hub as hf
     except ImportError:  # pragma: no cover - a core dependency
         raise EnvironmentMissing("huggingface_hub is not installed; pip install huggingface_hub") from None
+    return hf
+
+
+def _hub_cache_dir() -> str | None:
+    """The hub cache as huggingface_hub would find it at import: HF_HUB_CACHE, else HF_HOME/hub; read at call
+    time, so a variable set after huggingface_hub was imported still counts (None: its own default)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.path.expanduser(os.path.expandvars(os.environ["HF_HUB_CACHE"]))
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.path.expanduser(os.path.expandvars(os.environ["HF_HOME"])), "hub")
+    return None
+
+
+def _cached_config_path(repo_id: str) -> Path | None:
+    """`config.json` of `repo_id` (revision main) in the local HF cache, without touching the network."""
+    hf = _hf()
     try:
-        cached = hf.try_to_load_from_cache(repo_id, "config.json")
+        cached = hf.try_to_load_from_cache(repo_id, "config.json", cache_dir=_hub_cache_dir())
     except Exception:  # huggingface_hub's HFValidationError: not a legal repo id
         raise FtplanError(f"--model {repo_id}: not a valid hub id (owner/name with letters, digits, '-', '_', "
                           "'.'); or give a preset (`ftplan models`) or a local directory") from None
-    if isinstance(cached, str):
-        return Path(cached)
+    return Path(cached) if isinstance(cached, str) else None  # None, or the cached "does not exist" marker
+
+
+def _hub_config_path(repo_id: str) -> Path:
+    """Download `config.json` of `repo_id` (only it) from the hub."""
+    hf = _hf()
     try:
-        return Path(hf.hf_hub_download(repo_id, "config.json"))
+        return Path(hf.hf_hub_download(repo_id, "config.json", cache_dir=_hub_cache_dir()))
     except Exception as exc:  # offline, gated, missing: all end the same way for the user
         reason = type(exc).__name__
         raise EnvironmentMissing(
@@ -202,10 +229,20 @@ def resolve_model(model: str) -> ModelSource:
         return ModelSource(_read_json(config_file), str(config_file), path.name, directory=path)
     if path.is_file():
         return ModelSource(_read_json(path), str(path), path.parent.name or path.stem)
-    if resolve_preset(model) is not None:
-        return _preset_source(model)
+    preset = resolve_preset(model)
     if _looks_like_hub_id(model):
-        return ModelSource(_read_json(_hub_config_path(model)), f"hub:{model}", model)
+        # the user's cached config.json wins over our preset of the same id (it may be a newer revision,
+        # a fine-tune's, or a pre-quantized one); the preset keeps an uncached id working offline
+        ids = [model] + ([preset[0].hub_id] if preset and preset[0].hub_id and preset[0].hub_id != model else [])
+        for repo_id in ids:
+            cached = _cached_config_path(repo_id)
+            if cached is not None:
+                return ModelSource(_read_json(cached), f"HF cache: {repo_id} ({cached})", repo_id)
+        if preset is not None:
+            return _preset_source(model)
+        return ModelSource(_read_json(_hub_config_path(model)), f"hub: {model}", model)
+    if preset is not None:
+        return _preset_source(model)
     if model.endswith(".json") or "/" in model or model.startswith("."):
         raise FtplanError(f"--model {model}: no such file or directory")
     raise FtplanError(

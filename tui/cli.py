@@ -314,11 +314,13 @@ example:
   ftplan preflight train.yaml && llamafactory-cli train train.yaml
 """)
     pre.add_argument("config", help="the training config (YAML or JSON)")
-    pre.add_argument("--gpu", default="auto",
+    pre.add_argument("--gpu", default=None,
                      help="GPU to plan on: auto (this machine's visible GPUs, the default) or a catalog name")
     pre.add_argument("--gpu-memory", help="usable memory per GPU instead of --gpu, e.g. 24GiB")
     pre.add_argument("--gpus", type=positive_int("--gpus"), default=None,
-                     help="GPUs the job uses (default: WORLD_SIZE, or every visible GPU, or 1 with --gpu NAME)")
+                     help="GPUs the job uses (default: the count the config implies (accelerate num_processes, "
+                          "Ray workers, parallel sizes), else WORLD_SIZE, or every visible GPU, or 1 with --gpu NAME; "
+                          "an explicit --gpu auto takes WORLD_SIZE / every visible GPU over the config)")
     pre.add_argument("--diagnose", type=positive_int("--diagnose"), nargs="?", const=20, default=None,
                      metavar="STEPS", help="also run a short diagnostics run (default 20 steps)")
     pre.add_argument("--fix", metavar="OUT", help="write a corrected copy of the config here")

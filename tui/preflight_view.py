@@ -40,9 +40,13 @@ def print_preflight(report: PreflightReport, console: Console | None = None) -> 
                 console.print(f"  → {s.title}: {fmt_gib(s.new_total)}{' (fits)' if s.fits else ''}", style="dim")
     if report.checks:
         console.print("checks:")
+        conditional = {id(c) for c in report.conditional}
         for c in report.checks:
             key = f"{name_in(c.field, report.format)}: " if c.field else ""
-            console.print(f"  [{_STYLE[c.severity]}]{c.severity}[/{_STYLE[c.severity]}] {key}{c.message}")
+            # a setting not modelled that only lowers memory: the plan fits without it (diagnostics.preflight
+            # .conservative), so it conditions the estimate, not the verdict
+            label, style = ("conditional", "cyan") if id(c) in conditional else (c.severity, _STYLE[c.severity])
+            console.print(f"  [{style}]{label}[/{style}] {key}{c.message}")
     if report.diagnostics is not None:
         d = report.diagnostics
         console.print(f"diagnostics: {d.status} after {len(d.records)} step(s)"

@@ -19,7 +19,7 @@ def print_estimate(result: Estimate, console: Console | None = None) -> None:
     console = console or Console(highlight=False)
     m, plan, p = result.model, result.plan, result.params
     title = m.name + (f" (→ {m.stands_for})" if m.stands_for else "")
-    console.print(Text(title, style="bold"))
+    console.print(Text(title, style="bold").append(f"  ({m.source})", style="dim"))
     heads = f"{m.heads} heads" + (f" / {m.kv_heads} KV" if m.kv_heads != m.heads else "")
     facts = [m.model_type, f"{fmt_count(p.total)} params", f"{m.layers} layers", f"hidden {m.hidden_size}",
              heads, f"vocab {m.vocab_size:,}"]

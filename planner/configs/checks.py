@@ -95,7 +95,8 @@ def static_checks(run: RunConfig, gpu: GpuSpec | None, gpus: int) -> list[Findin
                 change=_change(f"Accumulate {fewer} micro-batches", {"grad_accum": fewer},
                                {"grad_accum": plan.grad_accum}, "more optimizer steps per epoch")))
         elif steps < 30:
-            out.append(Finding(severity="warning", code="few_steps", field="grad_accum",
+            # advice on the schedule, not a risk to the run: info, so --strict does not fail on it
+            out.append(Finding(severity="info", code="few_steps", field="grad_accum",
                                message=f"only {steps} optimizer steps in the whole run (global batch {global_batch}); "
                                        "the schedule and warmup have little room"))
         else:

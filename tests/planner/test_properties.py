@@ -62,7 +62,9 @@ def test_memory_grows_with_batch_sequence_and_rank(model_type: str, plan: Plan) 
     base = _total(spec, plan)
     assert _total(spec, plan.with_(batch_size=plan.batch_size + 1)) >= base
     assert _total(spec, plan.with_(seq_len=plan.seq_len + 64)) >= base
-    if plan.method in ("lora", "qlora"):
+    # bitsandbytes keeps tensors under 4096 elements at 32-bit state: a higher rank can push an adapter
+    # past that size and lower the total, as it does on a GPU
+    if plan.method in ("lora", "qlora") and plan.optimizer not in ("adamw-8bit", "paged-adamw-8bit"):
         assert _total(spec, plan.with_(lora_rank=plan.lora_rank + 8)) >= base
 
 

@@ -46,7 +46,7 @@ def test_size_alias_says_which_model_it_stands_for() -> None:
 def test_hub_id_of_a_preset_resolves_offline(monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     spec = load_spec("Qwen/Qwen2.5-7B-Instruct")
-    assert spec.source == "preset:qwen2.5-7b-instruct"
+    assert spec.source == "preset: qwen2.5-7b-instruct"
     assert count_params(spec).total == 7_615_616_512
 
 
@@ -85,7 +85,7 @@ def test_cached_hub_config_is_used_without_network(monkeypatch, tmp_path) -> Non
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     spec = load_spec("acme/tiny")
-    assert spec.model_type == "qwen2" and spec.source == "hub:acme/tiny"
+    assert spec.model_type == "qwen2" and spec.source.startswith("HF cache: acme/tiny (")
 
 
 @pytest.mark.parametrize(("config", "message"), [
