@@ -521,7 +521,9 @@ def planner_report(trace: TraceResult, config: dict, *, source: str = "<config>"
         spec = spec_from_config(config, source=source, name=name)
         est = estimate_memory(spec, trace.plan)
     except FtplanError as exc:
-        notes.append(f"the planner cannot estimate this model ({exc}): the trace alone")
+        from planner.fields import worded
+
+        notes.append(f"the planner cannot estimate this model ({worded(exc, 'cli')}): the trace alone")
         return TraceReport(trace=trace, notes=notes)
     notes.extend(spec.warnings)
     peak = PlannerPeak(peak_allocated=est.peak_allocated, peak_phase=est.peak_phase,

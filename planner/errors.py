@@ -9,6 +9,9 @@ words it in its own vocabulary (a CLI flag, a config key, a form label) through
 
 from __future__ import annotations
 
+import difflib
+import re
+
 
 class FtplanError(ValueError):
     """Bad input: the message names the file, flag or key and says what to do."""
@@ -19,19 +22,25 @@ class FtplanError(ValueError):
         self.field = field
 
     def __str__(self) -> str:
-        # the bare reason: front ends say which setting, in their own words (planner.fields.worded)
-        return self.reason
+        # Front ends word the setting in their own vocabulary (planner.fields.worded); plain str() is for
+        # Python callers, who named settings by their field names.
+        text = re.sub(r"\{([a-z_][a-z0-9_]*)\}", r"\1", self.reason)
+        return f"{self.field}: {text}" if self.field else text
 
 
 class EnvironmentMissing(FtplanError):
     """Something the machine lacks (no GPU, no network, a missing library)."""
 
 
-def validation_error(exc) -> FtplanError:
-    """pydantic's first complaint (a `ValidationError`) as an FtplanError on the field concerned."""
+def validation_error(exc, known: tuple[str, ...] = ()) -> FtplanError:
+    """pydantic's first complaint (a `ValidationError`) as an FtplanError on the field concerned; `known` are
+    the model's fields, to suggest one for a misspelt name."""
     first = exc.errors()[0]
     cause = (first.get("ctx") or {}).get("error")
     if isinstance(cause, FtplanError):
         return cause
     field = str(first["loc"][0]) if first["loc"] else None
+    if first["type"] == "extra_forbidden" and field is not None:
+        close = difflib.get_close_matches(field, known, n=1)
+        return FtplanError("is not a setting" + (f"; did you mean {close[0]}?" if close else ""), field=field)
     return FtplanError(first["msg"], field=field)

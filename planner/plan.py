@@ -105,7 +105,7 @@ class Plan(BaseModel):
         try:
             return cls(**fields)
         except ValidationError as exc:
-            raise validation_error(exc) from None
+            raise validation_error(exc, tuple(cls.model_fields)) from None
 
     def with_(self, **changes) -> Plan:
         """A validated copy (pydantic's model_copy skips validation)."""
