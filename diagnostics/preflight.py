@@ -139,7 +139,10 @@ def preflight(path: str | Path, *, gpu: str | None = None, gpu_memory: str | Non
     run = read_run_config(path, fmt)
     spec = _load_spec(run)
     target, notes = _target(gpu, gpu_memory, gpus, run.gpus)
-    result = plan_run(spec, run.plan, target, search_batch=True, vocabulary=run.format)
+    try:
+        result = plan_run(spec, run.plan, target, search_batch=True, vocabulary=run.format)
+    except FtplanError as exc:  # a setting this model cannot take (e.g. a LoRA target it lacks): the key
+        raise type(exc)(worded(exc, run.format, where=run.path)) from None
     gpus = result.plan.gpus
     checks = [Finding(severity="info", code="note", message=n) for n in [*run.notes, *notes]]
     if run.data.datasets and not run.data.files and run.format == "llamafactory":
@@ -184,21 +187,25 @@ def preflight(path: str | Path, *, gpu: str | None = None, gpu_memory: str | Non
 
 
 def _fixes(run: RunConfig, result: Estimate, checks: list[Finding], diag: DiagnosticReport | None) -> dict[str, Any]:
-    """The config keys to change: the first memory suggestion that fits and is expressible as plain keys,
-    then the findings' changes, then the diagnostics' advice (later ones win on the same setting)."""
+    """The config keys to change: the findings' changes, then the diagnostics' advice, then the first memory
+    suggestion that fits and is expressible as plain keys (last, so nothing undoes it; of two sequence
+    lengths the shorter stays)."""
     writable = FRAMEWORKS[run.format].writable
     changes: dict[str, Any] = {}
-    if result.fit is not None and not result.fit.fits:
-        fitting = [s for s in result.suggestions if s.fits and set(s.changes) <= writable]
-        # least invasive first: keep the method and the data, then change the method, then cut sequences
-        fitting.sort(key=lambda s: ("seq_len" in s.changes, "method" in s.changes))
-        if fitting:
-            changes.update(fitting[0].changes)
     for finding in checks:
         if finding.change is not None:
             changes.update(finding.change.changes)
     for advice in diag.advice if diag is not None else ():
         changes.update(advice.changes)
+    if result.fit is not None and not result.fit.fits:
+        fitting = [s for s in result.suggestions if s.fits and set(s.changes) <= writable]
+        # least invasive first: keep the method and the data, then change the method, then cut sequences
+        fitting.sort(key=lambda s: ("seq_len" in s.changes, "method" in s.changes))
+        if fitting:
+            memory = dict(fitting[0].changes)
+            if "seq_len" in memory and "seq_len" in changes:
+                memory["seq_len"] = min(memory["seq_len"], changes["seq_len"])
+            changes.update(memory)
     return config_changes_for(run.format, changes)
 
 

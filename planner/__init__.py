@@ -42,17 +42,30 @@ def estimate(model: Any, **settings: Any) -> Estimate:
     `gpu_memory=` ("24GiB"), `cuda_context=` (bytes), `fragmentation=`, `device=` ("cuda" or "cpu"),
     and the searches `search_batch=`, `search_seq=`, `mfu=`, `samples=`, `epochs=`.
     Raises `FtplanError` naming the setting on bad input."""
+    from planner.errors import FtplanError, validation_error
     from planner.plan import Plan
     from planner.service import plan_run
     from planner.spec import ModelSpec, load_spec
     from planner.target import resolve_target
 
+    known = (*Plan.model_fields, *_MACHINE, *_SEARCH, "device")
     machine = {k: settings.pop(k) for k in _MACHINE if k in settings}
     search = {k: settings.pop(k) for k in _SEARCH if k in settings}
     device = settings.pop("device", None)
+    unknown = next((k for k in settings if k not in Plan.model_fields), None)
+    if unknown is not None:
+        import difflib
+
+        close = difflib.get_close_matches(unknown, known, n=1)
+        raise FtplanError("is not a setting" + (f"; did you mean {close[0]}?" if close else ""), field=unknown)
     target = resolve_target(**machine, gpus=settings.get("gpus"))
     if device is not None:
-        target = type(target)(**{**dict(target), "device": device})
+        from pydantic import ValidationError
+
+        try:
+            target = type(target)(**{**dict(target), "device": device})
+        except ValidationError as exc:
+            raise validation_error(exc) from None
     spec = model if isinstance(model, ModelSpec) else load_spec(str(model))
     return plan_run(spec, Plan.build(**settings), target, **search)
 

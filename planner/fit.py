@@ -108,25 +108,27 @@ class FitsRow(BaseModel):
     cells: list[FitsCell]
 
 
-def what_fits(spec: ModelSpec, plan: Plan, gpus, methods: tuple[str, ...], machine: Machine | None = None,
+def what_fits(spec: ModelSpec, plan: Plan, targets: list[GpuTarget], methods: tuple[str, ...],
               limit: int = 256) -> list[FitsRow]:
-    """Every GPU (catalog entries) against every method at the plan's other settings: the largest micro-batch
-    that fits, or what micro-batch 1 needs. QLoRA keeps the plan's bits; other methods train unquantised."""
-    per_method: list[tuple[str, Plan | None, int | None]] = []
-    for method in methods:
-        try:
-            trial = plan.with_(method=method, quant_bits=plan.quant_bits if method == "qlora" else None)
-            per_method.append((method, trial, total_bytes(spec, trial.with_(batch_size=1), machine)))
-        except FtplanError:
-            per_method.append((method, None, None))
+    """Every target GPU against every method at the plan's other settings: the largest micro-batch that fits,
+    or what micro-batch 1 needs. QLoRA keeps the plan's bits; other methods train unquantised. Each target
+    brings its own machine facts (calibrated CUDA context) and, when it decides one, its GPU count."""
     rows = []
-    for gpu in gpus:
+    for target in targets:
         cells = []
-        for method, trial, need in per_method:
-            if trial is None or need is None or need > gpu.memory_bytes:
+        for method in methods:
+            try:
+                trial = plan.with_(method=method, quant_bits=plan.quant_bits if method == "qlora" else None,
+                                   **({"gpus": target.gpus} if target.gpus else {}))
+                need = total_bytes(spec, trial.with_(batch_size=1), target)
+            except FtplanError:
+                cells.append(FitsCell(method=method, need=None))
+                continue
+            if need > target.capacity:
                 cells.append(FitsCell(method=method, need=need))
                 continue
-            best = max_batch_size(spec, trial, gpu.memory_bytes, limit=limit, machine=machine)
+            best = max_batch_size(spec, trial, target.capacity, limit=limit, machine=target)
             cells.append(FitsCell(method=method, need=need, max_batch=best, capped=best == limit))
-        rows.append(FitsRow(gpu=gpu.name, capacity=gpu.memory_bytes, cells=cells))
+        rows.append(FitsRow(gpu=target.gpu.name if target.gpu and target.source == "catalog" else target.name,
+                            capacity=target.capacity, cells=cells))
     return rows

@@ -249,9 +249,8 @@ class TrainingLayout(BaseModel):
 def trainable_layer_indices(spec: ModelSpec, plan: Plan) -> list[int]:
     n = plan.freeze_trainable_layers
     if abs(n) > spec.num_layers:
-        raise FtplanError(
-            f"--freeze-trainable-layers: {n} asks for more layers than the model has ({spec.num_layers})"
-        )
+        raise FtplanError(f"{n} asks for more layers than the model has ({spec.num_layers})",
+                          field="freeze_trainable_layers")
     return list(range(spec.num_layers - n, spec.num_layers)) if n > 0 else list(range(-n))
 
 

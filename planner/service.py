@@ -48,13 +48,16 @@ def plan_run(spec: ModelSpec, plan: Plan | dict, target: Machine | None = None, 
     return Estimate(
         model=ModelSummary.of(spec), plan=plan, machine=machine.facts(), params=ParamSummary.of(counts, train),
         memory=memory, fit=fit, suggestions=suggestions or [], time=time,
-        assumptions=[word(a, vocabulary) for a in assumptions(plan, machine, train, memory)],
+        assumptions=[word(a, vocabulary)
+                     for a in assumptions(plan, machine, train, memory, settable=vocabulary in ("cli", "tui"))],
         warnings=[w.model_copy(update={"message": word(w.message, vocabulary)})
                   for w in warnings(spec, plan, gpu_target)],
     )
 
 
-def assumptions(plan: Plan, machine: Machine, train: TrainingLayout, memory: Breakdown) -> list[str]:
+def assumptions(plan: Plan, machine: Machine, train: TrainingLayout, memory: Breakdown,
+                settable: bool = True) -> list[str]:
+    """What every number rests on; `settable`: the asker can set the overhead (the CLI can, a config cannot)."""
     precision = {
         "fp32": "fp32: weights, gradients, optimizer state and activations in fp32 (matmuls may use TF32)",
         "bf16": "bf16 (pure): weights, gradients and Adam state in bf16, no fp32 master copy",
@@ -83,7 +86,8 @@ def assumptions(plan: Plan, machine: Machine, train: TrainingLayout, memory: Bre
         f"micro-batch {plan.batch_size} x {plan.seq_len} tokens, sequences padded or packed to full length",
         "the loss up-casts logits to fp32 (transformers' ForCausalLMLoss); log_softmax keeps them for backward",
         f"overhead: CUDA context {fmt_gib(machine.context_bytes)} ({machine.cuda_context_source}) + allocator "
-        f"fragmentation {machine.fragmentation:.0%} of the peak (settable with {{cuda_context}} / {{fragmentation}})",
+        f"fragmentation {machine.fragmentation:.0%} of the peak"
+        + (" (settable with {cuda_context} / {fragmentation})" if settable else ""),
         f"peak phase: {memory.peak_phase} ({memory.peak_what})",
     ]
     if plan.gradient_checkpointing:
@@ -122,8 +126,8 @@ def warnings(spec: ModelSpec, plan: Plan, target: GpuTarget | None) -> list[Find
         if plan.compute_dtype == "bf16" and not gpu.supports_bf16:
             out.append(Finding(
                 severity="error", code="no_bf16", field="precision",
-                message=f"{gpu.name} has no bf16 tensor cores (compute capability {gpu.compute_capability}); "
-                        "use {precision} fp16-mixed",
+                message=f"{gpu.name} has no bf16 tensor cores (compute capability {gpu.compute_capability}): "
+                        "the run fails; train in fp16 with loss scaling",
                 change=Change(title="Train in fp16 with loss scaling", changes={"precision": "fp16-mixed"},
                               current={"precision": plan.precision}, reason="the GPU has no bf16")))
         if plan.attention == "flash" and gpu.predates_flash_attention:

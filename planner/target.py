@@ -43,6 +43,9 @@ class Machine(BaseModel):
             raise FtplanError(f"must be in [0, 1), got {self.fragmentation}", field="fragmentation")
         if self.cuda_context < 0:
             raise FtplanError("must not be negative", field="cuda_context")
+        if self.cuda_context > 16 * GIB:  # a bare number is GiB: "600" meant MiB
+            raise FtplanError(f"{self.cuda_context / GIB:g} GiB is not a CUDA context (0.3-2 GiB); give a unit, "
+                              "e.g. 600MiB", field="cuda_context")
         return self
 
     @property
@@ -136,3 +139,10 @@ def _measured(gpus: int | None, probe) -> GpuTarget:
         gpus = int(world) if world.isdigit() and int(world) > 0 else len(result.visible)
     target = measured_target(result, gpus or 1)
     return target.model_copy(update={"gpus": gpus or 1})
+
+
+def catalog_targets(cuda_context: int | None = None, fragmentation: float | None = None) -> list[GpuTarget]:
+    """Every catalog GPU as a target, each with its own stored calibration unless a context is given."""
+    from planner.hardware import catalog
+
+    return [resolve_target(g.name, cuda_context=cuda_context, fragmentation=fragmentation) for g in catalog()]

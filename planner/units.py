@@ -24,7 +24,7 @@ _UNITS = {
 _PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
 
 
-def parse_bytes(text: str | int | float, field: str | None = None) -> int:
+def parse_bytes(text: str | int | float, field: str | None = None, allow_zero: bool = False) -> int:
     """Parse '24GiB', '24 GB', '80G', '512MiB' or a bare number of GiB into bytes.
 
     'GB' is decimal (10**9) as vendors print it; 'G' and 'GiB' are binary. Errors carry `field`,
@@ -39,7 +39,7 @@ def parse_bytes(text: str | int | float, field: str | None = None) -> int:
         value, unit = float(match.group(1)), match.group(2).lower()
         if unit not in _UNITS:
             raise FtplanError(f"unknown unit {match.group(2)!r} in {text!r}; use B, MiB, GiB, GB or TiB", field=field)
-    if value <= 0:
+    if value < 0 or (value == 0 and not allow_zero):
         raise FtplanError(f"{text!r} must be positive", field=field)
     return int(value * _UNITS[unit])
 

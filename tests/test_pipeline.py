@@ -150,3 +150,33 @@ def test_estimate_from_python_matches_the_cli(capsys) -> None:
     with pytest.raises(FtplanError) as info:
         planner.estimate("7b", batch_size=0)
     assert info.value.field == "batch_size"
+
+
+def test_what_fits_uses_the_same_machine_as_estimate(machine, capsys) -> None:
+    """`ftplan fits` applies each GPU's stored calibration, and `--gpu auto` is the measured GPUs."""
+    save_calibration(Calibration(gpu=GPUS[0].name, cuda_context=1 << 30, allocator_reserved=0, method="process",
+                                 measured_at="2026-11-30T00:00:00+00:00"))
+    main(["estimate", "--model", "7b", "--method", "lora", "--gpu", "H100", "--json"])
+    estimate_total = json.loads(capsys.readouterr().out)["memory"]["total"]
+    main(["fits", "--model", "7b", "--methods", "lora", "--gpu", "H100", "--json"])
+    assert json.loads(capsys.readouterr().out)["rows"][0]["cells"][0]["need"] == estimate_total
+    assert main(["fits", "--model", "7b", "--methods", "lora", "--gpu", "auto", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["rows"][0]
+    assert row["capacity"] == GPUS[1].total - GPUS[1].used  # the tighter of the two visible GPUs
+
+
+def test_preflight_words_planning_errors_and_keeps_its_memory_fix(tmp_path) -> None:
+    from diagnostics.preflight import preflight
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model_name_or_path: 7b\nfinetuning_type: lora\nlora_target: foo_proj\n")
+    with pytest.raises(FtplanError) as info:
+        preflight(bad, gpu="H100")
+    assert str(info.value).startswith(f"{bad}: key 'lora_target': ") and "--" not in str(info.value)
+    # the context finding shortens to 4096; the memory fix needs shorter still: the shorter one is written
+    long = tmp_path / "long.yaml"
+    long.write_text(CONFIG.replace("cutoff_len: 1024", "cutoff_len: 8192").replace("lora_rank: 8", "lora_rank: 8\n"
+                                                                                  "quantization_bit: 4"))
+    report = preflight(long, gpu_memory="6GiB", fix=tmp_path / "fixed.yaml")
+    assert report.fix_changes["cutoff_len"] < 4096
+    assert preflight(tmp_path / "fixed.yaml", gpu_memory="6GiB").estimate.fit.fits

@@ -72,21 +72,24 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 def cmd_fits(args: argparse.Namespace) -> int:
     from planner.fit import what_fits
-    from planner.hardware import catalog, find_gpu
     from planner.plan import METHODS
     from planner.spec import load_spec
+    from planner.target import catalog_targets, resolve_target
 
     plan = plan_from(args)
-    machine = target_from(args)
+    machine = target_from(args)  # the overhead flags alone: this command's --gpu names several GPUs
+    given = machine.cuda_context if machine.cuda_context_source == "given" else None
     spec = load_spec(args.model)
-    gpus = [find_gpu(name) for name in args.gpu_names] if args.gpu_names else list(catalog())
+    targets = ([resolve_target(name, gpus=args.gpus, cuda_context=given, fragmentation=args.fragmentation)
+                for name in args.gpu_names] if args.gpu_names
+               else catalog_targets(given, args.fragmentation))
     methods = tuple(args.methods.split(",")) if args.methods else METHODS
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         from planner.errors import FtplanError
 
         raise FtplanError(f"--methods: unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
-    rows = what_fits(spec, plan, gpus, methods, machine=machine, limit=args.limit)
+    rows = what_fits(spec, plan, targets, methods, limit=args.limit)
     if args.json:
         import json
 

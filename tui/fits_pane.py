@@ -8,15 +8,18 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
 from planner.fit import what_fits
-from planner.hardware import catalog
 from planner.plan import METHODS
+from planner.target import catalog_targets
 from tui.plan_pane import PlanState
 from tui.views import fits_rows, fits_title
 
 
 def fit_cells(state: PlanState) -> list[tuple[str, list[str]]]:
     """One row per GPU: for each method, the largest micro-batch that fits, or the memory it would need."""
-    return fits_rows(what_fits(state.spec, state.plan, catalog(), METHODS, machine=state.target))
+    machine = state.target
+    given = machine.cuda_context if machine.cuda_context_source == "given" else None
+    # the plan as planned (with `auto` the count of visible GPUs), on every catalog GPU with its own calibration
+    return fits_rows(what_fits(state.spec, state.result.plan, catalog_targets(given, machine.fragmentation), METHODS))
 
 
 class FitsPane(Vertical):
@@ -28,7 +31,7 @@ class FitsPane(Vertical):
         self.query_one("#fits-table", DataTable).add_columns("GPU", *METHODS)
 
     def show(self, state: PlanState) -> None:
-        self.query_one("#fits-title", Static).update(fits_title(state.spec.name, state.plan))
+        self.query_one("#fits-title", Static).update(fits_title(state.spec.name, state.result.plan))
         self._compute(state)
 
     @work(exclusive=True, thread=True, group="fits")

@@ -114,7 +114,7 @@ def target_from(args: argparse.Namespace):
 
     context = getattr(args, "cuda_context", None)
     if context is not None:
-        context = 0 if context.strip() in ("0", "0B") else parse_bytes(context, "cuda_context")
+        context = parse_bytes(context, "cuda_context", allow_zero=True)
     return resolve_target(getattr(args, "gpu", None), getattr(args, "gpu_memory", None),
                           gpus=getattr(args, "gpus", None), cuda_context=context,
                           fragmentation=getattr(args, "fragmentation", None))

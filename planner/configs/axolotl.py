@@ -659,9 +659,11 @@ def _gpus(k: Keys) -> int | None:
     return product if product > 1 else None
 
 
-def attention_keys(kernel: str) -> dict[str, str]:
-    """The plan's kernel as attn_implementation (which the deprecated switches cannot be combined with)."""
-    return {"attn_implementation": {"flash": "flash_attention_2", "sdpa": "sdpa", "eager": "eager"}[kernel]}
+def attention_keys(kernel: str) -> dict[str, str | None]:
+    """The plan's kernel as attn_implementation; the deprecated switches, which axolotl refuses beside it,
+    are unset where the file has them (None: see fix_config)."""
+    return {**dict.fromkeys(LEGACY_ATTENTION), "attn_implementation": {"flash": "flash_attention_2", "sdpa": "sdpa",
+                                                                     "eager": "eager"}[kernel]}
 
 
 def target_keys(target: str) -> dict:

@@ -54,6 +54,8 @@ _LINE = re.compile(r"^(?P<key>[A-Za-z_][\w.-]*)(?P<sep>\s*:\s*)(?P<value>[^#\n]*
 
 
 def yaml_scalar(value: Any) -> str:
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -64,9 +66,10 @@ def yaml_scalar(value: Any) -> str:
 def fix_config(source: str | Path, changes: dict[str, Any], target: str | Path) -> Path:
     """Write `source` with `changes` applied to `target`, keeping comments, blank lines and key order.
 
-    Only top-level keys are edited; a key not present is appended under a comment. JSON files
-    are rewritten as JSON (JSON has no comments to keep). The source is never modified, and the
-    target is written atomically.
+    Only top-level keys are edited; a key not present is appended under a comment. A change to None
+    unsets a key the file has (`null`) and adds nothing when it has none (a writer retiring a deprecated
+    spelling). JSON files are rewritten as JSON (JSON has no comments to keep). The source is never
+    modified, and the target is written atomically.
     """
     source, target = Path(source), Path(target)
     if source.resolve() == target.resolve():
@@ -74,7 +77,7 @@ def fix_config(source: str | Path, changes: dict[str, Any], target: str | Path) 
     text = source.read_text(encoding="utf-8")
     if source.suffix.lower() == ".json":
         data = json.loads(text)
-        data.update(changes)
+        data.update({k: v for k, v in changes.items() if v is not None or k in data})
         new_text = json.dumps(data, indent=2) + "\n"
     else:
         lines = text.splitlines()
@@ -84,6 +87,7 @@ def fix_config(source: str | Path, changes: dict[str, Any], target: str | Path) 
             if match and match.group("key") in pending:
                 value = yaml_scalar(pending.pop(match.group("key")))
                 lines[i] = f"{match.group('key')}{match.group('sep')}{value}{match.group('trail')}"
+        pending = {k: v for k, v in pending.items() if v is not None}
         if pending:
             lines += ["", "### changed by ftplan preflight"] + [f"{k}: {yaml_scalar(v)}" for k, v in pending.items()]
         new_text = "\n".join(lines) + "\n"

@@ -301,9 +301,23 @@ def test_fix_writes_attn_implementation(tmp_path) -> None:
     from planner.configs import config_changes
 
     changes = config_changes(run, {"attention": "flash"}, {})
-    assert changes == {"attn_implementation": "flash_attention_2"}
+    assert changes["attn_implementation"] == "flash_attention_2"
+    assert {v for k, v in changes.items() if k != "attn_implementation"} == {None}  # retired switches: unset
     fixed = yaml.safe_load(fix_config(path, changes, tmp_path / "fixed.yaml").read_text())
-    assert fixed["attn_implementation"] == "flash_attention_2"
+    assert fixed["attn_implementation"] == "flash_attention_2" and "flash_attention" not in fixed
+
+
+def test_fix_unsets_the_deprecated_attention_switch(tmp_path) -> None:
+    """axolotl refuses attn_implementation beside flash_attention: a fix writing one unsets the other."""
+    path = tmp_path / "axolotl.yaml"
+    path.write_text(yaml.safe_dump({**LORA, "flash_attention": True}, sort_keys=False))
+    from planner.configs import config_changes
+
+    fixed_path = fix_config(path, config_changes(read_run_config(path), {"attention": "sdpa"}, {}),
+                            tmp_path / "fixed.yaml")
+    fixed = yaml.safe_load(fixed_path.read_text())
+    assert fixed["attn_implementation"] == "sdpa" and fixed["flash_attention"] is None
+    assert read_run_config(fixed_path).plan.attention == "sdpa"  # and ftplan (like axolotl) reads it back
 
 
 @pytest.mark.parametrize(("pattern", "names", "partial"), [

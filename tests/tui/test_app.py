@@ -233,10 +233,15 @@ async def test_an_unwritable_export_path_is_reported_and_nothing_is_left(tmp_pat
 
 def test_what_fits_compares_methods_without_carrying_quantization_over() -> None:
     from planner.plan import Plan
+    from planner.target import Machine
 
     spec = load_spec("7b")
-    qlora = fit_cells(PlanState("7b", spec, Plan(method="qlora", quant_bits=4), None, None))
-    lora = fit_cells(PlanState("7b", spec, Plan(method="lora"), None, None))
+
+    def state(plan):
+        return PlanState("7b", spec, plan, Machine(), estimate(spec, plan, Machine()))
+
+    qlora = fit_cells(state(Plan(method="qlora", quant_bits=4)))
+    lora = fit_cells(state(Plan(method="lora")))
     assert qlora == lora  # the same table whichever method the form shows
     assert all(cells[0] != "n/a" for _, cells in qlora)  # full fine-tuning is never "n/a" from a QLoRA form
 
