@@ -16,20 +16,8 @@ from rich.console import Console
 from diagnostics.preflight import conservative, exit_code, preflight
 from planner.errors import EnvironmentMissing, FtplanError
 from planner.findings import Finding
+from tests.diagnostics.test_preflight_config_warnings import CONFIG  # the same plain, fitting run
 from tui.preflight_view import print_preflight
-
-CONFIG = """model_name_or_path: qwen2.5-0.5b-instruct
-stage: sft
-do_train: true
-finetuning_type: lora
-dataset: identity
-cutoff_len: 512
-per_device_train_batch_size: 1
-gradient_accumulation_steps: 4
-learning_rate: 1.0e-4
-warmup_ratio: 0.1
-bf16: true
-"""
 
 
 def write(tmp_path: Path, text: str, name: str = "train.yaml") -> Path:
