@@ -42,7 +42,7 @@ def estimate(model: Any, **settings: Any) -> Estimate:
     `gpu_memory=` ("24GiB"), `cuda_context=` (bytes), `fragmentation=`, `device=` ("cuda" or "cpu"),
     and the searches `search_batch=`, `search_seq=`, `mfu=`, `samples=`, `epochs=`.
     Raises `FtplanError` naming the setting on bad input."""
-    from planner.errors import FtplanError, validation_error
+    from planner.errors import unknown_setting, validation_error
     from planner.plan import Plan
     from planner.service import plan_run
     from planner.spec import ModelSpec, load_spec
@@ -54,10 +54,7 @@ def estimate(model: Any, **settings: Any) -> Estimate:
     device = settings.pop("device", None)
     unknown = next((k for k in settings if k not in Plan.model_fields), None)
     if unknown is not None:
-        import difflib
-
-        close = difflib.get_close_matches(unknown, known, n=1)
-        raise FtplanError("is not a setting" + (f"; did you mean {close[0]}?" if close else ""), field=unknown)
+        raise unknown_setting(unknown, known)
     target = resolve_target(**machine, gpus=settings.get("gpus"))
     if device is not None:
         from pydantic import ValidationError

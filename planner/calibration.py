@@ -36,7 +36,8 @@ def cache_dir() -> Path:
     return Path(base) / "ftplan"
 
 
-def _read_all() -> dict[str, dict]:
+def stored_calibrations() -> dict[str, dict]:
+    """Every stored entry, by NVML name, as the file holds it (read once per caller)."""
     path = cache_dir() / FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -52,12 +53,14 @@ def _parse(raw: dict | None) -> Calibration | None:
         return None  # an old or hand-edited entry: ignore it rather than fail an estimate
 
 
-def calibration_for(device_name: str | None = None, catalog_name: str | None = None) -> Calibration | None:
-    """The stored calibration of a GPU model, by its NVML name or its catalog name ('H100-80GB')."""
+def calibration_for(device_name: str | None = None, catalog_name: str | None = None,
+                    stored: dict[str, dict] | None = None) -> Calibration | None:
+    """The stored calibration of a GPU model, by its NVML name or its catalog name ('H100-80GB');
+    `stored` spares a caller looking up many GPUs a read of the file per GPU."""
     from planner.errors import FtplanError
     from planner.hardware import find_gpu
 
-    stored = _read_all()  # one read of the cache file
+    stored = stored_calibrations() if stored is None else stored
     if device_name and (found := _parse(stored.get(device_name))):
         return found
     if catalog_name:
@@ -72,6 +75,6 @@ def calibration_for(device_name: str | None = None, catalog_name: str | None = N
 
 def save_calibration(cal: Calibration) -> Path:
     """Write atomically, keeping the calibrations of other GPU models."""
-    data = _read_all()
+    data = stored_calibrations()
     data[cal.gpu] = cal.model_dump()
     return write_text_atomic(cache_dir() / FILE, json.dumps(data, indent=2) + "\n")

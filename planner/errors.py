@@ -41,6 +41,11 @@ def validation_error(exc, known: tuple[str, ...] = ()) -> FtplanError:
         return cause
     field = str(first["loc"][0]) if first["loc"] else None
     if first["type"] == "extra_forbidden" and field is not None:
-        close = difflib.get_close_matches(field, known, n=1)
-        return FtplanError("is not a setting" + (f"; did you mean {close[0]}?" if close else ""), field=field)
+        return unknown_setting(field, known)
     return FtplanError(first["msg"], field=field)
+
+
+def unknown_setting(name: str, known) -> FtplanError:
+    """A setting nobody has, with the closest of the `known` names when one is close."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return FtplanError("is not a setting" + (f"; did you mean {close[0]}?" if close else ""), field=name)

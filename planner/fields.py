@@ -196,14 +196,16 @@ def cli_flags(changes: dict[str, Any]) -> str:
     return " ".join(cli_value(k, v) for k, v in changes.items()).strip()
 
 
+def changed_settings(plan, *, always: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The plan's table fields that differ from their defaults (plus `always`), in table order."""
+    model = type(plan).model_fields
+    return {s.name: getattr(plan, s.name) for s in FIELDS
+            if s.owner == "plan" and s.name in model
+            and (s.name in always or getattr(plan, s.name) != model[s.name].default)}
+
+
 def plan_flags(plan, *, always: tuple[str, ...] = ("method",)) -> list[str]:
     """The flags that reproduce `plan`: every field that differs from its default, plus `always`."""
-    out = []
-    for s in FIELDS:
-        if s.owner != "plan" or s.name not in type(plan).model_fields:
-            continue
-        value = getattr(plan, s.name)
-        if value is not None and (s.name in always or value != type(plan).model_fields[s.name].default):
-            out.append(cli_value(s.name, value))
-    return out
+    return [cli_value(name, value) for name, value in changed_settings(plan, always=always).items()
+            if value is not None]
 

@@ -49,6 +49,11 @@ class Machine(BaseModel):
         return self
 
     @property
+    def given_context(self) -> int | None:
+        """The CUDA context the user set, if they did (to carry over to other GPUs)."""
+        return self.cuda_context if self.cuda_context_source == "given" else None
+
+    @property
     def context_bytes(self) -> int:
         """The CUDA context counts only on a GPU."""
         return self.cuda_context if self.device == "cuda" else 0
@@ -83,12 +88,12 @@ class GpuTarget(Machine):
 
 def resolve_target(gpu: str | None = None, gpu_memory: str | None = None, *, gpus: int | None = None,
                    cuda_context: int | None = None, fragmentation: float | None = None,
-                   probe=None) -> Machine:
+                   probe=None, calibrations: dict[str, dict] | None = None) -> Machine:
     """What the user said about the machine -> the `Machine` (or `GpuTarget`) a plan is made for.
 
     `gpus` is the GPU count the user gave, if any: with `auto` and no count the run is planned over
     the launcher's WORLD_SIZE, else every visible GPU (as `llamafactory-cli` and `accelerate launch`
-    use them). `probe` replaces the NVML reading (tests).
+    use them). `probe` replaces the NVML reading (tests); `calibrations`, the calibration file already read.
     """
     if gpu and gpu_memory:
         raise FtplanError("give {gpu} or {gpu_memory}, not both", field="gpu")
@@ -105,7 +110,7 @@ def resolve_target(gpu: str | None = None, gpu_memory: str | None = None, *, gpu
     if cuda_context is not None:
         overrides.update(cuda_context=cuda_context, cuda_context_source="given")
     elif isinstance(target, GpuTarget) and target.source != "given":
-        target = with_calibration(target)
+        target = with_calibration(target, calibrations)
     if fragmentation is not None:
         overrides["fragmentation"] = fragmentation
     if gpus is not None and isinstance(target, GpuTarget):
@@ -118,11 +123,12 @@ def resolve_target(gpu: str | None = None, gpu_memory: str | None = None, *, gpu
         raise validation_error(exc) from None
 
 
-def with_calibration(target: GpuTarget) -> GpuTarget:
-    """The target with this GPU model's stored CUDA context (`ftplan gpus --calibrate`), if there is one."""
+def with_calibration(target: GpuTarget, stored: dict[str, dict] | None = None) -> GpuTarget:
+    """The target with this GPU model's stored CUDA context (`ftplan gpus --calibrate`), if there is one;
+    `stored`: the calibration file already read (planner.calibration.stored_calibrations)."""
     from planner.calibration import calibration_for
 
-    cal = calibration_for(target.device_name, target.gpu.name if target.gpu else None)
+    cal = calibration_for(target.device_name, target.gpu.name if target.gpu else None, stored)
     if cal is None:
         return target
     return target.model_copy(update={"cuda_context": cal.cuda_context, "cuda_context_source": "measured"})
@@ -143,6 +149,9 @@ def _measured(gpus: int | None, probe) -> GpuTarget:
 
 def catalog_targets(cuda_context: int | None = None, fragmentation: float | None = None) -> list[GpuTarget]:
     """Every catalog GPU as a target, each with its own stored calibration unless a context is given."""
+    from planner.calibration import stored_calibrations
     from planner.hardware import catalog
 
-    return [resolve_target(g.name, cuda_context=cuda_context, fragmentation=fragmentation) for g in catalog()]
+    stored = stored_calibrations()  # once, not once per GPU
+    return [resolve_target(g.name, cuda_context=cuda_context, fragmentation=fragmentation, calibrations=stored)
+            for g in catalog()]

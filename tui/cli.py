@@ -78,11 +78,10 @@ def cmd_fits(args: argparse.Namespace) -> int:
 
     plan = plan_from(args)
     machine = target_from(args)  # the overhead flags alone: this command's --gpu names several GPUs
-    given = machine.cuda_context if machine.cuda_context_source == "given" else None
     spec = load_spec(args.model)
-    targets = ([resolve_target(name, gpus=args.gpus, cuda_context=given, fragmentation=args.fragmentation)
-                for name in args.gpu_names] if args.gpu_names
-               else catalog_targets(given, args.fragmentation))
+    targets = ([resolve_target(name, gpus=args.gpus, cuda_context=machine.given_context,
+                               fragmentation=machine.fragmentation) for name in args.gpu_names] if args.gpu_names
+               else catalog_targets(machine.given_context, machine.fragmentation))
     methods = tuple(args.methods.split(",")) if args.methods else METHODS
     unknown = [m for m in methods if m not in METHODS]
     if unknown:

@@ -17,9 +17,9 @@ from tui.views import fits_rows, fits_title
 def fit_cells(state: PlanState) -> list[tuple[str, list[str]]]:
     """One row per GPU: for each method, the largest micro-batch that fits, or the memory it would need."""
     machine = state.target
-    given = machine.cuda_context if machine.cuda_context_source == "given" else None
     # the plan as planned (with `auto` the count of visible GPUs), on every catalog GPU with its own calibration
-    return fits_rows(what_fits(state.spec, state.result.plan, catalog_targets(given, machine.fragmentation), METHODS))
+    targets = catalog_targets(machine.given_context, machine.fragmentation)
+    return fits_rows(what_fits(state.spec, state.result.plan, targets, METHODS))
 
 
 class FitsPane(Vertical):

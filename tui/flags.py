@@ -28,29 +28,27 @@ def fraction(flag: str):
     return _number(flag, float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
-def _flag_type(name: str, annotation):
-    """The argparse type and choices of a model field, from its annotation."""
+def _flag_type(name: str, annotation) -> dict:
+    """argparse's type, choices and metavar for a model field, from its annotation."""
     import typing
 
     from planner.fields import choices, setting
 
     values = choices(name)
     if values:
-        return type(values[0]), values
+        return {"type": type(values[0]), "choices": values}
     # the range is the model's to check (one rule, one message); here only the type
     base = next((a for a in typing.get_args(annotation) if a is not type(None)), annotation)
     flag = setting(name).flag
     if base is int:
-        return _number(flag, int, lambda v: True, "a whole number"), None
+        return {"type": _number(flag, int, lambda v: True, "a whole number"), "metavar": "N"}
     if base is float:
-        return _number(flag, float, lambda v: True, "a number"), None
-    return str, None
+        return {"type": _number(flag, float, lambda v: True, "a number"), "metavar": "X"}
+    return {"type": str}
 
 
 def _add_plan_flags(p: argparse.ArgumentParser, group: str, defaults: dict) -> None:
     """Every Plan field of `group` in the field table, as a flag with the table's help."""
-    import typing
-
     from planner import fields
     from planner import plan as plan_module
 
@@ -66,11 +64,8 @@ def _add_plan_flags(p: argparse.ArgumentParser, group: str, defaults: dict) -> N
             p.add_argument(*names, dest=s.name, action=argparse.BooleanOptionalAction, default=default,
                            help=s.help + shown)
             continue
-        kind, choices = _flag_type(s.name, info.annotation)
-        numeric = {int: "N", float: "X"}.get(next((a for a in typing.get_args(info.annotation) or (info.annotation,)
-                                                   if a is not type(None)), None))
-        p.add_argument(*names, dest=s.name, type=kind, choices=choices, default=default, help=s.help + shown,
-                       metavar=None if choices else numeric)
+        p.add_argument(*names, dest=s.name, default=default, help=s.help + shown,
+                       **_flag_type(s.name, info.annotation))
 
 
 def add_training_flags(p: argparse.ArgumentParser, batch: int = 1, seq: int = 1024, accum: int = 1) -> None:

@@ -31,9 +31,10 @@ from planner.configs.common import (
     resolve_path,
     warning,
 )
-from planner.configs.hf import attention, say, targets_of, words
+from planner.configs.hf import attention, quant_keys, say, targets_of, words
 from planner.errors import FtplanError
 from planner.findings import Finding
+from planner.params import target_names
 
 # ---------------------------------------------------------------- the keys
 
@@ -670,7 +671,7 @@ def target_keys(target: str) -> dict:
     """axolotl's lora_target_linear for every linear layer, else lora_target_modules."""
     if target in ("all", "all-linear"):
         return {"lora_target_linear": True}
-    return {"lora_target_modules": [t.strip() for t in target.split(",") if t.strip()]}
+    return {"lora_target_modules": target_names(target)}
 
 
 def method_keys(method: str) -> dict:
@@ -689,5 +690,5 @@ FRAMEWORK = Framework(
     recognised=RECOGNISED, unwritable=UNWRITABLE, method_keys=method_keys, known=KNOWN,
     rejects_unknown=False,  # the schema drops keys it does not know (pydantic's default, extra="ignore")
     fix_values={"precision": precision_keys, "attention": attention_keys, "lora_target": target_keys,
-                "quant_bits": lambda bits: {"load_in_4bit": bits == 4, "load_in_8bit": bits == 8}},
+                "quant_bits": quant_keys},
 )

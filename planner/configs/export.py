@@ -93,8 +93,6 @@ _SECTIONED = frozenset({"method", "quant_bits", "double_quant", "lora_rank", "lo
 
 def _other_settings(plan: Plan) -> dict[str, Any]:
     """Every other plan field with a LLaMA-Factory key that differs from its default (planner.fields)."""
-    changed = {s.name: getattr(plan, s.name) for s in fields.FIELDS
-               if s.owner == "plan" and s.name not in _SECTIONED and "llamafactory" in s.keys
-               and s.name in type(plan).model_fields
-               and getattr(plan, s.name) != type(plan).model_fields[s.name].default}
+    changed = {name: value for name, value in fields.changed_settings(plan).items()
+               if name not in _SECTIONED and "llamafactory" in fields.setting(name).keys}
     return config_changes_for("llamafactory", changed)

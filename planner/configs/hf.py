@@ -40,6 +40,7 @@ from planner.configs.common import (
 )
 from planner.errors import FtplanError
 from planner.findings import Finding
+from planner.params import target_names
 
 
 def words(text: str) -> frozenset[str]:
@@ -639,10 +640,11 @@ def target_modules(target: str) -> str | list[str]:
     """peft's target_modules as TRL's ModelConfig takes it: "all-linear" or a list of names."""
     if target in ("all", "all-linear"):
         return "all-linear"
-    return [t.strip() for t in target.split(",") if t.strip()]
+    return target_names(target)
 
 
 def quant_keys(bits: int | None) -> dict[str, bool]:
+    """Quantized base bits as the load_in_4bit / load_in_8bit switches (TRL's ModelConfig and axolotl)."""
     return {"load_in_4bit": bits == 4, "load_in_8bit": bits == 8}
 
 
