@@ -453,8 +453,12 @@ class ActivationBytes:
     per_block_max: int  # the largest single block, for recomputation under checkpointing
     per_layer: list[int]
     # what checkpointing keeps instead of `blocks`: each block's input, in the residual stream's
-    # real dtype (fp32 under autocast when the embeddings are fp32)
-    block_inputs: int
+    # real dtype (fp32 under autocast when the embeddings are fp32); per layer, and their sum
+    input_per_layer: list[int]
+
+    @property
+    def block_inputs(self) -> int:
+        return sum(self.input_per_layer)
 
     @property
     def total(self) -> int:
@@ -479,12 +483,12 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
     x = tape.dropout(x, spec.embedding_dropout)
     embedding_bytes = tape.bytes()
     per_layer: list[int] = []
-    block_inputs = 0
+    input_per_layer: list[int] = []
     # Identical blocks with the same training and input save the same bytes: replay each
     # distinct one once. Storages shared across layers (rotary cos/sin) are counted once.
     memo: dict[tuple, tuple[int, T]] = {}
     for (_, block), training in zip(spec.iter_blocks(), trainings, strict=True):
-        block_inputs += x.numel * DTYPE_BYTES[x.dtype]
+        input_per_layer.append(x.numel * DTYPE_BYTES[x.dtype])
         key = (id(block), training, x.grad, x.dtype)
         if key in memo:
             nbytes, out = memo[key]
@@ -519,4 +523,4 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
             tape.save(T(tokens * spec.vocab_size, "fp32", True), T(tokens, "int64", False))  # log_softmax, target
     return ActivationBytes(blocks=blocks, outside=outside, logits=tape.bytes("logits"),
                            per_block_max=max(per_layer, default=0), per_layer=per_layer,
-                           block_inputs=block_inputs)
+                           input_per_layer=input_per_layer)

@@ -161,21 +161,15 @@ def master_weight_bytes(train: TrainingLayout, plan: Plan) -> int:
 
 
 def activation_bytes(spec: ModelSpec, plan: Plan, train: TrainingLayout, device: str = "cuda", *,
-                     input_grad: bool | None = None, layers: int | None = None) -> ActivationBytes:
+                     input_grad: bool | None = None) -> ActivationBytes:
     """Bytes autograd saves for backward in one micro-batch (see planner.activations).
 
     Replayed op by op rather than a closed formula; matches `saved_tensors_hooks` on real
     transformers models. Logits: the loss up-casts them and log_softmax keeps an fp32 copy.
-    `input_grad` (default: with gradient checkpointing) is `enable_input_require_grads()`;
-    `layers` replays only the first that many decoder layers (for their block inputs).
+    `input_grad` (default: with gradient checkpointing) is `enable_input_require_grads()`.
     """
-    trainings = block_training(spec, plan)
-    if layers is not None:
-        groups = tuple(g.model_copy(update={"count": min(g.count, layers - g.start)})
-                       for g in spec.blocks if g.start < layers)
-        spec, trainings = spec.model_copy(update={"blocks": groups, "num_layers": layers}), trainings[:layers]
     return saved_bytes(
-        spec, trainings, batch=plan.batch_size, seq=plan.seq_len,
+        spec, block_training(spec, plan), batch=plan.batch_size, seq=plan.seq_len,
         compute=plan.compute_dtype, weight_dtypes=(param_dtype(plan, trainable=True), plan.compute_dtype),
         kernel=plan.attention, autocast=plan.compute_dtype if plan.mixed else None,
         embeddings_trainable=train.embeddings_trainable, head_trainable=train.head_trainable,
@@ -200,8 +194,7 @@ def _freeze_checkpointing(spec: ModelSpec, plan: Plan, train: TrainingLayout, de
     chosen = train.trainable_layers
     first, end = chosen[0], chosen[-1] + 1
     plain = activation_bytes(spec, plan, train, device, input_grad=False)  # nothing asks for input grads
-    inputs = (activation_bytes(spec, plan, train, device, layers=end).block_inputs
-              - (activation_bytes(spec, plan, train, device, layers=first).block_inputs if first else 0))
+    inputs = sum(acts.input_per_layer[first:end])  # the checkpointed layers' inputs, from the same replay
     above = sum(plain.per_layer[end:])
     return inputs + above, plain.outside, max(acts.per_layer[first:end])
 
