@@ -11,10 +11,6 @@ from planner.units import GIB, fmt_count, fmt_gib
 from tui.views import GPU_COLUMNS, breakdown_rows, fits_rows, fits_title, gpu_rows, process_lines
 
 
-def _g(nbytes: int) -> str:
-    return f"{nbytes / GIB:,.2f}"
-
-
 def print_estimate(result: Estimate, console: Console | None = None) -> None:
     console = console or Console(highlight=False)
     m, plan, p = result.model, result.plan, result.params

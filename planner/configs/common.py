@@ -368,12 +368,6 @@ def deepspeed_config(spec: str | dict | None, keys: Keys, base: Path, key: str =
     return DeepSpeed(stage=stage, offload_optimizer=offload and stage > 0, offload_param=param, note=note)
 
 
-def read_deepspeed(keys: Keys, base: Path) -> tuple[int, bool, str | None]:
-    """ZeRO stage and optimizer offload from a DeepSpeed JSON (path or inline dict)."""
-    ds = deepspeed_config(keys.get("deepspeed", (str, dict)), keys, base)
-    return ds.stage, ds.offload_optimizer, ds.note
-
-
 def param_offload_warning(key: str) -> Finding:
     return warning("param_offload", key, f"{key}: parameters (and their gradients) are offloaded to CPU memory; "
                    "this plan offloads the optimizer states only, so it overstates GPU memory", "overstates")
