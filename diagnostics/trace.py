@@ -177,6 +177,9 @@ def _check_plan(plan: Plan) -> None:
         raise FtplanError(
             f"trace does not support {plan.optimizer}: bitsandbytes' 8-bit step reads tensor values (.item()), "
             "which fake tensors do not have; use adamw, adamw-fused, adafactor or sgd", field="optimizer")
+    if plan.stage not in ("sft", "pt"):
+        raise FtplanError(f"trace runs a supervised step; stage {plan.stage} (its reference model, paired rows "
+                          "or generation) is modelled by `ftplan estimate`, not traced", field="stage")
     beyond = {"gpus": plan.gpus > 1, "zero": plan.zero > 0, "offload_optimizer": plan.offload_optimizer,
               "fused_loss": plan.fused_loss, "optimizer_in_backward": plan.optimizer_in_backward}
     for name, set_ in beyond.items():

@@ -469,12 +469,16 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
                 weight_dtypes: tuple[str, str], kernel: str, autocast: str | None = None,
                 embeddings_trainable: bool = False, head_trainable: bool = False, input_grad: bool = False,
                 lora_rank: int = 8, lora_dropout: float = 0.0, adapter_dtype: str = "fp32",
-                device: str = "cuda", fused_loss: bool = False) -> ActivationBytes:
+                device: str = "cuda", head: str = "logits", head_width: int | None = None,
+                scored: int | None = None) -> ActivationBytes:
     """Replay the whole forward + loss once.
 
     `weight_dtypes` is (dtype of trainable weights, dtype of frozen weights): norms
     promote their output to the weight's dtype, which matters under autocast.
     `input_grad` models `enable_input_require_grads()` (used with gradient checkpointing).
+    `head` is what the output head and loss save (planner.stages): "logits" (the LM head and a cross-entropy
+    over its fp32 up-cast), "fused" (a fused linear cross-entropy), "chunked" (TRL's fused log-prob head over
+    `scored` positions in all) or "value" (a classification head of `head_width` outputs, no vocabulary logits).
     """
     tape = Tape(autocast=autocast, device=device)
     tokens, d = batch * seq, spec.hidden_size
@@ -507,11 +511,21 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
     unreplayed = blocks - (tape.bytes() - embedding_bytes)
     head_dtype = weight_dtypes[0] if head_trainable else weight_dtypes[1]
     x = tape.norm(x, tokens, spec.final_norm.kind, head_trainable, head_dtype, spec.final_norm.bias)
-    if not fused_loss:
-        logits = tape.linear(x, spec.vocab_size, d, head_trainable)
+    width = head_width or spec.vocab_size
+    if head in ("logits", "value"):
+        logits = tape.linear(x, width, d, head_trainable)
     outside = tape.bytes() + unreplayed - blocks
     tape.region = "logits"
-    if fused_loss:
+    if head == "chunked":
+        # trl/kernels/chunked_logprob.py ChunkedLogProbFunction.forward saves a copy of the scored hidden
+        # states (`hidden_states[mask]`, or a reshape of the shifted slice off CUDA), fp32 log-normalisers and
+        # entropies, and the targets
+        if x.grad or head_trainable:
+            n = scored if scored is not None else tokens
+            tape.save(T(n * d, x.dtype, False), T(n, "fp32", False), T(n, "fp32", False), T(n, "int64", False))
+    elif head == "value":
+        pass  # the score of each sequence's last token and a log-sigmoid of pair differences: a few bytes
+    elif head == "fused":
         # fused linear cross-entropy (Liger, Cut Cross-Entropy): logits are made chunk by chunk inside
         # the loss, which computes d(loss)/d(hidden) during forward and keeps only that for backward
         if x.grad:

@@ -14,6 +14,7 @@ from planner.methods import block_training
 from planner.params import ALL, ALL_LINEAR, CONV1D_MODEL_TYPES
 from planner.plan import Plan
 from planner.spec import ModelSpec
+from planner.stages import has_reference
 from planner.target import Machine
 from planner.units import fmt_gib
 
@@ -30,16 +31,31 @@ def _candidates(spec: ModelSpec, plan: Plan, capacity: int, machine: Machine) ->
                     {"attention": "flash"}))
     # LLaMA-Factory's `all` finds no nn.Linear in Conv1D models (GPT-2): peft's all-linear does
     targets = {"lora_target": ALL_LINEAR} if spec.model_type in CONV1D_MODEL_TYPES and plan.lora_target == ALL else {}
+    reference = has_reference(plan)
+    if reference and plan.stage in ("dpo", "kto") and plan.reference_model is None:
+        out.append(("Precompute the reference log-probs",
+                    "the reference model scores the data once before training, so its weights leave the GPU",
+                    {"precompute_ref_log_probs": True}))
     if plan.method in ("full", "freeze"):
         out.append(("Train LoRA adapters instead",
-                    "frozen base weights need no gradients or optimizer state", {"method": "lora", **targets}))
+                    "frozen base weights need no gradients or optimizer state"
+                    + ("; the reference becomes the policy with its adapter disabled, so its copy goes too"
+                       if reference and plan.reference_model is None else ""), {"method": "lora", **targets}))
     if plan.method != "qlora":
         out.append(("Use QLoRA (4-bit base weights)",
                     "NF4 stores the frozen base in about 0.5 byte per parameter", {"method": "qlora", **targets}))
-    if not plan.fused_loss:
+    if not plan.fused_loss and plan.stage in ("dpo", "kto", "grpo"):
+        out.append(("Use TRL's fused LM head (TRL >= 1.0 installs it for DPO, KTO and GRPO)",
+                    f"per-token log-probs are computed tile by tile: no {spec.vocab_size:,}-wide logits",
+                    {"fused_loss": True}))
+    elif not plan.fused_loss and plan.stage != "rm":
         out.append(("Use a fused linear cross-entropy (Liger)",
                     f"the loss never materialises the {spec.vocab_size:,}-wide logits in fp32",
                     {"fused_loss": True}))
+    if plan.stage in ("grpo", "ppo") and plan.vllm != "server":
+        out.append(("Generate on a vLLM server (other GPUs)",
+                    "`trl vllm-serve` on separate GPUs holds the generation; the training GPUs keep no KV cache",
+                    {"vllm": "server"}))
     if plan.method in ("full", "freeze") and plan.optimizer in ("adamw", "adamw-fused"):
         out.append(("Use an 8-bit optimizer (bitsandbytes AdamW8bit)",
                     "2 bytes of Adam state per parameter instead of 8", {"optimizer": "adamw-8bit"}))

@@ -40,6 +40,7 @@ from planner.methods import BlockTraining, TrainingLayout, block_training, wrapp
 from planner.params import ParamCounts
 from planner.plan import Plan
 from planner.spec import Block, Linear, ModelSpec
+from planner.stages import GENERATES, stage_run
 
 DEFAULT_MFU = {"full": 0.40, "freeze": 0.40, "lora": 0.35, "qlora": 0.25}
 
@@ -154,8 +155,11 @@ def training_flops_per_token(spec: ModelSpec, counts: ParamCounts, train: Traini
 def estimate_time(spec: ModelSpec, counts: ParamCounts, train: TrainingLayout, plan: Plan, gpu: GpuSpec,
                   mfu: float | None = None, samples: int | None = None, epochs: float = 1.0) -> TimeEstimate:
     mfu = mfu if mfu is not None else DEFAULT_MFU[plan.method]
+    run = stage_run(plan)
     per_token = training_flops_per_token(spec, counts, train, plan)
-    tokens_per_step = plan.global_batch * plan.seq_len
+    # forwards without gradients (the reference's, KTO's KL batch) cost about 2 FLOPs per active parameter
+    per_token += run.no_grad_rows / run.rows * 2 * counts.active_per_token
+    tokens_per_step = plan.global_batch * plan.seq_len * run.rows // plan.batch_size
     flops_step = per_token * tokens_per_step
     peak = gpu.peak_tflops(plan.compute_dtype) * 1e12
     seconds = flops_step / (peak * mfu * plan.gpus)
@@ -165,7 +169,8 @@ def estimate_time(spec: ModelSpec, counts: ParamCounts, train: TrainingLayout, p
         total = steps * seconds
     note = (f"at {mfu:.0%} MFU of {gpu.name}'s {peak / 1e12:.0f} TFLOP/s "
             f"({plan.compute_dtype}{', TF32' if plan.compute_dtype == 'fp32' else ''}) per GPU; "
-            "sequences assumed full length")
+            "sequences assumed full length"
+            + ("; generation time not included" if run.stage in GENERATES else ""))
     return TimeEstimate(flops_per_token=per_token, flops_per_step=flops_step, mfu=mfu,
                         peak_tflops_per_gpu=peak / 1e12, step_seconds=seconds,
                         tokens_per_second=tokens_per_step / seconds, steps=steps, total_seconds=total, note=note)

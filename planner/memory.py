@@ -52,10 +52,12 @@ from planner.methods import (
 from planner.params import ParamCounts, count_params
 from planner.plan import Plan
 from planner.spec import Block, ModelSpec
+from planner.stages import CHUNK_TOKENS, CHUNK_VOCAB, StageRun, kv_cache_bytes, stage_run, stage_spec
 from planner.target import Machine
 
-COMPONENTS = ("weights", "master_weights", "optimizer", "gradients", "activations", "logits", "temporaries")
-PHASES = ("forward", "backward", "optimizer")
+COMPONENTS = ("weights", "reference", "master_weights", "optimizer", "gradients", "activations", "logits",
+              "generation", "temporaries")
+PHASES = ("generation", "forward", "backward", "optimizer")  # generation: GRPO/PPO rollouts only
 
 
 class Phase(BaseModel):
@@ -80,6 +82,10 @@ class Details(BaseModel):
     zero_gradient_partition: int  # DeepSpeed ZeRO's gradient partition in the master's dtype, built in step()
     zero3_gather: int  # ZeRO-3's gathered parameters (and gradient) in backward; forward holds no gradient
     qlora_dequant: int
+    reference_weights: int = 0  # a frozen reference model (DPO/KTO/PPO full or freeze tuning, GRPO with a beta)
+    no_grad_forward: int = 0  # the largest forward without gradients (reference, KTO's KL batch), at its peak
+    kv_cache: int = 0  # GRPO/PPO: `generate`'s KV cache for the sequences generated at once
+    vllm_reserved: int = 0  # GRPO/PPO with vLLM colocate: its share of the GPU
     fragmentation: int
     cuda_context: int
 
@@ -161,21 +167,24 @@ def master_weight_bytes(train: TrainingLayout, plan: Plan) -> int:
 
 
 def activation_bytes(spec: ModelSpec, plan: Plan, train: TrainingLayout, device: str = "cuda", *,
-                     input_grad: bool | None = None) -> ActivationBytes:
+                     input_grad: bool | None = None, run: StageRun | None = None) -> ActivationBytes:
     """Bytes autograd saves for backward in one micro-batch (see planner.activations).
 
     Replayed op by op rather than a closed formula; matches `saved_tensors_hooks` on real
     transformers models. Logits: the loss up-casts them and log_softmax keeps an fp32 copy.
     `input_grad` (default: with gradient checkpointing) is `enable_input_require_grads()`.
+    The stage (`run`) decides the rows (2B for chosen + rejected) and what the head saves.
     """
+    run = run or stage_run(plan, device)
     return saved_bytes(
-        spec, block_training(spec, plan), batch=plan.batch_size, seq=plan.seq_len,
+        spec, block_training(spec, plan), batch=run.rows, seq=plan.seq_len,
         compute=plan.compute_dtype, weight_dtypes=(param_dtype(plan, trainable=True), plan.compute_dtype),
         kernel=plan.attention, autocast=plan.compute_dtype if plan.mixed else None,
         embeddings_trainable=train.embeddings_trainable, head_trainable=train.head_trainable,
         input_grad=plan.gradient_checkpointing if input_grad is None else input_grad,
         lora_rank=plan.lora_rank, lora_dropout=plan.lora_dropout,
-        adapter_dtype=adapter_dtype(plan), device=device, fused_loss=plan.fused_loss,
+        adapter_dtype=adapter_dtype(plan), device=device, head=run.head, head_width=spec.head_width,
+        scored=run.rows * run.scored_per_row,
     )
 
 
@@ -217,9 +226,11 @@ def autocast_weight_copies(train: TrainingLayout, plan: Plan, counts: ParamCount
 def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = None,
                     train: TrainingLayout | None = None, machine: Machine | None = None) -> Breakdown:
     machine = machine or Machine()
+    spec = stage_spec(spec, plan)
     counts = counts or count_params(spec)
     train = train or layout(spec, counts, plan)
-    acts = activation_bytes(spec, plan, train, machine.device)
+    run = stage_run(plan, machine.device)
+    acts = activation_bytes(spec, plan, train, machine.device, run=run)
     weights = weight_bytes(train, plan)
     grads = gradient_bytes(train, plan)
     opt_state = optimizer_state_bytes(train, plan, spec)
@@ -249,18 +260,8 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
     # (PyTorch's default is False).
     buckets = grads if plan.gpus > 1 and plan.zero == 0 else 0
 
-    tv = plan.tokens * spec.vocab_size
     compute_bytes = DTYPE_BYTES[plan.compute_dtype]
-    # forward: the model's logits and the loss's fp32 up-cast coexist with log_softmax's output
-    loss_forward = tv * compute_bytes + (4 * tv if plan.compute_dtype != "fp32" else 0)
-    # backward start: nll_loss's fp32 grad and log_softmax's fp32 grad input, both T x V
-    loss_backward = 8 * tv
-    if plan.fused_loss:
-        # Liger's chunking keeps one chunk of about (tokens x hidden) logits, in fp32, at a time; it
-        # computes the gradients during forward, so a trainable head's fp32 gradient exists from then on
-        head_grad = spec.vocab_size * spec.hidden_size * DTYPE_BYTES[param_dtype(plan, trainable=True)] \
-            if train.head_trainable else 0
-        loss_forward, loss_backward = 4 * plan.tokens * spec.hidden_size * 2 + head_grad, head_grad
+    loss_forward, loss_backward = _loss_transients(spec, plan, train, run, run.rows)
     largest_linear = max((lin.in_features * lin.out_features for g in spec.blocks for lin in g.block.linears),
                          default=0)
     # a quantized base (QLoRA's, or a pre-quantized checkpoint's) dequantizes one weight at a time
@@ -272,11 +273,17 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
         # each gradient is stepped and freed in its own hook: only the largest one exists at a time
         all_grads, grads = grads, _largest_gradient(spec, train, plan, grads)
         optimizer_temp = _ceil_div(optimizer_temp * grads, max(1, all_grads))
-    persistent = {"weights": weights, "master_weights": master, "optimizer": opt_state}
+    reference = reference_bytes(spec, plan, train) if run.reference else 0
+    no_grad = _no_grad_forward(spec, plan, train, run, acts)
+    kv_cache = kv_cache_bytes(spec, run.generated, plan.seq_len, compute_bytes) if run.generated else 0
+    vllm = int(plan.vllm_gpu_memory_utilization * machine.capacity_bytes) \
+        if plan.vllm == "colocate" and machine.capacity_bytes else 0
+    persistent = {"weights": weights, "reference": reference, "master_weights": master, "optimizer": opt_state,
+                  "generation": vllm}
     accum_grads = (grads if plan.grad_accum > 1 else 0) + buckets
     grads += buckets
     forward = {**persistent, "gradients": accum_grads, "activations": activations, "logits": logits,
-               "temporaries": max(loss_forward, dequant) + gather_forward + autocast_cache}
+               "temporaries": max(loss_forward, dequant, no_grad) + gather_forward + autocast_cache}
     backward_start = {**persistent, "gradients": accum_grads, "activations": activations, "logits": logits,
                       "temporaries": loss_backward + recompute + zero3_gather + dequant}
     backward_end = {**persistent, "gradients": grads, "activations": 0, "logits": 0,
@@ -286,13 +293,25 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
     if plan.optimizer_in_backward:  # the step happens inside backward, one parameter at a time
         backward = max(backward_start, backward_end, optimizer, key=lambda p: sum(p.values()))
         optimizer = {**persistent, "gradients": buckets, "activations": 0, "logits": 0, "temporaries": 0}
-    phases = [
-        Phase(name="forward", parts=forward, allocated=sum(forward.values()),
-              what="loss: logits and their fp32 up-cast"),
-        Phase(name="backward", parts=backward, allocated=sum(backward.values()),
-              what=("start: fp32 logit gradients" if backward is backward_start else "end: all gradients")
+    phases = []
+    if run.generated:
+        # generation runs at the start of a step: gradients were freed by the last zero_grad, the cache grows
+        # to every position of every sequence generated at once, and the prompt's prefill is the largest forward
+        prefill = _no_grad_forward(spec, plan, train, run, acts, rows=run.generated,
+                                   seq=plan.seq_len - run.completion)
+        generation = {**persistent, "gradients": buckets, "activations": 0, "logits": 0,
+                      "generation": vllm + kv_cache, "temporaries": prefill}
+        phases.append(Phase(name="generation", parts=_ordered(generation), allocated=sum(generation.values()),
+                            what=f"KV cache of {run.generated} sequences x {plan.seq_len} tokens"))
+    what_forward = "reference forward without gradients" if no_grad > max(loss_forward, dequant) else \
+        "loss: logits and their fp32 up-cast" if run.head == "logits" else "loss"
+    phases += [
+        Phase(name="forward", parts=_ordered(forward), allocated=sum(forward.values()), what=what_forward),
+        Phase(name="backward", parts=_ordered(backward), allocated=sum(backward.values()),
+              what=(("start: fp32 logit gradients" if run.head == "logits" else "start: the loss's gradients")
+                    if backward is backward_start else "end: all gradients")
               + (", one block recomputed" if recompute else "")),
-        Phase(name="optimizer", parts=optimizer, allocated=sum(optimizer.values()),
+        Phase(name="optimizer", parts=_ordered(optimizer), allocated=sum(optimizer.values()),
               what="step: " + ("ZeRO's gradient partition" if grad_partition else
                                "foreach temporaries" if optimizer_temp else "in-place update")),
     ]
@@ -310,7 +329,8 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
             ddp_buckets=buckets, recompute_one_block=recompute,
             loss_forward_transient=loss_forward, loss_backward_transient=loss_backward,
             optimizer_temporaries=optimizer_temp, zero_gradient_partition=grad_partition,
-            zero3_gather=zero3_gather, qlora_dequant=dequant,
+            zero3_gather=zero3_gather, qlora_dequant=dequant, reference_weights=reference,
+            no_grad_forward=no_grad, kv_cache=kv_cache, vllm_reserved=vllm,
             fragmentation=fragmentation, cuda_context=context,
         ),
     )
@@ -408,10 +428,9 @@ def _largest_module(spec: ModelSpec, plan: Plan, train: TrainingLayout) -> tuple
         weight = numel * DTYPE_BYTES[trained if trainable else frozen] if nbytes is None else nbytes
         modules.append((weight, weight + (numel * DTYPE_BYTES[trained] if trainable else 0)))
 
-    vocab = spec.vocab_size * spec.hidden_size
-    add(vocab, train.embeddings_trainable)
-    if not spec.tie_word_embeddings:
-        add(vocab, train.head_trainable)
+    add(spec.vocab_size * spec.hidden_size, train.embeddings_trainable)
+    if spec.head_params:
+        add(spec.head_params, train.head_trainable)
     chosen = set(train.trainable_layers)
     for group in spec.blocks:
         trainable = train.method == "full" or any(group.start <= i < group.start + group.count for i in chosen)
@@ -494,8 +513,8 @@ def trainable_tensors(spec: ModelSpec, train: TrainingLayout, plan: Plan) -> lis
         out.append(Tensor(spec.vocab_size * d, embedding=True))  # a tied LM head is this same tensor
         if spec.learned_positions:
             out.append(Tensor(spec.learned_positions * d, embedding=True))
-        if not spec.tie_word_embeddings:
-            out.append(Tensor(spec.vocab_size * d))
+        if spec.head_params:
+            out.append(Tensor(spec.head_params))
         out += [Tensor(d, 2 if spec.final_norm.bias else 1)]
     return out
 
@@ -552,9 +571,62 @@ def _adafactor_state(train: TrainingLayout, spec: ModelSpec, plan: Plan) -> int:
             e, i = block.mlp.num_experts, block.mlp.intermediate_size
             entries += e * (2 * i + d) + e * (d + i) + e + d
     if train.method == "full":
-        entries += (spec.vocab_size + d) * (1 if spec.tie_word_embeddings else 2) + d
+        entries += spec.vocab_size + d + (spec.head_width + d if spec.head_params else 0) + d
     return 4 * entries
 
 
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def _loss_transients(spec: ModelSpec, plan: Plan, train: TrainingLayout, run: StageRun, rows: int) -> tuple[int, int]:
+    """What the output head and the loss allocate and free again over `rows` sequences: (at the loss in
+    forward, at the start of backward)."""
+    tokens, d, cb = rows * plan.seq_len, spec.hidden_size, DTYPE_BYTES[plan.compute_dtype]
+    head_grad = spec.head_width * d * 4 if train.head_trainable else 0
+    if run.head == "value":
+        return tokens * spec.head_width * (cb + 4), 0  # one score per position, up-cast by the loss
+    if run.head == "chunked":
+        # ChunkedLogProbFunction: one reused (4096 tokens x 32768 vocabulary) tile in the compute dtype and seven
+        # fp32 running statistics per token in forward; in backward the tile again, an fp32 gradient of the
+        # hidden states (and of the head's weight, when it trains) accumulated across tiles, then cast back
+        n = rows * run.scored_per_row
+        tile = min(n, CHUNK_TOKENS) * min(spec.head_width, CHUNK_VOCAB) * cb
+        return tile + 7 * 4 * n, tile + n * d * (4 + cb) + head_grad
+    if run.head == "fused":
+        # Liger's chunking keeps one chunk of about (tokens x hidden) logits, in fp32, at a time; it
+        # computes the gradients during forward, so a trainable head's fp32 gradient exists from then on
+        head_grad = spec.head_width * d * DTYPE_BYTES[param_dtype(plan, trainable=True)] \
+            if train.head_trainable else 0
+        return 4 * tokens * d * 2 + head_grad, head_grad
+    tv = tokens * spec.head_width
+    # forward: the model's logits and the loss's fp32 up-cast coexist with log_softmax's output;
+    # backward start: nll_loss's fp32 grad and log_softmax's fp32 grad input, both T x V
+    return tv * cb + (4 * tv if plan.compute_dtype != "fp32" else 0), 8 * tv
+
+
+def reference_bytes(spec: ModelSpec, plan: Plan, train: TrainingLayout) -> int:
+    """A frozen copy of the model in the frozen weights' dtype (the policy's frozen part as it is stored, the
+    trainable part in the compute dtype); ZeRO-3 shards it like the policy (trl `prepare_deepspeed`)."""
+    frozen = sum(g.nbytes for g in train.groups if not g.trainable)
+    own = (train.trainable_params - train.adapter_params) * DTYPE_BYTES[param_dtype(plan, trainable=False)]
+    return _ceil_div(frozen + own, plan.gpus) if plan.zero == 3 else frozen + own
+
+
+def _ordered(parts: dict[str, int]) -> dict[str, int]:
+    return {k: parts.get(k, 0) for k in COMPONENTS}
+
+
+def _no_grad_forward(spec: ModelSpec, plan: Plan, train: TrainingLayout, run: StageRun, acts: ActivationBytes,
+                     rows: int | None = None, seq: int | None = None) -> int:
+    """The peak of a forward without gradients over `rows` x `seq` tokens (default: the stage's reference or
+    KL forward): one decoder layer's intermediates at a time, bounded by what that layer saves when it trains,
+    then the head and loss over the same rows (a prefill scores only the last position)."""
+    rows = run.no_grad_rows if rows is None else rows
+    if not rows:
+        return 0
+    seq = plan.seq_len if seq is None else seq
+    layer = _ceil_div(acts.per_block_max * rows * seq, run.rows * plan.seq_len)
+    if seq != plan.seq_len:  # a prefill: the last position's logits, in fp32 for sampling
+        return layer + rows * spec.head_width * (DTYPE_BYTES[plan.compute_dtype] + 4)
+    return layer + _loss_transients(spec, plan, train, run, rows)[0]

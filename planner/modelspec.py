@@ -159,6 +159,21 @@ class ModelSpec(FrozenModel):
     warnings: tuple[str, ...] = ()
     checkpoint_dtype: str | None = None
     quantization: Quantization | None = None  # a pre-quantized checkpoint (config.json quantization_config)
+    # a sequence-classification head of this width instead of the LM head: a reward model's `score`
+    # (AutoModelForSequenceClassification, num_labels=1, no bias), which is never tied to the embeddings
+    num_labels: int = 0
+
+    @property
+    def head_width(self) -> int:
+        """The output head's width: the vocabulary, or a classification head's labels."""
+        return self.num_labels or self.vocab_size
+
+    @property
+    def head_params(self) -> int:
+        """Parameters of the output head itself; 0 when it is the embedding matrix (tied)."""
+        if self.num_labels:
+            return self.num_labels * self.hidden_size
+        return 0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size
 
     def iter_blocks(self):
         """Yield (layer index, Block) for every decoder layer, in order."""

@@ -47,7 +47,7 @@ def _active(block: Block) -> int:
 def count_params(spec: ModelSpec) -> ParamCounts:
     d = spec.hidden_size
     embeddings = spec.vocab_size * d + spec.learned_positions * d
-    head = 0 if spec.tie_word_embeddings else spec.vocab_size * d
+    head = spec.head_params
     final_norm = d * (2 if spec.final_norm.bias else 1)
     totals = {"attention": 0, "mlp": 0, "experts": 0, "router": 0, "norms": final_norm}
     per_layer: list[int] = []
@@ -61,7 +61,7 @@ def count_params(spec: ModelSpec) -> ParamCounts:
     total = embeddings + head + sum(totals.values())
     return ParamCounts(
         total=total, embeddings=embeddings, head=head, position_embeddings=spec.learned_positions * d, per_layer=per_layer,
-        active_per_token=active + final_norm + spec.vocab_size * d,  # the head always runs
+        active_per_token=active + final_norm + spec.head_width * d,  # the head always runs
         **totals,
     )
 

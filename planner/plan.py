@@ -18,11 +18,17 @@ Method = Literal["full", "freeze", "lora", "qlora"]
 Precision = Literal["fp32", "bf16", "bf16-mixed", "fp16-mixed"]
 Optimizer = Literal["adamw", "adamw-fused", "adamw-8bit", "paged-adamw-8bit", "adafactor", "sgd", "sgd-momentum"]
 AttentionKernel = Literal["eager", "sdpa", "flash"]
+# The training stage (planner.stages says what each one holds in memory): LLaMA-Factory's `stage` values
+# (hparams/finetuning_args.py; its ORPO and SimPO are `stage: dpo` with `pref_loss`), axolotl's `rl`, TRL's
+# trainers.
+Stage = Literal["sft", "pt", "dpo", "orpo", "simpo", "kto", "rm", "ppo", "grpo"]
+Vllm = Literal["off", "colocate", "server"]
 
 METHODS: tuple[str, ...] = Method.__args__
 PRECISIONS: tuple[str, ...] = Precision.__args__
 OPTIMIZERS: tuple[str, ...] = Optimizer.__args__
 ATTENTION_KERNELS: tuple[str, ...] = AttentionKernel.__args__
+STAGES: tuple[str, ...] = Stage.__args__
 
 class Plan(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -46,6 +52,14 @@ class Plan(BaseModel):
     offload_optimizer: bool = False
     fused_loss: bool = False  # fused linear cross-entropy (Liger / Cut Cross-Entropy): no full logits
     optimizer_in_backward: bool = False  # torchtune's optimizer_in_bwd: step each parameter in its grad hook
+    stage: Stage = "sft"
+    # a frozen reference model on the GPU; None: the stage's and method's default (planner.stages)
+    reference_model: bool | None = None
+    precompute_ref_log_probs: bool = False  # reference log-probs computed before training: no reference model
+    num_generations: int = 8  # GRPO: completions per prompt (TRL's default)
+    max_completion_len: int | None = None  # completion tokens within seq_len (GRPO default: TRL's 512)
+    vllm: Vllm = "off"  # GRPO generation: transformers' generate, vLLM beside training, or a vLLM server
+    vllm_gpu_memory_utilization: float = 0.3  # TRL's default share of the GPU vLLM colocate takes
 
     @model_validator(mode="before")
     @classmethod
@@ -61,7 +75,7 @@ class Plan(BaseModel):
             raise FtplanError(
                 f"{self.quant_bits}-bit weights cannot be trained with {{method}} {self.method}; train LoRA "
                 "adapters on the quantized base (QLoRA) or drop {quant_bits}", field="quant_bits")
-        for field in ("batch_size", "seq_len", "grad_accum", "gpus", "lora_rank"):
+        for field in ("batch_size", "seq_len", "grad_accum", "gpus", "lora_rank", "num_generations"):
             if getattr(self, field) < 1:
                 raise FtplanError(f"must be at least 1, got {getattr(self, field)}", field=field)
         if self.freeze_trainable_layers == 0 and self.method == "freeze":
@@ -75,6 +89,15 @@ class Plan(BaseModel):
         if self.optimizer_in_backward and (self.grad_accum > 1 or self.zero):
             raise FtplanError("steps each parameter as its gradient arrives, so it cannot accumulate gradients "
                               "or shard them; set {grad_accum} to 1 and {zero} to 0", field="optimizer_in_backward")
+        if self.max_completion_len is not None and not 1 <= self.max_completion_len <= self.seq_len:
+            raise FtplanError(f"must be between 1 and {{seq_len}} ({self.seq_len}: prompt + completion), got "
+                              f"{self.max_completion_len}", field="max_completion_len")
+        if not 0.0 < self.vllm_gpu_memory_utilization < 1.0:
+            raise FtplanError(f"must be in (0, 1), got {self.vllm_gpu_memory_utilization}",
+                              field="vllm_gpu_memory_utilization")
+        if self.vllm != "off" and self.stage not in ("grpo", "ppo"):
+            raise FtplanError(f"generates completions, which stage {self.stage} does not; use it with {{stage}} "
+                              "grpo", field="vllm")
         return self
 
     @property

@@ -20,6 +20,7 @@ from planner.params import count_params
 from planner.plan import Plan
 from planner.result import Estimate, ModelSummary, ParamSummary
 from planner.spec import ModelSpec
+from planner.stages import stage_assumptions, stage_run, stage_spec, stage_warnings
 from planner.target import GpuTarget, Machine
 from planner.units import fmt_gib
 
@@ -34,6 +35,7 @@ def plan_run(spec: ModelSpec, plan: Plan | dict, target: Machine | None = None, 
     gpu_target = machine if isinstance(machine, GpuTarget) else None
     if gpu_target is not None and gpu_target.gpus and gpu_target.gpus != plan.gpus:
         plan = plan.with_(gpus=gpu_target.gpus)
+    spec = stage_spec(spec, plan)
     counts = count_params(spec)
     train = layout(spec, counts, plan)
     memory = estimate_memory(spec, plan, counts, train, machine)
@@ -84,7 +86,7 @@ def assumptions(plan: Plan, machine: Machine, train: TrainingLayout, memory: Bre
     out = [
         precision, optimizer, kernel,
         f"micro-batch {plan.batch_size} x {plan.seq_len} tokens, sequences padded or packed to full length",
-        "the loss up-casts logits to fp32 (transformers' ForCausalLMLoss); log_softmax keeps them for backward",
+        *stage_assumptions(plan, stage_run(plan, machine.device), memory.details.reference_weights),
         f"overhead: CUDA context {fmt_gib(machine.context_bytes)} ({machine.cuda_context_source}) + allocator "
         f"fragmentation {machine.fragmentation:.0%} of the peak"
         + (" (settable with {cuda_context} / {fragmentation})" if settable else ""),
@@ -121,6 +123,8 @@ def assumptions(plan: Plan, machine: Machine, train: TrainingLayout, memory: Bre
 def warnings(spec: ModelSpec, plan: Plan, target: GpuTarget | None) -> list[Finding]:
     """What about this plan will not run as planned, or not as the user meant; `{field}` names settings."""
     out = [Finding(severity="warning", code="model_config", message=w) for w in spec.warnings]
+    out += [Finding(severity="warning", code=f"stage_{plan.stage}", message=w)
+            for w in stage_warnings(plan, target.capacity if target else None)]
     gpu = target.gpu if target else None
     if gpu is not None:
         if plan.compute_dtype == "bf16" and not gpu.supports_bf16:

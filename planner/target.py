@@ -58,6 +58,12 @@ class Machine(BaseModel):
         """The CUDA context counts only on a GPU."""
         return self.cuda_context if self.device == "cuda" else 0
 
+    @property
+    def capacity_bytes(self) -> int | None:
+        """Memory per GPU, where the machine is a GPU target (vLLM colocate reserves a share of it)."""
+        capacity = getattr(self, "capacity", None)
+        return capacity if isinstance(capacity, int) else None
+
     def facts(self) -> Machine:
         """The machine facts alone (a GpuTarget without its GPU)."""
         return Machine(**{name: getattr(self, name) for name in Machine.model_fields})

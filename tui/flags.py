@@ -60,7 +60,7 @@ def _add_plan_flags(p: argparse.ArgumentParser, group: str, defaults: dict) -> N
         default = defaults.get(s.name, info.default)
         names = [s.flag, *([s.short] if s.short else [])]
         shown = "" if default is None else f" (default: {'on' if default is True else 'off' if default is False else default})"
-        if info.annotation is bool:
+        if info.annotation in (bool, bool | None):
             p.add_argument(*names, dest=s.name, action=argparse.BooleanOptionalAction, default=default,
                            help=s.help + shown)
             continue

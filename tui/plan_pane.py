@@ -227,8 +227,12 @@ class PlanPane(Horizontal):
         self.query_one("#spec", SpecSummary).show(result)
         self.query_one("#bar", MemoryBar).show(result)
         table = self.query_one("#breakdown", DataTable)
-        table.clear()
         mem = result.memory
+        phases = [p.name for p in mem.phases]
+        if [str(c.label) for c in table.columns.values()][1:] != phases:  # GRPO adds a generation phase
+            table.clear(columns=True)
+            table.add_columns("GiB", *phases)
+        table.clear()
         for label, cells in breakdown_rows(mem, LABELS):
             table.add_row(label, *cells)
         summary = self.query_one("#summary", Static)

@@ -10,7 +10,8 @@ from planner.memory import COMPONENTS, Breakdown
 from planner.units import GIB, fmt_gib
 
 LONG_LABELS = {
-    "weights": "weights", "master_weights": "master weights (fp32)", "optimizer": "optimizer state",
+    "weights": "weights", "reference": "reference model", "generation": "generation (KV cache / vLLM)",
+    "master_weights": "master weights (fp32)", "optimizer": "optimizer state",
     "gradients": "gradients", "activations": "activations", "logits": "logits (loss)", "temporaries": "temporaries",
 }
 

@@ -9,10 +9,10 @@ from planner.memory import COMPONENTS
 from planner.result import Estimate
 from planner.units import GIB, fmt_count
 
-COLORS = {"weights": "dodger_blue2", "master_weights": "purple", "optimizer": "dark_orange3",
+COLORS = {"weights": "dodger_blue2", "reference": "steel_blue", "generation": "magenta", "master_weights": "purple", "optimizer": "dark_orange3",
           "gradients": "gold3", "activations": "green3", "logits": "cyan", "temporaries": "grey50",
           "overhead": "grey35"}
-LABELS = {"weights": "weights", "master_weights": "master", "optimizer": "optimizer", "gradients": "gradients",
+LABELS = {"weights": "weights", "reference": "reference", "generation": "generation", "master_weights": "master", "optimizer": "optimizer", "gradients": "gradients",
           "activations": "activations", "logits": "logits", "temporaries": "temporaries", "overhead": "overhead"}
 
 

@@ -1,0 +1,187 @@
+"""What a training stage holds in memory beyond supervised fine-tuning of one model.
+
+Each stage is read from the trainers that run it (TRL 1.16, trl/trainer/*_trainer.py and
+trl/experimental/{orpo,cpo}; LLaMA-Factory, src/llamafactory/train/{dpo,kto,rm,ppo}/trainer.py):
+
+* **dpo, orpo, simpo, rm**: chosen and rejected go through the model together, as 2B rows (TRL
+  `DataCollatorForPreference` / LLaMA-Factory `PairwiseDataCollatorWithPadding`): the per-device batch counts
+  pairs. DPO keeps a reference model; ORPO and SimPO are reference-free (LLaMA-Factory
+  `FinetuningArguments.use_ref_model`: `stage == "dpo" and pref_loss not in ("orpo", "simpo")`, or KTO).
+* **kto**: unpaired examples; the policy runs the main batch with gradients and the mismatched "KL" batch
+  without, the reference both without (trl/experimental/kto, `forward` and `_compute_kl_logps`).
+* **rm**: TRL's RewardTrainer trains `AutoModelForSequenceClassification(num_labels=1)`: a `score` head of width
+  1 replaces the LM head, so no vocabulary logits exist.
+* **grpo**: completions are generated (`generate`'s KV cache, or vLLM), then trained on; the per-device batch
+  counts completions; TRL keeps a reference model only when `beta` != 0 (0.0 is its default) and scores only
+  completion positions (`logits_to_keep`).
+* **ppo**: a policy with a value head, a reference and a reward model (LLaMA-Factory's default reward is a LoRA
+  adapter on the policy; TRL's PPO keeps four models), and rollouts generated like GRPO's.
+
+The reference model is the frozen policy: a separate copy in the frozen weights' dtype for full and freeze
+tuning (TRL `create_model_from_path(..., dtype=model.dtype)`; LLaMA-Factory `create_ref_model`), none for
+LoRA/QLoRA, whose reference is the policy with its adapter disabled (`use_adapter(..., None)` /
+`disable_adapter()`), and none when the reference log-probs are precomputed before training.
+
+`fused_loss` on a DPO, KTO or GRPO plan is TRL 1.16's fused LM head (`add_fused_lm_head`, trl/trainer/utils.py,
+and `ChunkedLogProbFunction`, trl/kernels/chunked_logprob.py), which these trainers always install: per-token
+log-probs are computed tile by tile and backward recomputes the tiles, so no logits tensor exists; on CUDA only
+the positions with a label are scored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from planner.modelspec import ModelSpec
+from planner.plan import Plan
+
+Head = Literal["logits", "fused", "chunked", "value"]
+
+PAIRED = frozenset({"dpo", "orpo", "simpo", "rm"})
+GENERATES = frozenset({"grpo", "ppo"})
+# stages whose reference model exists by default (for full and freeze tuning)
+REFERENCED = frozenset({"dpo", "kto", "ppo"})
+PREFERENCE = frozenset({"dpo", "orpo", "simpo", "kto"})
+GRPO_COMPLETION_DEFAULT = 512  # trl GRPOConfig.max_completion_length
+
+# trl/kernels/chunked_logprob.py: the head projects TOKEN_CHUNK_SIZE tokens x chunk_size vocabulary entries at a
+# time (trl/trainer/utils.py _CHUNKED_LOGPROB_CHUNK_SIZE), into one reused buffer in the compute dtype
+CHUNK_TOKENS = 4096
+CHUNK_VOCAB = 32768
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """How a stage's step differs from one SFT step, per micro-batch."""
+
+    stage: str
+    rows: int  # sequences in the forward with gradients (2B for pairs)
+    head: Head  # what the output head saves: full logits, fused CE, TRL's chunked log-probs, a value
+    reference: bool  # a frozen reference copy of the model on the GPU
+    no_grad_rows: int  # rows of the largest forward without gradients (reference, KTO's KL batch)
+    scored_per_row: int  # positions per row the chunked head scores
+    generated: int  # sequences `generate` runs at once (0: no generation on this GPU)
+    completion: int  # tokens generated per sequence
+
+
+def completion_len(plan: Plan) -> int:
+    if plan.max_completion_len is not None:
+        return plan.max_completion_len
+    return min(GRPO_COMPLETION_DEFAULT, plan.seq_len) if plan.stage in GENERATES else plan.seq_len
+
+
+def has_reference(plan: Plan) -> bool:
+    """Whether a separate frozen reference model is on the GPU."""
+    if plan.reference_model is not None:
+        return plan.reference_model
+    if plan.precompute_ref_log_probs or plan.stage not in REFERENCED:
+        return False
+    return plan.method in ("full", "freeze")
+
+
+def stage_run(plan: Plan, device: str = "cuda") -> StageRun:
+    stage = plan.stage
+    b = plan.batch_size
+    rows = 2 * b if stage in PAIRED else b
+    if stage == "rm":
+        head: Head = "value"
+    elif plan.fused_loss:
+        head = "chunked" if stage in ("dpo", "kto", "grpo") else "fused"
+    else:
+        head = "logits"
+    reference = has_reference(plan)
+    # forwards without gradients that run while the policy's activations are alive: the reference forward
+    # (DPO: after the policy's, in `_compute_loss`), KTO's KL batch (the policy's and the reference's). With
+    # LoRA the reference is the policy itself with the adapter off, which runs all the same.
+    uses_reference = stage in REFERENCED and not plan.precompute_ref_log_probs
+    if stage == "grpo":
+        uses_reference = has_reference(plan)
+    no_grad = rows if uses_reference or stage == "kto" else 0
+    completion = completion_len(plan)
+    # CUDA scores only labelled positions (trl/trainer/utils.py `_use_triton`); elsewhere every position
+    scored = min(completion, plan.seq_len - 1) if device == "cuda" and stage in PREFERENCE | GENERATES \
+        else plan.seq_len - 1
+    generated = 0
+    if stage in GENERATES and plan.vllm == "off":
+        # trl GRPOConfig: generation_batch_size = per_device_train_batch_size x processes x steps_per_generation
+        # (steps_per_generation defaults to gradient_accumulation_steps); each process generates its share
+        generated = b * plan.grad_accum
+    return StageRun(stage=stage, rows=rows, head=head, reference=reference,
+                    no_grad_rows=no_grad, scored_per_row=max(1, scored),
+                    generated=generated, completion=completion)
+
+
+def stage_spec(spec: ModelSpec, plan: Plan) -> ModelSpec:
+    """The model the stage trains: a reward model's one-wide `score` head replaces the LM head."""
+    if plan.stage == "rm" and not spec.num_labels:
+        return spec.model_copy(update={"num_labels": 1})
+    return spec
+
+
+def kv_cache_bytes(spec: ModelSpec, sequences: int, length: int, dtype_bytes: int) -> int:
+    """`generate`'s KV cache (transformers DynamicCache): keys and values of every layer for every position;
+    a sliding-window layer keeps at most its window."""
+    total = 0
+    for _, block in spec.iter_blocks():
+        att = block.attention
+        kept = min(length, att.sliding_window) if att.sliding_window else length
+        total += att.num_kv_heads * (att.head_dim + att.v_head_dim) * kept
+    return sequences * total * dtype_bytes
+
+
+def stage_assumptions(plan: Plan, run: StageRun, reference: int) -> list[str]:
+    """What the plan of a stage rests on, in words (`{field}` placeholders name settings)."""
+    from planner.units import fmt_gib
+
+    head = {
+        "logits": "the loss up-casts logits to fp32 (transformers' ForCausalLMLoss); log_softmax keeps them for "
+                  "backward",
+        "fused": "fused linear cross-entropy: the logits are made chunk by chunk and never kept",
+        "chunked": "TRL's fused LM head: per-token log-probs in 4096 x 32768 tiles, recomputed in backward; it keeps "
+                   "the scored hidden states and two fp32 values per token",
+        "value": "a reward model: a one-wide `score` head replaces the LM head (AutoModelForSequenceClassification), "
+                 "so no vocabulary logits exist",
+    }[run.head]
+    out = [head]
+    stage = plan.stage
+    if stage in PAIRED:
+        out.append(f"stage {stage}: chosen and rejected run through the model together: {run.rows} rows of "
+                   f"{plan.seq_len} tokens per micro-batch of {plan.batch_size} pairs")
+    if stage == "kto":
+        out.append("stage kto: the main batch with gradients, the KL batch (mismatched completions) without")
+    if stage in REFERENCED or (stage == "grpo" and run.reference):
+        if run.reference:
+            out.append(f"reference model: a frozen copy of the model, {fmt_gib(reference)} per GPU")
+        elif plan.precompute_ref_log_probs:
+            out.append("reference log-probs precomputed before training: no reference model on the GPU")
+        elif stage == "grpo":
+            out.append("no reference model: TRL's GRPO default beta 0.0 needs none (set {reference_model} for a "
+                       "KL term)")
+        else:
+            out.append("reference: the policy with its LoRA adapter disabled (no separate copy); its forward runs "
+                       "without gradients")
+    if stage in GENERATES:
+        out.append(f"stage {stage}: the micro-batch counts completions; {{seq_len}} {plan.seq_len} = prompt + "
+                   f"{run.completion} completion tokens")
+        if run.generated:
+            out.append(f"generation with transformers' generate: {run.generated} sequences at once ({{batch_size}} "
+                       "x {grad_accum}: TRL's generation_batch_size per GPU), KV cache for every position")
+        elif plan.vllm == "colocate":
+            out.append(f"vLLM colocate reserves {plan.vllm_gpu_memory_utilization:.0%} of each GPU for its "
+                       "weights and KV cache, for the whole run")
+        else:
+            out.append("vLLM server: generation runs on other GPUs, not counted here")
+    return out
+
+
+def stage_warnings(plan: Plan, capacity: int | None) -> list[str]:
+    """What about a stage this plan does not model, and which way that moves the estimate."""
+    out = []
+    if plan.stage == "ppo":
+        out.append("stage ppo: planned as the policy plus its reference and rollouts; the value head, a separate "
+                   "full reward model and the rollout buffers are not modelled, so this understates memory")
+    if plan.vllm == "colocate" and capacity is None:
+        out.append("vLLM colocate reserves a share of each GPU, which needs a GPU to size: give {gpu} or "
+                   "{gpu_memory}; this total leaves it out")
+    return out

@@ -1,0 +1,156 @@
+"""Alignment stages: the models each stage keeps, against transformers' own models, and how the plan moves.
+
+TRL's trainers themselves are measured in test_stage_truth.py; here the truths are transformers' models on
+the meta device (a reward model's parameters, a reference copy's bytes) and a real `generate` KV cache.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from planner.memory import estimate_memory
+from planner.params import count_params
+from planner.plan import Plan
+from planner.spec import spec_from_config
+from planner.stages import stage_spec
+from planner.target import Machine
+from tests.planner.configs import EXACT_TYPES, random_config
+from tests.planner.truth import hf_config
+
+CPU = Machine(device="cpu")
+
+
+def _spec(model_type: str = "llama", seed: int = 0):
+    config = random_config(model_type, seed, layers=2)
+    return config, spec_from_config(config, source="test")
+
+
+@pytest.mark.parametrize("model_type", EXACT_TYPES)
+def test_reward_model_parameters_match_a_sequence_classifier(model_type: str) -> None:
+    """TRL's RewardTrainer trains AutoModelForSequenceClassification(num_labels=1): the LM head goes, a
+    one-wide `score` head comes (never tied to the embeddings)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    config, spec = _spec(model_type)
+    hf = hf_config(config)
+    hf.num_labels = 1
+    try:
+        with torch.device("meta"):
+            model = AutoModelForSequenceClassification.from_config(hf)
+    except ValueError:
+        pytest.skip(f"transformers has no sequence classifier for {model_type}")
+    counts = count_params(stage_spec(spec, Plan(stage="rm")))
+    assert counts.total == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("method", ["full", "freeze"])
+@pytest.mark.parametrize("precision", ["bf16", "bf16-mixed", "fp32"])
+def test_reference_copy_is_the_model_in_its_frozen_dtype(method: str, precision: str) -> None:
+    """The reference is the model loaded frozen: every parameter in the dtype frozen weights have."""
+    from tests.planner.truth import meta_model, torch_dtype
+
+    config, spec = _spec()
+    plan = Plan(stage="dpo", method=method, precision=precision, freeze_trainable_layers=1)
+    model = meta_model(config).to(torch_dtype(plan.compute_dtype))
+    expected = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert estimate_memory(spec, plan, machine=CPU).details.reference_weights == expected
+
+
+@pytest.mark.parametrize(("changes", "kept"), [
+    ({"stage": "dpo"}, True), ({"stage": "kto"}, True), ({"stage": "ppo"}, True),
+    ({"stage": "orpo"}, False), ({"stage": "simpo"}, False), ({"stage": "rm"}, False), ({"stage": "sft"}, False),
+    ({"stage": "grpo"}, False),  # TRL's default beta 0.0
+    ({"stage": "grpo", "reference_model": True}, True),
+    ({"stage": "dpo", "method": "lora"}, False),  # the adapter is disabled instead
+    ({"stage": "dpo", "method": "qlora"}, False),
+    ({"stage": "dpo", "precompute_ref_log_probs": True}, False),
+    ({"stage": "dpo", "method": "lora", "reference_model": True}, True),  # a separate ref_model given
+])
+def test_which_stages_keep_a_reference_model(changes: dict, kept: bool) -> None:
+    _, spec = _spec()
+    est = estimate_memory(spec, Plan(**changes), machine=CPU)
+    assert (est.details.reference_weights > 0) == kept
+    assert est.largest["reference"] == est.details.reference_weights
+
+
+def test_paired_stages_train_on_twice_the_rows() -> None:
+    """Chosen and rejected share one forward: B pairs save what 2B SFT sequences save."""
+    _, spec = _spec()
+    for stage in ("dpo", "orpo", "simpo"):
+        paired = estimate_memory(spec, Plan(stage=stage, batch_size=2, seq_len=32), machine=CPU)
+        sft = estimate_memory(spec, Plan(batch_size=4, seq_len=32), machine=CPU)
+        assert paired.details.activations_saved_in_blocks == sft.details.activations_saved_in_blocks
+        assert paired.largest["logits"] == sft.largest["logits"]
+
+
+def test_reward_model_keeps_no_vocabulary_logits() -> None:
+    _, spec = _spec()
+    rm = estimate_memory(spec, Plan(stage="rm", seq_len=64), machine=CPU)
+    dpo = estimate_memory(spec, Plan(stage="orpo", seq_len=64), machine=CPU)
+    assert rm.largest["logits"] == 0 < dpo.largest["logits"]
+
+
+def test_reference_forward_runs_while_the_policy_activations_are_alive() -> None:
+    _, spec = _spec()
+    lora = estimate_memory(spec, Plan(stage="dpo", method="lora", seq_len=64), machine=CPU)
+    orpo = estimate_memory(spec, Plan(stage="orpo", method="lora", seq_len=64), machine=CPU)
+    assert lora.details.no_grad_forward > 0 == orpo.details.no_grad_forward
+    forward = lora.phases[0]
+    assert forward.parts["temporaries"] >= lora.details.no_grad_forward
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "mistral"])
+def test_generation_kv_cache_matches_transformers_generate(model_type: str) -> None:
+    """`generate`'s DynamicCache for the sequences GRPO generates at once, measured on a real tiny model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config, spec = _spec(model_type)
+    config = {**config, "sliding_window": None} if model_type == "mistral" else config
+    spec = spec_from_config(config, source="test")
+    prompt, completion, batch, accum = 6, 10, 2, 2
+    model = AutoModelForCausalLM.from_config(hf_config(config), dtype=torch.bfloat16).eval()
+    ids = torch.randint(3, config["vocab_size"], (batch * accum, prompt))
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=completion,
+                         min_new_tokens=completion, do_sample=False, return_dict_in_generate=True)
+    cache = out.past_key_values
+    real = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    plan = Plan(stage="grpo", precision="bf16", batch_size=batch, grad_accum=accum, seq_len=prompt + completion,
+                max_completion_len=completion)
+    ours = estimate_memory(spec, plan, machine=CPU).details.kv_cache
+    # generate caches every position but the last generated token's
+    assert abs(ours - real) <= real / (prompt + completion - 1) + 1, (ours, real)
+
+
+def test_vllm_colocate_reserves_its_share_and_server_holds_nothing() -> None:
+    from planner.target import resolve_target
+
+    _, spec = _spec()
+    gpu = resolve_target("H100", None)
+    plan = Plan(stage="grpo", seq_len=64)
+    colocate = estimate_memory(spec, plan.with_(vllm="colocate"), machine=gpu)
+    server = estimate_memory(spec, plan.with_(vllm="server"), machine=gpu)
+    assert colocate.details.vllm_reserved == int(0.3 * gpu.capacity)
+    assert colocate.peak["generation"] == colocate.details.vllm_reserved
+    assert server.details.kv_cache == 0 == server.largest["generation"]
+    assert [p.name for p in server.phases] == ["forward", "backward", "optimizer"]
+
+
+def test_suggestions_know_the_stage() -> None:
+    from planner.service import plan_run
+    from planner.spec import load_spec
+    from planner.target import resolve_target
+
+    est = plan_run(load_spec("7b"), {"stage": "dpo"}, resolve_target("H100", None))
+    titles = {c.title: c for c in est.suggestions}
+    precompute = titles["Precompute the reference log-probs"]
+    assert precompute.saved >= est.memory.details.reference_weights
+    assert "reference" in titles["Train LoRA adapters instead"].reason
+
+
+def test_vllm_outside_generating_stages_is_refused() -> None:
+    from planner.errors import FtplanError
+
+    with pytest.raises(FtplanError, match="generates completions"):
+        Plan.build(stage="dpo", vllm="colocate")
