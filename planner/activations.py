@@ -478,7 +478,8 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
     `input_grad` models `enable_input_require_grads()` (used with gradient checkpointing).
     `head` is what the output head and loss save (planner.stages): "logits" (the LM head and a cross-entropy
     over its fp32 up-cast), "fused" (a fused linear cross-entropy), "chunked" (TRL's fused log-prob head over
-    `scored` positions in all) or "value" (a classification head of `head_width` outputs, no vocabulary logits).
+    `scored` positions in all), "value" (a value or classification head of `head_width` outputs, with no loss
+    over them) or "logps" (TRL's ORPO/CPO log-probs over logits kept in their own dtype).
     """
     tape = Tape(autocast=autocast, device=device)
     tokens, d = batch * seq, spec.hidden_size
@@ -512,7 +513,7 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
     head_dtype = weight_dtypes[0] if head_trainable else weight_dtypes[1]
     x = tape.norm(x, tokens, spec.final_norm.kind, head_trainable, head_dtype, spec.final_norm.bias)
     width = head_width or spec.vocab_size
-    if head in ("logits", "value"):
+    if head in ("logits", "value", "logps"):
         logits = tape.linear(x, width, d, head_trainable)
     outside = tape.bytes() + unreplayed - blocks
     tape.region = "logits"
@@ -525,6 +526,14 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
             tape.save(T(n * d, x.dtype, False), T(n, "fp32", False), T(n, "fp32", False), T(n, "int64", False))
     elif head == "value":
         pass  # the score of each sequence's last token and a log-sigmoid of pair differences: a few bytes
+    elif head == "logps":
+        # TRL's ORPO/CPO (trl/experimental/orpo concatenated_forward): logits in their own dtype; the NLL on the
+        # chosen half saves its log-softmax; selective_log_softmax (trl/trainer/utils.py) keeps the fp32 logits
+        # themselves (logsumexp), or one 16-bit log-softmax per row
+        if logits.grad:
+            shifted = batch * (seq - 1)
+            tape.save(T(batch // 2 * (seq - 1) * width, logits.dtype, False), T(shifted, "int64", False))
+            tape.save(logits if logits.dtype == "fp32" else T(shifted * width, logits.dtype, False))
     elif head == "fused":
         # fused linear cross-entropy (Liger, Cut Cross-Entropy): logits are made chunk by chunk inside
         # the loss, which computes d(loss)/d(hidden) during forward and keeps only that for backward

@@ -109,6 +109,10 @@ FIELDS: list[Setting] = [
              "axolotl": "liger_fused_linear_cross_entropy"}, widget="switch", group=_S),
     Setting("optimizer_in_backward", "plan", "--optimizer-in-backward", "optimizer in backward",
             "step each parameter inside backward (torchtune's optimizer_in_bwd): no full gradient set", group=_S),
+    Setting("framework", "plan", "--framework", "framework",
+            "whose trainer runs a preference or reward stage: llamafactory (full fp32 log-softmax, a value head "
+            "beside the LM head) or trl (ORPO/CPO keep logits in the compute dtype; a one-wide score head)",
+            widget="select"),
     Setting("reference_model", "plan", "--reference-model", "reference model",
             "keep a frozen reference model on the GPU (default: DPO/KTO/PPO full or freeze tuning; LoRA "
             "disables the adapter instead; GRPO only with a KL beta)",

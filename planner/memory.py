@@ -82,7 +82,7 @@ class Details(BaseModel):
     zero_gradient_partition: int  # DeepSpeed ZeRO's gradient partition in the master's dtype, built in step()
     zero3_gather: int  # ZeRO-3's gathered parameters (and gradient) in backward; forward holds no gradient
     qlora_dequant: int
-    reference_weights: int = 0  # a frozen reference model (DPO/KTO/PPO full or freeze tuning, GRPO with a beta)
+    reference_weights: int = 0  # frozen reference (DPO/KTO/PPO full or freeze, GRPO with a beta) and PPO reward models
     no_grad_forward: int = 0  # the largest forward without gradients (reference, KTO's KL batch), at its peak
     kv_cache: int = 0  # GRPO/PPO: `generate`'s KV cache for the sequences generated at once
     vllm_reserved: int = 0  # GRPO/PPO with vLLM colocate: its share of the GPU
@@ -273,7 +273,7 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
         # each gradient is stepped and freed in its own hook: only the largest one exists at a time
         all_grads, grads = grads, _largest_gradient(spec, train, plan, grads)
         optimizer_temp = _ceil_div(optimizer_temp * grads, max(1, all_grads))
-    reference = reference_bytes(spec, plan, train) if run.reference else 0
+    reference = reference_bytes(spec, plan, train) * (int(run.reference) + int(run.reward_model))
     no_grad = _no_grad_forward(spec, plan, train, run, acts)
     kv_cache = kv_cache_bytes(spec, run.generated, plan.seq_len, compute_bytes) if run.generated else 0
     vllm = int(plan.vllm_gpu_memory_utilization * machine.capacity_bytes) \
@@ -585,7 +585,9 @@ def _loss_transients(spec: ModelSpec, plan: Plan, train: TrainingLayout, run: St
     tokens, d, cb = rows * plan.seq_len, spec.hidden_size, DTYPE_BYTES[plan.compute_dtype]
     head_grad = spec.head_width * d * 4 if train.head_trainable else 0
     if run.head == "value":
-        return tokens * spec.head_width * (cb + 4), 0  # one score per position, up-cast by the loss
+        # one score per position, up-cast; LLaMA-Factory's value-head model computes (and up-casts) the LM
+        # head's logits too, unused
+        return tokens * spec.head_width * (cb + 4), 0
     if run.head == "chunked":
         # ChunkedLogProbFunction: one reused (4096 tokens x 32768 vocabulary) tile in the compute dtype and seven
         # fp32 running statistics per token in forward; in backward the tile again, an fp32 gradient of the

@@ -386,8 +386,15 @@ def layout(spec: ModelSpec, counts: ParamCounts, plan: Plan) -> TrainingLayout:
     if dtype == "fp32" and plan.compute_dtype != "fp32":
         notes.append("lora: peft keeps adapter weights in fp32 (autocast_adapter_dtype=True) and casts "
                      "each adapter's input to fp32")
-    return TrainingLayout(method=plan.method, trainable_params=adapters, adapter_params=adapters,
-                          lora_modules=modules, groups=groups, notes=notes, checkpoint_quantized=ckpt is not None)
+    head = 0
+    if spec.num_labels:
+        # peft's SEQ_CLS task puts the classification head in modules_to_save: a trainable copy in the model's
+        # dtype beside the frozen original (peft/utils/constants.py, `ModulesToSaveWrapper`)
+        head = spec.head_params
+        add("classification head copy (peft modules_to_save)", head, True, dtype=plan.compute_dtype)
+    return TrainingLayout(method=plan.method, trainable_params=adapters + head, adapter_params=adapters,
+                          lora_modules=modules, groups=groups, notes=notes, checkpoint_quantized=ckpt is not None,
+                          head_trainable=bool(head))
 
 
 def _checkpoint_block(spec: ModelSpec, q: Quantization, index: int, block: Block) -> tuple[int, int]:

@@ -23,6 +23,7 @@ AttentionKernel = Literal["eager", "sdpa", "flash"]
 # trainers.
 Stage = Literal["sft", "pt", "dpo", "orpo", "simpo", "kto", "rm", "ppo", "grpo"]
 Vllm = Literal["off", "colocate", "server"]
+Framework = Literal["llamafactory", "trl"]  # whose trainer runs a preference or reward stage
 
 METHODS: tuple[str, ...] = Method.__args__
 PRECISIONS: tuple[str, ...] = Precision.__args__
@@ -53,6 +54,8 @@ class Plan(BaseModel):
     fused_loss: bool = False  # fused linear cross-entropy (Liger / Cut Cross-Entropy): no full logits
     optimizer_in_backward: bool = False  # torchtune's optimizer_in_bwd: step each parameter in its grad hook
     stage: Stage = "sft"
+    # ORPO/SimPO and reward models keep different tensors in LLaMA-Factory's trainers and TRL's (planner.stages)
+    framework: Framework = "llamafactory"
     # a frozen reference model on the GPU; None: the stage's and method's default (planner.stages)
     reference_model: bool | None = None
     precompute_ref_log_probs: bool = False  # reference log-probs computed before training: no reference model

@@ -123,8 +123,8 @@ def assumptions(plan: Plan, machine: Machine, train: TrainingLayout, memory: Bre
 def warnings(spec: ModelSpec, plan: Plan, target: GpuTarget | None) -> list[Finding]:
     """What about this plan will not run as planned, or not as the user meant; `{field}` names settings."""
     out = [Finding(severity="warning", code="model_config", message=w) for w in spec.warnings]
-    out += [Finding(severity="warning", code=f"stage_{plan.stage}", message=w)
-            for w in stage_warnings(plan, target.capacity if target else None)]
+    out += [Finding(severity="warning", code=code, message=message, field="stage", data={"direction": direction})
+            for code, message, direction in stage_warnings(plan, target.capacity if target else None)]
     gpu = target.gpu if target else None
     if gpu is not None:
         if plan.compute_dtype == "bf16" and not gpu.supports_bf16:

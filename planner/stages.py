@@ -8,14 +8,16 @@ trl/experimental/{orpo,cpo}; LLaMA-Factory, src/llamafactory/train/{dpo,kto,rm,p
   pairs. DPO keeps a reference model; ORPO and SimPO are reference-free (LLaMA-Factory
   `FinetuningArguments.use_ref_model`: `stage == "dpo" and pref_loss not in ("orpo", "simpo")`, or KTO).
 * **kto**: unpaired examples; the policy runs the main batch with gradients and the mismatched "KL" batch
-  without, the reference both without (trl/experimental/kto, `forward` and `_compute_kl_logps`).
+  without, the reference both without (trl/trainer/kto_trainer.py, `_compute_loss` and `_compute_kl_logps`).
 * **rm**: TRL's RewardTrainer trains `AutoModelForSequenceClassification(num_labels=1)`: a `score` head of width
   1 replaces the LM head, so no vocabulary logits exist.
 * **grpo**: completions are generated (`generate`'s KV cache, or vLLM), then trained on; the per-device batch
   counts completions; TRL keeps a reference model only when `beta` != 0 (0.0 is its default) and scores only
   completion positions (`logits_to_keep`).
-* **ppo**: a policy with a value head, a reference and a reward model (LLaMA-Factory's default reward is a LoRA
-  adapter on the policy; TRL's PPO keeps four models), and rollouts generated like GRPO's.
+* **ppo**: a policy with a value head, a reference and a reward model, and rollouts generated like GRPO's.
+  LLaMA-Factory's reward for a LoRA policy is by default an adapter on the policy itself (`reward_model_type:
+  lora`); full and freeze tuning need a separate full reward model (hparams/finetuning_args.py), counted here as
+  a frozen copy of the policy's size. TRL 1.x has no PPO trainer.
 
 The reference model is the frozen policy: a separate copy in the frozen weights' dtype for full and freeze
 tuning (TRL `create_model_from_path(..., dtype=model.dtype)`; LLaMA-Factory `create_ref_model`), none for
@@ -36,7 +38,7 @@ from typing import Literal
 from planner.modelspec import ModelSpec
 from planner.plan import Plan
 
-Head = Literal["logits", "fused", "chunked", "value"]
+Head = Literal["logits", "fused", "chunked", "value", "logps"]
 
 PAIRED = frozenset({"dpo", "orpo", "simpo", "rm"})
 GENERATES = frozenset({"grpo", "ppo"})
@@ -59,6 +61,7 @@ class StageRun:
     rows: int  # sequences in the forward with gradients (2B for pairs)
     head: Head  # what the output head saves: full logits, fused CE, TRL's chunked log-probs, a value
     reference: bool  # a frozen reference copy of the model on the GPU
+    reward_model: bool  # PPO: a separate frozen reward model the size of the policy
     no_grad_rows: int  # rows of the largest forward without gradients (reference, KTO's KL batch)
     scored_per_row: int  # positions per row the chunked head scores
     generated: int  # sequences `generate` runs at once (0: no generation on this GPU)
@@ -88,6 +91,8 @@ def stage_run(plan: Plan, device: str = "cuda") -> StageRun:
         head: Head = "value"
     elif plan.fused_loss:
         head = "chunked" if stage in ("dpo", "kto", "grpo") else "fused"
+    elif stage in ("orpo", "simpo") and plan.framework == "trl":
+        head = "logps"
     else:
         head = "logits"
     reference = has_reference(plan)
@@ -108,20 +113,24 @@ def stage_run(plan: Plan, device: str = "cuda") -> StageRun:
         # (steps_per_generation defaults to gradient_accumulation_steps); each process generates its share
         generated = b * plan.grad_accum
     return StageRun(stage=stage, rows=rows, head=head, reference=reference,
-                    no_grad_rows=no_grad, scored_per_row=max(1, scored),
+                    reward_model=stage == "ppo" and plan.method in ("full", "freeze"), no_grad_rows=no_grad, scored_per_row=max(1, scored),
                     generated=generated, completion=completion)
 
 
 def stage_spec(spec: ModelSpec, plan: Plan) -> ModelSpec:
-    """The model the stage trains: a reward model's one-wide `score` head replaces the LM head."""
-    if plan.stage == "rm" and not spec.num_labels:
+    """The model the stage trains: TRL's reward model has a one-wide `score` head instead of the LM head.
+    LLaMA-Factory's (trl's old AutoModelForCausalLMWithValueHead) keeps the LM head and adds a value head of
+    hidden + 1 parameters, left out here."""
+    if plan.stage == "rm" and plan.framework == "trl" and not spec.num_labels:
         return spec.model_copy(update={"num_labels": 1})
     return spec
 
 
 def kv_cache_bytes(spec: ModelSpec, sequences: int, length: int, dtype_bytes: int) -> int:
-    """`generate`'s KV cache (transformers DynamicCache): keys and values of every layer for every position;
-    a sliding-window layer keeps at most its window."""
+    """`generate`'s KV cache (transformers DynamicCache) for sequences that end at `length` tokens: keys and
+    values of every layer for every position but the last generated one, which is never fed back; a
+    sliding-window layer keeps at most its window."""
+    length -= 1
     total = 0
     for _, block in spec.iter_blocks():
         att = block.attention
@@ -152,7 +161,9 @@ def stage_assumptions(plan: Plan, run: StageRun, reference: int) -> list[str]:
         out.append("stage kto: the main batch with gradients, the KL batch (mismatched completions) without")
     if stage in REFERENCED or (stage == "grpo" and run.reference):
         if run.reference:
-            out.append(f"reference model: a frozen copy of the model, {fmt_gib(reference)} per GPU")
+            each = reference // (1 + int(run.reward_model))
+            out.append(f"reference model: a frozen copy of the model, {fmt_gib(each)} per GPU"
+                       + (" (and as much again for PPO's reward model)" if run.reward_model else ""))
         elif plan.precompute_ref_log_probs:
             out.append("reference log-probs precomputed before training: no reference model on the GPU")
         elif stage == "grpo":
@@ -175,13 +186,14 @@ def stage_assumptions(plan: Plan, run: StageRun, reference: int) -> list[str]:
     return out
 
 
-def stage_warnings(plan: Plan, capacity: int | None) -> list[str]:
-    """What about a stage this plan does not model, and which way that moves the estimate."""
+def stage_warnings(plan: Plan, capacity: int | None) -> list[tuple[str, str, str]]:
+    """What about a stage this plan does not model: (code, message, which way the estimate is off)."""
     out = []
     if plan.stage == "ppo":
-        out.append("stage ppo: planned as the policy plus its reference and rollouts; the value head, a separate "
-                   "full reward model and the rollout buffers are not modelled, so this understates memory")
+        out.append(("ppo_value_head", "stage ppo: planned as the policy, its reference, the reward model (a frozen copy for full and "
+                   "freeze tuning, an adapter on the policy for LoRA) and the rollouts' KV cache; the value head and "
+                   "the rollout buffers are not modelled, so this understates memory", "understates"))
     if plan.vllm == "colocate" and capacity is None:
-        out.append("vLLM colocate reserves a share of each GPU, which needs a GPU to size: give {gpu} or "
-                   "{gpu_memory}; this total leaves it out")
+        out.append(("vllm_unsized", "vLLM colocate reserves a share of each GPU, which needs a GPU to size: give "
+                    "{gpu} or {gpu_memory}; this total leaves it out", "understates"))
     return out

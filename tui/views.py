@@ -10,7 +10,7 @@ from planner.memory import COMPONENTS, Breakdown
 from planner.units import GIB, fmt_gib
 
 LONG_LABELS = {
-    "weights": "weights", "reference": "reference model", "generation": "generation (KV cache / vLLM)",
+    "weights": "weights", "reference": "reference / reward model", "generation": "generation (KV cache / vLLM)",
     "master_weights": "master weights (fp32)", "optimizer": "optimizer state",
     "gradients": "gradients", "activations": "activations", "logits": "logits (loss)", "temporaries": "temporaries",
 }
@@ -42,11 +42,14 @@ def fits_rows(rows: list[FitsRow]) -> list[tuple[str, list[str]]]:
 
 
 def fits_title(model: str, plan, gpus_label: str = "") -> str:
-    return (f"{model} at sequence {plan.seq_len}, {plan.precision}, {plan.optimizer}"
+    stage = "" if plan.stage == "sft" else f"stage {plan.stage}" + (
+        ", reference log-probs precomputed" if plan.precompute_ref_log_probs else "") + ", "
+    unit = {"dpo": "pairs", "orpo": "pairs", "simpo": "pairs", "rm": "pairs", "grpo": "completions"}.get(plan.stage)
+    return (f"{model} {stage}at sequence {plan.seq_len}, {plan.precision}, {plan.optimizer}"
             f"{', checkpointing' if plan.gradient_checkpointing else ''}"
             f"{f', {plan.gpus} GPUs' if plan.gpus > 1 else ''}{f', ZeRO-{plan.zero}' if plan.zero else ''}"
             f"{', optimizer offloaded' if plan.offload_optimizer else ''}{gpus_label}: largest micro-batch per GPU "
-            "and method (✗: needs that much at micro-batch 1)")
+            f"{f'(in {unit}) ' if unit else ''}and method (✗: needs that much at micro-batch 1)")
 
 
 GPU_COLUMNS = ("nvml", "cuda", "name", "used / total", "free", "util", "temp", "power", "cc", "MIG")

@@ -23,6 +23,7 @@ from planner.configs.common import (
     RunConfig,
     build_plan,
     deepspeed_config,
+    generation_seq_len,
     optimizer_for,
     param_offload_warning,
     precision_keys,
@@ -151,14 +152,16 @@ LEGACY_KEYS = words("gptq_groupsize gptq_model_v1 gptq_disable_exllama debug")
 
 KNOWN = SCHEMA_KEYS | frozenset().union(*PLUGIN_KEYS.values()) | LEGACY_KEYS
 
-# The preference / RL settings: named in the stage warning when `rl` is set, irrelevant without it.
-RL_KEYS = words("""
-rl trl vllm ebft dpo_beta dpo_generate_during_eval dpo_label_smoothing dpo_loss_type dpo_loss_weights
-dpo_norm_loss dpo_padding_free dpo_use_liger_kernel dpo_use_logits_to_keep dpo_use_weighting orpo_alpha
-simpo_gamma cpo_alpha kto_desirable_weight kto_undesirable_weight rl_beta rpo_alpha precompute_ref_log_probs
-max_prompt_len""") | PLUGIN_KEYS["nemo_gym"]
-REWARD_KEYS = words("reward_model process_reward_model num_labels center_rewards_coefficient "
-                    "cls_model_config")
+# `rl` (utils/schemas/enums.py RLType) as the plan's stage (core/builders/rl.py: ipo is DPO with loss_type
+# ipo; gdpo GRPO with multi_objective_aggregation normalize_then_sum; ebft GRPO with feature-matching rewards).
+RL_STAGES = {"dpo": "dpo", "ipo": "dpo", "orpo": "orpo", "simpo": "simpo", "kto": "kto", "grpo": "grpo",
+             "gdpo": "grpo", "ebft": "grpo"}
+# The plan's stage as axolotl's keys (`--stage`); axolotl has no PPO.
+STAGE_RL = {"dpo": "dpo", "orpo": "orpo", "simpo": "simpo", "kto": "kto", "grpo": "grpo"}
+# TRL as axolotl pins it (pyproject.toml: trl==1.8.0), whose defaults differ from TRL 1.16's: GRPOConfig
+# max_completion_length 256, and no fused LM head (DPO, KTO and GRPO compute the full logits unless Liger's
+# chunked losses are asked for).
+TRL_GRPO_COMPLETION = 256
 
 # Settings that change what a step holds and that this plan does not model: each group of keys, what they do,
 # and which way the estimate is off when one of them is set.
@@ -266,8 +269,10 @@ warmup_ratio warmup_steps max_grad_norm datasets val_set_size bnb_config_kwargs 
 
 # Everything else axolotl takes changes neither memory, stability nor time of the training steps: logging,
 # saving, evaluation, the hub, data preparation, tokenizer and chat template, the learning-rate schedule's
-# shape, and (without `rl`) the preference settings.
-RECOGNISED = KNOWN - PLANNED - WARNED_KEYS - REWARD_KEYS - {"rl"}
+# shape, and the preference losses' settings (dpo_beta, the losses' weights, ...). The sections and switches
+# `_stage` reads for the stage they belong to (trl, vllm, precompute_ref_log_probs, dpo_use_liger_kernel, ...)
+# are modelled there and irrelevant to the other stages.
+RECOGNISED = KNOWN - PLANNED - WARNED_KEYS - {"rl", "reward_model", "process_reward_model"}
 
 # axolotl's own optimizers (utils/schemas/enums.py, CustomSupportedOptimizers); the others are
 # TrainingArguments' `optim` names (common.optimizer_for): (planner optimizer, which way the estimate is off,
@@ -333,6 +338,9 @@ class _Read:
         self.warnings: list[Finding] = []
 
     def warn(self, code: str, keys: str | list[str], message: str, direction: Direction) -> None:
+        """A warning on the keys the file has among `keys` (the first of them when it has none)."""
+        keys = [keys] if isinstance(keys, str) else keys
+        keys = [key for key in keys if key in self.k.config] or keys[:1]
         self.warnings.append(warning(code, keys, f"{message}, {say(direction)}", direction))
 
 
@@ -345,7 +353,8 @@ def _plugins(k: Keys) -> set[str]:
     return out
 
 
-def read(keys: Keys, base: Path) -> RunConfig:
+def read(keys: Keys, base: Path, stage: str | None = None) -> RunConfig:
+    """`stage` (a plan stage, from `--stage`) overrides the file's `rl` / `reward_model`."""
     k, path = keys, keys.path
     r = _Read(k)
     model = k.get("base_model", str)
@@ -376,7 +385,6 @@ def read(keys: Keys, base: Path) -> RunConfig:
                "GPU", "overstates")
 
     fused = _kernels(r, plugins, cut_ce)
-    _stages(r)
     for group, why, direction in NOT_MODELLED:
         given = [key for key in group if key in k.config and key not in dropped]
         for key in group:
@@ -414,15 +422,16 @@ def read(keys: Keys, base: Path) -> RunConfig:
     else:
         targets = targets_of(k, "lora_target_modules", "all", r.warnings)
     bnb = k.get("bnb_config_kwargs", dict, {}) or {}
+    stage_fields, fused = _stage(r, stage, method=method, zero=zero, batch=micro, grad_accum=accum, fused=fused,
+                                 gpus=_gpus(k))
     plan = build_plan(
         "axolotl", path, method=method, quant_bits=quant_bits, precision=precision, optimizer=optim,
-        batch_size=micro, seq_len=k.positive("sequence_len", 512),  # schemas/config.py: sequence_len 512
-        grad_accum=accum, gradient_checkpointing=checkpointing, attention=kernel,
+        batch_size=micro, grad_accum=accum, gradient_checkpointing=checkpointing, attention=kernel,
         lora_rank=k.positive("lora_r", 8), lora_target=targets,
         lora_dropout=k.get("lora_dropout", float, 0.0),
         # loaders/model.py: bnb_4bit_use_double_quant true, which bnb_config_kwargs may override
         double_quant=bool(bnb.get("bnb_4bit_use_double_quant", True)),
-        zero=zero, offload_optimizer=offload, fused_loss=fused,
+        zero=zero, offload_optimizer=offload, fused_loss=fused, framework="trl", **stage_fields,
     )
     k.get("sample_packing", bool)  # packed rows of sequence_len tokens: micro_batch x sequence_len, planned
     hyper = read_hyper(k, epochs="num_epochs", epochs_default=1.0, scheduler="lr_scheduler",
@@ -615,37 +624,170 @@ def _kernels(r: _Read, plugins: set[str], cut_ce: bool) -> bool:
     return bool(cut_ce or flce)
 
 
-# What each RL trainer holds that supervised fine-tuning does not (utils/schemas/enums.py RLType)
-RL_WHY = {
-    "grpo": "generates completions per prompt (with vLLM, its memory too) and keeps a reference model when "
-            "beta > 0",
-    "gdpo": "generates completions per prompt and keeps a reference model",
-    "ebft": "generates completions and scores them with the model's own features",
-    "kto": "runs each example with a mismatched KL example and a reference model (a frozen copy unless an "
-           "adapter)",
-    "orpo": "runs every chosen and rejected sequence (twice the batch)",
-    "simpo": "runs every chosen and rejected sequence (twice the batch)",
-}
-
-
-def _stages(r: _Read) -> None:
-    """Preference and RL training (`rl`) and reward models: planned as supervised fine-tuning."""
+def _stage(r: _Read, override: str | None, *, method: str, zero: int, batch: int, grad_accum: int, fused: bool,
+           gpus: int | None) -> tuple[dict[str, Any], bool]:
+    """The plan's stage fields as axolotl runs `rl` and `reward_model` (core/builders/rl.py, causal.py), and the
+    fused loss they leave: TRL 1.8's trainers call the model without labels, so Cut Cross-Entropy and Liger's fused
+    cross-entropy compute the full logits there; only Liger's chunked DPO and GRPO losses avoid them."""
     k = r.k
     rl = k.get("rl", str)
-    if rl:
-        found = ["rl", *sorted(key for key in k.config.keys() & RL_KEYS if key != "rl")]
-        why = RL_WHY.get(rl, "runs every chosen and rejected sequence (twice the batch) and a reference "
-                             "model (a frozen copy unless an adapter or precompute_ref_log_probs)")
-        r.warn(f"stage_{rl}", found, f"rl {rl}: axolotl's {rl.upper()} trainer {why}; this plan is "
-               "supervised fine-tuning", "understates")
-    reward = [key for key in ("reward_model", "process_reward_model") if k.get(key, bool, False)]
-    if reward:
-        found = reward + sorted(key for key in k.config.keys() & REWARD_KEYS if key not in reward)
-        r.warn("stage_reward", found, f"{reward[0]}: a reward model scores chosen and rejected sequences "
-               "with a one-score head instead of the LM head; this plan is supervised fine-tuning of a "
-               "causal LM", "unknown")
-    for key in REWARD_KEYS:
-        k.get(key, object)
+    if rl is not None and rl not in RL_STAGES:
+        raise FtplanError(f"{k.path}: key 'rl' must be one of {', '.join(RL_STAGES)}, got {rl!r}")
+    reward = next((key for key in ("reward_model", "process_reward_model") if k.get(key, bool, False)), None)
+    if override is not None:
+        if override == "ppo":
+            raise FtplanError("axolotl has no PPO trainer (its RL trainers: rl grpo, gdpo, ebft); plan it with "
+                              "{stage} grpo", field="stage")
+        file_stage = RL_STAGES[rl] if rl else "rm" if reward else "sft"
+        if override != file_stage:
+            r.notes.append(f"--stage {override}: planned as that, not as the config's {file_stage}")
+        rl = STAGE_RL.get(override) if override not in ("sft", "pt", "rm") else None
+        if override == "dpo" and k.config.get("rl") == "ipo":
+            rl = "ipo"
+        reward = (reward or "reward_model") if override == "rm" else None
+    elif rl and reward:  # utils/trainer.py setup_trainer: `rl` picks the RL builder, which has no reward model
+        r.notes.append(f"rl {rl} with {reward}: axolotl trains with the {rl.upper()} trainer; {reward} is unused")
+        reward = None
+    fields: dict[str, Any] = {"seq_len": k.positive("sequence_len", 512)}  # schemas/config.py: 512
+    if rl is None and reward is None:
+        fields["stage"] = override if override == "pt" else "sft"
+        return fields, fused
+    if fused:
+        r.notes.append("Cut Cross-Entropy / Liger's fused cross-entropy: the preference and RL trainers call the "
+                       "model without labels, so the full logits are planned")
+    if reward is not None:
+        if reward == "process_reward_model":
+            r.warn("process_reward_model", "process_reward_model", "process_reward_model: one sequence per "
+                   "example with a per-token score head, planned as pairwise reward modelling (chosen and "
+                   "rejected sequences)", "overstates")
+        return fields | {"stage": "rm"}, False
+    fields["stage"] = RL_STAGES[rl]
+    if rl in ("dpo", "ipo"):
+        return _dpo(r, fields)
+    if rl == "kto" and k.get("precompute_ref_log_probs", bool, False):
+        r.notes.append("precompute_ref_log_probs: axolotl passes it to DPO only (core/trainers/dpo); KTO keeps its "
+                       "reference model")
+    if rl in ("grpo", "gdpo", "ebft"):
+        grpo = _grpo(r, rl, method=method, zero=zero, batch=batch, grad_accum=grad_accum, gpus=gpus)
+        fused = grpo.pop("fused_loss")
+        return fields | grpo, fused
+    return fields, False
+
+
+def _dpo(r: _Read, fields: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """rl dpo / ipo (core/trainers/dpo/__init__.py DPOStrategy): precompute_ref_log_probs, and Liger's fused DPO
+    loss with dpo_use_liger_kernel (no logits; TRL 1.8 refuses it with precomputed log-probs)."""
+    k = r.k
+    precompute = k.get("precompute_ref_log_probs", bool, False)
+    liger = k.get("dpo_use_liger_kernel", bool, False)
+    if liger and precompute:
+        raise FtplanError(f"{k.path}: keys 'dpo_use_liger_kernel' and 'precompute_ref_log_probs': TRL's Liger DPO "
+                          "loss does not support precomputed reference log-probs (it refuses them)")
+    if k.get("dpo_use_logits_to_keep", bool, False) and not liger:
+        r.warn("dpo_logits_to_keep", "dpo_use_logits_to_keep", "dpo_use_logits_to_keep: logits are computed for "
+               "the completion positions only, while this plan counts them for the whole sequence",
+               "overstates")
+    return fields | {"precompute_ref_log_probs": precompute}, liger
+
+
+def _grpo(r: _Read, rl: str, *, method: str, zero: int, batch: int, grad_accum: int,
+          gpus: int | None) -> dict[str, Any]:
+    """rl grpo / gdpo / ebft: the `trl:` section (schemas/trl.py) as core/trainers/grpo/__init__.py hands it to
+    TRL 1.8's GRPOConfig (beta 0.0, num_generations 8, vllm_mode colocate, vllm_gpu_memory_utilization 0.3),
+    and the `vllm:` section (schemas/vllm.py: gpu_memory_utilization 0.9), used only with trl.vllm_mode
+    colocate."""
+    k = r.k
+    trl = k.get("trl", dict, {}) or {}
+    vllm_section = k.get("vllm", dict, {}) or {}
+    # core/builders/rl.py: trl.beta, else rl_beta, else orpo_alpha
+    beta = trl.get("beta")
+    if beta is None:
+        beta = k.get("rl_beta", float)
+    if beta is None:
+        beta = k.get("orpo_alpha", float, 0.0)
+    beta = float(beta)
+    if beta == 0.0:
+        reference = False
+    elif method == "full":
+        reference = True  # grpo_trainer.py builds one (axolotl's own model_ref is not passed to GRPO)
+    else:
+        reference = None
+        r.notes.append(f"beta {beta:g} with an adapter: the reference log-probs come from the policy with its "
+                       "adapter disabled, so there is no reference copy")
+    generations = trl.get("num_generations") or 8
+    completion = trl.get("max_completion_length")
+    if completion is None:
+        completion = TRL_GRPO_COMPLETION
+        if rl != "ebft":  # EBFT hands it over only when set (core/trainers/ebft/__init__.py): TRL's default holds
+            r.warn("grpo_completion", "trl", "trl.max_completion_length unset: axolotl passes None to TRL, so "
+                   "generation stops at the model's generation_config limits; planned at TRL 1.8's default of "
+                   f"{TRL_GRPO_COMPLETION} completion tokens", "unknown")
+    for name, value in (("trl.num_generations", generations), ("trl.max_completion_length", completion)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise FtplanError(f"{k.path}: key '{name}' must be a whole number of at least 1, got {value!r}")
+    vllm = "off"
+    share = 0.3  # TRL's vllm_gpu_memory_utilization, unless axolotl hands over vllm.gpu_memory_utilization
+    if trl.get("use_vllm") is True:
+        mode = trl.get("vllm_mode")
+        vllm = mode or "colocate"  # TRL 1.8's default
+        if vllm not in ("colocate", "server"):
+            raise FtplanError(f"{k.path}: key 'trl.vllm_mode' must be colocate or server, got {mode!r}")
+        if mode == "colocate":
+            share = vllm_section.get("gpu_memory_utilization", 0.9)
+            if not isinstance(share, (int, float)) or isinstance(share, bool):
+                raise FtplanError(f"{k.path}: key 'vllm.gpu_memory_utilization' must be a number, got {share!r}")
+            share = float(share)
+            if trl.get("vllm_enable_sleep_mode"):
+                r.warn("vllm_sleep", "trl", "trl.vllm_enable_sleep_mode: the colocated vLLM releases its weights "
+                       "and KV cache while the model trains, while this plan keeps its share of the GPU reserved",
+                       "overstates")
+        elif mode is None:
+            r.notes.append("trl.use_vllm without trl.vllm_mode: TRL's colocate, with TRL's vllm_gpu_memory_utilization "
+                           "0.3 (axolotl hands over vllm.gpu_memory_utilization only with vllm_mode colocate)")
+    total = k.get("sequence_len", int)
+    seq_len, assumed = generation_seq_len(completion, None, total)
+    if assumed is not None:
+        r.warn("grpo_prompt", "trl", f"rl {rl}: prompts are not truncated (TRL 1.8 has no max_prompt_length and "
+               f"axolotl does not hand sequence_len to GRPO), so the sequence is {assumed}; longer prompts need "
+               "more", "unknown")
+    else:
+        r.warn("grpo_prompt", "sequence_len", f"rl {rl}: axolotl does not hand sequence_len to GRPO and TRL 1.8 "
+               f"truncates no prompt; planned at sequence_len {total} tokens, prompt and completion, so longer "
+               "prompts need more", "unknown")
+    if reference is not False and trl.get("sync_ref_model") and zero == 3:
+        r.warn("sync_ref_model", "trl", "trl.sync_ref_model under ZeRO-3: every few steps TRL gathers all the "
+               "parameters of the policy and the reference model on each GPU to mix them, which this plan does "
+               "not count", "understates")
+    _generation(r, trl, vllm=vllm, zero=zero, batch=batch, grad_accum=grad_accum, gpus=gpus)
+    if rl == "gdpo":
+        r.notes.append("rl gdpo: GRPO with each reward normalised on its own (multi_objective_aggregation "
+                       "normalize_then_sum), the same memory as GRPO")
+    if rl == "ebft":
+        r.warn("ebft", ["rl", "ebft"], "rl ebft: GRPO whose rewards match the hidden features of a frozen feature "
+               "network (a deep copy of the model for full fine-tuning, the shared base with an adapter) on the "
+               "generated completions; planned as GRPO without it", "understates")
+    fused = bool(trl.get("use_liger_loss"))  # LigerFusedLinearGRPOLoss: no logits
+    return {"seq_len": seq_len, "max_completion_len": completion, "reference_model": reference,
+            "num_generations": generations, "vllm": vllm, "vllm_gpu_memory_utilization": share,
+            "fused_loss": fused}
+
+
+def _generation(r: _Read, trl: dict, *, vllm: str, zero: int, batch: int, grad_accum: int,
+                gpus: int | None) -> None:
+    """Without vLLM, TRL generates the whole generation batch in one generate call: trl.generation_batch_size
+    over the processes, by default micro_batch_size x gradient_accumulation_steps completions per GPU."""
+    if vllm != "off":
+        return
+    size = trl.get("generation_batch_size")
+    per_gpu = size // (gpus or 1) if isinstance(size, int) and size > 0 else batch * grad_accum
+    if per_gpu != batch * grad_accum:  # the plan sizes TRL's default: micro-batch x accumulation
+        r.warn("generation_batch", "trl", f"trl.generation_batch_size {size}: without vLLM, TRL generates "
+               f"{per_gpu} completions per GPU in one generate call, whose KV cache this plan sizes for "
+               f"{batch * grad_accum} (micro-batch x accumulation)",
+               "understates" if per_gpu > batch * grad_accum else "overstates")
+    if zero == 3:
+        r.warn("ds3_generation", "deepspeed", "ZeRO-3 without vLLM: TRL gathers the whole model on each GPU to "
+               "generate (ds3_gather_for_generation), while this plan keeps it sharded", "understates")
 
 
 def _gpus(k: Keys) -> int | None:
@@ -681,8 +823,17 @@ def method_keys(method: str) -> dict:
     return {"adapter": method, "load_in_4bit": method == "qlora"}
 
 
-# DeepSpeed settings live in a JSON file the key points at: not a value --fix can write
-UNWRITABLE = frozenset({"zero", "offload_optimizer"})
+def stage_keys(stage: str) -> dict[str, Any]:
+    """A plan stage as `rl` and `reward_model` (None: unset where the file has it)."""
+    if stage == "ppo":
+        raise FtplanError("axolotl has no PPO trainer", field="stage")
+    return {"rl": STAGE_RL.get(stage), "reward_model": True if stage == "rm" else None}
+
+
+# DeepSpeed settings live in a JSON file the key points at, and GRPO's settings in the nested `trl:` and `vllm:`
+# sections, which --fix (top-level keys only) does not edit: not values it can write
+UNWRITABLE = frozenset({"zero", "offload_optimizer", "reference_model", "num_generations", "max_completion_len",
+                        "vllm", "vllm_gpu_memory_utilization"})
 
 
 FRAMEWORK = Framework(
@@ -690,5 +841,5 @@ FRAMEWORK = Framework(
     recognised=RECOGNISED, unwritable=UNWRITABLE, method_keys=method_keys, known=KNOWN,
     rejects_unknown=False,  # the schema drops keys it does not know (pydantic's default, extra="ignore")
     fix_values={"precision": precision_keys, "attention": attention_keys, "lora_target": target_keys,
-                "quant_bits": quant_keys},
+                "quant_bits": quant_keys, "stage": stage_keys},
 )

@@ -219,7 +219,7 @@ class Framework:
     """One framework: its reader and the tables that map its keys to planner settings."""
 
     name: Format
-    read: Callable[[Keys, Path], RunConfig]
+    read: Callable[..., RunConfig]  # (keys, base folder, stage=None: the plan stage --stage asks for)
     model_key: str
     signature: frozenset[str]  # keys only this framework writes (format detection)
     recognised: frozenset[str]  # keys it accepts that change neither memory, stability nor time
@@ -465,6 +465,23 @@ def _edits(a: str, b: str) -> int:
         for j, cb in enumerate(b, 1):
             prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
     return row[-1]
+
+
+# The prompt length GRPO is planned with when nothing caps prompts (TRL 1.x truncates none): the planner's
+# default sequence for GRPO, 1024 tokens of which TRL's 512 are the completion.
+ASSUMED_PROMPT = 512
+
+
+def generation_seq_len(completion: int, prompt: int | None, total: int | None) -> tuple[int, str | None]:
+    """A generating stage's sequence, prompt plus completion: `prompt` + `completion` when the prompt is capped,
+    else `total` (a cap on both) when it leaves room for a prompt, else an assumed prompt. Returns the length
+    and, when the prompt length was assumed, what was assumed (for the reader's warning)."""
+    if prompt is not None:
+        return prompt + completion, None
+    if total is not None and total > completion:
+        return total, None
+    return ASSUMED_PROMPT + completion, (f"planned with {ASSUMED_PROMPT}-token prompts plus the {completion} "
+                                         f"completion tokens ({ASSUMED_PROMPT + completion} in all)")
 
 
 def precision_keys(precision: str) -> dict[str, bool]:

@@ -25,23 +25,33 @@ def deepspeed_json(plan: Plan) -> dict:
             "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"}, "zero_optimization": zero}
 
 
+# LLaMA-Factory's demo data sets (data/dataset_info.json) in the format each stage reads, for the default export
+STAGE_DATASETS = {"dpo": "dpo_en_demo", "orpo": "dpo_en_demo", "simpo": "dpo_en_demo", "rm": "dpo_en_demo",
+                  "kto": "kto_en_demo", "pt": "c4_demo", "ppo": "alpaca_en_demo"}
+
+
 def llamafactory_yaml(model: str, plan: Plan, hyper: Hyper | None = None, dataset: str = "identity",
                       deepspeed_file: str | None = None, spec: ModelSpec | None = None) -> str:
     """A LLaMA-Factory training config for `plan`, with the seed's key names and sections.
 
     With ZeRO (`plan.zero`), `deepspeed_file` names the DeepSpeed JSON (see `deepspeed_json`) to write beside it.
     peft's `all-linear` is written as the module names it stands for in `spec` (LLaMA-Factory hands peft a
-    list, so the shorthand would match nothing); without a spec that target cannot be exported.
+    list, so the shorthand would match nothing); without a spec that target cannot be exported. The stage is
+    LLaMA-Factory's (ORPO and SimPO are `stage: dpo` with their `pref_loss`); GRPO, which LLaMA-Factory does
+    not have, cannot be exported. With the default `dataset`, a preference stage gets a demo data set of its
+    format.
     """
     hyper = hyper or Hyper(learning_rate=1e-4 if plan.method in ("lora", "qlora") else 1e-5, warmup_ratio=0.1,
                            lr_scheduler="cosine")
     method = "lora" if plan.method == "qlora" else plan.method
+    if dataset == "identity":
+        dataset = STAGE_DATASETS.get(plan.stage, dataset)
     lines = ["### model", f"model_name_or_path: {model}"]
     if plan.method == "qlora":
         lines.append(f"quantization_bit: {plan.base_bits}")
         if not plan.double_quant:
             lines.append("double_quantization: false")
-    lines += ["", "### method", "stage: sft", "do_train: true", f"finetuning_type: {method}"]
+    lines += ["", "### method", *_stage_lines(model, plan, method), "do_train: true", f"finetuning_type: {method}"]
     if method == "lora":
         lines += [f"lora_rank: {plan.lora_rank}", f"lora_target: {_lora_target(plan, spec)}"]
         if plan.lora_dropout:
@@ -50,7 +60,14 @@ def llamafactory_yaml(model: str, plan: Plan, hyper: Hyper | None = None, datase
         lines.append(f"freeze_trainable_layers: {plan.freeze_trainable_layers}")
     if plan.fused_loss:
         lines.append("enable_liger_kernel: true")
-    lines += ["", "### dataset", f"dataset: {dataset}", f"cutoff_len: {plan.seq_len}", "", "### train",
+    cutoff = plan.seq_len
+    if plan.stage == "ppo":  # cutoff_len caps the prompt; the response is generated up to max_new_tokens
+        completion = plan.max_completion_len or plan.seq_len // 2
+        cutoff = plan.seq_len - completion
+    lines += ["", "### dataset", f"dataset: {dataset}", f"cutoff_len: {cutoff}"]
+    if plan.stage == "ppo":
+        lines.append(f"max_new_tokens: {plan.seq_len - cutoff}")
+    lines += ["", "### train",
               f"per_device_train_batch_size: {plan.batch_size}",
               f"gradient_accumulation_steps: {plan.grad_accum}",
               f"learning_rate: {yaml_scalar(hyper.learning_rate or 1e-4)}",
@@ -76,6 +93,36 @@ def llamafactory_yaml(model: str, plan: Plan, hyper: Hyper | None = None, datase
     return "\n".join(lines) + "\n"
 
 
+def _stage_lines(model: str, plan: Plan, method: str) -> list[str]:
+    """The stage as LLaMA-Factory's keys (hparams/finetuning_args.py), with a comment where the plan asks for
+    something LLaMA-Factory cannot do."""
+    stage = plan.stage
+    if stage == "grpo":
+        raise FtplanError("LLaMA-Factory has no GRPO stage (its stages: pt, sft, rm, ppo, dpo, kto); export a "
+                          "GRPO plan as a TRL or axolotl config", field="stage")
+    if stage in ("orpo", "simpo"):
+        return ["stage: dpo", f"pref_loss: {stage}"]
+    lines = [f"stage: {stage}"]
+    if stage not in ("dpo", "kto", "ppo"):
+        return lines
+    if plan.reference_model and method in ("lora", "oft"):
+        # trainer_utils.py create_ref_model: ref_model loads a separate frozen copy even with LoRA
+        lines.append(f"ref_model: {model}")
+    elif plan.reference_model is False or plan.precompute_ref_log_probs:
+        why = "reference_model false" if plan.reference_model is False else "precompute_ref_log_probs"
+        keeps = ("the policy with its adapter disabled" if method in ("lora", "oft") else "a frozen copy of the "
+                 "model")
+        lines.append(f"# ftplan planned {why}; LLaMA-Factory's {stage} keeps {keeps} as its reference")
+    if stage == "ppo":
+        if plan.vllm != "off":
+            lines.append(f"# ftplan planned vllm {plan.vllm}; LLaMA-Factory's PPO generates with transformers")
+        # finetuning_args.py: PPO needs a reward model; a LoRA one only with finetuning_type lora
+        kind = "lora" if method == "lora" else "full"
+        lines += [f"reward_model: saves/reward_model  # set this: the reward model ({kind}) PPO scores with",
+                  f"reward_model_type: {kind}"]
+    return lines
+
+
 def _lora_target(plan: Plan, spec: ModelSpec | None) -> str:
     if plan.lora_target.strip().lower() != ALL_LINEAR:
         return plan.lora_target
@@ -86,7 +133,7 @@ def _lora_target(plan: Plan, spec: ModelSpec | None) -> str:
 
 
 # written above, in LLaMA-Factory's sections
-_SECTIONED = frozenset({"method", "quant_bits", "double_quant", "lora_rank", "lora_target", "lora_dropout",
+_SECTIONED = frozenset({"stage", "method", "quant_bits", "double_quant", "lora_rank", "lora_target", "lora_dropout",
                         "freeze_trainable_layers", "fused_loss", "seq_len", "batch_size", "grad_accum", "optimizer",
                         "precision", "gradient_checkpointing", "attention", "zero", "offload_optimizer"})
 

@@ -29,6 +29,7 @@ from planner.configs.common import (
     RunConfig,
     build_plan,
     deepspeed_config,
+    generation_seq_len,
     optimizer_for,
     param_offload_warning,
     precision_keys,
@@ -64,7 +65,8 @@ dataset_text_field dataset_kwargs dataset_num_proc eos_token pad_token max_lengt
 shuffle_dataset packing packing_strategy padding_free pad_to_multiple_of eval_packing completion_only_loss
 assistant_only_loss loss_type activation_offloading disable_dropout precompute_ref_log_probs
 precompute_ref_batch_size loss_weights ld_alpha f_divergence_type f_alpha_divergence_coef label_smoothing beta
-use_weighting discopop_tau sync_ref_model ref_model_mixup_alpha ref_model_sync_steps cast_lm_head_to_fp32
+use_weighting discopop_tau sync_ref_model ref_model_mixup_alpha ref_model_sync_steps cast_lm_head_to_fp32 alpha
+is_encoder_decoder
 num_generations num_generations_eval max_completion_length ds3_gather_for_generation generation_batch_size
 steps_per_generation temperature top_p top_k min_p generation_kwargs chat_template_kwargs repetition_penalty
 cache_implementation use_vllm vllm_mode vllm_model_impl vllm_enable_sleep_mode vllm_structured_outputs_regex
@@ -103,45 +105,66 @@ dataset_streaming ignore_bias_buffers accelerate_config
 HF_EXAMPLE_KEYS = words("block_size dataset_config_name train_file validation_file config_name "
                         "tokenizer_name cache_dir use_fast_tokenizer model_type")
 
-# Preference and RL trainers, by the keys only their configs have (trl/trainer/grpo_config.py, rloo_config.py,
-# kto_config.py, reward_config.py, dpo_config.py; cpo and orpo in trl/experimental): the first match names
-# the stage, and every such key in the config is named in its warning. The learning-rate defaults are from the
-# same files.
-STAGES: list[tuple[str, frozenset[str], str, float]] = [
-    ("GRPO/RLOO", words("""
-        num_generations num_generations_eval max_completion_length use_vllm vllm_mode
-        vllm_gpu_memory_utilization vllm_tensor_parallel_size vllm_max_model_length vllm_model_impl
-        vllm_enable_sleep_mode generation_batch_size steps_per_generation num_iterations epsilon delta
-        epsilon_high reward_weights scale_rewards mask_truncated_completions importance_sampling_level
-        multi_objective_aggregation top_entropy_quantile entropy_coef use_adaptive_entropy entropy_coef_min
-        entropy_coef_max entropy_coef_delta entropy_target sapo_temperature_neg sapo_temperature_pos
-        vespo_k_pos vespo_lambda_pos vespo_k_neg vespo_lambda_neg ds3_gather_for_generation
-        cast_lm_head_to_fp32 use_transformers_paged use_transformers_continuous_batching
-        transformers_continuous_batching_config max_tool_calling_iterations normalize_advantages
-        reward_clip_range off_policy_mask_threshold use_bias_correction_kl vllm_importance_sampling_correction
-        vllm_importance_sampling_mode vllm_importance_sampling_clip_max vllm_importance_sampling_clip_min
-        vllm_importance_sampling_cap"""),
-     "generates num_generations completions per prompt (with use_vllm and vllm_mode colocate, vLLM's "
-     "memory on the same GPU) and keeps a reference model when beta > 0", 1e-6),
-    ("KTO", words("desirable_weight undesirable_weight"),
-     "runs each example with a mismatched KL example and a reference model (a frozen copy unless PEFT)",
-     1e-6),
-    ("reward modelling", words("center_rewards_coefficient"),
-     "scores a chosen and a rejected sequence per example with a one-score head instead of the LM head",
-     1e-4),
-    ("CPO/ORPO", words("cpo_alpha simpo_gamma orpo_alpha"),
-     "runs every chosen and rejected sequence (twice the batch)", 1e-6),
-    ("DPO", words("""
-        precompute_ref_log_probs precompute_ref_batch_size ref_model_sync_steps ref_model_mixup_alpha
-        sync_ref_model f_divergence_type f_alpha_divergence_coef use_weighting ld_alpha discopop_tau
-        loss_weights rpo_alpha ref_adapter_name model_adapter_name force_use_ref_model ref_model_init_kwargs
-        max_prompt_length max_target_length generate_during_eval"""),
-     "runs every chosen and rejected sequence (twice the batch) and a reference model (a frozen copy unless "
-     "PEFT or precompute_ref_log_probs)", 1e-6),
-    ("preference", words("beta label_smoothing"),
-     "runs chosen and rejected sequences and, for DPO-style losses, a reference model", 1e-6),
+# TRL's trainers (trl 1.16 trainer/{dpo,kto,reward,grpo,rloo}_config.py; cpo and orpo in trl/experimental). The
+# command (`trl dpo --config ...`) names the trainer, not the file; `read` infers it from the keys (`TRAINER_KEYS`,
+# then `SHARED_KEYS`), or takes it from `--stage`. `fused`: the trainer patches TRL's chunked fused LM head
+# (trainer/utils.py add_fused_lm_head, which DPO, KTO, GRPO and RLOO always apply), so no (tokens, vocab) logits
+# exist; ORPO, CPO and the reward trainer compute the full logits (or a one-score head).
+@dataclass(frozen=True)
+class Trainer:
+    name: str  # TRL's config class, in messages
+    stage: str  # the plan's stage (planner.plan.Stage)
+    lr: float  # the config's learning_rate default
+    fused: bool = False
+
+
+TRAINERS: dict[str, Trainer] = {
+    "sft": Trainer("SFTConfig", "sft", 2e-5),
+    "dpo": Trainer("DPOConfig", "dpo", 1e-6, fused=True),
+    "kto": Trainer("KTOConfig", "kto", 1e-6, fused=True),
+    "reward": Trainer("RewardConfig", "rm", 1e-4),
+    "orpo": Trainer("ORPOConfig", "orpo", 1e-6),
+    "cpo": Trainer("CPOConfig", "simpo", 1e-6),
+    "grpo": Trainer("GRPOConfig", "grpo", 1e-6, fused=True),
+    "rloo": Trainer("RLOOConfig", "grpo", 1e-6, fused=True),
+}
+# The plan's stage as the TRL trainer `--stage` asks for (TRL 1.x has no PPO trainer).
+TRAINER_OF_STAGE = {"sft": "sft", "pt": "sft", "dpo": "dpo", "kto": "kto", "rm": "reward", "orpo": "orpo",
+                    "simpo": "cpo", "grpo": "grpo"}
+
+GRPO_KEYS = words("""
+    num_generations num_generations_eval max_completion_length use_vllm vllm_mode vllm_gpu_memory_utilization
+    vllm_tensor_parallel_size vllm_max_model_length vllm_model_impl vllm_enable_sleep_mode generation_batch_size
+    steps_per_generation num_iterations epsilon delta epsilon_high reward_weights scale_rewards
+    mask_truncated_completions importance_sampling_level multi_objective_aggregation top_entropy_quantile
+    entropy_coef use_adaptive_entropy entropy_coef_min entropy_coef_max entropy_coef_delta entropy_target
+    sapo_temperature_neg sapo_temperature_pos vespo_k_pos vespo_lambda_pos vespo_k_neg vespo_lambda_neg
+    ds3_gather_for_generation cast_lm_head_to_fp32 use_transformers_paged use_transformers_continuous_batching
+    transformers_continuous_batching_config max_tool_calling_iterations off_policy_mask_threshold
+    use_bias_correction_kl vllm_importance_sampling_correction vllm_importance_sampling_mode
+    vllm_importance_sampling_clip_max vllm_importance_sampling_clip_min vllm_importance_sampling_cap""")
+RLOO_KEYS = words("normalize_advantages reward_clip_range")
+# Which trainer a config is for, by its keys: the first entry with a key in the config names it. Keys only one
+# config has (TRAINER_KEYS) come first; keys several share (SHARED_KEYS: max_completion_length is GRPO's, RLOO's,
+# CPO's and ORPO's; beta every preference trainer's) decide only when nothing more specific is there.
+TRAINER_KEYS: list[tuple[str, frozenset[str]]] = [
+    ("kto", words("desirable_weight undesirable_weight")),
+    ("reward", words("center_rewards_coefficient")),
+    ("cpo", words("cpo_alpha simpo_gamma")),
+    ("orpo", words("orpo_alpha")),  # TRL 0.x's spelling of ORPO's lambda (axolotl's too)
+    ("rloo", RLOO_KEYS),
+    ("grpo", GRPO_KEYS - words("max_completion_length")),
+    ("dpo", words("""
+        f_divergence_type f_alpha_divergence_coef use_weighting ld_alpha discopop_tau loss_weights rpo_alpha
+        ref_adapter_name model_adapter_name force_use_ref_model ref_model_init_kwargs max_target_length""")),
 ]
-STAGE_KEYS = frozenset().union(*(keys for _, keys, _, _ in STAGES))
+SHARED_KEYS: list[tuple[str, frozenset[str]]] = [
+    ("grpo", words("max_completion_length")),
+    ("dpo", words("""
+        precompute_ref_log_probs precompute_ref_batch_size sync_ref_model ref_model_mixup_alpha
+        ref_model_sync_steps max_prompt_length generate_during_eval beta label_smoothing""")),
+]
+STAGE_KEYS = frozenset().union(*(keys for _, keys in TRAINER_KEYS + SHARED_KEYS))
 
 # Keys `read` looks at: planned, or warned about when set.
 READ = words("""
@@ -150,16 +173,19 @@ use_peft lora_task_type lora_target_modules lora_r lora_alpha lora_dropout use_r
 lora_modules_to_save lora_target_parameters fp16 bf16 model_init_kwargs dtype torch_dtype
 bnb_4bit_compute_dtype use_bnb_nested_quant bnb_4bit_use_double_quant bnb_4bit_quant_type
 activation_checkpointing gradient_checkpointing activation_checkpointing_kwargs gradient_checkpointing_kwargs
-attn_implementation max_length max_seq_length max_prompt_length max_completion_length use_liger_kernel
+attn_implementation max_length max_seq_length use_liger_kernel
 liger_kernel_config activation_offloading gradient_accumulation_steps optim adafactor optim_target_modules
 per_device_train_batch_size per_gpu_train_batch_size warmup_steps warmup_ratio learning_rate num_train_epochs
 max_steps lr_scheduler_type max_grad_norm do_train do_predict do_eval auto_find_batch_size
 label_smoothing_factor torch_compile torch_compile_backend torch_compile_mode torchdynamo use_cpu no_cuda
 use_mps_device
-""") | STAGE_KEYS
+""")
 
 # Everything else TrainingArguments or TRL takes changes neither memory, stability nor time of the training
-# steps: data loading and formatting, logging, the hub, the RL trainers' sampling settings, the vLLM server.
+# steps: data loading and formatting, logging, the hub, the RL trainers' sampling settings, the vLLM server,
+# the preference losses (beta, loss_type, label_smoothing, ...). The trainers' keys that do change memory
+# (beta for GRPO, num_generations, precompute_ref_log_probs, use_vllm, ...) are read by `_stage` for the
+# trainer they belong to, and irrelevant to the others, so they are here too.
 RECOGNISED = (TRAINING_ARGUMENTS_IRRELEVANT | words("""
 dataset_name dataset_config dataset_train_split dataset_test_split dataset_streaming ignore_bias_buffers
 datasets streaming test_split_size model_revision trust_remote_code router_aux_loss_coef chat_template_path
@@ -169,8 +195,8 @@ loss_type env dataset_batch_size bnb_4bit_quant_storage disable_dropout temperat
 generation_kwargs chat_template_kwargs repetition_penalty cache_implementation vllm_server_base_url
 vllm_server_host vllm_server_port vllm_server_timeout vllm_group_port vllm_structured_outputs_regex
 log_completions log_multimodal num_completions_to_print log_unique_prompts log_completions_hub_repo
-use_logits_to_keep padding_value label_pad_token_id use_cache
-""")) - READ
+use_logits_to_keep padding_value label_pad_token_id use_cache alpha is_encoder_decoder
+""") | STAGE_KEYS) - READ
 
 # ModelConfig and SFTConfig keys the plan does not model: what they do, and which way the estimate is off.
 NOT_MODELLED: dict[str, tuple[str, Direction]] = {
@@ -365,22 +391,24 @@ class _Read:
         self.warnings.append(warning(code, keys, f"{message}, {say(direction)}", direction))
 
 
-def read(keys: Keys, base: Path) -> RunConfig:
+def read(keys: Keys, base: Path, stage: str | None = None) -> RunConfig:
+    """`stage` (the plan's, from `--stage`) names the TRL trainer the config is run with; without it, the
+    config's keys do (`TRAINER_KEYS`)."""
     k, path = keys, keys.path
     model = k.get("model_name_or_path", str) or k.get("model", str)
     if not model:
         raise FtplanError(f"{path}: missing key 'model_name_or_path'")
     markers = trl_markers(k.config)
-    r = _Read(k, trl=bool(markers))
+    r = _Read(k, trl=bool(markers) or stage not in (None, "sft"))
     predict = k.get("do_predict", bool) or k.get("do_eval", bool)
     if not r.trl and k.get("do_train", bool) is False and predict:
         raise FtplanError(f"{path}: not a training config: do_train is false (an evaluation or prediction "
                           "run)")
-    stage = next(((name, why, lr) for name, stage_keys, why, lr in STAGES if k.config.keys() & stage_keys),
-                 None)
+    name = _trainer(r, stage)
+    trainer = TRAINERS[name]
 
     zero, offload, fsdp_checkpointing, gpus = _sharding(r, base)
-    method, quant_bits = _method(r)
+    method, quant_bits = _method(r, trainer)
     precision, bf16, fp16 = _precision(r, method=method, quantized=bool(quant_bits), sharded=zero > 0)
     checkpointing = _checkpointing(r) or fsdp_checkpointing
     init_kwargs = k.get("model_init_kwargs", dict, {})
@@ -390,16 +418,10 @@ def read(keys: Keys, base: Path) -> RunConfig:
     kernel, attn_warning = attention(attn_name, attn_key)
     if attn_warning:
         r.warnings.append(attn_warning)
-    seq_len = _seq_len(r, stage[0] if stage else None)
-    if stage is not None:
-        name, why, _ = stage
-        found = sorted(k.config.keys() & STAGE_KEYS)
-        k.used.update(found)
-        direction: Direction = "unknown" if name == "reward modelling" else "understates"
-        code = "stage_" + name.split("/")[0].split()[0].lower()  # stage_grpo, stage_dpo, stage_reward, ...
-        r.warn(code, found, f"a TRL {name} config ({', '.join(found)}): its trainer {why}; this plan is "
-               "supervised fine-tuning", direction)
-    fused = _kernels(r)
+    liger_fused = _kernels(r, trainer)
+    # TRL's DPO, KTO, GRPO and RLOO compute the log-probabilities through their fused LM head; ORPO, CPO and
+    # the reward trainer call the model without labels, so Liger's fused cross-entropy never runs there
+    fused = trainer.fused or (liger_fused and name == "sft")
     _runtime(r)
 
     grad_accum = k.positive("gradient_accumulation_steps", 1)
@@ -421,24 +443,28 @@ def read(keys: Keys, base: Path) -> RunConfig:
         batch = k.get("per_gpu_train_batch_size", int, 8)  # transformers 4.x's old name
     if batch < 1:
         raise FtplanError(f"{path}: key 'per_device_train_batch_size' must be at least 1, got {batch}")
+    stage_fields = _stage(r, name, method=method, zero=zero, batch=batch, grad_accum=grad_accum, gpus=gpus)
+    if stage == "pt":  # `trl sft` on plain text: pretraining, as --stage says
+        stage_fields["stage"] = "pt"
     plan = build_plan(
         "hf", path, method=method, quant_bits=quant_bits, precision=precision, optimizer=optim,
-        batch_size=batch, seq_len=seq_len, grad_accum=grad_accum, gradient_checkpointing=checkpointing,
+        batch_size=batch, grad_accum=grad_accum, gradient_checkpointing=checkpointing,
         attention=kernel,
         # model_config.py: lora_r 16, lora_dropout 0.05, lora_target_modules None (peft's per-model default)
         lora_rank=k.positive("lora_r", 16), lora_dropout=k.get("lora_dropout", float, 0.05),
         lora_target=targets_of(k, "lora_target_modules", "q_proj,v_proj", r.warnings),
         # model_config.py: use_bnb_nested_quant False (bitsandbytes' bnb_4bit_use_double_quant, likewise)
         double_quant=k.get("use_bnb_nested_quant", bool, k.get("bnb_4bit_use_double_quant", bool, False)),
-        zero=zero, offload_optimizer=offload, fused_loss=fused,
+        zero=zero, offload_optimizer=offload, fused_loss=fused, framework="trl", **stage_fields,
     )
     k.get("bnb_4bit_quant_type", str)  # nf4 or fp4: the same bytes
     if r.trl:
         shown = ", ".join(markers[:4]) + (", ..." if len(markers) > 4 else "")
+        shown = f" ({shown})" if markers else ""
         applied = f"TRL's defaults applied: {', '.join(r.defaults)}" if r.defaults else "TRL's defaults"
-        r.notes.insert(0, f"TRL config ({shown}): {applied}")
-    # learning_rate: sft_config.py 2e-5 (the RL and preference trainers': STAGES); TrainingArguments 5e-5
-    lr_default = stage[2] if stage else 2e-5 if r.trl else 5e-5
+        r.notes.insert(0, f"TRL {trainer.name}{shown}: {applied}")
+    # learning_rate: each config's default (TRAINERS); TrainingArguments 5e-5
+    lr_default = trainer.lr if r.trl else 5e-5
     ratio, steps = read_warmup(k)  # a float warmup_steps below 1 is a share of the steps (transformers 5)
     hyper = Hyper(
         learning_rate=k.get("learning_rate", float, lr_default), epochs=k.get("num_train_epochs", float, 3.0),
@@ -448,6 +474,41 @@ def read(keys: Keys, base: Path) -> RunConfig:
         bf16=bf16)
     return RunConfig(path=path, format="hf", model=model, plan=plan, hyper=hyper, data=DataInfo(),
                      notes=r.notes, warnings=r.warnings, gpus=gpus if gpus and gpus > 1 else None)
+
+
+def _trainer(r: _Read, stage: str | None) -> str:
+    """The TRL trainer: the one `--stage` names, else the one the config's keys name, else SFT."""
+    config = r.k.config
+    inferred, shared = _inferred_trainer(config)
+    if stage is None:
+        if shared:
+            found = sorted(config.keys() & STAGE_KEYS)
+            r.notes.append(f"{', '.join(found)}: keys several TRL trainers take; planned as "
+                           f"{TRAINERS[inferred].name} (--stage names the trainer `trl <command>` runs)")
+        return inferred
+    if stage == "ppo":
+        raise FtplanError("TRL 1.x has no PPO trainer (its online RL trainers are GRPO and RLOO); plan it with "
+                          "{stage} grpo", field="stage")
+    name = TRAINER_OF_STAGE[stage]
+    if name == "grpo" and config.keys() & RLOO_KEYS:
+        name = "rloo"
+    if inferred not in ("sft", name):
+        r.notes.append(f"--stage {stage}: planned as TRL's {TRAINERS[name].name}, although the config's keys are "
+                       f"{TRAINERS[inferred].name}'s")
+    return name
+
+
+def _inferred_trainer(config: dict) -> tuple[str, bool]:
+    """The trainer the keys name, and whether only keys several trainers share named it."""
+    for name, keys in TRAINER_KEYS:
+        if config.keys() & keys:
+            return name, False
+    if config.get("loss_type") == "simpo":
+        return "cpo", False  # CPOConfig's loss_type simpo is SimPO (DPOConfig has no such loss)
+    for name, keys in SHARED_KEYS:
+        if config.keys() & keys:
+            return name, True
+    return "sft", False
 
 
 def _sharding(r: _Read, base: Path) -> tuple[int, bool, bool, int | None]:
@@ -476,7 +537,7 @@ def _sharding(r: _Read, base: Path) -> tuple[int, bool, bool, int | None]:
     return launch.zero, launch.offload_optimizer, launch.checkpointing, gpus
 
 
-def _method(r: _Read) -> tuple[str, int | None]:
+def _method(r: _Read, trainer: Trainer) -> tuple[str, int | None]:
     """ModelConfig: use_peft, load_in_4bit / load_in_8bit (model_config.py; trl/trainer/utils.py
     get_peft_config, get_quantization_config)."""
     k = r.k
@@ -490,7 +551,7 @@ def _method(r: _Read) -> tuple[str, int | None]:
     if (four or eight) and not peft:
         raise FtplanError(f"{k.path}: key 'load_in_{4 if four else 8}bit' without use_peft: true is a "
                           "quantized full fine-tune, which the Trainer refuses; set use_peft: true")
-    if k.get("lora_task_type", str, "CAUSAL_LM") == "SEQ_CLS":
+    if k.get("lora_task_type", str, "CAUSAL_LM") == "SEQ_CLS" and trainer.stage != "rm":
         r.warn("lora_task_type", "lora_task_type", "lora_task_type SEQ_CLS: a sequence-classification "
                "(reward) model, planned as a causal LM", "unknown")
     for key, (why, direction) in NOT_MODELLED.items():
@@ -573,19 +634,12 @@ def _checkpointing(r: _Read) -> bool:
     return bool(on)
 
 
-def _seq_len(r: _Read, stage: str | None) -> int:
-    """TRL's max_length (max_seq_length before TRL 0.20); GRPO's prompt plus completion."""
+def _seq_len(r: _Read) -> int:
+    """TRL's max_length (max_seq_length before TRL 0.20): 1024 in every 1.x config that has one."""
     k = r.k
     key = "max_length" if "max_length" in k.config else "max_seq_length"
     seq_len = k.get(key, int)
-    if seq_len is None and stage == "GRPO/RLOO":
-        prompt = k.get("max_prompt_length", int)
-        completion = k.get("max_completion_length", int, 512)  # grpo_config.py
-        seq_len = (prompt or 0) + completion
-        if prompt is None:
-            r.warn("grpo_prompt", "max_completion_length", "GRPO with no max_prompt_length (TRL 1.x does not "
-                   f"cap prompts): planned at the {completion} completion tokens alone", "understates")
-    elif seq_len is None:
+    if seq_len is None:
         seq_len = 1024  # sft_config.py, dpo_config.py, kto_config.py, reward_config.py: max_length 1024
         if r.trl:
             r.defaults.append("max_length 1024")
@@ -597,14 +651,153 @@ def _seq_len(r: _Read, stage: str | None) -> int:
     return seq_len
 
 
-def _kernels(r: _Read) -> bool:
+def _stage(r: _Read, name: str, *, method: str, zero: int, batch: int, grad_accum: int,
+           gpus: int | None) -> dict[str, Any]:
+    """The plan's stage fields as TRL's trainer `name` runs the config: the sequence length, the reference
+    model, precomputed reference log-probs, and GRPO's generations and vLLM."""
+    k = r.k
+    out: dict[str, Any] = {"stage": TRAINERS[name].stage}
+    if name in ("grpo", "rloo"):
+        return out | _grpo(r, name, method=method, zero=zero, batch=batch, grad_accum=grad_accum, gpus=gpus)
+    out["seq_len"] = _seq_len(r)
+    if name in ("dpo", "kto"):
+        # dpo_trainer.py / kto_trainer.py: no reference model with PEFT (the adapter is disabled instead) or with
+        # precompute_ref_log_probs (under FSDP one is loaded for the precompute and freed before training)
+        precompute = k.get("precompute_ref_log_probs", bool, False)
+        out["precompute_ref_log_probs"] = precompute
+        if k.get("force_use_ref_model", bool, False) and method == "lora":
+            out["reference_model"] = True  # TRL 0.x: a separate reference model beside the PEFT policy
+            r.notes.append("force_use_ref_model (TRL 0.x): a separate frozen reference model beside the LoRA "
+                           "policy")
+        if k.get("sync_ref_model", bool, False):
+            if precompute:
+                raise FtplanError(f"{k.path}: keys 'sync_ref_model' and 'precompute_ref_log_probs' are both true, "
+                                  "which TRL refuses (precomputed log-probs assume a fixed reference)")
+            _sync_ref_model(r, zero)
+    elif name in ("orpo", "cpo"):
+        completion = k.get("max_completion_length", int)  # orpo_config.py, cpo_config.py: None (no cap)
+        if completion is not None:
+            if completion < 1:
+                raise FtplanError(f"{k.path}: key 'max_completion_length' must be at least 1, got {completion}")
+            out["max_completion_len"] = min(completion, out["seq_len"])
+        loss = k.config.get("loss_type") or "sigmoid"  # cpo_config.py: sigmoid; the same memory either way
+        if name == "cpo" and loss != "simpo":
+            r.notes.append(f"CPOConfig loss_type {loss}: reference-free like SimPO (chosen and rejected through the "
+                           "policy alone, its NLL term from the same logits), so planned as simpo")
+    return out
+
+
+def _sync_ref_model(r: _Read, zero: int) -> None:
+    """sync_ref_model mixes the policy into the reference in place (callbacks.py SyncRefModelCallback); under
+    ZeRO-3 it first gathers every parameter of both models at once."""
+    if zero == 3:
+        r.warn("sync_ref_model", "sync_ref_model", "sync_ref_model under ZeRO-3: every few steps TRL gathers all "
+               "the parameters of the policy and the reference model on each GPU to mix them, which this plan "
+               "does not count", "understates")
+
+
+def _grpo(r: _Read, name: str, *, method: str, zero: int, batch: int, grad_accum: int,
+          gpus: int | None) -> dict[str, Any]:
+    """GRPOConfig / RLOOConfig (grpo_config.py, rloo_config.py): beta 0.0 / 0.05, num_generations 8 / 2,
+    max_completion_length 512, use_vllm False, vllm_mode colocate, vllm_gpu_memory_utilization 0.3. The
+    micro-batch (per_device_train_batch_size) counts completions."""
+    k = r.k
+    rloo = name == "rloo"
+    beta = k.get("beta", float, 0.05 if rloo else 0.0)
+    # grpo_trainer.py: no reference model with beta 0.0, nor with PEFT (the adapter is disabled instead)
+    if beta == 0.0:
+        reference = False
+    elif method == "full":
+        reference = True
+    else:
+        reference = None
+        r.notes.append(f"beta {beta:g} with LoRA: the reference log-probs come from the policy with its adapter "
+                       "disabled, so there is no reference copy")
+    if reference is not False and k.get("sync_ref_model", bool, False):
+        _sync_ref_model(r, zero)
+    generations = k.positive("num_generations", 2 if rloo else 8)
+    completion = k.get("max_completion_length", int, 512)
+    if completion < 1:
+        raise FtplanError(f"{k.path}: key 'max_completion_length' must be at least 1, got {completion}")
+    vllm = "off"
+    if k.get("use_vllm", bool, False):
+        vllm = k.get("vllm_mode", str, "colocate")
+        if vllm not in ("colocate", "server"):
+            raise FtplanError(f"{k.path}: key 'vllm_mode' must be colocate or server, got {vllm!r}")
+    share = k.get("vllm_gpu_memory_utilization", float, 0.3)
+    if vllm == "colocate" and k.get("vllm_enable_sleep_mode", bool, False):
+        r.warn("vllm_sleep", "vllm_enable_sleep_mode", "vllm_enable_sleep_mode: the colocated vLLM releases its "
+               "weights and KV cache while the model trains, while this plan keeps its share of the GPU reserved "
+               "throughout", "overstates")
+    prompt = k.get("max_prompt_length", int)  # TRL 0.x; TRL 1.x truncates no prompt
+    if prompt is not None and prompt < 1:
+        raise FtplanError(f"{k.path}: key 'max_prompt_length' must be at least 1, got {prompt}")
+    total_key = "max_length" if "max_length" in k.config else "vllm_max_model_length"
+    total = k.get(total_key, int)
+    seq_len, assumed = generation_seq_len(completion, prompt, total)
+    if assumed is not None:
+        r.warn("grpo_prompt", "max_completion_length", f"{name.upper()}: TRL 1.x truncates no prompt (no "
+               f"max_prompt_length), so the sequence is {assumed}; longer prompts need more", "unknown")
+    elif prompt is None:
+        r.notes.append(f"{total_key} {total}: sequences planned at {total} tokens, prompt and completion")
+    _generation(r, vllm=vllm, zero=zero, batch=batch, grad_accum=grad_accum, gpus=gpus)
+    if k.get("cast_lm_head_to_fp32", bool, False):
+        r.warn("lm_head_fp32", "cast_lm_head_to_fp32", "cast_lm_head_to_fp32: the LM head is kept and run in "
+               "float32 (an fp32 copy of a vocabulary x hidden matrix), which this plan keeps in 16 bits",
+               "understates")
+    used = {"beta": beta, "num_generations": generations, "max_completion_length": completion}
+    defaults = [f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}"
+                for key, value in used.items() if key not in k.config]
+    r.defaults += defaults
+    return {"seq_len": seq_len, "max_completion_len": completion, "reference_model": reference,
+            "num_generations": generations, "vllm": vllm, "vllm_gpu_memory_utilization": share}
+
+
+def _generation(r: _Read, *, vllm: str, zero: int, batch: int, grad_accum: int, gpus: int | None) -> None:
+    """Where GRPO's completions are generated: transformers' generate on the training GPUs (vLLM off) holds a
+    KV cache for the whole generation batch, per_device_train_batch_size x steps_per_generation (by default
+    gradient_accumulation_steps) completions per GPU (grpo_trainer.py _prepare_inputs)."""
+    k = r.k
+    steps = k.get("steps_per_generation", int)
+    size = k.get("generation_batch_size", int)
+    if steps is not None and size is not None:
+        raise FtplanError(f"{k.path}: keys 'generation_batch_size' and 'steps_per_generation' cannot both be set "
+                          "(TRL refuses it)")
+    per_gpu = size // (gpus or 1) if size is not None else batch * (steps or grad_accum)
+    paged = [key for key in ("use_transformers_paged", "use_transformers_continuous_batching")
+             if k.get(key, bool, False)]
+    k.get("transformers_continuous_batching_config", dict)
+    if vllm != "off":
+        return
+    if paged:
+        r.warn("paged_generation", paged, f"{paged[0]}: transformers' paged KV cache, sized by its own "
+               "configuration, holds the generation", "unknown")
+    elif per_gpu != batch * grad_accum:  # the plan sizes TRL's default: micro-batch x accumulation
+        why = f"generation_batch_size {size}" if size is not None else f"steps_per_generation {steps}"
+        r.warn("generation_batch", [key for key in ("generation_batch_size", "steps_per_generation")
+                                    if key in k.config],
+               f"{why}: without vLLM, TRL generates {per_gpu} completions per GPU in one generate call, whose KV "
+               f"cache this plan sizes for {batch * grad_accum} (micro-batch x accumulation)",
+               "understates" if per_gpu > batch * grad_accum else "overstates")
+    if zero == 3 and k.get("ds3_gather_for_generation", bool, True):
+        r.warn("ds3_generation", "ds3_gather_for_generation" if "ds3_gather_for_generation" in k.config else
+               "deepspeed", "ZeRO-3 with ds3_gather_for_generation (TRL's default): generation gathers the whole "
+               "model on each GPU, while this plan keeps it sharded", "understates")
+
+
+def _kernels(r: _Read, trainer: Trainer) -> bool:
     """use_liger_kernel: Liger's fused linear cross-entropy is the plan's fused loss; its other kernels (on by
-    default in liger_kernel's _apply_liger_kernel_to_instance: rope, rms_norm, swiglu) are not modelled."""
+    default in liger_kernel's _apply_liger_kernel_to_instance: rope, rms_norm, swiglu) are not modelled. DPO, KTO,
+    GRPO and RLOO turn Liger's fused cross-entropy off for their own fused LM head, and refuse it when asked
+    for (dpo_trainer.py)."""
     k = r.k
     if not k.get("use_liger_kernel", bool, False):
         k.get("liger_kernel_config", dict)
         return False
     config = k.get("liger_kernel_config", dict, {})
+    if trainer.fused and config.get("fused_linear_cross_entropy") is True:
+        raise FtplanError(f"{k.path}: key 'liger_kernel_config' fused_linear_cross_entropy true: TRL's "
+                          f"{trainer.name} refuses it (its own fused LM head replaces it); remove it")
     others = [n for n in ("rope", "rms_norm", "swiglu", "cross_entropy")
               if config.get(n, n != "cross_entropy")]
     if others:
@@ -657,8 +850,14 @@ def precision_fix(precision: str) -> dict[str, Any]:
     return {**precision_keys(precision), **({"dtype": "bfloat16"} if precision == "bf16" else {})}
 
 
-# DeepSpeed settings live in a JSON file the key points at: not a value --fix can write
-UNWRITABLE = frozenset({"zero", "offload_optimizer"})
+def vllm_keys(vllm: str) -> dict[str, Any]:
+    """The plan's vLLM use as GRPOConfig's use_vllm and vllm_mode (None: unset where the file has it)."""
+    return {"use_vllm": vllm != "off", "vllm_mode": None if vllm == "off" else vllm}
+
+
+# DeepSpeed settings live in a JSON file the key points at; the command, not the file, names the trainer; and a
+# reference model is the trainer's choice (beta for GRPO): not values --fix can write
+UNWRITABLE = frozenset({"zero", "offload_optimizer", "stage", "reference_model"})
 ATTN_BACK = {"flash": "flash_attention_2", "sdpa": "sdpa", "eager": "eager"}
 
 
@@ -670,6 +869,6 @@ FRAMEWORK = Framework(
     # share this format and are not ftplan's to know: an unknown key is said, not held against the config
     rejects_unknown=False,
     fix_values={"precision": precision_fix, "attention": ATTN_BACK.__getitem__, "lora_target": target_modules,
-                "quant_bits": quant_keys},
+                "quant_bits": quant_keys, "vllm": vllm_keys},
     default_lora_alpha=lambda rank: 32.0,  # trl/trainer/model_config.py: lora_alpha 32
 )

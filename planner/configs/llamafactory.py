@@ -50,6 +50,8 @@ FLASH_ATTN = {"fa2": "flash", "fa3": "flash", "disabled": "eager", "eager": "eag
 FLASH_ATTN_BACK = {"flash": "fa2", "eager": "disabled", "sdpa": "sdpa"}
 
 STAGES = ("pt", "sft", "rm", "ppo", "dpo", "kto")  # hparams/finetuning_args.py FinetuningArguments.stage
+PREF_LOSSES = ("sigmoid", "hinge", "ipo", "kto_pair", "orpo", "simpo")  # RLHFArguments.pref_loss
+REWARD_MODEL_TYPES = ("lora", "full", "api")  # RLHFArguments.reward_model_type
 METHODS = ("lora", "oft", "freeze", "full")  # FinetuningArguments.finetuning_type
 # extras/constants.py QuantizationMethod; model_utils/quantization.py quantizes on the fly with bnb, hqq, eetq only
 QUANT_METHODS = ("bnb", "gptq", "awq", "aqlm", "quanto", "eetq", "hqq", "mxfp4", "fp8")
@@ -240,6 +242,15 @@ def method_keys(method: str) -> dict:
             **({"quantization_bit": 4} if method == "qlora" else {})}
 
 
+def stage_keys(stage: str) -> dict:
+    """A plan stage as LLaMA-Factory's keys: ORPO and SimPO are stage dpo with their pref_loss."""
+    if stage == "grpo":
+        raise FtplanError(f"LLaMA-Factory has no GRPO stage (its stages: {', '.join(STAGES)})", field="stage")
+    if stage in ("orpo", "simpo"):
+        return {"stage": "dpo", "pref_loss": stage}
+    return {"stage": stage}
+
+
 def is_v1(config: dict) -> bool:
     """The v1 format: `model:` (not `model_name_or_path:`) or one of v1's own keys."""
     return "model_name_or_path" not in config and ("model" in config or bool(config.keys() & V1_SIGNATURE))
@@ -270,8 +281,9 @@ def _over_under(direction: Direction) -> str:
             "unknown": "so the estimate may be off either way"}[direction]
 
 
-def read(keys: Keys, base: Path) -> RunConfig:
-    return read_v1(keys, base) if is_v1(keys.config) else read_v0(keys, base)
+def read(keys: Keys, base: Path, stage: str | None = None) -> RunConfig:
+    """`stage` (a plan stage, from `--stage`) overrides the file's `stage` (v0) or names the command (v1)."""
+    return read_v1(keys, base, stage) if is_v1(keys.config) else read_v0(keys, base, stage)
 
 
 # ---------------------------------------------------------------- v0
@@ -301,7 +313,7 @@ def _not_training(k: Keys) -> None:
                               "plan training")
 
 
-def read_v0(keys: Keys, base: Path) -> RunConfig:
+def read_v0(keys: Keys, base: Path, override: str | None = None) -> RunConfig:
     k, path, config = keys, keys.path, keys.config
     model = k.get("model_name_or_path", str)
     if not model:
@@ -323,8 +335,7 @@ def read_v0(keys: Keys, base: Path) -> RunConfig:
     method = k.get("finetuning_type", str, "lora")  # finetuning_args.py: lora
     if method not in METHODS:
         raise FtplanError(f"{path}: key 'finetuning_type' must be one of {', '.join(METHODS)}, got {method!r}")
-    pref_loss = str(config.get("pref_loss") or "sigmoid")  # RLHFArguments: sigmoid
-    _stage_warnings(k, w, stage, method, pref_loss)
+    stage, plan_stage = _stages(k, notes, stage, override)
 
     bits = _quantization(k, w)
     ds = deepspeed_config(k.get("deepspeed", (str, dict)), k, base)
@@ -372,14 +383,15 @@ def read_v0(keys: Keys, base: Path) -> RunConfig:
     per_gpu = k.get("per_gpu_train_batch_size", int)  # transformers 4's alias, which wins when set
     batch = k.positive("per_device_train_batch_size", 8)  # TrainingArguments: 8
     batch = per_gpu if per_gpu and per_gpu > 0 else batch
+    cutoff = k.positive("cutoff_len", 2048)  # data_args.py: 2048
+    stage_fields = _stage_fields(k, w, notes, stage, plan_stage, method, cutoff)
     plan = build_plan(
         "llamafactory", path, method=lora_method, precision=precision, optimizer=optimizer,
-        batch_size=batch, seq_len=k.positive("cutoff_len", 2048),  # data_args.py: 2048
-        grad_accum=k.positive("gradient_accumulation_steps", 1), gradient_checkpointing=checkpointing,
+        batch_size=batch, grad_accum=k.positive("gradient_accumulation_steps", 1), gradient_checkpointing=checkpointing,
         attention=attention, lora_rank=rank, lora_target=target, lora_dropout=dropout,
         freeze_trainable_layers=k.get("freeze_trainable_layers", int, 2), quant_bits=bits,
         double_quant=k.get("double_quantization", bool, True), zero=zero, offload_optimizer=offload,
-        fused_loss=_liger(k, w, stage),
+        fused_loss=_liger(k, w, stage), **stage_fields,
     )
     _model_warnings(k, w, notes, method)
     _system_warnings(k, w)
@@ -401,25 +413,103 @@ def read_v0(keys: Keys, base: Path) -> RunConfig:
                      gpus=gpus if gpus and gpus > 1 else None)
 
 
-def _stage_warnings(k: Keys, w: _Warnings, stage: str, method: str, pref_loss: str) -> None:
-    """Preference and RL stages are planned as supervised fine-tuning of the policy: what they add is not."""
-    if stage in ("pt", "sft"):
-        return
-    keys = ["stage", *(key for key in RLHF_KEYS if key in k.config)]
-    ref_model = k.config.get("ref_model")
-    frozen_copy = ref_model is not None or method != "lora"  # train/trainer_utils.py create_ref_model
-    what = {
-        "rm": "the reward model is trained on chosen and rejected responses together (twice the sequences per "
-              "micro-batch) with a value head",
-        "dpo": "chosen and rejected responses go through the model together (twice the sequences per micro-batch)"
-               + (", plus a frozen reference model" if frozen_copy and pref_loss not in ("orpo", "simpo") else ""),
-        "kto": "each batch adds mismatched KL pairs (twice the sequences)"
-               + (", plus a frozen reference model" if frozen_copy else ""),
-        "ppo": "PPO also holds a reward model, a value head"
-               + (", a frozen reference model" if frozen_copy else "") + " and generates rollouts with a KV cache",
-    }[stage]
-    w.add(f"stage_{stage}", keys, f"stage {stage}: {what}; this plan is supervised fine-tuning of the policy "
-          "alone, so it understates memory", "understates")
+def _stages(k: Keys, notes: list[str], stage: str, override: str | None) -> tuple[str, str]:
+    """LLaMA-Factory's stage and the plan's: its ORPO and SimPO are `stage: dpo` with `pref_loss` orpo or simpo
+    (hparams/finetuning_args.py: use_ref_model only for the other losses). `override` (`--stage`) replaces the
+    file's stage."""
+    pref = k.config.get("pref_loss") or "sigmoid"  # RLHFArguments: sigmoid; HfArgumentParser checks the choice
+    if pref not in PREF_LOSSES:
+        raise FtplanError(f"{k.path}: key 'pref_loss' must be one of {', '.join(PREF_LOSSES)}, got {pref!r}")
+    if override is not None:
+        if override == "grpo":
+            raise FtplanError(f"LLaMA-Factory has no GRPO stage (its stages: {', '.join(STAGES)}); plan GRPO with "
+                              "a TRL or axolotl config", field="stage")
+        wanted = "dpo" if override in ("orpo", "simpo") else override
+        if wanted != stage:
+            notes.append(f"--stage {override}: planned as stage {wanted}, not the config's {stage}")
+        if override in ("orpo", "simpo"):
+            return "dpo", override
+        stage = wanted
+    if stage != "dpo":
+        return stage, stage
+    pref = k.get("pref_loss", str, "sigmoid")
+    if override == "dpo" and pref in ("orpo", "simpo"):
+        notes.append(f"--stage dpo: planned with a reference model, not the config's reference-free pref_loss {pref}")
+        return "dpo", "dpo"
+    return "dpo", {"orpo": "orpo", "simpo": "simpo"}.get(pref, "dpo")
+
+
+def _stage_fields(k: Keys, w: _Warnings, notes: list[str], stage: str, plan_stage: str, method: str,
+                  cutoff: int) -> dict[str, Any]:
+    """The plan's stage fields as LLaMA-Factory runs each stage (train/{dpo,kto,ppo,rm}/workflow.py). A frozen
+    reference model (train/trainer_utils.py create_ref_model) is a copy of the policy for full and freeze
+    tuning, the policy with its adapter disabled for LoRA: the stage's default; `ref_model` loads a separate one
+    whatever the method. ORPO and SimPO have none. Sequences are cutoff_len tokens, prompt and response
+    (data/processor/pairwise.py, feedback.py), except PPO's, whose responses are generated."""
+    path = k.path
+    fields: dict[str, Any] = {"stage": plan_stage, "seq_len": cutoff}
+    if plan_stage in ("dpo", "kto", "ppo"):
+        ref = k.get("ref_model", str)
+        if ref:
+            fields["reference_model"] = True
+            notes.append(f"ref_model {ref}: a separate frozen reference model (loaded whatever the method), planned "
+                         "the size of model_name_or_path")
+            k.get("ref_model_adapters", (str, list))
+            bits = k.get("ref_model_quantization_bit", int)
+            if bits is not None:
+                if bits not in (4, 8):
+                    raise FtplanError(f"{path}: key 'ref_model_quantization_bit' must be 4 or 8, got {bits}")
+                w.add("ref_model_quantized", "ref_model_quantization_bit", f"ref_model_quantization_bit {bits}: the "
+                      f"reference model is loaded in {bits} bits; this plan keeps it in 16 bits, "
+                      f"{_over_under('overstates')}", "overstates")
+    if stage != "ppo":
+        return fields
+    reward = k.get("reward_model", str)
+    if not reward:  # finetuning_args.py __post_init__
+        raise FtplanError(f"{path}: stage ppo needs 'reward_model' (LLaMA-Factory refuses PPO without one)")
+    kind = k.get("reward_model_type", str, "lora")
+    if kind not in REWARD_MODEL_TYPES:
+        raise FtplanError(f"{path}: key 'reward_model_type' must be one of {', '.join(REWARD_MODEL_TYPES)}, got "
+                          f"{kind!r}")
+    if kind == "lora" and method != "lora":
+        raise FtplanError(f"{path}: key 'reward_model_type' lora needs finetuning_type lora (LLaMA-Factory refuses "
+                          "a LoRA reward model for freeze or full PPO); use reward_model_type full")
+    # trainer_utils.py create_reward_model: an adapter and value head loaded on the policy, a separate frozen
+    # model with a value head, or a server
+    if kind == "full" and method == "lora":
+        w.add("ppo_reward_model", ["reward_model_type", "reward_model"], f"reward_model_type full: a separate "
+              f"frozen reward model ({reward}) beside a LoRA policy; this plan counts none, "
+              f"{_over_under('understates')}", "understates")
+    if kind == "full":
+        notes.append(f"reward_model_type full: a separate frozen reward model ({reward}, with a value head)"
+                     + (", planned as a frozen copy the size of the policy" if method != "lora" else ""))
+        k.get("reward_model_adapters", (str, list))
+        bits = k.get("reward_model_quantization_bit", int)
+        if bits is not None:
+            if bits not in (4, 8):
+                raise FtplanError(f"{path}: key 'reward_model_quantization_bit' must be 4 or 8, got {bits}")
+            w.add("reward_model_quantized", "reward_model_quantization_bit", f"reward_model_quantization_bit "
+                  f"{bits}: the reward model is loaded in {bits} bits; this plan keeps it in 16 bits, "
+                  f"{_over_under('overstates')}", "overstates")
+    else:
+        notes.append("reward_model_type " + kind + ": " + (
+            "a LoRA adapter and value head loaded on the policy itself" if kind == "lora" else
+            f"served by {reward}, so no reward model is on the GPU"))
+    # generating_args.py: max_new_tokens 1024 (max_length, 1024, only when max_new_tokens is not positive)
+    new = k.get("max_new_tokens", int, 1024)
+    if new > 0:
+        completion, said = new, f"max_new_tokens {new}"
+    else:
+        total = k.get("max_length", int, 1024)
+        completion, said = max(1, total - cutoff), f"max_length {total} less the prompt"
+    notes.append(f"stage ppo: prompts of up to cutoff_len {cutoff} tokens and responses generated up to {said}: "
+                 f"{cutoff + completion}-token sequences")
+    k.get("ppo_buffer_size", int)
+    w.add("ppo_value_head", ["stage", "ppo_buffer_size"], "stage ppo: the value head, and the per-token values, "
+          "log-probs and advantages kept for the ppo_buffer_size x per_device_train_batch_size x "
+          "gradient_accumulation_steps rollouts of a step, are not modelled; they are small beside the model, so "
+          "the plan slightly understates memory", "understates")
+    return fields | {"seq_len": cutoff + completion, "max_completion_len": completion}
 
 
 def _quantization(k: Keys, w: _Warnings) -> int | None:
@@ -535,19 +625,23 @@ def _method_warnings(k: Keys, w: _Warnings, method: str) -> None:
 
 
 def _liger(k: Keys, w: _Warnings, stage: str) -> bool:
-    """Liger's fused linear cross-entropy is modelled; its other kernels (RMSNorm, SwiGLU, RoPE) are not.
-    LLaMA-Factory's enable_liger_kernel fuses the loss in pt/sft only (model/loader.py require_logits); the
+    """Liger's fused linear cross-entropy is modelled; its other kernels (RMSNorm, SwiGLU, RoPE) are not. The
+    loss is fused in pt/sft only: LLaMA-Factory's enable_liger_kernel keeps the logits in the other stages
+    (model/loader.py require_logits), and their trainers call the model without labels (dpo/trainer.py
+    concatenated_forward pops them), so the Trainer's use_liger_kernel computes the full logits there too. The
     Trainer's use_liger_kernel fuses it unless liger_kernel_config turns it off."""
     lf = k.get("enable_liger_kernel", bool, False)
     hf = k.get("use_liger_kernel", bool, False)
     hf_config = k.get("liger_kernel_config", (dict, str), {})
     hf_config = hf_config if isinstance(hf_config, dict) else {}
-    fused = (lf and stage in ("pt", "sft")) or (hf and hf_config.get("fused_linear_cross_entropy", True) is not False)
+    asked = lf or (hf and hf_config.get("fused_linear_cross_entropy", True) is not False)
+    fused = asked and stage in ("pt", "sft")
     if lf or hf:
         keys = [key for key in ("enable_liger_kernel", "use_liger_kernel", "liger_kernel_config") if key in k.config]
         w.add("liger_other_kernels", keys,
               ("Liger's fused linear cross-entropy is planned (no full logits)" if fused else
-               f"stage {stage} needs the logits, so Liger's fused cross-entropy is off (model/loader.py)")
+               f"stage {stage} computes the full logits, so Liger's fused cross-entropy does not apply "
+               "(model/loader.py)" if asked else "Liger's fused cross-entropy is off")
               + "; its other kernels (RMSNorm, SwiGLU, RoPE) save some activations that this plan counts, so it "
               "slightly overstates memory", "overstates")
     return fused
@@ -682,6 +776,37 @@ def _resolve_data(data: DataInfo, base: Path) -> DataInfo:
 # ---------------------------------------------------------------- v1
 
 V1_MODEL = "Qwen/Qwen3-4B-Instruct-2507"  # v1/config/model_args.py ModelArguments.model
+V1_PREF_LOSSES = ("sigmoid", "orpo", "simpo")  # v1/config/training_args.py pref_loss
+V1_PREFERENCE_KEYS = ("pref_loss", "pref_beta", "pref_ftx", "simpo_gamma", "dpo_label_smoothing", "ld_alpha")
+
+
+def _v1_stage(k: Keys, notes: list[str], override: str | None) -> str:
+    """The command names v1's stage (`llamafactory-cli sft|dpo|rm`, v1/launcher.py): `--stage`, else dpo when the
+    file has preference settings, else sft. v1's DPO (v1/trainers/dpo_trainer.py) keeps a reference only for
+    pref_loss sigmoid: a deep copy for full tuning, the policy with its adapter disabled for LoRA."""
+    pref = k.config.get("pref_loss") or "sigmoid"
+    if pref not in V1_PREF_LOSSES:
+        raise FtplanError(f"{k.path}: key 'pref_loss' must be one of {', '.join(V1_PREF_LOSSES)}, got {pref!r}")
+    said = "--fix writes v0 key names (per_device_train_batch_size is micro_batch_size here)"
+    if override is not None:
+        if override not in ("sft", "dpo", "orpo", "simpo", "rm"):
+            raise FtplanError(f"LLaMA-Factory v1 runs sft, dpo (with pref_loss orpo or simpo) and rm, not "
+                              f"{override}", field="stage")
+        command = "dpo" if override in ("orpo", "simpo") else override
+        notes.append(f"LLaMA-Factory v1 format: planned as `llamafactory-cli {command}` (--stage {override}); {said}")
+        if override == "dpo" and k.get("pref_loss", str, "sigmoid") != "sigmoid":
+            notes.append(f"--stage dpo: planned with a reference model, not the config's reference-free pref_loss "
+                         f"{pref}")
+        return override
+    found = [key for key in V1_PREFERENCE_KEYS if key in k.config]
+    if not found:
+        notes.append("LLaMA-Factory v1 format: planned as `llamafactory-cli sft` (the command, not the file, names "
+                     f"the stage: pass --stage for dpo or rm); {said}")
+        return "sft"
+    pref = k.get("pref_loss", str, "sigmoid")
+    notes.append(f"LLaMA-Factory v1 format with preference settings ({', '.join(found)}): planned as "
+                 f"`llamafactory-cli dpo` (the command names the stage; pass --stage sft if it is not); {said}")
+    return {"orpo": "orpo", "simpo": "simpo"}.get(pref, "dpo")
 
 
 def _plugin(k: Keys, key: str) -> dict[str, Any] | None:
@@ -701,15 +826,14 @@ def _plugin(k: Keys, key: str) -> dict[str, Any] | None:
     return value
 
 
-def read_v1(keys: Keys, base: Path) -> RunConfig:
+def read_v1(keys: Keys, base: Path, override: str | None = None) -> RunConfig:
     """The v1 format, as v1/core/model_engine.py and v1/core/base_trainer.py run it."""
     k, path, config = keys, keys.path, keys.config
     w, notes = _Warnings(config), []
     model = k.get("model", str) or V1_MODEL
     if "model" not in config:
         notes.append(f"no 'model': LLaMA-Factory v1's default {V1_MODEL}")
-    notes.append("LLaMA-Factory v1 format: planned as `llamafactory-cli sft` (the command, not the file, names the "
-                 "stage); --fix writes v0 key names (per_device_train_batch_size is micro_batch_size here)")
+    stage = _v1_stage(k, notes, override)
     peft = _plugin(k, "peft_config")
     if peft and peft.get("export_dir"):
         raise FtplanError(f"{path}: not a training config: peft_config.export_dir makes it a merge and export "
@@ -833,19 +957,13 @@ def read_v1(keys: Keys, base: Path) -> RunConfig:
         elif name not in ("adamw", "adam"):
             w.add("optimizer_nearest", "optim_config", f"optim_config {name}: planned as AdamW; the estimate may be "
                   "off either way", "unknown")
-    if any(key in config for key in ("pref_loss", "pref_beta", "pref_ftx", "simpo_gamma", "dpo_label_smoothing",
-                                     "ld_alpha")):
-        pref = k.get("pref_loss", str, "sigmoid")
-        w.add("stage_dpo", [key for key in RLHF_KEYS if key in config],
-              "preference settings: launched as `llamafactory-cli dpo`, chosen and rejected responses go through the "
-              "model together" + (" with a frozen reference copy (pref_loss sigmoid)" if pref == "sigmoid" else "")
-              + f"; this plan is supervised fine-tuning, {_over_under('understates')}", "understates")
     plan = build_plan(
         "llamafactory", path, method=method, precision=precision, optimizer=optimizer, batch_size=micro,
         seq_len=k.positive("cutoff_len", 2048), grad_accum=accum,
         gradient_checkpointing=k.get("enable_activation_checkpointing", bool, True),  # training_args.py: true
         attention=attention, lora_rank=rank, lora_target=target, lora_dropout=dropout,
         freeze_trainable_layers=layers, quant_bits=bits, zero=zero, offload_optimizer=offload and zero > 0,
+        stage=stage,
     )
     scheduler = _plugin(k, "lr_scheduler_config")  # base_trainer.py: a constant rate without one
     hyper = Hyper(learning_rate=k.get("learning_rate", float, 1e-4), epochs=k.get("num_train_epochs", float, 3.0),
@@ -870,6 +988,7 @@ FRAMEWORK = Framework(
     recognised=RECOGNISED, unwritable=UNWRITABLE, method_keys=method_keys, known=KNOWN,
     rejects_unknown=True,  # hparams/parser.py: HfArgumentParser.parse_dict without ALLOW_EXTRA_ARGS
     fix_values={"gradient_checkpointing": lambda on: not on,  # the key is disable_gradient_checkpointing
+                "stage": stage_keys,
                 "attention": FLASH_ATTN_BACK.__getitem__,
                 "precision": lambda precision: {**precision_keys(precision), "pure_bf16": precision == "bf16"}},
     default_lora_alpha=lambda rank: 2 * rank,  # LLaMA-Factory's FinetuningArguments: lora_rank * 2

@@ -33,7 +33,13 @@ def detect_format(config: dict) -> Format:
     return next((f.name for f in FRAMEWORKS.values() if config.keys() & f.signature), "hf")
 
 
-def read_run_config(path: str | Path, fmt: Format | None = None) -> RunConfig:
+def read_run_config(path: str | Path, fmt: Format | None = None, stage: str | None = None) -> RunConfig:
+    """`stage` (a plan stage, e.g. from `--stage`) names the training stage where the command rather than the
+    file does (TRL's `trl dpo`, LLaMA-Factory v1's `llamafactory-cli dpo`) and overrides the file's otherwise."""
+    from planner.plan import STAGES
+
+    if stage is not None and stage not in STAGES:
+        raise FtplanError(f"must be one of {', '.join(STAGES)}, got {stage!r}", field="stage")
     path = Path(path)
     config = load_config_file(path)
     if fmt is None:
@@ -43,7 +49,7 @@ def read_run_config(path: str | Path, fmt: Format | None = None) -> RunConfig:
                 raise FtplanError(f"{path}: not a training config: key '{found[0]}' marks {what}")
     framework = FRAMEWORKS[fmt or detect_format(config)]
     keys = Keys(config, str(path))
-    run = framework.read(keys, path.parent)
+    run = framework.read(keys, path.parent, stage=stage)
     if not run.model:
         raise FtplanError(f"{path}: no model: set '{framework.model_key}'")
     ignored = unknown_keys(config, keys.used, framework.recognised, framework.known)

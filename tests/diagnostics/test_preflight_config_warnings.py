@@ -35,6 +35,23 @@ def test_a_plain_config_is_ready(tmp_path) -> None:
     assert report.verdict == "ready" and exit_code(report, strict=True) == 0
 
 
+def test_a_preference_stage_is_planned_not_warned(tmp_path) -> None:
+    text = CONFIG.replace("stage: sft", "stage: dpo") + "pref_beta: 0.1\npref_loss: sigmoid\npref_ftx: 0.1\n"
+    report = preflight(write(tmp_path, text), gpu="H100")
+    assert report.run.plan.stage == "dpo" and report.estimate.plan.stage == "dpo"
+    assert not [c for c in report.checks if c.code.startswith("stage_")]  # no "planned as SFT" warning
+    assert report.verdict == "ready" and exit_code(report, strict=True) == 0
+
+
+def test_ppo_says_what_it_does_not_model(tmp_path) -> None:
+    text = CONFIG.replace("stage: sft", "stage: ppo") + "reward_model: saves/rm\nmax_new_tokens: 128\n"
+    report = preflight(write(tmp_path, text), gpu="H100")
+    assert report.run.plan.stage == "ppo" and report.run.plan.seq_len == 512 + 128
+    codes = {c.code: c.data["direction"] for c in report.checks if c.data.get("direction")}
+    assert codes["ppo_value_head"] == "understates" and "ppo_reward_model" not in codes  # LoRA: an adapter
+    assert exit_code(report, strict=True) == 1  # an understating setting keeps --strict from passing
+
+
 def test_a_reader_warning_makes_the_verdict_conditional(tmp_path) -> None:
     text = CONFIG.replace("finetuning_type: lora", "finetuning_type: oft") + "oft_block_size: 32\n"
     report = preflight(write(tmp_path, text), gpu="H100")

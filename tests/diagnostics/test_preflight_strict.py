@@ -71,6 +71,17 @@ def test_static_risks_still_fail_strict_even_with_only_overstating_settings(tmp_
     assert report.verdict == "ready_with_warnings" and exit_code(report, strict=True) == 1
 
 
+def test_preference_loss_settings_never_fail_strict(tmp_path) -> None:
+    """beta, loss_type, label smoothing and the losses' weights change no memory: irrelevant, no "did you mean"."""
+    trl = {"model_name_or_path": "qwen2.5-0.5b-instruct", "output_dir": "out", "beta": 0.1, "loss_type": "ipo",
+           "label_smoothing": 0.0, "max_length": 512, "per_device_train_batch_size": 1, "max_grad_norm": 1.0,
+           "learning_rate": 5e-7, "use_peft": True, "dtype": "bfloat16", "lora_target_modules": "all-linear"}
+    report = preflight(write(tmp_path, json.dumps(trl), "dpo.json"), gpu="H100")
+    assert report.run.plan.stage == "dpo" and report.run.plan.fused_loss  # TRL's fused LM head
+    assert report.run.ignored == [] and not report.warnings
+    assert report.verdict == "ready" and exit_code(report, strict=True) == 0
+
+
 def test_a_plan_that_does_not_fit_is_not_ready_whatever_the_direction(tmp_path) -> None:
     text = CONFIG.replace("qwen2.5-0.5b-instruct", "llama-3.1-8b").replace("finetuning_type: lora",
                                                                              "finetuning_type: full")

@@ -213,24 +213,101 @@ def test_lora_targets(tmp_path) -> None:
     assert named.plan.lora_target == "q_proj,v_proj"
 
 
-@pytest.mark.parametrize(("rl", "extra"), [
-    ("dpo", {"dpo_beta": 0.1}),
-    ("orpo", {"orpo_alpha": 0.1}),
-    ("kto", {"kto_desirable_weight": 1.0}),
-    ("grpo", {"trl": {"num_generations": 8, "beta": 0.04}}),
+@pytest.mark.parametrize(("rl", "extra", "stage"), [
+    ("dpo", {"dpo_beta": 0.1, "dpo_label_smoothing": 0.1, "dpo_loss_type": ["sigmoid"]}, "dpo"),
+    ("ipo", {"rl_beta": 0.1}, "dpo"),
+    ("orpo", {"orpo_alpha": 0.1}, "orpo"),
+    ("simpo", {"simpo_gamma": 0.5, "cpo_alpha": 0.0}, "simpo"),
+    ("kto", {"kto_desirable_weight": 1.0, "kto_undesirable_weight": 1.0}, "kto"),
 ])
-def test_preference_and_rl_stages_are_warned(tmp_path, rl: str, extra: dict) -> None:
-    run = read(tmp_path, **LORA, rl=rl, **extra)
-    warning = next(w for w in run.warnings if w.code == f"stage_{rl}")
-    assert warning.data["direction"] == "understates" and set(warning.data["keys"]) == {"rl", *extra}
-    assert all(run.treatment[key] == "warned" for key in ("rl", *extra))
+def test_preference_stages_are_planned_as_themselves(tmp_path, rl: str, extra: dict, stage: str) -> None:
+    run = read(tmp_path, **LORA, rl=rl, sequence_len=1024, **extra)
+    p = run.plan
+    assert (p.stage, p.seq_len, p.reference_model, p.fused_loss) == (stage, 1024, None, False)
+    assert run.warnings == [] and run.treatment["rl"] == "modelled"
+    assert all(run.treatment[key] == "irrelevant" for key in extra)  # the losses' settings change no memory
+
+
+def test_dpo_precomputes_and_fuses_with_liger(tmp_path) -> None:
+    run = read(tmp_path, **LORA, rl="dpo", precompute_ref_log_probs=True)
+    assert run.plan.precompute_ref_log_probs and not run.plan.fused_loss  # TRL 1.8: full logits
+    liger = read(tmp_path, **LORA, rl="dpo", dpo_use_liger_kernel=True)
+    assert liger.plan.fused_loss  # LigerFusedLinearDPOLoss: no logits
+    with pytest.raises(FtplanError, match="dpo_use_liger_kernel"):
+        read(tmp_path, **LORA, rl="dpo", dpo_use_liger_kernel=True, precompute_ref_log_probs=True)
+    kto = read(tmp_path, **LORA, rl="kto", precompute_ref_log_probs=True)  # axolotl hands it to DPO only
+    assert not kto.plan.precompute_ref_log_probs and any("DPO only" in note for note in kto.notes)
+    cce = read(tmp_path, **LORA, rl="dpo", plugins=["axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"])
+    assert not cce.plan.fused_loss  # TRL's DPO calls the model without labels
+    kept = read(tmp_path, **LORA, rl="dpo", dpo_use_logits_to_keep=True)
+    assert codes(kept)["dpo_use_logits_to_keep"] == ("dpo_logits_to_keep", "overstates")
+
+
+@pytest.mark.parametrize(("trl", "adapter", "reference"), [
+    ({}, True, False), ({"beta": 0.0}, False, False), ({"beta": 0.04}, False, True), ({"beta": 0.04}, True, None)])
+def test_grpo_keeps_a_reference_model_only_with_a_kl_beta(tmp_path, trl, adapter, reference) -> None:
+    run = read(tmp_path, **(LORA if adapter else {}), rl="grpo", trl={"max_completion_length": 128, **trl})
+    assert (run.plan.stage, run.plan.reference_model) == ("grpo", reference)
+
+
+def test_grpo_reads_the_trl_and_vllm_sections(tmp_path) -> None:
+    run = read(tmp_path, **LORA, rl="grpo", micro_batch_size=4, sequence_len=1024,
+               trl={"num_generations": 4, "max_completion_length": 256, "use_vllm": True, "vllm_mode": "colocate",
+                    "temperature": 0.7, "reward_funcs": ["rwd.f"]},
+               vllm={"gpu_memory_utilization": 0.5, "max_model_len": 2048})
+    p = run.plan
+    assert (p.num_generations, p.max_completion_len, p.batch_size, p.seq_len) == (4, 256, 4, 1024)
+    assert (p.vllm, p.vllm_gpu_memory_utilization) == ("colocate", 0.5)
+    assert codes(run) == {"sequence_len": ("grpo_prompt", "unknown")}  # axolotl does not truncate prompts
+    default_share = read(tmp_path, **LORA, rl="grpo", trl={"max_completion_length": 128, "use_vllm": True,
+                                                          "vllm_mode": "colocate"})
+    assert default_share.plan.vllm_gpu_memory_utilization == 0.9  # schemas/vllm.py
+    unset_mode = read(tmp_path, **LORA, rl="grpo", trl={"max_completion_length": 128, "use_vllm": True},
+                      vllm={"gpu_memory_utilization": 0.5})
+    assert (unset_mode.plan.vllm, unset_mode.plan.vllm_gpu_memory_utilization) == ("colocate", 0.3)  # TRL's
+    server = read(tmp_path, **LORA, rl="grpo", trl={"max_completion_length": 128, "use_vllm": True,
+                                                    "vllm_mode": "server"})
+    assert server.plan.vllm == "server"
+    unset = read(tmp_path, **LORA, rl="grpo")  # axolotl hands max_completion_length None to TRL
+    assert (unset.plan.max_completion_len, unset.plan.seq_len) == (256, 512 + 256)  # prompts of 512 assumed
+    assert {w.code: w.data["direction"] for w in unset.warnings} == {"grpo_completion": "unknown",
+                                                                    "grpo_prompt": "unknown"}
+    fused = read(tmp_path, **LORA, rl="grpo", trl={"max_completion_length": 128, "use_liger_loss": True})
+    assert fused.plan.fused_loss
+
+
+def test_grpo_generation_batch_and_gdpo_ebft(tmp_path) -> None:
+    run = read(tmp_path, **LORA, rl="grpo", gradient_accumulation_steps=8, trl={"max_completion_length": 128})
+    assert "generation_batch" not in {w.code for w in run.warnings}  # the plan sizes micro-batch x accumulation
+    bigger = read(tmp_path, **LORA, rl="grpo", trl={"max_completion_length": 128, "generation_batch_size": 64})
+    assert codes(bigger)["trl"] == ("generation_batch", "understates")
+    gdpo = read(tmp_path, **LORA, rl="gdpo", trl={"max_completion_length": 128})
+    assert gdpo.plan.stage == "grpo" and not any(w.code.startswith("stage_") for w in gdpo.warnings)
+    assert any("rl gdpo" in note for note in gdpo.notes)  # GDPO only aggregates rewards differently
+    ebft = read(tmp_path, **LORA, rl="ebft", trl={"max_completion_length": 128})
+    assert ebft.plan.stage == "grpo" and codes(ebft)["rl"] == ("ebft", "understates")
+    with pytest.raises(FtplanError, match="key 'rl' must be one of"):
+        read(tmp_path, **LORA, rl="ppo")
 
 
 def test_reward_models_and_idle_preference_keys(tmp_path) -> None:
-    run = read(tmp_path, reward_model=True, num_labels=1)
-    assert codes(run)["reward_model"] == ("stage_reward", "unknown")
+    run = read(tmp_path, **LORA, reward_model=True, num_labels=1, center_rewards_coefficient=0.01)
+    assert run.plan.stage == "rm" and run.warnings == [] and not run.plan.fused_loss
+    assert run.treatment["reward_model"] == "modelled" and run.treatment["num_labels"] == "irrelevant"
+    prm = read(tmp_path, **LORA, process_reward_model=True)
+    assert prm.plan.stage == "rm" and codes(prm)["process_reward_model"][1] == "overstates"
     idle = read(tmp_path, **LORA, dpo_beta=0.1)  # no rl: DPO settings change nothing
-    assert idle.warnings == [] and idle.treatment["dpo_beta"] == "irrelevant"
+    assert idle.warnings == [] and idle.treatment["dpo_beta"] == "irrelevant" and idle.plan.stage == "sft"
+
+
+def test_the_stage_flag_overrides_rl(tmp_path) -> None:
+    path = tmp_path / "axolotl.yaml"
+    path.write_text(yaml.safe_dump({**LORA, "rl": "dpo"}))
+    assert read_run_config(path, stage="orpo").plan.stage == "orpo"
+    assert read_run_config(path, stage="sft").plan.stage == "sft"
+    assert read_run_config(path, stage="rm").plan.stage == "rm"
+    with pytest.raises(FtplanError, match="no PPO"):
+        read_run_config(path, stage="ppo")
 
 
 @pytest.mark.parametrize(("keys", "first", "direction"), [

@@ -41,7 +41,7 @@ def test_a_trl_config_gets_trls_defaults(tmp_path) -> None:
     # trl/trainer/base_config.py: bf16 unless fp16, gradient checkpointing on; ModelConfig: float32 weights
     assert (p.precision, p.gradient_checkpointing, p.seq_len) == ("bf16-mixed", True, 2048)
     assert run.hyper.bf16 and run.hyper.learning_rate == 2e-5  # sft_config.py
-    note = next(n for n in run.notes if n.startswith("TRL config"))
+    note = next(n for n in run.notes if n.startswith("TRL SFTConfig"))
     assert "bf16 autocast" in note and "gradient checkpointing" in note and "float32" in note
     assert "max_length 1024" not in note  # set by the config, so not a default applied
 
@@ -165,27 +165,147 @@ def test_adafactor_switch_of_transformers_4(tmp_path) -> None:
     assert read(tmp_path, adafactor=True).plan.optimizer == "adafactor"
 
 
-@pytest.mark.parametrize(("keys", "stage", "direction"), [
-    ({"beta": 0.1, "loss_type": "sigmoid"}, "stage_preference", "understates"),
-    ({"beta": 0.1, "precompute_ref_log_probs": True}, "stage_dpo", "understates"),
-    ({"num_generations": 8, "max_completion_length": 256, "use_vllm": True}, "stage_grpo", "understates"),
-    ({"desirable_weight": 1.0, "undesirable_weight": 1.0}, "stage_kto", "understates"),
-    ({"center_rewards_coefficient": 0.01}, "stage_reward", "unknown"),
-    ({"cpo_alpha": 1.0}, "stage_cpo", "understates"),
+@pytest.mark.parametrize(("keys", "stage", "fused", "lr"), [
+    ({"beta": 0.1, "loss_type": "sigmoid", "label_smoothing": 0.1}, "dpo", True, 1e-6),
+    ({"beta": 0.1, "rpo_alpha": 1.0, "use_weighting": True}, "dpo", True, 1e-6),
+    ({"desirable_weight": 1.0, "undesirable_weight": 1.5, "beta": 0.1}, "kto", True, 1e-6),
+    ({"center_rewards_coefficient": 0.01}, "rm", False, 1e-4),
+    ({"cpo_alpha": 1.0, "loss_type": "simpo", "simpo_gamma": 0.5}, "simpo", False, 1e-6),
+    ({"loss_type": "simpo", "beta": 2.0}, "simpo", False, 1e-6),
+    ({"orpo_alpha": 0.1}, "orpo", False, 1e-6),
+    ({"num_generations": 4, "epsilon": 0.2, "scale_rewards": "group"}, "grpo", True, 1e-6),
+    ({"normalize_advantages": True}, "grpo", True, 1e-6),
 ])
-def test_preference_and_rl_configs_are_warned(tmp_path, keys: dict, stage: str, direction: str) -> None:
+def test_each_trainer_is_planned_as_its_stage(tmp_path, keys: dict, stage: str, fused: bool, lr: float) -> None:
     run = read(tmp_path, **keys)
-    warning = next(w for w in run.warnings if w.code.startswith("stage_"))
-    assert warning.code.startswith(stage) and warning.data["direction"] == direction
-    assert set(keys) - {"loss_type"} <= set(warning.data["keys"])
-    assert run.plan.gradient_checkpointing  # a TRL config: TRL's defaults
+    p = run.plan
+    assert (p.stage, p.fused_loss, run.hyper.learning_rate) == (stage, fused, lr)
+    assert p.gradient_checkpointing and run.ignored == []  # a TRL config: TRL's defaults
+    assert not [w for w in run.warnings if w.code.startswith("stage_")]  # no "planned as SFT" any more
+    # the losses' own settings change no memory: irrelevant, so --strict does not fail on them
+    for key in ("loss_type", "label_smoothing", "rpo_alpha", "use_weighting", "desirable_weight", "simpo_gamma",
+                "cpo_alpha", "epsilon", "scale_rewards", "normalize_advantages", "center_rewards_coefficient"):
+        if key in keys:
+            assert run.treatment[key] == "irrelevant", key
+
+
+def test_cpo_with_another_loss_is_planned_reference_free(tmp_path) -> None:
+    run = read(tmp_path, cpo_alpha=1.0, loss_type="hinge", max_length=512, max_completion_length=256)
+    assert (run.plan.stage, run.plan.seq_len, run.plan.max_completion_len) == ("simpo", 512, 256)
+    assert any("reference-free like SimPO" in note for note in run.notes)
+
+
+def test_dpo_and_kto_precompute_the_reference_log_probs(tmp_path) -> None:
+    run = read(tmp_path, beta=0.1, precompute_ref_log_probs=True, max_length=2048)
+    p = run.plan
+    assert (p.stage, p.precompute_ref_log_probs, p.reference_model, p.seq_len) == ("dpo", True, None, 2048)
+    assert run.treatment["precompute_ref_log_probs"] == "modelled" and run.treatment["beta"] == "irrelevant"
+    assert run.warnings == []
+    kto = read(tmp_path, desirable_weight=1.0, precompute_ref_log_probs=True)
+    assert kto.plan.stage == "kto" and kto.plan.precompute_ref_log_probs
+    with pytest.raises(FtplanError, match=r"sync_ref_model.*precompute_ref_log_probs"):
+        read(tmp_path, beta=0.1, precompute_ref_log_probs=True, sync_ref_model=True)
+    zero3 = read(tmp_path, beta=0.1, sync_ref_model=True, deepspeed={"zero_optimization": {"stage": 3}})
+    assert codes(zero3)["sync_ref_model"] == ("sync_ref_model", "understates")
+    assert read(tmp_path, beta=0.1, sync_ref_model=True).warnings == []  # an in-place mix: no memory
+
+
+@pytest.mark.parametrize(("beta", "peft", "reference"), [
+    (None, False, False), (0.0, False, False), (0.04, False, True), (0.04, True, None), (0.0, True, False)])
+def test_grpo_keeps_a_reference_model_only_with_a_kl_beta(tmp_path, beta, peft, reference) -> None:
+    keys = {"num_generations": 8, **({"beta": beta} if beta is not None else {}),
+            **({"use_peft": True} if peft else {})}
+    run = read(tmp_path, **keys)
+    assert run.plan.reference_model is reference
+    if beta is None:  # grpo_config.py: beta 0.0
+        assert "beta 0" in next(n for n in run.notes if n.startswith("TRL GRPOConfig"))
+
+
+def test_grpo_generations_completions_and_vllm(tmp_path) -> None:
+    run = read(tmp_path, num_generations=4, max_completion_length=256, max_prompt_length=512,
+               per_device_train_batch_size=8)
+    p = run.plan
+    assert (p.stage, p.num_generations, p.seq_len, p.max_completion_len, p.batch_size) == ("grpo", 4, 768, 256, 8)
+    assert (p.vllm, p.vllm_gpu_memory_utilization, p.fused_loss) == ("off", 0.3, True)
+    default = read(tmp_path, scale_rewards="group")  # grpo_config.py: num_generations 8, max_completion_length 512
+    assert (default.plan.num_generations, default.plan.max_completion_len) == (8, 512)
+    rloo = read(tmp_path, normalize_advantages=True)  # rloo_config.py: beta 0.05, num_generations 2
+    assert (rloo.plan.stage, rloo.plan.num_generations, rloo.plan.reference_model) == ("grpo", 2, True)
+    colocate = read(tmp_path, use_vllm=True, vllm_gpu_memory_utilization=0.45)
+    assert (colocate.plan.vllm, colocate.plan.vllm_gpu_memory_utilization) == ("colocate", 0.45)
+    server = read(tmp_path, use_vllm=True, vllm_mode="server", vllm_server_host="10.0.0.2")
+    assert server.plan.vllm == "server" and server.treatment["vllm_server_host"] == "irrelevant"
+    assert read(tmp_path, num_generations=8, vllm_mode="server").plan.vllm == "off"  # use_vllm is the switch
+    with pytest.raises(FtplanError, match="vllm_mode"):
+        read(tmp_path, use_vllm=True, vllm_mode="remote")
+    sleeping = read(tmp_path, use_vllm=True, vllm_enable_sleep_mode=True)
+    assert codes(sleeping)["vllm_enable_sleep_mode"] == ("vllm_sleep", "overstates")
 
 
 def test_grpo_sequences_are_prompt_and_completion(tmp_path) -> None:
     run = read(tmp_path, num_generations=8, max_completion_length=256, max_prompt_length=512)
     assert run.plan.seq_len == 768 and run.hyper.learning_rate == 1e-6  # grpo_config.py
-    uncapped = read(tmp_path, num_generations=8, max_completion_length=256)
-    assert uncapped.plan.seq_len == 256 and codes(uncapped)["max_completion_length"][1] == "understates"
+    assert "grpo_prompt" not in {w.code for w in run.warnings}
+    uncapped = read(tmp_path, num_generations=8, max_completion_length=256)  # TRL 1.x caps no prompt
+    assert (uncapped.plan.seq_len, uncapped.plan.max_completion_len) == (512 + 256, 256)
+    warned = codes(uncapped)["max_completion_length"]
+    assert warned == ("grpo_prompt", "unknown")
+    assert "512-token prompts" in next(w for w in uncapped.warnings if w.code == "grpo_prompt").message
+    vllm_cap = read(tmp_path, num_generations=8, max_completion_length=256, vllm_max_model_length=2048)
+    assert vllm_cap.plan.seq_len == 2048 and "grpo_prompt" not in {w.code for w in vllm_cap.warnings}
+
+
+def test_grpo_generation_batch_and_memory_settings_are_warned(tmp_path) -> None:
+    # TRL's default generation batch (micro-batch x accumulation) is the one the plan sizes: no warning
+    accumulated = read(tmp_path, num_generations=8, per_device_train_batch_size=4, gradient_accumulation_steps=4)
+    assert "generation_batch" not in {w.code for w in accumulated.warnings}
+    bigger = read(tmp_path, num_generations=8, per_device_train_batch_size=4, generation_batch_size=64)
+    assert codes(bigger)["generation_batch_size"] == ("generation_batch", "understates")
+    assert "64 completions per GPU" in next(w for w in bigger.warnings if w.code == "generation_batch").message
+    assert "generation_batch" not in {w.code for w in read(
+        tmp_path, num_generations=8, gradient_accumulation_steps=4, use_vllm=True).warnings}
+    assert codes(read(tmp_path, num_generations=8, steps_per_generation=2))["steps_per_generation"][0] == (
+        "generation_batch")
+    with pytest.raises(FtplanError, match=r"generation_batch_size.*steps_per_generation"):
+        read(tmp_path, generation_batch_size=64, steps_per_generation=2)
+    zero3 = read(tmp_path, num_generations=8, deepspeed={"zero_optimization": {"stage": 3}})
+    assert codes(zero3)["deepspeed"] == ("ds3_generation", "understates")
+    assert "ds3_generation" not in {w.code for w in read(
+        tmp_path, num_generations=8, ds3_gather_for_generation=False,
+        deepspeed={"zero_optimization": {"stage": 3}}).warnings}
+    assert codes(read(tmp_path, num_generations=8, cast_lm_head_to_fp32=True))["cast_lm_head_to_fp32"] == (
+        "lm_head_fp32", "understates")
+
+
+def test_trls_fused_lm_head_replaces_liger_in_its_preference_trainers(tmp_path) -> None:
+    dpo = read(tmp_path, beta=0.1, use_liger_kernel=True)
+    assert dpo.plan.fused_loss  # trainer/utils.py add_fused_lm_head, whatever Liger does
+    with pytest.raises(FtplanError, match="refuses it"):
+        read(tmp_path, beta=0.1, use_liger_kernel=True, liger_kernel_config={"fused_linear_cross_entropy": True})
+    orpo = read(tmp_path, orpo_alpha=0.1, use_liger_kernel=True)
+    assert not orpo.plan.fused_loss  # orpo_trainer.py calls the model without labels: full logits
+    assert not read(tmp_path, center_rewards_coefficient=0.01, use_liger_kernel=True).plan.fused_loss
+    assert "lora_task_type" not in codes(read(tmp_path, center_rewards_coefficient=0.01, use_peft=True,
+                                              lora_task_type="SEQ_CLS"))
+
+
+def test_the_stage_flag_names_the_trainer(tmp_path) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump({**MODEL, "beta": 0.1, "max_length": 512}))
+    assert read_run_config(path).plan.stage == "dpo"
+    orpo = read_run_config(path, stage="orpo")
+    assert (orpo.plan.stage, orpo.plan.fused_loss) == ("orpo", False)
+    assert read_run_config(path, stage="kto").plan.stage == "kto"
+    grpo = read_run_config(path, stage="grpo")
+    assert (grpo.plan.stage, grpo.plan.reference_model) == ("grpo", True)  # beta 0.1 on a full fine-tune
+    with pytest.raises(FtplanError, match="no PPO trainer"):
+        read_run_config(path, stage="ppo")
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(yaml.safe_dump({**MODEL, "per_device_train_batch_size": 2}))
+    forced = read_run_config(plain, stage="dpo")  # `trl dpo` on a TrainingArguments file: TRL's defaults
+    assert forced.plan.stage == "dpo" and forced.plan.gradient_checkpointing and forced.hyper.learning_rate == 1e-6
+    shared = read(tmp_path, beta=0.1)
+    assert any("--stage names the trainer" in note for note in shared.notes)
 
 
 def test_liger(tmp_path) -> None:

@@ -147,3 +147,35 @@ def test_exported_yaml_reads_back_to_the_same_plan(tmp_path) -> None:
     text = llamafactory_yaml(run.model, run.plan, run.hyper)
     again = read_run_config(write(tmp_path, text, "export.yaml"))
     assert again.plan == run.plan and again.hyper.learning_rate == run.hyper.learning_rate
+
+
+@pytest.mark.parametrize(("changes", "keys"), [
+    ({"stage": "dpo"}, ["stage: dpo"]),
+    ({"stage": "orpo"}, ["stage: dpo", "pref_loss: orpo"]),
+    ({"stage": "simpo"}, ["stage: dpo", "pref_loss: simpo"]),
+    ({"stage": "kto"}, ["stage: kto", "dataset: kto_en_demo"]),
+    ({"stage": "rm"}, ["stage: rm", "dataset: dpo_en_demo"]),
+    ({"stage": "dpo", "reference_model": True}, ["stage: dpo", "ref_model: Qwen2.5-7B-Instruct"]),
+    ({"stage": "ppo", "max_completion_len": 256}, ["stage: ppo", "cutoff_len: 768", "max_new_tokens: 256",
+                                                   "reward_model_type: lora"]),
+])
+def test_an_exported_stage_reads_back_to_the_same_plan(tmp_path, changes, keys) -> None:
+    run = read_run_config(SEED)
+    plan = run.plan.with_(**changes)
+    text = llamafactory_yaml(run.model, plan, run.hyper)
+    lines = text.splitlines()
+    assert all(any(line.split("  #")[0] == key for line in lines) for key in keys), text
+    assert "stage: sft" not in lines
+    again = read_run_config(write(tmp_path, text, "export.yaml"))
+    assert again.plan == plan
+
+
+def test_a_stage_llamafactory_cannot_run_is_refused_or_said(tmp_path) -> None:
+    run = read_run_config(SEED)
+    with pytest.raises(FtplanError, match="no GRPO stage") as info:
+        llamafactory_yaml(run.model, run.plan.with_(stage="grpo"), run.hyper)
+    assert info.value.field == "stage"
+    text = llamafactory_yaml(run.model, run.plan.with_(stage="dpo", precompute_ref_log_probs=True), run.hyper)
+    assert "# ftplan planned precompute_ref_log_probs" in text
+    full = run.plan.with_(method="full", quant_bits=None, stage="ppo", max_completion_len=128)
+    assert "reward_model_type: full" in llamafactory_yaml(run.model, full, run.hyper)

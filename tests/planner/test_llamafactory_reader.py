@@ -144,19 +144,72 @@ def test_oft_is_planned_as_the_lora_of_about_the_same_size_with_a_warning(tmp_pa
     assert quantized.plan.method == "qlora"
 
 
-@pytest.mark.parametrize(("stage", "method", "reference"), [
-    ("dpo", "lora", False), ("dpo", "full", True), ("kto", "full", True), ("rm", "lora", False),
-    ("ppo", "lora", False)])
-def test_preference_and_rl_stages_are_planned_as_sft_with_a_warning(tmp_path, stage, method, reference) -> None:
-    run = read(tmp_path, f"stage: {stage}\nfinetuning_type: {method}\npref_beta: 0.1\n")
-    (warned,) = run.warnings
-    assert warned.code == f"stage_{stage}" and warned.data["direction"] == "understates"
-    assert ("reference" in warned.message) is reference and "pref_beta" in warned.data["keys"]
+@pytest.mark.parametrize(("extra", "stage"), [
+    ("stage: pt\n", "pt"), ("stage: dpo\n", "dpo"), ("stage: dpo\npref_loss: ipo\n", "dpo"),
+    ("stage: dpo\npref_loss: kto_pair\n", "dpo"), ("stage: dpo\npref_loss: orpo\n", "orpo"),
+    ("stage: dpo\npref_loss: simpo\n", "simpo"), ("stage: kto\n", "kto"), ("stage: rm\n", "rm")])
+def test_each_stage_is_planned_as_itself(tmp_path, extra, stage) -> None:
+    run = read(tmp_path, extra + "pref_beta: 0.1\npref_ftx: 0.5\nkto_chosen_weight: 2.0\n")
+    assert run.plan.stage == stage and run.warnings == [] and run.ignored == []
+    assert run.plan.reference_model is None  # the stage's default: LLaMA-Factory's, as planner.stages has it
+    assert run.plan.seq_len == 512 and run.plan.max_completion_len is None  # cutoff_len: prompt + response
+    for key in ("pref_beta", "pref_ftx", "kto_chosen_weight"):  # the losses' settings change no memory
+        assert run.treatment[key] == "irrelevant"
 
 
-def test_dpo_with_a_reference_free_loss_counts_no_reference_model(tmp_path) -> None:
-    run = read(tmp_path, "stage: dpo\nfinetuning_type: full\npref_loss: simpo\n")
-    assert "reference" not in run.warnings[0].message
+def test_a_separate_reference_model_is_planned_whatever_the_method(tmp_path) -> None:
+    run = read(tmp_path, "stage: dpo\nref_model: Qwen/Qwen2.5-0.5B\nref_model_adapters: saves/ref\n")
+    assert run.plan.reference_model is True and run.plan.method == "lora" and run.warnings == []
+    assert any("ref_model Qwen/Qwen2.5-0.5B" in note for note in run.notes)
+    quantized = read(tmp_path, "stage: kto\nref_model: r\nref_model_quantization_bit: 4\n")
+    assert codes(quantized) == {"ref_model_quantized": "overstates"}
+    free = read(tmp_path, "stage: dpo\npref_loss: simpo\nref_model: r\n")  # reference-free: ref_model unused
+    assert free.plan.reference_model is None and free.treatment["ref_model"] == "irrelevant"
+    sft = read(tmp_path, "ref_model: r\n")
+    assert sft.plan.stage == "sft" and sft.plan.reference_model is None
+
+
+def test_ppo_generates_responses_after_the_prompt_and_warns_what_it_adds(tmp_path) -> None:
+    run = read(tmp_path, "stage: ppo\nreward_model: saves/rm\nmax_new_tokens: 256\nppo_buffer_size: 2\n")
+    p = run.plan
+    assert (p.stage, p.seq_len, p.max_completion_len, p.reference_model) == ("ppo", 768, 256, None)
+    assert codes(run) == {"ppo_value_head": "understates"}  # the LoRA reward adapter: nothing to count
+    assert any("adapter and value head loaded on the policy" in note for note in run.notes)
+    default = read(tmp_path, "stage: ppo\nreward_model: saves/rm\n")
+    assert (default.plan.seq_len, default.plan.max_completion_len) == (512 + 1024, 1024)  # generating_args.py
+    full = read(tmp_path, "stage: ppo\nfinetuning_type: full\nreward_model: saves/rm\nreward_model_type: full\n"
+                          "reward_model_quantization_bit: 8\n")
+    assert codes(full) == {"reward_model_quantized": "overstates", "ppo_value_head": "understates"}
+    assert any("separate frozen reward model" in note for note in full.notes)
+    api = read(tmp_path, "stage: ppo\nreward_model: http://rm:8000\nreward_model_type: api\n")
+    assert "ppo_reward_model" not in codes(api)
+    separate = read(tmp_path, "stage: ppo\nreward_model: saves/rm\nreward_model_type: full\n")  # beside LoRA
+    assert codes(separate)["ppo_reward_model"] == "understates"
+
+
+@pytest.mark.parametrize(("extra", "match"), [
+    ("stage: ppo\n", "needs 'reward_model'"),
+    ("stage: ppo\nfinetuning_type: full\nreward_model: r\n", "reward_model_type' lora needs finetuning_type lora"),
+    ("stage: ppo\nreward_model: r\nreward_model_type: value\n", "reward_model_type' must be one of"),
+    ("stage: dpo\npref_loss: dpop\n", "pref_loss' must be one of"),
+])
+def test_stage_settings_llamafactory_refuses(tmp_path, extra, match) -> None:
+    with pytest.raises(FtplanError, match=match):
+        read(tmp_path, extra)
+
+
+def test_stage_on_the_command_line_overrides_the_file(tmp_path) -> None:
+    path = write(tmp_path, BASE.replace("stage: sft", "stage: dpo") + "pref_loss: orpo\n")
+    assert read_run_config(path).plan.stage == "orpo"
+    overridden = read_run_config(path, stage="dpo")
+    assert overridden.plan.stage == "dpo" and any("--stage dpo" in note for note in overridden.notes)
+    assert read_run_config(path, stage="simpo").plan.stage == "simpo"
+    assert read_run_config(path, stage="sft").plan.stage == "sft"
+    with pytest.raises(FtplanError, match="no GRPO stage") as info:
+        read_run_config(path, stage="grpo")
+    assert info.value.field == "stage"
+    with pytest.raises(FtplanError, match="must be one of"):
+        read_run_config(path, stage="rlhf")
 
 
 def test_orpo_is_not_a_stage_in_llamafactory(tmp_path) -> None:
@@ -180,6 +233,9 @@ def test_liger_fuses_the_loss_in_sft_only_and_warns_about_its_other_kernels(tmp_
     assert sft.plan.fused_loss and codes(sft) == {"liger_other_kernels": "overstates"}
     dpo = read(tmp_path, "enable_liger_kernel: true\nstage: dpo\n")
     assert not dpo.plan.fused_loss  # model/loader.py: require_logits outside pt/sft
+    # dpo/trainer.py pops the labels, so the Trainer's Liger patch computes the full logits too
+    for stage in ("dpo", "kto", "rm"):
+        assert not read(tmp_path, f"use_liger_kernel: true\nstage: {stage}\n").plan.fused_loss
     trainer = read(tmp_path, "use_liger_kernel: true\nliger_kernel_config: {fused_linear_cross_entropy: false}\n")
     assert not trainer.plan.fused_loss
 
@@ -355,3 +411,24 @@ def test_v1_warnings_and_refusals(tmp_path) -> None:
         read_run_config(write(tmp_path, "model: m\npeft_config: {name: lora, export_dir: out}\n"))
     with pytest.raises(FtplanError, match="peft_config name must be lora or freeze"):
         read_run_config(write(tmp_path, "model: m\npeft_config: {name: oft}\n"))
+
+
+@pytest.mark.parametrize(("extra", "stage"), [
+    ("", "sft"), ("pref_beta: 0.1\n", "dpo"), ("pref_loss: sigmoid\ndpo_label_smoothing: 0.1\n", "dpo"),
+    ("pref_loss: orpo\n", "orpo"), ("pref_loss: simpo\nsimpo_gamma: 0.5\n", "simpo")])
+def test_v1_preference_settings_plan_the_dpo_command(tmp_path, extra, stage) -> None:
+    run = read_run_config(write(tmp_path, V1 + extra))
+    assert run.plan.stage == stage and run.warnings == []
+    command = "dpo" if extra else "sft"
+    assert any(f"`llamafactory-cli {command}`" in note for note in run.notes)
+    assert run.plan.reference_model is None  # v1/trainers/dpo_trainer.py: a copy for full, the adapter disabled
+
+
+def test_v1_stage_flag_names_the_command(tmp_path) -> None:
+    path = write(tmp_path, V1)
+    assert read_run_config(path, stage="rm").plan.stage == "rm"
+    assert read_run_config(path, stage="simpo").plan.stage == "simpo"
+    with pytest.raises(FtplanError, match="v1 runs sft, dpo"):
+        read_run_config(path, stage="kto")
+    with pytest.raises(FtplanError, match="pref_loss' must be one of sigmoid, orpo, simpo"):
+        read_run_config(write(tmp_path, V1 + "pref_loss: ipo\n"))
