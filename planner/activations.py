@@ -470,7 +470,7 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
                 embeddings_trainable: bool = False, head_trainable: bool = False, input_grad: bool = False,
                 lora_rank: int = 8, lora_dropout: float = 0.0, adapter_dtype: str = "fp32",
                 device: str = "cuda", head: str = "logits", head_width: int | None = None,
-                scored: int | None = None) -> ActivationBytes:
+                scored: int | None = None, head_linear_trainable: bool | None = None) -> ActivationBytes:
     """Replay the whole forward + loss once.
 
     `weight_dtypes` is (dtype of trainable weights, dtype of frozen weights): norms
@@ -514,7 +514,8 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
     x = tape.norm(x, tokens, spec.final_norm.kind, head_trainable, head_dtype, spec.final_norm.bias)
     width = head_width or spec.vocab_size
     if head in ("logits", "value", "logps"):
-        logits = tape.linear(x, width, d, head_trainable)
+        # the head itself may train while the final norm does not (peft's modules_to_save copy of a `score`)
+        logits = tape.linear(x, width, d, head_trainable if head_linear_trainable is None else head_linear_trainable)
     outside = tape.bytes() + unreplayed - blocks
     tape.region = "logits"
     if head == "chunked":

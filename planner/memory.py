@@ -185,6 +185,7 @@ def activation_bytes(spec: ModelSpec, plan: Plan, train: TrainingLayout, device:
         lora_rank=plan.lora_rank, lora_dropout=plan.lora_dropout,
         adapter_dtype=adapter_dtype(plan), device=device, head=run.head, head_width=spec.head_width,
         scored=run.rows * run.scored_per_row,
+        head_linear_trainable=train.head_trainable or bool(spec.num_labels and train.method in ("lora", "qlora")),
     )
 
 

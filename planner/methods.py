@@ -393,8 +393,7 @@ def layout(spec: ModelSpec, counts: ParamCounts, plan: Plan) -> TrainingLayout:
         head = spec.head_params
         add("classification head copy (peft modules_to_save)", head, True, dtype=plan.compute_dtype)
     return TrainingLayout(method=plan.method, trainable_params=adapters + head, adapter_params=adapters,
-                          lora_modules=modules, groups=groups, notes=notes, checkpoint_quantized=ckpt is not None,
-                          head_trainable=bool(head))
+                          lora_modules=modules, groups=groups, notes=notes, checkpoint_quantized=ckpt is not None)
 
 
 def _checkpoint_block(spec: ModelSpec, q: Quantization, index: int, block: Block) -> tuple[int, int]:
