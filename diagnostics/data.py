@@ -13,6 +13,9 @@ A tokenizer with a chat template formats the conversation; without one (a
 config-only model has no tokenizer) the documented fallback is `ByteTokenizer`:
 UTF-8 bytes shifted by 3 (0 = pad, 1 = bos, 2 = eos) and a plain
 `<|role|>` text template, which needs a vocabulary of at least 259 tokens.
+
+Preference pairs (`chosen` / `rejected`, for --stage dpo and orpo) are read by diagnostics.preference,
+through the same tokenizers and templates.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "ass
 
 
 def sample_path(kind: str = "alpaca") -> Path:
-    """The small dataset written for ftplan that ships with it (`alpaca` or `chat`)."""
+    """The small dataset written for ftplan that ships with it (`alpaca`, `chat`, or `preference` for
+    DPO / ORPO: prompt, chosen and rejected)."""
     return Path(str(resources.files("profiles") / "data" / f"sample_{kind}.jsonl"))
 
 
@@ -47,7 +51,8 @@ def load_records(path: str | Path) -> list[dict]:
         try:
             records = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise FtplanError(f"--data {path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+            raise FtplanError(f"--data {path}: not valid JSON (line {exc.lineno}: {exc.msg})"
+                              + _comment_hint(text.splitlines()[exc.lineno - 1:exc.lineno])) from None
     else:
         records = []
         for number, line in enumerate(text.splitlines(), 1):
@@ -56,7 +61,8 @@ def load_records(path: str | Path) -> list[dict]:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                raise FtplanError(f"--data {path}: line {number} is not valid JSON ({exc.msg})") from None
+                raise FtplanError(f"--data {path}: line {number} is not valid JSON ({exc.msg})"
+                                  + _comment_hint([line])) from None
     if not records:
         raise FtplanError(f"--data {path}: no records; expected a JSON array or JSON Lines")
     if not all(isinstance(r, dict) for r in records):
@@ -64,8 +70,16 @@ def load_records(path: str | Path) -> list[dict]:
     return records
 
 
+def _comment_hint(lines: list[str]) -> str:
+    """Notes copied from annotated examples (the seed's RLHF sample has `// optional: ...`) are not JSON."""
+    return "; JSON has no comments: delete the `// ...` notes" if any("//" in line for line in lines) else ""
+
+
 def to_turns(record: dict, where: str) -> list[Turn] | str:
     """A conversation as (role, content) turns, or the raw text of a plain-text record."""
+    if "chosen" in record and "rejected" in record and "output" not in record:
+        raise FtplanError(f"{where}: a preference pair (chosen/rejected): run it with --stage dpo or orpo, or give "
+                          "SFT data (instruction/output)")
     if "instruction" in record and "output" in record:
         turns: list[Turn] = []
         if record.get("system"):
@@ -206,13 +220,19 @@ class Batches:
         self.order = list(range(len(examples)))
         random.Random(seed).shuffle(self.order)
 
+    def pick(self, index: int) -> list:
+        """This rank's examples of micro-batch `index`."""
+        span = self.batch_size * self.world
+        return [self.examples[self.order[(index * span + self.rank * self.batch_size + i) % len(self.order)]]
+                for i in range(self.batch_size)]
+
     def micro_batch(self, index: int):
+        return self.collate(self.pick(index))
+
+    def collate(self, rows: list[Example]):
+        """Right-padded tensors: pad id, label -100 and attention mask 0 past each row's end."""
         import torch
 
-        span = self.batch_size * self.world
-        picks = [self.order[(index * span + self.rank * self.batch_size + i) % len(self.order)]
-                 for i in range(self.batch_size)]
-        rows = [self.examples[p] for p in picks]
         width = max(len(r.input_ids) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)

@@ -8,6 +8,11 @@ autocast with a GradScaler for fp16. `accelerate` places the model and, under
 slice of every global batch, so N processes see what one process sees with N
 times the micro-batch.
 
+With `--stage dpo` or `orpo` the step minimises the preference loss on pairs instead
+(diagnostics.objectives: the loss, the DPO reference; diagnostics.preference: the data),
+with dropout off as TRL and LLaMA-Factory run it, and records margins, rewards and
+accuracy beside the gradient statistics.
+
 Before loading anything the planner is asked whether the run fits the device's
 free memory; if not, the run stops with the planner's suggestions instead of an
 out-of-memory crash.
@@ -26,7 +31,15 @@ from diagnostics.data import Batches, build_examples, load_records, load_tokeniz
 from diagnostics.measure import make_optimizer
 from diagnostics.models import build_model, torch_dtype
 from diagnostics.monitor import GradMonitor
-from diagnostics.report import DiagnoseSettings, DiagnosticReport, MemoryComparison, StepRecord
+from diagnostics.objectives import adapter_off, check_stage, frozen_copy, make_objective, precomputed
+from diagnostics.preference import PairBatches, build_pairs
+from diagnostics.report import (
+    DiagnoseSettings,
+    DiagnosticReport,
+    MemoryComparison,
+    PreferenceRecord,
+    StepRecord,
+)
 from diagnostics.rules import conclude
 from planner.errors import EnvironmentMissing
 from planner.findings import Finding
@@ -105,13 +118,17 @@ def _environment(device: str, settings: DiagnoseSettings, random_init: bool, tok
 
     env = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
            "device": device, "world_size": world, "random_init": random_init, "tokenizer": tokenizer.name,
-           "data": settings.data or str(sample_path()), "examples": n_examples}
+           "data": settings.data or str(default_data(settings)), "examples": n_examples}
     if device.startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
         major, _minor = torch.cuda.get_device_capability(torch.device(device))
         env["bf16_supported"] = major >= 8
     return env
 
+
+
+def default_data(settings: DiagnoseSettings) -> Path:
+    return sample_path("preference" if settings.preference else "alpaca")
 
 
 def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
@@ -125,6 +142,7 @@ def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
 
     device = resolve_device(settings.device)
     plan = settings.plan
+    check_stage(plan.stage)
     source = resolve_model(settings.model)
     config = dict(source.config)
     random_init = not _has_weights(source.directory)
@@ -160,13 +178,19 @@ def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
     if world > 1:
         device = str(accelerator.device)
     tokenizer = load_tokenizer(source.directory if not random_init else None, spec.vocab_size)
-    records = load_records(settings.data or sample_path())
-    examples = build_examples(records, tokenizer, plan.seq_len, source=settings.data or "sample data")
+    records = load_records(settings.data or default_data(settings))
+    build = build_pairs if settings.preference else build_examples
+    examples = build(records, tokenizer, plan.seq_len, source=settings.data or "sample data")
     report.environment = _environment(device, settings, random_init, tokenizer, len(examples), world)
-    batches = Batches(examples, plan.batch_size, tokenizer.pad_id, settings.seed, accelerator.process_index, world)
+    batches = (PairBatches if settings.preference else Batches)(
+        examples, plan.batch_size, tokenizer.pad_id, settings.seed, accelerator.process_index, world)
 
     model = build_model(config, plan, weights=source.directory if not random_init else None, device=device,
                         seed=settings.seed)
+    device_type = device.split(":")[0]
+    autocast = (lambda: torch.autocast(device_type, dtype=torch_dtype(plan.compute_dtype))) if plan.mixed \
+        else contextlib.nullcontext
+    objective = _objective(model, settings, batches, accelerator.device, autocast)
     if prepare_model is not None:
         prepare_model(model)
     optimizer = make_optimizer(model.parameters(), plan, settings.learning_rate, settings.weight_decay)
@@ -180,9 +204,6 @@ def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
     # FSDP (use_orig_params) leaves each rank a shard of every gradient: sum the squared norms across ranks
     monitor = monitor_class(accelerator.unwrap_model(model),
                             distributed_sum=(lambda t: accelerator.reduce(t, reduction="sum")) if sharded else None)
-    device_type = device.split(":")[0]
-    autocast = (lambda: torch.autocast(device_type, dtype=torch_dtype(plan.compute_dtype))) if plan.mixed \
-        else contextlib.nullcontext
     scaler = torch.amp.GradScaler(device_type) if plan.precision == "fp16-mixed" and settings.loss_scaling else None
     track_zeros = plan.precision == "fp16-mixed"
     on_cuda = device_type == "cuda"
@@ -195,8 +216,8 @@ def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
 
     try:
         for step in range(1, settings.steps + 1):
-            record = _step(step, model, optimizer, scheduler, scaler, monitor, batches, accelerator, autocast,
-                           settings, track_zeros, world)
+            record = _step(step, model, objective, optimizer, scheduler, scaler, monitor, batches, accelerator,
+                           autocast, settings, track_zeros, world)
             if on_cuda:
                 dev = torch.device(device)
                 record.memory = {"max_allocated": torch.cuda.max_memory_allocated(dev),
@@ -243,8 +264,33 @@ def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
     return conclude(report, world)
 
 
-def _step(step: int, model, optimizer, scheduler, scaler, monitor: GradMonitor, batches: Batches, accelerator,
-          autocast, settings: DiagnoseSettings, track_zeros: bool, world: int) -> StepRecord:
+def _objective(model, settings: DiagnoseSettings, batches: Batches, device, autocast):
+    """The step's loss; for DPO with its reference, built now, from the untrained policy."""
+    plan = settings.plan
+    if settings.preference:
+        # TRL's DPOConfig.disable_dropout and LLaMA-Factory's CustomDPOTrainer both default to it
+        # (trl.trainer.utils.disable_dropout_in_model); it also makes the first step's policy equal its reference
+        import torch
+
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+    reference = None
+    if plan.stage == "dpo":
+        reference = (adapter_off(model) if plan.method in ("lora", "qlora")
+                     else frozen_copy(model, torch_dtype(plan.compute_dtype)))
+        if plan.precompute_ref_log_probs:
+            count = settings.steps * plan.grad_accum
+            reference = precomputed(reference, lambda i: _on(batches.micro_batch(i), device), count, autocast)
+    return make_objective(plan.stage, settings.beta, reference)
+
+
+def _on(batch: dict, device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _step(step: int, model, objective, optimizer, scheduler, scaler, monitor: GradMonitor, batches: Batches,
+          accelerator, autocast, settings: DiagnoseSettings, track_zeros: bool, world: int) -> StepRecord:
     """One optimizer step: accumulate, unscale, measure (pre-clip), clip, step, and sync once."""
     import torch
 
@@ -253,14 +299,19 @@ def _step(step: int, model, optimizer, scheduler, scaler, monitor: GradMonitor, 
     accum = plan.grad_accum
     loss_sum = torch.zeros((), device=accelerator.device)
     tokens = torch.zeros((), device=accelerator.device)
+    metrics = torch.zeros(len(objective.names), device=accelerator.device)
     for micro in range(accum):
-        batch = {k: v.to(accelerator.device) for k, v in batches.micro_batch((step - 1) * accum + micro).items()}
+        index = (step - 1) * accum + micro
+        batch = _on(batches.micro_batch(index), accelerator.device)
         sync = contextlib.nullcontext() if micro == accum - 1 else accelerator.no_sync(model)
         with sync:
             with autocast():
-                loss = model(**batch).loss / accum
+                loss, values = objective(model, batch, index)
+                loss = loss / accum
             accelerator.backward(scaler.scale(loss) if scaler else loss)
         loss_sum += loss.detach().float()
+        if values is not None:
+            metrics += values.float() / accum  # each micro-batch holds the same number of pairs
         tokens += batch["attention_mask"].sum()
         if micro == 0 and accum > 1:  # the loss was divided by accum (and multiplied by the fp16 scale)
             factor = accum if scaler is None else accum / _scale_tensor(scaler)
@@ -282,10 +333,14 @@ def _step(step: int, model, optimizer, scheduler, scaler, monitor: GradMonitor, 
     if world > 1:  # the loss and token count of the global batch, not of this rank's slice
         loss_sum = accelerator.reduce(loss_sum, reduction="mean")
         tokens = accelerator.reduce(tokens, reduction="sum")
-    extra = [loss_sum, tokens] + ([_scale_tensor(scaler)] if scaler is not None else [])
+        if len(objective.names):
+            metrics = accelerator.reduce(metrics, reduction="mean")
+    extra = [loss_sum, tokens] + ([_scale_tensor(scaler)] if scaler is not None else []) + list(metrics.unbind())
     stats = monitor.finish(parts, extra=extra)
     loss_value, token_count = stats.extra[0], int(stats.extra[1])
     scale = stats.extra[2] if scaler is not None else None
+    values = stats.extra[3 if scaler is not None else 2:]
+    preference = PreferenceRecord(**dict(zip(objective.names, values, strict=True))) if objective.names else None
     elapsed = time.perf_counter() - started
     return StepRecord(
         step=step, loss=loss_value, lr=lr, grad_norm=stats.total_norm,
@@ -294,7 +349,7 @@ def _step(step: int, model, optimizer, scheduler, scaler, monitor: GradMonitor, 
         unchanged_fraction=stats.unchanged_fraction, zero_fraction=stats.zero_fraction,
         zero_params=stats.zero_params, nonfinite_param=stats.nonfinite_param, micro_grad_sq=stats.micro_sq,
         loss_scale=scale, tokens=token_count, step_time=elapsed,
-        tokens_per_s=token_count / elapsed if elapsed > 0 else 0.0,
+        tokens_per_s=token_count / elapsed if elapsed > 0 else 0.0, preference=preference,
     )
 
 

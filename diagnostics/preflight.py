@@ -135,8 +135,8 @@ def _model_for(run: RunConfig) -> str:
 
 def preflight(path: str | Path, *, gpu: str | None = None, gpu_memory: str | None = None, gpus: int | None = None,
               diagnose_steps: int | None = None, strict: bool = False, fix: str | Path | None = None,
-              fmt: Format | None = None) -> PreflightReport:
-    run = read_run_config(path, fmt)
+              fmt: Format | None = None, stage: str | None = None) -> PreflightReport:
+    run = read_run_config(path, fmt, stage=stage)
     spec = _load_spec(run)
     target, notes = _target(gpu, gpu_memory, gpus, run.gpus)
     try:
@@ -149,19 +149,28 @@ def preflight(path: str | Path, *, gpu: str | None = None, gpu_memory: str | Non
         checks.append(Finding(severity="info", code="dataset_not_found",
                               message=f"dataset {', '.join(run.data.datasets)} not found through "
                                       f"{run.data.dataset_dir}/dataset_info.json: steps per epoch unknown"))
-    checks += result.warnings + [f.model_copy(update={"message": word(f.message, run.format)})
-                                 for f in static_checks(run, target.gpu, gpus)]
+    reader = [f.model_copy(update={"message": word(f.message, run.format)}) for f in static_checks(run, target.gpu, gpus)]
+    # the reader's wording of a warning names the config keys: it replaces the planner's generic one
+    said = {f.code for f in reader}
+    checks += [f for f in result.warnings if f.code not in said] + reader
     fits = result.fit is not None and result.fit.fits
 
     diag = None
     if diagnose_steps:
+        from diagnostics.objectives import SUPPORTED_STAGES
         from diagnostics.runner import run_isolated
 
+        plan = run.plan
+        if plan.stage not in SUPPORTED_STAGES:  # the gradients of its SFT loop still say something about the run
+            checks.append(Finding(severity="info", code="note", message=word(
+                f"the diagnostics ran an SFT loop: diagnose has no {plan.stage} loop ({{stage}} sft, dpo or orpo)",
+                run.format)))
+            plan = plan.model_copy(update={"stage": "sft"})
         settings = DiagnoseSettings(
             model=_model_for(run), data=run.data.files[0] if run.data.files else None, steps=diagnose_steps,
             lr=run.hyper.learning_rate, warmup_ratio=run.hyper.warmup_ratio,
             lr_scheduler=run.hyper.lr_scheduler if run.hyper.lr_scheduler in ("cosine", "linear", "constant")
-            else "cosine", max_grad_norm=run.hyper.max_grad_norm or None, plan=run.plan)
+            else "cosine", max_grad_norm=run.hyper.max_grad_norm or None, plan=plan)
         diag = run_isolated(settings)
 
     changes = _fixes(run, result, checks, diag)

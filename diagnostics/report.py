@@ -20,6 +20,30 @@ from planner.plan import Plan
 Status = Literal["completed", "interrupted", "non_finite", "oom", "does_not_fit", "crashed", "failed"]
 
 
+class PreferenceRecord(BaseModel):
+    """One step's preference metrics, means over its pairs; the names TRL's DPOTrainer logs in comments.
+
+    Rewards are beta x log-probability ratios: for DPO the policy's completion log-prob minus the
+    reference's, for ORPO (no reference) the policy's mean per-token log-prob, as LLaMA-Factory logs them.
+    """
+
+    margin: float  # rewards/margins: chosen_reward - rejected_reward
+    abs_margin: float  # mean |margin| over the pairs (a mean margin near 0 can hide large ones of both signs)
+    chosen_reward: float  # rewards/chosen
+    rejected_reward: float  # rewards/rejected
+    accuracy: float  # rewards/accuracies: share of pairs whose chosen reward beats the rejected one
+    chosen_logp: float  # logps/chosen: summed log-prob of the chosen completion under the policy
+    rejected_logp: float  # logps/rejected
+    chosen_token_logp: float  # mean per-token log-prob of the chosen completions (comparable across batches)
+    rejected_token_logp: float
+    # DPO: (policy - reference) log-prob per completion token (the rewards are beta x these sums); how far the
+    # policy has moved from the reference, in nats per token
+    chosen_token_logratio: float | None = None
+    rejected_token_logratio: float | None = None
+    nll: float | None = None  # ORPO: the NLL term on the chosen completions (mean per token)
+    log_odds: float | None = None  # ORPO: log odds ratio of chosen over rejected
+
+
 class StepRecord(BaseModel):
     step: int  # 1-based optimizer step
     loss: float
@@ -39,6 +63,7 @@ class StepRecord(BaseModel):
     step_time: float = 0.0
     tokens_per_s: float = 0.0
     memory: dict[str, int | None] = {}  # max_allocated, max_reserved, process (NVML) or rss
+    preference: PreferenceRecord | None = None  # --stage dpo / orpo
 
 
 class MemoryComparison(BaseModel):
@@ -52,7 +77,7 @@ class MemoryComparison(BaseModel):
 
 class DiagnoseSettings(BaseModel):
     model: str
-    data: str | None = None  # None: the sample dataset shipped with ftplan
+    data: str | None = None  # None: the sample dataset shipped with ftplan (the preference one for dpo/orpo)
     steps: int = 30
     lr: float | None = None  # None: 1e-4 for LoRA/QLoRA, 1e-5 otherwise
     warmup_ratio: float = 0.0
@@ -64,12 +89,25 @@ class DiagnoseSettings(BaseModel):
     loss_scaling: bool = True  # fp16: use a GradScaler (HF's default)
     init_std: float | None = None  # config-only models: override initializer_range
     ratio_every: int | None = None  # update ratios every N steps; None: every step for LoRA/QLoRA, every 4th else
+    # DPO's beta (TRL DPOConfig.beta, LLaMA-Factory pref_beta: 0.1); for ORPO the weight lambda of the odds-ratio
+    # term, which both frameworks also call beta (TRL ORPOConfig.beta, LLaMA-Factory pref_beta: 0.1)
+    beta: float = Field(0.1, gt=0)
     plan: Plan = Field(default_factory=lambda: Plan(batch_size=2, grad_accum=2, seq_len=256))
+
+    @property
+    def stage(self) -> str:
+        return self.plan.stage
+
+    @property
+    def preference(self) -> bool:
+        return self.plan.stage in ("dpo", "orpo")
 
     @property
     def learning_rate(self) -> float:
         if self.lr is not None:
             return self.lr
+        if self.preference:  # LLaMA-Factory examples/train_lora/llama3_lora_dpo.yaml (LoRA too): 5e-6
+            return 5e-6
         return 1e-4 if self.plan.method in ("lora", "qlora") else 1e-5
 
     @property

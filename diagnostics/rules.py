@@ -19,6 +19,7 @@ import statistics
 from collections.abc import Sequence
 
 from diagnostics.monitor import layer_index
+from diagnostics.preference_rules import preference_advice, preference_findings
 from diagnostics.report import DiagnoseSettings, DiagnosticReport, StepRecord
 from planner.findings import Change, Finding
 
@@ -112,7 +113,12 @@ def analyze(records: list[StepRecord], settings: DiagnoseSettings) -> list[Findi
             fix="clip gradients (max_grad_norm, see advice), warm the learning rate up, or lower it"))
 
     findings += _vanishing(after_first, settings)
-    findings += _loss_findings(records, settings)
+    # The DPO loss is -log sigmoid(margin) averaged over a few pairs: it starts at log 2 and its spikes and
+    # plateaus mean something else, so preference_findings reads it; ORPO's is NLL-dominated, like SFT's.
+    if settings.stage != "dpo":
+        findings += _loss_findings(records, settings)
+    if settings.preference:
+        findings += preference_findings(records, settings)
 
     post = [r for r in records if r.step > settings.warmup_steps]
     if settings.max_grad_norm and post:
@@ -361,6 +367,8 @@ def advise(records: list[StepRecord], findings: list[Finding], settings: Diagnos
         out.append(_mixed_precision(plan.precision, _BF16_RANGE))
     if "bf16_updates_round_away" in codes:
         out.append(_mixed_precision(plan.precision, _KEEP_MASTER))
+    if settings.preference:
+        out += preference_advice(records, findings, settings, {k for c in out for k in c.changes})
     return out
 
 

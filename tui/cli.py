@@ -132,14 +132,20 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         model=args.model, data=args.data, steps=args.steps, lr=args.lr, warmup_ratio=args.warmup_ratio,
         lr_scheduler=args.lr_scheduler, max_grad_norm=args.max_grad_norm or None, weight_decay=args.weight_decay,
         seed=args.seed, device=args.device, loss_scaling=args.loss_scaling, init_std=args.init_std,
-        plan=plan_from(args))
+        beta=args.beta, plan=plan_from(args))
+    from diagnostics.objectives import check_stage
     from planner.spec import load_spec
 
+    check_stage(settings.stage)
     load_spec(settings.model)  # bad --model fails here, in one line, before any process starts
     if args.data:
         from diagnostics.data import load_records
 
-        load_records(args.data)
+        records = load_records(args.data)
+        if settings.preference:  # a bad pair fails here, naming its record, before the model loads
+            from diagnostics.preference import check_records
+
+            check_records(records, args.data)
     live = not args.json and sys.stdout.isatty()
     from tui.diagnose_view import print_report, step_line
 
@@ -187,7 +193,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 
     report = preflight(args.config, gpu=args.gpu, gpu_memory=args.gpu_memory, gpus=args.gpus,
                        diagnose_steps=args.diagnose, strict=args.strict, fix=args.fix,
-                       fmt=None if args.format == "auto" else args.format)
+                       fmt=None if args.format == "auto" else args.format, stage=args.stage)
     if args.json:
         sys.stdout.write(report.model_dump_json(indent=2) + "\n")
     else:
@@ -244,6 +250,8 @@ def _command(sub, name: str, summary: str, description: str, epilog: str = EXIT_
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from planner.plan import STAGES  # pydantic only: the flags below are built from the Plan model anyway
+
     parser = _Parser(prog="ftplan", description="Plan and pre-flight LLM fine-tuning: memory, fit, time.",
                      epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
@@ -286,13 +294,19 @@ def build_parser() -> argparse.ArgumentParser:
         "Runs a few dozen real training steps of the model on your data (or ftplan's sample), records every "
         "layer's gradient norms, loss and memory, and reports exploding or vanishing gradients, NaN/Inf, loss "
         "spikes and divergence, clipping, fp16/bf16 precision problems and dead parameters, with suggested "
-        "max_grad_norm, warmup, learning rate and batch settings.",
+        "max_grad_norm, warmup, learning rate and batch settings. --stage dpo / orpo runs DPO or ORPO on "
+        "preference pairs (prompt, chosen, rejected) and also reports reward margins, accuracy and the chosen "
+        "answers' log-probs: margins that explode, likelihood displacement, drift from the reference.",
         EXIT_CODES_HELP.replace("(for estimate --gpu: the plan fits)", "(warnings are printed)")
         .replace("the plan does not fit the GPU", "an error finding, or the run failed / did not fit "
                  "(--strict: warnings too)") + "  130 interrupted (the partial report is still written)\n"
-        + "\nexample:\n  ftplan diagnose --model tiny-llama --method lora --steps 30\n")
+        + "\nexamples:\n  ftplan diagnose --model tiny-llama --method lora --steps 30\n"
+        "  ftplan diagnose --model tiny-llama --method lora --stage dpo --lr 1e-4   # preference pairs, DPO\n")
     add_training_flags(diag, batch=2, seq=256, accum=2)
     add_diagnose_flags(diag)
+    diag.add_argument("--beta", type=positive_float("--beta"), default=0.1,
+                      help="--stage dpo: beta, the strength of the pull to the reference; --stage orpo: lambda, "
+                           "the weight of the odds-ratio term (default: 0.1, TRL's and LLaMA-Factory's pref_beta)")
     diag.add_argument("--json", action="store_true", help="print the report as JSON")
     diag.add_argument("--out", help="also write the report (JSON) to this file, atomically")
     diag.add_argument("--in-process", action="store_true",
@@ -328,6 +342,9 @@ example:
     pre.add_argument("--fix", metavar="OUT", help="write a corrected copy of the config here")
     pre.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     pre.add_argument("--format", choices=("auto", "llamafactory", "hf", "axolotl"), default="auto")
+    pre.add_argument("--stage", choices=STAGES, default=None,
+                     help="the stage the config trains (default: its own keys say: LLaMA-Factory stage, axolotl rl, "
+                          "the TRL trainer its keys belong to)")
     pre.add_argument("--json", action="store_true", help="print the report as JSON")
     pre.set_defaults(func=cmd_preflight)
     gpus = _command(

@@ -120,8 +120,10 @@ class DiagnosePane(Vertical):
         r = message.record
         elapsed = time.monotonic() - self._started
         self.query_one("#diag-progress", ProgressBar).update(progress=r.step)
+        pairs = (f", margin {r.preference.margin:+.3g}, accuracy {r.preference.accuracy:.0%}"
+                 if r.preference is not None else "")
         self.query_one("#diag-status", Static).update(
-            f"step {r.step}: loss {r.loss:.4f}, grad norm {r.grad_norm:.3g}, {r.step / elapsed:.2f} steps/s, "
+            f"step {r.step}: loss {r.loss:.4f}{pairs}, grad norm {r.grad_norm:.3g}, {r.step / elapsed:.2f} steps/s, "
             f"{r.tokens_per_s:,.0f} tokens/s")
         self.query_one("#diag-loss", LossPlot).show(self.records)
         self.query_one("#diag-heatmap", Static).update(norm_heatmap(self.records, max_columns=40))

@@ -15,21 +15,51 @@ from tui.views import finding_line
 _STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
 
+# settings only `ftplan diagnose` has (no planner field): the flag to print for them
+_DIAGNOSE_FLAGS = {"beta": "--beta"}
+
+
 def step_line(record: StepRecord, total: int) -> str:
     clip = " clipped" if record.clipped else ""
-    return (f"step {record.step:>3}/{total}  loss {record.loss:8.4f}  grad norm {record.grad_norm:9.4g}{clip}  "
+    pref = record.preference
+    pairs = f"  margin {pref.margin:+8.3g}  acc {pref.accuracy:4.0%}" if pref is not None else ""
+    return (f"step {record.step:>3}/{total}  loss {record.loss:8.4f}{pairs}  grad norm {record.grad_norm:9.4g}{clip}  "
             f"lr {record.lr:.2e}  {record.tokens_per_s:,.0f} tok/s")
+
+
+def _flag(field: str, vocabulary: Vocabulary) -> str:
+    return _DIAGNOSE_FLAGS[field] if field in _DIAGNOSE_FLAGS and vocabulary == "cli" else name_in(field, vocabulary)
 
 
 def change_settings(change: Change, vocabulary: Vocabulary) -> str:
     """What a change sets, in a front end's names: `--max-grad-norm 1.0 → 0.5`."""
-    return ", ".join(f"{name_in(k, vocabulary)} {change.current.get(k)} → {v}" for k, v in change.changes.items())
+    return ", ".join(f"{_flag(k, vocabulary)} {change.current.get(k)} → {v}" for k, v in change.changes.items())
+
+
+def preference_rows(records: list[StepRecord], rows: int = 6) -> list[dict[str, str]]:
+    """A few steps spread over the run (the first and the last included), with the preference metrics."""
+    marked = [r for r in records if r.preference is not None]
+    if not marked:
+        return []
+    picks = sorted({round(i * (len(marked) - 1) / max(1, rows - 1)) for i in range(rows)})
+    out = []
+    for r in (marked[i] for i in picks):
+        p = r.preference
+        drift = (f"{p.chosen_token_logratio:+.2f}/{p.rejected_token_logratio:+.2f}"
+                 if p.chosen_token_logratio is not None else "")
+        out.append({"step": str(r.step), "loss": f"{r.loss:.4g}", "margin": f"{p.margin:+.3g}",
+                    "accuracy": f"{p.accuracy:.0%}", "reward c/r": f"{p.chosen_reward:+.2f}/{p.rejected_reward:+.2f}",
+                    "logp/token c/r": f"{p.chosen_token_logp:.2f}/{p.rejected_token_logp:.2f}",
+                    "vs ref c/r": drift})
+    return out
 
 
 def print_report(report: DiagnosticReport, console: Console | None = None, plots: bool = True) -> None:
     console = console or Console(highlight=False)
     s, env = report.settings, report.environment
-    console.print(f"[bold]{s.model}[/bold] · {s.plan.method} · {s.plan.precision} · lr {s.learning_rate:g} · "
+    stage = (f" · {s.stage} (beta {s.beta:g})" if s.stage == "dpo" else
+             f" · orpo (lambda {s.beta:g})" if s.stage == "orpo" else "")
+    console.print(f"[bold]{s.model}[/bold] · {s.plan.method}{stage} · {s.plan.precision} · lr {s.learning_rate:g} · "
                   f"micro-batch {s.plan.batch_size} × accumulation {s.plan.grad_accum}"
                   + (f" × {env.get('world_size')} processes" if env.get("world_size", 1) > 1 else "")
                   + f" · cutoff {s.plan.seq_len}")
@@ -44,6 +74,18 @@ def print_report(report: DiagnosticReport, console: Console | None = None, plots
         width = min(console.width, 100) - 2
         console.file.write(loss_plot(report.records, width=width, color=console.is_terminal) + "\n\n")
         console.file.write(norm_heatmap(report.records, max_columns=width - 14) + "\n")
+    rows = preference_rows(report.records)
+    if rows:
+        table = Table(title="preference (means over each step's pairs; c = chosen, r = rejected; rewards are "
+                            "beta x log-ratios" + ("; vs ref: policy - reference, nats per token)" if s.stage == "dpo"
+                                                   else ")"),
+                      title_justify="left", show_edge=False)
+        columns = [c for c in rows[0] if any(row[c] for row in rows)]
+        for col in columns:
+            table.add_column(col, justify="right")
+        for row in rows:
+            table.add_row(*(row[c] for c in columns))
+        console.print(table)
     if report.findings:
         console.print("\nfindings:")
         for f in report.findings:
@@ -58,7 +100,7 @@ def print_report(report: DiagnosticReport, console: Console | None = None, plots
             table.add_column(col, overflow="fold")
         for a in report.advice:
             for k, v in a.changes.items():
-                table.add_row(name_in(k, "cli"), str(a.current.get(k)), str(v), a.reason)
+                table.add_row(_flag(k, "cli"), str(a.current.get(k)), str(v), a.reason)
         console.print(table)
     if report.noise_scale is not None:
         console.print(f"gradient noise scale ≈ {report.noise_scale:.1f} sequences (McCandlish et al. 2018; "

@@ -130,8 +130,10 @@ def device(text: str) -> str:
 
 
 def add_diagnose_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="Alpaca / ShareGPT / OpenAI-messages / text JSON or JSONL "
-                                  "(default: the small sample dataset shipped with ftplan)")
+    p.add_argument("--data", help="Alpaca / ShareGPT / OpenAI-messages / text JSON or JSONL; with --stage dpo or "
+                                  "orpo, preference pairs (prompt/chosen/rejected as in the seed notes and TRL, or "
+                                  "LLaMA-Factory's alpaca/sharegpt preference formats) (default: the sample "
+                                  "dataset shipped with ftplan for the stage)")
     p.add_argument("--steps", type=positive_int("--steps"), default=30, help="optimizer steps (default: 30)")
     p.add_argument("--lr", type=positive_float("--lr"), default=None,
                    help="learning rate (default: 1e-4 for LoRA/QLoRA, 1e-5 otherwise)")

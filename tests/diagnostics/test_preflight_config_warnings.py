@@ -80,3 +80,19 @@ def test_an_export_config_is_exit_2_naming_the_key(tmp_path) -> None:
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "not a training config" in result.stderr and "export_dir" in result.stderr
+
+
+def test_the_stage_flag_overrides_the_configs_stage(tmp_path) -> None:
+    path = write(tmp_path, CONFIG.replace("stage: sft", "stage: dpo"))
+    result = subprocess.run([sys.executable, "-m", "tui", "preflight", str(path), "--gpu", "H100", "--stage", "orpo",
+                             "--json"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["estimate"]["plan"]["stage"] == "orpo"
+
+
+def test_a_reader_warning_replaces_the_planners_generic_one(tmp_path) -> None:
+    text = CONFIG.replace("stage: sft", "stage: ppo") + "reward_model: saves/rm\n"
+    report = preflight(write(tmp_path, text), gpu="H100")
+    assert [c.code for c in report.checks].count("ppo_value_head") == 1
+    (warning,) = [c for c in report.checks if c.code == "ppo_value_head"]
+    assert "ppo_buffer_size" in warning.message  # the reader's, naming the config's keys
