@@ -470,7 +470,8 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
                 embeddings_trainable: bool = False, head_trainable: bool = False, input_grad: bool = False,
                 lora_rank: int = 8, lora_dropout: float = 0.0, adapter_dtype: str = "fp32",
                 device: str = "cuda", head: str = "logits", head_width: int | None = None,
-                scored: int | None = None, head_linear_trainable: bool | None = None) -> ActivationBytes:
+                scored: int | None = None, head_linear_trainable: bool | None = None,
+                logit_tokens: int | None = None) -> ActivationBytes:
     """Replay the whole forward + loss once.
 
     `weight_dtypes` is (dtype of trainable weights, dtype of frozen weights): norms
@@ -516,6 +517,8 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
     if head in ("logits", "value", "logps"):
         # the head itself may train while the final norm does not (peft's modules_to_save copy of a `score`)
         logits = tape.linear(x, width, d, head_trainable if head_linear_trainable is None else head_linear_trainable)
+        if logit_tokens is not None and head == "logits":  # `logits_to_keep`: the head runs on the last positions
+            logits = T(logit_tokens * width, logits.dtype, logits.grad)
     outside = tape.bytes() + unreplayed - blocks
     tape.region = "logits"
     if head == "chunked":
@@ -544,7 +547,8 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
         if spec.final_logit_softcap:
             logits = tape.unary(logits, "output")  # tanh(logits / cap) * cap
         if logits.grad:
-            tape.save(T(tokens * spec.vocab_size, "fp32", True), T(tokens, "int64", False))  # log_softmax, target
+            kept = logits.numel // spec.vocab_size
+            tape.save(T(kept * spec.vocab_size, "fp32", True), T(kept, "int64", False))  # log_softmax, target
     return ActivationBytes(blocks=blocks, outside=outside, logits=tape.bytes("logits"),
                            per_block_max=max(per_layer, default=0), per_layer=per_layer,
                            input_per_layer=input_per_layer)

@@ -186,6 +186,7 @@ def activation_bytes(spec: ModelSpec, plan: Plan, train: TrainingLayout, device:
         adapter_dtype=adapter_dtype(plan), device=device, head=run.head, head_width=spec.head_width,
         scored=run.rows * run.scored_per_row,
         head_linear_trainable=train.head_trainable or bool(spec.num_labels and train.method in ("lora", "qlora")),
+        logit_tokens=run.rows * run.logits_per_row if run.logits_per_row != plan.seq_len else None,
     )
 
 
@@ -602,7 +603,7 @@ def _loss_transients(spec: ModelSpec, plan: Plan, train: TrainingLayout, run: St
         head_grad = spec.head_width * d * DTYPE_BYTES[param_dtype(plan, trainable=True)] \
             if train.head_trainable else 0
         return 4 * tokens * d * 2 + head_grad, head_grad
-    tv = tokens * spec.head_width
+    tv = rows * run.logits_per_row * spec.head_width
     # forward: the model's logits and the loss's fp32 up-cast coexist with log_softmax's output;
     # backward start: nll_loss's fp32 grad and log_softmax's fp32 grad input, both T x V
     return tv * cb + (4 * tv if plan.compute_dtype != "fp32" else 0), 8 * tv

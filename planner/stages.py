@@ -64,6 +64,9 @@ class StageRun:
     reward_model: bool  # PPO: a separate frozen reward model the size of the policy
     no_grad_rows: int  # rows of the largest forward without gradients (reference, KTO's KL batch)
     scored_per_row: int  # positions per row the chunked head scores
+    # positions per row the LM head makes logits for: GRPO asks for the completion's only (`logits_to_keep`,
+    # TRL before its fused head, and axolotl's pinned TRL); every position otherwise
+    logits_per_row: int
     generated: int  # sequences `generate` runs at once (0: no generation on this GPU)
     completion: int  # tokens generated per sequence
 
@@ -113,8 +116,9 @@ def stage_run(plan: Plan, device: str = "cuda") -> StageRun:
         # (steps_per_generation defaults to gradient_accumulation_steps); each process generates its share
         generated = b * plan.grad_accum
     return StageRun(stage=stage, rows=rows, head=head, reference=reference,
-                    reward_model=stage == "ppo" and plan.method in ("full", "freeze"), no_grad_rows=no_grad, scored_per_row=max(1, scored),
-                    generated=generated, completion=completion)
+                    reward_model=stage == "ppo" and plan.method in ("full", "freeze"), no_grad_rows=no_grad,
+                    scored_per_row=max(1, scored), generated=generated, completion=completion,
+                    logits_per_row=completion if stage == "grpo" else plan.seq_len)
 
 
 def stage_spec(spec: ModelSpec, plan: Plan) -> ModelSpec:
