@@ -276,6 +276,19 @@ class _Warnings:
         return [k for k in (switch, *GROUPS.get(switch, ())) if k in self.config]
 
 
+def _quantized_copy(k: Keys, w: _Warnings, model: str, what: str) -> None:
+    """`<model>_quantization_bit` (RLHFArguments): the frozen reference or reward model loaded in 4 or 8 bits,
+    which this plan keeps in 16."""
+    key = f"{model}_quantization_bit"
+    bits = k.get(key, int)
+    if bits is None:
+        return
+    if bits not in (4, 8):
+        raise FtplanError(f"{k.path}: key '{key}' must be 4 or 8, got {bits}")
+    w.add(f"{model}_quantized", key, f"{key} {bits}: the {what} is loaded in {bits} bits; this plan keeps it in 16 "
+          f"bits, {_over_under('overstates')}", "overstates")
+
+
 def _over_under(direction: Direction) -> str:
     return {"overstates": "so it overstates memory", "understates": "so it understates memory",
             "unknown": "so the estimate may be off either way"}[direction]
@@ -455,13 +468,7 @@ def _stage_fields(k: Keys, w: _Warnings, notes: list[str], stage: str, plan_stag
             notes.append(f"ref_model {ref}: a separate frozen reference model (loaded whatever the method), planned "
                          "the size of model_name_or_path")
             k.get("ref_model_adapters", (str, list))
-            bits = k.get("ref_model_quantization_bit", int)
-            if bits is not None:
-                if bits not in (4, 8):
-                    raise FtplanError(f"{path}: key 'ref_model_quantization_bit' must be 4 or 8, got {bits}")
-                w.add("ref_model_quantized", "ref_model_quantization_bit", f"ref_model_quantization_bit {bits}: the "
-                      f"reference model is loaded in {bits} bits; this plan keeps it in 16 bits, "
-                      f"{_over_under('overstates')}", "overstates")
+            _quantized_copy(k, w, "ref_model", "reference model")
     if stage != "ppo":
         return fields
     reward = k.get("reward_model", str)
@@ -484,13 +491,7 @@ def _stage_fields(k: Keys, w: _Warnings, notes: list[str], stage: str, plan_stag
         notes.append(f"reward_model_type full: a separate frozen reward model ({reward}, with a value head)"
                      + (", planned as a frozen copy the size of the policy" if method != "lora" else ""))
         k.get("reward_model_adapters", (str, list))
-        bits = k.get("reward_model_quantization_bit", int)
-        if bits is not None:
-            if bits not in (4, 8):
-                raise FtplanError(f"{path}: key 'reward_model_quantization_bit' must be 4 or 8, got {bits}")
-            w.add("reward_model_quantized", "reward_model_quantization_bit", f"reward_model_quantization_bit "
-                  f"{bits}: the reward model is loaded in {bits} bits; this plan keeps it in 16 bits, "
-                  f"{_over_under('overstates')}", "overstates")
+        _quantized_copy(k, w, "reward_model", "reward model")
     else:
         notes.append("reward_model_type " + kind + ": " + (
             "a LoRA adapter and value head loaded on the policy itself" if kind == "lora" else
