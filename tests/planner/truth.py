@@ -31,6 +31,7 @@ imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import warnings
 from pathlib import Path
@@ -210,28 +211,37 @@ def random_ids(batch: int, seq: int, vocab: int, seed: int = 0):
     return torch.randint(3, vocab, (batch, seq), generator=g)
 
 
-def measure_saved_bytes(model, batch: int, seq: int, vocab: int, *, seed: int = 0, autocast=None) -> int:
-    """Unique storages autograd saves during forward + loss, parameters excluded."""
-    import contextlib
-
+@contextlib.contextmanager
+def saved_storages(exclude: set[int]):
+    """Every storage autograd saves inside the block, once each, `exclude` (model storages) left out: yields
+    {data_ptr: the first tensor saved on it}. Holding the tensors keeps their storages from being reused."""
     import torch
 
-    exclude = model_storages(model)
-    seen: dict[int, int] = {}
-    keep = []
+    saved: dict[int, object] = {}
 
     def pack(t):
-        storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr not in exclude and ptr not in seen:
-            seen[ptr] = storage.nbytes()
-            keep.append(t)
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in exclude and ptr not in saved:
+            saved[ptr] = t
         return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield saved
+
+
+def storage_bytes(saved: dict) -> int:
+    return sum(t.untyped_storage().nbytes() for t in saved.values())
+
+
+def measure_saved_bytes(model, batch: int, seq: int, vocab: int, *, seed: int = 0, autocast=None) -> int:
+    """Unique storages autograd saves during forward + loss, parameters excluded."""
+    import torch
 
     ids = random_ids(batch, seq, vocab, seed)
     ctx = torch.autocast("cpu", dtype=torch_dtype(autocast)) if autocast else contextlib.nullcontext()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ctx:
+    with saved_storages(model_storages(model)) as saved, ctx:
         out = model(input_ids=ids, labels=ids)
     del out
-    keep.clear()
-    return sum(seen.values())
+    nbytes = storage_bytes(saved)
+    saved.clear()
+    return nbytes

@@ -42,7 +42,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from tests.planner.truth import build_model, model_storages, torch_dtype
+from tests.planner.truth import build_model, model_storages, saved_storages, storage_bytes, torch_dtype
 
 STAGES = ("dpo", "kto", "rm", "orpo", "grpo")
 LORA = {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}
@@ -290,32 +290,22 @@ def measure_stage(config: dict, stage: str, *, method: str = "full", precision: 
 
         handle = _backbone(model).register_forward_pre_hook(record, with_kwargs=True)
         exclude = model_storages(model) | (model_storages(ref) if ref is not None else set())
-        seen: dict[int, int] = {}
-        keep = []
-
-        def pack(t):
-            storage = t.untyped_storage()
-            ptr = storage.data_ptr()
-            if ptr not in exclude and ptr not in seen:
-                seen[ptr] = storage.nbytes()
-                keep.append(t)
-            return t
-
         try:
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            with saved_storages(exclude) as saved:
                 loss = trainer.compute_loss(model, inputs)
         finally:
             handle.remove()
         loss.backward()  # the saved graph is a real one: backward runs through it
         counted = sorted(((list(t.shape), str(t.dtype).removeprefix("torch."), t.untyped_storage().nbytes())
-                          for t in keep), key=lambda x: -x[2]) if detail else None
-        keep.clear()
+                          for t in saved.values()), key=lambda x: -x[2]) if detail else None
+        saved_bytes = storage_bytes(saved)
+        saved.clear()
         trained = [s for s, grad in shapes if grad]
         result = {
             "stage": stage, "method": method, "precision": precision, "model_type": config["model_type"],
             "batch": batch, "rows": trained[0][0] if trained else 0, "seq": trained[0][1] if trained else 0,
             "trained_forwards": len(trained), "no_grad_forwards": len(shapes) - len(trained),
-            "saved": sum(seen.values()),
+            "saved": saved_bytes,
             "policy_bytes": _param_bytes(model),
             "reference_bytes": _param_bytes(ref, buffers=True) if ref is not None else 0,
             "reference_param_bytes": _param_bytes(ref) if ref is not None else 0,
