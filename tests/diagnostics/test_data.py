@@ -94,16 +94,10 @@ def test_tiny_vocabulary_rejects_the_byte_tokenizer() -> None:
 
 def test_a_real_chat_template_masks_the_prompt(tmp_path) -> None:
     """A tokenizer built here (no download) with a Jinja chat template: only the answer is trained."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from tests.diagnostics.chat_tokenizer import chat_tokenizer
 
     words = ["<pad>", "<eos>", "<|user|>", "<|assistant|>", "what", "is", "two", "plus", "three", "five", "."]
-    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    hf = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>")
-    hf.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }}"
-                        "{% if m['role'] == 'assistant' %} <eos>{% endif %} {% endfor %}"
-                        "{% if add_generation_prompt %}<|assistant|> {% endif %}")
+    hf = chat_tokenizer(words)
     tok = HFTokenizer(hf)
     ids, labels = tok.conversation([("user", "what is two plus three"), ("assistant", "five .")])
     trained = [words[i] for i, label in zip(ids, labels, strict=True) if label != IGNORE]

@@ -131,18 +131,11 @@ def test_notes_copied_from_the_seed_are_not_json(tmp_path) -> None:
 def test_a_real_chat_template_splits_prompt_and_answers() -> None:
     """A tokenizer built here (no download) with a Jinja chat template: the prompt ends with the generation
     header, each answer is the assistant turn's tokens, and the history's answer stays in the prompt."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     from diagnostics.data import HFTokenizer
+    from tests.diagnostics.chat_tokenizer import chat_tokenizer
 
     words = ["<pad>", "<eos>", "<|user|>", "<|assistant|>", "hi", "hello", "two", "plus", "three", "five", "six"]
-    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    hf = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>")
-    hf.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }}"
-                        "{% if m['role'] == 'assistant' %} <eos>{% endif %} {% endfor %}"
-                        "{% if add_generation_prompt %}<|assistant|> {% endif %}")
+    hf = chat_tokenizer(words)
     record = {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"},
                                 {"from": "human", "value": "two plus three"}],
               "chosen": {"from": "gpt", "value": "five"}, "rejected": {"from": "gpt", "value": "six"}}
