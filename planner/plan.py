@@ -23,7 +23,8 @@ AttentionKernel = Literal["eager", "sdpa", "flash"]
 # trainers.
 Stage = Literal["sft", "pt", "dpo", "orpo", "simpo", "kto", "rm", "ppo", "grpo"]
 Vllm = Literal["off", "colocate", "server"]
-Framework = Literal["llamafactory", "trl"]  # whose trainer runs a preference or reward stage
+Framework = Literal["llamafactory", "trl"]
+TRL_VLLM_SHARE = 0.3  # trl GRPOConfig.vllm_gpu_memory_utilization: the share of each GPU vLLM colocate takes  # whose trainer runs a preference or reward stage
 
 METHODS: tuple[str, ...] = Method.__args__
 PRECISIONS: tuple[str, ...] = Precision.__args__
@@ -62,7 +63,7 @@ class Plan(BaseModel):
     num_generations: int = 8  # GRPO: completions per prompt (TRL's default)
     max_completion_len: int | None = None  # completion tokens within seq_len (GRPO default: TRL's 512)
     vllm: Vllm = "off"  # GRPO generation: transformers' generate, vLLM beside training, or a vLLM server
-    vllm_gpu_memory_utilization: float = 0.3  # TRL's default share of the GPU vLLM colocate takes
+    vllm_gpu_memory_utilization: float = TRL_VLLM_SHARE
 
     @model_validator(mode="before")
     @classmethod

@@ -36,6 +36,7 @@ from planner.configs.hf import attention, quant_keys, say, targets_of, words
 from planner.errors import FtplanError
 from planner.findings import Finding
 from planner.params import target_names
+from planner.plan import TRL_VLLM_SHARE
 
 # ---------------------------------------------------------------- the keys
 
@@ -726,7 +727,7 @@ def _grpo(r: _Read, rl: str, *, method: str, zero: int, batch: int, grad_accum: 
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise FtplanError(f"{k.path}: key '{name}' must be a whole number of at least 1, got {value!r}")
     vllm = "off"
-    share = 0.3  # TRL's vllm_gpu_memory_utilization, unless axolotl hands over vllm.gpu_memory_utilization
+    share = TRL_VLLM_SHARE  # unless axolotl hands over vllm.gpu_memory_utilization
     if trl.get("use_vllm") is True:
         mode = trl.get("vllm_mode")
         vllm = mode or "colocate"  # TRL 1.8's default

@@ -42,6 +42,8 @@ from planner.configs.common import (
 from planner.errors import FtplanError
 from planner.findings import Finding
 from planner.params import target_names
+from planner.plan import TRL_VLLM_SHARE
+from planner.stages import GRPO_COMPLETION_DEFAULT
 
 
 def words(text: str) -> frozenset[str]:
@@ -716,7 +718,7 @@ def _grpo(r: _Read, name: str, *, method: str, zero: int, batch: int, grad_accum
     if reference is not False and k.get("sync_ref_model", bool, False):
         _sync_ref_model(r, zero)
     generations = k.positive("num_generations", 2 if rloo else 8)
-    completion = k.get("max_completion_length", int, 512)
+    completion = k.get("max_completion_length", int, GRPO_COMPLETION_DEFAULT)
     if completion < 1:
         raise FtplanError(f"{k.path}: key 'max_completion_length' must be at least 1, got {completion}")
     vllm = "off"
@@ -724,7 +726,7 @@ def _grpo(r: _Read, name: str, *, method: str, zero: int, batch: int, grad_accum
         vllm = k.get("vllm_mode", str, "colocate")
         if vllm not in ("colocate", "server"):
             raise FtplanError(f"{k.path}: key 'vllm_mode' must be colocate or server, got {vllm!r}")
-    share = k.get("vllm_gpu_memory_utilization", float, 0.3)
+    share = k.get("vllm_gpu_memory_utilization", float, TRL_VLLM_SHARE)
     if vllm == "colocate" and k.get("vllm_enable_sleep_mode", bool, False):
         r.warn("vllm_sleep", "vllm_enable_sleep_mode", "vllm_enable_sleep_mode: the colocated vLLM releases its "
                "weights and KV cache while the model trains, while this plan keeps its share of the GPU reserved "
