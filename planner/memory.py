@@ -585,7 +585,6 @@ def _loss_transients(spec: ModelSpec, plan: Plan, train: TrainingLayout, run: St
     """What the output head and the loss allocate and free again over `rows` sequences: (at the loss in
     forward, at the start of backward)."""
     tokens, d, cb = rows * plan.seq_len, spec.hidden_size, DTYPE_BYTES[plan.compute_dtype]
-    head_grad = spec.head_width * d * 4 if train.head_trainable else 0
     if run.head == "value":
         # one score per position, up-cast; LLaMA-Factory's value-head model computes (and up-casts) the LM
         # head's logits too, unused
@@ -596,7 +595,8 @@ def _loss_transients(spec: ModelSpec, plan: Plan, train: TrainingLayout, run: St
         # hidden states (and of the head's weight, when it trains) accumulated across tiles, then cast back
         n = rows * run.scored_per_row
         tile = min(n, CHUNK_TOKENS) * min(spec.head_width, CHUNK_VOCAB) * cb
-        return tile + 7 * 4 * n, tile + n * d * (4 + cb) + head_grad
+        weight_grad = spec.head_width * d * 4 if train.head_trainable else 0  # accumulated in fp32
+        return tile + 7 * 4 * n, tile + n * d * (4 + cb) + weight_grad
     if run.head == "fused":
         # Liger's chunking keeps one chunk of about (tokens x hidden) logits, in fp32, at a time; it
         # computes the gradients during forward, so a trainable head's fp32 gradient exists from then on

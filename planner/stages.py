@@ -37,6 +37,7 @@ from typing import Literal
 
 from planner.modelspec import ModelSpec
 from planner.plan import Plan
+from planner.units import fmt_gib
 
 Head = Literal["logits", "fused", "chunked", "value", "logps"]
 
@@ -69,6 +70,12 @@ class StageRun:
     logits_per_row: int
     generated: int  # sequences `generate` runs at once (0: no generation on this GPU)
     completion: int  # tokens generated per sequence
+
+
+def batch_unit(stage: str) -> str:
+    """What one unit of a stage's per-device batch is."""
+    return {"grpo": "completions", "ppo": "rollouts", "kto": "examples"}.get(
+        stage, "pairs" if stage in PAIRED else "sequences")
 
 
 def completion_len(plan: Plan) -> int:
@@ -145,8 +152,6 @@ def kv_cache_bytes(spec: ModelSpec, sequences: int, length: int, dtype_bytes: in
 
 def stage_assumptions(plan: Plan, run: StageRun, reference: int) -> list[str]:
     """What the plan of a stage rests on, in words (`{field}` placeholders name settings)."""
-    from planner.units import fmt_gib
-
     head = {
         "logits": "the loss up-casts logits to fp32 (transformers' ForCausalLMLoss); log_softmax keeps them for "
                   "backward",
@@ -160,7 +165,7 @@ def stage_assumptions(plan: Plan, run: StageRun, reference: int) -> list[str]:
     stage = plan.stage
     if stage in PAIRED:
         out.append(f"stage {stage}: chosen and rejected run through the model together: {run.rows} rows of "
-                   f"{plan.seq_len} tokens per micro-batch of {plan.batch_size} pairs")
+                   f"{plan.seq_len} tokens per micro-batch of {plan.batch_size} {batch_unit(stage)}")
     if stage == "kto":
         out.append("stage kto: the main batch with gradients, the KL batch (mismatched completions) without")
     if stage in REFERENCED or (stage == "grpo" and run.reference):
@@ -177,7 +182,7 @@ def stage_assumptions(plan: Plan, run: StageRun, reference: int) -> list[str]:
             out.append("reference: the policy with its LoRA adapter disabled (no separate copy); its forward runs "
                        "without gradients")
     if stage in GENERATES:
-        out.append(f"stage {stage}: the micro-batch counts completions; {{seq_len}} {plan.seq_len} = prompt + "
+        out.append(f"stage {stage}: the micro-batch counts {batch_unit(stage)}; {{seq_len}} {plan.seq_len} = prompt + "
                    f"{run.completion} completion tokens")
         if run.generated:
             out.append(f"generation with transformers' generate: {run.generated} sequences at once ({{batch_size}} "

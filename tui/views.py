@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from planner.fit import FitsRow
 from planner.memory import COMPONENTS, Breakdown
+from planner.stages import batch_unit
 from planner.units import GIB, fmt_gib
 
 LONG_LABELS = {
@@ -44,7 +45,7 @@ def fits_rows(rows: list[FitsRow]) -> list[tuple[str, list[str]]]:
 def fits_title(model: str, plan, gpus_label: str = "") -> str:
     stage = "" if plan.stage == "sft" else f"stage {plan.stage}" + (
         ", reference log-probs precomputed" if plan.precompute_ref_log_probs else "") + ", "
-    unit = {"dpo": "pairs", "orpo": "pairs", "simpo": "pairs", "rm": "pairs", "grpo": "completions"}.get(plan.stage)
+    unit = batch_unit(plan.stage) if plan.stage not in ("sft", "pt") else None
     return (f"{model} {stage}at sequence {plan.seq_len}, {plan.precision}, {plan.optimizer}"
             f"{', checkpointing' if plan.gradient_checkpointing else ''}"
             f"{f', {plan.gpus} GPUs' if plan.gpus > 1 else ''}{f', ZeRO-{plan.zero}' if plan.zero else ''}"
