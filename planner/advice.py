@@ -14,7 +14,7 @@ from planner.methods import block_training
 from planner.params import ALL, ALL_LINEAR, CONV1D_MODEL_TYPES
 from planner.plan import Plan
 from planner.spec import ModelSpec
-from planner.stages import has_reference
+from planner.stages import has_reference, uses_fused_head
 from planner.target import Machine
 from planner.units import fmt_gib
 
@@ -44,11 +44,12 @@ def _candidates(spec: ModelSpec, plan: Plan, capacity: int, machine: Machine) ->
     if plan.method != "qlora":
         out.append(("Use QLoRA (4-bit base weights)",
                     "NF4 stores the frozen base in about 0.5 byte per parameter", {"method": "qlora", **targets}))
-    if not plan.fused_loss and plan.stage in ("dpo", "kto", "grpo"):
+    fused = uses_fused_head(plan)
+    if not fused and plan.stage in ("dpo", "kto", "grpo"):
         out.append(("Use TRL's fused LM head (TRL >= 1.0 installs it for DPO, KTO and GRPO)",
                     f"per-token log-probs are computed tile by tile: no {spec.vocab_size:,}-wide logits",
                     {"fused_loss": True}))
-    elif not plan.fused_loss and plan.stage != "rm":
+    elif not fused and plan.stage != "rm":
         out.append(("Use a fused linear cross-entropy (Liger)",
                     f"the loss never materialises the {spec.vocab_size:,}-wide logits in fp32",
                     {"fused_loss": True}))

@@ -103,8 +103,9 @@ FIELDS: list[Setting] = [
     Setting("offload_optimizer", "plan", "--offload-optimizer", "offload optim.", "ZeRO-Offload the optimizer to CPU",
             {f: "deepspeed" for f in FORMATS}, widget="switch", group=_S),
     Setting("fused_loss", "plan", "--fused-loss", "fused loss",
-            "fused linear cross-entropy (Liger, Cut Cross-Entropy): logits are never materialised "
-            "(Liger's other kernels are not modelled)",
+            "fused linear cross-entropy (Liger, Cut Cross-Entropy) or TRL's fused LM head: logits are never "
+            "materialised; Liger's other kernels are not modelled (default: on for GRPO, and for DPO/KTO with "
+            "--framework trl, as TRL 1.16 installs its head there; off otherwise)",
             {"llamafactory": "enable_liger_kernel", "hf": "use_liger_kernel",
              "axolotl": "liger_fused_linear_cross_entropy"}, widget="switch", group=_S),
     Setting("optimizer_in_backward", "plan", "--optimizer-in-backward", "optimizer in backward",

@@ -52,7 +52,9 @@ class Plan(BaseModel):
     gpus: int = 1
     zero: Literal[0, 1, 2, 3] = 0
     offload_optimizer: bool = False
-    fused_loss: bool = False  # fused linear cross-entropy (Liger / Cut Cross-Entropy): no full logits
+    # fused linear cross-entropy (Liger / Cut Cross-Entropy) or TRL's fused LM head: no full logits; None: the
+    # stage's trainer decides (planner.stages.uses_fused_head)
+    fused_loss: bool | None = None
     optimizer_in_backward: bool = False  # torchtune's optimizer_in_bwd: step each parameter in its grad hook
     stage: Stage = "sft"
     # ORPO/SimPO and reward models keep different tensors in LLaMA-Factory's trainers and TRL's (planner.stages)

@@ -27,7 +27,8 @@ LoRA/QLoRA, whose reference is the policy with its adapter disabled (`use_adapte
 `fused_loss` on a DPO, KTO or GRPO plan is TRL 1.16's fused LM head (`add_fused_lm_head`, trl/trainer/utils.py,
 and `ChunkedLogProbFunction`, trl/kernels/chunked_logprob.py), which these trainers always install: per-token
 log-probs are computed tile by tile and backward recomputes the tiles, so no logits tensor exists; on CUDA only
-the positions with a label are scored.
+the positions with a label are scored. Left unset, it is on for GRPO (only TRL's trainer runs it here) and for
+DPO/KTO under `framework: trl`; a reader sets it off for the TRL versions without the head (axolotl pins 1.8).
 """
 
 from __future__ import annotations
@@ -84,6 +85,14 @@ def completion_len(plan: Plan) -> int:
     return min(GRPO_COMPLETION_DEFAULT, plan.seq_len) if plan.stage in GENERATES else plan.seq_len
 
 
+def uses_fused_head(plan: Plan) -> bool:
+    """Whether the output head never builds a logits tensor: Liger/Cut Cross-Entropy when asked for, TRL's
+    fused LM head where its trainer installs it."""
+    if plan.fused_loss is not None:
+        return plan.fused_loss
+    return plan.stage == "grpo" or (plan.framework == "trl" and plan.stage in ("dpo", "kto"))
+
+
 def has_reference(plan: Plan) -> bool:
     """Whether a separate frozen reference model is on the GPU."""
     if plan.reference_model is not None:
@@ -99,7 +108,7 @@ def stage_run(plan: Plan, device: str = "cuda") -> StageRun:
     rows = 2 * b if stage in PAIRED else b
     if stage == "rm":
         head: Head = "value"
-    elif plan.fused_loss:
+    elif uses_fused_head(plan):
         head = "chunked" if stage in ("dpo", "kto", "grpo") else "fused"
     elif stage in ("orpo", "simpo") and plan.framework == "trl":
         head = "logps"

@@ -60,6 +60,13 @@ def form_settings() -> list[Setting]:
     return [s for s in fields.FIELDS if s.widget is not None and s.owner in ("plan", "target")]
 
 
+STAGE_DEFAULT = "default"  # a switch left to the stage's trainer (a Plan field that may be None)
+
+
+def _tristate(setting: Setting) -> bool:
+    return setting.owner == "plan" and plan_module.Plan.model_fields[setting.name].annotation == bool | None
+
+
 class PlanPane(Horizontal):
     """Form on the left, results on the right (stacked on narrow terminals, see app.tcss)."""
 
@@ -102,7 +109,11 @@ class PlanPane(Horizontal):
             return Input("", id=name, compact=True, placeholder="e.g. 24GiB (overrides GPU)")
         value = getattr(plan, name)
         if setting.widget == "switch":
-            return Select([("off", False), ("on", True)], value=value, allow_blank=False, id=name, compact=True)
+            options = [("off", False), ("on", True)]
+            if _tristate(setting):  # unset: the stage's trainer decides
+                options.insert(0, ("stage default", STAGE_DEFAULT))
+            return Select(options, value=STAGE_DEFAULT if value is None else value, allow_blank=False, id=name,
+                          compact=True)
         if setting.widget == "select":
             options = fields.choices(name)
             return Select([(str(v), v) for v in options], value=value if value is not None else options[0],
@@ -140,7 +151,7 @@ class PlanPane(Horizontal):
                 if check is not None and not check.is_valid:
                     raise FtplanError(check.failure_descriptions[0], field=setting.name)
                 values[setting.name] = int(widget.value) if setting.widget == "int" else widget.value
-            else:
+            elif widget.value != STAGE_DEFAULT:
                 values[setting.name] = widget.value
         values["lora_target"] = values.get("lora_target") or "all"
         if values.get("method") != "qlora":
@@ -268,7 +279,7 @@ class PlanPane(Horizontal):
         try:
             for field, value in changes.items():
                 widget = self.query_one(f"#{field}")
-                widget.value = value if not isinstance(widget, Input) else str(value)
+                widget.value = str(value) if isinstance(widget, Input) else STAGE_DEFAULT if value is None else value
         finally:
             self.call_after_refresh(self._finish_apply)
 

@@ -625,12 +625,13 @@ def _method_warnings(k: Keys, w: _Warnings, method: str) -> None:
                   direction)
 
 
-def _liger(k: Keys, w: _Warnings, stage: str) -> bool:
+def _liger(k: Keys, w: _Warnings, stage: str) -> bool | None:
     """Liger's fused linear cross-entropy is modelled; its other kernels (RMSNorm, SwiGLU, RoPE) are not. The
     loss is fused in pt/sft only: LLaMA-Factory's enable_liger_kernel keeps the logits in the other stages
     (model/loader.py require_logits), and their trainers call the model without labels (dpo/trainer.py
     concatenated_forward pops them), so the Trainer's use_liger_kernel computes the full logits there too. The
-    Trainer's use_liger_kernel fuses it unless liger_kernel_config turns it off."""
+    Trainer's use_liger_kernel fuses it unless liger_kernel_config turns it off. Without either key it is left to
+    the stage's default, which for LLaMA-Factory's trainers is the full logits."""
     lf = k.get("enable_liger_kernel", bool, False)
     hf = k.get("use_liger_kernel", bool, False)
     hf_config = k.get("liger_kernel_config", (dict, str), {})
@@ -645,7 +646,8 @@ def _liger(k: Keys, w: _Warnings, stage: str) -> bool:
                "(model/loader.py)" if asked else "Liger's fused cross-entropy is off")
               + "; its other kernels (RMSNorm, SwiGLU, RoPE) save some activations that this plan counts, so it "
               "slightly overstates memory", "overstates")
-    return fused
+        return fused
+    return None
 
 
 def _model_warnings(k: Keys, w: _Warnings, notes: list[str], method: str) -> None:

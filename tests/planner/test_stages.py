@@ -74,6 +74,22 @@ def test_which_stages_keep_a_reference_model(changes: dict, kept: bool) -> None:
     assert est.largest["reference"] == est.details.reference_weights
 
 
+@pytest.mark.parametrize(("changes", "fused"), [
+    ({"stage": "grpo"}, True),  # only TRL's GRPOTrainer runs it, and it always installs its fused LM head
+    ({"stage": "dpo", "framework": "trl"}, True), ({"stage": "kto", "framework": "trl"}, True),
+    ({"stage": "dpo"}, False), ({"stage": "sft"}, False),  # LLaMA-Factory builds the logits
+    ({"stage": "orpo", "framework": "trl"}, False),  # experimental ORPO calls the model without labels
+    ({"stage": "grpo", "fused_loss": False}, False),  # axolotl's pinned TRL 1.8 has no fused head
+])
+def test_fused_head_left_unset_follows_the_stages_trainer(changes: dict, fused: bool) -> None:
+    _, spec = _spec()
+    unset = estimate_memory(spec, Plan(seq_len=64, **changes), machine=CPU)
+    stated = estimate_memory(spec, Plan(seq_len=64, **{"fused_loss": fused, **changes}), machine=CPU)
+    assert unset.total == stated.total
+    full = estimate_memory(spec, Plan(seq_len=64, **{**changes, "fused_loss": False}), machine=CPU)
+    assert (unset.largest["logits"] < full.largest["logits"]) == fused
+
+
 def test_paired_stages_train_on_twice_the_rows() -> None:
     """Chosen and rejected share one forward: B pairs save what 2B SFT sequences save."""
     _, spec = _spec()
