@@ -53,6 +53,7 @@ MODELS: dict[str, str | dict] = {
     "meta-llama/Llama-2-70b-hf": "llama-2-70b",
     "Qwen/Qwen2-7B-Instruct": "qwen2.5-7b-instruct",  # same shapes as Qwen2.5-7B
     "Qwen/Qwen2.5-7B-Instruct": "qwen2.5-7b-instruct",
+    "Qwen/Qwen3-8B": "qwen3-8b",
     "mistralai/Mistral-7B-v0.1": "mistral-7b-v0.1",
     "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T": {
         "model_type": "llama", "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
@@ -159,6 +160,9 @@ def _plan(r: dict) -> Plan:
                       lora_target=_lora_target(r.get("lora_target")))
     if method == "qlora":
         fields["quant_bits"] = int(r.get("quant_bits") or 4)
+    # alignment rows: the stage and its generation settings, and a fused loss (Liger) where the run used one
+    fields.update({key: r[key] for key in ("stage", "num_generations", "max_completion_len", "fused_loss")
+                   if r.get(key) is not None})
     return Plan.build(**fields)
 
 
@@ -188,6 +192,7 @@ def _no_estimate(r: dict) -> str | None:
 def _setting(r: dict, plan: Plan) -> str:
     return (f"{r['model'].split('/')[-1]} {plan.method}"
             + (f" r{plan.lora_rank}" if plan.method in ("lora", "qlora") else "")
+            + (f" {plan.stage}" if plan.stage != "sft" else "")
             + f", {plan.precision}, {plan.optimizer}, b{plan.batch_size}×{plan.seq_len}"
             + (", GC" if plan.gradient_checkpointing else "")
             + (", optimizer in backward" if plan.optimizer_in_backward else "")
