@@ -471,7 +471,7 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
                 lora_rank: int = 8, lora_dropout: float = 0.0, adapter_dtype: str = "fp32",
                 device: str = "cuda", head: str = "logits", head_width: int | None = None,
                 scored: int | None = None, head_linear_trainable: bool | None = None,
-                logit_tokens: int | None = None) -> ActivationBytes:
+                logit_tokens: int | None = None, nll_term: bool = True) -> ActivationBytes:
     """Replay the whole forward + loss once.
 
     `weight_dtypes` is (dtype of trainable weights, dtype of frozen weights): norms
@@ -480,7 +480,8 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
     `head` is what the output head and loss save (planner.stages): "logits" (the LM head and a cross-entropy
     over its fp32 up-cast), "fused" (a fused linear cross-entropy), "chunked" (TRL's fused log-prob head over
     `scored` positions in all), "value" (a value or classification head of `head_width` outputs, with no loss
-    over them) or "logps" (TRL's ORPO/CPO log-probs over logits kept in their own dtype).
+    over them) or "logps" (TRL's ORPO/CPO log-probs over logits kept in their own dtype, with the NLL term on the
+    chosen half unless `nll_term` is off).
     """
     tape = Tape(autocast=autocast, device=device)
     tokens, d = batch * seq, spec.hidden_size
@@ -532,11 +533,13 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
         pass  # the score of each sequence's last token and a log-sigmoid of pair differences: a few bytes
     elif head == "logps":
         # TRL's ORPO/CPO (trl/experimental/orpo concatenated_forward): logits in their own dtype; the NLL on the
-        # chosen half saves its log-softmax; selective_log_softmax (trl/trainer/utils.py) keeps the fp32 logits
-        # themselves (logsumexp), or one 16-bit log-softmax per row
+        # chosen half saves its log-softmax (CPO skips it when cpo_alpha is 0, cpo_trainer.py); selective_log_softmax
+        # (trl/trainer/utils.py) keeps the fp32 logits themselves (logsumexp), or one 16-bit log-softmax per row
         if logits.grad:
             shifted = batch * (seq - 1)
-            tape.save(T(batch // 2 * (seq - 1) * width, logits.dtype, False), T(shifted, "int64", False))
+            if nll_term:
+                tape.save(T(batch // 2 * (seq - 1) * width, logits.dtype, False))
+            tape.save(T(shifted, "int64", False))
             tape.save(logits if logits.dtype == "fp32" else T(shifted * width, logits.dtype, False))
     elif head == "fused":
         # fused linear cross-entropy (Liger, Cut Cross-Entropy): logits are made chunk by chunk inside

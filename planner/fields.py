@@ -121,6 +121,9 @@ FIELDS: list[Setting] = [
     Setting("precompute_ref_log_probs", "plan", "--precompute-ref-log-probs", "precompute ref.",
             "DPO/KTO: reference log-probs computed once before training, so no reference model is kept",
             {"hf": "precompute_ref_log_probs", "axolotl": "precompute_ref_log_probs"}, widget="switch"),
+    Setting("nll_term", "plan", "--nll-term", "NLL term",
+            "SimPO/CPO under TRL: the NLL loss on the chosen responses (cpo_alpha; TRL's default 1.0 keeps it, 0 "
+            "drops it and its log-softmax)", {"hf": "cpo_alpha", "axolotl": "cpo_alpha"}),
     Setting("num_generations", "plan", "--num-generations", "generations",
             "GRPO: completions per prompt (the micro-batch counts completions)",
             {"hf": "num_generations", "axolotl": "trl.num_generations"}),

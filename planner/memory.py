@@ -187,6 +187,7 @@ def activation_bytes(spec: ModelSpec, plan: Plan, train: TrainingLayout, device:
         scored=run.rows * run.scored_per_row,
         head_linear_trainable=train.head_trainable or bool(spec.num_labels and train.method in ("lora", "qlora")),
         logit_tokens=run.rows * run.logits_per_row if run.logits_per_row != plan.seq_len else None,
+        nll_term=plan.nll_term,
     )
 
 

@@ -62,6 +62,9 @@ class Plan(BaseModel):
     # a frozen reference model on the GPU; None: the stage's and method's default (planner.stages)
     reference_model: bool | None = None
     precompute_ref_log_probs: bool = False  # reference log-probs computed before training: no reference model
+    # TRL's ORPO and CPO/SimPO add an NLL term on the chosen half; CPOConfig's cpo_alpha 0 (AlphaPO, paper SimPO)
+    # drops it and the log-softmax it keeps
+    nll_term: bool = True
     num_generations: int = 8  # GRPO: completions per prompt (TRL's default)
     max_completion_len: int | None = None  # completion tokens within seq_len (GRPO default: TRL's 512)
     vllm: Vllm = "off"  # GRPO generation: transformers' generate, vLLM beside training, or a vLLM server
@@ -101,6 +104,9 @@ class Plan(BaseModel):
         if not 0.0 < self.vllm_gpu_memory_utilization < 1.0:
             raise FtplanError(f"must be in (0, 1), got {self.vllm_gpu_memory_utilization}",
                               field="vllm_gpu_memory_utilization")
+        if not self.nll_term and self.stage != "simpo":
+            raise FtplanError(f"only SimPO/CPO can drop the NLL term (TRL's cpo_alpha 0); stage {self.stage} "
+                              "always keeps it; turn it off only with {stage} simpo", field="nll_term")
         if self.vllm != "off" and self.stage not in ("grpo", "ppo"):
             raise FtplanError(f"generates completions, which stage {self.stage} does not; use it with {{stage}} "
                               "grpo", field="vllm")

@@ -169,6 +169,9 @@ def stage_assumptions(plan: Plan, run: StageRun, reference: int) -> list[str]:
                    "the scored hidden states and two fp32 values per token",
         "value": "a reward model: a one-wide `score` head replaces the LM head (AutoModelForSequenceClassification), "
                  "so no vocabulary logits exist",
+        "logps": "TRL's ORPO/CPO: logits kept in the compute dtype for per-token log-probs"
+                 + ("; the NLL term on the chosen half keeps its log-softmax" if plan.nll_term else
+                    "; no NLL term ({nll_term} off: cpo_alpha 0)"),
     }[run.head]
     out = [head]
     stage = plan.stage

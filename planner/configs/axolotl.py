@@ -668,6 +668,9 @@ def _stage(r: _Read, override: str | None, *, method: str, zero: int, batch: int
     if rl == "kto" and k.get("precompute_ref_log_probs", bool, False):
         r.notes.append("precompute_ref_log_probs: axolotl passes it to DPO only (core/trainers/dpo); KTO keeps its "
                        "reference model")
+    if rl == "simpo":
+        # core/builders/rl.py hands cpo_alpha to CPOConfig only when set (TRL's default 1.0 keeps the NLL term)
+        fields["nll_term"] = k.get("cpo_alpha", (int, float), 1.0) != 0
     if rl in ("grpo", "gdpo", "ebft"):
         grpo = _grpo(r, rl, method=method, zero=zero, batch=batch, grad_accum=grad_accum, gpus=gpus)
         fused = grpo.pop("fused_loss")

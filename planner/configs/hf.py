@@ -505,8 +505,8 @@ def _inferred_trainer(config: dict) -> tuple[str, bool]:
     for name, keys in TRAINER_KEYS:
         if config.keys() & keys:
             return name, False
-    if config.get("loss_type") == "simpo":
-        return "cpo", False  # CPOConfig's loss_type simpo is SimPO (DPOConfig has no such loss)
+    if config.get("loss_type") in ("simpo", "alphapo"):
+        return "cpo", False  # CPOConfig's SimPO and AlphaPO losses (DPOConfig has neither)
     for name, keys in SHARED_KEYS:
         if config.keys() & keys:
             return name, True
@@ -683,7 +683,11 @@ def _stage(r: _Read, name: str, *, method: str, zero: int, batch: int, grad_accu
                 raise FtplanError(f"{k.path}: key 'max_completion_length' must be at least 1, got {completion}")
             out["max_completion_len"] = min(completion, out["seq_len"])
         loss = k.config.get("loss_type") or "sigmoid"  # cpo_config.py: sigmoid; the same memory either way
-        if name == "cpo" and loss != "simpo":
+        if name == "cpo":
+            # cpo_trainer.py skips the NLL term's cross-entropy when cpo_alpha is 0; loss_type alphapo sets it to 0
+            alpha = 0.0 if loss == "alphapo" else k.get("cpo_alpha", (int, float), 1.0)
+            out["nll_term"] = alpha != 0
+        if name == "cpo" and loss not in ("simpo", "alphapo"):
             r.notes.append(f"CPOConfig loss_type {loss}: reference-free like SimPO (chosen and rejected through the "
                            "policy alone, its NLL term from the same logits), so planned as simpo")
     return out

@@ -217,7 +217,7 @@ def test_lora_targets(tmp_path) -> None:
     ("dpo", {"dpo_beta": 0.1, "dpo_label_smoothing": 0.1, "dpo_loss_type": ["sigmoid"]}, "dpo"),
     ("ipo", {"rl_beta": 0.1}, "dpo"),
     ("orpo", {"orpo_alpha": 0.1}, "orpo"),
-    ("simpo", {"simpo_gamma": 0.5, "cpo_alpha": 0.0}, "simpo"),
+    ("simpo", {"simpo_gamma": 0.5}, "simpo"),
     ("kto", {"kto_desirable_weight": 1.0, "kto_undesirable_weight": 1.0}, "kto"),
 ])
 def test_preference_stages_are_planned_as_themselves(tmp_path, rl: str, extra: dict, stage: str) -> None:
@@ -226,6 +226,13 @@ def test_preference_stages_are_planned_as_themselves(tmp_path, rl: str, extra: d
     assert (p.stage, p.seq_len, p.reference_model, p.fused_loss) == (stage, 1024, None, False)
     assert run.warnings == [] and run.treatment["rl"] == "modelled"
     assert all(run.treatment[key] == "irrelevant" for key in extra)  # the losses' settings change no memory
+
+
+def test_simpo_keeps_the_nll_term_unless_cpo_alpha_is_zero(tmp_path) -> None:
+    """core/builders/rl.py passes cpo_alpha to TRL's CPOConfig only when set; TRL's default 1.0 keeps the NLL."""
+    assert read(tmp_path, **LORA, rl="simpo").plan.nll_term
+    paper = read(tmp_path, **LORA, rl="simpo", cpo_alpha=0.0)
+    assert not paper.plan.nll_term and paper.treatment["cpo_alpha"] == "modelled"
 
 
 def test_dpo_precomputes_and_fuses_with_liger(tmp_path) -> None:

@@ -184,7 +184,7 @@ def test_each_trainer_is_planned_as_its_stage(tmp_path, keys: dict, stage: str, 
     assert not [w for w in run.warnings if w.code.startswith("stage_")]  # no "planned as SFT" any more
     # the losses' own settings change no memory: irrelevant, so --strict does not fail on them
     for key in ("loss_type", "label_smoothing", "rpo_alpha", "use_weighting", "desirable_weight", "simpo_gamma",
-                "cpo_alpha", "epsilon", "scale_rewards", "normalize_advantages", "center_rewards_coefficient"):
+                "epsilon", "scale_rewards", "normalize_advantages", "center_rewards_coefficient"):
         if key in keys:
             assert run.treatment[key] == "irrelevant", key
 
@@ -287,6 +287,17 @@ def test_trls_fused_lm_head_replaces_liger_in_its_preference_trainers(tmp_path) 
     assert not read(tmp_path, center_rewards_coefficient=0.01, use_liger_kernel=True).plan.fused_loss
     assert "lora_task_type" not in codes(read(tmp_path, center_rewards_coefficient=0.01, use_peft=True,
                                               lora_task_type="SEQ_CLS"))
+
+
+def test_cpo_alpha_zero_drops_the_nll_term(tmp_path) -> None:
+    """cpo_trainer.py computes the NLL only when cpo_alpha != 0 (default 1.0); loss_type alphapo sets it to 0."""
+    simpo = read(tmp_path, loss_type="simpo", simpo_gamma=0.5)
+    assert (simpo.plan.stage, simpo.plan.nll_term) == ("simpo", True)
+    assert not read(tmp_path, loss_type="simpo", cpo_alpha=0.0).plan.nll_term
+    assert read(tmp_path, loss_type="simpo", cpo_alpha=0.0).treatment["cpo_alpha"] == "modelled"
+    alphapo = read(tmp_path, loss_type="alphapo")
+    assert (alphapo.plan.stage, alphapo.plan.nll_term) == ("simpo", False)
+    assert read(tmp_path, orpo_alpha=0.1).plan.nll_term  # ORPO always adds it
 
 
 def test_the_stage_flag_names_the_trainer(tmp_path) -> None:

@@ -1,10 +1,11 @@
 """Alignment stages against what TRL 1.16's own trainers hold for one training step, on CPU.
 
-The truth is tests/planner/truth_stages.py: DPO, KTO, RewardTrainer (rm), ORPO (trl.experimental.orpo) and GRPO
+The truth is tests/planner/truth_stages.py: DPO, KTO, RewardTrainer (rm), ORPO (trl.experimental.orpo), SimPO
+(trl.experimental.cpo's CPOTrainer, loss_type="simpo", cpo_alpha=0.0) and GRPO
 built the way a TRL user builds them (a checkpoint folder, a `peft_config` for LoRA), one batch from the trainer's
 own dataloader, `trainer._prepare_inputs` (GRPO: generation and scoring) and `trainer.compute_loss`. It reports the
 bytes autograd saves, the reference model TRL keeps, the policy's parameters, the rows and length TRL fed, and
-GRPO's generation KV cache. The planner is asked for the same step: `batch_size` counts pairs (dpo, orpo, rm),
+GRPO's generation KV cache. The planner is asked for the same step: `batch_size` counts pairs (dpo, orpo, simpo, rm),
 examples (kto) or completions (grpo); `seq_len` is the row length TRL fed.
 """
 
@@ -27,7 +28,7 @@ from tests.planner.truth_stages import STAGES, measure_stage
 CPU = Machine(device="cpu")  # the truth runs on CPU: TRL's fused LM head scores every position there
 TOLERANCE = 0.10
 # TRL 1.16 installs its fused LM head (trl/trainer/utils.py add_fused_lm_head) in these trainers, always;
-# ORPO (experimental) builds full logits, the reward model has a one-wide `score` head
+# ORPO and CPO/SimPO (experimental) build full logits, the reward model has a one-wide `score` head
 FUSED_HEAD = ("dpo", "kto", "grpo")
 
 GRID = [("llama", *case) for case in itertools.product(STAGES, ["full", "lora"], ["fp32", "bf16"])]
@@ -77,10 +78,11 @@ def test_bigger_batch_saves_proportionally_more() -> None:
 
 
 @pytest.mark.parametrize(("stage", "rows", "extra"), [("dpo", 4, 0), ("kto", 2, 0), ("rm", 4, 0), ("orpo", 4, 1),
-                                                      ("grpo", 2, 0)])
+                                                      ("simpo", 4, 1), ("grpo", 2, 0)])
 def test_trl_feeds_the_expected_rows(stage: str, rows: int, extra: int) -> None:
     """Pairs run as 2B rows (chosen then rejected), KTO and GRPO as B; every row is prompt + completion
-    (6 + 8 tokens, EOS included), ORPO's with a BOS in front (`add_bos_token_if_needed`)."""
+    (6 + 8 tokens, EOS included), ORPO's and SimPO's (CPOTrainer) with a BOS in front
+    (`add_bos_token_if_needed`)."""
     real = truth("llama", stage, "full", "bf16")
     assert (real["rows"], real["seq"], real["trained_forwards"]) == (rows, 14 + extra, 1)
     assert real["saved"] > 0

@@ -10,10 +10,11 @@ import pytest
 
 from planner.memory import estimate_memory
 from planner.params import count_params
-from planner.plan import Plan
-from planner.spec import spec_from_config
+from planner.plan import STAGES, Plan
+from planner.service import plan_run
+from planner.spec import load_spec, spec_from_config
 from planner.stages import stage_spec
-from planner.target import Machine
+from planner.target import Machine, resolve_target
 from tests.planner.configs import EXACT_TYPES, random_config
 from tests.planner.truth import hf_config
 
@@ -169,3 +170,18 @@ def test_vllm_outside_generating_stages_is_refused() -> None:
 
     with pytest.raises(FtplanError, match="generates completions"):
         Plan.build(stage="dpo", vllm="colocate")
+
+
+@pytest.mark.parametrize("framework", ["llamafactory", "trl"])
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_stage_plans_end_to_end_under_each_framework(stage: str, framework: str) -> None:
+    """Every stage's head, reference and generation path through the whole service (assumptions, warnings,
+    suggestions, the largest batch) for every method, as the CLI and the TUI ask for it."""
+    spec = load_spec("tiny-llama")
+    for method in ("full", "freeze", "lora", "qlora"):
+        for nll_term in ((True, False) if stage == "simpo" else (True,)):
+            plan = Plan(stage=stage, framework=framework, method=method, seq_len=256, nll_term=nll_term)
+            result = plan_run(spec, plan, resolve_target(gpu_memory="80GiB"), search_batch=True)
+            assert result.memory.total > 0 and result.fit is not None
+            texts = [*result.assumptions, *(w.message for w in result.warnings), *(s.title for s in result.suggestions)]
+            assert all(isinstance(t, str) and t.strip() and "{" not in t for t in texts), texts

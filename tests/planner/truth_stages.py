@@ -3,10 +3,10 @@
 Each case builds a tiny random model (saved to a temporary folder and loaded back, as a TRL user
 loads a checkpoint), a tiny offline word-level tokenizer and an in-memory dataset, hands them to
 TRL's trainer (`DPOTrainer`, `KTOTrainer`, `RewardTrainer`, `trl.experimental.orpo.ORPOTrainer`,
-`GRPOTrainer`) with a `peft_config` for LoRA, and then runs what the trainer itself runs for one
+`trl.experimental.cpo.CPOTrainer` with `loss_type="simpo"`, `cpo_alpha=0.0` for SimPO, `GRPOTrainer`) with a `peft_config` for LoRA, and then runs what the trainer itself runs for one
 step: a batch from `trainer.get_train_dataloader()`, `trainer._prepare_inputs` (GRPO: generation
 and scoring) and `trainer.compute_loss(model, inputs)`. So TRL's chosen+rejected concatenation,
-KTO's KL batch, ORPO's BOS and full logits, the reward model's `score` head, GRPO's generation and
+KTO's KL batch, ORPO's and CPO's BOS and full logits, the reward model's `score` head, GRPO's generation and
 TRL's fused LM head (`trl.trainer.utils.add_fused_lm_head`, `trl.kernels.chunked_logprob`) are the
 real ones. Measured per case:
 
@@ -14,7 +14,7 @@ real ones. Measured per case:
   forward(s) and the loss), parameters and buffers of the policy and the reference excluded
   (`torch.autograd.graph.saved_tensors_hooks`, each storage counted once and kept alive so it
   cannot be reused, as `truth.measure_saved_bytes` does);
-* `rows`, `seq`: the shape of `input_ids` in the forward that runs with gradients (DPO / ORPO / RM:
+* `rows`, `seq`: the shape of `input_ids` in the forward that runs with gradients (DPO / ORPO / SimPO / RM:
   2B rows, chosen then rejected);
 * `policy_bytes`: the trained model's parameters (LoRA: base + adapters, + `modules_to_save`);
 * `reference_bytes` / `reference_param_bytes`: `trainer.ref_model`'s parameters + buffers /
@@ -44,7 +44,7 @@ from pathlib import Path
 
 from tests.planner.truth import build_model, model_storages, saved_storages, storage_bytes, torch_dtype
 
-STAGES = ("dpo", "kto", "rm", "orpo", "grpo")
+STAGES = ("dpo", "kto", "rm", "orpo", "simpo", "grpo")
 LORA = {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}
 _VOCAB_CAP = 64  # words of the offline tokenizer (ids 0..2 are <pad>, <s>, </s>, as in configs.random_config)
 _FOLDERS: dict[str, str] = {}  # (config, precision) -> saved checkpoint, built once per process
@@ -104,7 +104,7 @@ def _words(rng: random.Random, n: int, size: int) -> str:
 
 def dataset(stage: str, rows: int, prompt_len: int, completion_len: int, size: int, seed: int = 0):
     """In-memory rows whose every sequence has the same length. Completions get `completion_len - 1` words:
-    TRL appends EOS, so prompt + completion is `prompt_len + completion_len` tokens (ORPO adds BOS too)."""
+    TRL appends EOS, so prompt + completion is `prompt_len + completion_len` tokens (ORPO and CPO add BOS too)."""
     from datasets import Dataset
 
     rng = random.Random(seed)
@@ -206,6 +206,11 @@ def _trainer(stage: str, folder: str, tok, data, *, method: str, precision: str,
 
         args = ORPOConfig(max_length=4096, **common)
         return ORPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=peft)
+    if stage == "simpo":
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+        args = CPOConfig(max_length=4096, loss_type="simpo", cpo_alpha=0.0, **common)
+        return CPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=peft)
     if stage == "grpo":
         from trl import GRPOConfig, GRPOTrainer
 
