@@ -170,7 +170,8 @@ def preflight(path: str | Path, *, gpu: str | None = None, gpu_memory: str | Non
             model=_model_for(run), data=run.data.files[0] if run.data.files else None, steps=diagnose_steps,
             lr=run.hyper.learning_rate, warmup_ratio=run.hyper.warmup_ratio,
             lr_scheduler=run.hyper.lr_scheduler if run.hyper.lr_scheduler in ("cosine", "linear", "constant")
-            else "cosine", max_grad_norm=run.hyper.max_grad_norm or None, plan=plan)
+            else "cosine", max_grad_norm=run.hyper.max_grad_norm or None, plan=plan,
+            **({"beta": run.hyper.beta} if (run.hyper.beta or 0) > 0 and plan.stage != "sft" else {}))
         diag = run_isolated(settings)
 
     changes = _fixes(run, result, checks, diag)

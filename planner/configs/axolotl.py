@@ -37,6 +37,7 @@ from planner.errors import FtplanError
 from planner.findings import Finding
 from planner.params import target_names
 from planner.plan import TRL_VLLM_SHARE
+from planner.stages import PREFERENCE
 
 # ---------------------------------------------------------------- the keys
 
@@ -440,6 +441,8 @@ def read(keys: Keys, base: Path, stage: str | None = None) -> RunConfig:
     if "warmup_steps" not in k.config and "warmup_ratio" not in k.config:
         # core/builders/base.py _configure_warmup_and_logging: 3% of the steps (at most 100) when unset
         hyper = hyper.model_copy(update={"warmup_ratio": 0.03})
+    if plan.stage in PREFERENCE:
+        hyper = hyper.model_copy(update={"beta": _trl_beta(k)})
     raw = k.get("datasets", list, []) or []
     data = DataInfo(datasets=[str(d.get("path")) for d in raw if isinstance(d, dict)],
                     val_size=k.get("val_set_size", float, 0.0))
@@ -694,6 +697,18 @@ def _dpo(r: _Read, fields: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     return fields | {"precompute_ref_log_probs": precompute}, liger
 
 
+def _trl_beta(k: Keys) -> float | None:
+    """The `beta` axolotl hands TRL's RL trainers (core/builders/rl.py: trl.beta, else rl_beta, else orpo_alpha);
+    None leaves TRL's own default. The deprecated dpo_beta only logs a warning (schemas/deprecated.py)."""
+    trl = k.get("trl", dict, {}) or {}
+    beta = trl.get("beta")
+    if beta is None:
+        beta = k.get("rl_beta", float)
+    if beta is None:
+        beta = k.get("orpo_alpha", float)
+    return None if beta is None else float(beta)
+
+
 def _grpo(r: _Read, rl: str, *, method: str, zero: int, batch: int, grad_accum: int,
           gpus: int | None) -> dict[str, Any]:
     """rl grpo / gdpo / ebft: the `trl:` section (schemas/trl.py) as core/trainers/grpo/__init__.py hands it to
@@ -703,13 +718,7 @@ def _grpo(r: _Read, rl: str, *, method: str, zero: int, batch: int, grad_accum: 
     k = r.k
     trl = k.get("trl", dict, {}) or {}
     vllm_section = k.get("vllm", dict, {}) or {}
-    # core/builders/rl.py: trl.beta, else rl_beta, else orpo_alpha
-    beta = trl.get("beta")
-    if beta is None:
-        beta = k.get("rl_beta", float)
-    if beta is None:
-        beta = k.get("orpo_alpha", float, 0.0)
-    beta = float(beta)
+    beta = _trl_beta(k) or 0.0
     if beta == 0.0:
         reference = False
     elif method == "full":

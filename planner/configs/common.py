@@ -176,6 +176,9 @@ class Hyper(BaseModel):
     use_rslora: bool = False
     fp16: bool = False
     bf16: bool = False
+    # a preference loss's beta (DPO's temperature; ORPO's lambda, which TRL and LLaMA-Factory also call beta), as
+    # the config sets it; None: the trainer's default. Only diagnose uses it.
+    beta: float | None = None
 
 
 class DataInfo(BaseModel):

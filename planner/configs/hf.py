@@ -43,7 +43,7 @@ from planner.errors import FtplanError
 from planner.findings import Finding
 from planner.params import target_names
 from planner.plan import TRL_VLLM_SHARE
-from planner.stages import GRPO_COMPLETION_DEFAULT
+from planner.stages import GRPO_COMPLETION_DEFAULT, PREFERENCE
 
 
 def words(text: str) -> frozenset[str]:
@@ -473,9 +473,18 @@ def read(keys: Keys, base: Path, stage: str | None = None) -> RunConfig:
         max_steps=k.get("max_steps", int), lr_scheduler=k.get("lr_scheduler_type", str, "linear"),
         warmup_ratio=ratio, warmup_steps=steps, max_grad_norm=k.get("max_grad_norm", float, 1.0),
         lora_alpha=k.get("lora_alpha", float), use_rslora=k.get("use_rslora", bool, False), fp16=fp16,
-        bf16=bf16)
+        bf16=bf16, beta=_preference_beta(k, name))
     return RunConfig(path=path, format="hf", model=model, plan=plan, hyper=hyper, data=DataInfo(),
                      notes=r.notes, warnings=r.warnings, gpus=gpus if gpus and gpus > 1 else None)
+
+
+def _preference_beta(k: Keys, trainer: str) -> float | None:
+    """A preference trainer's `beta` (DPO, KTO; ORPO's and CPO's lambda, TRL 0.x's orpo_alpha); GRPO's beta is the
+    KL weight, read by `_grpo`."""
+    if TRAINERS[trainer].stage not in PREFERENCE:
+        return None
+    beta = k.get("beta", float)
+    return k.get("orpo_alpha", float) if beta is None and trainer == "orpo" else beta
 
 
 def _trainer(r: _Read, stage: str | None) -> str:

@@ -41,6 +41,7 @@ from planner.configs.common import (
 )
 from planner.errors import FtplanError
 from planner.findings import Finding
+from planner.stages import PREFERENCE
 
 # flash_attn (hparams/model_args.py: auto/disabled/sdpa/fa2/fa3, extras/constants.py AttentionFunction) <-> the
 # plan's attention kernel; auto leaves transformers' default, sdpa. v1 (v1/utils/types.py) names them
@@ -410,6 +411,8 @@ def read_v0(keys: Keys, base: Path, override: str | None = None) -> RunConfig:
     _system_warnings(k, w)
     hyper = read_hyper(k, epochs="num_train_epochs", epochs_default=3.0, scheduler="lr_scheduler_type",
                        scheduler_default="linear", fp16=k.get("fp16", bool, False), bf16=k.get("bf16", bool, False))
+    if plan_stage in PREFERENCE and "pref_beta" in k.config:  # hparams/finetuning_args.py: 0.1
+        hyper = hyper.model_copy(update={"beta": k.get("pref_beta", float)})
     k.get("packing", bool)  # sequences packed to cutoff_len: what the plan assumes (padded or packed to seq_len)
     k.get("neat_packing", bool)  # packing without cross-attention between sequences: the same tokens
     datasets = k.get("dataset", (str, list), "")

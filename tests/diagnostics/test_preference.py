@@ -375,12 +375,13 @@ def test_cli_names_a_bad_pair_before_loading_the_model(tmp_path, capsys) -> None
     assert f"{path}: record 2: no 'rejected'" in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize(("keys", "stage"), [
-    ("stage: dpo\n", "dpo"),
-    ("stage: dpo\npref_loss: orpo\n", "orpo"),
-    ("stage: kto\n", "sft"),  # diagnose has no KTO loop: preflight runs the SFT one and says so
+@pytest.mark.parametrize(("keys", "stage", "beta"), [
+    ("stage: dpo\n", "dpo", 0.1),  # LLaMA-Factory's pref_beta default
+    ("stage: dpo\npref_beta: 0.25\n", "dpo", 0.25),  # the config's own beta reaches the loop
+    ("stage: dpo\npref_loss: orpo\npref_beta: 0.05\n", "orpo", 0.05),
+    ("stage: kto\n", "sft", 0.1),  # diagnose has no KTO loop: preflight runs the SFT one and says so
 ])
-def test_preflight_diagnoses_the_configs_own_stage(keys, stage, tmp_path, monkeypatch) -> None:
+def test_preflight_diagnoses_the_configs_own_stage(keys, stage, beta, tmp_path, monkeypatch) -> None:
     import diagnostics.runner
     from diagnostics.preflight import preflight
     from diagnostics.report import DiagnosticReport
@@ -396,5 +397,5 @@ def test_preflight_diagnoses_the_configs_own_stage(keys, stage, tmp_path, monkey
     config.write_text("model_name_or_path: tiny-llama\n" + keys + "finetuning_type: lora\ncutoff_len: 128\n"
                       "per_device_train_batch_size: 1\nlearning_rate: 5.0e-6\nbf16: true\n")
     report = preflight(config, gpu="H100", diagnose_steps=4)
-    assert seen[0].stage == stage and seen[0].steps == 4
+    assert seen[0].stage == stage and seen[0].steps == 4 and seen[0].beta == beta
     assert any("diagnose has no kto loop" in c.message for c in report.checks) == (stage == "sft")

@@ -225,7 +225,18 @@ def test_preference_stages_are_planned_as_themselves(tmp_path, rl: str, extra: d
     p = run.plan
     assert (p.stage, p.seq_len, p.reference_model, p.fused_loss) == (stage, 1024, None, False)
     assert run.warnings == [] and run.treatment["rl"] == "modelled"
-    assert all(run.treatment[key] == "irrelevant" for key in extra)  # the losses' settings change no memory
+    # the losses' settings change no memory; the beta TRL gets (rl_beta, orpo_alpha) feeds diagnose's loss
+    assert all(run.treatment[key] == ("modelled" if key in ("rl_beta", "orpo_alpha") else "irrelevant")
+               for key in extra)
+
+
+def test_the_beta_axolotl_hands_trl_is_kept_for_diagnose(tmp_path) -> None:
+    """core/builders/rl.py: trl.beta, else rl_beta, else orpo_alpha."""
+    assert read(tmp_path, **LORA, rl="dpo", rl_beta=0.2).hyper.beta == 0.2
+    assert read(tmp_path, **LORA, rl="dpo", rl_beta=0.2, trl={"beta": 0.3}).hyper.beta == 0.3
+    assert read(tmp_path, **LORA, rl="orpo", orpo_alpha=0.05).hyper.beta == 0.05
+    assert read(tmp_path, **LORA, rl="dpo").hyper.beta is None  # TRL's default
+    assert read(tmp_path, **LORA).hyper.beta is None  # SFT
 
 
 def test_simpo_keeps_the_nll_term_unless_cpo_alpha_is_zero(tmp_path) -> None:

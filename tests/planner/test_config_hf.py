@@ -199,7 +199,8 @@ def test_dpo_and_kto_precompute_the_reference_log_probs(tmp_path) -> None:
     run = read(tmp_path, beta=0.1, precompute_ref_log_probs=True, max_length=2048)
     p = run.plan
     assert (p.stage, p.precompute_ref_log_probs, p.reference_model, p.seq_len) == ("dpo", True, None, 2048)
-    assert run.treatment["precompute_ref_log_probs"] == "modelled" and run.treatment["beta"] == "irrelevant"
+    assert run.treatment["precompute_ref_log_probs"] == "modelled"
+    assert run.treatment["beta"] == "modelled" and run.hyper.beta == 0.1  # for diagnose's DPO loss
     assert run.warnings == []
     kto = read(tmp_path, desirable_weight=1.0, precompute_ref_log_probs=True)
     assert kto.plan.stage == "kto" and kto.plan.precompute_ref_log_probs
@@ -298,6 +299,14 @@ def test_cpo_alpha_zero_drops_the_nll_term(tmp_path) -> None:
     alphapo = read(tmp_path, loss_type="alphapo")
     assert (alphapo.plan.stage, alphapo.plan.nll_term) == ("simpo", False)
     assert read(tmp_path, orpo_alpha=0.1).plan.nll_term  # ORPO always adds it
+
+
+def test_a_preference_trainers_beta_is_kept_for_diagnose(tmp_path) -> None:
+    assert read(tmp_path, beta=0.3, loss_type="sigmoid").hyper.beta == 0.3
+    assert read(tmp_path, orpo_alpha=0.2).hyper.beta == 0.2  # TRL 0.x's name for ORPO's lambda
+    assert read(tmp_path, beta=0.05, loss_type="sigmoid", precompute_ref_log_probs=True).hyper.beta == 0.05
+    assert read(tmp_path, num_generations=8, beta=0.04).hyper.beta is None  # GRPO's beta weighs the KL term
+    assert read(tmp_path, loss_type="sigmoid", precompute_ref_log_probs=True).hyper.beta is None  # TRL's default
 
 
 def test_the_stage_flag_names_the_trainer(tmp_path) -> None:

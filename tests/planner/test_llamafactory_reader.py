@@ -12,6 +12,7 @@ from planner.configs import llamafactory as lf
 from planner.configs import read_run_config, static_checks
 from planner.configs.common import TRAINING_ARGUMENTS, Keys, read_fsdp
 from planner.errors import FtplanError
+from planner.stages import PREFERENCE
 
 BASE = """model_name_or_path: qwen2.5-0.5b-instruct
 stage: sft
@@ -153,8 +154,11 @@ def test_each_stage_is_planned_as_itself(tmp_path, extra, stage) -> None:
     assert run.plan.stage == stage and run.warnings == [] and run.ignored == []
     assert run.plan.reference_model is None  # the stage's default: LLaMA-Factory's, as planner.stages has it
     assert run.plan.seq_len == 512 and run.plan.max_completion_len is None  # cutoff_len: prompt + response
-    for key in ("pref_beta", "pref_ftx", "kto_chosen_weight"):  # the losses' settings change no memory
+    for key in ("pref_ftx", "kto_chosen_weight"):  # the losses' settings change no memory
         assert run.treatment[key] == "irrelevant"
+    # pref_beta changes no memory either, but diagnose's DPO/ORPO loss uses it
+    assert run.treatment["pref_beta"] == ("modelled" if stage in PREFERENCE else "irrelevant")
+    assert run.hyper.beta == (0.1 if stage in PREFERENCE else None)
 
 
 def test_a_separate_reference_model_is_planned_whatever_the_method(tmp_path) -> None:
