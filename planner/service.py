@@ -128,10 +128,13 @@ def warnings(spec: ModelSpec, plan: Plan, target: GpuTarget | None) -> list[Find
     gpu = target.gpu if target else None
     if gpu is not None:
         if plan.compute_dtype == "bf16" and not gpu.supports_bf16:
+            # torch.cuda.is_bf16_supported() counts emulation, so the Trainer accepts bf16 there (TRL even
+            # defaults to it) and the run works, with its matmuls off the tensor cores
             out.append(Finding(
-                severity="error", code="no_bf16", field="precision",
+                severity="warning", code="no_bf16", field="precision",
                 message=f"{gpu.name} has no bf16 tensor cores (compute capability {gpu.compute_capability}): "
-                        "the run fails; train in fp16 with loss scaling",
+                        "torch emulates bf16, so the run works but its matmuls run several times slower; fp16 "
+                        "with loss scaling uses the tensor cores",
                 change=Change(title="Train in fp16 with loss scaling", changes={"precision": "fp16-mixed"},
                               current={"precision": plan.precision}, reason="the GPU has no bf16")))
         if plan.attention == "flash" and gpu.predates_flash_attention:

@@ -185,3 +185,15 @@ def test_every_stage_plans_end_to_end_under_each_framework(stage: str, framework
             assert result.memory.total > 0 and result.fit is not None
             texts = [*result.assumptions, *(w.message for w in result.warnings), *(s.title for s in result.suggestions)]
             assert all(isinstance(t, str) and t.strip() and "{" not in t for t in texts), texts
+
+
+def test_bf16_on_a_gpu_without_it_runs_emulated_but_flash_attention_does_not_run() -> None:
+    """torch.cuda.is_bf16_supported() counts emulation, so the Trainer takes bf16 on a T4 (TRL's GRPO notebook
+    trains that way); flash-attention 2 has no kernel below compute capability 8.0."""
+    spec = load_spec("tiny-llama")
+    t4 = resolve_target("T4")
+    bf16 = plan_run(spec, Plan(precision="bf16-mixed"), t4)
+    assert [(w.code, w.severity) for w in bf16.warnings if w.code == "no_bf16"] == [("no_bf16", "warning")]
+    assert bf16.time is not None and bf16.time.step_seconds > plan_run(spec, Plan(precision="fp16-mixed"), t4).time.step_seconds
+    flash = plan_run(spec, Plan(precision="fp16-mixed", attention="flash"), t4)
+    assert {w.code: w.severity for w in flash.warnings}.get("no_flash_attention") == "error"
