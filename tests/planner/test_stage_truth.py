@@ -27,9 +27,6 @@ from tests.planner.truth_stages import STAGES, measure_stage
 
 CPU = Machine(device="cpu")  # the truth runs on CPU: TRL's fused LM head scores every position there
 TOLERANCE = 0.10
-# TRL 1.16 installs its fused LM head (trl/trainer/utils.py add_fused_lm_head) in these trainers, always;
-# ORPO and CPO/SimPO (experimental) build full logits, the reward model has a one-wide `score` head
-FUSED_HEAD = ("dpo", "kto", "grpo")
 
 GRID = [("llama", *case) for case in itertools.product(STAGES, ["full", "lora"], ["fp32", "bf16"])]
 # a second family, one method per stage (each case builds a trainer: the file stays near a minute)
@@ -52,9 +49,13 @@ def truth(model_type: str, stage: str, method: str, precision: str, batch: int =
 
 def plan_for(real: dict, **overrides) -> Plan:
     kw = dict(stage=real["stage"], framework="trl", method=real["method"], precision=real["precision"], batch_size=real["batch"],
-              seq_len=real["seq"], fused_loss=real["stage"] in FUSED_HEAD, lora_rank=4, lora_target="all-linear",
+              seq_len=real["seq"], lora_rank=4, lora_target="all-linear",
               attention="sdpa", precompute_ref_log_probs=real["precompute"], reference_model=None,
               gradient_checkpointing=real["gradient_checkpointing"])
+    # the fused LM head is left to the stage's default: TRL 1.16 installs it in DPO, KTO and GRPO
+    # (trl/trainer/utils.py add_fused_lm_head); ORPO and CPO/SimPO build full logits
+    if real["stage"] == "simpo":
+        kw["nll_term"] = real["cpo_alpha"] != 0
     if real["stage"] == "grpo":
         kw.update(num_generations=real["num_generations"], max_completion_len=real["completion_len"])
         if real["beta"]:
@@ -154,7 +155,7 @@ def test_grpo_with_a_kl_term_keeps_a_reference_for_full_tuning(method: str) -> N
 
 @pytest.mark.parametrize("case", [("llama", "dpo", "full", "bf16"), ("llama", "kto", "lora", "bf16"),
                                   ("llama", "rm", "full", "bf16"), ("llama", "orpo", "full", "bf16"),
-                                  ("llama", "grpo", "full", "fp32")], ids=_ids)
+                                  ("llama", "simpo", "lora", "bf16"), ("llama", "grpo", "full", "fp32")], ids=_ids)
 def test_trl_default_gradient_checkpointing_within_tolerance(case) -> None:
     """TRL's configs default to `gradient_checkpointing=True` (trl/trainer/base_config.py); the Trainer switches it
     on when `train()` starts, with transformers' own checkpointing of every decoder layer."""

@@ -321,6 +321,8 @@ def measure_stage(config: dict, stage: str, *, method: str = "full", precision: 
             result["tensors"] = counted
         if stage == "grpo":
             result.update(generation, num_generations=num_generations, beta=trainer.beta)
+        if stage == "simpo":
+            result["cpo_alpha"] = trainer.cpo_alpha  # 0: no NLL term (cpo_trainer.py)
         del trainer, model, ref, inputs, loss
     return result
 
