@@ -5,6 +5,10 @@
 2. the estimate's findings and static checks that need no run (planner.configs.checks);
 3. optionally a short diagnostics run with the config's own model, data and settings;
 4. a verdict, and with `fix` a corrected copy of the config (the input is never touched).
+
+The `fix` path is checked (planner.files) right after the config is read, before the estimate and any
+diagnostics run: a folder, a device, an input of the run, or an existing file without `force` fails at once.
+A write that still fails at the end (a full disk) does not lose the report: `fix_error` says why.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ from pydantic import BaseModel
 
 from diagnostics.report import DiagnoseSettings, DiagnosticReport
 from planner.configs import Format, RunConfig, config_changes_for, fix_config, read_run_config, static_checks
+from planner.configs.common import resolve_path
 from planner.configs.read import FRAMEWORKS
 from planner.errors import EnvironmentMissing, FtplanError
 from planner.fields import word, worded
+from planner.files import check_output, model_input
 from planner.findings import Finding
 from planner.result import Estimate
 from planner.service import plan_run
@@ -43,6 +49,7 @@ class PreflightReport(BaseModel):
     verdict: Verdict
     summary: str
     fixed: str | None = None  # the corrected copy written with --fix
+    fix_error: str | None = None  # why --fix could not be written at the end (the report stands)
     fix_changes: dict[str, Any] = {}
 
     @property
@@ -135,8 +142,10 @@ def _model_for(run: RunConfig) -> str:
 
 def preflight(path: str | Path, *, gpu: str | None = None, gpu_memory: str | None = None, gpus: int | None = None,
               diagnose_steps: int | None = None, strict: bool = False, fix: str | Path | None = None,
-              fmt: Format | None = None, stage: str | None = None) -> PreflightReport:
+              fmt: Format | None = None, stage: str | None = None, force: bool = False) -> PreflightReport:
     run = read_run_config(path, fmt, stage=stage)
+    if fix is not None:
+        fix = check_output(fix, flag="--fix", inputs=_inputs(run), existing="replace" if force else "refuse")
     spec = _load_spec(run)
     target, notes = _target(gpu, gpu_memory, gpus, run.gpus)
     try:
@@ -188,12 +197,29 @@ def preflight(path: str | Path, *, gpu: str | None = None, gpu_memory: str | Non
     else:
         verdict = "ready"
     conditional = [c for c in checks if c.severity == "warning" and conservative(c, fits)]
-    fixed = None
+    fixed = fix_error = None
     if fix is not None:
-        fixed = str(fix_config(run.path, changes, fix))
+        try:
+            fixed = str(fix_config(run.path, changes, fix, force=force, inputs=_inputs(run)))
+        except FtplanError as exc:
+            fix_error = str(exc)
     return PreflightReport(config=str(path), format=run.format, model=run.model, run=run, estimate=result,
                            gpus=gpus, checks=checks, diagnostics=diag, verdict=verdict,
-                           summary=_summary(verdict, result, errors, diag, strict, conditional), fixed=fixed, fix_changes=changes)
+                           summary=_summary(verdict, result, errors, diag, strict, conditional), fixed=fixed,
+                           fix_error=fix_error, fix_changes=changes)
+
+
+def _inputs(run: RunConfig) -> dict[str, str | Path | None]:
+    """The files this run reads, which --fix must never overwrite."""
+    inputs: dict[str, str | Path | None] = {"the config": run.path,
+                                            "the model's config.json": model_input(_model_for(run))}
+    files = run.data.files
+    inputs.update({"the config's data file" + (f" #{i}" if len(files) > 1 else ""): name
+                   for i, name in enumerate(files, 1)})
+    if run.format == "llamafactory":
+        folder = resolve_path(run.data.dataset_dir or "data", Path(run.path).parent)
+        inputs["the config's dataset_info.json"] = folder / "dataset_info.json"
+    return inputs
 
 
 def _fixes(run: RunConfig, result: Estimate, checks: list[Finding], diag: DiagnosticReport | None) -> dict[str, Any]:

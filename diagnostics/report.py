@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from planner.files import write_text_atomic
+from planner.files import Existing, Inputs, write_output
 from planner.findings import Change, Finding
 from planner.plan import Plan
 
@@ -140,6 +140,7 @@ class DiagnosticReport(BaseModel):
         return [f for f in self.findings if f.severity in ("warning", "error")]
 
 
-def write_report(report: DiagnosticReport, path: str | Path) -> Path:
-    """Write atomically: a reader never sees half a file, and a failed write leaves the old one intact."""
-    return write_text_atomic(path, report.model_dump_json(indent=2) + "\n")
+def write_report(report: DiagnosticReport, path: str | Path, *, flag: str | None = None,
+                 inputs: Inputs | None = None, existing: Existing = "refuse") -> Path:
+    """Write as planner.files writes every output (checked, atomic; `existing` and `inputs` as there)."""
+    return write_output(path, report.model_dump_json(indent=2) + "\n", flag=flag, inputs=inputs, existing=existing)

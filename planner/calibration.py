@@ -14,9 +14,10 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from planner.files import write_text_atomic
+from planner.files import check_output, write_text_atomic
 
 FILE = "calibration.json"
+_WHAT = "the calibration cache (its folder: $FTPLAN_CACHE_DIR)"
 
 
 class Calibration(BaseModel):
@@ -73,8 +74,14 @@ def calibration_for(device_name: str | None = None, catalog_name: str | None = N
     return None
 
 
+def check_cache() -> Path:
+    """Fail before a measurement, not after it, when the cache cannot be written (a folder in its place...)."""
+    return check_output(cache_dir() / FILE, flag=_WHAT, existing="replace")
+
+
 def save_calibration(cal: Calibration) -> Path:
-    """Write atomically, keeping the calibrations of other GPU models."""
+    """Write it as planner.files writes (atomically, never over a device or a folder), keeping the
+    calibrations of other GPU models."""
     data = stored_calibrations()
     data[cal.gpu] = cal.model_dump()
-    return write_text_atomic(cache_dir() / FILE, json.dumps(data, indent=2) + "\n")
+    return write_text_atomic(cache_dir() / FILE, json.dumps(data, indent=2) + "\n", what=_WHAT)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import reprlib
 
 
 class FtplanError(ValueError):
@@ -49,3 +50,25 @@ def unknown_setting(name: str, known) -> FtplanError:
     """A setting nobody has, with the closest of the `known` names when one is close."""
     close = difflib.get_close_matches(name, list(known), n=1)
     return FtplanError("is not a setting" + (f"; did you mean {close[0]}?" if close else ""), field=name)
+
+
+def _short_repr() -> reprlib.Repr:
+    r = reprlib.Repr()
+    r.maxlevel, r.maxdict, r.maxlist, r.maxtuple, r.maxset = 2, 3, 4, 4, 4
+    r.maxstring, r.maxlong, r.maxother = 40, 40, 40
+    return r
+
+
+_SHORT = _short_repr()
+
+
+def shown(value, limit: int = 80) -> str:
+    """A value from a user's file as a message quotes it: a 50 MB string or a 1,000-deep list must not become a
+    50 MB line or a RecursionError, so strings, numbers and containers are cut (reprlib) and the whole capped."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
+
+
+def shortened(text: str, limit: int = 120) -> str:
+    """A name a user typed (a path, a --model) as a message prints it: its start and its end, whatever its length."""
+    return text if len(text) <= limit else f"{text[:limit - 43]}...{text[-40:]}"

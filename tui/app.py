@@ -16,13 +16,14 @@ from textual.command import Hit, Hits, Provider
 from textual.lazy import Lazy
 from textual.widgets import Footer, Header, Input, TabbedContent, TabPane
 
-from planner.files import write_text_atomic
+from planner.errors import FtplanError
+from planner.files import check_output, write_output
 from planner.units import gib
 from tui.diagnose_pane import DiagnosePane
 from tui.fits_pane import FitsPane
 from tui.gpus_pane import GpusPane
 from tui.plan_pane import PlanChanged, PlanPane, PlanState
-from tui.screens import ExportScreen, HelpScreen, PresetPicker, free_path
+from tui.screens import ExportScreen, HelpScreen, PresetPicker
 
 NARROW = 110  # below this width the Plan tab stacks its form above the results
 
@@ -151,15 +152,17 @@ class FtplanApp(App):
         from planner.configs import deepspeed_json, llamafactory_yaml
 
         try:
-            target = free_path(path)
+            target = check_output(path, existing="rename")
             deepspeed = None
             if self.state.plan.zero:
-                deepspeed = free_path(target.with_name(f"ds_z{self.state.plan.zero}_config.json"))
-                write_text_atomic(deepspeed, json.dumps(deepspeed_json(self.state.plan), indent=2) + "\n")
-            write_text_atomic(target, llamafactory_yaml(self.state.model, self.state.plan, spec=self.state.spec,
-                                                        deepspeed_file=deepspeed.name if deepspeed else None))
-        except OSError as exc:
-            self._write_failed(path, exc)
+                deepspeed = write_output(target.with_name(f"ds_z{self.state.plan.zero}_config.json"),
+                                         json.dumps(deepspeed_json(self.state.plan), indent=2) + "\n",
+                                         existing="rename")
+            target = write_output(target, llamafactory_yaml(self.state.model, self.state.plan, spec=self.state.spec,
+                                                            deepspeed_file=deepspeed.name if deepspeed else None),
+                                  existing="rename")
+        except FtplanError as exc:
+            self._write_failed(exc)
             return None
         self.notify(f"wrote {target}" + (f" and {deepspeed.name}" if deepspeed else ""), title="exported")
         return target
@@ -178,22 +181,18 @@ class FtplanApp(App):
         report = self.query_one("#diagnose-pane", DiagnosePane).report
         note = ""
         try:
-            target = free_path(path)
-            write_text_atomic(target, self.state.result.model_dump_json(indent=2) + "\n")
+            target = write_output(path, self.state.result.model_dump_json(indent=2) + "\n", existing="rename")
             if report is not None:
-                report_path = free_path(target.with_name(target.stem + "-report.json"))
-                write_report(report, report_path)
+                report_path = write_report(report, target.with_name(target.stem + "-report.json"), existing="rename")
                 note = f" and {report_path.name}"
-        except OSError as exc:
-            self._write_failed(path, exc)
+        except FtplanError as exc:
+            self._write_failed(exc)
             return None
         self.notify(f"wrote {target}{note}", title="saved")
         return target
 
-    def _write_failed(self, path: str, exc: OSError) -> None:
-        reason = exc.strerror or str(exc)
-        self.notify(f"could not write {path}: {reason}; choose another path", title="not written",
-                    severity="error")
+    def _write_failed(self, exc: FtplanError) -> None:
+        self.notify(f"not written: {exc}", title="not written", severity="error")
 
 
 def estimate_command(state: PlanState) -> str:

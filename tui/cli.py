@@ -133,6 +133,13 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         lr_scheduler=args.lr_scheduler, max_grad_norm=args.max_grad_norm or None, weight_decay=args.weight_decay,
         seed=args.seed, device=args.device, loss_scaling=args.loss_scaling, init_std=args.init_std,
         beta=args.beta, plan=plan_from(args))
+    from planner.files import check_output, model_input
+
+    # the run's own files are never an output, not even with --force
+    inputs = {"--data": args.data, "the --model config.json": model_input(args.model)}
+    existing = "replace" if args.force else "refuse"
+    if args.out:  # a bad path fails here, before a run that may take minutes
+        check_output(args.out, flag="--out", inputs=inputs, existing=existing)
     from diagnostics.objectives import check_stage
     from planner.spec import load_spec
 
@@ -173,12 +180,13 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
             raise (EnvironmentMissing if report.error_kind == "environment" else FtplanError)(report.message)
     if int(os.environ.get("RANK", "0")) != 0:
         return ExitCode.OK  # rank 0 speaks for the run
-    if args.out:
-        write_report(report, args.out)
     if args.json:
         sys.stdout.write(report.model_dump_json(indent=2) + "\n")
     else:
         print_report(report, plots=not args.no_plots)
+    if args.out:  # after printing: a write that fails (disk full) still leaves the report on stdout
+        sys.stdout.flush()
+        write_report(report, args.out, flag="--out", inputs=inputs, existing=existing)
     if report.status == "interrupted":
         return 130
     if report.status != "completed" or any(f.severity == "error" for f in report.findings):
@@ -193,13 +201,17 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 
     report = preflight(args.config, gpu=args.gpu, gpu_memory=args.gpu_memory, gpus=args.gpus,
                        diagnose_steps=args.diagnose, strict=args.strict, fix=args.fix,
-                       fmt=None if args.format == "auto" else args.format, stage=args.stage)
+                       fmt=None if args.format == "auto" else args.format, stage=args.stage, force=args.force)
     if args.json:
         sys.stdout.write(report.model_dump_json(indent=2) + "\n")
     else:
         from tui.preflight_view import print_preflight
 
         print_preflight(report)
+    if report.fix_error:  # the path was checked before the run; what fails now is the write itself
+        sys.stdout.flush()
+        sys.stderr.write(f"ftplan: {report.fix_error}\n")
+        return ExitCode.BAD_INPUT
     return exit_code(report, args.strict)
 
 
@@ -221,7 +233,9 @@ def cmd_gpus(args: argparse.Namespace) -> int:
 
     if args.calibrate:
         from diagnostics.calibrate import calibrate, save_calibration
+        from planner.calibration import check_cache
 
+        check_cache()
         cal = calibrate(args.device)
         path = save_calibration(cal)
         if args.json:
@@ -308,7 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="--stage dpo: beta, the strength of the pull to the reference; --stage orpo: lambda, "
                            "the weight of the odds-ratio term (default: 0.1, TRL's and LLaMA-Factory's pref_beta)")
     diag.add_argument("--json", action="store_true", help="print the report as JSON")
-    diag.add_argument("--out", help="also write the report (JSON) to this file, atomically")
+    diag.add_argument("--out", help="also write the report (JSON) to this file, atomically; checked before the "
+                                    "run starts (a regular file or a new one, never --data or the model's config)")
+    diag.add_argument("--force", action="store_true", help="let --out replace a file that exists")
     diag.add_argument("--in-process", action="store_true",
                       help="run in this process (default: a child process that an OOM or CUDA fault cannot take down)")
     diag.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
@@ -319,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Reads a LLaMA-Factory, HF TrainingArguments/TRL or axolotl config and checks it before the long run: "
         "the memory plan on the GPUs it will run on (this machine's, through NVML, or --gpu NAME --gpus N), "
         "static advice (warmup, precision, clipping, batch vs dataset, LoRA scaling), optionally a short "
-        "diagnostics run, and a verdict. --fix writes a corrected copy; the config itself is never modified.",
+        "diagnostics run, and a verdict. --fix writes a corrected copy to a new file (--force: or over an existing "
+        "one); the config itself, its data and the model's config.json are never modified.",
         """exit codes:
   0  ready (warnings are printed)
   1  will not fit, a check failed, or the diagnostics run failed (--strict: warnings too)
@@ -339,7 +356,9 @@ example:
                           "an explicit --gpu auto takes WORLD_SIZE / every visible GPU over the config)")
     pre.add_argument("--diagnose", type=positive_int("--diagnose"), nargs="?", const=20, default=None,
                      metavar="STEPS", help="also run a short diagnostics run (default 20 steps)")
-    pre.add_argument("--fix", metavar="OUT", help="write a corrected copy of the config here")
+    pre.add_argument("--fix", metavar="OUT", help="write a corrected copy of the config here (checked before the "
+                                                  "checks run; never the config itself)")
+    pre.add_argument("--force", action="store_true", help="let --fix replace a file that exists")
     pre.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     pre.add_argument("--format", choices=("auto", "llamafactory", "hf", "axolotl"), default="auto")
     pre.add_argument("--stage", choices=STAGES, default=None,

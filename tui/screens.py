@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
@@ -109,13 +107,3 @@ class ExportScreen(ModalScreen[str | None]):
     @on(Button.Pressed, "#export-write")
     def _write(self) -> None:
         self.dismiss(self.query_one("#export-path", Input).value.strip() or None)
-
-
-def free_path(path: str | Path) -> Path:
-    """`path`, or `path-1`, `path-2`... if it exists: nothing the user wrote is overwritten."""
-    path = Path(path).expanduser()
-    candidate, n = path, 0
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-    return candidate

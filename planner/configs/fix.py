@@ -13,9 +13,8 @@ from typing import Any
 
 from planner.configs.common import OPTIM_BACK, Format, RunConfig
 from planner.configs.read import FRAMEWORKS
-from planner.errors import FtplanError
 from planner.fields import Vocabulary, cli_flags, name_in
-from planner.files import write_text_atomic
+from planner.files import Inputs, write_output
 
 
 def config_changes(run: RunConfig, plan_changes: dict[str, Any], hyper_changes: dict[str, Any]) -> dict[str, Any]:
@@ -63,17 +62,23 @@ def yaml_scalar(value: Any) -> str:
     return str(value)
 
 
-def fix_config(source: str | Path, changes: dict[str, Any], target: str | Path) -> Path:
+def fix_config(source: str | Path, changes: dict[str, Any], target: str | Path, *, force: bool = False,
+               inputs: Inputs | None = None) -> Path:
     """Write `source` with `changes` applied to `target`, keeping comments, blank lines and key order.
 
     Only top-level keys are edited; a key not present is appended under a comment. A change to None
     unsets a key the file has (`null`) and adds nothing when it has none (a writer retiring a deprecated
-    spelling). JSON files are rewritten as JSON (JSON has no comments to keep). The source is never
-    modified, and the target is written atomically.
+    spelling). JSON files are rewritten as JSON (JSON has no comments to keep). The source, and the other
+    `inputs` of the run, are never modified; an existing target is replaced only with `force`; the target is
+    written as planner.files writes every output.
     """
-    source, target = Path(source), Path(target)
-    if source.resolve() == target.resolve():
-        raise FtplanError(f"--fix {target}: that is the input file; write the corrected copy elsewhere")
+    return write_output(target, fixed_text(source, changes), flag="--fix",
+                        inputs={"the config": source, **(inputs or {})}, existing="replace" if force else "refuse")
+
+
+def fixed_text(source: str | Path, changes: dict[str, Any]) -> str:
+    """The text of `source` with `changes` applied (see fix_config)."""
+    source = Path(source)
     text = source.read_text(encoding="utf-8")
     if source.suffix.lower() == ".json":
         data = json.loads(text)
@@ -91,4 +96,4 @@ def fix_config(source: str | Path, changes: dict[str, Any], target: str | Path) 
         if pending:
             lines += ["", "### changed by ftplan preflight"] + [f"{k}: {yaml_scalar(v)}" for k, v in pending.items()]
         new_text = "\n".join(lines) + "\n"
-    return write_text_atomic(target, new_text)
+    return new_text
