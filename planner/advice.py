@@ -8,7 +8,7 @@ from planner.configs.fix import how
 from planner.errors import FtplanError
 from planner.fields import Vocabulary
 from planner.findings import Change
-from planner.fit import max_batch_size, max_seq_len
+from planner.fit import accum_step, max_batch_size, max_seq_len
 from planner.memory import estimate_memory
 from planner.methods import block_training
 from planner.params import ALL, ALL_LINEAR, CONV1D_MODEL_TYPES
@@ -85,9 +85,13 @@ def _candidates(spec: ModelSpec, plan: Plan, capacity: int, machine: Machine) ->
                     "optimizer state and master weights live in host RAM; steps get slower",
                     {"offload_optimizer": True}))
     if plan.batch_size > 1:
-        best = max(1, max_batch_size(spec, plan, capacity, limit=plan.batch_size, machine=machine))
+        # any micro-batch will do here: the accumulation below restores whole GRPO prompt groups
+        best = max(1, max_batch_size(spec, plan, capacity, limit=plan.batch_size, machine=machine,
+                                     accepted_only=False))
         if best < plan.batch_size:
             accum = -(-plan.batch_size * plan.grad_accum // best)
+            group = accum_step(plan.with_(batch_size=best))
+            accum = -(-accum // group) * group
             out.append((f"Micro-batch {best} with {accum} accumulation steps",
                         f"keeps the global batch ({plan.global_batch} -> {best * accum * plan.gpus})",
                         {"batch_size": best, "grad_accum": accum}))

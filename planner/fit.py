@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from pydantic import BaseModel
 
 from planner.errors import FtplanError
@@ -25,13 +27,14 @@ class FitReport(BaseModel):
     max_batch_capped: bool = False
     max_seq_len_capped: bool = False
     note: str | None = None
+    batch_step: int = 1  # the stage takes multiples of this micro-batch (GRPO's whole prompt groups)
 
     @property
     def max_batch_label(self) -> str:
         if self.max_batch is None:
             return "not searched"
         if self.max_batch == 0:
-            return "none (not even 1)"
+            return f"none (not even {self.batch_step})"
         return f"{'≥ ' if self.max_batch_capped else ''}{self.max_batch:,}"
 
 
@@ -61,10 +64,31 @@ def _largest(fits, low: int, limit: int) -> int:
 BATCH_SEARCH_LIMIT = 1 << 16
 
 
+def batch_step(plan: Plan) -> int:
+    """The micro-batches a stage's trainer accepts are the multiples of this. GRPO: TRL's GRPOConfig refuses a
+    generation batch (micro-batch x processes x steps_per_generation, which defaults to the accumulation)
+    that is not a whole number of prompt groups of `num_generations`."""
+    if plan.stage != "grpo":
+        return 1
+    return plan.num_generations // math.gcd(plan.num_generations, plan.gpus * plan.grad_accum)
+
+
+def accum_step(plan: Plan) -> int:
+    """The accumulation steps the stage's trainer accepts at the plan's micro-batch are the multiples of this
+    (GRPO's whole prompt groups again, see `batch_step`)."""
+    if plan.stage != "grpo":
+        return 1
+    return plan.num_generations // math.gcd(plan.num_generations, plan.batch_size * plan.gpus)
+
+
 def max_batch_size(spec: ModelSpec, plan: Plan, capacity: int, limit: int = BATCH_SEARCH_LIMIT,
-                   machine: Machine | None = None) -> int:
-    """Largest micro-batch that fits (0 if even batch 1 does not)."""
-    return _largest(lambda b: total_bytes(spec, plan.with_(batch_size=b), machine) <= capacity, 1, limit)
+                   machine: Machine | None = None, *, accepted_only: bool = True) -> int:
+    """Largest micro-batch that fits (0 if even the smallest does not); with `accepted_only`, only the ones the
+    stage's trainer accepts at the plan's accumulation and GPU count (`batch_step`)."""
+    step = batch_step(plan) if accepted_only else 1
+    units = _largest(lambda n: total_bytes(spec, plan.with_(batch_size=n * step), machine) <= capacity, 1,
+                     max(1, limit // step))
+    return units * step
 
 
 def max_seq_len(spec: ModelSpec, plan: Plan, capacity: int, limit: int | None = None,
@@ -89,15 +113,17 @@ def fit_report(spec: ModelSpec, plan: Plan, target: GpuTarget, required: int, *,
     return FitReport(
         gpu=target.name, source=target.source, capacity=target.capacity, required=required,
         fits=headroom >= 0, headroom=headroom, headroom_fraction=headroom / target.capacity,
-        max_batch=batch, max_seq_len=seq, max_batch_capped=batch == BATCH_SEARCH_LIMIT,
+        max_batch=batch, max_seq_len=seq, max_batch_capped=batch is not None and batch > BATCH_SEARCH_LIMIT - batch_step(plan),
         max_seq_len_capped=seq is not None and seq == seq_search_limit(spec, plan),
-        note=target.note,
+        note=target.note, batch_step=batch_step(plan),
     )
 
 
 class FitsCell(BaseModel):
     method: str
-    need: int | None  # total per GPU at micro-batch 1; None: the method does not apply to this plan
+    # total per GPU at the smallest micro-batch the stage takes (1; GRPO: one prompt group); None: the method
+    # does not apply to this plan
+    need: int | None
     max_batch: int = 0  # largest micro-batch that fits (0: not even 1)
     capped: bool = False  # the search stopped at its limit: at least this much fits
 
@@ -111,7 +137,7 @@ class FitsRow(BaseModel):
 def what_fits(spec: ModelSpec, plan: Plan, targets: list[GpuTarget], methods: tuple[str, ...],
               limit: int = 256) -> list[FitsRow]:
     """Every target GPU against every method at the plan's other settings: the largest micro-batch that fits,
-    or what micro-batch 1 needs. QLoRA keeps the plan's bits; other methods train unquantised. Each target
+    or what the smallest micro-batch needs. QLoRA keeps the plan's bits; other methods train unquantised. Each target
     brings its own machine facts (calibrated CUDA context) and, when it decides one, its GPU count."""
     rows = []
     for target in targets:
@@ -120,7 +146,8 @@ def what_fits(spec: ModelSpec, plan: Plan, targets: list[GpuTarget], methods: tu
             try:
                 trial = plan.with_(method=method, quant_bits=plan.quant_bits if method == "qlora" else None,
                                    **({"gpus": target.gpus} if target.gpus else {}))
-                need = total_bytes(spec, trial.with_(batch_size=1), target)
+                smallest = batch_step(trial)
+                need = total_bytes(spec, trial.with_(batch_size=smallest), target)
             except FtplanError:
                 cells.append(FitsCell(method=method, need=None))
                 continue
@@ -128,7 +155,7 @@ def what_fits(spec: ModelSpec, plan: Plan, targets: list[GpuTarget], methods: tu
                 cells.append(FitsCell(method=method, need=need))
                 continue
             best = max_batch_size(spec, trial, target.capacity, limit=limit, machine=target)
-            cells.append(FitsCell(method=method, need=need, max_batch=best, capped=best == limit))
+            cells.append(FitsCell(method=method, need=need, max_batch=best, capped=best > limit - smallest))
         rows.append(FitsRow(gpu=target.gpu.name if target.gpu and target.source == "catalog" else target.name,
                             capacity=target.capacity, cells=cells))
     return rows

@@ -5,7 +5,7 @@ Pure functions of planner results; no formulas (the planner computed everything)
 
 from __future__ import annotations
 
-from planner.fit import FitsRow
+from planner.fit import FitsRow, batch_step
 from planner.memory import COMPONENTS, Breakdown
 from planner.stages import batch_unit
 from planner.units import GIB, fmt_gib
@@ -38,7 +38,7 @@ def fits_cell(cell) -> str:
 
 
 def fits_rows(rows: list[FitsRow]) -> list[tuple[str, list[str]]]:
-    """What fits: one row per GPU, a cell per method ('✓ b≤N', or '✗ need' at micro-batch 1)."""
+    """What fits: one row per GPU, a cell per method ('✓ b≤N', or '✗ need' at the smallest micro-batch)."""
     return [(f"{r.gpu} ({fmt_gib(r.capacity, 0)})", [fits_cell(c) for c in r.cells]) for r in rows]
 
 
@@ -50,7 +50,7 @@ def fits_title(model: str, plan, gpus_label: str = "") -> str:
             f"{', checkpointing' if plan.gradient_checkpointing else ''}"
             f"{f', {plan.gpus} GPUs' if plan.gpus > 1 else ''}{f', ZeRO-{plan.zero}' if plan.zero else ''}"
             f"{', optimizer offloaded' if plan.offload_optimizer else ''}{gpus_label}: largest micro-batch per GPU "
-            f"{f'(in {unit}) ' if unit else ''}and method (✗: needs that much at micro-batch 1)")
+            f"{f'(in {unit}) ' if unit else ''}and method (✗: needs that much at micro-batch {batch_step(plan)})")
 
 
 GPU_COLUMNS = ("nvml", "cuda", "name", "used / total", "free", "util", "temp", "power", "cc", "MIG")

@@ -197,3 +197,23 @@ def test_bf16_on_a_gpu_without_it_runs_emulated_but_flash_attention_does_not_run
     assert bf16.time is not None and bf16.time.step_seconds > plan_run(spec, Plan(precision="fp16-mixed"), t4).time.step_seconds
     flash = plan_run(spec, Plan(precision="fp16-mixed", attention="flash"), t4)
     assert {w.code: w.severity for w in flash.warnings}.get("no_flash_attention") == "error"
+
+
+def test_grpo_batches_hold_whole_prompt_groups() -> None:
+    """trl GRPOConfig.__post_init__ refuses a generation batch (micro-batch x processes x steps_per_generation,
+    the accumulation by default) that is not a multiple of num_generations: the searches and the suggestions
+    only offer batches it takes, and a plan it refuses is an error."""
+    spec = load_spec("tiny-llama")
+    target = resolve_target(gpu_memory="24GiB")
+    grpo = Plan(stage="grpo", batch_size=8, num_generations=8, seq_len=256)
+    best = plan_run(spec, grpo, target, search_batch=True).fit.max_batch
+    assert best > 8 and best % 8 == 0
+    assert plan_run(spec, grpo.with_(gpus=2), target, search_batch=True).fit.max_batch % 4 == 0
+    refused = plan_run(spec, grpo.with_(batch_size=4), target)
+    assert [f.severity for f in refused.warnings if f.code == "generation_batch"] == ["error"]
+    assert not [f for f in plan_run(spec, grpo.with_(batch_size=4, grad_accum=2), target).warnings
+                if f.code == "generation_batch"]
+    tight = resolve_target(gpu_memory=f"{plan_run(spec, grpo.with_(batch_size=2), target).memory.total}B")
+    for s in plan_run(spec, grpo, tight).suggestions:
+        changed = grpo.with_(**s.changes)
+        assert changed.batch_size * changed.gpus * changed.grad_accum % 8 == 0, s.title
