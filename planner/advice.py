@@ -8,7 +8,7 @@ from planner.configs.fix import how
 from planner.errors import FtplanError
 from planner.fields import Vocabulary
 from planner.findings import Change
-from planner.fit import accum_step, max_batch_size, max_seq_len
+from planner.fit import accum_step, max_batch_size, max_seq_len, shortest_seq
 from planner.memory import estimate_memory
 from planner.methods import block_training
 from planner.params import ALL, ALL_LINEAR, CONV1D_MODEL_TYPES
@@ -97,7 +97,8 @@ def _candidates(spec: ModelSpec, plan: Plan, capacity: int, machine: Machine) ->
                         {"batch_size": best, "grad_accum": accum}))
     longest = max_seq_len(spec, plan, capacity, limit=plan.seq_len, machine=machine)
     if 0 < longest < plan.seq_len:
-        rounded = longest // 64 * 64 or longest
+        rounded = longest // 64 * 64
+        rounded = rounded if rounded >= shortest_seq(plan) else longest
         out.append((f"Shorten sequences to {rounded} tokens",
                     "the sequence length bounds activation memory; longer examples are truncated",
                     {"seq_len": rounded}))

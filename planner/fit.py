@@ -96,7 +96,15 @@ def max_seq_len(spec: ModelSpec, plan: Plan, capacity: int, limit: int | None = 
     """Longest sequence (tokens) that fits at the plan's micro-batch (0 if 1 token does not), up to the
     model's context length: positions beyond it were never trained."""
     limit = limit or seq_search_limit(spec, plan)
-    return _largest(lambda s: total_bytes(spec, plan.with_(seq_len=s), machine) <= capacity, 1, limit)
+    shortest = shortest_seq(plan)
+    if shortest > limit:
+        return 0
+    return _largest(lambda s: total_bytes(spec, plan.with_(seq_len=s), machine) <= capacity, shortest, limit)
+
+
+def shortest_seq(plan: Plan) -> int:
+    """The shortest sequence the plan can have: a stated completion length lies within it."""
+    return plan.max_completion_len or 1
 
 
 def seq_search_limit(spec: ModelSpec, plan: Plan) -> int:

@@ -217,3 +217,16 @@ def test_grpo_batches_hold_whole_prompt_groups() -> None:
     for s in plan_run(spec, grpo, tight).suggestions:
         changed = grpo.with_(**s.changes)
         assert changed.batch_size * changed.gpus * changed.grad_accum % 8 == 0, s.title
+
+
+def test_sequence_searches_keep_the_completion_within_the_sequence() -> None:
+    """A shorter sequence still holds --max-completion-len (a GRPO plan whose prompt cannot shrink below 0)."""
+    spec = load_spec("tiny-llama")
+    grpo = Plan(stage="grpo", batch_size=8, seq_len=4096, max_completion_len=1024)
+    small = resolve_target(gpu_memory=f"{plan_run(spec, grpo.with_(seq_len=2048), resolve_target('H100')).memory.total}B")
+    result = plan_run(spec, grpo, small, search_seq=True)
+    assert 1024 <= result.fit.max_seq_len < 4096
+    for s in result.suggestions:
+        assert grpo.with_(**s.changes).seq_len >= 1024, s.title
+    tiny = resolve_target(gpu_memory="1MiB")  # nothing fits: still an answer, not an error
+    assert plan_run(spec, grpo, tiny, search_seq=True).fit.max_seq_len == 0
