@@ -26,6 +26,9 @@ NOT_TRAINING = (
      "an accelerate launcher config (accelerate launch --config_file); pass the training config it launches"),
     (frozenset({"zero_optimization", "train_micro_batch_size_per_gpu", "train_batch_size"}),
      "a DeepSpeed config; pass the training config whose 'deepspeed' key points at it"),
+    # axolotl/cli/cloud: the Modal or Baseten machine a training config runs on
+    (frozenset({"gpu_count", "dockerfile_commands", "memory_preprocess", "timeout_preprocess", "node_count"}),
+     "an axolotl cloud config (axolotl train CONFIG --cloud CLOUD_CONFIG); pass the training config it runs"),
 )
 
 
