@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from diagnostics.report import DiagnoseSettings, DiagnosticReport
 from planner.configs import Format, RunConfig, config_changes_for, fix_config, read_run_config, static_checks
 from planner.configs.common import resolve_path
+from planner.configs.fix import writable
 from planner.configs.read import FRAMEWORKS
 from planner.errors import EnvironmentMissing, FtplanError
 from planner.fields import word, worded
@@ -226,7 +227,7 @@ def _fixes(run: RunConfig, result: Estimate, checks: list[Finding], diag: Diagno
     """The config keys to change: the findings' changes, then the diagnostics' advice, then the first memory
     suggestion that fits and is expressible as plain keys (last, so nothing undoes it; of two sequence
     lengths the shorter stays)."""
-    writable = FRAMEWORKS[run.format].writable
+    allowed = writable(run.format, run.dialect)
     changes: dict[str, Any] = {}
     for finding in checks:
         if finding.change is not None:
@@ -234,7 +235,7 @@ def _fixes(run: RunConfig, result: Estimate, checks: list[Finding], diag: Diagno
     for advice in diag.advice if diag is not None else ():
         changes.update(advice.changes)
     if result.fit is not None and not result.fit.fits:
-        fitting = [s for s in result.suggestions if s.fits and set(s.changes) <= writable]
+        fitting = [s for s in result.suggestions if s.fits and set(s.changes) <= allowed]
         # least invasive first: keep the method and the data, then change the method, then cut sequences
         fitting.sort(key=lambda s: ("seq_len" in s.changes, "method" in s.changes))
         if fitting:
@@ -242,7 +243,7 @@ def _fixes(run: RunConfig, result: Estimate, checks: list[Finding], diag: Diagno
             if "seq_len" in memory and "seq_len" in changes:
                 memory["seq_len"] = min(memory["seq_len"], changes["seq_len"])
             changes.update(memory)
-    return config_changes_for(run.format, changes)
+    return config_changes_for(run.format, changes, run.dialect)
 
 
 def _summary(verdict: Verdict, result: Estimate, errors: list[Finding], diag: DiagnosticReport | None,

@@ -205,6 +205,7 @@ class RunConfig(BaseModel):
     hyper: Hyper
     data: DataInfo
     gpus: int | None = None  # processes the config itself asks for (DeepSpeed/accelerate), if it says
+    dialect: str = ""  # a second key set of the same framework that --fix must write in ("v1": LLaMA-Factory v1)
     ignored: list[str] = []  # unknown keys, each with a "did you mean" where one is close
     notes: list[str] = []  # facts about how the config was read (info)
     # Settings the framework applies that the plan does not model: severity "warning", data["keys"] the config

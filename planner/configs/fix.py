@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from planner.configs import llamafactory
 from planner.configs.common import OPTIM_BACK, Format, RunConfig
 from planner.configs.read import FRAMEWORKS
 from planner.fields import Vocabulary, cli_flags, name_in
@@ -19,15 +20,21 @@ from planner.files import Inputs, write_output
 
 def config_changes(run: RunConfig, plan_changes: dict[str, Any], hyper_changes: dict[str, Any]) -> dict[str, Any]:
     """Planner-side changes (Plan fields, hyperparameters) as the keys and values of `run`'s framework."""
-    return config_changes_for(run.format, {**plan_changes, **hyper_changes})
+    return config_changes_for(run.format, {**plan_changes, **hyper_changes}, run.dialect)
 
 
-def config_changes_for(fmt: Format, changes: dict[str, Any]) -> dict[str, Any]:
+def writable(fmt: Format, dialect: str = "") -> frozenset[str]:
+    """The settings `--fix` can write into a file of this format (and dialect) as top-level keys."""
+    return llamafactory.V1_WRITABLE if (fmt, dialect) == ("llamafactory", "v1") else FRAMEWORKS[fmt].writable
+
+
+def config_changes_for(fmt: Format, changes: dict[str, Any], dialect: str = "") -> dict[str, Any]:
     """Planner-side changes as one framework's keys and values; settings it has no key for are left out."""
     framework = FRAMEWORKS[fmt]
+    allowed = writable(fmt, dialect)
     out: dict[str, Any] = {}
     for field, value in changes.items():
-        if field not in framework.writable:
+        if field not in allowed:
             continue
         if field == "method":
             out.update(framework.method_keys(value))
@@ -37,7 +44,7 @@ def config_changes_for(fmt: Format, changes: dict[str, Any]) -> dict[str, Any]:
         convert = framework.fix_values.get(field)
         written = convert(value) if convert else value
         out.update(written if isinstance(written, dict) else {name_in(field, fmt): written})
-    return out
+    return llamafactory.v1_keys(out) if dialect == "v1" else out
 
 
 def how(changes: dict[str, Any], vocabulary: Vocabulary) -> str:

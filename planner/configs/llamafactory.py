@@ -984,7 +984,32 @@ def read_v1(keys: Keys, base: Path, override: str | None = None) -> RunConfig:
     gpus = dp * k.get("cp_size", int, 1) if dp else shard or (dist or {}).get("ep_size")
     gpus = gpus if isinstance(gpus, int) else None
     return RunConfig(path=path, format="llamafactory", model=model, plan=plan, hyper=hyper, data=data,
-                     notes=[n for n in notes if n], warnings=w.items, gpus=gpus if gpus and gpus > 1 else None)
+                     notes=[n for n in notes if n], warnings=w.items, gpus=gpus if gpus and gpus > 1 else None,
+                     dialect="v1")
+
+
+# --fix on a v1 file: the settings v1 keeps as top-level keys (v1/config/*.py), and v0's keys as v1 spells them.
+# The method, LoRA, quantization, optimizer, schedule and sharding live in v1's plugin mappings (peft_config,
+# quant_config, optim_config, lr_scheduler_config, dist_config), which --fix leaves to the user; the stage is the
+# command (llamafactory-cli sft|dpo|rm).
+V1_WRITABLE = frozenset({"batch_size", "seq_len", "gradient_checkpointing", "attention", "learning_rate",
+                         "max_grad_norm", "bf16"})
+V1_FLASH_ATTN = {"fa2": "flash_attention_2", "disabled": "eager", "sdpa": "sdpa"}
+
+
+def v1_keys(changes: dict[str, Any]) -> dict[str, Any]:
+    """v0 `--fix` keys and values (of V1_WRITABLE settings) as v1's."""
+    out: dict[str, Any] = {}
+    for key, value in changes.items():
+        if key == "per_device_train_batch_size":
+            out["micro_batch_size"] = value
+        elif key == "disable_gradient_checkpointing":
+            out["enable_activation_checkpointing"] = not value
+        elif key == "flash_attn":
+            out["flash_attn"] = V1_FLASH_ATTN[value]
+        elif key in ("cutoff_len", "learning_rate", "max_grad_norm", "bf16"):
+            out[key] = value
+    return out
 
 
 FRAMEWORK = Framework(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from planner.configs import llamafactory as lf
-from planner.configs import read_run_config, static_checks
+from planner.configs import config_changes, fix_config, read_run_config, static_checks
 from planner.configs.common import TRAINING_ARGUMENTS, Keys, read_fsdp
 from planner.errors import FtplanError
 from planner.stages import PREFERENCE
@@ -387,6 +387,22 @@ def test_v1_lora_with_fsdp2(tmp_path) -> None:
     assert (p.zero, p.precision, p.gradient_checkpointing, p.attention) == (3, "bf16-mixed", True, "sdpa")
     assert run.hyper.lora_alpha == 32 and run.warnings == [] and run.ignored == []
     assert run.treatment["peft_config"] == "modelled" and run.treatment["sample_backend"] == "irrelevant"
+
+
+def test_fix_writes_a_v1_file_in_v1_keys(tmp_path) -> None:
+    """--fix on a v1 config writes v1's own top-level keys (v1/config/training_args.py, model_args.py), which v1's
+    parser accepts, and leaves the plugin mappings' settings alone; read back, the changes are planned."""
+    source = write(tmp_path, V1)
+    run = read_run_config(source)
+    changes = config_changes(run, {"batch_size": 1, "gradient_checkpointing": False, "attention": "eager",
+                                   "seq_len": 512, "lora_rank": 4, "method": "qlora"}, {"learning_rate": 5e-5})
+    assert changes == {"micro_batch_size": 1, "enable_activation_checkpointing": False, "flash_attn": "eager",
+                       "cutoff_len": 512, "learning_rate": 5e-5}
+    assert not changes.keys() & lf.V0_ALL - lf.V1_KEYS  # nothing only v0 parses
+    fixed = read_run_config(fix_config(source, changes, tmp_path / "fixed.yaml"))
+    p = fixed.plan
+    assert (p.batch_size, p.gradient_checkpointing, p.attention, p.seq_len) == (1, False, "eager", 512)
+    assert (p.lora_rank, p.method, fixed.hyper.learning_rate) == (16, "lora", 5e-5) and fixed.ignored == []
 
 
 def test_v1_full_without_sharding_trains_in_fp32(tmp_path) -> None:
