@@ -494,22 +494,41 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
     # Identical blocks with the same training and input save the same bytes: replay each
     # distinct one once. Storages shared across layers (rotary cos/sin) are counted once.
     memo: dict[tuple, tuple[int, T]] = {}
-    for (_, block), training in zip(spec.iter_blocks(), trainings, strict=True):
-        input_per_layer.append(x.numel * DTYPE_BYTES[x.dtype])
-        key = (id(block), training, x.grad, x.dtype)
-        if key in memo:
-            nbytes, out = memo[key]
-            per_layer.append(nbytes)
-            x = T(out.numel, out.dtype, out.grad)
-            continue
-        before, shared_before = tape.bytes(), _shared_bytes(tape)
-        wdt = weight_dtypes[0] if training.base_trainable else weight_dtypes[1]
-        ctx = Ctx(batch=batch, seq=seq, hidden=d, compute=compute, weight_dtype=wdt, kernel=kernel,
-                  lora_rank=lora_rank, lora_dropout=lora_dropout, adapter_dtype=adapter_dtype)
-        x = replay_block(tape, x, block, training, ctx)
-        nbytes = tape.bytes() - before
-        memo[key] = (nbytes - (_shared_bytes(tape) - shared_before), x)
-        per_layer.append(nbytes)
+    if len(trainings) != spec.num_layers:
+        raise ValueError(f"{len(trainings)} BlockTrainings for {spec.num_layers} layers")
+    i = 0
+    for group in spec.blocks:
+        block, end = group.block, i + group.count
+        while i < end:
+            training = trainings[i]
+            input_per_layer.append(x.numel * DTYPE_BYTES[x.dtype])
+            key = (id(block), training, x.grad, x.dtype)
+            if key in memo:
+                nbytes, out = memo[key]
+                per_layer.append(nbytes)
+                x = T(out.numel, out.dtype, out.grad)
+            else:
+                before, shared_before = tape.bytes(), _shared_bytes(tape)
+                wdt = weight_dtypes[0] if training.base_trainable else weight_dtypes[1]
+                ctx = Ctx(batch=batch, seq=seq, hidden=d, compute=compute, weight_dtype=wdt, kernel=kernel,
+                          lora_rank=lora_rank, lora_dropout=lora_dropout, adapter_dtype=adapter_dtype)
+                x = replay_block(tape, x, block, training, ctx)
+                nbytes = tape.bytes() - before
+                memo[key] = (nbytes - (_shared_bytes(tape) - shared_before), x)
+                per_layer.append(nbytes)
+            i += 1
+            if (x.grad, x.dtype) != key[2:]:
+                continue
+            # The next layers of the group that train the same way get this very input again, so each is the
+            # memo hit above: add them all at once, and a model of 1,000 layers costs what one of 10 does.
+            repeat = i
+            while repeat < end and (trainings[repeat] is training or trainings[repeat] == training):
+                repeat += 1
+            if repeat > i:
+                nbytes, out = memo[key]
+                per_layer.extend([nbytes] * (repeat - i))
+                input_per_layer.extend([x.numel * DTYPE_BYTES[x.dtype]] * (repeat - i))
+                x, i = T(out.numel, out.dtype, out.grad), repeat
     blocks = sum(per_layer)
     unreplayed = blocks - (tape.bytes() - embedding_bytes)
     head_dtype = weight_dtypes[0] if head_trainable else weight_dtypes[1]

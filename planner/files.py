@@ -35,7 +35,8 @@ from planner.errors import FtplanError, shortened
 Existing = Literal["refuse", "replace", "rename"]
 Inputs = Mapping[str, "str | Path | None"]
 
-_KINDS = {stat.S_IFDIR: "folder", stat.S_IFCHR: "character device", stat.S_IFBLK: "block device",
+# what a path that is not a regular file is, in messages (planner.spec says it of a --model path too)
+FILE_KINDS = {stat.S_IFDIR: "folder", stat.S_IFCHR: "character device", stat.S_IFBLK: "block device",
           stat.S_IFIFO: "FIFO (named pipe)", stat.S_IFSOCK: "socket"}
 
 
@@ -66,7 +67,7 @@ def check_output(path: str | Path, *, flag: str | None = None, inputs: Inputs | 
                               "remove the link or choose another path")
         _check_folder(target.parent, where)
         return target
-    kind = _KINDS.get(stat.S_IFMT(info.st_mode))
+    kind = FILE_KINDS.get(stat.S_IFMT(info.st_mode))
     if kind is not None:
         link = f"a symlink to a {kind} ({_shown(os.path.realpath(target))})" if os.path.islink(target) else (
             f"a {kind}")
@@ -121,8 +122,11 @@ def model_input(model: str | None) -> Path | None:
     a hub id): an input that an output must not overwrite."""
     if not model:
         return None
-    path = Path(model).expanduser()
-    return path / "config.json" if path.is_dir() else path if path.is_file() else None
+    try:
+        path = Path(model).expanduser()
+        return path / "config.json" if path.is_dir() else path if path.is_file() else None
+    except (OSError, RuntimeError, ValueError):  # a name too long, "~nobody": resolve_model says why, in one line
+        return None
 
 
 def _shown(path: str | Path) -> str:
@@ -185,7 +189,7 @@ def _unreachable(path: Path, exc: OSError, where: str) -> FtplanError:
 
 
 def _not_a_folder(folder: Path, where: str) -> FtplanError:
-    kind = _KINDS.get(stat.S_IFMT(os.stat(folder).st_mode), "file")
+    kind = FILE_KINDS.get(stat.S_IFMT(os.stat(folder).st_mode), "file")
     return FtplanError(f"{where}: {_shown(folder)} is a {kind}, not a folder; choose a path in a folder")
 
 

@@ -28,7 +28,7 @@ from planner.params import (
     target_names,
 )
 from planner.plan import Plan
-from planner.spec import Block, Linear, ModelSpec, Quantization
+from planner.spec import Block, BlockGroup, Linear, ModelSpec, Quantization
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "bool": 1}
 
@@ -260,7 +260,8 @@ def block_training(spec: ModelSpec, plan: Plan) -> list[BlockTraining]:
         return [BlockTraining(True)] * spec.num_layers
     if plan.method == "freeze":
         chosen = set(trainable_layer_indices(spec, plan))
-        return [BlockTraining(i in chosen) for i in range(spec.num_layers)]
+        trained, frozen = BlockTraining(True), BlockTraining(False)  # shared: the replay compares them per layer
+        return [trained if i in chosen else frozen for i in range(spec.num_layers)]
     out: list[BlockTraining] = []
     for group in spec.blocks:  # identical blocks train identically: resolve targets once per group
         linears, params = lora_targets(spec, group.block, plan)
@@ -347,13 +348,7 @@ def layout(spec: ModelSpec, counts: ParamCounts, plan: Plan) -> TrainingLayout:
         adapters += n * lora_param_adapters(block, spec.hidden_size, params, plan.lora_rank)
         modules += n * (len(linears) + len(params))
         if ckpt is not None:  # the checkpoint's own format, module by module (its exclusions name layers)
-            qp, qb = _checkpoint_block(spec, ckpt, group.start, block)
-            if ckpt.excluded:
-                for idx in range(group.start + 1, group.start + n):
-                    more = _checkpoint_block(spec, ckpt, idx, block)
-                    qp, qb = qp + more[0], qb + more[1]
-            else:
-                qp, qb = qp * n, qb * n
+            qp, qb = _checkpoint_group(spec, ckpt, group)
             quant_params += qp
             quant_bytes += qb
         elif plan.method == "qlora":  # every linear's weight is quantized; biases stay in the compute dtype
@@ -396,16 +391,18 @@ def layout(spec: ModelSpec, counts: ParamCounts, plan: Plan) -> TrainingLayout:
                           lora_modules=modules, groups=groups, notes=notes, checkpoint_quantized=ckpt is not None)
 
 
-def _checkpoint_block(spec: ModelSpec, q: Quantization, index: int, block: Block) -> tuple[int, int]:
-    """(params, bytes) of layer `index`'s weights the checkpoint stores quantized: nn.Linear weights (biases stay
-    in the compute dtype), and for FP8 the fused MoE experts (transformers' FP8Experts)."""
-    params = nbytes = 0
+def _checkpoint_group(spec: ModelSpec, q: Quantization, group: BlockGroup) -> tuple[int, int]:
+    """(params, bytes) of a group's weights the checkpoint stores quantized: nn.Linear weights (biases stay in the
+    compute dtype), and for FP8 the fused MoE experts (transformers' FP8Experts); each module counted in the
+    layers whose name the checkpoint's exclusions do not match."""
+    block, params, nbytes = group.block, 0, 0
     for lin in block.linears:
-        if q.converts(f"model.layers.{index}.{lin.path}"):
-            params += lin.in_features * lin.out_features
-            nbytes += checkpoint_weight_bytes(q, lin.in_features, lin.out_features)
+        n = q.converted_layers(lin.path, group.start, group.count)
+        params += n * lin.in_features * lin.out_features
+        nbytes += n * checkpoint_weight_bytes(q, lin.in_features, lin.out_features)
     experts = block.other_params.get("experts", 0)
-    if q.method == "fp8" and experts and q.converts(f"model.layers.{index}.mlp.experts"):
-        params += experts
-        nbytes += fp8_experts_bytes(q, block, spec.hidden_size)
+    if q.method == "fp8" and experts:
+        n = q.converted_layers("mlp.experts", group.start, group.count)
+        params += n * experts
+        nbytes += n * fp8_experts_bytes(q, block, spec.hidden_size)
     return params, nbytes

@@ -7,6 +7,7 @@ from (and re-exports these types, which is where the rest of the code imports th
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -128,16 +129,64 @@ class Quantization(FrozenModel):
     def converts(self, module: str) -> bool:
         """Whether transformers quantizes the module with this full name (e.g. "model.layers.3.mlp.up_proj");
         transformers/quantizers/quantizers_utils.py `should_convert_module`."""
-        boundary = r"(?:(?<=\.)|(?=\.|$))"
-        for key in self.excluded:
-            try:
-                if re.match(rf"(?:{key}){boundary}", module):
-                    return False
+        return not _exclusions(self.excluded)(module)
+
+    def converted_layers(self, path: str, start: int, count: int) -> int:
+        """How many of layers `start`.. `start + count - 1` have the module `path` (relative to the block)
+        quantized: a group's answer at once, for exclusions that name single layers."""
+        return _exclusions(self.excluded).converted(path, start, count)
+
+
+_BOUNDARY = r"(?:(?<=\.)|(?=\.|$))"  # the key ends a module name or a dotted part of one
+# a module name with no regex but `.`: compiles alone and inside an alternation, and backtracks at most linearly
+PLAIN_MODULE = re.compile(r"[\w.-]*")
+
+
+class _Exclusions:
+    """Whether a module name matches one of `excluded` as transformers matches it: the key as a regex from the
+    start of the name up to a module boundary (a key that is no valid regex is skipped), or as a literal suffix.
+
+    Plans ask for every linear of every layer, again for each plan tried, and a checkpoint may list hundreds of
+    modules: the regexes are compiled once, joined into one alternation (the same answer as trying each in turn,
+    since the engine backtracks into the next branch), suffixes are looked up in a set and answers are kept."""
+
+    def __init__(self, excluded: tuple[str, ...]):
+        self.suffixes = frozenset(excluded)
+        self.lengths = sorted({len(key) for key in self.suffixes} - {0})
+        joined, alone = [], []
+        for key in excluded:
+            if PLAIN_MODULE.fullmatch(key):
+                joined.append(key)
+                continue
+            try:  # a key valid only inside its own group ("a)|(b") or with a backreference is tried alone
+                re.compile(f"(?:{key}){_BOUNDARY}")
             except re.error:
-                pass
-            if module.endswith(key):
-                return False
-        return True
+                continue
+            alone.append(key)
+        self.patterns = [re.compile(f"(?:{key}){_BOUNDARY}") for key in alone]
+        if joined:
+            self.patterns.append(re.compile("(?:" + "|".join(joined) + f"){_BOUNDARY}"))
+        self.known: dict[str, bool] = {}
+        self.counts: dict[tuple[str, int, int], int] = {}
+
+    def __call__(self, module: str) -> bool:
+        if module not in self.known:
+            self.known[module] = ("" in self.suffixes
+                                  or any(module[-n:] in self.suffixes for n in self.lengths if n <= len(module))
+                                  or any(p.match(module) for p in self.patterns))
+        return self.known[module]
+
+    def converted(self, path: str, start: int, count: int) -> int:
+        key = (path, start, count)
+        if key not in self.counts:
+            self.counts[key] = (count if not self.suffixes else
+                                sum(not self(f"model.layers.{i}.{path}") for i in range(start, start + count)))
+        return self.counts[key]
+
+
+@lru_cache(maxsize=32)
+def _exclusions(excluded: tuple[str, ...]) -> _Exclusions:
+    return _Exclusions(excluded)
 
 
 class ModelSpec(FrozenModel):

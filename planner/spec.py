@@ -16,15 +16,18 @@ per-family readers) and loaded from one of these sources, tried in this order:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
 
 from planner.architectures import read_config
-from planner.errors import EnvironmentMissing, FtplanError
+from planner.errors import EnvironmentMissing, FtplanError, shortened, shown
+from planner.files import FILE_KINDS
 from planner.modelspec import (
     MLP,
     Attention,
@@ -71,20 +74,75 @@ def spec_from_config(config: dict, source: str = "<config>", name: str | None = 
     return read_config(config, source=source, name=name)
 
 
-def _read_json(path: Path) -> dict:
+# A config.json is a few kilobytes (the largest real ones, with label maps, stay under 1 MiB): more is a wrong path
+# or a hostile file, and parsing hundreds of megabytes would take seconds and gigabytes.
+MAX_CONFIG_BYTES = 8 << 20
+
+
+def _unusable(exc: OSError, where: str) -> FtplanError:
+    """Why a path cannot even be looked at, as the user can fix it: a symlink loop or a name too long is not
+    "no such file"."""
+    if exc.errno == errno.ELOOP:
+        return FtplanError(f"{where}: is a symlink loop; fix the link or point at the model's directory")
+    if exc.errno == errno.ENAMETOOLONG:
+        return FtplanError(f"{where}: too long for a path (and no preset or hub id is that long); give a preset, "
+                           "a hub id or a shorter path")
+    return FtplanError(f"{where}: cannot read it ({exc.strerror or exc}); check the path and its permissions")
+
+
+def _kind(path: Path, where: str) -> str | None:
+    """What is at `path`, symlinks followed: "file", "folder" or another kind of `FILE_KINDS`; None when nothing is."""
     try:
-        text = path.read_text(encoding="utf-8")
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
     except OSError as exc:
-        raise FtplanError(f"{path}: cannot read it ({exc.strerror}); check the path") from None
+        raise _unusable(exc, where) from None
+    except ValueError:  # an embedded NUL byte: no file has such a name
+        return None
+    return "file" if stat.S_ISREG(mode) else FILE_KINDS.get(stat.S_IFMT(mode), "special file")
+
+
+def _read_bounded(path: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_CONFIG_BYTES. Opened non-blocking and checked on the open file
+    (not by an earlier stat that a rename could outdate): a FIFO would block forever, /dev/zero never ends."""
     try:
-        data = json.loads(text)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise _unusable(exc, str(path)) from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            kind = FILE_KINDS.get(stat.S_IFMT(info.st_mode), "special file")
+            raise FtplanError(f"{path}: is a {kind}, not a regular file; point at the model's config.json")
+        data = fh.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise FtplanError(f"{path}: {max(info.st_size, len(data)) / 2**20:,.1f} MiB, larger than any config.json "
+                          f"(ftplan reads at most {MAX_CONFIG_BYTES >> 20} MiB); point at the model's config.json")
+    return data
+
+
+def _read_json(path: Path) -> dict:
+    data = _read_bounded(path)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise FtplanError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start:,}); "
+                          "save it as UTF-8") from None
+    try:
+        config = json.loads(text)
     except json.JSONDecodeError as exc:
         raise FtplanError(
             f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); fix the file"
         ) from None
-    if not isinstance(data, dict):
-        raise FtplanError(f"{path}: expected a JSON object with model settings, got {type(data).__name__}")
-    return data
+    except RecursionError:  # the decoder stops at Python's recursion limit, about a thousand levels
+        raise FtplanError(f"{path}: JSON nested too deeply (about a thousand levels or more; a config.json has "
+                          "a few); fix the file") from None
+    except ValueError:  # Python refuses integers of more than 4,300 digits (CVE-2020-10735)
+        raise FtplanError(f"{path}: not valid JSON (a number of more than 4,300 digits); fix the file") from None
+    if not isinstance(config, dict):
+        raise FtplanError(f"{path}: expected a JSON object with model settings, got {type(config).__name__}")
+    return config
 
 
 class Preset(FrozenModel):
@@ -150,7 +208,7 @@ class ModelSource(NamedTuple):
 def _preset_source(name: str) -> ModelSource:
     found = resolve_preset(name)
     if found is None:
-        raise FtplanError(f"--model: no preset named {name!r}; run `ftplan models` to list them")
+        raise FtplanError(f"--model: no preset named {shown(name)}; run `ftplan models` to list them")
     preset, alias = found
     config = json.loads((_models_dir() / preset.file).read_text(encoding="utf-8"))
     label = preset.hub_id or preset.name
@@ -198,7 +256,7 @@ def _cached_config_path(repo_id: str) -> Path | None:
     try:
         cached = hf.try_to_load_from_cache(repo_id, "config.json", cache_dir=_hub_cache_dir())
     except Exception:  # huggingface_hub's HFValidationError: not a legal repo id
-        raise FtplanError(f"--model {repo_id}: not a valid hub id (owner/name with letters, digits, '-', '_', "
+        raise FtplanError(f"--model {shortened(repo_id)}: not a valid hub id (owner/name with letters, digits, '-', '_', "
                           "'.'); or give a preset (`ftplan models`) or a local directory") from None
     return Path(cached) if isinstance(cached, str) else None  # None, or the cached "does not exist" marker
 
@@ -221,14 +279,29 @@ def resolve_model(model: str) -> ModelSource:
     """Resolve `--model`: a local dir / config.json path, a preset or alias, or a hub id."""
     if not model or not model.strip():
         raise FtplanError("--model: empty; give a preset (e.g. 7b), a hub id or a local directory")
-    path = Path(model).expanduser()
-    if path.is_dir():
+    where = f"--model {shortened(model)}"
+    try:
+        path = Path(model).expanduser()
+    except RuntimeError:  # "~someone" with no such user: not a home directory, so not a path ftplan can read
+        path = Path(model)
+    kind = _kind(path, where)
+    if kind == "folder":
         config_file = path / "config.json"
-        if not config_file.is_file():
-            raise FtplanError(f"--model {model}: the directory has no config.json; point at a model directory")
+        inner = _kind(config_file, f"--model {shortened(str(config_file))}")
+        if inner is None:
+            raise FtplanError(f"{where}: the directory has no config.json; point at a model directory")
+        if inner != "file":
+            raise FtplanError(f"{where}: its config.json is a {inner}, not a regular file; point at a model "
+                              "directory")
         return ModelSource(_read_json(config_file), str(config_file), path.name, directory=path)
-    if path.is_file():
+    if kind == "file":
         return ModelSource(_read_json(path), str(path), path.parent.name or path.stem)
+    if kind is not None:
+        raise FtplanError(f"{where}: is a {kind}, not a config.json file or a model directory; point at one of "
+                          "those")
+    if os.path.islink(path):  # a link the user made means a local path, even one shaped like a hub id
+        raise FtplanError(f"{where}: is a symlink to {shortened(os.readlink(path))}, which does not exist; fix the "
+                          "link")
     preset = resolve_preset(model)
     if _looks_like_hub_id(model):
         # the user's cached config.json wins over our preset of the same id (it may be a newer revision,
@@ -244,9 +317,9 @@ def resolve_model(model: str) -> ModelSource:
     if preset is not None:
         return _preset_source(model)
     if model.endswith(".json") or "/" in model or model.startswith("."):
-        raise FtplanError(f"--model {model}: no such file or directory")
+        raise FtplanError(f"{where}: no such file or directory")
     raise FtplanError(
-        f"--model {model}: not a preset, a hub id (owner/name) or a local path; run `ftplan models` to list presets"
+        f"{where}: not a preset, a hub id (owner/name) or a local path; run `ftplan models` to list presets"
     )
 
 
