@@ -6,7 +6,6 @@ The app only displays planner and diagnostics results; it imports no torch (a te
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from textual import on
@@ -17,7 +16,7 @@ from textual.lazy import Lazy
 from textual.widgets import Footer, Header, Input, TabbedContent, TabPane
 
 from planner.errors import FtplanError
-from planner.files import check_output, write_output
+from planner.files import write_output
 from planner.units import gib
 from tui.diagnose_pane import DiagnosePane
 from tui.fits_pane import FitsPane
@@ -149,23 +148,25 @@ class FtplanApp(App):
     def export_yaml(self, path: str | None) -> Path | None:
         if not path or self.state is None:
             return None
-        from planner.configs import deepspeed_json, llamafactory_yaml
+        from planner.configs import write_export
+        from planner.files import model_input
+        from planner.target import GpuTarget
 
+        target = self.state.target
+        gpu = (target.gpu.name if isinstance(target, GpuTarget) and target.source == "catalog" and target.gpu
+               else None)
+        # the plan as estimated (the service sets its GPU count from the target), with the same writer as
+        # `ftplan export`; the TUI never overwrites: a taken name gets -1, -2, ...
         try:
-            target = check_output(path, existing="rename")
-            deepspeed = None
-            if self.state.plan.zero:
-                deepspeed = write_output(target.with_name(f"ds_z{self.state.plan.zero}_config.json"),
-                                         json.dumps(deepspeed_json(self.state.plan), indent=2) + "\n",
-                                         existing="rename")
-            target = write_output(target, llamafactory_yaml(self.state.model, self.state.plan, spec=self.state.spec,
-                                                            deepspeed_file=deepspeed.name if deepspeed else None),
-                                  existing="rename")
+            exported = write_export("llamafactory", self.state.model, self.state.result.plan, path,
+                                    spec=self.state.spec, gpu=gpu, existing="rename",
+                                    inputs={"the model's config.json": model_input(self.state.model)})
         except FtplanError as exc:
             self._write_failed(exc)
             return None
-        self.notify(f"wrote {target}" + (f" and {deepspeed.name}" if deepspeed else ""), title="exported")
-        return target
+        also = f" and {exported.deepspeed.name}" if exported.deepspeed else ""
+        self.notify(f"wrote {exported.path}{also}; launch: {exported.launch}", title="exported")
+        return exported.path
 
     def action_save_json(self) -> None:
         if self.state is None:

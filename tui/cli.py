@@ -215,6 +215,51 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     return exit_code(report, args.strict)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from planner.configs.export import TITLES, write_export
+    from planner.files import model_input
+    from planner.spec import load_spec
+
+    plan = plan_from(args)
+    spec = load_spec(args.model)  # a bad --model fails here, in one line, before any file is written
+    gpu = None
+    if args.gpu and args.gpu.strip().lower() != "auto":  # named in the check command; auto is this machine's
+        from planner.target import resolve_target
+
+        target = resolve_target(args.gpu)
+        gpu = target.gpu.name if target.gpu else None
+    if args.gpu_memory:
+        from planner.units import parse_bytes
+
+        parse_bytes(args.gpu_memory, "gpu_memory")  # a bad size fails here, not in the check command later
+    exported = write_export(args.format, args.model, plan, args.out, spec=spec, gpu=gpu, gpu_memory=args.gpu_memory,
+                            existing="replace" if args.force else "refuse", flag="--out",
+                            inputs={"the --model config.json": model_input(args.model)})
+    if args.json:
+        import json
+
+        sys.stdout.write(json.dumps({"format": exported.fmt, "files": [str(p) for p in exported.files],
+                                     "launch": exported.launch, "preflight": exported.preflight,
+                                     "plan": exported.plan.model_dump(), "notes": list(exported.notes),
+                                     "placeholders": list(exported.placeholders)},
+                                    indent=2) + "\n")
+        return ExitCode.OK
+    title = TITLES[exported.fmt]
+    print(f"wrote {exported.path} ({title} config)")
+    if exported.deepspeed is not None:
+        print(f"wrote {exported.deepspeed} (DeepSpeed ZeRO-{exported.plan.zero}, referenced by the config)")
+    print(f"check:  {exported.preflight}")
+    print(f"launch: {exported.launch}")
+    if exported.placeholders:
+        print(f"before launching, replace every REPLACE-WITH-YOUR-... value in the config "
+              f"({', '.join(exported.placeholders)})")
+    if exported.notes:
+        print(f"{title} runs this otherwise than planned (preflight plans what it runs):")
+        for note in exported.notes:
+            print(f"  - {note}")
+    return ExitCode.OK
+
+
 def cmd_gpus(args: argparse.Namespace) -> int:
     if args.catalog:
         from planner.hardware import catalog
@@ -366,6 +411,32 @@ example:
                           "the TRL trainer its keys belong to)")
     pre.add_argument("--json", action="store_true", help="print the report as JSON")
     pre.set_defaults(func=cmd_preflight)
+    export = _command(
+        sub, "export", "write the plan as a LLaMA-Factory, TRL or axolotl config that runs as written",
+        "Writes the plan as a training config for LLaMA-Factory (v0 format, `llamafactory-cli train`), TRL "
+        "(`trl sft|dpo|kto|reward|grpo --config`) or axolotl (`axolotl train`): the model's Hub id (a local "
+        "model directory as its absolute path), the chat template, output_dir, a REPLACE-WITH-YOUR-DATASET "
+        "placeholder that stops the run until replaced, and with --zero a DeepSpeed JSON beside it (FILE's name "
+        "with .ds_zN.json), referenced by its absolute path. The file starts with the command that launches it "
+        "on --gpus GPUs and the `ftplan preflight` command that checks it, and says where the framework runs "
+        "the plan otherwise than planned. The same writer as the TUI's export.",
+        EXIT_CODES_HELP.replace("(for estimate --gpu: the plan fits)", "(the files are written)")
+        .replace("  1  a check failed: the plan does not fit the GPU\n", "")
+        .replace("broken config file", "a stage or method the framework lacks, an existing file without --force")
+        + "\nexamples:\n  ftplan export --model 8b --method qlora --format llamafactory -o train.yaml\n"
+        "  ftplan export --model Qwen/Qwen2.5-7B-Instruct --method full --gpus 8 --zero 3 --format trl "
+        "-o dpo.yaml --stage dpo\n")
+    add_training_flags(export)
+    add_system_flags(export)
+    add_target_flags(export)
+    export.add_argument("--format", required=True, choices=("llamafactory", "trl", "axolotl"),
+                        help="the framework whose config to write")
+    export.add_argument("-o", "--out", required=True, metavar="FILE",
+                        help="the YAML to write (.yaml or .yml); checked before anything is written, never the "
+                             "model's config.json")
+    export.add_argument("--force", action="store_true", help="replace FILE (and its DeepSpeed file) if they exist")
+    export.add_argument("--json", action="store_true", help="print the files, commands and plan as JSON")
+    export.set_defaults(func=cmd_export)
     gpus = _command(
         sub, "gpus", "the GPUs this machine has, measured through NVML",
         "Memory, utilisation, temperature, power and processes of every GPU NVML reports, and which of them "

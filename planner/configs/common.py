@@ -334,6 +334,15 @@ class DeepSpeed:
     offload_optimizer: bool = False
     offload_param: bool = False  # ZeRO-3 parameter offload (not modelled: a reader warns)
     note: str | None = None
+    train_batch_size: int | None = None  # a number, not "auto": it fixes the process count (`processes`)
+
+    def processes(self, micro: int, accum: int) -> int | None:
+        """The GPU count a numeric train_batch_size implies: the HF Trainer refuses to start unless it equals
+        micro-batch x accumulation x processes (integrations/deepspeed.py, fill_match on train_batch_size)."""
+        per_process = micro * accum
+        if not self.train_batch_size or self.train_batch_size % per_process:
+            return None
+        return self.train_batch_size // per_process
 
 
 def deepspeed_config(spec: str | dict | None, keys: Keys, base: Path, key: str = "deepspeed") -> DeepSpeed:
@@ -369,7 +378,9 @@ def deepspeed_config(spec: str | dict | None, keys: Keys, base: Path, key: str =
     offload, param = offloaded("offload_optimizer"), offloaded("offload_param") and stage == 3
     note = f"DeepSpeed ZeRO-{stage}" + (" with optimizer offload" if offload else "") + (
         " and parameter offload" if param else "")
-    return DeepSpeed(stage=stage, offload_optimizer=offload and stage > 0, offload_param=param, note=note)
+    total = spec.get("train_batch_size")
+    return DeepSpeed(stage=stage, offload_optimizer=offload and stage > 0, offload_param=param, note=note,
+                     train_batch_size=total if isinstance(total, int) and not isinstance(total, bool) else None)
 
 
 def param_offload_warning(key: str) -> Finding:

@@ -1,145 +1,169 @@
-"""A plan written out as a LLaMA-Factory config and its DeepSpeed JSON (the TUI's export)."""
+"""A plan written out as a training config that runs as written: LLaMA-Factory, TRL or axolotl (the TUI's
+export and `ftplan export`, one writer).
+
+Each export names the model by its Hub id (or a local directory's absolute path), the framework's chat
+template where it has one, an output_dir, a dataset placeholder that fails loudly until replaced, a DeepSpeed
+file beside the YAML referenced by its absolute path (the frameworks open it from the directory they are
+launched in), and, as comments, the command that launches it on the plan's GPUs and the `ftplan preflight`
+command that checks it. Where the framework runs the plan otherwise than planned, the file says so at the top,
+and `Export.plan` is the plan as the framework runs it: what `ftplan preflight` reads back.
+
+Per framework, one module: `export_llamafactory`, `export_trl`, `export_axolotl`; what they share is in
+`export_common`.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
-from planner import fields
-from planner.configs.common import OPTIM_BACK, Hyper
-from planner.configs.fix import config_changes_for, yaml_scalar
-from planner.configs.llamafactory import FLASH_ATTN_BACK
+from planner.configs import export_axolotl, export_llamafactory, export_trl
+from planner.configs.common import Hyper
+from planner.configs.export_common import (
+    DATASET,
+    PLACEHOLDER,
+    ExportInput,
+    deepspeed_json,
+    deepspeed_text,
+    default_hyper,
+    model_for_export,
+)
+from planner.configs.export_llamafactory import llamafactory_yaml
 from planner.errors import FtplanError
-from planner.methods import peft_all_linear
-from planner.params import ALL_LINEAR
+from planner.files import Existing, Inputs, check_output, write_output
 from planner.plan import Plan
 from planner.spec import ModelSpec
+from planner.stages import REFERENCED
+
+ExportFormat = Literal["llamafactory", "trl", "axolotl"]
+EXPORT_FORMATS: tuple[str, ...] = ExportFormat.__args__
+TITLES = {"llamafactory": "LLaMA-Factory", "trl": "TRL", "axolotl": "axolotl"}
+DIALECTS = {"llamafactory": " (v0 format)", "trl": "", "axolotl": ""}
+# the format `ftplan preflight --format` and planner.configs.read call each export
+READ_AS = {"llamafactory": "llamafactory", "trl": "hf", "axolotl": "axolotl"}
+_WRITERS = {"llamafactory": export_llamafactory.render, "trl": export_trl.render, "axolotl": export_axolotl.render}
+
+__all__ = ["EXPORT_FORMATS", "Export", "deepspeed_json", "llamafactory_yaml", "render_export", "write_export"]
 
 
-def deepspeed_json(plan: Plan) -> dict:
-    """A DeepSpeed config with the plan's ZeRO stage and offload, "auto" elsewhere (HF Trainer fills those in)."""
-    zero: dict[str, Any] = {"stage": plan.zero, "overlap_comm": True, "contiguous_gradients": True}
-    if plan.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
-    return {"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
-            "gradient_accumulation_steps": "auto", "gradient_clipping": "auto",
-            "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"}, "zero_optimization": zero}
+@dataclass(frozen=True)
+class Export:
+    """An export's files and what it runs."""
+
+    fmt: str
+    path: Path  # the YAML
+    text: str
+    deepspeed: Path | None  # the DeepSpeed JSON beside it
+    deepspeed_text: str | None
+    plan: Plan  # the plan as the framework runs it (== the plan unless `notes` say otherwise)
+    launch: str  # the command that trains it
+    preflight: str  # the command that checks it
+    notes: tuple[str, ...]  # where the framework runs the plan otherwise than planned
+    placeholders: tuple[str, ...]  # what the REPLACE-WITH-YOUR-... values stand for ("dataset", ...)
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.path] + ([self.deepspeed] if self.deepspeed else [])
 
 
-# LLaMA-Factory's demo data sets (data/dataset_info.json) in the format each stage reads, for the default export
-STAGE_DATASETS = {"dpo": "dpo_en_demo", "orpo": "dpo_en_demo", "simpo": "dpo_en_demo", "rm": "dpo_en_demo",
-                  "kto": "kto_en_demo", "pt": "c4_demo", "ppo": "alpaca_en_demo"}
+def _check_format(fmt: str) -> None:
+    if fmt not in EXPORT_FORMATS:
+        raise FtplanError(f"--format: must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
 
 
-def llamafactory_yaml(model: str, plan: Plan, hyper: Hyper | None = None, dataset: str = "identity",
-                      deepspeed_file: str | None = None, spec: ModelSpec | None = None) -> str:
-    """A LLaMA-Factory training config for `plan`, with the seed's key names and sections.
-
-    With ZeRO (`plan.zero`), `deepspeed_file` names the DeepSpeed JSON (see `deepspeed_json`) to write beside it.
-    peft's `all-linear` is written as the module names it stands for in `spec` (LLaMA-Factory hands peft a
-    list, so the shorthand would match nothing); without a spec that target cannot be exported. The stage is
-    LLaMA-Factory's (ORPO and SimPO are `stage: dpo` with their `pref_loss`); GRPO, which LLaMA-Factory does
-    not have, cannot be exported. With the default `dataset`, a preference stage gets a demo data set of its
-    format.
-    """
-    hyper = hyper or Hyper(learning_rate=1e-4 if plan.method in ("lora", "qlora") else 1e-5, warmup_ratio=0.1,
-                           lr_scheduler="cosine")
-    method = "lora" if plan.method == "qlora" else plan.method
-    if dataset == "identity":
-        dataset = STAGE_DATASETS.get(plan.stage, dataset)
-    lines = ["### model", f"model_name_or_path: {model}"]
-    if plan.method == "qlora":
-        lines.append(f"quantization_bit: {plan.base_bits}")
-        if not plan.double_quant:
-            lines.append("double_quantization: false")
-    lines += ["", "### method", *_stage_lines(model, plan, method), "do_train: true", f"finetuning_type: {method}"]
-    if method == "lora":
-        lines += [f"lora_rank: {plan.lora_rank}", f"lora_target: {_lora_target(plan, spec)}"]
-        if plan.lora_dropout:
-            lines.append(f"lora_dropout: {plan.lora_dropout}")
-    if method == "freeze":
-        lines.append(f"freeze_trainable_layers: {plan.freeze_trainable_layers}")
-    if plan.fused_loss:
-        lines.append("enable_liger_kernel: true")
-    cutoff = plan.seq_len
-    if plan.stage == "ppo":  # cutoff_len caps the prompt; the response is generated up to max_new_tokens
-        completion = plan.max_completion_len or plan.seq_len // 2
-        cutoff = plan.seq_len - completion
-    lines += ["", "### dataset", f"dataset: {dataset}", f"cutoff_len: {cutoff}"]
-    if plan.stage == "ppo":
-        lines.append(f"max_new_tokens: {plan.seq_len - cutoff}")
-    lines += ["", "### train",
-              f"per_device_train_batch_size: {plan.batch_size}",
-              f"gradient_accumulation_steps: {plan.grad_accum}",
-              f"learning_rate: {yaml_scalar(hyper.learning_rate or 1e-4)}",
-              f"num_train_epochs: {hyper.epochs}", f"lr_scheduler_type: {hyper.lr_scheduler}",
-              f"warmup_ratio: {hyper.warmup_ratio}"]
-    if hyper.max_grad_norm is not None:
-        lines.append(f"max_grad_norm: {hyper.max_grad_norm}")
-    lines.append(f"optim: {OPTIM_BACK[plan.optimizer]}")
-    if plan.precision in ("bf16", "bf16-mixed"):
-        lines.append("bf16: true")
-    if plan.precision == "bf16":
-        lines.append("pure_bf16: true")
-    if plan.precision == "fp16-mixed":
-        lines.append("fp16: true")
-    if not plan.gradient_checkpointing:
-        lines.append("disable_gradient_checkpointing: true")
-    lines.append(f"flash_attn: {FLASH_ATTN_BACK[plan.attention]}")
-    if plan.zero:
-        lines.append(f"deepspeed: {deepspeed_file or f'ds_z{plan.zero}_config.json'}")
-    other = _other_settings(plan)
-    if other:
-        lines += ["", "### other"] + [f"{k}: {yaml_scalar(v)}" for k, v in other.items()]
-    return "\n".join(lines) + "\n"
+def deepspeed_path(path: Path, plan: Plan) -> Path | None:
+    """The DeepSpeed JSON beside the YAML, named after it (two exports in one folder never share one)."""
+    return path.with_name(f"{path.stem}.ds_z{plan.zero}.json") if plan.zero else None
 
 
-def _stage_lines(model: str, plan: Plan, method: str) -> list[str]:
-    """The stage as LLaMA-Factory's keys (hparams/finetuning_args.py), with a comment where the plan asks for
-    something LLaMA-Factory cannot do."""
-    stage = plan.stage
-    if stage == "grpo":
-        raise FtplanError("LLaMA-Factory has no GRPO stage (its stages: pt, sft, rm, ppo, dpo, kto); export a "
-                          "GRPO plan as a TRL or axolotl config", field="stage")
-    if stage in ("orpo", "simpo"):
-        return ["stage: dpo", f"pref_loss: {stage}"]
-    lines = [f"stage: {stage}"]
-    if stage not in ("dpo", "kto", "ppo"):
-        return lines
-    if plan.reference_model and method in ("lora", "oft"):
-        # trainer_utils.py create_ref_model: ref_model loads a separate frozen copy even with LoRA
-        lines.append(f"ref_model: {model}")
-    elif plan.reference_model is False or plan.precompute_ref_log_probs:
-        why = "reference_model false" if plan.reference_model is False else "precompute_ref_log_probs"
-        keeps = ("the policy with its adapter disabled" if method in ("lora", "oft") else "a frozen copy of the "
-                 "model")
-        lines.append(f"# ftplan planned {why}; LLaMA-Factory's {stage} keeps {keeps} as its reference")
-    if stage == "ppo":
-        if plan.vllm != "off":
-            lines.append(f"# ftplan planned vllm {plan.vllm}; LLaMA-Factory's PPO generates with transformers")
-        # finetuning_args.py: PPO needs a reward model; a LoRA one only with finetuning_type lora
-        kind = "lora" if method == "lora" else "full"
-        lines += [f"reward_model: saves/reward_model  # set this: the reward model ({kind}) PPO scores with",
-                  f"reward_model_type: {kind}"]
+def render_export(fmt: str, model: str, plan: Plan, path: str | Path, *, spec: ModelSpec | None = None,
+                  hyper: Hyper | None = None, gpu: str | None = None, gpu_memory: str | None = None,
+                  deepspeed: str | Path | None = None, dataset: str = DATASET) -> Export:
+    """The export of `plan` as `fmt` at `path`, without writing anything. `model` is what the user gave (a
+    preset, a Hub id, a local directory); `spec` its spec (needed for LoRA targets given by role, `all` outside
+    LLaMA-Factory, and the chat template); `gpu` (a catalog GPU name) or `gpu_memory` name the GPU in the
+    preflight command; `deepspeed` overrides where the DeepSpeed JSON goes (default: beside the YAML)."""
+    _check_format(fmt)
+    if Path(path).suffix.lower() not in (".yaml", ".yml"):
+        raise FtplanError(f"{path}: an export is YAML; name it .yaml or .yml")
+    model_id, name = model_for_export(model)
+    path = Path(os.path.abspath(Path(path).expanduser()))
+    ds = (Path(os.path.abspath(Path(deepspeed).expanduser())) if deepspeed is not None
+          else deepspeed_path(path, plan))
+    x = ExportInput(model=model_id, plan=plan, spec=spec, hyper=hyper or default_hyper(plan), path=path,
+                    deepspeed=ds if plan.zero else None, name=name, dataset=dataset)
+    rendered = _WRITERS[fmt](x)
+    if plan.reference_model is not None and plan.stage not in REFERENCED | {"grpo"}:
+        rendered.runs.setdefault("reference_model", (None, None if not plan.reference_model else
+                                                     f"ftplan planned a frozen reference model, which {plan.stage} "
+                                                     "does not use; none is exported"))
+    runs = Plan.build(**{**plan.model_dump(), **{k: v for k, (v, _) in rendered.runs.items()}})
+    notes = tuple(why for _, why in rendered.runs.values() if why)
+    check = [f"ftplan preflight {shlex.quote(str(path))}", *([f"--gpu {shlex.quote(gpu)}"] if gpu else []),
+             *([f"--gpu-memory {shlex.quote(gpu_memory)}"] if gpu_memory and not gpu else []),
+             f"--gpus {plan.gpus}", *rendered.preflight]
+    preflight = " ".join(check)
+    placeholders = _placeholders(rendered.lines)
+    header = _header(fmt, model_id, runs, rendered.launch, preflight, notes, placeholders)
+    text = "\n".join([*header, "", *rendered.lines]) + "\n"
+    return Export(fmt=fmt, path=path, text=text, deepspeed=x.deepspeed,
+                  deepspeed_text=deepspeed_text(plan) if x.deepspeed else None, plan=runs, launch=rendered.launch,
+                  preflight=preflight, notes=notes, placeholders=tuple(placeholders))
+
+
+def write_export(fmt: str, model: str, plan: Plan, path: str | Path, *, spec: ModelSpec | None = None,
+                 hyper: Hyper | None = None, gpu: str | None = None, gpu_memory: str | None = None,
+                 existing: Existing = "refuse", inputs: Inputs | None = None, flag: str | None = None) -> Export:
+    """Render and write an export (planner.files: an existing file is replaced only with `existing="replace"`,
+    the TUI's `"rename"` picks free names, inputs are never written over). Every file is checked before any
+    is written, and the DeepSpeed file is written before the YAML that points at it."""
+    _check_format(fmt)
+    mode = "refuse" if existing == "rename" else existing
+    target = check_output(path, flag=flag, inputs=inputs, existing=existing)
+    ds = deepspeed_path(target, plan)
+    if ds is not None:
+        ds = check_output(ds, flag=flag, inputs=inputs, existing=existing)
+    exported = render_export(fmt, model, plan, target, spec=spec, hyper=hyper, gpu=gpu, gpu_memory=gpu_memory,
+                             deepspeed=ds)
+    fresh = exported.deepspeed is not None and not os.path.lexists(exported.deepspeed)
+    if exported.deepspeed is not None:
+        write_output(exported.deepspeed, exported.deepspeed_text or "", flag=flag, inputs=inputs, existing=mode)
+    try:
+        write_output(exported.path, exported.text, flag=flag, inputs=inputs, existing=mode)
+    except FtplanError:
+        if fresh:  # no DeepSpeed file without the config that points at it
+            Path(exported.deepspeed).unlink(missing_ok=True)
+        raise
+    return exported
+
+
+def _placeholders(lines: list[str]) -> list[str]:
+    """What the REPLACE-WITH-YOUR-... values in `lines` stand for, in order."""
+    found = re.findall(re.escape(PLACEHOLDER.format("")) + r"([A-Z]+(?:-[A-Z]+)*)", "\n".join(lines))
+    return list(dict.fromkeys(name.lower().replace("-", " ") for name in found))
+
+
+def _header(fmt: str, model: str, plan: Plan, launch: str, preflight: str, notes: tuple[str, ...],
+            placeholders: list[str]) -> list[str]:
+    zero = f", ZeRO-{plan.zero}" + (" with optimizer offload" if plan.offload_optimizer else "") if plan.zero else ""
+    gpus = f"{plan.gpus} GPU" + ("s" if plan.gpus > 1 else "")
+    lines = [f"# {TITLES[fmt]} config{DIALECTS[fmt]} written by `ftplan export`: {model}, {plan.method} {plan.stage}, "
+             f"micro-batch {plan.batch_size} x {plan.grad_accum} accumulation on {gpus}{zero}, "
+             f"{plan.seq_len} tokens",
+             f"# check:  {preflight}",
+             f"# launch: {launch}"]
+    if fmt == "trl":
+        lines.append(f"#   (the TRL CLI runs `accelerate launch --num_processes {plan.gpus}` itself, from "
+                     "num_processes below)")
+    if placeholders:
+        lines.append(f"# Replace every {PLACEHOLDER.format('...')} value ({', '.join(placeholders)}) before "
+                     "launching; until then the run stops at it.")
+    if notes:
+        lines.append(f"# Where {TITLES[fmt]} runs this otherwise than ftplan's plan (preflight plans what it "
+                     "runs):")
+        lines += [f"#   - {note}" for note in notes]
     return lines
-
-
-def _lora_target(plan: Plan, spec: ModelSpec | None) -> str:
-    if plan.lora_target.strip().lower() != ALL_LINEAR:
-        return plan.lora_target
-    if spec is None:
-        raise FtplanError("all-linear is peft's shorthand, which LLaMA-Factory cannot pass on: name the modules",
-                          field="lora_target")
-    return ",".join(peft_all_linear(spec))
-
-
-# written above, in LLaMA-Factory's sections
-_SECTIONED = frozenset({"stage", "method", "quant_bits", "double_quant", "lora_rank", "lora_target", "lora_dropout",
-                        "freeze_trainable_layers", "fused_loss", "seq_len", "batch_size", "grad_accum", "optimizer",
-                        "precision", "gradient_checkpointing", "attention", "zero", "offload_optimizer"})
-
-
-def _other_settings(plan: Plan) -> dict[str, Any]:
-    """Every other plan field with a LLaMA-Factory key that differs from its default (planner.fields)."""
-    changed = {name: value for name, value in fields.changed_settings(plan).items()
-               if name not in _SECTIONED and "llamafactory" in fields.setting(name).keys}
-    return config_changes_for("llamafactory", changed)

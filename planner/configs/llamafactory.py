@@ -423,6 +423,10 @@ def read_v0(keys: Keys, base: Path, override: str | None = None) -> RunConfig:
     gpus = k.get("ray_num_workers", int)
     if gpus and gpus > 1:
         notes.append(f"ray_num_workers {gpus}: with USE_RAY=1, LLaMA-Factory trains on {gpus} GPUs")
+    elif (implied := ds.processes(plan.batch_size, plan.grad_accum)) and implied > 1:
+        gpus = implied
+        notes.append(f"DeepSpeed train_batch_size {ds.train_batch_size} = micro-batch x accumulation x GPUs: "
+                     f"{gpus} GPUs")
     _dialect(k, w, V1_KEYS - V0_ALL, "v1 format (model:, peft_config:, ...)")
     return RunConfig(path=path, format="llamafactory", model=model, plan=plan, hyper=hyper,
                      data=_resolve_data(data, base), notes=notes, warnings=w.items,

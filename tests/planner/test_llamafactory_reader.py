@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from planner.configs import llamafactory as lf
 from planner.configs import config_changes, fix_config, read_run_config, static_checks
+from planner.configs import llamafactory as lf
 from planner.configs.common import TRAINING_ARGUMENTS, Keys, read_fsdp
 from planner.errors import FtplanError
 from planner.stages import PREFERENCE
@@ -453,3 +453,16 @@ def test_v1_stage_flag_names_the_command(tmp_path) -> None:
         read_run_config(path, stage="kto")
     with pytest.raises(FtplanError, match="pref_loss' must be one of sigmoid, orpo, simpo"):
         read_run_config(write(tmp_path, V1 + "pref_loss: ipo\n"))
+
+
+def test_a_numeric_deepspeed_train_batch_size_sets_the_gpu_count(tmp_path) -> None:
+    """The HF Trainer refuses a DeepSpeed train_batch_size other than micro-batch x accumulation x processes
+    (transformers integrations/deepspeed.py), so a number there says how many GPUs the run takes."""
+    write(tmp_path, json.dumps({"train_batch_size": 64, "zero_optimization": {"stage": 3}}), "ds.json")
+    run = read(tmp_path, f"deepspeed: {tmp_path / 'ds.json'}\nper_device_train_batch_size: 2\n"
+                         "gradient_accumulation_steps: 4\n")
+    assert (run.gpus, run.plan.zero) == (8, 3)
+    write(tmp_path, json.dumps({"train_batch_size": "auto", "zero_optimization": {"stage": 3}}), "ds.json")
+    assert read(tmp_path, f"deepspeed: {tmp_path / 'ds.json'}\n").gpus is None  # "auto": the launcher decides
+    write(tmp_path, json.dumps({"train_batch_size": 63, "zero_optimization": {"stage": 3}}), "ds.json")
+    assert read(tmp_path, f"deepspeed: {tmp_path / 'ds.json'}\nper_device_train_batch_size: 2\n").gpus is None

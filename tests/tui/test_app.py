@@ -129,7 +129,8 @@ async def test_zero3_export_writes_its_deepspeed_file(tmp_path) -> None:
         await set_value(app, pilot, "zero", 3)
         path = app.export_yaml(str(tmp_path / "train.yaml"))
         run = read_run_config(path)
-        assert run.plan.zero == 3 and (tmp_path / "ds_z3_config.json").exists()
+        # the DeepSpeed file is named after the export, so two exports in one folder never share one
+        assert run.plan.zero == 3 and (tmp_path / "train.ds_z3.json").exists()
 
 
 @pytest.mark.asyncio
