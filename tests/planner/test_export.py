@@ -217,3 +217,12 @@ def test_a_setting_the_framework_cannot_follow_is_said_at_the_top(tmp_path) -> N
     dpo = Plan.build(method="lora", stage="dpo", fused_loss=False)  # TRL's DPO always fuses the head
     exported = render_export("trl", MODEL, dpo, tmp_path / "t.yaml", spec=load_spec(MODEL))
     assert exported.plan.fused_loss is True and "fused LM head" in exported.notes[0]
+
+
+def test_a_grpo_batch_trl_would_refuse_is_not_exported(tmp_path) -> None:
+    """TRL's GRPOConfig stops on a generation batch that is not whole groups of num_generations."""
+    plan = Plan.build(method="lora", stage="grpo", batch_size=2, num_generations=8)
+    with pytest.raises(FtplanError, match="multiple of 8"):  # 2 per GPU x 1 GPU x accumulation 1: 2 completions
+        write_export("trl", MODEL, plan.with_(grad_accum=1), tmp_path / "grpo.yaml", spec=load_spec(MODEL))
+    assert not (tmp_path / "grpo.yaml").exists()
+    write_export("trl", MODEL, plan.with_(grad_accum=4), tmp_path / "grpo.yaml", spec=load_spec(MODEL))
