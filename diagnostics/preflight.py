@@ -162,6 +162,8 @@ def preflight(path: str | Path, *, gpu: str | None = None, gpu_memory: str | Non
     reader = [f.model_copy(update={"message": word(f.message, run.format)}) for f in static_checks(run, target.gpu, gpus)]
     # the reader's wording of a warning names the config keys: it replaces the planner's generic one
     said = {f.code for f in reader}
+    if "generation_batch" in said:  # the config sizes GRPO's generation batch itself, so the planner's whole-
+        said.add("prompt_groups")  # group check on micro-batch x accumulation is not what TRL will check
     checks += [f for f in result.warnings if f.code not in said] + reader
     fits = result.fit is not None and result.fit.fits
 

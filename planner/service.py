@@ -129,7 +129,7 @@ def warnings(spec: ModelSpec, plan: Plan, target: GpuTarget | None) -> list[Find
     if plan.batch_size % step:
         fixed = -(-plan.batch_size // step) * step
         out.append(Finding(
-            severity="error", code="generation_batch", field="batch_size",
+            severity="error", code="prompt_groups", field="batch_size",
             message=f"TRL's GRPOConfig refuses this run: the generation batch ({{batch_size}} x {{gpus}} x "
                     f"{{grad_accum}} = {plan.batch_size * plan.gpus * plan.grad_accum}) must hold whole groups of "
                     f"{{num_generations}} {plan.num_generations} completions; use a {{batch_size}} that is a "

@@ -728,6 +728,10 @@ def _grpo(r: _Read, rl: str, *, method: str, zero: int, batch: int, grad_accum: 
         r.notes.append(f"beta {beta:g} with an adapter: the reference log-probs come from the policy with its "
                        "adapter disabled, so there is no reference copy")
     generations = trl.get("num_generations") or 8
+    if rl == "ebft" and (k.get("ebft", dict, {}) or {}).get("mode") == "strided":
+        # core/trainers/ebft/strided.py: a plain Trainer generating rollouts inside each document, with no
+        # GRPOConfig and so no rule that a batch holds whole prompt groups
+        generations = 1
     completion = trl.get("max_completion_length")
     if completion is None:
         completion = TRL_GRPO_COMPLETION

@@ -120,3 +120,17 @@ def test_preflight_with_a_diagnostics_run(tmp_path) -> None:
     report = preflight(config, gpu="H100", diagnose_steps=6)
     assert report.diagnostics is not None and report.diagnostics.status == "completed"
     assert len(report.diagnostics.records) == 6 and report.verdict == "ready"
+
+
+def test_a_grpo_batch_trl_refuses_is_an_error_unless_the_config_sizes_the_generation_batch(tmp_path) -> None:
+    """trl GRPOConfig: micro-batch x processes x steps_per_generation must hold whole groups of num_generations;
+    a config that sets generation_batch_size itself is checked by TRL on that instead."""
+    base = "model_name_or_path: tiny-llama\nnum_generations: 8\nmax_completion_length: 64\nmax_length: 128\n"
+    path = tmp_path / "grpo.yaml"
+    path.write_text(base + "per_device_train_batch_size: 4\n")
+    refused = preflight(path, gpu="H100")
+    assert refused.verdict == "not_ready" and "prompt_groups" in {c.code for c in refused.checks}
+    path.write_text(base + "per_device_train_batch_size: 8\n")
+    assert "prompt_groups" not in {c.code for c in preflight(path, gpu="H100").checks}
+    path.write_text(base + "per_device_train_batch_size: 4\ngeneration_batch_size: 64\n")
+    assert "prompt_groups" not in {c.code for c in preflight(path, gpu="H100").checks}

@@ -304,6 +304,9 @@ def test_grpo_generation_batch_and_gdpo_ebft(tmp_path) -> None:
     assert any("rl gdpo" in note for note in gdpo.notes)  # GDPO only aggregates rewards differently
     ebft = read(tmp_path, **LORA, rl="ebft", trl={"max_completion_length": 128})
     assert ebft.plan.stage == "grpo" and codes(ebft)["rl"] == ("ebft", "understates")
+    # strided EBFT is a plain Trainer (core/trainers/ebft/strided.py): no GRPOConfig, no whole prompt groups
+    strided = read(tmp_path, **LORA, rl="ebft", ebft={"mode": "strided"}, trl={"max_completion_length": 8})
+    assert (ebft.plan.num_generations, strided.plan.num_generations) == (8, 1)
     with pytest.raises(FtplanError, match="key 'rl' must be one of"):
         read(tmp_path, **LORA, rl="ppo")
 

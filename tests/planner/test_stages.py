@@ -210,9 +210,9 @@ def test_grpo_batches_hold_whole_prompt_groups() -> None:
     assert best > 8 and best % 8 == 0
     assert plan_run(spec, grpo.with_(gpus=2), target, search_batch=True).fit.max_batch % 4 == 0
     refused = plan_run(spec, grpo.with_(batch_size=4), target)
-    assert [f.severity for f in refused.warnings if f.code == "generation_batch"] == ["error"]
+    assert [f.severity for f in refused.warnings if f.code == "prompt_groups"] == ["error"]
     assert not [f for f in plan_run(spec, grpo.with_(batch_size=4, grad_accum=2), target).warnings
-                if f.code == "generation_batch"]
+                if f.code == "prompt_groups"]
     tight = resolve_target(gpu_memory=f"{plan_run(spec, grpo.with_(batch_size=2), target).memory.total}B")
     for s in plan_run(spec, grpo, tight).suggestions:
         changed = grpo.with_(**s.changes)
