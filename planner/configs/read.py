@@ -46,6 +46,9 @@ def read_run_config(path: str | Path, fmt: Format | None = None, stage: str | No
     path = Path(path)
     config = load_config_file(path)
     if fmt is None:
+        if config and all(isinstance(key, str) and key.startswith("<") and key.endswith(">") for key in config):
+            raise FtplanError(f"{path}: not a training config: it maps special tokens to descriptions (LLaMA-Factory's "
+                              "new_special_tokens_config); pass the training config that names it")
         for marks, what in NOT_TRAINING:
             found = sorted(config.keys() & marks)
             if found and not config.keys() & {"model_name_or_path", "base_model", "model"}:

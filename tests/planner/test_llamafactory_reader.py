@@ -280,6 +280,7 @@ def test_negative_warmup_steps_is_refused(tmp_path) -> None:
     ("model_name_or_path: x\ntemplate: qwen\ntask: mmlu_test\nn_shot: 5\n", "task"),
     ("compute_environment: LOCAL_MACHINE\ndistributed_type: FSDP\nnum_processes: 2\n", "compute_environment"),
     ("provider: baseten\ngpu: h100\ngpu_count: 8\nnode_count: 1\n", "axolotl cloud config"),
+    ('"<|start_of_svg|>": an SVG document\n"<|end_of_svg|>": its end\n', "new_special_tokens_config"),
 ])
 def test_configs_that_train_nothing_are_refused_naming_the_key(tmp_path, text, key) -> None:
     with pytest.raises(FtplanError, match="not a training config") as info:
