@@ -5,8 +5,8 @@
 The baseline (`PlainMonitor`) does what an uninstrumented HF-style loop does each step:
 `clip_grad_norm_` and one logged loss. The monitor adds per-parameter norms reduced
 per layer and per module kind, the first micro-batch's norm (noise scale), the
-update-to-weight ratios (a weight snapshot around the optimizer step) and one packed
-host sync. Step times are medians over the steps after the first two (warm-up), and over
+update-to-weight ratios (a weight snapshot around the optimizer step, with a host read of
+its own) and one packed host sync before the optimizer step. Step times are medians over the steps after the first two (warm-up), and over
 alternating repeats of the two loops.
 It also clocks the monitor's own calls, which measures the added work without the noise
 of comparing two runs. Target: overhead <= 10 % (goal 5 %).

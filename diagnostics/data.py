@@ -185,9 +185,23 @@ class Example:
     labels: list[int]
 
 
-def build_examples(records: list[dict], tokenizer, cutoff_len: int, source: str = "data") -> list[Example]:
+class Built(list):
+    """The examples (or pairs) built from a file's records, and the records that train nothing: `dropped`, whose
+    prompt alone fills the cutoff (`needed_len`: the shortest cutoff that keeps an answer token of each, None
+    where the rule that cut them gives no single number), and `unanswered`, with no assistant answer at all.
+    Record numbers are 1-based."""
+
+    def __init__(self, items=(), dropped: list[int] | None = None, needed_len: int | None = None,
+                 unanswered: list[int] | None = None):
+        super().__init__(items)
+        self.dropped = dropped or []
+        self.needed_len = needed_len
+        self.unanswered = unanswered or []
+
+
+def build_examples(records: list[dict], tokenizer, cutoff_len: int, source: str = "data") -> Built:
     """Tokenize and mask every record; plain texts are packed into `cutoff_len` blocks."""
-    examples: list[Example] = []
+    examples = Built()
     stream: list[int] = []
     for number, record in enumerate(records, 1):
         turns = to_turns(record, f"{source}: record {number}")
@@ -195,9 +209,14 @@ def build_examples(records: list[dict], tokenizer, cutoff_len: int, source: str 
             stream += [*tokenizer.encode(turns), tokenizer.eos_id]
             continue
         ids, labels = tokenizer.conversation(turns)
-        ids, labels = ids[:cutoff_len], labels[:cutoff_len]
-        if any(label != IGNORE for label in labels):
-            examples.append(Example(ids, labels))
+        first = next((i for i, label in enumerate(labels) if label != IGNORE), None)
+        if first is not None and first < cutoff_len:
+            examples.append(Example(ids[:cutoff_len], labels[:cutoff_len]))
+        elif first is None:
+            examples.unanswered.append(number)
+        else:
+            examples.dropped.append(number)
+            examples.needed_len = max(examples.needed_len or 0, first + 1)
     for start in range(0, len(stream) - cutoff_len + 1, cutoff_len):
         block = stream[start:start + cutoff_len]
         examples.append(Example(block, list(block)))

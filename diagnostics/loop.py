@@ -32,11 +32,14 @@ from diagnostics.measure import make_optimizer
 from diagnostics.models import build_model, torch_dtype
 from diagnostics.monitor import GradMonitor
 from diagnostics.objectives import adapter_off, check_stage, frozen_copy, make_objective, precomputed
+from diagnostics.origin import locate, not_located
 from diagnostics.preference import PairBatches, build_pairs
 from diagnostics.report import (
+    DataSummary,
     DiagnoseSettings,
     DiagnosticReport,
     MemoryComparison,
+    NonFiniteOrigin,
     PreferenceRecord,
     StepRecord,
 )
@@ -149,7 +152,8 @@ def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
     if random_init and settings.init_std is not None:
         config["initializer_range"] = settings.init_std
     spec = spec_from_config(config, source=source.source, name=source.name)
-    report = DiagnosticReport(status="completed", settings=settings)
+    # the report says where the run ran ("cpu", "cuda:0"), not what was asked ("auto")
+    report = DiagnosticReport(status="completed", settings=settings.model_copy(update={"device": device}))
 
     # 1. does it fit? The monitor's copy of the trainable weights (for update ratios) counts too.
     train = layout(spec, count_params(spec), plan)
@@ -177,10 +181,14 @@ def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
     world = accelerator.num_processes
     if world > 1:
         device = str(accelerator.device)
+        report.settings.device = device
     tokenizer = load_tokenizer(source.directory if not random_init else None, spec.vocab_size)
     records = load_records(settings.data or default_data(settings))
     build = build_pairs if settings.preference else build_examples
     examples = build(records, tokenizer, plan.seq_len, source=settings.data or "sample data")
+    report.data = DataSummary(records=len(records), examples=len(examples), seq_len=plan.seq_len,
+                              dropped=examples.dropped, needed_len=examples.needed_len,
+                              unanswered=examples.unanswered)
     report.environment = _environment(device, settings, random_init, tokenizer, len(examples), world)
     batches = (PairBatches if settings.preference else Batches)(
         examples, plan.batch_size, tokenizer.pad_id, settings.seed, accelerator.process_index, world)
@@ -218,6 +226,9 @@ def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
         for step in range(1, settings.steps + 1):
             record = _step(step, model, objective, optimizer, scheduler, scaler, monitor, batches, accelerator,
                            autocast, settings, track_zeros, world)
+            if record.stops_run:  # before the record goes out, so the child's event stream carries the origin
+                record.origin = _origin(record, model, objective, batches, accelerator, autocast, scaler, plan,
+                                        sharded)
             if on_cuda:
                 dev = torch.device(device)
                 record.memory = {"max_allocated": torch.cuda.max_memory_allocated(dev),
@@ -228,11 +239,12 @@ def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
             report.records.append(record)
             if on_step is not None:
                 on_step(record)
-            overflow_skipped = scaler is not None and math.isfinite(record.loss)  # GradScaler skipped the step
-            if (record.nonfinite_param and not overflow_skipped) or not math.isfinite(record.loss):
+            if record.stops_run:
+                origin = record.origin
                 report.status = "non_finite"
-                report.message = f"stopped at step {step}: non-finite " + (
-                    f"gradient in {record.nonfinite_param}" if record.nonfinite_param else "loss")
+                report.message = (f"stopped at step {step}: non-finite "
+                                  + ("loss" if origin.phase == "forward" else "gradients")
+                                  + (f", first in {origin.module}" if origin.module else ""))
                 break
     except KeyboardInterrupt:
         report.status = "interrupted"
@@ -291,7 +303,10 @@ def _on(batch: dict, device) -> dict:
 
 def _step(step: int, model, objective, optimizer, scheduler, scaler, monitor: GradMonitor, batches: Batches,
           accelerator, autocast, settings: DiagnoseSettings, track_zeros: bool, world: int) -> StepRecord:
-    """One optimizer step: accumulate, unscale, measure (pre-clip), clip, step, and sync once."""
+    """One optimizer step: accumulate, unscale, measure (pre-clip), clip, sync once, step.
+
+    The sync comes before the optimizer step: a step that stops the run is not taken, so the weights stay as
+    they were when it went non-finite, for the replay that finds where (diagnostics.origin)."""
     import torch
 
     plan = settings.plan
@@ -319,38 +334,65 @@ def _step(step: int, model, objective, optimizer, scheduler, scaler, monitor: Gr
     if scaler is not None:
         scaler.unscale_(optimizer)
     parts = monitor.after_backward(settings.max_grad_norm, zeros=track_zeros)
-    if (step - 1) % settings.update_ratio_every == 0:
-        monitor.before_step(count_unchanged=plan.precision == "bf16")
     lr = scheduler.get_last_lr()[0]
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    parts = monitor.after_step(parts)
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
     if world > 1:  # the loss and token count of the global batch, not of this rank's slice
         loss_sum = accelerator.reduce(loss_sum, reduction="mean")
         tokens = accelerator.reduce(tokens, reduction="sum")
         if len(objective.names):
             metrics = accelerator.reduce(metrics, reduction="mean")
+    # the scale this step's backward ran at, read before update() changes it
     extra = [loss_sum, tokens] + ([_scale_tensor(scaler)] if scaler is not None else []) + list(metrics.unbind())
     stats = monitor.finish(parts, extra=extra)
     loss_value, token_count = stats.extra[0], int(stats.extra[1])
     scale = stats.extra[2] if scaler is not None else None
     values = stats.extra[3 if scaler is not None else 2:]
     preference = PreferenceRecord(**dict(zip(objective.names, values, strict=True))) if objective.names else None
-    elapsed = time.perf_counter() - started
-    return StepRecord(
+    record = StepRecord(
         step=step, loss=loss_value, lr=lr, grad_norm=stats.total_norm,
         clipped=bool(settings.max_grad_norm) and stats.total_norm > settings.max_grad_norm,
-        layer_norms=stats.layer_norms, kind_norms=stats.kind_norms, update_ratio=stats.update_ratio,
-        unchanged_fraction=stats.unchanged_fraction, zero_fraction=stats.zero_fraction,
+        layer_norms=stats.layer_norms, kind_norms=stats.kind_norms, zero_fraction=stats.zero_fraction,
         zero_params=stats.zero_params, nonfinite_param=stats.nonfinite_param, micro_grad_sq=stats.micro_sq,
-        loss_scale=scale, tokens=token_count, step_time=elapsed,
-        tokens_per_s=token_count / elapsed if elapsed > 0 else 0.0, preference=preference,
+        loss_scale=scale, tokens=token_count, preference=preference,
+        # GradScaler.step skips exactly when an unscaled gradient is non-finite, which is when the fp64 norm of
+        # the same gradients is
+        skipped=scaler is not None and math.isfinite(loss_value) and not math.isfinite(stats.total_norm),
     )
+    if not record.stops_run:
+        if (step - 1) % settings.update_ratio_every == 0:
+            monitor.before_step(count_unchanged=plan.precision == "bf16")
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        update = monitor.after_step()
+        if update is not None:
+            record.update_ratio, record.unchanged_fraction = update.update_ratio, update.unchanged_fraction
+        if not record.skipped:  # as the HF Trainer's scheduler (accelerate's AcceleratedScheduler) holds still
+            scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    record.step_time = time.perf_counter() - started
+    record.tokens_per_s = token_count / record.step_time if record.step_time > 0 else 0.0
+    return record
+
+
+def _origin(record: StepRecord, model, objective, batches: Batches, accelerator, autocast, scaler, plan,
+            sharded: bool) -> NonFiniteOrigin:
+    """Replay the failed step's micro-batches as `_step` ran them, on the unwrapped model (DDP's wrapper would
+    all-reduce, and ranks replay different numbers of micro-batches)."""
+    if sharded:
+        return not_located(record, "not replayed: FSDP shards the model across processes")
+    net = accelerator.unwrap_model(model)
+
+    def forward(index: int):
+        with autocast():
+            return objective(net, _on(batches.micro_batch(index), accelerator.device), index)[0] / plan.grad_accum
+
+    def backward(loss) -> None:
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+
+    accum = plan.grad_accum
+    return locate(net, forward, backward, range((record.step - 1) * accum, record.step * accum), record)
 
 
 def _scale_tensor(scaler):

@@ -1,10 +1,16 @@
 """Per-layer gradient statistics for every optimizer step, at the cost of one host sync.
 
-All per-parameter norms come from one batched `torch._foreach_norm(..., dtype=float32)`
-call; they are reduced into layers (embeddings, block.N, final_norm, head) and into
-module kinds inside each block (attention, mlp, experts, router, norm, lora_A, lora_B)
-with `index_add_` on the device. Everything a step needs on the host is packed
-into one tensor and moved with a single `.tolist()`.
+All per-parameter norms come from one batched `torch._foreach_norm` call; they are
+reduced into layers (embeddings, block.N, final_norm, head) and into module kinds
+inside each block (attention, mlp, experts, router, norm, lora_A, lora_B) with
+`index_add_` on the device. Everything a step needs on the host is packed into one
+tensor and moved with a single `.tolist()`, before the optimizer step, so a
+non-finite step can stop with the weights that produced it. Update ratios, sampled
+on some steps, need the weights after the step and bring their own read.
+
+Norms are overflow-safe: fp32 holds a gradient norm up to 3.4e38 but its sum of
+squares only up to 1.8e19, so squares are summed in fp64 and a huge finite norm
+stays finite (an exploding gradient, not a NaN one step early).
 
 Parameter names are normalised across wrappers (`module.` from DDP, `_orig_mod.`
 from torch.compile, `_fsdp_wrapped_module.`, peft's `base_model.model.`, `base_layer.`
@@ -71,6 +77,25 @@ def classify(name: str) -> tuple[str, str]:
     return "other", "other"
 
 
+def _norms(tensors: list):
+    """L2 norm of each tensor, fp64, overflow-safe.
+
+    CUDA's fused `_foreach_norm` accumulates in its output dtype, so fp64 costs one pass over the fp32
+    gradients, as fp32 would. Elsewhere fp64 takes the unfused per-tensor path (about 10x slower on CPU) and a
+    host read costs nothing: fp32 norms first, and only the tensors whose sum of squares overflowed (a norm
+    above 1.8e19, or a real inf) are summed again in fp64.
+    """
+    import torch
+
+    device = tensors[0].device
+    if device.type == "cuda":
+        return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float64))
+    norms = torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32)).double()
+    for i in torch.isinf(norms).nonzero().flatten().tolist():
+        norms[i] = torch.linalg.vector_norm(tensors[i], dtype=torch.float64)
+    return norms
+
+
 def layer_sort_key(layer: str) -> tuple[int, int]:
     order = {"embeddings": 0, "final_norm": 2, "head": 3, "other": 4}
     if layer.startswith("block."):
@@ -89,13 +114,20 @@ class StepStats:
     zero_params: list[str]  # trainable parameters whose gradient was exactly zero (or absent)
     micro_sq: float | None  # |g|^2 of the first micro-batch (gradient-noise-scale estimate)
     zero_fraction: dict[str, float] | None  # share of exactly-zero gradient elements per layer
-    update_ratio: dict[str, float] | None  # |dW| / |W| per layer
-    unchanged_fraction: dict[str, float] | None  # share of weights the step left bit-identical
     extra: list[float]  # caller's scalars (loss, ...), in the order given
 
 
+@dataclass
+class UpdateStats:
+    """What `after_step` measured against the weights `before_step` copied."""
+
+    update_ratio: dict[str, float]  # |dW| / |W| per layer
+    unchanged_fraction: dict[str, float] | None  # share of weights the step left bit-identical
+
+
 class GradMonitor:
-    """Attach to a model's trainable parameters once; call `after_backward()` every step."""
+    """Attach to a model's trainable parameters once; every step call `after_backward()` and `finish()`, and
+    around the optimizer step, where update ratios are sampled, `before_step()` and `after_step()`."""
 
     def __init__(self, model, *, distributed_sum=None):
         import torch
@@ -113,20 +145,17 @@ class GradMonitor:
         self._layer_idx = torch.tensor([layer_id[layer] for layer, _ in keys], dtype=torch.long, device=self.device)
         self._kind_idx = torch.tensor([kind_id.get(f"{layer}.{kind}", len(self.kinds)) for layer, kind in keys],
                                       dtype=torch.long, device=self.device)
-        self._numel = torch.zeros(len(self.layers), dtype=torch.float32, device=self.device).index_add_(
-            0, self._layer_idx, torch.tensor([float(p.numel()) for p in self.params], device=self.device))
+        self._numel = torch.zeros(len(self.layers), dtype=torch.float64, device=self.device).index_add_(
+            0, self._layer_idx, torch.tensor([float(p.numel()) for p in self.params], dtype=torch.float64,
+                                             device=self.device))
         self._sum = distributed_sum  # all-reduce for sharded parameters (FSDP / ZeRO-3)
         self._micro = None
         self._snapshot = None
 
     # -- gradient noise scale: the first micro-batch's gradient, before accumulation adds the rest
     def after_first_micro_batch(self, scale: float = 1.0) -> None:
-        grads = [p.grad for p in self.params if p.grad is not None]
-        if grads:
-            import torch
-
-            norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
-            self._micro = torch.stack(norms).square().sum() * (scale * scale)
+        if any(p.grad is not None for p in self.params):
+            self._micro = self._grad_norms().square().sum() * (scale * scale)
 
     # -- weights before the optimizer step, for update ratios
     def before_step(self, count_unchanged: bool = False) -> None:
@@ -139,28 +168,29 @@ class GradMonitor:
         self._count_unchanged = count_unchanged
 
     def _grad_norms(self):
+        """Per-parameter gradient norms in fp64 (0 where a parameter has no gradient)."""
         import torch
 
         # Built on the device only: a host-made tensor (an index list, a constant) copied to a CUDA
         # device synchronises the stream, and the step must have one sync, in finish().
         grads = [p.grad for p in self.params if p.grad is not None]
         if not grads:
-            return torch.zeros(len(self.params), dtype=torch.float32, device=self.device)
-        values = iter(torch._foreach_norm(grads, 2, dtype=torch.float32))
-        missing = torch.zeros((), dtype=torch.float32, device=self.device)
+            return torch.zeros(len(self.params), dtype=torch.float64, device=self.device)
+        values = iter(_norms(grads))
+        missing = torch.zeros((), dtype=torch.float64, device=self.device)
         return torch.stack([next(values) if p.grad is not None else missing for p in self.params])
 
     def after_backward(self, max_grad_norm: float | None, zeros: bool = False):
         """Pre-clip norms (grads must be unscaled), then clip in place without a host sync.
 
-        Returns a device tensor of packed stats; decode it with `finish()` after the step.
+        Returns device tensors of packed stats; decode them with `finish()`, before the optimizer step.
         """
         import torch
 
         norms = self._grad_norms()
         sq = norms.square()
-        layer_sq = torch.zeros(len(self.layers), device=self.device).index_add_(0, self._layer_idx, sq)
-        kind_sq = torch.zeros(len(self.kinds) + 1, device=self.device).index_add_(0, self._kind_idx, sq)
+        layer_sq = torch.zeros_like(self._numel).index_add_(0, self._layer_idx, sq)
+        kind_sq = sq.new_zeros(len(self.kinds) + 1).index_add_(0, self._kind_idx, sq)
         if self._sum is not None:
             layer_sq, kind_sq = self._sum(layer_sq), self._sum(kind_sq)
         total = layer_sq.sum().sqrt()
@@ -168,10 +198,10 @@ class GradMonitor:
         first_bad = torch.where(bad.any(), bad.float().argmax().float(), -1.0)
         parts = [layer_sq, kind_sq[:-1], total.reshape(1), first_bad.reshape(1), (norms == 0).float()]
         if zeros:
-            counts = torch.stack([(p.grad == 0).sum().float() if p.grad is not None else
-                                  torch.full((), float(p.numel()), device=self.device) for p in self.params])
-            parts.append(torch.zeros(len(self.layers), device=self.device).index_add_(0, self._layer_idx, counts)
-                         / self._numel)
+            counts = torch.stack([(p.grad == 0).sum().double() if p.grad is not None else
+                                  torch.full((), float(p.numel()), dtype=torch.float64, device=self.device)
+                                  for p in self.params])
+            parts.append(torch.zeros_like(self._numel).index_add_(0, self._layer_idx, counts) / self._numel)
         if max_grad_norm is not None and max_grad_norm > 0:
             grads = [p.grad for p in self.params if p.grad is not None]
             coef = torch.clamp(max_grad_norm / (total + 1e-6), max=1.0)
@@ -179,24 +209,28 @@ class GradMonitor:
         self._zeros = zeros
         return parts
 
-    def after_step(self, parts: list) -> list:
-        """Update ratios and unchanged-weight shares, if a snapshot was taken."""
+    def after_step(self) -> UpdateStats | None:
+        """Update ratios and unchanged-weight shares, if `before_step` took a snapshot; a host read of its own."""
         import torch
 
         if self._snapshot is None:
-            return parts
+            return None
         with torch.no_grad():
             delta = self._snapshot
-            torch._foreach_sub_(delta, [p.detach() for p in self.params])
-            d_sq = torch.stack(torch._foreach_norm(delta, 2, dtype=torch.float32)).square()
-            w_sq = torch.stack(torch._foreach_norm([p.detach() for p in self.params], 2,
-                                                   dtype=torch.float32)).square()
-            same = (torch.stack([(d == 0).sum().float() for d in delta]) if self._count_unchanged
-                    else torch.full((len(delta),), float("nan"), device=self.device))
+            weights = [p.detach() for p in self.params]
+            torch._foreach_sub_(delta, weights)
+            d_sq, w_sq = _norms(delta).square(), _norms(weights).square()
+            same = (torch.stack([(d == 0).sum().double() for d in delta]) if self._count_unchanged
+                    else torch.full((len(delta),), float("nan"), dtype=torch.float64, device=self.device))
         self._snapshot = None
-        zeros = torch.zeros(len(self.layers), device=self.device)
-        return [*parts, zeros.index_add(0, self._layer_idx, d_sq), zeros.index_add(0, self._layer_idx, w_sq),
-                zeros.index_add(0, self._layer_idx, same) / self._numel]
+        zeros = torch.zeros_like(self._numel)
+        d_sq, w_sq, same = torch.stack([zeros.index_add(0, self._layer_idx, d_sq),
+                                        zeros.index_add(0, self._layer_idx, w_sq),
+                                        zeros.index_add(0, self._layer_idx, same) / self._numel]).tolist()
+        return UpdateStats(
+            update_ratio={k: (d ** 0.5) / (w ** 0.5) if w > 0 else 0.0
+                          for k, d, w in zip(self.layers, d_sq, w_sq, strict=True)},
+            unchanged_fraction=None if math.isnan(same[0]) else dict(zip(self.layers, same, strict=True)))
 
     def finish(self, parts: list, extra: list | None = None) -> StepStats:
         """Decode the packed stats; `extra` scalars (loss, learning rate, ...) ride along in the same sync."""
@@ -215,12 +249,6 @@ class GradMonitor:
         total, first_bad = take(1)[0], int(take(1)[0])
         zero_flags = take(n_p)
         zero_fraction = dict(zip(self.layers, take(n_l), strict=True)) if self._zeros else None
-        update_ratio = unchanged = None
-        if len(parts) > 5 + (1 if self._zeros else 0):
-            d_sq, w_sq, same = take(n_l), take(n_l), take(n_l)
-            update_ratio = {k: (d ** 0.5) / (w ** 0.5) if w > 0 else 0.0
-                            for k, d, w in zip(self.layers, d_sq, w_sq, strict=True)}
-            unchanged = None if math.isnan(same[0]) else dict(zip(self.layers, same, strict=True))
         has_micro, micro_sq = take(2)
         return StepStats(
             total_norm=total,
@@ -228,20 +256,20 @@ class GradMonitor:
             kind_norms={k: v ** 0.5 for k, v in zip(self.kinds, kind_sq, strict=True)},
             nonfinite_param=self.names[first_bad] if first_bad >= 0 else None,
             zero_params=[n for n, z in zip(self.names, zero_flags, strict=True) if z > 0],
-            micro_sq=micro_sq if has_micro == 0.0 else None,
-            zero_fraction=zero_fraction, update_ratio=update_ratio, unchanged_fraction=unchanged,
-            extra=flat[pos:],
+            micro_sq=micro_sq if has_micro == 0.0 else None, zero_fraction=zero_fraction, extra=flat[pos:],
         )
 
     def _pack(self, parts: list, micro, extra: list) -> list[float]:
-        """Everything the host needs, in one tensor and one transfer (the step's only sync)."""
+        """Everything the host needs, in one tensor and one transfer (the step's one sync)."""
         import torch
 
-        tail = [x.detach().float().reshape(1).to(self.device) if torch.is_tensor(x)
-                else torch.full((1,), float(x), device=self.device) for x in extra]
-        head = [p.reshape(-1).float().to(self.device) for p in parts]
-        flag = torch.full((1,), -1.0 if micro is None else 0.0, device=self.device)
-        value = (micro if micro is not None else torch.zeros((), device=self.device)).reshape(1)
+        # fp64 end to end: a finite norm above fp32's range must not come back as inf
+        f64 = torch.float64
+        tail = [x.detach().reshape(1).to(self.device, f64) if torch.is_tensor(x)
+                else torch.full((1,), float(x), dtype=f64, device=self.device) for x in extra]
+        head = [p.reshape(-1).to(self.device, f64) for p in parts]
+        flag = torch.full((1,), -1.0 if micro is None else 0.0, dtype=f64, device=self.device)
+        value = (micro if micro is not None else torch.zeros((), dtype=f64, device=self.device)).reshape(1)
         return torch.cat([*head, flag, value, *tail]).tolist()
 
 
@@ -264,8 +292,8 @@ class PlainMonitor:
         norm = torch.nn.utils.clip_grad_norm_(self.params, max_grad_norm or float("inf"))
         return [norm.reshape(1)]
 
-    def after_step(self, parts: list) -> list:
-        return parts
+    def after_step(self) -> None:
+        return None
 
     def finish(self, parts: list, extra: list | None = None) -> StepStats:
         import torch
@@ -274,5 +302,4 @@ class PlainMonitor:
                                                else torch.tensor([float(x)], device=parts[0].device)
                                                for x in (extra or []))]).tolist()
         return StepStats(total_norm=values[0], layer_norms={}, kind_norms={}, nonfinite_param=None, zero_params=[],
-                         micro_sq=None, zero_fraction=None, update_ratio=None, unchanged_fraction=None,
-                         extra=values[1:])
+                         micro_sq=None, zero_fraction=None, extra=values[1:])

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diagnostics.data import IGNORE, Batches, Example, Turn, _role
+from diagnostics.data import IGNORE, Batches, Built, Example, Turn, _role
 from planner.errors import FtplanError
 
 _SHAPE = ('a preference record is {"prompt": ..., "chosen": ..., "rejected": ...} (TRL, the seed notes), '
@@ -173,15 +173,16 @@ def check_records(records: list[dict], source: str = "data") -> list[tuple[list[
     return out
 
 
-def build_pairs(records: list[dict], tokenizer, cutoff_len: int, source: str = "data") -> list[Pair]:
+def build_pairs(records: list[dict], tokenizer, cutoff_len: int, source: str = "data") -> Built:
     """Tokenize every pair; each row (prompt + answer) fits `cutoff_len`, the prompt cut from the left."""
-    pairs: list[Pair] = []
-    for prompt, chosen, rejected in check_records(records, source):
+    pairs = Built()
+    for number, (prompt, chosen, rejected) in enumerate(check_records(records, source), 1):
         prompt_ids, chosen_ids = _split(tokenizer, prompt, chosen)
         _, rejected_ids = _split(tokenizer, prompt, rejected)
         keep_prompt, keep_answer = infer_seqlen(len(prompt_ids), max(len(chosen_ids), len(rejected_ids)),
                                                 cutoff_len)
         if keep_answer == 0:
+            pairs.dropped.append(number)
             continue
         # the end of the prompt (the question and the assistant header) matters most: cut from the left
         prompt_ids = prompt_ids[len(prompt_ids) - keep_prompt:]

@@ -8,10 +8,11 @@ writes (atomically); the TUI and preflight read the same object.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from planner.files import Existing, Inputs, write_output
 from planner.findings import Change, Finding
@@ -44,7 +45,27 @@ class PreferenceRecord(BaseModel):
     log_odds: float | None = None  # ORPO: log odds ratio of chosen over rejected
 
 
+class NonFiniteOrigin(BaseModel):
+    """Where the step that stopped the run went non-finite: diagnostics.origin replays its micro-batches with
+    hooks, at the weights that produced it, to name the module."""
+
+    # forward: the loss (or a module's output) went non-finite; backward: the loss stayed finite, gradients did not
+    phase: Literal["forward", "backward"]
+    module: str | None = None  # the first module to make a non-finite value (normalised name); None: not found
+    # output (from finite inputs), weights (non-finite weights), input gradient (from a finite output gradient),
+    # parameter gradient (of `parameter`, from a finite output gradient), loss (outside every module)
+    where: Literal["output", "weights", "input gradient", "parameter gradient", "loss"] | None = None
+    parameter: str | None = None  # the parameter, when its gradient is the origin
+    micro_batch: int | None = None  # which micro-batch of the step (0-based)
+    layers: list[str] = []  # layers whose gradient norm was non-finite on the step
+    note: str | None = None  # why no module is named
+
+
 class StepRecord(BaseModel):
+    # a non-finite loss or norm is written "NaN" / "Infinity" (JSON has neither), so it reads back; the default
+    # null would not validate as a float, and would look like a missing value
+    model_config = ConfigDict(ser_json_inf_nan="strings")
+
     step: int  # 1-based optimizer step
     loss: float
     lr: float
@@ -57,13 +78,36 @@ class StepRecord(BaseModel):
     zero_fraction: dict[str, float] | None = None  # gradient elements exactly zero, per layer
     zero_params: list[str] = []  # trainable tensors whose whole gradient was zero (or absent)
     nonfinite_param: str | None = None  # first parameter (model order) with a NaN/Inf gradient
+    origin: NonFiniteOrigin | None = None  # on the step that stopped the run: where it went non-finite
     micro_grad_sq: float | None = None  # |g|^2 of one micro-batch, for the gradient noise scale
-    loss_scale: float | None = None  # fp16 GradScaler scale
+    # fp16 GradScaler: the scale this step's backward ran at (before update(); after it, the next step's)
+    loss_scale: float | None = None
+    skipped: bool = False  # fp16: the GradScaler skipped this optimizer step (non-finite gradients at that scale)
     tokens: int = 0  # tokens in the global batch
     step_time: float = 0.0
     tokens_per_s: float = 0.0
     memory: dict[str, int | None] = {}  # max_allocated, max_reserved, process (NVML) or rss
     preference: PreferenceRecord | None = None  # --stage dpo / orpo
+
+    @property
+    def stops_run(self) -> bool:
+        """A non-finite loss, or non-finite gradients the GradScaler did not skip: the run stops at this step."""
+        return not math.isfinite(self.loss) or (not math.isfinite(self.grad_norm) and not self.skipped)
+
+    @property
+    def nonfinite_layers(self) -> list[str]:
+        return [k for k, v in self.layer_norms.items() if not math.isfinite(v)]
+
+
+class DataSummary(BaseModel):
+    """What the run trains on, out of what the data file holds."""
+
+    records: int  # records in the file
+    examples: int  # examples built from them (SFT, pairs for DPO / ORPO; plain text is packed into blocks)
+    seq_len: int
+    dropped: list[int] = []  # 1-based numbers of the records left out: no answer token within seq_len
+    needed_len: int | None = None  # the shortest seq_len that keeps an answer token of every dropped record
+    unanswered: list[int] = []  # 1-based numbers of the records with no assistant answer to train on
 
 
 class MemoryComparison(BaseModel):
@@ -134,6 +178,7 @@ class DiagnosticReport(BaseModel):
     advice: list[Change] = []  # settings to change, by planner field
     memory: MemoryComparison | None = None
     noise_scale: float | None = None  # gradient noise scale B_simple, in sequences (None: not measurable)
+    data: DataSummary | None = None
 
     @property
     def warnings(self) -> list[Finding]:

@@ -13,14 +13,14 @@ not evidence of vanishing or dead adapters.
 
 from __future__ import annotations
 
-import itertools
 import math
 import statistics
 from collections.abc import Sequence
 
 from diagnostics.monitor import layer_index
+from diagnostics.origin import not_located
 from diagnostics.preference_rules import preference_advice, preference_findings
-from diagnostics.report import DiagnoseSettings, DiagnosticReport, StepRecord
+from diagnostics.report import DataSummary, DiagnoseSettings, DiagnosticReport, StepRecord
 from planner.findings import Change, Finding
 
 SPIKE_FACTOR = 10.0  # a gradient norm this many times its running median is a spike
@@ -31,6 +31,12 @@ CLIP_SHARE = 0.5  # clipping on more steps than this acts as a learning-rate cut
 CLIP_CUT = 2.0  # ...when the median norm is this many times max_grad_norm (the step is at least halved)
 LOSS_SPIKE_MADS = 6.0
 BF16_UNCHANGED = 0.5  # share of bf16 weights a step leaves bit-identical
+# GradScaler starts at 2^16 and halves its scale on every skipped step; settling from there takes a skip or
+# two, so five skips in a short run mean fp16 gradients overflow steadily, not once
+SKIPPED_STEPS = 5
+# records left out with nothing to train on within seq_len are the long prompts: past a tenth of the file the
+# run learns from visibly different data; fewer is worth knowing, not a warning
+DROPPED_SHARE = 0.1
 
 
 def _median(xs: Sequence[float]) -> float:
@@ -78,16 +84,9 @@ def analyze(records: list[StepRecord], settings: DiagnoseSettings) -> list[Findi
     after_first = [r for r in records if r.step > 1] if lora else records
 
     # With a GradScaler an overflowing step is skipped by design; the loss-scale rule watches those.
-    bad = next((r for r in records if (r.nonfinite_param and r.loss_scale is None) or not math.isfinite(r.loss)),
-               None)
+    bad = next((r for r in records if r.stops_run), None)
     if bad is not None:
-        what = f"the gradient of {bad.nonfinite_param}" if bad.nonfinite_param else "the loss"
-        findings.append(Finding(
-            code="non_finite", severity="error", message="NaN/Inf in training",
-            evidence=f"{what} became non-finite at step {bad.step} (loss {bad.loss:.4g}, norm {bad.grad_norm:.4g})",
-            data={"step": bad.step, "parameter": bad.nonfinite_param, "loss": bad.loss},
-            fix="lower learning_rate (x0.1), keep max_grad_norm set, add warmup; under fp16 keep loss scaling "
-                "on or switch to bf16"))
+        findings.append(_non_finite(bad))
 
     spikes = spike_steps(records)
     norms = _finite(r.grad_norm for r in after_first)
@@ -141,13 +140,7 @@ def analyze(records: list[StepRecord], settings: DiagnoseSettings) -> list[Findi
                     + (" or lower learning_rate deliberately" if sgd else ""),
                 field="max_grad_norm", change=clip_change(records, settings)))
 
-    scales = [r.loss_scale for r in records if r.loss_scale is not None]
-    if scales and (scales[-1] < 1.0 or sum(1 for a, b in itertools.pairwise(scales) if b < a) >= 5):
-        findings.append(Finding(
-            code="loss_scale_collapse", severity="error", message="fp16 loss scale collapsed",
-            evidence=f"the GradScaler scale fell from {scales[0]:g} to {scales[-1]:g}: overflowing steps were skipped",
-            data={"scales": scales}, field="precision",
-            fix="use bf16 (bf16: true) if the GPU supports it, or lower learning_rate"))
+    findings += _skipped_steps(records)
 
     dead = _dead_parameters(after_first)
     if dead and not any(f.code == "fp16_underflow" for f in findings):  # underflow already explains them
@@ -179,6 +172,91 @@ def analyze(records: list[StepRecord], settings: DiagnoseSettings) -> list[Findi
                     "optimizer, or raise learning_rate",
                 field="precision", change=_mixed_precision(plan.precision, _KEEP_MASTER)))
     return findings
+
+
+def _non_finite(bad: StepRecord) -> Finding:
+    """The step that stopped the run: which pass went non-finite, where (the replay's module), which layers."""
+    origin = bad.origin or not_located(bad)
+    if origin.phase == "backward":
+        what = (f"the gradients became non-finite at step {bad.step} while the loss stayed finite "
+                f"({bad.loss:.4g}): the backward pass")
+    elif math.isfinite(bad.loss):
+        what = (f"activations became non-finite at step {bad.step} where the loss does not reach them (it stayed "
+                f"{bad.loss:.4g}; padding, say), and the gradients with them: the forward pass")
+    else:
+        what = f"the loss became {bad.loss:g} at step {bad.step}: the forward pass"
+    replay = f"replaying micro-batch {origin.micro_batch} with {origin.phase} hooks, "
+    where = {
+        "output": f"{replay}{origin.module} is the first module to output non-finite values from finite inputs",
+        "weights": f"{replay}{origin.module} is the first module to output non-finite values: its weights are "
+                   "non-finite",
+        "loss": f"{replay}every module's output was finite: the loss computation itself was not",
+        "input gradient": f"{replay}{origin.module} is the first module to pass back a non-finite gradient from "
+                          "a finite one",
+        "parameter gradient": f"{replay}the first non-finite gradient is that of {origin.parameter}, from a finite "
+                              f"gradient at the output of {origin.module}",
+    }.get(origin.where or "", f"no module named: {origin.note}" if origin.note else "")
+    total = len(bad.layer_norms)
+    layers = (f"gradient norms non-finite in {len(origin.layers)} of {total} layers: "
+              f"{', '.join(origin.layers[:8])}{' ...' if len(origin.layers) > 8 else ''}" if origin.layers else "")
+    fix = ("the weights were non-finite before the step: check the checkpoint they were loaded from"
+           if origin.where == "weights" else
+           "lower learning_rate (x0.1), keep max_grad_norm set, add warmup; under fp16 keep loss scaling on or "
+           "switch to bf16")
+    return Finding(
+        code="non_finite", severity="error", message="NaN/Inf in training",
+        evidence="; ".join(part for part in (f"{what} went non-finite", where, layers) if part),
+        data={"step": bad.step, "phase": origin.phase, "module": origin.module, "where": origin.where,
+              "parameter": origin.parameter, "micro_batch": origin.micro_batch, "layers": origin.layers,
+              "loss": bad.loss, "grad_norm": bad.grad_norm, "note": origin.note},
+        fix=fix)
+
+
+def _skipped_steps(records: list[StepRecord]) -> list[Finding]:
+    """fp16: the steps the GradScaler skipped, counted exactly; SKIPPED_STEPS of them is a collapse."""
+    scaled = [r for r in records if r.loss_scale is not None]
+    skipped = [r.step for r in scaled if r.skipped]
+    if not skipped:
+        return []
+    collapsed = len(skipped) >= SKIPPED_STEPS or min(r.loss_scale for r in scaled) < 1.0
+    evidence = (f"the GradScaler skipped {len(skipped)} of {len(scaled)} steps ({_steps_text(skipped)}): their "
+                f"gradients overflowed fp16 at the loss scale, which it halves on each skip (from "
+                f"{scaled[0].loss_scale:g} at step {scaled[0].step} to {scaled[-1].loss_scale:g} at step "
+                f"{scaled[-1].step})")
+    data = {"skipped_steps": skipped, "count": len(skipped), "scales": [r.loss_scale for r in scaled]}
+    if collapsed:
+        return [Finding(code="loss_scale_collapse", severity="error", message="fp16 loss scale collapsed",
+                        evidence=evidence, data=data, field="precision",
+                        fix="use bf16 (bf16: true) if the GPU supports it, or lower learning_rate")]
+    return [Finding(code="fp16_skipped_steps", severity="info", message="fp16 steps skipped",
+                    evidence=f"{evidence}; a skip or two while the scale settles is normal", data=data,
+                    fix=f"nothing unless skips recur ({SKIPPED_STEPS} or more is a collapse)")]
+
+
+def data_findings(data: DataSummary | None) -> list[Finding]:
+    """Records the run cannot train on, how many and why."""
+    if data is None or not (data.dropped or data.unanswered):
+        return []
+    left_out = len(data.dropped) + len(data.unanswered)
+    reasons = []
+    if data.dropped:
+        reasons.append(f"{len(data.dropped)} (records {_steps_text(data.dropped)}) keep no answer token within "
+                       f"seq_len={data.seq_len}: the prompt fills it"
+                       + (f"; seq_len {data.needed_len} keeps an answer token of each" if data.needed_len else ""))
+    if data.unanswered:
+        reasons.append(f"{len(data.unanswered)} (records {_steps_text(data.unanswered)}) have no assistant answer")
+    share = left_out / data.records
+    return [Finding(
+        code="dropped_records", severity="warning" if share > DROPPED_SHARE else "info",
+        message="Records left out of training",
+        evidence=f"{left_out} of {data.records} records ({share:.0%}) train nothing and are left out: "
+                 + "; ".join(reasons) + f"; the run trains on {data.examples} examples",
+        data={"count": left_out, "records": data.records, "dropped": data.dropped, "unanswered": data.unanswered,
+              "seq_len": data.seq_len, "needed_len": data.needed_len},
+        field="seq_len" if data.dropped else None,
+        fix="; ".join(fix for fix, needed in (
+            (f"raise seq_len (cutoff_len) to {data.needed_len or 'fit them'} or shorten those prompts", data.dropped),
+            ("give the unanswered records an assistant turn or remove them", data.unanswered)) if needed))]
 
 
 def _vanishing(records: list[StepRecord], settings: DiagnoseSettings) -> list[Finding]:
@@ -376,6 +454,7 @@ def conclude(report: DiagnosticReport, world: int = 1) -> DiagnosticReport:
     """Findings, the noise scale and advice from the report's records: the end of every run,
     a finished one or one whose child process died."""
     report.findings += analyze(report.records, report.settings)
+    report.findings += data_findings(report.data)
     report.noise_scale = noise_scale(report.records, report.settings, world)
     report.advice = advise(report.records, report.findings, report.settings, world=world,
                            bf16_supported=report.environment.get("bf16_supported"))

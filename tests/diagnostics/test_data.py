@@ -60,6 +60,18 @@ def test_cutoff_truncates_and_drops_examples_with_nothing_to_train() -> None:
         build_examples([long_prompt], tok, cutoff_len=64)
 
 
+def test_left_out_records_are_counted_with_the_cutoff_that_keeps_them() -> None:
+    """Record 2's prompt is 1 (bos) + 9 (`<|user|>\\n`) + 500 + 1 (newline) + 14 (`<|assistant|>\\n`) = 525 tokens,
+    so its first answer token is token 526; record 3 has no assistant turn at all."""
+    tok = ByteTokenizer(512)
+    records = [{"instruction": "q", "output": "a"}, {"instruction": "x" * 500, "output": "y"},
+               {"messages": [{"role": "user", "content": "hello?"}]}, {"instruction": "r", "output": "b"}]
+    built = build_examples(records, tok, cutoff_len=64)
+    assert len(built) == 2 and built.dropped == [2] and built.unanswered == [3]
+    assert built.needed_len == 526
+    assert len(build_examples(records, tok, cutoff_len=526)) == 3
+
+
 def test_plain_text_is_packed_into_full_blocks() -> None:
     tok = ByteTokenizer(512)
     examples = build_examples([{"text": "a" * 100}, {"text": "b" * 100}], tok, cutoff_len=50)

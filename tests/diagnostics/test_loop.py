@@ -55,6 +55,24 @@ def test_healthy_lora_run_raises_no_warning_and_step_zero_is_not_vanishing() -> 
     # ... which is not a finding
     assert warnings_of(report) == []
     assert not codes(report) & {"vanishing_gradients", "dead_parameters"}
+    assert report.settings.device == "cpu"  # where it ran, not the "auto" it was asked for
+
+
+def test_records_left_out_by_the_cutoff_are_reported() -> None:
+    """Truth from the tokenizer: the sample records whose first answer token lies past seq_len=96."""
+    from diagnostics.data import IGNORE, ByteTokenizer, load_records, sample_path, to_turns
+
+    tok = ByteTokenizer(512)
+    records = load_records(sample_path("alpaca"))
+    starts = [tok.conversation(to_turns(r, "r"))[1] for r in records]
+    starts = [next(i for i, label in enumerate(labels) if label != IGNORE) for labels in starts]
+    cut = [n for n, start in enumerate(starts, 1) if start >= 96]
+    assert cut  # the sample has prompts longer than 96 tokens
+    report = run(settings("lora", steps=1))
+    assert report.data.records == len(records) and report.data.dropped == cut
+    assert report.data.needed_len == max(starts[n - 1] for n in cut) + 1
+    finding = next(f for f in report.findings if f.code == "dropped_records")
+    assert finding.severity == "info" and f"{len(cut)} of {len(records)} records" in finding.evidence
 
 
 def test_very_high_learning_rate_is_exploding_with_a_clip_suggestion() -> None:

@@ -12,14 +12,14 @@ from planner.plan import Plan
 BLOCKS = [f"block.{i}" for i in range(6)]
 
 
-def records(losses, norms, *, clipped=None, scales=None, zero_params=None, micro=None, layer=None):
+def records(losses, norms, *, clipped=None, scales=None, skipped=(), zero_params=None, micro=None, layer=None):
     out = []
     for i, (loss, norm) in enumerate(zip(losses, norms, strict=True)):
         out.append(StepRecord(
             step=i + 1, loss=loss, lr=1e-4, grad_norm=norm, clipped=bool(clipped and clipped[i]),
             layer_norms=layer(i) if layer else {b: norm / 3 for b in BLOCKS}, kind_norms={},
-            loss_scale=scales[i] if scales else None, zero_params=(zero_params or [[]] * len(losses))[i],
-            micro_grad_sq=micro[i] if micro else None))
+            loss_scale=scales[i] if scales else None, skipped=i + 1 in skipped,
+            zero_params=(zero_params or [[]] * len(losses))[i], micro_grad_sq=micro[i] if micro else None))
     return out
 
 
@@ -76,7 +76,57 @@ def test_clipping_on_most_steps_with_a_large_cut() -> None:
 
 def test_loss_scale_collapse() -> None:
     scales = [65536 / 2 ** i for i in range(20)]
-    assert "loss_scale_collapse" in codes(records(noisy(20), [1.0] * 20, scales=scales))
+    assert "loss_scale_collapse" in codes(records(noisy(20), [1.0] * 20, scales=scales, skipped=range(1, 20)))
+
+
+def test_five_skipped_fp16_steps_are_a_collapse_and_fewer_are_reported() -> None:
+    """The scale each step ran at (before update()): five skips from the first step on halve it five times."""
+    norms = [math.inf] * 5 + [1.0] * 5
+    scales = [65536 / 2 ** min(i, 5) for i in range(10)]
+    found = analyze(records(noisy(10), norms, scales=scales, skipped={1, 2, 3, 4, 5}), DiagnoseSettings(model="x"))
+    collapse = next(f for f in found if f.code == "loss_scale_collapse")
+    assert collapse.data["skipped_steps"] == [1, 2, 3, 4, 5] and collapse.severity == "error"
+    assert "skipped 5 of 10 steps (1, 2, 3, 4, 5)" in collapse.evidence
+    assert "from 65536 at step 1 to 2048 at step 10" in collapse.evidence
+    assert "non_finite" not in {f.code for f in found}  # a skipped step is not a failed one
+    scales = [65536.0] * 2 + [16384.0] * 8
+    few = analyze(records(noisy(10), [math.inf] * 2 + [1.0] * 8, scales=scales, skipped={1, 2}),
+                  DiagnoseSettings(model="x"))
+    info = next(f for f in few if f.code == "fp16_skipped_steps")
+    assert info.severity == "info" and info.data["count"] == 2
+    assert "loss_scale_collapse" not in {f.code for f in few}
+
+
+def test_non_finite_says_which_pass_and_where() -> None:
+    from diagnostics.report import NonFiniteOrigin
+
+    recs = records([3.0, 2.9, math.nan], [1.0, 1.0, math.nan])
+    recs[-1].origin = NonFiniteOrigin(phase="forward", module="model.layers.0.mlp.down_proj", where="output",
+                                      micro_batch=1, layers=["block.0", "block.1"])
+    finding = next(f for f in analyze(recs, DiagnoseSettings(model="x")) if f.code == "non_finite")
+    assert finding.evidence.startswith("the loss became nan at step 3: the forward pass went non-finite; "
+                                       "replaying micro-batch 1 with forward hooks, model.layers.0.mlp.down_proj "
+                                       "is the first module to output non-finite values from finite inputs")
+    assert finding.evidence.endswith("gradient norms non-finite in 2 of 6 layers: block.0, block.1")
+    # a record without a replay (a dead child's stream): the pass still comes from the loss
+    recs = records([3.0, 2.9], [1.0, math.inf])
+    finding = next(f for f in analyze(recs, DiagnoseSettings(model="x")) if f.code == "non_finite")
+    assert finding.data["phase"] == "backward" and finding.data["module"] is None
+    assert "while the loss stayed finite (2.9): the backward pass" in finding.evidence
+
+
+def test_dropped_records_are_information_until_a_tenth_of_the_data() -> None:
+    from diagnostics.report import DataSummary
+    from diagnostics.rules import data_findings
+
+    (few,) = data_findings(DataSummary(records=48, examples=45, seq_len=96, dropped=[42, 43, 44], needed_len=222))
+    assert few.severity == "info" and few.code == "dropped_records" and few.field == "seq_len"
+    assert few.evidence.startswith("3 of 48 records (6%) train nothing and are left out: 3 (records 42, 43, 44) "
+                                   "keep no answer token within seq_len=96: the prompt fills it; seq_len 222 keeps")
+    assert "raise seq_len (cutoff_len) to 222" in few.fix
+    (many,) = data_findings(DataSummary(records=20, examples=17, seq_len=96, dropped=[1, 2], unanswered=[7]))
+    assert many.severity == "warning" and "1 (records 7) have no assistant answer" in many.evidence
+    assert data_findings(DataSummary(records=20, examples=20, seq_len=96)) == []
 
 
 def test_dead_parameters_ignore_lora_first_step() -> None:
