@@ -13,6 +13,7 @@ from typing import Any
 
 from planner.configs import llamafactory
 from planner.configs.common import OPTIM_BACK, Format, RunConfig
+from planner.configs.export_common import scalar  # quoted where YAML would read it back otherwise
 from planner.configs.read import FRAMEWORKS
 from planner.fields import Vocabulary, cli_flags, name_in
 from planner.files import Inputs, write_output
@@ -59,16 +60,6 @@ def how(changes: dict[str, Any], vocabulary: Vocabulary) -> str:
 _LINE = re.compile(r"^(?P<key>[A-Za-z_][\w.-]*)(?P<sep>\s*:\s*)(?P<value>[^#\n]*?)(?P<trail>\s*(#.*)?)$")
 
 
-def yaml_scalar(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:.1e}" if value and abs(value) < 1e-3 else repr(value)
-    return str(value)
-
-
 def fix_config(source: str | Path, changes: dict[str, Any], target: str | Path, *, force: bool = False,
                inputs: Inputs | None = None) -> Path:
     """Write `source` with `changes` applied to `target`, keeping comments, blank lines and key order.
@@ -97,10 +88,10 @@ def fixed_text(source: str | Path, changes: dict[str, Any]) -> str:
         for i, line in enumerate(lines):
             match = _LINE.match(line)
             if match and match.group("key") in pending:
-                value = yaml_scalar(pending.pop(match.group("key")))
+                value = scalar(pending.pop(match.group("key")))
                 lines[i] = f"{match.group('key')}{match.group('sep')}{value}{match.group('trail')}"
         pending = {k: v for k, v in pending.items() if v is not None}
         if pending:
-            lines += ["", "### changed by ftplan preflight"] + [f"{k}: {yaml_scalar(v)}" for k, v in pending.items()]
+            lines += ["", "### changed by ftplan preflight"] + [f"{k}: {scalar(v)}" for k, v in pending.items()]
         new_text = "\n".join(lines) + "\n"
     return new_text
