@@ -33,6 +33,10 @@ What makes a fake step equal a GPU step (each was found the hard way):
   fake tensor that FakeTensorMode's memo holds a weakref to): the model is built on the meta
   device and each meta tensor is replaced by one fake tensor, memoised so tied weights stay tied;
 * AdamW keeps its `step` counters on the CPU even on a GPU: they are not counted;
+* autograd sums two gradients of one tensor (a tied embedding and LM head, a residual stream) in place when
+  it holds the only reference to the first, but never while a dispatch mode is active, and every traced op
+  runs under two: such a sum does not raise the counted peak when its first operand dies at once
+  (`StorageCounter._summed_in_place`);
 * fake CUDA tensors abort the process on a CPU-only build (embedding's device guard: "PyTorch is
   not linked with support for cuda devices") and CUDA autocast turns itself off without CUDA, so
   the fake tensors are on the CPU device and the step runs CPU autocast;
@@ -118,11 +122,23 @@ def _storage_counter_class():
             super().__init__()
             self.live: dict[int, tuple[int, weakref.finalize]] = {}
             self.current = 0
-            self.peak = 0
-            self.phase_peak = 0
+            self._peak = 0
+            self._phase_peak = 0
             self.ops = 0
+            self.made_by: dict[int, int] = {}  # storage -> sequence number of the autograd node that made it
+            self._held: tuple[int, int] | None = None  # a gradient sum's (first operand, bytes with the sum)
 
-        def track(self, tensor) -> None:
+        @property
+        def peak(self) -> int:
+            self.settle()
+            return self._peak
+
+        @property
+        def phase_peak(self) -> int:
+            self.settle()
+            return self._phase_peak
+
+        def track(self, tensor, raise_peak: bool = True) -> None:
             storage = tensor.untyped_storage()
             key = storage._cdata
             nbytes = storage.nbytes()
@@ -134,30 +150,81 @@ def _storage_counter_class():
                 self.live[key] = (nbytes, held[1])
             else:
                 self.live[key] = (nbytes, weakref.finalize(storage, self._free, key))
+                node = torch._C._current_autograd_node()
+                if node is not None:
+                    self.made_by[key] = node._sequence_nr()
             self.current += nbytes
-            if self.current > self.phase_peak:
-                self.phase_peak = self.current
-                self.peak = max(self.peak, self.current)
+            if raise_peak:
+                self._raise(self.current)
+
+        def _raise(self, nbytes: int) -> None:
+            if nbytes > self._phase_peak:
+                self._phase_peak = nbytes
+                self._peak = max(self._peak, nbytes)
 
         def _free(self, key: int) -> None:
             nbytes, _ = self.live.pop(key)
+            self.made_by.pop(key, None)
             self.current -= nbytes
 
+        def settle(self) -> None:
+            """A gradient sum held back by `_summed_in_place`: if its first operand died before the next op,
+            autograd held the only reference and a GPU step sums in place, so the sum never coexisted with it;
+            else it did, and counts at the peak."""
+            if self._held is not None:
+                operand, nbytes = self._held
+                self._held = None
+                if operand in self.live:
+                    self._raise(nbytes)
+
         def new_phase(self) -> None:
-            self.phase_peak = self.current
+            self.settle()
+            self._phase_peak = self.current
 
         def close(self) -> None:
+            self.settle()
             for _, fin in self.live.values():
                 fin.detach()
             self.live.clear()
 
+        def _summed_in_place(self, func, args, kwargs, out) -> int | None:
+            """The first operand's storage when this op is autograd's sum of two gradients for one input (a
+            tensor used twice in forward, e.g. tied embeddings or a residual stream) that a GPU step would do in
+            place. The engine sums them in `InputBuffer::accumulate` (torch/csrc/autograd/input_buffer.cpp) as
+            `old_var.add_(var)` when it holds the last reference to a plain dense `old_var`, else `old_var + var`;
+            its `can_accumulate_inplace` refuses whenever `at::isTensorSubclassLike`, which is true for every
+            tensor while any TorchDispatchMode is active (ATen/TensorSubclassLikeUtils.h), so under this counter
+            (and FakeTensorMode) every sum is out of place. Here: an add of two same-shaped tensors, run while
+            a backward node other than the first operand's maker is evaluated, whose first operand is a whole,
+            contiguous, non-view storage; `settle` decides once it is known whether the engine dropped it."""
+            if func is not torch.ops.aten.add.Tensor or kwargs.get("alpha", 1) != 1 or len(args) != 2:
+                return None
+            old, var = args
+            if not (isinstance(old, torch.Tensor) and isinstance(var, torch.Tensor) and isinstance(out, torch.Tensor)):
+                return None
+            node = torch._C._current_autograd_node()
+            if node is None or old.shape != var.shape or old.shape != out.shape or old.dtype != out.dtype:
+                return None
+            storage = old.untyped_storage()
+            key = storage._cdata
+            if (old._is_view() or not old.is_contiguous() or old.storage_offset() != 0
+                    or storage.nbytes() != old.numel() * old.element_size()
+                    or self.made_by.get(key) == node._sequence_nr()):
+                return None
+            return key
+
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
+            self.settle()
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
             if func.namespace != "prim":  # prim.device: a fake tensor's .device goes through dispatch
                 self.ops += 1
+            operand = self._summed_in_place(func, args, kwargs, out)
             for t in tree_leaves(out):
                 if isinstance(t, torch.Tensor):
-                    self.track(t)
+                    self.track(t, raise_peak=operand is None)
+            if operand is not None:
+                self._held = (operand, self.current)
             return out
 
     return StorageCounter

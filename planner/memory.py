@@ -5,16 +5,21 @@ A training step is three phases, and the components alive in each differ:
 * **forward** (measured at the loss, its largest point): weights, optimizer state,
   saved activations, the logits and their fp32 up-cast;
 * **backward**: at its start every activation is still alive while the loss's
-  fp32 logit gradients are created; at its end the activations are gone and every
-  gradient exists (the peak is at one of the two ends: in between, activations
-  are freed layer by layer as gradients of the same layers are allocated);
+  fp32 logit gradients are created; once the head's backward has freed those, the
+  last decoder block runs its backward (recomputed first under checkpointing) with
+  every layer's saved tensors still alive and its own gradients in flight; at its end
+  the activations are gone and every gradient exists, the embedding's being made
+  (the peak is at one of these three points: further on, activations are freed layer
+  by layer as gradients of the same layers are allocated);
 * **optimizer step**: weights, gradients, optimizer state and the optimizer's
   temporaries.
 
 The equations, per GPU (each phase's parts are listed in `Phase.parts`):
 
     forward   = W + M + O + G_accum + A + L + T_fwd
-    backward  = max(W + M + O + G_accum + A + L + T_bwd_start,  W + M + O + G + T_bwd_end)
+    backward  = max(W + M + O + G_accum + A + L + T_bwd_start,
+                    W + M + O + G_accum + A_blocks + T_last_block,
+                    W + M + O + G + T_bwd_end)
     optimizer = W + M + O + G + T_step
     peak_allocated = max(forward, backward, optimizer)
     overhead  = fragmentation x peak_allocated + CUDA context (on a GPU)
@@ -23,8 +28,9 @@ The equations, per GPU (each phase's parts are listed in `Phase.parts`):
 with W weights (sharded by ZeRO-3), M fp32 master weights and O optimizer state (sharded by
 ZeRO-1+, zero when offloaded), G gradients (sharded by ZeRO-2+, plus DDP's buckets), G_accum
 the gradients alive during forward (only with accumulation, plus DDP's buckets), A saved
-activations (planner.activations), L the logits, T the phase's transients (the loss's fp32
-copies and gradients, the recomputed block, ZeRO-3's gathered layers or largest module,
+activations (planner.activations; A_blocks those of the decoder blocks), L the logits, T the
+phase's transients (the loss's fp32 copies and gradients, the recomputed block, the last
+block's gradients in flight, the embedding's dense gradient, ZeRO-3's gathered layers or largest module,
 QLoRA's dequantized weight, the foreach optimizer's temporaries, the ZeRO step's gradient
 partition). `Breakdown.peak` holds the peak phase's parts, which add up to `peak_allocated`;
 `total` is what `nvidia-smi` shows at the peak.
@@ -36,9 +42,11 @@ from typing import NamedTuple
 
 from pydantic import BaseModel
 
-from planner.activations import ActivationBytes, saved_bytes
+from planner.activations import ActivationBytes, Ctx, T, Tape, saved_bytes
+from planner.activations import _mlp as replay_mlp
 from planner.methods import (
     DTYPE_BYTES,
+    BlockTraining,
     TrainingLayout,
     adapter_dtype,
     block_training,
@@ -78,6 +86,8 @@ class Details(BaseModel):
     recompute_one_block: int
     loss_forward_transient: int
     loss_backward_transient: int
+    last_block_backward: int = 0  # gradients in flight while the last block runs its backward, beyond its saved bytes
+    embedding_backward: int = 0  # the embedding's dense gradient (and a tied head's sum) at the end of backward
     optimizer_temporaries: int  # all of the step's temporaries, the ZeRO gradient partition included
     zero_gradient_partition: int  # DeepSpeed ZeRO's gradient partition in the master's dtype, built in step()
     zero3_gather: int  # ZeRO-3's gathered parameters (and gradient) in backward; forward holds no gradient
@@ -211,18 +221,26 @@ def _freeze_checkpointing(spec: ModelSpec, plan: Plan, train: TrainingLayout, de
     return inputs + above, plain.outside, max(acts.per_layer[first:end])
 
 
-def autocast_weight_copies(train: TrainingLayout, plan: Plan, counts: ParamCounts) -> tuple[int, int]:
+def autocast_weight_copies(train: TrainingLayout, plan: Plan, counts: ParamCounts,
+                           spec: ModelSpec | None = None) -> tuple[int, int]:
     """Under torch.autocast, fp32 trainable weights are cast to 16 bits once per forward and the
     copies are kept (the autocast weight cache, and the matmuls save them for backward), 2 bytes per
-    matmul weight. Returns (copies made inside the decoder blocks, the LM head's copy)."""
+    matmul weight. Returns (copies made inside the decoder blocks, the LM head's copy).
+
+    Fused MoE experts are not cast: transformers runs them through `torch._grouped_mm`, which has no autocast
+    kernel (neither AutocastCUDA nor AutocastCPU: `torch._C._dispatch_has_kernel_for_dispatch_key`), so fp32
+    experts compute in fp32 and leave no 16-bit copy (`spec` gives the trainable layers' experts)."""
     if not plan.mixed or plan.zero > 0:
         return 0, 0
     head = counts.head or counts.embeddings - counts.position_embeddings  # a tied head casts the embedding
     if train.method == "full":
-        return 2 * (counts.total - counts.norms - counts.embeddings - counts.head), 2 * head
+        return 2 * (counts.total - counts.norms - counts.embeddings - counts.head - counts.experts), 2 * head
     if train.method == "freeze":
         outside = 2 * head if train.head_trainable else 0
-        return 2 * train.trainable_params - outside, outside
+        chosen = set(train.trainable_layers)
+        experts = sum(block.other_params.get("experts", 0) for i, block in spec.iter_blocks() if i in chosen) \
+            if spec is not None and counts.experts else 0
+        return 2 * (train.trainable_params - experts) - outside, outside
     return 2 * train.adapter_params, 0
 
 
@@ -243,7 +261,7 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
         cpu_offload = opt_state + master
         opt_state = master = 0
 
-    block_copies, head_copy = autocast_weight_copies(train, plan, counts)
+    block_copies, head_copy = autocast_weight_copies(train, plan, counts, spec)
     if plan.gradient_checkpointing:
         # Each block keeps only its input, and one block is recomputed at a time during backward
         # (Chen et al. 2016). The checkpointed forward saves nothing, but autocast still caches its
@@ -287,14 +305,33 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
     grads += buckets
     forward = {**persistent, "gradients": accum_grads, "activations": activations, "logits": logits,
                "temporaries": max(loss_forward, dequant, no_grad) + gather_forward + autocast_cache}
+    # Backward runs the loss and the head first: their fp32 logit gradients are freed (the head's backward
+    # consumes them) before autograd reaches the last decoder block, so under checkpointing the first block is
+    # recomputed only after they are gone (torch.utils.checkpoint recomputes inside the block's own backward
+    # node). Three points bound the phase: its start (the loss), the last block's backward (every layer's saved
+    # tensors, or block inputs, still alive, with that block's own gradients in flight) and its end.
     backward_start = {**persistent, "gradients": accum_grads, "activations": activations, "logits": logits,
-                      "temporaries": loss_backward + recompute + zero3_gather + dequant}
+                      "temporaries": loss_backward + zero3_gather + dequant}
+    in_flight = _last_block_backward(spec, plan, train, run.rows, acts)
+    # freeze tuning checkpoints only its trainable layers: frozen ones above them keep their saved tensors instead
+    last_recomputed = train.method != "freeze" or spec.num_layers - 1 in train.trainable_layers
+    backward_layer = {**persistent, "gradients": accum_grads, "activations": block_acts + saved_copies, "logits": 0,
+                      "temporaries": (recompute if last_recomputed else 0) + in_flight + zero3_gather + dequant}
+    embedding_end = _embedding_backward(spec, plan, train, run)
+    # under checkpointing the first block is recomputed last, before its own gradients and the embedding's exist
+    not_yet = 0
+    if plan.zero < 2 and recompute:
+        pb = DTYPE_BYTES[param_dtype(plan, trainable=True)]
+        first_trains = train.method == "full" or (train.method == "freeze" and 0 in train.trainable_layers)
+        not_yet = pb * ((counts.per_layer[0] if first_trains else 0)
+                        + (spec.vocab_size * spec.hidden_size if train.embeddings_trainable
+                           and not spec.tie_word_embeddings else 0))
     backward_end = {**persistent, "gradients": grads, "activations": 0, "logits": 0,
-                    "temporaries": recompute + zero3_gather + dequant}
-    backward = max(backward_start, backward_end, key=lambda p: sum(p.values()))
+                    "temporaries": max(recompute - not_yet, embedding_end, 0) + zero3_gather + dequant}
+    backward = max(backward_start, backward_layer, backward_end, key=lambda p: sum(p.values()))
     optimizer = {**persistent, "gradients": grads, "activations": 0, "logits": 0, "temporaries": optimizer_temp}
     if plan.optimizer_in_backward:  # the step happens inside backward, one parameter at a time
-        backward = max(backward_start, backward_end, optimizer, key=lambda p: sum(p.values()))
+        backward = max(backward_start, backward_layer, backward_end, optimizer, key=lambda p: sum(p.values()))
         optimizer = {**persistent, "gradients": buckets, "activations": 0, "logits": 0, "temporaries": 0}
     phases = []
     if run.generated:
@@ -311,9 +348,13 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
     phases += [
         Phase(name="forward", parts=_ordered(forward), allocated=sum(forward.values()), what=what_forward),
         Phase(name="backward", parts=_ordered(backward), allocated=sum(backward.values()),
-              what=(("start: fp32 logit gradients" if run.head == "logits" else "start: the loss's gradients")
-                    if backward is backward_start else "end: all gradients")
-              + (", one block recomputed" if recompute else "")),
+              what=("start: fp32 logit gradients" if run.head == "logits" else "start: the loss's gradients")
+              if backward is backward_start else
+              ("the last block's backward" + (", recomputed" if recompute and last_recomputed else "")
+               + ": its gradients in flight")
+              if backward is backward_layer else
+              "end: all gradients" + (", the first block recomputed" if recompute - not_yet > embedding_end else
+                                      ", the embedding's dense gradient" if embedding_end else "")),
         Phase(name="optimizer", parts=_ordered(optimizer), allocated=sum(optimizer.values()),
               what="step: " + ("ZeRO's gradient partition" if grad_partition else
                                "foreach temporaries" if optimizer_temp else "in-place update")),
@@ -331,6 +372,7 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
             autocast_weight_copies=block_copies + head_copy, autocast_cache_forward=autocast_cache,
             ddp_buckets=buckets, recompute_one_block=recompute,
             loss_forward_transient=loss_forward, loss_backward_transient=loss_backward,
+            last_block_backward=in_flight, embedding_backward=embedding_end,
             optimizer_temporaries=optimizer_temp, zero_gradient_partition=grad_partition,
             zero3_gather=zero3_gather, qlora_dequant=dequant, reference_weights=reference,
             no_grad_forward=no_grad, kv_cache=kv_cache, vllm_reserved=vllm,
@@ -608,6 +650,121 @@ def _loss_transients(spec: ModelSpec, plan: Plan, train: TrainingLayout, run: St
     # forward: the model's logits and the loss's fp32 up-cast coexist with log_softmax's output;
     # backward start: nll_loss's fp32 grad and log_softmax's fp32 grad input, both T x V
     return tv * cb + (4 * tv if plan.compute_dtype != "fp32" else 0), 8 * tv
+
+
+def _last_block_backward(spec: ModelSpec, plan: Plan, train: TrainingLayout, rows: int,
+                         acts: ActivationBytes) -> int:
+    """Bytes the last decoder block's backward (the first block autograd reaches, while every layer's saved
+    tensors are still alive) holds beyond what the block saved: the gradient of the block's output, which the
+    residual add hands to both branches and which lives until the block is done, plus the largest of the MLP's
+    moments (its projections hold the largest tensors of a block):
+
+    * its down projection's backward: the gradient of the projection's input, and of a weight that trains or
+      that peft's ParamWrapper materialises whole for MoE experts (W + BA, whose gradient is as big as W:
+      transformers' grouped_mm experts take it through `_grouped_mm`'s backward), and, for LoRA on the
+      projection, the fp32 gradient of the adapter's up-cast input;
+    * the activation x up product's backward: the product's gradient and one for each factor (two for an
+      ungated MLP);
+    * with a trainable (or ParamWrapper-merged) gate_up: that weight's gradient and the gradient of its output,
+      once the down projection's saved tensors, the product's factors and the gate_up output are freed;
+    * under checkpointing, the end of the recomputed forward, at its down projection: its input, its output
+      and, with LoRA, the adapter's fp32 input (peft keeps the up-cast until the module returns), its output
+      and the scaled output.
+
+    MoE experts run on `top_k` rows per token; their outputs, kept for the routing-weight multiply, are freed
+    before the experts' backward. With eager attention, its softmax's backward is one more moment (below).
+    Checked against traced steps (tests/diagnostics/test_trace.py): the moments hold what the trace holds within
+    a few tokens x hidden buffers (the remaining gap is mostly the replay's own, 0.1-0.6% of a 2-layer step)."""
+    block = spec.blocks[-1].block
+    last = spec.num_layers - 1
+    mlp = block.mlp
+    tokens, d, cb = rows * plan.seq_len, spec.hidden_size, DTYPE_BYTES[plan.compute_dtype]
+    base_trains = train.method == "full" or (train.method == "freeze" and last in train.trainable_layers)
+    wb = DTYPE_BYTES[param_dtype(plan, trainable=base_trains)]
+    lora_paths: set[str] = set()
+    wrapped: frozenset[str] = frozenset()
+    if train.method in ("lora", "qlora"):
+        linears, wrapped = lora_targets(spec, block, plan)
+        lora_paths = {lin.path for lin in linears}
+    up_cast = DTYPE_BYTES[adapter_dtype(plan)] if adapter_dtype(plan) != plan.compute_dtype else 0
+    inter = mlp.intermediate_size
+    if mlp.kind == "moe":
+        # grouped_mm has no autocast kernel: the experts compute in their weights' dtype (fp32 when they train
+        # under *-mixed), and so do their gradients
+        n, e, xb = tokens * mlp.top_k, mlp.num_experts, wb if base_trains else cb
+        kept = n * d * xb
+        weight_down = e * d * inter * wb if (base_trains or "down" in wrapped) else 0
+        down = n * d * xb + n * inter * xb + weight_down - kept
+        product = 3 * n * inter * xb - kept
+        gate_up = 0
+        if base_trains or "gate_up" in wrapped:
+            # by then the product's saved factors, the gate_up output they view and the down projection's saved
+            # input are freed, and so is a ParamWrapper's merged down weight (saved) with its gradient; a trained
+            # down weight's gradient stays, as .grad (summed into it in place when accumulating)
+            freed = 3 * n * inter * xb + (n * inter * xb if weight_down else 0)
+            if "down" in wrapped and not base_trains:
+                freed += weight_down
+            stays = weight_down if base_trains and plan.grad_accum == 1 else 0
+            gate_up = e * 2 * inter * d * wb + n * 2 * inter * xb + n * d * xb + stays - freed - kept
+        tail = n * inter * xb + n * d * xb
+    else:
+        mlp_linears = [lin for lin in block.linears if lin.component == "mlp"]
+        if not mlp_linears:
+            return acts.input_per_layer[-1]
+        proj = mlp_linears[-1]
+        adapter = proj.path in lora_paths
+        weight = proj.in_features * proj.out_features * wb if base_trains else 0
+        down = tokens * inter * cb + (tokens * inter * up_cast if adapter else 0) + weight
+        product = (3 if mlp.kind == "gated" else 2) * tokens * inter * cb
+        gate_up = 0
+        tail = tokens * inter * cb + (tokens * inter * up_cast + 3 * tokens * d * cb if adapter else tokens * d * cb)
+    moments = [down, product, gate_up] + ([tail] if plan.gradient_checkpointing else [])
+    att = block.attention
+    if plan.attention == "eager" and att.kind != "mla":
+        # eager attention's backward, after the MLP's (whose saved tensors are gone by then): the probabilities'
+        # gradient, its fp32 up-cast and softmax's gradient coexist, b x heads x s x s each (the probabilities'
+        # 16-bit copy, saved by the matmul with v, is freed first)
+        scores = rows * att.num_heads * plan.seq_len * plan.seq_len
+        moments.append(scores * ((4 if att.softmax_fp32 else cb) + cb) - _mlp_saved(spec, plan, block, base_trains,
+                                                                                       lora_paths, wrapped, tokens))
+    return acts.input_per_layer[-1] + max(moments)
+
+
+def _mlp_saved(spec: ModelSpec, plan: Plan, block: Block, base_trains: bool, lora_paths: set[str],
+               wrapped: frozenset[str], tokens: int) -> int:
+    """What one block's MLP saves for backward (the replay's own rules, on an input that requires grad)."""
+    weight_dtype = param_dtype(plan, trainable=base_trains)
+    tape = Tape(autocast=plan.compute_dtype if plan.mixed else None)
+    ctx = Ctx(batch=1, seq=tokens, hidden=spec.hidden_size, compute=plan.compute_dtype, weight_dtype=weight_dtype,
+              kernel=plan.attention, lora_rank=plan.lora_rank, lora_dropout=plan.lora_dropout,
+              adapter_dtype=adapter_dtype(plan))
+    x = T(tokens * spec.hidden_size, weight_dtype if plan.mixed and base_trains else plan.compute_dtype, True)
+    replay_mlp(tape, x, block, BlockTraining(base_trains, frozenset(lora_paths), wrapped), ctx)
+    return tape.bytes()
+
+
+def _embedding_backward(spec: ModelSpec, plan: Plan, train: TrainingLayout, run: StageRun) -> int:
+    """What the end of backward holds beyond every gradient when the embedding trains: its backward makes a
+    dense (vocab x hidden) gradient while the gradient of its output (tokens x hidden) is alive.
+
+    A tied LM head gave the same parameter a gradient at the start of backward, which autograd holds in the
+    parameter's input buffer until the embedding's arrives, and then sums (torch/csrc/autograd/input_buffer.cpp,
+    `accumulate`): in place (`old_var.add_(var)`) when it holds the only reference to a plain dense tensor,
+    which it does under autocast (the head's gradient is the fresh fp32 up-cast of the 16-bit copy's), else
+    out of place (`old_var + var`): without autocast the head's gradient is a transposed view of the matmul's
+    output, and a third vocab x hidden buffer exists while the two are summed. ZeRO-2/3 reduce the gradients
+    out of autograd's hands (not modelled here)."""
+    if not train.embeddings_trainable or plan.zero >= 2:
+        return 0
+    gb = DTYPE_BYTES[param_dtype(plan, trainable=True)]
+    arriving = run.rows * plan.seq_len * spec.hidden_size * gb
+    tied_head = spec.tie_word_embeddings and not spec.num_labels and run.head in ("logits", "logps")
+    if not tied_head:
+        return arriving
+    dense = spec.vocab_size * spec.hidden_size * gb
+    if plan.mixed and param_dtype(plan, trainable=True) == "fp32":
+        return dense + arriving
+    return max(dense + arriving, 2 * dense)
 
 
 def reference_bytes(spec: ModelSpec, plan: Plan, train: TrainingLayout) -> int:

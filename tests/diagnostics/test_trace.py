@@ -57,6 +57,80 @@ def test_counter_counts_live_storages_once_and_tracks_the_peak() -> None:
     counter.close()
 
 
+# ---------------------------------------------------------------- gradient sums, as autograd makes them
+
+# A vocabulary x hidden weight much larger than the tokens' tensors, used by an embedding and an LM head
+VOCAB, HIDDEN, TOKENS = 1000, 512, 8
+
+
+def _embedding_and_head(tied: bool, autocast: bool):
+    """(the embedding's weight, the loss) of a step whose head is the same parameter (tied) or its own."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    embedding = torch.nn.Parameter(torch.randn(VOCAB, HIDDEN))
+    head = embedding if tied else torch.nn.Parameter(torch.randn(VOCAB, HIDDEN))
+    ids = torch.arange(TOKENS)  # distinct ids: CPU's embedding backward allocates by how many repeat
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = F.linear(F.embedding(ids, embedding), head).float().logsumexp(-1).sum()
+    return embedding, loss
+
+
+@pytest.mark.parametrize("autocast", [True, False], ids=["autocast", "plain"])
+def test_without_a_dispatch_mode_autograd_sums_a_tied_weights_gradients_in_place_only_under_autocast(
+        autocast: bool) -> None:
+    """The oracle for the counter's rule, with no dispatch mode active, as on a GPU: the head's gradient,
+    held until the embedding's arrives, becomes the weight's .grad (summed in place) when it is the fresh fp32
+    up-cast of the 16-bit copy's gradient, and not when it is a transposed view of the matmul's output."""
+    weight, loss = _embedding_and_head(tied=True, autocast=autocast)
+    accumulate = weight.view_as(weight).grad_fn.next_functions[0][0]
+    made: dict[str, int] = {}  # the node that made one of the weight's gradients -> that gradient's buffer
+
+    def record(node, i: int) -> None:
+        def hook(grads, _outputs) -> None:
+            made[node.name()] = grads[i].data_ptr()
+
+        node.register_hook(hook)
+
+    seen, stack = set(), [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for i, (child, _) in enumerate(node.next_functions):
+            if child is accumulate:
+                record(node, i)
+            stack.append(child)
+    loss.backward()
+    head = next(ptr for name, ptr in made.items() if not name.startswith("Embedding"))
+    assert (weight.grad.data_ptr() == head) is autocast
+    assert weight.grad.data_ptr() != made["EmbeddingBackward0"]
+
+
+@pytest.mark.parametrize("autocast", [True, False], ids=["autocast", "plain"])
+def test_the_counter_counts_gradient_sums_as_autograd_makes_them_without_it(autocast: bool) -> None:
+    """Summed in place, a tied weight's backward rises exactly as an untied pair's (the same two vocab x hidden
+    gradients and the arriving tokens x hidden one); out of place, by a third vocab x hidden buffer, made once
+    the arriving gradient is freed. Under the counter's own dispatch mode autograd sums out of place always."""
+    from diagnostics.trace import _storage_counter_class
+
+    def backward_rise(tied: bool) -> int:
+        counter = _storage_counter_class()()
+        with counter:
+            _, loss = _embedding_and_head(tied, autocast)
+            counter.new_phase()
+            start = counter.current
+            loss.backward()
+            rise = counter.phase_peak - start
+        counter.close()
+        return rise
+
+    third = 0 if autocast else 4 * VOCAB * HIDDEN - 4 * TOKENS * HIDDEN
+    assert abs(backward_rise(tied=True) - backward_rise(tied=False) - third) <= 1024  # give or take a scalar
+
+
 # ---------------------------------------------------------------- fake equals real
 
 
@@ -120,6 +194,57 @@ def test_real_size_trace_is_within_the_planners_claimed_tolerance(model: str, me
                                  f"allowed +-{allowed:,.0f} B")
     # parameters exact, as claimed; the trace also holds the buffers (rotary inv_freq and its original copy)
     assert 0 <= trace.weights - parts["weights"] < 2**20
+
+
+# ---------------------------------------------------------------- the backward phase against the planner
+
+def _layers(model: str, layers: int) -> dict:
+    """A preset's config.json with fewer decoder layers: the per-layer and vocabulary effects stay."""
+    config = dict(resolve_model(model).config)
+    config["num_hidden_layers"] = layers
+    return config
+
+
+# Each case's peak is in backward, at the point named: "start" (the loss's fp32 gradients), "last block" (the
+# last decoder block's backward, recomputed or not, with every layer's saved tensors alive) or "end" (every
+# gradient, the embedding's being made). Exact points are off by what the planner leaves out on purpose
+# (buffers, the token ids: UNMODELLED); the last block's in-flight gradients are modelled moment by moment
+# (planner.memory._last_block_backward), within 10% of those bytes.
+BACKWARD_CASES = [
+    # LoRA + checkpointing: the logit gradients are freed before the first block is recomputed (the planner
+    # added the recomputed block to the loss's peak: +9.1% here, +3.1% at 32 layers x 4 x 768)
+    ("llama-3.1-8b", 1, Plan(method="lora", gradient_checkpointing=True, batch_size=4, seq_len=768), "start"),
+    # tied embeddings, fused AdamW: the embedding's dense gradient beside the head's, summed in place under
+    # autocast, and in a third buffer without it (the planner stopped at every gradient: -8.5% and -15.0%)
+    ("llama-3.2-3b", 1, Plan(method="full", optimizer="adamw-fused", seq_len=1024), "end"),
+    ("llama-3.2-3b", 1, Plan(method="full", precision="bf16", optimizer="adamw-fused", seq_len=1024), "end"),
+    # Mixtral, LoRA on every linear and (peft's ParamWrapper) the experts: the last MoE layer's backward holds
+    # the merged down weight's gradient (-7.6% before)
+    ("mixtral-8x7b", 1, Plan(method="lora", lora_target="all-linear", seq_len=1024), "last block"),
+    # Mixtral, LoRA + checkpointing: the recomputed MoE block's backward, above the loss's at a 32k vocabulary
+    # (+6.0% before: the recomputed block on top of the loss)
+    ("mixtral-8x7b", 1, Plan(method="lora", gradient_checkpointing=True, seq_len=1024), "last block"),
+]
+
+
+@pytest.mark.parametrize(("model", "layers", "plan", "point"), BACKWARD_CASES,
+                         ids=[f"{m}-{p.method}{'-ckpt' if p.gradient_checkpointing else ''}-{p.precision}-"
+                              f"{p.lora_target if p.method == 'lora' else p.optimizer}" for m, _, p, _ in BACKWARD_CASES])
+def test_the_backward_peak_is_where_the_traced_step_has_it(model: str, layers: int, plan: Plan, point: str) -> None:
+    from planner.memory import estimate_memory
+    from planner.spec import spec_from_config
+
+    config = _layers(model, layers)
+    trace = trace_step(config, plan, name=model)
+    est = estimate_memory(spec_from_config(config, name=model), trace.plan)
+    assert trace.peak_phase == est.peak_phase == "backward"
+    assert est.peak_what.startswith({"start": "start:", "last block": "the last block's backward",
+                                     "end": "end:"}[point]), est.peak_what
+    allowed = UNMODELLED + (est.details.last_block_backward // 10 if point == "last block" else 0)
+    gap = est.peak_allocated - trace.peak_allocated
+    assert abs(gap) <= allowed, (f"{model} x{layers}: trace {trace.peak_allocated:,} B, planner "
+                                 f"{est.peak_allocated:,} B ({est.peak_what}), {gap / trace.peak_allocated:+.3%}; "
+                                 f"allowed +-{allowed:,} B")
 
 
 # ---------------------------------------------------------------- the command
