@@ -124,6 +124,7 @@ def preference_findings(records: list[StepRecord], settings: DiagnoseSettings) -
         losses = [r.loss for r in records]
         half = losses[len(losses) // 2:]
         tail = _median(losses[-5:])
+        settled_margin = _median(_series(records, "abs_margin")[len(records) // 2:])
         if tail > DIVERGE_FACTOR * LOG2:
             findings.append(Finding(
                 code="loss_divergence", severity="error", message="The DPO loss climbs above log 2",
@@ -132,13 +133,12 @@ def preference_findings(records: list[StepRecord], settings: DiagnoseSettings) -
                          f"{_median(_series(records, 'accuracy')[-5:]):.0%}: the policy now prefers the rejected "
                          "answers",
                 data={"last": tail}, field="learning_rate", fix="lower learning_rate (x0.3) and add warmup"))
-        elif all(abs(v - LOG2) < STUCK_TOLERANCE for v in half) \
-                and _median(_series(records, "abs_margin")[len(records) // 2:]) < STUCK_MARGIN:
+        elif all(abs(v - LOG2) < STUCK_TOLERANCE for v in half) and settled_margin < STUCK_MARGIN:
             findings.append(Finding(
                 code="preference_not_learning", severity="info", message="The DPO loss stays at log 2",
                 evidence=f"over the last {len(half)} steps the loss stayed within {STUCK_TOLERANCE:g} of log 2 "
                          f"({LOG2:.3f}) with a median |reward margin| of "
-                         f"{_median(_series(records, 'abs_margin')[len(records) // 2:]):.2g}: the policy has not "
+                         f"{settled_margin:.2g}: the policy has not "
                          "moved from its reference",
                 data={"losses": half}, field="learning_rate",
                 fix="a learning rate too low for this run (see the update ratios), or pairs whose chosen and "

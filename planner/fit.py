@@ -64,21 +64,34 @@ def _largest(fits, low: int, limit: int) -> int:
 BATCH_SEARCH_LIMIT = 1 << 16
 
 
-def batch_step(plan: Plan) -> int:
-    """The micro-batches a stage's trainer accepts are the multiples of this. GRPO: TRL's GRPOConfig refuses a
-    generation batch (micro-batch x processes x steps_per_generation, which defaults to the accumulation)
-    that is not a whole number of prompt groups of `num_generations`."""
+def _whole_groups(plan: Plan, times: int) -> int:
+    """The smallest n for which n x `times` completions are whole prompt groups. GRPO only: TRL's GRPOConfig
+    refuses a generation batch (micro-batch x processes x steps_per_generation, which defaults to the
+    accumulation) that is not a whole number of groups of `num_generations`."""
     if plan.stage != "grpo":
         return 1
-    return plan.num_generations // math.gcd(plan.num_generations, plan.gpus * plan.grad_accum)
+    return plan.num_generations // math.gcd(plan.num_generations, times)
+
+
+def batch_step(plan: Plan) -> int:
+    """The micro-batches the stage's trainer accepts at the plan's accumulation and GPUs are multiples of this."""
+    return _whole_groups(plan, plan.gpus * plan.grad_accum)
 
 
 def accum_step(plan: Plan) -> int:
-    """The accumulation steps the stage's trainer accepts at the plan's micro-batch are the multiples of this
-    (GRPO's whole prompt groups again, see `batch_step`)."""
-    if plan.stage != "grpo":
-        return 1
-    return plan.num_generations // math.gcd(plan.num_generations, plan.batch_size * plan.gpus)
+    """The accumulation steps the stage's trainer accepts at the plan's micro-batch are multiples of this."""
+    return _whole_groups(plan, plan.batch_size * plan.gpus)
+
+
+def prompt_groups_problem(plan: Plan) -> str | None:
+    """Why the stage's trainer refuses the plan's micro-batch, `{field}` placeholders naming settings; None when
+    it takes it."""
+    step = batch_step(plan)
+    if plan.batch_size % step == 0:
+        return None
+    return (f"TRL's GRPOConfig refuses this run: the generation batch ({{batch_size}} x {{gpus}} x {{grad_accum}} "
+            f"= {plan.batch_size * plan.gpus * plan.grad_accum}) must hold whole groups of {{num_generations}} "
+            f"{plan.num_generations} completions; use a {{batch_size}} that is a multiple of {step}")
 
 
 def max_batch_size(spec: ModelSpec, plan: Plan, capacity: int, limit: int = BATCH_SEARCH_LIMIT,
@@ -118,12 +131,13 @@ def fit_report(spec: ModelSpec, plan: Plan, target: GpuTarget, required: int, *,
     headroom = target.capacity - required
     batch = max_batch_size(spec, plan, target.capacity, machine=target) if search_batch else None
     seq = max_seq_len(spec, plan, target.capacity, machine=target) if search_seq else None
+    step = batch_step(plan)
     return FitReport(
         gpu=target.name, source=target.source, capacity=target.capacity, required=required,
         fits=headroom >= 0, headroom=headroom, headroom_fraction=headroom / target.capacity,
-        max_batch=batch, max_seq_len=seq, max_batch_capped=batch is not None and batch > BATCH_SEARCH_LIMIT - batch_step(plan),
+        max_batch=batch, max_seq_len=seq, max_batch_capped=batch is not None and batch > BATCH_SEARCH_LIMIT - step,
         max_seq_len_capped=seq is not None and seq == seq_search_limit(spec, plan),
-        note=target.note, batch_step=batch_step(plan),
+        note=target.note, batch_step=step,
     )
 
 

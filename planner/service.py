@@ -12,7 +12,7 @@ from __future__ import annotations
 from planner.advice import suggest
 from planner.fields import Vocabulary, word
 from planner.findings import Change, Finding
-from planner.fit import batch_step, fit_report
+from planner.fit import batch_step, fit_report, prompt_groups_problem
 from planner.flops import estimate_time
 from planner.memory import Breakdown, estimate_memory
 from planner.methods import TrainingLayout, layout
@@ -125,15 +125,12 @@ def warnings(spec: ModelSpec, plan: Plan, target: GpuTarget | None) -> list[Find
     out = [Finding(severity="warning", code="model_config", message=w) for w in spec.warnings]
     out += [Finding(severity="warning", code=code, message=message, field="stage", data={"direction": direction})
             for code, message, direction in stage_warnings(plan, target.capacity if target else None)]
-    step = batch_step(plan)
-    if plan.batch_size % step:
+    refused = prompt_groups_problem(plan)
+    if refused:
+        step = batch_step(plan)
         fixed = -(-plan.batch_size // step) * step
         out.append(Finding(
-            severity="error", code="prompt_groups", field="batch_size",
-            message=f"TRL's GRPOConfig refuses this run: the generation batch ({{batch_size}} x {{gpus}} x "
-                    f"{{grad_accum}} = {plan.batch_size * plan.gpus * plan.grad_accum}) must hold whole groups of "
-                    f"{{num_generations}} {plan.num_generations} completions; use a {{batch_size}} that is a "
-                    f"multiple of {step}",
+            severity="error", code="prompt_groups", field="batch_size", message=refused,
             change=Change(title=f"Use a micro-batch of {fixed}", changes={"batch_size": fixed},
                           current={"batch_size": plan.batch_size}, reason="whole prompt groups")))
     gpu = target.gpu if target else None

@@ -35,7 +35,7 @@ from planner.configs.export_common import (
 from planner.configs.export_llamafactory import llamafactory_yaml
 from planner.errors import FtplanError
 from planner.files import Existing, Inputs, check_output, write_output
-from planner.fit import batch_step
+from planner.fit import prompt_groups_problem
 from planner.plan import Plan
 from planner.spec import ModelSpec
 from planner.stages import REFERENCED
@@ -98,11 +98,9 @@ def render_export(fmt: str, model: str, plan: Plan, path: str | Path, *, spec: M
     x = ExportInput(model=model_id, plan=plan, spec=spec, hyper=hyper or default_hyper(plan), path=path,
                     deepspeed=ds if plan.zero else None, name=name, dataset=dataset)
     rendered = _WRITERS[fmt](x)  # first: it refuses the stages and methods the framework lacks
-    step = batch_step(plan)
-    if plan.batch_size % step:  # the trainer would stop at its config (see planner.fit.batch_step)
-        raise FtplanError(f"TRL's GRPOConfig refuses a generation batch of {plan.batch_size * plan.gpus * plan.grad_accum}"
-                          f" completions, not whole groups of {plan.num_generations}; use a multiple of {step}",
-                          field="batch_size")
+    refused = prompt_groups_problem(plan)
+    if refused:  # the trainer would stop at its config
+        raise FtplanError(refused, field="batch_size")
     if plan.reference_model is not None and plan.stage not in REFERENCED | {"grpo"}:
         rendered.runs.setdefault("reference_model", (None, None if not plan.reference_model else
                                                      f"ftplan planned a frozen reference model, which {plan.stage} "
