@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from planner.methods import DTYPE_BYTES, BlockTraining
+from planner.peft_methods import oft_block
 from planner.spec import Block, Linear, ModelSpec
 
 
@@ -117,6 +118,13 @@ class Tape:
         h = self.linear(xa, rank, lin.in_features, trainable=True)
         return self.linear(h, lin.out_features, rank, trainable=True)
 
+    def bottleneck(self, x: T, hidden: int, width: int, adapter_dtype: str) -> T:
+        """A Houlsby adapter on a sublayer's output, cast to the adapter's dtype as peft casts LoRA's input:
+        x + up(silu(down(x))).to(x.dtype), both projections trainable (diagnostics.models builds the same)."""
+        h = self.activation(self.linear(self.cast(x, adapter_dtype), width, hidden, trainable=True), "silu")
+        self.linear(h, hidden, width, trainable=True)
+        return T(x.numel, x.dtype, True)
+
     def embedding(self, tokens: int, dim: int, dtype: str, trainable: bool, input_grad: bool) -> T:
         if trainable:
             self.save(T(tokens, "int64", False))  # the token ids index the gradient rows
@@ -178,6 +186,9 @@ class Ctx:
     lora_rank: int = 8
     lora_dropout: float = 0.0
     adapter_dtype: str = "fp32"
+    prefix: int = 0  # prefix tuning: virtual keys and values before the sequence's own in every layer
+    oft: tuple[int, int] = (32, 0)  # OFT (block size, blocks): one of them set
+    adapter_width: int = 0  # Houlsby adapters' bottleneck
 
     @property
     def tokens(self) -> int:
@@ -185,11 +196,36 @@ class Ctx:
 
 
 def _proj(tape: Tape, x: T, lin: Linear, training: BlockTraining, ctx: Ctx) -> T:
+    if lin.path in training.oft_paths:
+        x = _oft_rotate(tape, x, lin, ctx)
+    elif lin.path in training.ia3_inputs:  # peft IA3 feed-forward: (x.to(l.dtype) * l).to(x.dtype)
+        tape.save(tape.cast(x, ctx.adapter_dtype))
+        x = T(x.numel, x.dtype, True)
     out = tape.linear(x, lin.out_features, lin.in_features, training.base_trainable)
     if lin.path in training.lora_paths:
-        tape.lora(x, lin, ctx.lora_rank, ctx.lora_dropout, ctx.adapter_dtype)
+        xa = tape.lora(x, lin, ctx.lora_rank, ctx.lora_dropout, ctx.adapter_dtype)
+        if training.dora:
+            # peft's DoRA (tuners/lora/dora.py): (m / ||W + BA|| - 1) * base_result + m / ||W + BA|| * lora_result;
+            # the norm is detached, so the products keep the base result and the adapter's result
+            tape.save(out, T(out.numel, xa.dtype, False))
         out = T(out.numel, out.dtype, True)  # (result + delta * scaling).to(result dtype)
+    elif lin.path in training.ia3_paths:  # (result * l).to(result dtype): the product keeps the result
+        tape.save(out)
+        out = T(out.numel, out.dtype, True)
     return out
+
+
+def _oft_rotate(tape: Tape, x: T, lin: Linear, ctx: Ctx) -> T:
+    """peft's OFT (tuners/oft/layer.py, OFTRotationModule.forward): the input, cast to the rotation's dtype, times
+    a block-diagonal R built from the skew-symmetric parameters by a Cayley-Neumann series (5 terms: Q, Q^2, Q^3
+    from bmm's that keep their operands), as `einsum("...rk,rkc->...rc")`, which keeps both of its inputs."""
+    blocks, size = oft_block(lin.in_features, *ctx.oft)
+    rb = blocks * size * size
+    dtype = tape.autocast or ctx.adapter_dtype  # bmm runs in the autocast dtype
+    tape.save(T(rb, dtype, True), T(rb, dtype, True), T(rb, dtype, True))  # Q, Q^2, Q^3
+    xr = tape.cast(tape.cast(x, ctx.adapter_dtype), dtype)
+    tape.save(xr, T(rb, dtype, True))
+    return T(x.numel, x.dtype, True)
 
 
 def _rope(tape: Tape, x: T, rope_dim: int, ctx: Ctx) -> T:
@@ -232,9 +268,16 @@ def _attention(tape: Tape, x: T, block: Block, training: BlockTraining, ctx: Ctx
     k = _rope(tape, k, att.rope_dim, ctx)
     if att.rope_dim and att.rope_dim < att.head_dim:
         q, k = tape.new_like(q), tape.new_like(k)  # torch.cat((rotated, passthrough))
+    mask = _sdpa_mask(att, s)
+    if ctx.prefix:
+        # the cache prepends the trainable prefix to the layer's keys and values (DynamicCache.update's torch.cat),
+        # and with more keys than queries transformers hands sdpa an explicit causal mask
+        kv = b * (s + ctx.prefix) * kvh
+        k, v = T(kv * att.head_dim, k.dtype, True), T(kv * att.v_head_dim, v.dtype, True)
+        mask = mask or "full"
     out = _attention_kernel(tape, q, k, v, att.num_heads, att.num_kv_heads, att.head_dim, att.v_head_dim,
                             ctx, softcap=att.logit_softcap, dropout=att.dropout,
-                            mask=_sdpa_mask(att, s), softmax_fp32=att.softmax_fp32)
+                            mask=mask, softmax_fp32=att.softmax_fp32)
     return _proj(tape, _merge_heads(tape, out, ctx), o_lin, training, ctx)
 
 
@@ -255,6 +298,7 @@ def _attention_kernel(tape: Tape, q: T, k: T, v: T, nh: int, kvh: int, hd: int, 
                       softcap: float | None = None, dropout: float = 0.0, mask: str | None = None,
                       softmax_fp32: bool = True) -> T:
     b, s = ctx.batch, ctx.seq
+    kv = s + ctx.prefix  # keys per query row
     grad = q.grad or k.grad or v.grad
     rep = nh // kvh
     if ctx.kernel == "sdpa" and dropout > 0 and tape.device == "cpu":
@@ -267,16 +311,16 @@ def _attention_kernel(tape: Tape, q: T, k: T, v: T, nh: int, kvh: int, hd: int, 
     if ctx.kernel == "eager":
         if rep > 1 and not (kvh == 1 and b == 1):
             # repeat_kv materialises the grouped heads (a single KV head at batch 1 stays a broadcast view)
-            k, v = T(b * nh * s * hd, k.dtype, k.grad), T(b * nh * s * vd, v.dtype, v.grad)
+            k, v = T(b * nh * kv * hd, k.dtype, k.grad), T(b * nh * kv * vd, v.dtype, v.grad)
         # matmul reshapes the transposed q, k and v (when not already repeated) into contiguous copies
         qc = tape.new_like(q)
         kc = k if rep > 1 else tape.new_like(k)
-        v = v if rep > 1 else T(b * nh * s * vd, v.dtype, v.grad)
+        v = v if rep > 1 else T(b * nh * kv * vd, v.dtype, v.grad)
         if qc.grad:
             tape.save(kc)
         if kc.grad:
             tape.save(qc)
-        scores = T(b * nh * s * s, q.dtype, grad)
+        scores = T(b * nh * s * kv, q.dtype, grad)
         if softcap:
             scores = tape.unary(scores, "output")
         if softmax_fp32:  # softmax(dtype=float32).to(q.dtype)
@@ -293,12 +337,12 @@ def _attention_kernel(tape: Tape, q: T, k: T, v: T, nh: int, kvh: int, hd: int, 
     # transformers passes enable_gqa=True to sdpa when there is no mask, so grouped heads are
     # not repeated; an explicit mask (sliding window, Gemma 3) forces repeat_kv and is kept for backward.
     if ctx.kernel == "sdpa" and rep > 1 and mask:
-        k, v = T(b * nh * s * hd, k.dtype, k.grad), T(b * nh * s * vd, v.dtype, v.grad)
+        k, v = T(b * nh * kv * hd, k.dtype, k.grad), T(b * nh * kv * vd, v.dtype, v.grad)
     out = T(b * nh * s * vd, q.dtype, grad)
     if grad:
         tape.save(q, k, v, out, T(b * nh * s, "fp32", False))
         if mask and ctx.kernel == "sdpa":  # an additive [b, 1, s, s] mask, one per mask kind
-            tape.save(tape.shared.setdefault(f"mask.{mask}", T(b * s * s, q.dtype, False)))
+            tape.save(tape.shared.setdefault(f"mask.{mask}", T(b * s * kv, q.dtype, False)))
     return out
 
 
@@ -418,21 +462,30 @@ def replay_block(tape: Tape, x: T, block: Block, training: BlockTraining, ctx: C
     def norm(h: T) -> T:
         return tape.norm(h, rows, block.norm.kind, trainable, ctx.weight_dtype, block.norm.bias)
 
+    def adapted(out: T) -> T:  # a sublayer's output, through its Houlsby adapter when the block has one
+        return tape.bottleneck(out, ctx.hidden, ctx.adapter_width, ctx.adapter_dtype) if training.adapter else out
+
+    def attention(h: T) -> T:
+        return adapted(_attention(tape, h, block, training, ctx))
+
+    def mlp(h: T) -> T:
+        return adapted(_mlp(tape, h, block, training, ctx))
+
     p = block.residual_dropout
     if block.layout == "pre":
-        h = tape.add(x, tape.dropout(_attention(tape, norm(x), block, training, ctx), p))
-        return tape.add(h, tape.dropout(_mlp(tape, norm(h), block, training, ctx), p))
+        h = tape.add(x, tape.dropout(attention(norm(x)), p))
+        return tape.add(h, tape.dropout(mlp(norm(h)), p))
     if block.layout == "sandwich":
-        h = tape.add(x, norm(_attention(tape, norm(x), block, training, ctx)))
-        return tape.add(h, norm(_mlp(tape, norm(h), block, training, ctx)))
+        h = tape.add(x, norm(attention(norm(x))))
+        return tape.add(h, norm(mlp(norm(h))))
     if block.layout == "post":
-        h = tape.add(x, norm(_attention(tape, x, block, training, ctx)))
-        return tape.add(h, norm(_mlp(tape, h, block, training, ctx)))
+        h = tape.add(x, norm(attention(x)))
+        return tape.add(h, norm(mlp(h)))
     # parallel: attention and MLP read the same input (one shared norm or one each)
     xa = norm(x)
     xm = xa if block.num_norms == 1 else norm(x)
-    a = tape.dropout(_attention(tape, xa, block, training, ctx), p)
-    m = tape.dropout(_mlp(tape, xm, block, training, ctx), p)
+    a = tape.dropout(attention(xa), p)
+    m = tape.dropout(mlp(xm), p)
     return tape.add(tape.add(x, a), m)
 
 
@@ -471,7 +524,9 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
                 lora_rank: int = 8, lora_dropout: float = 0.0, adapter_dtype: str = "fp32",
                 device: str = "cuda", head: str = "logits", head_width: int | None = None,
                 scored: int | None = None, head_linear_trainable: bool | None = None,
-                logit_tokens: int | None = None, nll_term: bool = True) -> ActivationBytes:
+                logit_tokens: int | None = None, nll_term: bool = True, prefix: int = 0,
+                prompt_tokens: int = 0, prompt_encoder: int = 0, oft: tuple[int, int] = (32, 0),
+                adapter_width: int = 0) -> ActivationBytes:
     """Replay the whole forward + loss once.
 
     `weight_dtypes` is (dtype of trainable weights, dtype of frozen weights): norms
@@ -482,11 +537,16 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
     `scored` positions in all), "value" (a value or classification head of `head_width` outputs, with no loss
     over them) or "logps" (TRL's ORPO/CPO log-probs over logits kept in their own dtype, with the NLL term on the
     chosen half unless `nll_term` is off).
+    Prompt learning: `prefix` virtual keys and values precede each layer's own; `prompt_tokens` of the `seq`
+    are trained embeddings prepended to the input (so the whole input requires grad), and `prompt_encoder` is
+    what the encoder that makes them saves. `oft` and `adapter_width` size OFT's rotations and Houlsby adapters.
     """
     tape = Tape(autocast=autocast, device=device)
     tokens, d = batch * seq, spec.hidden_size
     emb_dtype = weight_dtypes[0] if embeddings_trainable else weight_dtypes[1]
-    x = tape.embedding(tokens, d, emb_dtype, embeddings_trainable, input_grad)
+    x = tape.embedding(tokens, d, emb_dtype, embeddings_trainable, input_grad or prompt_tokens > 0)
+    if prompt_encoder:
+        tape.save(T(prompt_encoder, "uint8", False))
     x = tape.dropout(x, spec.embedding_dropout)
     embedding_bytes = tape.bytes()
     per_layer: list[int] = []
@@ -511,7 +571,8 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
                 before, shared_before = tape.bytes(), _shared_bytes(tape)
                 wdt = weight_dtypes[0] if training.base_trainable else weight_dtypes[1]
                 ctx = Ctx(batch=batch, seq=seq, hidden=d, compute=compute, weight_dtype=wdt, kernel=kernel,
-                          lora_rank=lora_rank, lora_dropout=lora_dropout, adapter_dtype=adapter_dtype)
+                          lora_rank=lora_rank, lora_dropout=lora_dropout, adapter_dtype=adapter_dtype,
+                          prefix=prefix, oft=oft, adapter_width=adapter_width)
                 x = replay_block(tape, x, block, training, ctx)
                 nbytes = tape.bytes() - before
                 memo[key] = (nbytes - (_shared_bytes(tape) - shared_before), x)

@@ -38,11 +38,14 @@ from pydantic import BaseModel
 from planner.hardware import GpuSpec
 from planner.methods import BlockTraining, TrainingLayout, block_training, wrapped_tensors
 from planner.params import ParamCounts
+from planner.peft_methods import adapter_width, model_seq_len, oft_block
 from planner.plan import Plan
 from planner.spec import Block, Linear, ModelSpec
 from planner.stages import GENERATES, stage_run
 
 DEFAULT_MFU = {"full": 0.40, "freeze": 0.40, "lora": 0.35, "qlora": 0.25}
+# the other PEFT methods also train small additions to a frozen, unquantised base: LoRA's utilisation
+DEFAULT_MFU |= {m: DEFAULT_MFU["lora"] for m in ("prefix", "prompt", "ptuning", "ia3", "adapter", "oft")}
 
 
 class TimeEstimate(BaseModel):
@@ -115,12 +118,16 @@ def _first_layer_saving(block: Block, t: BlockTraining, hidden: int, rank: int, 
 
 def training_flops_per_token(spec: ModelSpec, counts: ParamCounts, train: TrainingLayout, plan: Plan) -> float:
     lora = train.method in ("lora", "qlora")
-    rank, seq = plan.lora_rank, plan.seq_len
-    tokens = plan.batch_size * plan.seq_len  # one micro-batch: ParamWrapper folds its weights once per forward
+    # prompt and P-tuning run their virtual tokens through the model with the text; prefix tuning adds its
+    # virtual keys and values to every layer's attention (the sequence itself stays)
+    rank, seq = plan.lora_rank, model_seq_len(plan)
+    keys = seq + (plan.num_virtual_tokens if plan.method == "prefix" else 0)
+    tokens = plan.batch_size * seq  # one micro-batch: ParamWrapper folds its weights once per forward
     blocks = [block for _, block in spec.iter_blocks()]
     training = block_training(spec, plan)
-    trains = [t.base_trainable or bool(t.lora_paths or t.lora_params) for t in training]
-    first = trains.index(True) if any(trains) else len(blocks)
+    trains = [t.trains for t in training]
+    # virtual tokens sit before the first layer (prefix: in every layer), so every layer runs backward
+    first = 0 if plan.prompt_learning else trains.index(True) if any(trains) else len(blocks)
     # the LM head (and final norm): every token, in every method; the embedding is a lookup
     head = counts.active_per_token - sum(_active(b) for b in blocks)
     forward = 2 * head
@@ -128,15 +135,28 @@ def training_flops_per_token(spec: ModelSpec, counts: ParamCounts, train: Traini
     recompute = 0.0
     # the first trained layer's input carries no gradient unless the embedding trains (full) or
     # LLaMA-Factory's checkpointing makes it require grad
-    input_grad = train.method == "full" or plan.gradient_checkpointing
+    input_grad = train.method in ("full", "prompt", "ptuning") or plan.gradient_checkpointing
     for i, (block, t) in enumerate(zip(blocks, training, strict=True)):
         active = _active(block)
-        f_qk, f_av = _attention(block, seq)
+        f_qk, f_av = _attention(block, keys)
+        # multiply-accumulates per token of what trains beside the frozen weights (2 FLOPs forward, 4 backward):
+        # LoRA's A and B; Houlsby's two bottlenecks (down and up); OFT's block-diagonal rotation of each input
         adapters = sum(rank * (lin.in_features + lin.out_features) for lin in block.linears if lin.path in t.lora_paths)
+        adapters += 2 * 2 * spec.hidden_size * adapter_width(spec, plan) if t.adapter else 0
+        rotations = [(lin.in_features, *oft_block(lin.in_features, plan.oft_block_size, plan.oft_blocks))
+                     for lin in block.linears if lin.path in t.oft_paths]
+        adapters += sum(width * size for width, _, size in rotations)
         wrapped = wrapped_tensors(block, spec.hidden_size, t.lora_params, rank)
         fold = sum(2 * w.rank * w.numel for w in wrapped) / tokens  # the fold whose gradient flows
+        # OFT builds each rotation once per forward: a 5-term Cayley-Neumann series, 3 batched b x b products
+        # (peft tuners/oft/layer.py, `_cayley_batch`)
+        fold += sum(2 * 3 * blocks * size ** 3 for _, blocks, size in rotations) / tokens
+        # DoRA computes B·A once per forward for the adapted weight's norm, detached: no backward (peft
+        # tuners/lora/dora.py; with lora_dropout it also reruns the base matmul, not counted here)
+        norms = sum(2 * rank * lin.in_features * lin.out_features for lin in block.linears
+                    if t.dora and lin.path in t.lora_paths) / tokens
         check = sum(2 * w.rank * w.numel for w in wrapped if w.experts > 1) / tokens  # registration check
-        layer = 2 * active + f_qk + f_av + 2 * adapters + fold + check
+        layer = 2 * active + f_qk + f_av + 2 * adapters + fold + check + norms
         forward += layer
         if plan.gradient_checkpointing and trains[i]:
             recompute += layer
@@ -147,9 +167,11 @@ def training_flops_per_token(spec: ModelSpec, counts: ParamCounts, train: Traini
             grads += 2 * active
         grads += sum(2 * w.active * w.out_features * w.in_features for w in wrapped)  # the merged weight's
         if i == first and not input_grad and (lora or block.layout == "post"):
-            grads -= _first_layer_saving(block, t, spec.hidden_size, rank, seq)
+            grads -= _first_layer_saving(block, t, spec.hidden_size, rank, keys)
         backward += grads
-    return forward + backward + recompute
+    # per token of text: prompt and P-tuning's virtual tokens cost as much as text tokens (their encoders, run
+    # on the virtual tokens alone, are left out: under 0.1% of a step for 7B models)
+    return (forward + backward + recompute) * seq / plan.seq_len
 
 
 def estimate_time(spec: ModelSpec, counts: ParamCounts, train: TrainingLayout, plan: Plan, gpu: GpuSpec,

@@ -38,10 +38,9 @@ partition). `Breakdown.peak` holds the peak phase's parts, which add up to `peak
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from pydantic import BaseModel
 
+from planner import peft_methods
 from planner.activations import ActivationBytes, Ctx, T, Tape, saved_bytes
 from planner.activations import _mlp as replay_mlp
 from planner.methods import (
@@ -56,6 +55,13 @@ from planner.methods import (
     lora_targets,
     param_dtype,
     quantized_bytes,
+)
+from planner.optimizers import (
+    badam_block,
+    optimizer_state,
+    step_temporaries,
+    steps_in_backward,
+    trainable_tensors,
 )
 from planner.params import ParamCounts, count_params
 from planner.plan import Plan
@@ -142,30 +148,9 @@ def gradient_bytes(train: TrainingLayout, plan: Plan) -> int:
 
 
 def optimizer_state_bytes(train: TrainingLayout, plan: Plan, spec: ModelSpec) -> int:
-    """Optimizer state per trainable parameter (Loshchilov & Hutter 2019; Dettmers et al. 2022).
-
-    * AdamW: exp_avg + exp_avg_sq in the parameter's dtype (PyTorch allocates them `zeros_like(p)`),
-      so 8 bytes for fp32 parameters, 4 for pure bf16, 8 (fp32) under a ZeRO master copy.
-    * 8-bit AdamW (bitsandbytes, as the HF Trainer builds it): 2 bytes plus fp32 absmaxes per parameter,
-      32-bit state (8 bytes) for small tensors and embeddings; see `_bnb_8bit_state`.
-    * Adafactor (Shazeer & Stern 2018): factored second moment, one row and one column vector per matrix,
-      always in fp32 (see `_adafactor_state`).
-    * SGD: nothing; with momentum: one buffer.
-    ZeRO-1+ shards the state over the GPUs; `--offload-optimizer` moves it to host RAM.
-    """
-    per_dtype = gradient_dtype(train)
-    state_dtype_bytes = {dt: (4 if keeps_master_copy(plan) else DTYPE_BYTES[dt]) for dt in per_dtype}
-    opt = plan.optimizer
-    if opt in ("adamw", "adamw-fused"):
-        total = sum(2 * n * state_dtype_bytes[dt] for dt, n in per_dtype.items())
-    elif opt in ("adamw-8bit", "paged-adamw-8bit"):
-        total = _bnb_8bit_state(trainable_tensors(spec, train, plan))
-    elif opt == "adafactor":
-        total = _adafactor_state(train, spec, plan)
-    elif opt == "sgd-momentum":
-        total = sum(n * state_dtype_bytes[dt] for dt, n in per_dtype.items())
-    else:
-        total = 0
+    """Optimizer state per GPU (planner.optimizers says what each optimizer keeps); ZeRO-1+ shards it over the
+    GPUs; `--offload-optimizer` moves it to host RAM."""
+    total = optimizer_state(spec, train, plan)
     return _ceil_div(total, plan.gpus) if plan.zero >= 1 else total
 
 
@@ -188,6 +173,11 @@ def activation_bytes(spec: ModelSpec, plan: Plan, train: TrainingLayout, device:
     run = run or stage_run(plan, device)
     return saved_bytes(
         spec, block_training(spec, plan), batch=run.rows, seq=plan.seq_len,
+        prefix=plan.num_virtual_tokens if plan.method == "prefix" else 0,
+        prompt_tokens=plan.num_virtual_tokens if plan.method in ("prompt", "ptuning") else 0,
+        prompt_encoder=peft_methods.encoder_saved_bytes(spec, plan, run.rows),
+        oft=(plan.oft_block_size, plan.oft_blocks),
+        adapter_width=peft_methods.adapter_width(spec, plan) if plan.method == "adapter" else 0,
         compute=plan.compute_dtype, weight_dtypes=(param_dtype(plan, trainable=True), plan.compute_dtype),
         kernel=plan.attention, autocast=plan.compute_dtype if plan.mixed else None,
         embeddings_trainable=train.embeddings_trainable, head_trainable=train.head_trainable,
@@ -248,12 +238,17 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
                     train: TrainingLayout | None = None, machine: Machine | None = None) -> Breakdown:
     machine = machine or Machine()
     spec = stage_spec(spec, plan)
+    # prompt and P-tuning run the model on their virtual tokens too: every per-token size grows with them
+    plan = plan.model_copy(update={"seq_len": peft_methods.model_seq_len(plan)})
     counts = counts or count_params(spec)
     train = train or layout(spec, counts, plan)
     run = stage_run(plan, machine.device)
     acts = activation_bytes(spec, plan, train, machine.device, run=run)
     weights = weight_bytes(train, plan)
     grads = gradient_bytes(train, plan)
+    if plan.optimizer == "badam":
+        # BAdam sets requires_grad_(False) on every layer but the active block: only its gradients exist
+        grads = _ceil_div(grads * badam_block(spec, train, plan), max(1, train.trainable_params))
     opt_state = optimizer_state_bytes(train, plan, spec)
     master = master_weight_bytes(train, plan)
     cpu_offload = 0
@@ -287,13 +282,21 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
                          default=0)
     # a quantized base (QLoRA's, or a pre-quantized checkpoint's) dequantizes one weight at a time
     dequant = largest_linear * compute_bytes if train.method == "qlora" or train.checkpoint_quantized else 0
+    # DoRA rebuilds each target's whole adapted weight to take its norm, one target at a time (forward and
+    # recompute alike)
+    if plan.use_dora:
+        targets = [lin for g in spec.blocks for lin in lora_targets(spec, g.block, plan)[0]]
+        dequant += peft_methods.dora_transient(targets, plan.lora_rank, DTYPE_BYTES[adapter_dtype(plan)])
     gather_forward, zero3_gather = _zero3_gather(spec, plan, train, counts)
     grad_partition, optimizer_temp = _optimizer_temporaries(spec, train, plan)
 
-    if plan.optimizer_in_backward:
-        # each gradient is stepped and freed in its own hook: only the largest one exists at a time
+    in_backward = steps_in_backward(plan)
+    if in_backward:
+        # each gradient is stepped and freed in its own hook: only the largest one exists at a time (the
+        # per-parameter optimizers' temporaries are already one parameter's; foreach AdamW's shrink with it)
         all_grads, grads = grads, _largest_gradient(spec, train, plan, grads)
-        optimizer_temp = _ceil_div(optimizer_temp * grads, max(1, all_grads))
+        if plan.optimizer == "adamw":
+            optimizer_temp = _ceil_div(optimizer_temp * grads, max(1, all_grads))
     reference = reference_bytes(spec, plan, train) * (int(run.reference) + int(run.reward_model))
     no_grad = _no_grad_forward(spec, plan, train, run, acts)
     kv_cache = kv_cache_bytes(spec, run.generated, plan.seq_len, compute_bytes) if run.generated else 0
@@ -330,7 +333,7 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
                     "temporaries": max(recompute - not_yet, embedding_end, 0) + zero3_gather + dequant}
     backward = max(backward_start, backward_layer, backward_end, key=lambda p: sum(p.values()))
     optimizer = {**persistent, "gradients": grads, "activations": 0, "logits": 0, "temporaries": optimizer_temp}
-    if plan.optimizer_in_backward:  # the step happens inside backward, one parameter at a time
+    if in_backward:  # the step happens inside backward, one parameter at a time
         backward = max(backward_start, backward_layer, backward_end, optimizer, key=lambda p: sum(p.values()))
         optimizer = {**persistent, "gradients": buckets, "activations": 0, "logits": 0, "temporaries": 0}
     phases = []
@@ -357,7 +360,8 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
                                       ", the embedding's dense gradient" if embedding_end else "")),
         Phase(name="optimizer", parts=_ordered(optimizer), allocated=sum(optimizer.values()),
               what="step: " + ("ZeRO's gradient partition" if grad_partition else
-                               "foreach temporaries" if optimizer_temp else "in-place update")),
+                               ("foreach temporaries" if plan.optimizer == "adamw" else "its temporaries")
+                               if optimizer_temp else "in-place update")),
     ]
     peak = max(phases, key=lambda p: p.allocated)
     fragmentation = int(peak.allocated * machine.fragmentation)
@@ -408,8 +412,8 @@ ZERO3_SUB_GROUP = 10**9
 def _optimizer_temporaries(spec: ModelSpec, train: TrainingLayout, plan: Plan) -> tuple[int, int]:
     """What the optimizer step allocates and frees again, per GPU: (ZeRO's gradient partition, all of it).
 
-    PyTorch's foreach AdamW materialises sqrt(exp_avg_sq) for the whole parameter group
-    (`torch._foreach_sqrt` in `_multi_tensor_adam`); the fused kernel and bitsandbytes update in place.
+    Without ZeRO, what the optimizer's own step allocates (planner.optimizers.step_temporaries: foreach
+    AdamW's sqrt(exp_avg_sq) for the whole group, one parameter's for the per-parameter loops).
 
     DeepSpeed ZeRO (not offloaded) steps one parameter group at a time: `DeepSpeedZeroOptimizer.step`
     (deepspeed/runtime/zero/stage_1_and_2.py, ZeRO-1 and 2 alike) flattens the group's reduced gradient
@@ -429,7 +433,7 @@ def _optimizer_temporaries(spec: ModelSpec, train: TrainingLayout, plan: Plan) -
     state_bytes = sum(n * (4 if keeps_master_copy(plan) else DTYPE_BYTES[dt]) for dt, n in per_dtype.items())
     foreach = plan.optimizer == "adamw"
     if plan.zero == 0:
-        return 0, state_bytes if foreach else 0
+        return 0, step_temporaries(spec, train, plan)
     params = max(1, train.trainable_params)
     state_part, grad_part = _ceil_div(state_bytes, plan.gpus), _ceil_div(grad_bytes, plan.gpus)
     if plan.zero == 3:
@@ -494,130 +498,6 @@ def _largest_module(spec: ModelSpec, plan: Plan, train: TrainingLayout) -> tuple
             if group.block.other_params.get(key):
                 add(group.block.other_params[key], trainable)
     return max(w for w, _ in modules), max(wg for _, wg in modules)
-
-
-class Tensor(NamedTuple):
-    """`count` trainable parameter tensors of `numel` elements each; `embedding`: an `nn.Embedding` weight."""
-
-    numel: int
-    count: int = 1
-    embedding: bool = False
-
-
-def _split(total: int, sizes: list[int]) -> list[int]:
-    """`sizes` when they add up to `total` (the spec keeps only the sum), else one tensor of `total`."""
-    return sizes if sum(sizes) == total else [total]
-
-
-def _block_tensors(spec: ModelSpec, block: Block) -> list[int]:
-    """Sizes of every parameter tensor of one decoder block, as transformers creates them."""
-    d, att, other = spec.hidden_size, block.attention, block.other_params
-    sizes: list[int] = []
-    for lin in block.linears:
-        sizes += [lin.in_features * lin.out_features] + ([lin.out_features] if lin.bias else [])
-    norms = other.get("norms", 0)
-    sizes += [d] * (norms // d) if norms % d == 0 else [norms]  # every block norm's weight and bias is d wide
-    if other.get("qk_norm"):
-        if att.kind == "mla":  # q_a_layernorm (q_lora_rank), kv_a_layernorm (kv_lora_rank)
-            parts = [r for r in (att.q_lora_rank, att.kv_lora_rank) if r]
-        elif att.qk_norm == "per_head":
-            parts = [att.head_dim, att.head_dim]
-        else:
-            parts = [att.num_heads * att.head_dim, att.num_kv_heads * att.head_dim]
-        sizes += _split(other["qk_norm"], parts)
-    if other.get("router"):
-        sizes.append(other["router"])  # one (experts, hidden) gate weight
-    if other.get("experts"):  # transformers 5's fused 3-D experts: gate_up (E, 2i, d) and down (E, d, i)
-        e, i = block.mlp.num_experts, block.mlp.intermediate_size
-        sizes += _split(other["experts"], [e * 2 * i * d, e * d * i])
-    sizes += [n for key, n in other.items() if key not in ("norms", "qk_norm", "router", "experts") and n]
-    return sizes
-
-
-def trainable_tensors(spec: ModelSpec, train: TrainingLayout, plan: Plan) -> list[Tensor]:
-    """Every trainable parameter tensor, by size: what a per-tensor optimizer (bitsandbytes) allocates for."""
-    d, out = spec.hidden_size, []
-    if train.method in ("lora", "qlora"):
-        r = plan.lora_rank
-        for group in spec.blocks:
-            linears, wrapped = lora_targets(spec, group.block, plan)
-            for lin in linears:  # lora_A (r, in), lora_B (out, r)
-                out += [Tensor(r * lin.in_features, group.count), Tensor(lin.out_features * r, group.count)]
-            e, i = group.block.mlp.num_experts, group.block.mlp.intermediate_size
-            shapes = {"router": [r * d, e * r],  # ParamWrapper shapes: see planner.methods.lora_param_adapters
-                      "gate_up": [e * 2 * r * d, 2 * i * e * 2 * r], "down": [e * r * i, d * e * r]}
-            out += [Tensor(n, group.count) for name in sorted(wrapped) for n in shapes[name]]
-        return out
-    chosen = set(train.trainable_layers)
-    for group in spec.blocks:
-        layers = group.count if train.method == "full" else \
-            sum(1 for i in range(group.start, group.start + group.count) if i in chosen)
-        if layers:
-            out += [Tensor(n, layers) for n in _block_tensors(spec, group.block)]
-    if train.method == "full":
-        out.append(Tensor(spec.vocab_size * d, embedding=True))  # a tied LM head is this same tensor
-        if spec.learned_positions:
-            out.append(Tensor(spec.learned_positions * d, embedding=True))
-        if spec.head_params:
-            out.append(Tensor(spec.head_params))
-        out += [Tensor(d, 2 if spec.final_norm.bias else 1)]
-    return out
-
-
-# bitsandbytes/optim/optimizer.py, Optimizer2State.init_state (bitsandbytes 0.50): a tensor with fewer than
-# `min_8bit_size` elements (4096, the `__init__` default the Trainer keeps) gets 32-bit state; a bigger one
-# gets uint8 state1/state2 and two fp32 absmax vectors, one value per block of 256 elements.
-BNB_MIN_8BIT_SIZE = 4096
-BNB_BLOCK = 256
-# Optimizer.fill_qmap: the signed and unsigned dynamic quantile maps, 256 fp32 values each, created once per
-# optimizer (`name2qmap`) and shared by every 8-bit tensor's state.
-BNB_QMAPS = 2 * 256 * 4
-
-
-def _bnb_8bit_state(tensors: list[Tensor]) -> int:
-    """bitsandbytes AdamW8bit / PagedAdamW8bit state as `transformers.Trainer.create_optimizer` sets it up.
-
-    The Trainer registers every `nn.Embedding` weight with `GlobalOptimManager.register_module_override(
-    module, "weight", {"optim_bits": 32})` (transformers/trainer.py, `Trainer.create_optimizer`), so the
-    embeddings (and a head tied to them) keep two fp32 moments, 8 bytes per parameter, as do tensors under
-    `min_8bit_size`; every other tensor keeps 2 bytes plus 2 x 4 bytes per 256-element block.
-    """
-    total = eight_bit = 0
-    for t in tensors:
-        if t.embedding or t.numel < BNB_MIN_8BIT_SIZE:
-            total += t.count * 8 * t.numel
-        else:
-            eight_bit += t.count
-            total += t.count * (2 * t.numel + 2 * 4 * _ceil_div(t.numel, BNB_BLOCK))
-    return total + (BNB_QMAPS if eight_bit else 0)
-
-
-def _adafactor_state(train: TrainingLayout, spec: ModelSpec, plan: Plan) -> int:
-    """Adafactor keeps rows + cols second-moment entries per trainable matrix, a full one per vector.
-
-    The entries are fp32 whatever the parameter's dtype: transformers' `Adafactor.step`
-    (transformers/optimization.py) up-casts a 16-bit gradient with `grad.float()` and allocates the state
-    `.to(grad)`, i.e. in fp32; ZeRO's fp32 master copy gets fp32 state too.
-    """
-    d = spec.hidden_size
-    entries = 0
-    chosen = set(train.trainable_layers)
-    for index, block in spec.iter_blocks():
-        if train.method in ("lora", "qlora"):
-            entries += sum(2 * plan.lora_rank + lin.in_features + lin.out_features
-                           for lin in lora_targets(spec, block, plan)[0])
-            continue
-        if train.method == "freeze" and index not in chosen:
-            continue
-        entries += sum(lin.in_features + lin.out_features + (lin.out_features if lin.bias else 0)
-                       for lin in block.linears)
-        entries += block.other_params.get("norms", 0) + block.other_params.get("qk_norm", 0)
-        if block.mlp.kind == "moe":
-            e, i = block.mlp.num_experts, block.mlp.intermediate_size
-            entries += e * (2 * i + d) + e * (d + i) + e + d
-    if train.method == "full":
-        entries += spec.vocab_size + d + (spec.head_width + d if spec.head_params else 0) + d
-    return 4 * entries
 
 
 def _ceil_div(a: int, b: int) -> int:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
+from planner import peft_methods
 from planner.errors import FtplanError
 from planner.params import (
     ALL,
@@ -124,6 +125,17 @@ class BlockTraining:
     base_trainable: bool
     lora_paths: frozenset[str] = frozenset()
     lora_params: frozenset[str] = frozenset()  # "router", "gate_up", "down": peft ParamWrapper targets
+    dora: bool = False  # the LoRA targets are DoRA's (a magnitude vector and the adapted weight's norm)
+    ia3_paths: frozenset[str] = frozenset()  # linears IA3 scales at their output ...
+    ia3_inputs: frozenset[str] = frozenset()  # ... or, the feed-forward ones, at their input
+    oft_paths: frozenset[str] = frozenset()  # linears whose input OFT rotates
+    adapter: bool = False  # Houlsby bottleneck adapters after the attention and the MLP
+
+    @property
+    def trains(self) -> bool:
+        """Something in the block requires grad."""
+        return self.base_trainable or self.adapter or bool(
+            self.lora_paths or self.lora_params or self.ia3_paths or self.ia3_inputs or self.oft_paths)
 
 
 # peft >= 0.18 on transformers 5 keeps old (v4) LoRA targets working on MoE models whose experts became
@@ -264,15 +276,47 @@ def block_training(spec: ModelSpec, plan: Plan) -> list[BlockTraining]:
         return [trained if i in chosen else frozen for i in range(spec.num_layers)]
     out: list[BlockTraining] = []
     for group in spec.blocks:  # identical blocks train identically: resolve targets once per group
-        linears, params = lora_targets(spec, group.block, plan)
-        out += [BlockTraining(False, frozenset(lin.path for lin in linears), params)] * group.count
+        out += [_peft_block_training(spec, group.block, plan)] * group.count
     return out
 
 
+def _peft_block_training(spec: ModelSpec, block: Block, plan: Plan) -> BlockTraining:
+    if plan.lora_family:
+        linears, params = lora_targets(spec, block, plan)
+        if params and plan.use_dora:
+            raise FtplanError("DoRA cannot adapt transformers 5's fused MoE expert parameters (peft: \"lora."
+                              "ParamWrapper does not work with use_dora=True\"); target the attention projections, "
+                              "or drop DoRA", field="use_dora")
+        return BlockTraining(False, frozenset(lin.path for lin in linears), params, dora=plan.use_dora)
+    if plan.method == "ia3":
+        targets = peft_methods.ia3_targets(spec, block, plan)
+        return BlockTraining(False, ia3_paths=frozenset(lin.path for lin, ff in targets if not ff),
+                             ia3_inputs=frozenset(lin.path for lin, ff in targets if ff))
+    if plan.method == "oft":
+        return BlockTraining(False, oft_paths=frozenset(lin.path for lin in _oft_targets(spec, block, plan)))
+    return BlockTraining(False, adapter=plan.method == "adapter")  # prompt learning adds nothing to a block
+
+
+def _oft_targets(spec: ModelSpec, block: Block, plan: Plan) -> list[Linear]:
+    """OFT's targets (LLaMA-Factory's oft_target, `all` by default): nn.Linear modules only. peft's OFT wraps no
+    3-D MoE expert parameter (it has no ParamWrapper) and refuses GPT-2's Conv1D projections."""
+    if spec.model_type in CONV1D_MODEL_TYPES:
+        raise FtplanError(f"peft's OFT supports only torch.nn.Linear and Conv2d; {spec.model_type}'s projections "
+                          "are Conv1D: use lora or ia3", field="method")
+    names = target_names(plan.lora_target)
+    if ALL in {n.lower() for n in names}:
+        names = llamafactory_all(spec)
+    return select_linears(block, names)
+
+
 def check_lora_target(spec: ModelSpec, plan: Plan) -> None:
-    if plan.method not in ("lora", "qlora"):
+    if plan.lora_family:
+        found = any(any(lora_targets(spec, g.block, plan)) for g in spec.blocks)
+    elif plan.method == "oft":
+        found = any(_oft_targets(spec, g.block, plan) for g in spec.blocks)
+    else:
         return
-    if not any(any(lora_targets(spec, g.block, plan)) for g in spec.blocks):
+    if not found:
         names = sorted({lin.name for g in spec.blocks for lin in g.block.linears})
         if ALL in {n.lower() for n in target_names(plan.lora_target)} and spec.model_type in CONV1D_MODEL_TYPES:
             # LLaMA-Factory's find_all_linear_modules returns [] and peft refuses the empty target list
@@ -338,6 +382,9 @@ def layout(spec: ModelSpec, counts: ParamCounts, plan: Plan) -> TrainingLayout:
         return TrainingLayout(method="freeze", trainable_params=trainable, trainable_layers=chosen,
                               groups=groups, notes=notes)
 
+    if not plan.lora_family:
+        return _peft_layout(spec, counts, plan, add, groups, notes)
+
     # LoRA / QLoRA
     ckpt = base_quantization(spec, plan)
     adapters = modules = quant_params = quant_bytes = 0
@@ -377,7 +424,14 @@ def layout(spec: ModelSpec, counts: ParamCounts, plan: Plan) -> TrainingLayout:
     else:
         add("frozen base model", counts.total, False)
     dtype = adapter_dtype(plan)
-    add("LoRA adapters", adapters, True, dtype=dtype)
+    if plan.use_dora:
+        block_training(spec, plan)  # refuses DoRA where peft does
+        magnitudes = sum(g.count * peft_methods.dora_magnitudes(lora_targets(spec, g.block, plan)[0])
+                         for g in spec.blocks)
+        adapters += magnitudes
+        notes.append("DoRA: a magnitude vector per target, and every step computes each adapted weight W + BA "
+                     "and its norm (a weight-sized tensor per target in forward; peft's tuners/lora/dora.py)")
+    add("DoRA adapters" if plan.use_dora else "LoRA adapters", adapters, True, dtype=dtype)
     if dtype == "fp32" and plan.compute_dtype != "fp32":
         notes.append("lora: peft keeps adapter weights in fp32 (autocast_adapter_dtype=True) and casts "
                      "each adapter's input to fp32")
@@ -389,6 +443,39 @@ def layout(spec: ModelSpec, counts: ParamCounts, plan: Plan) -> TrainingLayout:
         add("classification head copy (peft modules_to_save)", head, True, dtype=plan.compute_dtype)
     return TrainingLayout(method=plan.method, trainable_params=adapters + head, adapter_params=adapters,
                           lora_modules=modules, groups=groups, notes=notes, checkpoint_quantized=ckpt is not None)
+
+
+PEFT_NAMES = {"prefix": "prefix (virtual keys and values)", "prompt": "soft prompt", "ptuning": "prompt encoder",
+              "ia3": "IA3 vectors", "oft": "OFT rotations", "adapter": "bottleneck adapters"}
+
+
+def _peft_layout(spec: ModelSpec, counts: ParamCounts, plan: Plan, add, groups: list[ParamGroup],
+                 notes: list[str]) -> TrainingLayout:
+    """Every method but LoRA on a frozen base: the base in the compute dtype, the additions trainable."""
+    peft_methods.check_supported(spec, plan)
+    if spec.quantization is not None and base_quantization(spec, plan) is not None:
+        raise FtplanError(f"{plan.method} on a pre-quantized {spec.quantization.label} checkpoint is not planned; "
+                          "use lora on it, or the unquantized model", field="method")
+    add("frozen base model", counts.total, False)
+    trainable = sum(n * c for n, c in peft_tensor_sizes(spec, plan))
+    modules = 1 if plan.prompt_learning else sum(
+        g.count * (2 if plan.method == "adapter" else len(_peft_block_sizes(spec, g.block, plan))) for g in spec.blocks)
+    add(PEFT_NAMES[plan.method], trainable, True, dtype=adapter_dtype(plan))
+    notes.append(peft_methods.describe(spec, plan))
+    return TrainingLayout(method=plan.method, trainable_params=trainable, adapter_params=trainable,
+                          lora_modules=modules, groups=groups, notes=notes)
+
+
+def _peft_block_sizes(spec: ModelSpec, block: Block, plan: Plan) -> list[tuple[int, int]]:
+    oft = _oft_targets(spec, block, plan) if plan.method == "oft" else []
+    return peft_methods.block_tensors(spec, block, plan, oft)
+
+
+def peft_tensor_sizes(spec: ModelSpec, plan: Plan) -> list[tuple[int, int]]:
+    """(numel, count) of every trainable tensor a non-LoRA PEFT method adds; the prompt encoders' embedding first."""
+    if plan.prompt_learning:
+        return list(peft_methods.prompt_tensors(spec, plan).sizes)
+    return [(n, c * g.count) for g in spec.blocks for n, c in _peft_block_sizes(spec, g.block, plan)]
 
 
 def _checkpoint_group(spec: ModelSpec, q: Quantization, group: BlockGroup) -> tuple[int, int]:

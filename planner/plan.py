@@ -14,9 +14,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from planner.errors import FtplanError, validation_error
 
-Method = Literal["full", "freeze", "lora", "qlora"]
+# full/freeze train the model's own weights; the rest train what peft (or, for `adapter`, Houlsby et al.'s
+# bottleneck adapters) adds to a frozen base: planner.peft_methods says what each adds
+Method = Literal["full", "freeze", "lora", "qlora", "prefix", "prompt", "ptuning", "ia3", "adapter", "oft"]
+PromptEncoder = Literal["mlp", "lstm"]
 Precision = Literal["fp32", "bf16", "bf16-mixed", "fp16-mixed"]
-Optimizer = Literal["adamw", "adamw-fused", "adamw-8bit", "paged-adamw-8bit", "adafactor", "sgd", "sgd-momentum"]
+# planner.optimizers says what each one keeps: torch AdamW (foreach / fused), bitsandbytes (8-bit, paged, Lion),
+# torchao's 8/4-bit AdamW, Adafactor, SGD, Adam-mini, Muon, GaLore / APOLLO (low-rank states), BAdam (one block
+# at a time), LOMO / AdaLomo (the update fused into backward)
+Optimizer = Literal["adamw", "adamw-fused", "adamw-8bit", "paged-adamw-8bit", "adafactor", "sgd", "sgd-momentum",
+                    "paged-adamw", "adamw-torch-8bit", "adamw-torch-4bit", "lion", "paged-lion", "lion-8bit",
+                    "paged-lion-8bit", "adam-mini", "muon", "galore-adamw", "galore-adamw-8bit", "galore-adafactor",
+                    "apollo-adamw", "badam", "lomo", "adalomo"]
 AttentionKernel = Literal["eager", "sdpa", "flash"]
 # The training stage (planner.stages says what each one holds in memory): LLaMA-Factory's `stage` values
 # (hparams/finetuning_args.py; its ORPO and SimPO are `stage: dpo` with `pref_loss`), axolotl's `rl`, TRL's
@@ -46,6 +55,15 @@ class Plan(BaseModel):
     lora_rank: int = 8
     lora_target: str = "all"
     lora_dropout: float = 0.0
+    use_dora: bool = False  # DoRA: a magnitude vector per LoRA target, and the adapted weight's norm every step
+    num_virtual_tokens: int = 20  # prefix / prompt / ptuning
+    prefix_projection: bool = False  # prefix: an MLP reparametrises the prefix (P-Tuning v2 without it)
+    encoder_hidden_size: int | None = None  # prefix projection / ptuning encoder width; None: peft's token_dim
+    encoder_type: PromptEncoder = "mlp"  # ptuning: peft's PromptEncoder reparameterization
+    ia3_target: str | None = None  # ia3: module names; None: peft's default targets for the model type
+    adapter_reduction: int = 16  # adapter: hidden size / bottleneck width
+    oft_block_size: int = 32  # oft: the orthogonal blocks' size (peft's default) ...
+    oft_blocks: int = 0  # ... or, when set, blocks per layer (peft's `r`, LLaMA-Factory's oft_rank)
     freeze_trainable_layers: int = 2
     quant_bits: Literal[4, 8] | None = None  # quantized base weights (QLoRA); None with qlora means 4
     double_quant: bool = True
@@ -56,6 +74,10 @@ class Plan(BaseModel):
     # stage's trainer decides (planner.stages.uses_fused_head)
     fused_loss: bool | None = None
     optimizer_in_backward: bool = False  # torchtune's optimizer_in_bwd: step each parameter in its grad hook
+    # GaLore / APOLLO: the rank of the projected gradient and how many steps a projection is kept (the update
+    # step recomputes it; the memory does not depend on the interval); layer-wise = optimizer_in_backward
+    projection_rank: int = Field(128, ge=1)
+    projection_update_interval: int = Field(200, ge=1)
     stage: Stage = "sft"
     # ORPO/SimPO and reward models keep different tensors in LLaMA-Factory's trainers and TRL's (planner.stages)
     framework: Framework = "llamafactory"
@@ -78,18 +100,39 @@ class Plan(BaseModel):
             data = {**data, "method": "qlora"}
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _oft_blocks_replace_the_default_block_size(cls, data):
+        # peft takes either r or oft_block_size; a count of blocks given alone means "not the default size"
+        if isinstance(data, dict) and data.get("oft_blocks") and "oft_block_size" not in data:
+            data = {**data, "oft_block_size": 0}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> Plan:
-        if self.quant_bits and self.method in ("full", "freeze"):
+        if self.quant_bits and self.method not in ("lora", "qlora"):
             raise FtplanError(
                 f"{self.quant_bits}-bit weights cannot be trained with {{method}} {self.method}; train LoRA "
                 "adapters on the quantized base (QLoRA) or drop {quant_bits}", field="quant_bits")
-        for field in ("batch_size", "seq_len", "grad_accum", "gpus", "lora_rank", "num_generations"):
+        for field in ("batch_size", "seq_len", "grad_accum", "gpus", "lora_rank", "num_generations",
+                      "num_virtual_tokens", "adapter_reduction"):
             if getattr(self, field) < 1:
                 raise FtplanError(f"must be at least 1, got {getattr(self, field)}", field=field)
         if self.freeze_trainable_layers == 0 and self.method == "freeze":
             raise FtplanError("0 trains nothing; use N > 0 (last N layers) or -N (first N)",
                               field="freeze_trainable_layers")
+        if self.use_dora and not self.lora_family:
+            raise FtplanError(f"is a LoRA variant; {{method}} {self.method} has no LoRA adapters: use lora or qlora",
+                              field="use_dora")
+        if self.prefix_projection and self.method != "prefix":
+            raise FtplanError(f"reparametrises prefix tuning only; {{method}} is {self.method}", field="prefix_projection")
+        if self.encoder_hidden_size is not None and self.encoder_hidden_size < 1:
+            raise FtplanError(f"must be at least 1, got {self.encoder_hidden_size}", field="encoder_hidden_size")
+        if self.method == "oft" and (self.oft_block_size < 0 or self.oft_blocks < 0
+                                     or (self.oft_block_size == 0) == (self.oft_blocks == 0)):
+            raise FtplanError("set exactly one of {oft_block_size} and {oft_blocks} (peft's OFTConfig requires one "
+                              f"and only one), got {self.oft_block_size} and {self.oft_blocks}",
+                              field="oft_block_size")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise FtplanError(f"must be in [0, 1), got {self.lora_dropout}", field="lora_dropout")
         if self.offload_optimizer and self.zero == 0:
@@ -111,6 +154,21 @@ class Plan(BaseModel):
             raise FtplanError(f"generates completions, which stage {self.stage} does not; use it with {{stage}} "
                               "grpo", field="vllm")
         return self
+
+    @property
+    def lora_family(self) -> bool:
+        """LoRA adapters on linear layers (plain, DoRA, on a quantized base)."""
+        return self.method in ("lora", "qlora")
+
+    @property
+    def peft(self) -> bool:
+        """A frozen base with small trainable additions (every method but full and freeze)."""
+        return self.method not in ("full", "freeze")
+
+    @property
+    def prompt_learning(self) -> bool:
+        """Virtual tokens: prepended to the input (prompt, ptuning) or to every layer's keys and values (prefix)."""
+        return self.method in ("prefix", "prompt", "ptuning")
 
     @property
     def base_bits(self) -> int:

@@ -16,6 +16,7 @@ from planner.fit import batch_step, fit_report, prompt_groups_problem
 from planner.flops import estimate_time
 from planner.memory import Breakdown, estimate_memory
 from planner.methods import TrainingLayout, layout
+from planner.optimizers import optimizer_assumptions
 from planner.params import count_params
 from planner.plan import Plan
 from planner.result import Estimate, ModelSummary, ParamSummary
@@ -69,22 +70,11 @@ def assumptions(plan: Plan, machine: Machine, train: TrainingLayout, memory: Bre
     if plan.mixed and plan.zero:
         precision = (f"{plan.precision} under ZeRO: 16-bit weights and gradients, fp32 master weights and "
                      "Adam state in the optimizer (Rajbhandari et al. 2020)")
-    optimizer = {
-        "adamw": "AdamW, PyTorch foreach implementation (LLaMA-Factory/TRL `adamw_torch`): its step briefly "
-                 "holds sqrt(exp_avg_sq) for all parameters",
-        "adamw-fused": "AdamW, fused kernel (`adamw_torch_fused`, transformers' default on torch >= 2.8)",
-        "adamw-8bit": "bitsandbytes AdamW8bit: 2 bytes of state per parameter (tensors >= 4096 elements)",
-        "paged-adamw-8bit": "bitsandbytes paged AdamW8bit: 8-bit state in unified memory that can page to the "
-                            "host under pressure (counted on the GPU here)",
-        "adafactor": "Adafactor without momentum: factored second moments only",
-        "sgd": "SGD without momentum: no optimizer state",
-        "sgd-momentum": "SGD with momentum: one buffer per parameter",
-    }[plan.optimizer]
     kernel = {"eager": "eager attention (stores the s x s scores)",
               "sdpa": "PyTorch SDPA (flash/memory-efficient kernels: no s x s matrix)",
               "flash": "flash-attention 2 (no s x s matrix)"}[plan.attention]
     out = [
-        precision, optimizer, kernel,
+        precision, *optimizer_assumptions(plan), kernel,
         f"micro-batch {plan.batch_size} x {plan.seq_len} tokens, sequences padded or packed to full length",
         *stage_assumptions(plan, stage_run(plan, machine.device), memory.details.reference_weights),
         f"overhead: CUDA context {fmt_gib(machine.context_bytes)} ({machine.cuda_context_source}) + allocator "
@@ -106,11 +96,6 @@ def assumptions(plan: Plan, machine: Machine, train: TrainingLayout, memory: Bre
     if plan.zero and not plan.offload_optimizer:
         out.append("ZeRO step: DeepSpeed converts each parameter group's gradient partition to the master dtype "
                    "(fp32: 4 bytes per parameter / GPUs; ZeRO-3 one sub_group_size=1e9 sub-group at a time)")
-    if plan.optimizer in ("adamw-8bit", "paged-adamw-8bit"):
-        out.append("8-bit state as the HF Trainer sets it up: nn.Embedding weights and tensors under 4096 elements "
-                   "keep 32-bit state (8 bytes per parameter); one fp32 absmax per 256 values")
-    if plan.optimizer == "adafactor":
-        out.append("Adafactor state in fp32 whatever the weights' dtype (transformers up-casts the gradient)")
     if plan.gradient_checkpointing and plan.method == "freeze":
         out.append("freeze + gradient checkpointing as LLaMA-Factory sets it up: only trainable layers are "
                    "checkpointed; frozen layers below them keep nothing, frozen layers above keep their activations")

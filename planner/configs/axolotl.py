@@ -24,7 +24,7 @@ from planner.configs.common import (
     build_plan,
     deepspeed_config,
     generation_seq_len,
-    optimizer_for,
+    optimizer_settings,
     param_offload_warning,
     precision_keys,
     precision_of,
@@ -33,6 +33,7 @@ from planner.configs.common import (
     warning,
 )
 from planner.configs.hf import attention, quant_keys, say, targets_of, words
+from planner.configs.lora_variants import init_lora, loraplus_note, rslora_note
 from planner.errors import FtplanError
 from planner.findings import Finding
 from planner.params import target_names
@@ -175,9 +176,6 @@ NOT_MODELLED: list[tuple[tuple[str, ...], str, Direction]] = [
     (("spectrum_top_fraction", "spectrum_model_name"),
      "Spectrum trains only the highest-SNR share of the weights; this plan trains every weight",
      "overstates"),
-    (("peft_use_dora",),
-     "DoRA adds a magnitude vector and a weight-norm pass per adapted layer; this plan counts plain LoRA",
-     "understates"),
     (("lora_modules_to_save",),
      "these modules train as full copies (weights, gradients, optimizer state), which this plan does not "
      "count", "understates"),
@@ -261,7 +259,8 @@ WARNED_KEYS = frozenset(key for keys, _, _ in NOT_MODELLED for key in keys)
 # Keys `read` plans with (Liger's other kernels and the plugins list included).
 PLANNED = words("""
 base_model adapter load_in_4bit load_in_8bit lora_r lora_alpha lora_dropout lora_target_linear
-lora_target_modules peft_use_rslora peft_autocast_adapter_dtype micro_batch_size batch_size sequence_len
+lora_target_modules peft_use_rslora peft_use_dora peft_init_lora_weights peft loraplus_lr_ratio
+peft_autocast_adapter_dtype micro_batch_size batch_size sequence_len
 gradient_accumulation_steps gradient_checkpointing attn_implementation flash_attention sdp_attention
 xformers_attention flex_attention sage_attention eager_attention gemma4_hybrid_attn_impl bf16 fp16 bfloat16
 float16 optimizer deepspeed fsdp fsdp_config fsdp_version dp_shard_size dp_replicate_size plugins
@@ -281,13 +280,14 @@ RECOGNISED = KNOWN - PLANNED - WARNED_KEYS - {"rl", "reward_model", "process_rew
 # why).
 CUSTOM_OPTIMIZERS: dict[str, tuple[str, Direction | None, str]] = {
     "optimi_adamw": ("adamw", None, ""),  # a Kahan-summation buffer with pure 16-bit weights: see read()
-    "ao_adamw_8bit": ("adamw-8bit", None, ""),
-    "ao_adamw_fp8": ("adamw-8bit", None, ""),  # fp8 states: one byte each, as 8-bit states
-    "ao_adamw_4bit": ("adamw-8bit", "overstates", "its states are 4-bit"),
+    "ao_adamw_8bit": ("adamw-torch-8bit", None, ""),
+    "ao_adamw_fp8": ("adamw-torch-8bit", None, ""),  # fp8 states: one byte each, as 8-bit states
+    "ao_adamw_4bit": ("adamw-torch-4bit", "understates", "torchao's own AdamW4bit default block_size 128 (the "
+                      "Trainer passes 256) keeps twice the fp32 scales, 1/32 byte more per parameter"),
     "adopt_adamw": ("adamw", None, ""),  # ADOPT keeps Adam's two states
     "came_pytorch": ("sgd-momentum", "understates", "CAME keeps a momentum plus factored second moments and "
                      "confidence terms"),
-    "muon": ("adamw", "overstates", "Muon keeps one momentum for the 2-D weights (AdamW for the rest)"),
+    "muon": ("muon", None, ""),
     "dion": ("adamw", "overstates", "Dion keeps low-rank states"),
     "sinkgd": ("adamw", "unknown", "SinkGD's state is not Adam's"),
     "flash_adamw": ("adamw", "overstates", "FlashOptim compresses the states and the master weights"),
@@ -295,7 +295,7 @@ CUSTOM_OPTIMIZERS: dict[str, tuple[str, Direction | None, str]] = {
     "flash_sgd": ("sgd-momentum", "overstates", "FlashOptim compresses the momentum"),
     "flash_sgdw": ("sgd-momentum", "overstates", "FlashOptim compresses the momentum"),
     "flash_lion": ("sgd-momentum", "overstates", "FlashOptim compresses Lion's momentum"),
-    "q_galore_adamw8bit": ("adamw-8bit", "overstates", "Q-GaLore keeps low-rank projected states"),
+    "q_galore_adamw8bit": ("galore-adamw-8bit", "overstates", "Q-GaLore also keeps its projections in int4"),
 }
 
 # Liger's kernels besides the fused linear cross-entropy (integrations/liger/args.py)
@@ -396,6 +396,7 @@ def read(keys: Keys, base: Path, stage: str | None = None) -> RunConfig:
     if k.get("peft_autocast_adapter_dtype", bool) is False and method == "lora":
         r.warn("not_modelled", "peft_autocast_adapter_dtype", "peft_autocast_adapter_dtype false: the "
                "adapters stay in the base's 16-bit dtype, while this plan keeps them in fp32", "overstates")
+    use_dora = _lora_variants(r, method, quantized=bool(quant_bits))
 
     micro = k.positive("micro_batch_size", 1)
     accum = k.get("gradient_accumulation_steps", int)
@@ -406,6 +407,7 @@ def read(keys: Keys, base: Path, stage: str | None = None) -> RunConfig:
         raise FtplanError(f"{path}: key 'gradient_accumulation_steps' must be at least 1, got {accum}")
 
     optim_name = k.get("optimizer", str, "adamw_torch_fused")  # schemas/training.py
+    optim_fields: dict = {}
     if optim_name in CUSTOM_OPTIMIZERS:
         optim, direction, why = CUSTOM_OPTIMIZERS[optim_name]
         if optim_name == "optimi_adamw" and precision == "bf16":
@@ -414,7 +416,9 @@ def read(keys: Keys, base: Path, stage: str | None = None) -> RunConfig:
             r.warn("optimizer_nearest", "optimizer", f"optimizer {optim_name} is planned as {optim}: {why}",
                    direction)
     else:
-        optim, optim_warning = optimizer_for(optim_name, "optimizer")
+        optim_fields, optim_warning = optimizer_settings(optim_name, "optimizer", k.get("optim_args", (str, dict)),
+                                                         where=str(path))
+        optim = optim_fields.pop("optimizer")
         if optim_warning:
             r.warnings.append(optim_warning)
 
@@ -429,11 +433,11 @@ def read(keys: Keys, base: Path, stage: str | None = None) -> RunConfig:
     plan = build_plan(
         "axolotl", path, method=method, quant_bits=quant_bits, precision=precision, optimizer=optim,
         batch_size=micro, grad_accum=accum, gradient_checkpointing=checkpointing, attention=kernel,
-        lora_rank=k.positive("lora_r", 8), lora_target=targets,
+        lora_rank=k.positive("lora_r", 8), lora_target=targets, use_dora=use_dora,
         lora_dropout=k.get("lora_dropout", float, 0.0),
         # loaders/model.py: bnb_4bit_use_double_quant true, which bnb_config_kwargs may override
         double_quant=bool(bnb.get("bnb_4bit_use_double_quant", True)),
-        zero=zero, offload_optimizer=offload, fused_loss=fused, framework="trl", **stage_fields,
+        zero=zero, offload_optimizer=offload, fused_loss=fused, framework="trl", **stage_fields, **optim_fields,
     )
     k.get("sample_packing", bool)  # packed rows of sequence_len tokens: micro_batch x sequence_len, planned
     hyper = read_hyper(k, epochs="num_epochs", epochs_default=1.0, scheduler="lr_scheduler",
@@ -448,6 +452,44 @@ def read(keys: Keys, base: Path, stage: str | None = None) -> RunConfig:
                     val_size=k.get("val_set_size", float, 0.0))
     return RunConfig(path=path, format="axolotl", model=model or "", plan=plan, hyper=hyper, data=data,
                      notes=r.notes, warnings=r.warnings, gpus=_gpus(k))
+
+
+def _lora_variants(r: _Read, method: str, quantized: bool) -> bool:
+    """peft_use_dora, and the keys that change LoRA's init or scaling but not its tensors (loaders/adapter.py
+    _build_lora_config_kwargs: they reach peft's LoraConfig only with adapter lora or qlora). Returns use_dora."""
+    k = r.k
+    dora = k.get("peft_use_dora", bool, False)
+    rslora = k.get("peft_use_rslora", bool, False)
+    init = k.get("peft_init_lora_weights", (bool, str))
+    ratio = k.get("loraplus_lr_ratio", float)
+    peft = k.get("peft", dict, {}) or {}
+    loftq = (peft.get("loftq_config") or {}).get("loftq_bits") if isinstance(peft.get("loftq_config"), dict) else None
+    if method != "lora":
+        given = [key for key in ("peft_use_dora", "peft_use_rslora", "peft_init_lora_weights", "loraplus_lr_ratio",
+                                 "peft") if _set(k.config.get(key))]
+        if given:
+            r.notes.append(f"{', '.join(given)}: LoRA settings, which act only with adapter lora or qlora; ignored "
+                           "for this full fine-tune")
+        return False
+    if rslora:
+        r.notes.append(rslora_note("peft_use_rslora"))
+    if ratio is not None:
+        r.notes.append(loraplus_note("loraplus_lr_ratio", ratio))
+    if loftq and init is None:  # schemas/peft.py LoftQConfig: init_lora_weights loftq (model.py: no kbit prep)
+        init, key = "loftq", "peft.loftq_config"
+    else:
+        key = "peft_init_lora_weights"
+    if quantized and str(init).lower().startswith("pissa"):
+        raise FtplanError(f"{k.path}: key 'peft_init_lora_weights' {init} on a quantized base: peft initialises "
+                          "PiSSA only from 16- or 32-bit weights (tuners/lora/layer.py pissa_init raises); remove "
+                          "load_in_4bit/load_in_8bit or the PiSSA init")
+    if init is not None:
+        what, direction = init_lora(key, init, k.path)
+        if direction:
+            r.warn("lora_init", key, f"{key} {init}: {what}", direction)
+        elif what:
+            r.notes.append(f"{key} {init}: {what}")
+    return dora
 
 
 def _method(r: _Read) -> tuple[str, int | None]:

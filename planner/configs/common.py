@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
+import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any, Literal, TextIO
 
 from pydantic import BaseModel
 
-from planner.errors import FtplanError
+from planner.errors import FtplanError, shown
 from planner.findings import Finding
 from planner.plan import Plan
 
@@ -93,16 +94,27 @@ TRAINING_ARGUMENTS_IRRELEVANT = frozenset({
     "train_sampling_strategy", "use_legacy_prediction_loop", "weight_decay",
 })
 
-# The `optim` names of Hugging Face TrainingArguments, which all three frameworks pass through to it.
+# The `optim` names of Hugging Face TrainingArguments, which all three frameworks pass through to it
+# (transformers/training_args.py `OptimizerNames`, built in trainer_optimizer.py).
 OPTIM = {
     "adamw_torch": "adamw", "adamw_hf": "adamw", "adamw": "adamw", "adamw_torch_fused": "adamw-fused",
     "adamw_bnb_8bit": "adamw-8bit", "adamw_8bit": "adamw-8bit", "bnb_8bit": "adamw-8bit",
-    "paged_adamw_8bit": "paged-adamw-8bit", "paged_adamw_32bit": "adamw", "adafactor": "adafactor",
-    "sgd": "sgd",
+    "paged_adamw_8bit": "paged-adamw-8bit", "paged_adamw_32bit": "paged-adamw", "adafactor": "adafactor",
+    "sgd": "sgd", "adamw_torch_8bit": "adamw-torch-8bit", "adamw_torch_4bit": "adamw-torch-4bit",
+    "lion_32bit": "lion", "paged_lion_32bit": "paged-lion", "lion_8bit": "lion-8bit",
+    "paged_lion_8bit": "paged-lion-8bit", "galore_adamw": "galore-adamw", "galore_adamw_8bit": "galore-adamw-8bit",
+    "galore_adafactor": "galore-adafactor", "apollo_adamw": "apollo-adamw", "lomo": "lomo", "adalomo": "adalomo",
 }
+# `_setup_low_rank_optimizer`: a name ending in _layerwise gives each parameter its own optimizer, stepped in a
+# post-accumulate-grad hook (the planner's optimizer_in_backward)
+OPTIM_LAYERWISE = {"galore_adamw_layerwise": "galore-adamw", "galore_adamw_8bit_layerwise": "galore-adamw-8bit",
+                   "galore_adafactor_layerwise": "galore-adafactor", "apollo_adamw_layerwise": "apollo-adamw"}
 OPTIM_BACK = {"adamw": "adamw_torch", "adamw-fused": "adamw_torch_fused", "adamw-8bit": "adamw_bnb_8bit",
               "paged-adamw-8bit": "paged_adamw_8bit", "adafactor": "adafactor", "sgd": "sgd",
-              "sgd-momentum": "sgd"}
+              "sgd-momentum": "sgd", **{v: k for k, v in OPTIM.items() if v not in (
+                  "adamw", "adamw-fused", "adamw-8bit", "paged-adamw-8bit", "adafactor", "sgd")}}
+# transformers' `_get_galore_optimizer` / `_get_apollo_optimizer` defaults for the optim_args keys
+LOW_RANK_ARGS = {"rank": ("projection_rank", 128), "update_proj_gap": ("projection_update_interval", 200)}
 
 # Other TrainingArguments `optim` names (transformers' OptimizerNames), each planned as the nearest optimizer the
 # planner models: (planner optimizer, which way the estimate is off, why). Direction None: the same state bytes.
@@ -112,16 +124,10 @@ OPTIM_NEAREST: dict[str, tuple[str, Direction | None, str]] = {
     "adamw_anyprecision": ("adamw", "unknown", "its state dtypes are configurable"),
     "stable_adamw": ("adamw", None, ""),
     "grokadamw": ("adamw", "understates", "it keeps a gradient EMA besides Adam's two moments"),
-    "adamw_torch_8bit": ("adamw-8bit", None, "torchao's 8-bit states are bitsandbytes' size"),
-    "adamw_torch_4bit": ("adamw-8bit", "overstates", "its states are 4-bit"),
     "ademamix": ("adamw", "understates", "AdEMAMix keeps a third state (a slow EMA)"),
     "paged_ademamix_32bit": ("adamw", "understates", "AdEMAMix keeps a third state (a slow EMA)"),
     "ademamix_8bit": ("adamw-8bit", "understates", "AdEMAMix keeps a third state (a slow EMA)"),
     "paged_ademamix_8bit": ("adamw-8bit", "understates", "AdEMAMix keeps a third state (a slow EMA)"),
-    "lion_32bit": ("sgd-momentum", None, "Lion keeps one fp32 momentum, as SGD with momentum"),
-    "paged_lion_32bit": ("sgd-momentum", None, "Lion keeps one fp32 momentum, as SGD with momentum"),
-    "lion_8bit": ("adamw-8bit", "overstates", "Lion keeps one 8-bit state, not two"),
-    "paged_lion_8bit": ("adamw-8bit", "overstates", "Lion keeps one 8-bit state, not two"),
     "rmsprop": ("sgd-momentum", None, "RMSprop keeps one fp32 state"),
     "rmsprop_bnb_32bit": ("sgd-momentum", None, "RMSprop keeps one fp32 state"),
     "rmsprop_bnb": ("adamw-8bit", "overstates", "8-bit RMSprop keeps one 8-bit state, not two"),
@@ -130,22 +136,44 @@ OPTIM_NEAREST: dict[str, tuple[str, Direction | None, str]] = {
     "schedule_free_adamw": ("adamw", None, "schedule-free AdamW keeps two states"),
     "schedule_free_radam": ("adamw", None, "schedule-free RAdam keeps two states"),
     "schedule_free_sgd": ("sgd-momentum", None, "schedule-free SGD keeps one state"),
-    "galore_adamw": ("adamw", "overstates", "GaLore keeps Adam's states in a low-rank projection"),
-    "galore_adamw_8bit": ("adamw-8bit", "overstates", "GaLore keeps Adam's states in a low-rank projection"),
-    "galore_adafactor": ("adafactor", "overstates", "GaLore keeps the states in a low-rank projection"),
-    "galore_adamw_layerwise": ("adamw", "overstates", "layer-wise GaLore keeps low-rank states and one layer's "
-                               "gradients at a time"),
-    "galore_adamw_8bit_layerwise": ("adamw-8bit", "overstates", "layer-wise GaLore keeps low-rank states and one "
-                                    "layer's gradients at a time"),
-    "galore_adafactor_layerwise": ("adafactor", "overstates", "layer-wise GaLore keeps low-rank states and one "
-                                   "layer's gradients at a time"),
-    "apollo_adamw": ("adamw", "overstates", "APOLLO keeps low-rank auxiliary states"),
-    "apollo_adamw_layerwise": ("adamw", "overstates", "layer-wise APOLLO keeps low-rank states and one layer's "
-                               "gradients at a time"),
-    "lomo": ("sgd", "overstates", "LOMO updates each parameter inside backward and keeps no full gradient set"),
-    "adalomo": ("adafactor", "overstates", "AdaLomo updates each parameter inside backward and keeps no full "
-                "gradient set"),
 }
+
+
+def optimizer_settings(name: str, key: str = "optim", optim_args: str | dict | None = None, args_key: str = "optim_args",
+                       where: str = "config") -> tuple[dict, Finding | None]:
+    """A TrainingArguments `optim` name (and, for GaLore/APOLLO, its `optim_args` string) as Plan fields;
+    `where` (the file) prefixes an error."""
+    if name in OPTIM_LAYERWISE:
+        fields: dict = {"optimizer": OPTIM_LAYERWISE[name], "optimizer_in_backward": True}
+        found = None
+    else:
+        optimizer, found = optimizer_for(name, key)
+        fields = {"optimizer": optimizer}
+    if fields["optimizer"].startswith(("galore", "apollo")):
+        given = _optim_args(optim_args, f"{where}: key '{args_key}'")
+        for arg, (field, default) in LOW_RANK_ARGS.items():
+            value = given.get(arg, str(default))
+            if not value.isdigit() or int(value) < 1:
+                raise FtplanError(f"{where}: key '{args_key}': {arg}={value} must be a whole number of at least 1, "
+                                  f"e.g. {arg}={default}")
+            fields[field] = int(value)
+    return fields, found
+
+
+def _optim_args(text: str | dict | None, key: str) -> dict[str, str]:
+    """transformers' `_parse_optim_args`: comma-separated key=value pairs, spaces ignored (axolotl also takes a
+    mapping)."""
+    if isinstance(text, dict):
+        return {str(a): str(v) for a, v in text.items()}
+    out: dict[str, str] = {}
+    for pair in (text or "").replace(" ", "").split(","):
+        if not pair:
+            continue
+        if pair.count("=") != 1:
+            raise FtplanError(f"{key}: {pair!r} is not key=value; write e.g. rank=128,update_proj_gap=200")
+        arg, value = pair.split("=")
+        out[arg] = value
+    return out
 
 
 def optimizer_for(name: str, key: str = "optim") -> tuple[str, Finding | None]:
@@ -262,26 +290,11 @@ def warning(code: str, keys: str | Iterable[str], message: str, direction: Direc
 
 
 def load_config_file(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise FtplanError(f"{path}: cannot read it ({exc.strerror})") from None
-    if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise FtplanError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    else:
-        import yaml
+    from planner.configs.bounded import parse_json, parse_yaml, read_text  # size, aliases and depth bounded
 
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise FtplanError(f"{path}: not valid YAML{where}: {problem}") from None
+    path = Path(path)
+    text = read_text(path)
+    data = parse_json(text, path) if path.suffix.lower() == ".json" else parse_yaml(text, path)
     if not isinstance(data, dict):
         raise FtplanError(f"{path}: expected a mapping of settings (key: value), got {type(data).__name__}")
     return data
@@ -311,7 +324,9 @@ class Keys:
             names = {int: "a whole number", float: "a number", bool: "true or false", str: "text", list: "a list",
                      dict: "a mapping"}
             want = " or ".join(names.get(k, k.__name__) for k in (kind if isinstance(kind, tuple) else (kind,)))
-            raise FtplanError(f"{self.path}: key '{key}' must be {want}, got {value!r}")
+            raise FtplanError(f"{self.path}: key '{key}' must be {want}, got {shown(value)}")
+        if isinstance(value, float) and not math.isfinite(value):  # YAML's .inf / .nan: no setting takes them
+            raise FtplanError(f"{self.path}: key '{key}' must be a finite number, got {value}")
         return value
 
     def positive(self, key: str, default: int) -> int:
@@ -323,6 +338,8 @@ class Keys:
     def joined(self, key: str, default: str) -> str:
         """A list of names, written as a list or comma-separated, as one comma-separated string."""
         value = self.get(key, (str, list), default)
+        if isinstance(value, list) and not all(isinstance(item, str) for item in value):
+            raise FtplanError(f"{self.path}: key '{key}' must list names (text), got {shown(value)}")
         return ",".join(value) if isinstance(value, list) else value
 
 
@@ -613,3 +630,45 @@ def _count_array(file: TextIO) -> int:
         if after != ",":
             return 0
         next_char()
+
+
+# LLaMA-Factory's switches for its own optimizers (train/trainer_utils.py `create_custom_optimizer`)
+LF_SWITCH = {"galore": "use_galore", "apollo": "use_apollo", "badam": "use_badam", "adam-mini": "use_adam_mini",
+             "muon": "use_muon"}
+LAYERWISE_OPTIMIZERS = tuple(OPTIM_LAYERWISE.values())
+
+
+def trainer_optim_keys(plan: Plan, framework: str) -> dict[str, Any]:
+    """TrainingArguments' optimizer keys (TRL, axolotl) for the plan's optimizer: optim, and for GaLore/APOLLO
+    optim_args and optim_target_modules (every module under a decoder layer: transformers keeps the nn.Linear
+    ones). LLaMA-Factory's own optimizers have no `optim` name."""
+    if plan.optimizer in ("badam", "adam-mini") or (plan.optimizer == "muon" and framework == "TRL"):
+        raise FtplanError(f"{plan.optimizer} is LLaMA-Factory's ({LF_SWITCH[plan.optimizer]}); {framework} has no "
+                          "optim for it: export a LLaMA-Factory config or choose another optimizer",
+                          field="optimizer")
+    name = OPTIM_BACK[plan.optimizer]
+    if plan.optimizer not in LAYERWISE_OPTIMIZERS:
+        return {"optim": name}
+    return {"optim": name + ("_layerwise" if plan.optimizer_in_backward else ""),
+            "optim_args": f"rank={plan.projection_rank},update_proj_gap={plan.projection_update_interval}",
+            "optim_target_modules": r".*\.layers\.\d+\..*"}
+
+
+def llamafactory_optim_keys(plan: Plan) -> dict[str, Any]:
+    """LLaMA-Factory's keys for the plan's optimizer: a use_* switch with its settings where it is its own."""
+    family = plan.optimizer.split("-")[0] if plan.optimizer in LAYERWISE_OPTIMIZERS else plan.optimizer
+    if family not in LF_SWITCH:
+        return {"optim": OPTIM_BACK[plan.optimizer]}
+    if plan.method in ("lora", "qlora") and family in ("galore", "apollo", "badam"):
+        raise FtplanError(f"LLaMA-Factory cannot use LoRA with {plan.optimizer} (finetuning_args.py); train full "
+                          "or choose another optimizer", field="optimizer")
+    base = {"galore-adamw-8bit": "adamw_bnb_8bit", "galore-adafactor": "adafactor"}.get(plan.optimizer,
+                                                                                        "adamw_torch")
+    keys: dict[str, Any] = {"optim": base, LF_SWITCH[family]: True}
+    if family in ("galore", "apollo"):
+        keys |= {f"{family}_target": "all", f"{family}_rank": plan.projection_rank,
+                 f"{family}_update_interval": plan.projection_update_interval,
+                 f"{family}_layerwise": plan.optimizer_in_backward}
+    if family == "badam":
+        keys["badam_mode"] = "layer"
+    return keys

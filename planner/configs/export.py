@@ -26,6 +26,7 @@ from planner.configs.common import Hyper
 from planner.configs.export_common import (
     DATASET,
     PLACEHOLDER,
+    TITLES,
     ExportInput,
     deepspeed_json,
     deepspeed_text,
@@ -42,7 +43,6 @@ from planner.stages import REFERENCED
 
 ExportFormat = Literal["llamafactory", "trl", "axolotl"]
 EXPORT_FORMATS: tuple[str, ...] = ExportFormat.__args__
-TITLES = {"llamafactory": "LLaMA-Factory", "trl": "TRL", "axolotl": "axolotl"}
 DIALECTS = {"llamafactory": " (v0 format)", "trl": "", "axolotl": ""}
 # the format `ftplan preflight --format` and planner.configs.read call each export
 READ_AS = {"llamafactory": "llamafactory", "trl": "hf", "axolotl": "axolotl"}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from planner.configs.common import OPTIM_BACK
+from planner.configs.common import LAYERWISE_OPTIMIZERS, trainer_optim_keys
 from planner.configs.export_common import (
     DATASET,
     ExportInput,
@@ -22,6 +22,7 @@ from planner.configs.export_common import (
     deepspeed_comment,
     module_targets,
     placeholder,
+    refuse_peft_method,
     reset_unused,
 )
 from planner.configs.hf import ATTN_BACK
@@ -45,7 +46,8 @@ def _check(plan: Plan) -> None:
     if plan.method == "freeze":
         raise FtplanError("axolotl freezes by parameter name patterns (unfrozen_parameters), not by layer count; "
                           "export freeze tuning as a LLaMA-Factory config", field="method")
-    if plan.optimizer_in_backward:
+    refuse_peft_method(plan, "axolotl", "adapter lora or qlora")
+    if plan.optimizer_in_backward and plan.optimizer not in LAYERWISE_OPTIMIZERS:
         raise FtplanError("is torchtune's; axolotl cannot step the optimizer inside backward: turn it off to "
                           "export", field="optimizer_in_backward")
     if plan.precision == "fp16-mixed" and plan.method == "full" and not plan.zero:
@@ -110,7 +112,8 @@ def render(x: ExportInput) -> Rendered:
     out.key("warmup_ratio", hyper.warmup_ratio)
     if hyper.max_grad_norm is not None:
         out.key("max_grad_norm", hyper.max_grad_norm)
-    out.key("optimizer", OPTIM_BACK[plan.optimizer])
+    for key, value in trainer_optim_keys(plan, "axolotl").items():
+        out.key("optimizer" if key == "optim" else key, value)
     if plan.optimizer == "sgd-momentum":
         runs["optimizer"] = ("sgd", "ftplan planned SGD with momentum; optimizer sgd keeps none")
     out.key("gradient_checkpointing", plan.gradient_checkpointing)
@@ -143,6 +146,10 @@ def _adapter(out: Lines, x: ExportInput, runs: dict) -> None:
     out.key("lora_r", plan.lora_rank)
     out.key("lora_alpha", 2 * plan.lora_rank)
     out.key("lora_dropout", plan.lora_dropout)
+    if plan.use_dora:
+        out.key("peft_use_dora", True)
+    if x.hyper.use_rslora:
+        out.key("peft_use_rslora", True)
     target = module_targets(plan, x.spec, keep_all=True)
     if target in ("all", "all-linear"):
         out.key("lora_target_linear", True, "every linear layer but the head")

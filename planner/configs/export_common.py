@@ -65,7 +65,7 @@ def default_hyper(plan: Plan) -> Hyper:
     elif plan.stage == "grpo":
         rate = 1e-6
     else:
-        rate = 1e-4 if plan.method in ("lora", "qlora") else 1e-5
+        rate = 1e-4 if plan.peft else 1e-5
     return Hyper(learning_rate=rate, warmup_ratio=0.1, lr_scheduler="cosine")
 
 
@@ -198,6 +198,28 @@ class Lines:
         self.out.append(f"{' ' * indent}# {text}")
 
 
+# The PEFT methods each framework's config can name: LLaMA-Factory's finetuning_type lora/oft (and
+# quantization_bit), while TRL's ModelConfig (trl/trainer/utils.py get_peft_config) and axolotl's `adapter`
+# (loaders/adapter.py) build only peft's LoraConfig. The others take a Python script with peft's config class.
+PEFT_METHODS = {"llamafactory": ("lora", "qlora", "oft"), "trl": ("lora", "qlora"), "axolotl": ("lora", "qlora")}
+PEFT_CLASSES = {"prefix": "PrefixTuningConfig", "prompt": "PromptTuningConfig", "ptuning": "PromptEncoderConfig",
+                "ia3": "IA3Config", "oft": "OFTConfig", "adapter": "the adapters library's DoubleSeqBnConfig"}
+TITLES = {"llamafactory": "LLaMA-Factory", "trl": "TRL", "axolotl": "axolotl"}
+
+
+def refuse_peft_method(plan: Plan, framework: str, keys: str) -> None:
+    """Stop an export of a PEFT method the framework's config has no key for (`keys`: the ones it has), naming
+    the framework that has one, else peft's class."""
+    if not plan.peft or plan.method in PEFT_METHODS[framework]:
+        return
+    others = [TITLES[f] for f, methods in PEFT_METHODS.items() if f != framework and plan.method in methods]
+    hint = (f"export {plan.method} as a {' or '.join(others)} config" if others else
+            f"no framework config ftplan writes has one: train it from a script with peft's "
+            f"{PEFT_CLASSES[plan.method]}")
+    raise FtplanError(f"{TITLES[framework]}'s config has no key for {plan.method} ({keys}); {hint}",
+                      field="method")
+
+
 def reset_unused(plan: Plan, defaults: dict[str, Any]) -> dict[str, Any]:
     """Plan fields that do nothing for this plan's method and stage, as the framework's reader reads them back
     when the file leaves them out (`defaults`: its defaults where they differ from the Plan's). The estimate is
@@ -210,8 +232,18 @@ def reset_unused(plan: Plan, defaults: dict[str, Any]) -> dict[str, Any]:
         if getattr(plan, name) != value:
             reset[name] = value
 
-    if plan.method not in ("lora", "qlora"):
-        for name in ("lora_rank", "lora_target", "lora_dropout"):
+    if not plan.lora_family:  # OFT's targets are lora_target too (planner.peft_methods)
+        for name in ("lora_rank", "lora_dropout", "use_dora", *(() if plan.method == "oft" else ("lora_target",))):
+            unused(name)
+    if not plan.prompt_learning:
+        unused("num_virtual_tokens")
+    if plan.method != "prefix":
+        unused("prefix_projection")
+    if plan.method != "ptuning" and not plan.prefix_projection:
+        unused("encoder_hidden_size")
+    for name, method in (("encoder_type", "ptuning"), ("ia3_target", "ia3"), ("adapter_reduction", "adapter"),
+                         ("oft_block_size", "oft"), ("oft_blocks", "oft")):
+        if plan.method != method:
             unused(name)
     if plan.method != "qlora":
         unused("double_quant")

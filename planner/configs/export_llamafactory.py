@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from planner import fields
-from planner.configs.common import OPTIM_BACK, Hyper
+from planner.configs.common import LAYERWISE_OPTIMIZERS, Hyper, llamafactory_optim_keys
 from planner.configs.export_common import (
     DATASET,
     ExportInput,
@@ -23,6 +23,7 @@ from planner.configs.export_common import (
     default_hyper,
     module_targets,
     placeholder,
+    refuse_peft_method,
     reset_unused,
     scalar,
 )
@@ -78,8 +79,9 @@ def template_for(model: str, spec: ModelSpec | None) -> str | None:
 def render(x: ExportInput) -> Rendered:
     plan, hyper = x.plan, x.hyper
     runs: dict[str, tuple[Any, str | None]] = {}
+    refuse_peft_method(plan, "llamafactory", "finetuning_type lora or oft")
     method = "lora" if plan.method == "qlora" else plan.method
-    if plan.optimizer_in_backward:
+    if plan.optimizer_in_backward and plan.optimizer not in LAYERWISE_OPTIMIZERS:
         raise FtplanError("is torchtune's; LLaMA-Factory cannot step the optimizer inside backward: turn it off "
                           "to export", field="optimizer_in_backward")
     out = Lines()
@@ -96,15 +98,27 @@ def render(x: ExportInput) -> Rendered:
         out.out.append(line)
     out.key("do_train", True)
     out.key("finetuning_type", method)
-    if method == "lora":
+    if method in ("lora", "oft"):
         target = module_targets(plan, x.spec, keep_all=True)
         written = target if isinstance(target, str) else ",".join(target)
-        out.key("lora_rank", plan.lora_rank)
-        out.key("lora_target", written)
+        if method == "lora":
+            out.key("lora_rank", plan.lora_rank)
+        out.key("lora_target", written, "OFT's targets: LLaMA-Factory hands lora_target to peft's OFTConfig"
+                if method == "oft" else None)
         if written != plan.lora_target:
             runs["lora_target"] = (written, None)
+    if method == "lora":
         if plan.lora_dropout:
             out.key("lora_dropout", plan.lora_dropout)
+        if plan.use_dora:
+            out.key("use_dora", True)
+        if x.hyper.use_rslora:
+            out.key("use_rslora", True)
+    if method == "oft":
+        out.key("oft_target", written, "read by LLaMA-Factory, not used: lora_target above decides")
+        out.key("oft_block_size", plan.oft_block_size)  # 0 with oft_rank: peft's OFTConfig takes one of them
+        if plan.oft_blocks:
+            out.key("oft_rank", plan.oft_blocks)
     if method == "freeze":
         out.key("freeze_trainable_layers", plan.freeze_trainable_layers)
     if plan.fused_loss and plan.stage in ("pt", "sft"):
@@ -148,7 +162,8 @@ def render(x: ExportInput) -> Rendered:
     out.key("warmup_ratio", hyper.warmup_ratio)
     if hyper.max_grad_norm is not None:
         out.key("max_grad_norm", hyper.max_grad_norm)
-    out.key("optim", OPTIM_BACK[plan.optimizer])
+    for key, value in llamafactory_optim_keys(plan).items():
+        out.key(key, value)
     if plan.optimizer == "sgd-momentum":
         runs["optimizer"] = ("sgd", "ftplan planned SGD with momentum; LLaMA-Factory's optim sgd keeps none")
     if plan.precision in ("bf16", "bf16-mixed"):
@@ -225,6 +240,7 @@ def _stage_lines(model: str, plan: Plan, method: str, runs: dict[str, tuple[Any,
 
 # written above, in LLaMA-Factory's sections
 _SECTIONED = frozenset({"stage", "method", "quant_bits", "double_quant", "lora_rank", "lora_target", "lora_dropout",
+                        "use_dora", "oft_block_size", "oft_blocks",
                         "freeze_trainable_layers", "fused_loss", "seq_len", "batch_size", "grad_accum", "optimizer",
                         "precision", "gradient_checkpointing", "attention", "zero", "offload_optimizer"})
 

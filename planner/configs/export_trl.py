@@ -13,7 +13,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from planner.configs.common import OPTIM_BACK
+from planner.configs.common import LAYERWISE_OPTIMIZERS, trainer_optim_keys
 from planner.configs.export_common import (
     DATASET,
     ExportInput,
@@ -22,6 +22,7 @@ from planner.configs.export_common import (
     deepspeed_comment,
     module_targets,
     placeholder,
+    refuse_peft_method,
     reset_unused,
 )
 from planner.configs.hf import ATTN_BACK
@@ -50,7 +51,8 @@ def _check(plan: Plan) -> None:
     if plan.method == "freeze":
         raise FtplanError("TRL trains full models or PEFT adapters, with no layer freezing; export freeze tuning "
                           "as a LLaMA-Factory config", field="method")
-    if plan.optimizer_in_backward:
+    refuse_peft_method(plan, "trl", "use_peft builds LoRA only")
+    if plan.optimizer_in_backward and plan.optimizer not in LAYERWISE_OPTIMIZERS:
         raise FtplanError("is torchtune's; TRL cannot step the optimizer inside backward: turn it off to export",
                           field="optimizer_in_backward")
 
@@ -96,6 +98,10 @@ def render(x: ExportInput) -> Rendered:
         out.key("lora_alpha", 2 * plan.lora_rank)
         out.key("lora_dropout", plan.lora_dropout)
         out.key("lora_target_modules", target)
+        if plan.use_dora:
+            out.key("use_dora", True)
+        if hyper.use_rslora:
+            out.key("use_rslora", True)
         if plan.stage == "rm":
             out.key("lora_task_type", "SEQ_CLS", "the reward model's score head")
     if plan.method == "qlora":
@@ -134,7 +140,8 @@ def render(x: ExportInput) -> Rendered:
     out.key("warmup_steps", hyper.warmup_ratio, "below 1: the share of the steps (transformers 5)")
     if hyper.max_grad_norm is not None:
         out.key("max_grad_norm", hyper.max_grad_norm)
-    out.key("optim", OPTIM_BACK[plan.optimizer])
+    for key, value in trainer_optim_keys(plan, "TRL").items():
+        out.key(key, value)
     if plan.optimizer == "sgd-momentum":
         runs["optimizer"] = ("sgd", "ftplan planned SGD with momentum; optim sgd keeps none")
     out.key("bf16", bf16)

@@ -30,7 +30,7 @@ from planner.configs.common import (
     build_plan,
     deepspeed_config,
     generation_seq_len,
-    optimizer_for,
+    optimizer_settings,
     param_offload_warning,
     precision_keys,
     precision_of,
@@ -39,6 +39,7 @@ from planner.configs.common import (
     resolve_path,
     warning,
 )
+from planner.configs.lora_variants import rslora_note
 from planner.errors import FtplanError
 from planner.findings import Finding
 from planner.params import target_names
@@ -204,8 +205,6 @@ use_logits_to_keep padding_value label_pad_token_id use_cache alpha is_encoder_d
 NOT_MODELLED: dict[str, tuple[str, Direction]] = {
     "activation_offloading": ("activations are offloaded to CPU memory, while this plan keeps them on the "
                               "GPU", "overstates"),
-    "use_dora": ("DoRA adds a magnitude vector and a weight-norm pass per adapted layer, while this plan "
-                 "counts plain LoRA", "understates"),
     "lora_modules_to_save": ("these modules train as full copies (weights, gradients, optimizer state), "
                              "which this plan does not count", "understates"),
     "lora_target_parameters": ("LoRA on parameters (MoE experts) is not counted", "understates"),
@@ -430,16 +429,20 @@ def read(keys: Keys, base: Path, stage: str | None = None) -> RunConfig:
     optim_name = k.get("optim", str, "adamw_torch_fused")  # training_args.py, for torch >= 2.8
     if k.get("adafactor", bool, False):  # transformers 4.x: the deprecated switch for optim adafactor
         optim_name = "adafactor"
-    optim, optim_warning = optimizer_for(optim_name, "optim")
+    optim_fields, optim_warning = optimizer_settings(optim_name, "optim", k.get("optim_args", str), where=str(path))
     if optim_warning:
         r.warnings.append(optim_warning)
-    k.get("optim_target_modules", (str, list))  # GaLore/APOLLO's targets: their optimizer's warning says it
+    k.get("optim_target_modules", (str, list))  # GaLore/APOLLO's targets: planned as the decoder's linears
     if method == "lora" and r.trl:
         r.defaults += [f"{key} {value}" for key, value in (("lora_r", 16), ("lora_alpha", 32),
                                                            ("lora_dropout", 0.05)) if key not in k.config]
         if "lora_target_modules" not in k.config:
             r.defaults.append("peft's default target modules for the model type (q_proj, v_proj for Llama, "
                               "Mistral, Qwen and Gemma)")
+    # trl/trainer/utils.py get_peft_config: LoraConfig(use_dora=..., use_rslora=...) only with use_peft
+    use_dora = k.get("use_dora", bool, False) and method == "lora"
+    if method == "lora" and k.get("use_rslora", bool, False):
+        r.notes.append(rslora_note("use_rslora"))
     batch = k.get("per_device_train_batch_size", int)
     if batch is None:
         batch = k.get("per_gpu_train_batch_size", int, 8)  # transformers 4.x's old name
@@ -449,12 +452,12 @@ def read(keys: Keys, base: Path, stage: str | None = None) -> RunConfig:
     if stage == "pt":  # `trl sft` on plain text: pretraining, as --stage says
         stage_fields["stage"] = "pt"
     plan = build_plan(
-        "hf", path, method=method, quant_bits=quant_bits, precision=precision, optimizer=optim,
+        "hf", path, method=method, quant_bits=quant_bits, precision=precision, **optim_fields,
         batch_size=batch, grad_accum=grad_accum, gradient_checkpointing=checkpointing,
         attention=kernel,
         # model_config.py: lora_r 16, lora_dropout 0.05, lora_target_modules None (peft's per-model default)
         lora_rank=k.positive("lora_r", 16), lora_dropout=k.get("lora_dropout", float, 0.05),
-        lora_target=targets_of(k, "lora_target_modules", "q_proj,v_proj", r.warnings),
+        lora_target=targets_of(k, "lora_target_modules", "q_proj,v_proj", r.warnings), use_dora=use_dora,
         # model_config.py: use_bnb_nested_quant False (bitsandbytes' bnb_4bit_use_double_quant, likewise)
         double_quant=k.get("use_bnb_nested_quant", bool, k.get("bnb_4bit_use_double_quant", bool, False)),
         zero=zero, offload_optimizer=offload, fused_loss=fused, framework="trl", **stage_fields,

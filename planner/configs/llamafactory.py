@@ -30,7 +30,7 @@ from planner.configs.common import (
     build_plan,
     count_records,
     deepspeed_config,
-    optimizer_for,
+    optimizer_settings,
     param_offload_warning,
     precision_keys,
     precision_of,
@@ -39,8 +39,10 @@ from planner.configs.common import (
     resolve_path,
     warning,
 )
+from planner.configs.lora_variants import init_lora, loraplus_note, rslora_note
 from planner.errors import FtplanError
 from planner.findings import Finding
+from planner.params import target_names
 from planner.stages import PREFERENCE
 
 # flash_attn (hparams/model_args.py: auto/disabled/sdpa/fa2/fa3, extras/constants.py AttentionFunction) <-> the
@@ -375,8 +377,9 @@ def read_v0(keys: Keys, base: Path, override: str | None = None) -> RunConfig:
     # keeps; the old 'adafactor: true' switch of transformers 4 chooses Adafactor
     adafactor = k.get("adafactor", bool)
     optim = k.get("optim", str) or ("adafactor" if adafactor else "adamw_torch_fused")
-    optimizer, optim_warning = optimizer_for(optim)
+    optim_fields, optim_warning = optimizer_settings(optim, "optim", k.get("optim_args", str), where=str(path))
     w.finding(optim_warning)
+    optim_fields.update(_custom_optimizer(k, w, optim, path))
     precision = precision_of(k.get("bf16", bool, False), k.get("fp16", bool, False),
                              k.get("pure_bf16", bool, False), path)
     disabled = k.get("disable_gradient_checkpointing", bool, False)  # model_args.py: false (checkpointing on)
@@ -385,13 +388,7 @@ def read_v0(keys: Keys, base: Path, override: str | None = None) -> RunConfig:
     if fsdp.checkpointing:
         checkpointing = True
 
-    rank, target, dropout, lora_method = 8, "all", 0.0, method
-    if method == "oft":
-        rank, target = _oft(k, w)
-        lora_method = "lora"
-    elif method == "lora":
-        rank, target = k.positive("lora_rank", 8), k.joined("lora_target", "all")  # LoraArguments defaults
-        dropout = k.get("lora_dropout", float, 0.0)
+    adapter_fields, bits = _adapter(k, w, notes, method, stage, plan_stage, bits)
     _method_warnings(k, w, method)
 
     per_gpu = k.get("per_gpu_train_batch_size", int)  # transformers 4's alias, which wins when set
@@ -400,9 +397,9 @@ def read_v0(keys: Keys, base: Path, override: str | None = None) -> RunConfig:
     cutoff = k.positive("cutoff_len", 2048)  # data_args.py: 2048
     stage_fields = _stage_fields(k, w, notes, stage, plan_stage, method, cutoff)
     plan = build_plan(
-        "llamafactory", path, method=lora_method, precision=precision, optimizer=optimizer,
+        "llamafactory", path, method=method, precision=precision, **optim_fields,
         batch_size=batch, grad_accum=k.positive("gradient_accumulation_steps", 1), gradient_checkpointing=checkpointing,
-        attention=attention, lora_rank=rank, lora_target=target, lora_dropout=dropout,
+        attention=attention, **adapter_fields,
         freeze_trainable_layers=k.get("freeze_trainable_layers", int, 2), quant_bits=bits,
         double_quant=k.get("double_quantization", bool, True), zero=zero, offload_optimizer=offload,
         fused_loss=_liger(k, w, stage), **stage_fields,
@@ -415,7 +412,7 @@ def read_v0(keys: Keys, base: Path, override: str | None = None) -> RunConfig:
         hyper = hyper.model_copy(update={"beta": k.get("pref_beta", float)})
     k.get("packing", bool)  # sequences packed to cutoff_len: what the plan assumes (padded or packed to seq_len)
     k.get("neat_packing", bool)  # packing without cross-attention between sequences: the same tokens
-    datasets = k.get("dataset", (str, list), "")
+    datasets = k.joined("dataset", "")  # a list of names, each text
     data = DataInfo(datasets=[d.strip() for d in (datasets.split(",") if isinstance(datasets, str) else datasets)
                               if d and str(d).strip()],
                     dataset_dir=k.get("dataset_dir", str, "data"), max_samples=k.get("max_samples", int),
@@ -560,21 +557,80 @@ def _quantization(k: Keys, w: _Warnings) -> int | None:
     return None
 
 
-def _oft(k: Keys, w: _Warnings) -> tuple[int, str]:
-    """OFT (finetuning_args.py OFTArguments) as the LoRA with about as many trainable parameters: a block-diagonal
-    orthogonal rotation keeps b(b-1)/2 free parameters per b x b block, d(b-1)/2 per d-wide layer, which a rank-r
-    LoRA matches at r = (b-1)/4 on square layers."""
-    block = k.positive("oft_block_size", 32)
-    blocks = k.get("oft_rank", int, 0)
-    target = k.joined("oft_target", "all")
-    k.get("module_dropout", float, 0.0)
-    rank = max(1, round((block - 1) / 4))
-    sized = f"oft_rank {blocks} blocks per layer" if blocks else f"oft_block_size {block}"
-    w.add("oft_as_lora", ("finetuning_type", *OFT_KEYS),
-          f"finetuning_type oft ({sized}) is planned as LoRA rank {rank} on oft_target {target}: about the same "
-          "trainable parameters; OFT's rotation of each target layer's input is not modelled, so this plan "
-          "understates activation memory", "understates")
-    return rank, target
+def _adapter(k: Keys, w: _Warnings, notes: list[str], method: str, stage: str, plan_stage: str,
+             bits: int | None) -> tuple[dict[str, Any], int | None]:
+    """The adapter's Plan fields (LoraArguments, OFTArguments: finetuning_args.py; model/adapter.py builds peft's
+    LoraConfig or OFTConfig from them), with what LLaMA-Factory refuses (FinetuningArguments.__post_init__,
+    adapter.py), and the base's bits (OFT on a quantized base is planned on a 16-bit one)."""
+    path = k.path
+    variants = [key for key in ("use_dora", "use_rslora", "pissa_init", "loraplus_lr_ratio")
+                if k.config.get(key) not in (None, False)]
+    if method != "lora" and variants:
+        raise FtplanError(f"{path}: key '{variants[0]}' is only valid for LoRA training (LLaMA-Factory refuses it "
+                          f"with finetuning_type {method}); set finetuning_type: lora or remove it")
+    if method == "oft":
+        return _oft(k, w, notes, bits), None
+    if method != "lora":
+        return {}, bits
+    fields: dict[str, Any] = {"lora_rank": k.positive("lora_rank", 8), "lora_target": k.joined("lora_target", "all"),
+                              "lora_dropout": k.get("lora_dropout", float, 0.0),
+                              "use_dora": k.get("use_dora", bool, False)}
+    quant = k.get("quantization_method", str, "bnb")
+    if fields["use_dora"] and bits and quant != "bnb":  # adapter.py: DoRA only on bitsandbytes' quantization
+        raise FtplanError(f"{path}: key 'use_dora': DoRA is not compatible with {quant}-quantized models "
+                          "(LLaMA-Factory refuses it); use quantization_method: bnb or remove use_dora")
+    if k.get("use_rslora", bool, False):
+        notes.append(rslora_note("use_rslora"))
+    ratio = k.get("loraplus_lr_ratio", float)
+    if ratio is not None:
+        notes.append(loraplus_note("loraplus_lr_ratio", ratio))
+    if k.get("pissa_init", bool, False):
+        if bits:
+            raise FtplanError(f"{path}: key 'pissa_init': LLaMA-Factory cannot initialize a PiSSA adapter on a "
+                              "quantized model (quantization_bit); remove one of them")
+        if stage in ("ppo", "kto") or plan_stage == "dpo":  # use_ref_model: dpo without orpo/simpo
+            raise FtplanError(f"{path}: key 'pissa_init' with stage {stage}: LLaMA-Factory refuses PiSSA where "
+                              "the trainer needs a reference model (ppo, kto, dpo); remove pissa_init")
+        iters = k.get("pissa_iter", int, 16)  # LoraArguments: 16; -1 is the full SVD
+        if iters < -1:
+            raise FtplanError(f"{path}: key 'pissa_iter' must be -1 (a full SVD) or at least 0, got {iters}")
+        what, _ = init_lora("pissa_iter", "pissa" if iters == -1 else f"pissa_niter_{iters}", path)
+        notes.append(f"pissa_init (pissa_iter {iters}): {what}")
+    return fields, bits
+
+
+def _oft(k: Keys, w: _Warnings, notes: list[str], bits: int | None) -> dict[str, Any]:
+    """OFT: peft's OFTConfig takes r (oft_rank, blocks per layer) or oft_block_size, never both
+    (tuners/oft/config.py); LLaMA-Factory hands it lora_target, not oft_target, as the target modules
+    (model/adapter.py), and refuses OFT with Unsloth or KTransformers."""
+    path = k.path
+    block = k.get("oft_block_size", int, 32)  # OFTArguments: 32
+    blocks = k.get("oft_rank", int, 0)  # OFTArguments: 0
+    if block < 0 or blocks < 0:
+        raise FtplanError(f"{path}: keys 'oft_block_size' and 'oft_rank' must be at least 0, got {block} and "
+                          f"{blocks}")
+    if block and blocks:
+        raise FtplanError(f"{path}: key 'oft_rank' {blocks} with oft_block_size {block} (LLaMA-Factory's default "
+                          "is 32): peft's OFTConfig takes one of them and raises on both; set oft_block_size: 0 to "
+                          "use oft_rank, or remove oft_rank")
+    if not block and not blocks:
+        raise FtplanError(f"{path}: keys 'oft_block_size' and 'oft_rank' are both 0: peft's OFTConfig needs one; "
+                          "set oft_block_size (e.g. 32)")
+    for switch, what in (("use_unsloth", "Unsloth"), ("use_kt", "KTransformers")):
+        if k.get(switch, bool, False):
+            raise FtplanError(f"{path}: key '{switch}': LLaMA-Factory does not support {what} with finetuning_type "
+                              "oft (model/adapter.py); use lora or remove it")
+    target = k.joined("lora_target", "all")
+    written = k.joined("oft_target", "all")
+    if target_names(written) != target_names(target):
+        notes.append(f"oft_target {written}: LLaMA-Factory hands lora_target ({target}) to peft's OFTConfig, not "
+                     "oft_target (model/adapter.py); planned on lora_target")
+    k.get("module_dropout", float, 0.0)  # drops whole blocks of the rotation: a mask per block, no memory to speak of
+    if bits:
+        w.add("oft_quantized", ("quantization_bit", "finetuning_type"),
+              f"finetuning_type oft on a {bits}-bit base (quantization_bit {bits}): this plan keeps the frozen base "
+              f"in 16 bits, {_over_under('overstates')}", "overstates")
+    return {"lora_target": target, "oft_block_size": block, "oft_blocks": blocks}
 
 
 def _method_warnings(k: Keys, w: _Warnings, method: str) -> None:
@@ -584,9 +640,6 @@ def _method_warnings(k: Keys, w: _Warnings, method: str) -> None:
               "adapter_name_or_path: training continues that adapter with its own rank and target modules "
               "(model/adapter.py), not lora_rank/lora_target; the estimate may be off either way", "unknown")
     if method in ("lora", "oft"):
-        if k.get("use_dora", bool) and method == "lora":
-            w.add("dora", "use_dora", "use_dora: DoRA also computes each adapted weight's norm (a weight-sized "
-                  "tensor per layer) in every step; this plan is plain LoRA, so it understates memory", "understates")
         extra = k.joined("additional_target", "")
         if extra:
             w.add("additional_target", "additional_target",
@@ -615,21 +668,41 @@ def _method_warnings(k: Keys, w: _Warnings, method: str) -> None:
               "use_llama_pro: only the expanded blocks, spread through the model, train; this plan trains "
               + ("the last layers (backward stops earlier than the first expanded block)" if method == "freeze"
                  else "every target layer") + f", {_over_under(direction)}", direction)
-    for switch, what, direction in (
-            ("use_galore", "GaLore projects the target matrices' gradients to rank galore_rank and keeps Adam's "
-                           "states at that rank (galore_layerwise: one layer's gradients at a time)", "overstates"),
-            ("use_apollo", "APOLLO keeps rank-apollo_rank auxiliary states instead of Adam's full moments "
-                           "(apollo_layerwise: one layer's gradients at a time)", "overstates"),
-            ("use_badam", "BAdam trains one block of layers at a time (badam_mode layer) or a share of the "
-                          "parameters (ratio): gradients and optimizer states exist for those only", "overstates"),
-            ("use_adam_mini", "Adam-mini keeps one second moment per parameter block, not per parameter",
-             "overstates"),
-            ("use_muon", "Muon keeps one momentum for the 2-D weights instead of Adam's two moments",
-             "overstates")):
-        if k.get(switch, bool):
-            w.add(switch.removeprefix("use_"), w.group(switch),
-                  f"{switch}: {what}; this plan keeps full AdamW states and gradients, {_over_under(direction)}",
-                  direction)
+
+
+# LLaMA-Factory's own optimizers (train/trainer_utils.py `create_custom_optimizer`, checked in this order), with
+# FinetuningArguments' defaults (hparams/finetuning_args.py): GaLore takes optim adamw_torch, an 8-bit bnb AdamW
+# or adafactor, APOLLO only adamw_torch
+GALORE_OPTIM = {"adamw_torch": "galore-adamw", "adamw_bnb_8bit": "galore-adamw-8bit",
+                "adamw_8bit": "galore-adamw-8bit", "paged_adamw_8bit": "galore-adamw-8bit",
+                "adafactor": "galore-adafactor"}
+
+
+def _custom_optimizer(k: Keys, w: _Warnings, optim: str, path) -> dict:
+    """The Plan fields of use_galore / use_apollo / use_badam / use_adam_mini / use_muon, when one is on."""
+    for switch, prefix, allowed in (("use_galore", "galore", GALORE_OPTIM),
+                                    ("use_apollo", "apollo", {"adamw_torch": "apollo-adamw"})):
+        if not k.get(switch, bool):
+            continue
+        if optim not in allowed and k.get("optim", str) is None:
+            optim = "adamw_torch"  # LLaMA-Factory's GaLore/APOLLO examples leave optim out (transformers 4's default)
+        if optim not in allowed:
+            raise FtplanError(f"{path}: key 'optim': {switch} runs with optim {', '.join(sorted(allowed))}, got "
+                              f"{optim} (LLaMA-Factory raises NotImplementedError); set one of those")
+        return {"optimizer": allowed[optim], "projection_rank": k.positive(f"{prefix}_rank", 16),
+                "projection_update_interval": k.positive(f"{prefix}_update_interval", 200),
+                "optimizer_in_backward": k.get(f"{prefix}_layerwise", bool, False)}
+    if k.get("use_badam", bool):
+        if k.get("badam_mode", str, "layer") == "ratio":
+            w.add("badam", "badam_mode", "badam_mode ratio: BAdam updates a share of every matrix (badam_update_ratio)"
+                  "; this plan keeps full AdamW states and gradients, so it overstates memory", "overstates")
+            return {}
+        return {"optimizer": "badam"}
+    if k.get("use_adam_mini", bool):
+        return {"optimizer": "adam-mini"}
+    if k.get("use_muon", bool):
+        return {"optimizer": "muon"}
+    return {}
 
 
 def _liger(k: Keys, w: _Warnings, stage: str) -> bool | None:
@@ -854,7 +927,7 @@ def read_v1(keys: Keys, base: Path, override: str | None = None) -> RunConfig:
     optim = _plugin(k, "optim_config")
     model_class = k.get("model_class", str, "llm")
 
-    method, rank, target, dropout, layers = "full", 8, "all", 0.0, 2
+    method, rank, target, dropout, layers, use_dora = "full", 8, "all", 0.0, 2, False
     if peft is not None:
         name = peft["name"]
         if name == "lora":  # v1/plugins/model_plugins/peft.py LoraParams
@@ -862,9 +935,9 @@ def read_v1(keys: Keys, base: Path, override: str | None = None) -> RunConfig:
             rank, dropout = int(peft.get("r", 8)), float(peft.get("lora_dropout", 0.05))
             targets = peft.get("target_modules", "all")
             target = ",".join(targets) if isinstance(targets, list) else str(targets)
-            if peft.get("use_dora"):
-                w.add("dora", "peft_config", "peft_config.use_dora: DoRA also computes each adapted weight's norm "
-                      f"in every step; this plan is plain LoRA, {_over_under('understates')}", "understates")
+            use_dora = bool(peft.get("use_dora", False))  # LoraParams: false
+            if peft.get("use_rslora"):
+                notes.append(rslora_note("peft_config.use_rslora"))
             if peft.get("modules_to_save"):
                 w.add("modules_to_save", "peft_config", f"peft_config.modules_to_save {peft['modules_to_save']}: "
                       "those modules train in full; this plan trains the adapters only, "
@@ -881,7 +954,9 @@ def read_v1(keys: Keys, base: Path, override: str | None = None) -> RunConfig:
                       f"{peft['freeze_extra_modules']}: those train too; this plan does not count them, "
                       f"{_over_under('understates')}", "understates")
         else:
-            raise FtplanError(f"{path}: peft_config name must be lora or freeze (LLaMA-Factory v1), got {name!r}")
+            hint = " (OFT is the v0 format's finetuning_type: oft)" if name == "oft" else ""
+            raise FtplanError(f"{path}: peft_config name must be lora or freeze (LLaMA-Factory v1), got "
+                              f"{name!r}{hint}")
 
     bits = None
     if quant is not None:  # v1/plugins/model_plugins/quantization.py: bnb defaults to 4 bits
@@ -971,7 +1046,7 @@ def read_v1(keys: Keys, base: Path, override: str | None = None) -> RunConfig:
         "llamafactory", path, method=method, precision=precision, optimizer=optimizer, batch_size=micro,
         seq_len=k.positive("cutoff_len", 2048), grad_accum=accum,
         gradient_checkpointing=k.get("enable_activation_checkpointing", bool, True),  # training_args.py: true
-        attention=attention, lora_rank=rank, lora_target=target, lora_dropout=dropout,
+        attention=attention, lora_rank=rank, lora_target=target, lora_dropout=dropout, use_dora=use_dora,
         freeze_trainable_layers=layers, quant_bits=bits, zero=zero, offload_optimizer=offload and zero > 0,
         stage=stage,
     )

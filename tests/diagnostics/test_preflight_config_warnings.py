@@ -53,10 +53,10 @@ def test_ppo_says_what_it_does_not_model(tmp_path) -> None:
 
 
 def test_a_reader_warning_makes_the_verdict_conditional(tmp_path) -> None:
-    text = CONFIG.replace("finetuning_type: lora", "finetuning_type: oft") + "oft_block_size: 32\n"
+    text = CONFIG + "additional_target: embed_tokens\n"  # trained in full beside the adapters: not planned
     report = preflight(write(tmp_path, text), gpu="H100")
-    (oft,) = [c for c in report.checks if c.code == "oft_as_lora"]
-    assert oft.severity == "warning" and oft.data["direction"] == "understates"
+    (extra,) = [c for c in report.checks if c.code == "additional_target"]
+    assert extra.severity == "warning" and extra.data["direction"] == "understates"
     assert report.verdict == "ready_with_warnings"
     assert exit_code(report, strict=False) == 0 and exit_code(report, strict=True) == 1
 

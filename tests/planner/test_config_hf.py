@@ -125,7 +125,6 @@ def test_quantization_needs_peft(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(("key", "value", "direction"), [
-    ("use_dora", True, "understates"),
     ("lora_modules_to_save", ["lm_head"], "understates"),
     ("lora_target_parameters", ["experts.gate_up_proj"], "understates"),
     ("activation_offloading", True, "overstates"),
@@ -145,12 +144,12 @@ def test_float_warmup_steps_is_a_share(tmp_path) -> None:
 
 @pytest.mark.parametrize(("name", "planned", "direction"), [
     ("adamw_torch", "adamw", None),
-    ("adamw_torch_8bit", "adamw-8bit", None),
-    ("adamw_torch_4bit", "adamw-8bit", "overstates"),
-    ("paged_adamw_32bit", "adamw", None),
-    ("lion_32bit", "sgd-momentum", None),
-    ("galore_adamw", "adamw", "overstates"),
-    ("apollo_adamw_layerwise", "adamw", "overstates"),
+    ("adamw_torch_8bit", "adamw-torch-8bit", None),
+    ("adamw_torch_4bit", "adamw-torch-4bit", None),
+    ("paged_adamw_32bit", "paged-adamw", None),
+    ("lion_32bit", "lion", None),
+    ("galore_adamw", "galore-adamw", None),
+    ("apollo_adamw_layerwise", "apollo-adamw", None),
     ("ademamix_8bit", "adamw-8bit", "understates"),
     ("not_an_optimizer", "adamw", "unknown"),
 ])

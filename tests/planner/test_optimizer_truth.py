@@ -21,10 +21,11 @@ import pytest
 from planner.memory import optimizer_state_bytes
 from planner.methods import layout
 from planner.params import count_params
-from planner.plan import OPTIMIZERS, Plan
+from planner.plan import Plan
 from planner.spec import spec_from_config
 from tests.planner.truth import build_model
 from tests.planner.truth_training import (
+    TRAINER_OPTIM,
     optimizer_state_tensors,
     reset_bitsandbytes_overrides,
     step_once,
@@ -46,10 +47,14 @@ RANK = 16
 GQA_CONFIG = {**CONFIG, "num_key_value_heads": 1, "tie_word_embeddings": True}
 SCALARS = ("step", "RMS")  # 0-dim per-parameter tensors, see the module docstring
 PRECISIONS = ["fp32", "bf16", "bf16-mixed"]
-EIGHT_BIT = ("adamw-8bit", "paged-adamw-8bit")
+EIGHT_BIT = ("adamw-8bit", "paged-adamw-8bit", "lion-8bit", "paged-lion-8bit")
+BITSANDBYTES = (*EIGHT_BIT, "paged-adamw", "lion", "paged-lion")
+# every optimizer the Trainer builds here from its `optim` name; the others' packages (torchao, galore-torch,
+# apollo-torch, adam-mini, lomo-optim, badam) are not installed: tests/planner/test_optimizers_more_truth.py
+RUNNABLE = tuple(TRAINER_OPTIM)
 
 def _cases():
-    for optimizer in OPTIMIZERS:
+    for optimizer in RUNNABLE:
         for method in ("full", "lora"):
             for precision in PRECISIONS:
                 marks = [] if (method, precision) in (("full", "bf16-mixed"), ("lora", "bf16")) else [pytest.mark.slow]
@@ -64,14 +69,14 @@ def _fresh_bitsandbytes_overrides():
 
 
 def _real_step(optimizer: str, method: str, precision: str, tmp_path, config: dict = CONFIG):
-    if optimizer in EIGHT_BIT:
+    if optimizer in BITSANDBYTES:
         pytest.importorskip("bitsandbytes")
     model = build_model(config, method=method, precision=precision, lora_rank=RANK, lora_target="all")
     optim = trainer_optimizer(model, optimizer, tmp_path)
     try:
         step_once(model, optim, config["vocab_size"])
     except (NotImplementedError, RuntimeError) as exc:  # a bitsandbytes build without CPU kernels
-        if optimizer in EIGHT_BIT:
+        if optimizer in BITSANDBYTES:
             pytest.skip(f"{optimizer} does not run on CPU with this bitsandbytes: {exc}")
         raise
     return model, optim
@@ -114,10 +119,14 @@ def test_trainer_builds_the_optimizers_ftplan_names(tmp_path) -> None:
     plain = trainer_optimizer(build_model(CONFIG, method="lora", lora_rank=RANK), "sgd", tmp_path)
     assert all(group["momentum"] == 0 for group in plain.param_groups)
     pytest.importorskip("bitsandbytes")
-    for name in EIGHT_BIT:
+    for name in BITSANDBYTES:
         _, optim = _real_step(name, "lora", "bf16", tmp_path)
-        assert {str(t.dtype) for t in optimizer_state_tensors(optim)["state1"]} == {"torch.uint8"}
-        assert optim.args.optim_bits == 8 and optim.is_paged == name.startswith("paged")
+        bits = 8 if name in EIGHT_BIT else 32
+        state = optimizer_state_tensors(optim)
+        assert {str(t.dtype) for t in state["state1"]} == {"torch.uint8" if bits == 8 else "torch.float32"}
+        assert optim.args.optim_bits == bits and optim.is_paged == name.startswith("paged")
+        assert ("state2" in state) == ("adamw" in name) and type(optim).__name__ == ("Lion" if "lion" in name
+                                                                                    else "AdamW")
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "adamw-fused", "adafactor"])

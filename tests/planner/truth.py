@@ -233,6 +233,34 @@ def storage_bytes(saved: dict) -> int:
     return sum(t.untyped_storage().nbytes() for t in saved.values())
 
 
+def measure_kept_bytes(model, batch: int, seq: int, vocab: int, *, seed: int = 0) -> int:
+    """Unique storages autograd still holds for backward once forward + loss are done, parameters excluded.
+
+    Unlike `measure_saved_bytes`, a tensor saved by a graph that dies inside the forward does not count: peft's
+    DoRA builds B @ A through an identity matrix and uses it detached, so those saves are freed at once."""
+    import weakref
+
+    import torch
+
+    ids = random_ids(batch, seq, vocab, seed)
+    exclude = model_storages(model)
+    packed: list = []
+
+    def pack(t):
+        packed.append(weakref.ref(t))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(input_ids=ids, labels=ids)
+    kept: dict[int, int] = {}
+    for ref in packed:
+        t = ref()
+        if t is not None and t.untyped_storage().data_ptr() not in exclude:
+            kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    del out
+    return sum(kept.values())
+
+
 def measure_saved_bytes(model, batch: int, seq: int, vocab: int, *, seed: int = 0, autocast=None) -> int:
     """Unique storages autograd saves during forward + loss, parameters excluded."""
     import torch
@@ -245,3 +273,85 @@ def measure_saved_bytes(model, batch: int, seq: int, vocab: int, *, seed: int = 
     nbytes = storage_bytes(saved)
     saved.clear()
     return nbytes
+
+
+def peft_method_config(method: str, kw: dict):
+    """The peft config of a non-LoRA method (and DoRA) with the plan fields in `kw`."""
+    import peft
+
+    causal = peft.TaskType.CAUSAL_LM
+    target = kw.get("lora_target", "")
+    target = target if target == "all-linear" else target.split(",")  # a plain string is a regex to peft
+    if method == "prefix":
+        return peft.PrefixTuningConfig(task_type=causal, num_virtual_tokens=kw["num_virtual_tokens"],
+                                       prefix_projection=kw.get("prefix_projection", False),
+                                       encoder_hidden_size=kw.get("encoder_hidden_size"))
+    if method == "prompt":
+        return peft.PromptTuningConfig(task_type=causal, num_virtual_tokens=kw["num_virtual_tokens"])
+    if method == "ptuning":
+        return peft.PromptEncoderConfig(task_type=causal, num_virtual_tokens=kw["num_virtual_tokens"],
+                                        encoder_hidden_size=kw["encoder_hidden_size"],
+                                        encoder_reparameterization_type=kw.get("encoder_type", "mlp").upper())
+    if method == "ia3":
+        if kw.get("ia3_target"):  # named targets, none of them scaled at the input
+            return peft.IA3Config(task_type=causal, target_modules=kw["ia3_target"].split(","), feedforward_modules=[])
+        return peft.IA3Config(task_type=causal)
+    if method == "oft":
+        return peft.OFTConfig(task_type=causal, target_modules=target, r=kw.get("oft_blocks", 0),
+                              oft_block_size=kw.get("oft_block_size", 0))
+    return peft.LoraConfig(task_type=causal, target_modules=target, r=kw["lora_rank"], use_dora=True)
+
+
+class Houlsby:
+    """Houlsby et al. (2019)'s bottleneck adapter, written from the paper (Sec. 2.1, Fig. 2): a down projection
+    to `hidden // reduction`, a nonlinearity, an up projection, and a skip connection, inserted after the
+    attention and after the feed-forward sublayer of every layer, applied to the sublayer's output before its
+    residual add; everything else frozen. Its projections are fp32 like peft's adapters, and cast their input."""
+
+    @staticmethod
+    def attach(model, reduction: int) -> None:
+        import torch
+        from torch import nn
+
+        for p in model.parameters():
+            p.requires_grad_(False)
+        hidden = model.config.hidden_size
+        width = max(1, hidden // reduction)
+        for layer in model.model.layers:
+            for sub in (layer.self_attn, layer.mlp):
+                down, up = nn.Linear(hidden, width), nn.Linear(width, hidden)
+                sub.add_module("adapter_down", down)
+                sub.add_module("adapter_up", up)
+
+                def hook(module, args, output, down=down, up=up):
+                    first = output[0] if isinstance(output, tuple) else output
+                    delta = up(torch.nn.functional.silu(down(first.to(down.weight.dtype)))).to(first.dtype)
+                    adapted = first + delta
+                    return (adapted, *output[1:]) if isinstance(output, tuple) else adapted
+
+                sub.register_forward_hook(hook)
+
+
+def build_peft_method_model(config: dict, method: str, kw: dict, *, precision: str = "bf16", kernel: str = "sdpa",
+                            seed: int = 0):
+    """A random-weight model in `precision` with a PEFT method (or Houlsby adapters) on it, trainables in fp32."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    compute, _ = PRECISIONS[precision]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = AutoModelForCausalLM.from_config(hf_config(config), dtype=torch_dtype(compute),
+                                                 attn_implementation=KERNELS[kernel])
+        if method == "adapter":
+            Houlsby.attach(model, kw.get("adapter_reduction", 16))
+        else:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_method_config(method, kw))
+    for param in model.parameters():
+        if param.requires_grad:
+            param.data = param.data.to(torch.float32)
+    model.train()
+    return model

@@ -24,6 +24,11 @@ TRAINER_OPTIM = {
     "adafactor": ("adafactor", None),
     "sgd": ("sgd", None),
     "sgd-momentum": ("sgd", "momentum=0.9"),
+    "paged-adamw": ("paged_adamw_32bit", None),
+    "lion": ("lion_32bit", None),
+    "paged-lion": ("paged_lion_32bit", None),
+    "lion-8bit": ("lion_8bit", None),
+    "paged-lion-8bit": ("paged_lion_8bit", None),
 }
 
 
