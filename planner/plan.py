@@ -62,7 +62,7 @@ class Plan(BaseModel):
     encoder_type: PromptEncoder = "mlp"  # ptuning: peft's PromptEncoder reparameterization
     ia3_target: str | None = None  # ia3: module names; None: peft's default targets for the model type
     adapter_reduction: int = 16  # adapter: hidden size / bottleneck width
-    oft_block_size: int = 32  # oft: the orthogonal blocks' size (peft's default) ...
+    oft_block_size: int | None = None  # oft: the orthogonal blocks' size (None: peft's 32, or 0 with oft_blocks)
     oft_blocks: int = 0  # ... or, when set, blocks per layer (peft's `r`, LLaMA-Factory's oft_rank)
     freeze_trainable_layers: int = 2
     quant_bits: Literal[4, 8] | None = None  # quantized base weights (QLoRA); None with qlora means 4
@@ -104,8 +104,8 @@ class Plan(BaseModel):
     @classmethod
     def _oft_blocks_replace_the_default_block_size(cls, data):
         # peft takes either r or oft_block_size; a count of blocks given alone means "not the default size"
-        if isinstance(data, dict) and data.get("oft_blocks") and "oft_block_size" not in data:
-            data = {**data, "oft_block_size": 0}
+        if isinstance(data, dict) and data.get("oft_block_size") is None:
+            data = {**data, "oft_block_size": 0 if data.get("oft_blocks") else 32}
         return data
 
     @model_validator(mode="after")

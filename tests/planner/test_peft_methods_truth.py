@@ -130,3 +130,23 @@ def test_adapter_counts_match_the_papers_construction(model_type: str, reduction
     real = sum(p.numel() for p in model.parameters() if p.requires_grad)
     ours = layout(spec, count_params(spec), Plan(method="adapter", adapter_reduction=reduction)).trainable_params
     assert ours == real
+
+
+@pytest.mark.parametrize(("method", "flags", "kw"), [
+    ("prefix", ["--num-virtual-tokens", "16"], {"num_virtual_tokens": 16}),
+    ("ptuning", ["--num-virtual-tokens", "8", "--encoder-hidden-size", "64", "--encoder-type", "lstm"],
+     {"num_virtual_tokens": 8, "encoder_hidden_size": 64, "encoder_type": "lstm"}),
+    ("ia3", [], {}),
+    ("oft", ["--lora-target", "all-linear", "--oft-blocks", "8"], {"lora_target": "all-linear", "oft_blocks": 8}),
+])
+def test_json_trainable_is_peft_count_for_a_preset(method: str, flags: list[str], kw: dict, capsys) -> None:
+    """`ftplan estimate --json` carries the count peft makes for the preset's own config.json."""
+    import json
+    from pathlib import Path
+
+    from tui.cli import main
+
+    config = json.loads((Path(__file__).parents[2] / "profiles" / "models" / "llama-3.2-1b.json").read_text())
+    main(["estimate", "--model", "llama-3.2-1b", "--method", method, *flags, "--json"])
+    trainable = json.loads(capsys.readouterr().out)["params"]["trainable"]
+    assert trainable == _peft_trainable(config, method, kw)
