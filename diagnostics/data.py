@@ -42,10 +42,15 @@ def sample_path(kind: str = "alpaca") -> Path:
 
 def load_records(path: str | Path) -> list[dict]:
     path = Path(path)
+    if path.exists() and not path.is_file():  # a FIFO would block the run forever, a device never end
+        raise FtplanError(f"--data {path}: not a regular file; give the path of a JSON or JSONL data file")
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise FtplanError(f"--data {path}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise FtplanError(f"--data {path}: not UTF-8 text (offset {exc.start:,}); JSON data is UTF-8: convert "
+                          "it, or check that this is the data file") from None
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:

@@ -37,6 +37,7 @@ class Setting:
     short: str | None = None  # a one-letter CLI alias
     widget: Widget | None = None  # how the TUI form edits it (None: not on the form)
     group: Literal["training", "system"] = "training"  # which commands take the flag
+    methods: tuple[str, ...] = ()  # the methods that use it (empty: every method); the form shows it for those
 
     def name_in(self, vocabulary: Vocabulary) -> str:
         """What a user of this front end calls the setting."""
@@ -75,32 +76,36 @@ FIELDS: list[Setting] = [
             {"llamafactory": "disable_gradient_checkpointing", "hf": "gradient_checkpointing",
              "axolotl": "gradient_checkpointing"}, widget="switch"),
     Setting("lora_rank", "plan", "--lora-rank", "LoRA r", "LoRA rank",
-            {"llamafactory": "lora_rank", "hf": "lora_r", "axolotl": "lora_r"}, widget="int"),
+            {"llamafactory": "lora_rank", "hf": "lora_r", "axolotl": "lora_r"}, widget="int", methods=("lora", "qlora")),
     Setting("lora_target", "plan", "--lora-target", "LoRA targets",
             "all (LLaMA-Factory's: every nn.Linear but the head), all-linear (peft's: Conv1D and fused MoE "
             "experts too), attention, or comma-separated module names",
             {"llamafactory": "lora_target", "hf": "lora_target_modules", "axolotl": "lora_target_modules"},
-            widget="text"),
+            widget="text", methods=("lora", "qlora", "oft")),
     Setting("lora_dropout", "plan", "--lora-dropout", "LoRA dropout", "dropout on the LoRA input",
             {f: "lora_dropout" for f in FORMATS}),
     Setting("use_dora", "plan", "--use-dora", "DoRA",
             "LoRA as DoRA: a magnitude vector per target, and each adapted weight's norm every step",
-            {"llamafactory": "use_dora", "hf": "use_dora", "axolotl": "peft_use_dora"}, widget="switch"),
+            {"llamafactory": "use_dora", "hf": "use_dora", "axolotl": "peft_use_dora"}, widget="switch",
+            methods=("lora", "qlora")),
     Setting("num_virtual_tokens", "plan", "--num-virtual-tokens", "virtual tokens",
-            "prefix/prompt/ptuning: virtual tokens (peft's num_virtual_tokens)"),
+            "prefix/prompt/ptuning: virtual tokens (peft's num_virtual_tokens)", widget="int",
+            methods=("prefix", "prompt", "ptuning")),
     Setting("prefix_projection", "plan", "--prefix-projection", "prefix projection",
             "prefix: reparametrise the prefix with an MLP (--encoder-hidden-size wide)"),
     Setting("encoder_hidden_size", "plan", "--encoder-hidden-size", "encoder width",
             "prefix projection / ptuning encoder width (default: peft's token_dim)"),
     Setting("encoder_type", "plan", "--encoder-type", "prompt encoder",
-            "ptuning: mlp or lstm reparameterization (peft's encoder_reparameterization_type)"),
+            "ptuning: mlp or lstm reparameterization (peft's encoder_reparameterization_type)", widget="select",
+            methods=("ptuning",)),
     Setting("ia3_target", "plan", "--ia3-target", "IA3 targets",
-            "ia3: module names to scale (default: peft's targets for the model type)"),
+            "ia3: module names to scale (default: peft's targets for the model type)", widget="text",
+            methods=("ia3",)),
     Setting("adapter_reduction", "plan", "--adapter-reduction", "adapter reduction",
-            "adapter: hidden size / bottleneck width of the Houlsby adapters"),
+            "adapter: hidden size / bottleneck width of the Houlsby adapters", widget="int", methods=("adapter",)),
     Setting("oft_block_size", "plan", "--oft-block-size", "OFT block size",
             "oft: size of the orthogonal blocks (default 32, peft's; none with --oft-blocks)",
-            {"llamafactory": "oft_block_size"}),
+            {"llamafactory": "oft_block_size"}, widget="int", methods=("oft",)),
     Setting("oft_blocks", "plan", "--oft-blocks", "OFT blocks",
             "oft: blocks per layer instead of a block size (peft's r)", {"llamafactory": "oft_rank"}),
     Setting("freeze_trainable_layers", "plan", "--freeze-trainable-layers", "trainable layers",

@@ -54,6 +54,7 @@ from planner.methods import (
     layout,
     lora_targets,
     param_dtype,
+    peft_tensor_sizes,
     quantized_bytes,
 )
 from planner.optimizers import (
@@ -394,6 +395,8 @@ def _largest_gradient(spec: ModelSpec, train: TrainingLayout, plan: Plan, all_gr
     widths = [max(lin.in_features, lin.out_features) for g in spec.blocks for lin in g.block.linears]
     if train.method in ("lora", "qlora"):  # the largest adapter matrix: rank x width
         largest = plan.lora_rank * max(widths, default=spec.hidden_size)
+    elif plan.peft:
+        largest = max(n for n, _ in peft_tensor_sizes(spec, plan))
     else:
         largest = max((lin.in_features * lin.out_features for g in spec.blocks for lin in g.block.linears),
                       default=0)

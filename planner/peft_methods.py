@@ -165,6 +165,11 @@ def dora_magnitudes(linears: list[Linear]) -> int:
 
 def check_supported(spec: ModelSpec, plan: Plan) -> None:
     """Refuse what peft itself refuses (or would run on a different model than planned)."""
+    if plan.method == "prefix" and plan.gradient_checkpointing:
+        # peft_model.py `_setup_prompt_encoder`: "prefix tuning now uses Cache but that won't work with gradient
+        # checkpointing" (it raises when any module of the base model checkpoints)
+        raise FtplanError("peft's prefix tuning does not run with gradient checkpointing; drop "
+                          "{gradient_checkpointing}, or use prompt or ptuning", field="gradient_checkpointing")
     if plan.method == "prefix":
         kinds = {g.block.attention.kind for g in spec.blocks}
         widths = {(g.block.attention.num_kv_heads, g.block.attention.head_dim) for g in spec.blocks}

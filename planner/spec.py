@@ -295,7 +295,9 @@ def resolve_model(model: str) -> ModelSource:
                               "directory")
         return ModelSource(_read_json(config_file), str(config_file), path.name, directory=path)
     if kind == "file":
-        return ModelSource(_read_json(path), str(path), path.parent.name or path.stem)
+        # a model folder's config.json is named after the folder; any other JSON file after itself
+        named = path.parent.name if path.name == "config.json" else path.stem
+        return ModelSource(_read_json(path), str(path), named or path.stem)
     if kind is not None:
         raise FtplanError(f"{where}: is a {kind}, not a config.json file or a model directory; point at one of "
                           "those")

@@ -99,7 +99,9 @@ def has_reference(plan: Plan) -> bool:
         return plan.reference_model
     if plan.precompute_ref_log_probs or plan.stage not in REFERENCED:
         return False
-    return plan.method in ("full", "freeze")
+    # peft models disable their adapters for the reference pass (TRL's null_ref_context, LLaMA-Factory's
+    # disable_adapter); Houlsby adapters are not peft's and cannot be switched off, so they need a frozen copy
+    return plan.method in ("full", "freeze", "adapter")
 
 
 def stage_run(plan: Plan, device: str = "cuda") -> StageRun:

@@ -48,8 +48,23 @@ def gib(nbytes: int | float) -> float:
     return nbytes / GIB
 
 
+_LARGER = ("TiB", "PiB", "EiB", "ZiB", "YiB")
+
+
+def gib_unit(nbytes: int | float) -> tuple[str, int]:
+    """The binary unit to show `nbytes` in: GiB, or the next one up while the number would pass 1024
+    (a mistyped micro-batch of 10^14 reads '643.57 ZiB', not fifteen digits of GiB)."""
+    unit, size = "GiB", GIB
+    for larger in _LARGER:
+        if abs(nbytes) < size * 1024:
+            break
+        unit, size = larger, size * 1024
+    return unit, size
+
+
 def fmt_gib(nbytes: int | float, digits: int = 2) -> str:
-    return f"{nbytes / GIB:.{digits}f} GiB"
+    unit, size = gib_unit(nbytes)
+    return f"{nbytes / size:.{digits}f} {unit}"
 
 
 def fmt_count(n: int) -> str:

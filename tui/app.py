@@ -2,6 +2,10 @@
 
 Four tabs over one plan: Plan (form + live breakdown), What fits, GPUs, Diagnose.
 The app only displays planner and diagnostics results; it imports no torch (a test checks).
+
+Keys work as in k9s and lazygit: the app's letter and digit keys are priority bindings, so a focused
+table, list or dropdown never swallows them, and they stand aside only while a widget types the key
+(a text field, an open dropdown's type-to-search, the modal screens). `ctrl+q` quits from anywhere.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ from pathlib import Path
 from textual import on
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.command import Hit, Hits, Provider
+from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.lazy import Lazy
+from textual.screen import ModalScreen
+from textual.widget import Widget
 from textual.widgets import Footer, Header, Input, TabbedContent, TabPane
 
 from planner.errors import FtplanError
@@ -24,28 +30,47 @@ from tui.gpus_pane import GpusPane
 from tui.plan_pane import PlanChanged, PlanPane, PlanState
 from tui.screens import ExportScreen, HelpScreen, PresetPicker
 
-NARROW = 110  # below this width the Plan tab stacks its form above the results
+NARROW = 110  # below this width the Plan tab's form narrows
+WIDE = 150  # from this width the time, warnings and assumptions sit beside the breakdown
+
+# Tab pane ids are prefixed: a bare "gpus" would also name the GPUs field of the Plan form.
+TABS = {"plan": "tab-plan", "fits": "tab-fits", "gpus": "tab-gpus", "diagnose": "tab-diagnose"}
+# Where focus lands on a tab (by a digit, or Esc from a text field): never a field that takes the app's keys.
+HOME = {"plan": "#results", "fits": "#fits-table", "gpus": "#gpus-table", "diagnose": "#diag-run"}
+# Actions bound to printable keys: they give way to a widget that types that key.
+KEY_ACTIONS = {"tab", "edit_model", "pick_preset", "diagnose", "export_yaml", "save_json", "toggle_dark", "help",
+               "quit_key", "leave_field", "compare"}
 
 
 class FtplanCommands(Provider):
     """Command-palette actions: exports and the equivalent command line."""
 
-    async def search(self, query: str) -> Hits:
+    def _actions(self) -> list[tuple[str, object, str]]:
         app = self.app
         assert isinstance(app, FtplanApp)
-        actions = [
-            ("Export the plan as LLaMA-Factory YAML", app.action_export_yaml),
-            ("Save the plan (and the last diagnostics report) as JSON", app.action_save_json),
-            ("Copy the equivalent `ftplan estimate` command", app.action_copy_command),
-            ("Pick a model preset", app.action_pick_preset),
-            ("Run diagnostics on the current plan", app.action_diagnose),
-            ("Toggle dark / light theme", app.action_toggle_dark),
+        return [
+            ("Export the plan as LLaMA-Factory YAML", app.action_export_yaml, "e"),
+            ("Save the plan (and the last diagnostics report) as JSON", app.action_save_json, "s"),
+            ("Copy the equivalent `ftplan estimate` command", app.action_copy_command, ""),
+            ("Pick a model preset", app.action_pick_preset, "p"),
+            ("Edit the model", app.action_edit_model, "m or /"),
+            ("Run diagnostics on the current plan", app.action_diagnose, "r"),
+            ("Show what fits on every GPU", lambda: app.action_tab("fits"), "2"),
+            ("Toggle dark / light theme", app.action_toggle_dark, "d"),
+            ("Help for this tab", app.action_help, "?"),
         ]
+
+    async def discover(self) -> Hits:
+        """The palette lists ftplan's commands as soon as it opens, before anything is typed."""
+        for text, action, key in self._actions():
+            yield DiscoveryHit(text, action, help=f"key: {key}" if key else None)
+
+    async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
-        for text, action in actions:
+        for text, action, key in self._actions():
             score = matcher.match(text)
             if score > 0:
-                yield Hit(score, matcher.highlight(text), action, help=None)
+                yield Hit(score, matcher.highlight(text), action, help=f"key: {key}" if key else None)
 
 
 class FtplanApp(App):
@@ -53,18 +78,23 @@ class FtplanApp(App):
     SUB_TITLE = "fine-tuning planner"
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses may live elsewhere
     COMMANDS = App.COMMANDS | {FtplanCommands}
+    AUTO_FOCUS = "#results"  # the Plan tab's results: every app key works from there
     BINDINGS = [
-        Binding("1", "tab('plan')", "plan", show=False),
-        Binding("2", "tab('fits')", "what fits", show=False),
-        Binding("3", "tab('gpus')", "GPUs", show=False),
-        Binding("4", "tab('diagnose')", "diagnose", show=False),
-        Binding("p", "pick_preset", "preset"),
-        Binding("r", "diagnose", "diagnose"),
-        Binding("e", "export_yaml", "export YAML"),
-        Binding("s", "save_json", "save JSON"),
-        Binding("d", "toggle_dark", "theme"),
-        Binding("question_mark", "help", "help"),
-        Binding("q", "quit", "quit"),
+        Binding("1", "tab('plan')", "plan", show=False, priority=True),
+        Binding("2", "tab('fits')", "what fits", show=False, priority=True),
+        Binding("3", "tab('gpus')", "GPUs", show=False, priority=True),
+        Binding("4", "tab('diagnose')", "diagnose", show=False, priority=True),
+        Binding("m,slash", "edit_model", "model", key_display="m", priority=True),
+        Binding("p", "pick_preset", "preset", priority=True),
+        Binding("r", "diagnose", "diagnose", priority=True),
+        Binding("e", "export_yaml", "export", priority=True),
+        Binding("c", "compare", "compare methods", priority=True),
+        Binding("s", "save_json", "save JSON", show=False, priority=True),
+        Binding("d", "toggle_dark", "theme", show=False, priority=True),
+        Binding("question_mark", "help", "help", priority=True),
+        Binding("q", "quit_key", "quit", show=False, priority=True),
+        Binding("escape", "leave_field", "leave field"),
+        Binding("ctrl+q", "quit", "quit", priority=True),
     ]
 
     def __init__(self, **kwargs) -> None:
@@ -73,20 +103,53 @@ class FtplanApp(App):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        with TabbedContent(id="tabs", initial="plan"):
-            with TabPane("Plan", id="plan"):
+        with TabbedContent(id="tabs", initial=TABS["plan"]):
+            with TabPane("1 Plan", id=TABS["plan"]):
                 yield PlanPane(id="plan-pane")
             # the other tabs mount after the first frame: the Plan tab is what people see first
-            with TabPane("What fits", id="fits"):
+            with TabPane("2 What fits", id=TABS["fits"]):
                 yield Lazy(FitsPane(id="fits-pane"))
-            with TabPane("GPUs", id="gpus"):
+            with TabPane("3 GPUs", id=TABS["gpus"]):
                 yield Lazy(GpusPane(id="gpus-pane"))
-            with TabPane("Diagnose", id="diagnose"):
+            with TabPane("4 Diagnose", id=TABS["diagnose"]):
                 yield Lazy(DiagnosePane(id="diagnose-pane"))
-        yield Footer()
+        yield Footer(compact=True)  # 80 columns hold every key it shows
 
     def on_resize(self, event) -> None:
-        self.query_one("#plan-pane").set_class(event.size.width < NARROW, "-narrow")
+        pane = self.query_one("#plan-pane")
+        pane.set_class(event.size.width < NARROW, "-narrow")
+        pane.set_class(event.size.width >= WIDE, "-wide")
+
+    # ------------------------------------------------------------ keys
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """A printable key's action gives way to a widget that types it, and to a modal screen's own keys."""
+        if action not in KEY_ACTIONS:
+            return True
+        if isinstance(self.screen, ModalScreen):
+            return False
+        typing = self._typing()
+        return typing if action == "leave_field" else not typing
+
+    def _typing(self) -> bool:
+        """Whether the focused widget takes printable keys (a text field, an open dropdown's search)."""
+        focused = self.focused
+        return focused is not None and focused.check_consume_key("x", "x")
+
+    @property
+    def active_tab(self) -> str:
+        pane_id = self.query_one("#tabs", TabbedContent).active
+        return next((tab for tab, pid in TABS.items() if pid == pane_id), "plan")
+
+    def focus_home(self, tab: str) -> None:
+        """Focus the tab's home widget (or nothing, so no hidden widget keeps the focus)."""
+        homes = self.query(HOME[tab])
+        home: Widget | None = homes.first() if homes else None
+        if home is not None and not home.focusable:
+            pane = self.query_one(f"#{TABS[tab]}")
+            home = next((w for w in self.screen.focus_chain if pane in w.ancestors and not w.check_consume_key(
+                "x", "x")), None)
+        self.set_focus(home)
 
     # ------------------------------------------------------------ keeping the tabs in step
 
@@ -96,27 +159,46 @@ class FtplanApp(App):
         for pane in self.query(DiagnosePane):  # lazily mounted: may not exist yet (it reads app.state then)
             pane.state = message.state
         fits = self.query(FitsPane)
-        if fits and self.query_one("#tabs", TabbedContent).active == "fits":
+        if fits and self.active_tab == "fits":
             fits.first().show(message.state)
         else:
             self._fits_stale = True
 
     @on(TabbedContent.TabActivated)
     def _tab_shown(self, event: TabbedContent.TabActivated) -> None:
-        if event.pane.id == "gpus":  # its refresh pauses while hidden: show fresh numbers at once
+        if event.pane.id == TABS["gpus"]:  # its refresh pauses while hidden: show fresh numbers at once
             for pane in self.query(GpusPane):
                 pane.refresh_gpus()
-        if event.pane.id == "fits" and self.state is not None and getattr(self, "_fits_stale", True):
+        if event.pane.id == TABS["fits"] and self.state is not None and getattr(self, "_fits_stale", True):
             self._fits_stale = False
             self.call_after_refresh(lambda: [pane.show(self.state) for pane in self.query(FitsPane)])
+
+    @on(FitsPane.Apply)
+    def _apply_fit(self, message: FitsPane.Apply) -> None:
+        changes = {"gpu": message.gpu, "gpu_memory": ""} | ({"method": message.method} if message.method else {})
+        self.action_tab("plan")
+        self.query_one("#plan-pane", PlanPane).apply(changes)
+        self.notify(f"planning {message.method or 'the plan'} on {message.gpu}", title="applied")
 
     # ------------------------------------------------------------ actions
 
     def action_tab(self, tab: str) -> None:
-        self.query_one("#tabs", TabbedContent).active = tab
+        # focus moves with the tab: a widget left focused on a hidden tab would pull the tabs back to it
+        self.query_one("#tabs", TabbedContent).active = TABS[tab]
+        self.call_after_refresh(self.focus_home, tab)
+
+    def action_edit_model(self) -> None:
+        self.query_one("#tabs", TabbedContent).active = TABS["plan"]
+        self.query_one("#model", Input).focus()
+
+    def action_leave_field(self) -> None:
+        self.focus_home(self.active_tab)
+
+    async def action_quit_key(self) -> None:
+        await self.action_quit()
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen())
+        self.push_screen(HelpScreen(self.active_tab))
 
     def action_toggle_dark(self) -> None:
         self.theme = "textual-light" if self.theme == "textual-dark" else "textual-dark"
@@ -128,6 +210,12 @@ class FtplanApp(App):
                 self.query_one("#model", Input).value = name
 
         self.push_screen(PresetPicker(), chosen)
+
+    def action_compare(self) -> None:
+        if self.state is not None:  # every method at the plan's settings (tui.compare_pane)
+            from tui.compare_pane import CompareScreen
+
+            self.push_screen(CompareScreen(self.state, samples=self.query_one("#plan-pane", PlanPane).run_length()[0]))
 
     def action_diagnose(self) -> None:
         self.action_tab("diagnose")

@@ -27,7 +27,7 @@ EXIT_CODES_HELP = """exit codes:
   0  success (for estimate --gpu: the plan fits)
   1  a check failed: the plan does not fit the GPU
   2  bad input: unknown model/preset/GPU, invalid flag value, broken config file
-  3  missing environment: e.g. no network to fetch a config, no GPU where one is required
+  3  missing environment: e.g. no network to fetch a config, no GPU where one is required, a full disk
 """
 
 
@@ -41,8 +41,27 @@ class ExitCode(IntEnum):
 class _Parser(argparse.ArgumentParser):
     """argparse that reports bad flags in one line, with exit code 2 (argparse's own code too)."""
 
+    argv: list[str] = []  # what main() parses: argparse's messages do not say which value it refused
+
     def error(self, message: str):  # pragma: no cover - exercised through main()
-        self.exit(ExitCode.BAD_INPUT, f"ftplan: error: {message} (see `{self.prog} --help`)\n")
+        self.exit(ExitCode.BAD_INPUT, f"ftplan: error: {_negative(message, self.argv) or message} "
+                                      f"(see `{self.prog} --help`)\n")
+
+
+def _negative(message: str, argv: list[str]) -> str | None:
+    """argparse reads `--gpu-memory -1GiB` as a flag without its value ("expected one argument"): name the value.
+    (Plain negative numbers such as `-1` do reach the flag's own check.)"""
+    import itertools
+    import re
+
+    match = re.fullmatch(r"argument (\S+): expected one argument", message)
+    if match is None:
+        return None
+    flags = match.group(1).split("/")
+    for flag, value in itertools.pairwise(argv):
+        if flag in flags and re.match(r"-[\d.]", value):
+            return f"{flag}: got {value}, a negative value; give a positive one"
+    return None
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
@@ -101,6 +120,21 @@ def cmd_fits(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from planner.compare import compare
+    from planner.spec import load_spec
+
+    plan, target = plan_from(args), target_from(args)
+    comparison = compare(load_spec(args.model), plan, target, mfu=args.mfu, samples=args.samples)
+    if args.json:
+        sys.stdout.write(comparison.model_dump_json(indent=2) + "\n")
+    else:
+        from tui.report import print_compare
+
+        print_compare(comparison)
+    return ExitCode.OK
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from planner.params import count_params
     from planner.spec import load_preset, preset_index
@@ -124,15 +158,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    import os
-
     from diagnostics.report import DiagnoseSettings, write_report
 
     settings = DiagnoseSettings(
         model=args.model, data=args.data, steps=args.steps, lr=args.lr, warmup_ratio=args.warmup_ratio,
         lr_scheduler=args.lr_scheduler, max_grad_norm=args.max_grad_norm or None, weight_decay=args.weight_decay,
         seed=args.seed, device=args.device, loss_scaling=args.loss_scaling, init_std=args.init_std,
-        beta=args.beta, plan=plan_from(args))
+        beta=args.beta, lr_find=args.lr_find, plan=plan_from(args))
     from planner.files import check_output, model_input
 
     # the run's own files are never an output, not even with --force
@@ -160,7 +192,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         if live:
             print(step_line(record, settings.steps), flush=True)
 
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    distributed = _launcher_count("WORLD_SIZE", 1) > 1
     if args.in_process or distributed:
         import contextlib
 
@@ -178,15 +210,17 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
             from planner.errors import EnvironmentMissing, FtplanError
 
             raise (EnvironmentMissing if report.error_kind == "environment" else FtplanError)(report.message)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if _launcher_count("RANK", 0) != 0:
         return ExitCode.OK  # rank 0 speaks for the run
-    if args.json:
-        sys.stdout.write(report.model_dump_json(indent=2) + "\n")
-    else:
-        print_report(report, plots=not args.no_plots)
-    if args.out:  # after printing: a write that fails (disk full) still leaves the report on stdout
+    try:
+        if args.json:
+            sys.stdout.write(report.model_dump_json(indent=2) + "\n")
+        else:
+            print_report(report, plots=not args.no_plots)
         sys.stdout.flush()
-        write_report(report, args.out, flag="--out", inputs=inputs, existing=existing)
+    finally:  # after printing: a failed write (disk full) still leaves the report on stdout; and a closed
+        if args.out:  # terminal or pipe (printing fails) still leaves it in the file
+            write_report(report, args.out, flag="--out", inputs=inputs, existing=existing)
     if report.status == "interrupted":
         return 130
     if report.status != "completed" or any(f.severity == "error" for f in report.findings):
@@ -194,6 +228,34 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     if args.strict and report.warnings:
         return ExitCode.CHECK_FAILED
     return ExitCode.OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from diagnostics.runlog import read_run
+    from tui.diagnose_view import print_report
+
+    report = read_run(args.log)
+    if args.json:
+        sys.stdout.write(report.model_dump_json(indent=2) + "\n")
+    else:
+        print_report(report, plots=not args.no_plots)
+    failed = report.status != "completed" or any(f.severity == "error" for f in report.findings)
+    return ExitCode.CHECK_FAILED if failed else ExitCode.OK
+
+
+def _launcher_count(name: str, default: int) -> int:
+    """WORLD_SIZE / RANK as torchrun and accelerate set them; anything else is the user's environment to fix."""
+    import os
+
+    from planner.errors import FtplanError, shortened
+
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    if not text.isdigit():
+        raise FtplanError(f"environment variable {name}={shortened(text)!r}: not a whole number; unset it, or "
+                          "launch with torchrun / accelerate launch, which set it")
+    return int(text)
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:
@@ -212,6 +274,11 @@ def cmd_preflight(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         sys.stderr.write(f"ftplan: {report.fix_error}\n")
         return ExitCode.BAD_INPUT
+    diag = report.diagnostics
+    if diag is not None and diag.error_kind is not None:  # the run stopped on its input before training
+        sys.stdout.flush()
+        sys.stderr.write(f"ftplan: {diag.message}\n")
+        return ExitCode.ENVIRONMENT if diag.error_kind == "environment" else ExitCode.BAD_INPUT
     return exit_code(report, args.strict)
 
 
@@ -223,10 +290,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     plan = plan_from(args)
     spec = load_spec(args.model)  # a bad --model fails here, in one line, before any file is written
     gpu = None
-    if args.gpu and args.gpu.strip().lower() != "auto":  # named in the check command; auto is this machine's
+    # named in the check command (auto is this machine's); with --gpu-memory too, refused there as in preflight
+    if args.gpu and (args.gpu_memory or args.gpu.strip().lower() != "auto"):
         from planner.target import resolve_target
 
-        target = resolve_target(args.gpu)
+        target = resolve_target(args.gpu, args.gpu_memory)
         gpu = target.gpu.name if target.gpu else None
     if args.gpu_memory:
         from planner.units import parse_bytes
@@ -326,9 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--max-seq-len", action="store_true", help="find the longest sequence that fits")
     est.add_argument("--mfu", type=share("--mfu"), default=None,
                      help="model FLOPs utilisation for the time estimate (default: 0.40 full, 0.35 LoRA, 0.25 QLoRA)")
-    est.add_argument("--samples", type=positive_int("--samples"), default=None,
+    est.add_argument("--samples", type=positive_int("--samples", most=10**12), default=None,
                      help="training examples, for a total-time estimate")
-    est.add_argument("--epochs", type=positive_float("--epochs"), default=1.0,
+    est.add_argument("--epochs", type=positive_float("--epochs", most=10_000), default=1.0,
                      help="epochs, with --samples (default: 1)")
     est.add_argument("--json", action="store_true", help="print the result as JSON (the pydantic dump)")
     est.set_defaults(func=cmd_estimate)
@@ -348,6 +416,25 @@ def build_parser() -> argparse.ArgumentParser:
                       help="largest micro-batch searched (default: 256)")
     fits.add_argument("--json", action="store_true", help="print the table as JSON")
     fits.set_defaults(func=cmd_fits)
+    comp = _command(
+        sub, "compare", "every fine-tuning method side by side: trainable parameters, memory, speed, fit",
+        "The seed notes' comparison, computed: full, freeze, LoRA (and DoRA), QLoRA, prefix, prompt, P-tuning, "
+        "IA3, Houlsby adapters and OFT, each planned at the other flags' settings: trainable parameters, peak "
+        "memory per GPU, tokens/s at the MFU on --gpu, time per epoch with --samples, and whether it fits "
+        "--gpu / --gpu-memory; a method the model cannot take gives the reason. --method is not needed: flags "
+        "that only one method takes (--quant-bits, --prefix-projection) need theirs, as in estimate.",
+        EXIT_CODES_HELP.replace("(for estimate --gpu: the plan fits)", "(whatever fits)")
+        .replace("  1  a check failed: the plan does not fit the GPU\n", "")
+        + "\nexample:\n  ftplan compare --model 7b --gpu 4090 --seq-len 2048 --samples 50000\n")
+    add_training_flags(comp)
+    add_system_flags(comp)
+    add_target_flags(comp)
+    comp.add_argument("--mfu", type=share("--mfu"), default=None,
+                      help="model FLOPs utilisation for tokens/s (default: each method's, as in estimate)")
+    comp.add_argument("--samples", type=positive_int("--samples"), default=None,
+                      help="training examples, for the time per epoch")
+    comp.add_argument("--json", action="store_true", help="print the rows as JSON")
+    comp.set_defaults(func=cmd_compare)
     diag = _command(
         sub, "diagnose", "a short instrumented training run: unstable gradients and what to change",
         "Runs a few dozen real training steps of the model on your data (or ftplan's sample), records every "
@@ -375,6 +462,20 @@ def build_parser() -> argparse.ArgumentParser:
     diag.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     diag.add_argument("--no-plots", action="store_true", help="text summary without the terminal plots")
     diag.set_defaults(func=cmd_diagnose)
+    rep = _command(
+        sub, "report", "render a saved run: FtplanMonitor's run.jsonl or a diagnose --out report",
+        "Prints a saved run as `ftplan diagnose` prints its own: status, the loss plot, the per-layer gradient-norm "
+        "heatmap, findings and suggested settings. Reads the log the Trainer callback "
+        "(diagnostics.callback.FtplanMonitor) writes, also one cut short (the report is then made from its steps), "
+        "or a report JSON from `ftplan diagnose --out`.",
+        EXIT_CODES_HELP.replace("(for estimate --gpu: the plan fits)", "(warnings are printed)")
+        .replace("the plan does not fit the GPU", "the run has an error finding or did not complete")
+        .replace("broken config file", "a missing file, not JSON lines, records that are not ftplan's")
+        + "\nexample:\n  ftplan report run.jsonl\n")
+    rep.add_argument("log", help="the run log (.jsonl) or report (.json)")
+    rep.add_argument("--json", action="store_true", help="print the report as JSON")
+    rep.add_argument("--no-plots", action="store_true", help="text summary without the terminal plots")
+    rep.set_defaults(func=cmd_report)
     pre = _command(
         sub, "preflight", "gate a long fine-tuning job on its config file",
         "Reads a LLaMA-Factory, HF TrainingArguments/TRL or axolotl config and checks it before the long run: "
@@ -459,8 +560,11 @@ example:
 def main(argv: list[str] | None = None) -> int:
     from planner.errors import EnvironmentMissing, FtplanError
     from planner.fields import worded
+    from tui.terminal import WRITE_ERRORS, broken_pipe, fallback_characters, silence_stdout
 
+    fallback_characters()  # PYTHONIOENCODING=ascii: `->` for `→`, before argparse prints anything
     parser = build_parser()
+    _Parser.argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.command is None:
         from tui.app import run
@@ -468,7 +572,9 @@ def main(argv: list[str] | None = None) -> int:
         run()
         return ExitCode.OK
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a write error surfaces here, where it is handled, not in the interpreter's exit
+        return code
     except EnvironmentMissing as exc:
         sys.stderr.write(f"ftplan: {worded(exc, 'cli')}\n")
         return ExitCode.ENVIRONMENT
@@ -478,8 +584,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("ftplan: interrupted\n")
         return 130
-    except BrokenPipeError:  # `ftplan estimate ... | head`
+    except (BrokenPipeError, SystemExit) as exc:  # `ftplan estimate ... | head -1`: the reader has enough
+        if not broken_pipe(exc):
+            raise
+        silence_stdout()
         return ExitCode.OK
+    except OSError as exc:  # `>/dev/full`; ftplan's own files report their errors as FtplanErrors
+        if exc.errno not in WRITE_ERRORS:
+            raise
+        silence_stdout()
+        sys.stderr.write(f"ftplan: cannot write the output ({exc.strerror}); free some space or redirect it "
+                         "elsewhere\n")
+        return ExitCode.ENVIRONMENT
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,7 +1,9 @@
 """The Diagnose tab: a short instrumented run of the current plan, drawn live.
 
 The run happens in a child process (diagnostics.runner), driven from a thread worker;
-steps arrive as messages. Cancel stops it after the current step and keeps the partial report.
+steps arrive as messages. Cancel, and quitting the app (which cancels the worker), stop
+the child within about two seconds (diagnostics.runner: the step's end, else SIGTERM,
+then SIGKILL) and keep the partial report.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.validation import Integer, Number
 from textual.widgets import Button, Input, Label, ProgressBar, Static
+from textual.worker import get_current_worker
 
 from diagnostics.report import DiagnoseSettings, DiagnosticReport, StepRecord
 from planner.errors import FtplanError
@@ -104,14 +107,15 @@ class DiagnosePane(Vertical):
     @on(Button.Pressed, "#diag-cancel")
     def cancel(self) -> None:
         self._cancel = True
-        self.query_one("#diag-status", Static).update("cancelling after the current step…")
+        self.query_one("#diag-status", Static).update("cancelling: stopping the run…")
 
     @work(exclusive=True, thread=True, group="diagnose")
     def _run(self, settings: DiagnoseSettings) -> None:
         from diagnostics.runner import run_isolated
 
+        worker = get_current_worker()  # cancelled when the app quits or the pane goes: the child must go too
         report = run_isolated(settings, on_step=lambda r: self.post_message(StepArrived(r)),
-                              should_stop=lambda: self._cancel)
+                              should_stop=lambda: self._cancel or worker.is_cancelled)
         self.post_message(RunFinished(report))
 
     @on(StepArrived)

@@ -20,8 +20,11 @@ def _number(flag: str, convert, accept, rule: str):
     return parse
 
 
-def positive_int(flag: str):
-    return _number(flag, int, lambda v: v >= 1, "a whole number of at least 1")
+def positive_int(flag: str, most: int | None = None):
+    """`most`: a sanity cap where a larger value only overflows what it feeds (a time estimate)."""
+    if most is None:
+        return _number(flag, int, lambda v: v >= 1, "a whole number of at least 1")
+    return _number(flag, int, lambda v: 1 <= v <= most, f"a whole number from 1 to {most:,}")
 
 
 def fraction(flag: str):
@@ -115,8 +118,10 @@ def target_from(args: argparse.Namespace):
                           fragmentation=getattr(args, "fragmentation", None))
 
 
-def positive_float(flag: str):
-    return _number(flag, float, lambda v: 0 < v < float("inf"), "a positive number")
+def positive_float(flag: str, most: float | None = None):
+    if most is None:
+        return _number(flag, float, lambda v: 0 < v < float("inf"), "a positive number")
+    return _number(flag, float, lambda v: 0 < v <= most, f"a positive number of at most {most:,}")
 
 
 def share(flag: str):
@@ -139,7 +144,8 @@ def add_diagnose_flags(p: argparse.ArgumentParser) -> None:
                    help="learning rate (default: 1e-4 for LoRA/QLoRA, 1e-5 otherwise)")
     p.add_argument("--warmup-ratio", type=fraction("--warmup-ratio"), default=0.0)
     p.add_argument("--lr-scheduler", choices=("cosine", "linear", "constant"), default="cosine")
-    p.add_argument("--max-grad-norm", type=float, default=1.0,
+    p.add_argument("--max-grad-norm", type=_number("--max-grad-norm", float, lambda v: 0 <= v < float("inf"),
+                                                   "a number of at least 0 (0 turns clipping off)"), default=1.0,
                    help="gradient clipping threshold; 0 turns clipping off (default: 1.0, as the HF Trainer)")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=42)
@@ -148,3 +154,6 @@ def add_diagnose_flags(p: argparse.ArgumentParser) -> None:
                    help="fp16-mixed without a GradScaler (to see underflow)")
     p.add_argument("--init-std", type=positive_float("--init-std"), default=None,
                    help="config-only models: initializer_range of the random weights")
+    p.add_argument("--lr-find", action="store_true",
+                   help="run an LR range test instead: the steps ramp the learning rate from 1e-7 to 1 and the "
+                        "advice is a tenth of the rate before the loss turns up")

@@ -1,8 +1,10 @@
-"""The Plan tab: a model, a settings form, and the live memory breakdown with its suggestions.
+"""The Plan tab: a model, a settings form, and everything the planner says about the plan.
 
-Every change re-runs the planner (well under a millisecond) and redraws; a model
-change loads its config in a worker (a hub id may need the network). An invalid field
-is marked with its reason and the last good plan stays on screen.
+The verdict sits on top with a badge for the warnings; below it the memory bar and breakdown, what to
+change (each suggestion's reason, new total and flags), then the time to train, the warnings and the
+assumptions (beside the breakdown on wide terminals). Every change re-runs the planner (well under a
+millisecond) and redraws; a model change loads its config in a worker (a hub id may need the network).
+An invalid field is marked with its reason and the last good plan stays on screen.
 """
 
 from __future__ import annotations
@@ -10,14 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
+from textual.markup import escape
 from textual.message import Message
 from textual.suggester import SuggestFromList
 from textual.timer import Timer
-from textual.validation import Integer
-from textual.widgets import DataTable, Input, Label, OptionList, Select, Static
+from textual.validation import Integer, Number
+from textual.widgets import Collapsible, Input, Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
 from planner import fields
@@ -30,14 +34,15 @@ from planner.result import Estimate
 from planner.service import plan_run
 from planner.spec import ModelSpec, load_spec, preset_index
 from planner.target import Machine, resolve_target
-from planner.units import fmt_gib
-from tui.views import breakdown_rows
-from tui.widgets import LABELS, MemoryBar, SpecSummary
+from planner.units import fmt_gib, gib_unit
+from tui.views import breakdown_rows, suggestion_text, time_line
+from tui.widgets import LABELS, KeyOptionList, KeyTable, MemoryBar, SpecSummary
 
 AUTO = "auto (measured)"
 # an error about a setting the form does not show is marked on the one that decides it
 SHOWN_ON = {"offload_optimizer": "zero", "freeze_trainable_layers": "method", "optimizer_in_backward": "grad_accum"}
 MODEL_DEBOUNCE_S = 0.4
+_SEVERITY = {"error": "$error", "warning": "$warning", "info": "$primary"}
 
 
 @dataclass
@@ -79,25 +84,45 @@ class PlanPane(Horizontal):
         self.model_name = ""
         self._applying = False
         self._model_timer: Timer | None = None
+        self._by_id: dict[str, Any] = {}
+        self._shown_method: str | None = None
 
     def compose(self) -> ComposeResult:
         plan = plan_module.Plan(method=self.DEFAULTS["method"])
         presets = sorted(preset_index().presets) + sorted(preset_index().aliases)
         yield Static("loading the model…", id="summary")  # docked on top: the answer stays in view
-        with VerticalScroll(id="form"):
-            yield Label("model (preset, hub id or local path)", classes="field-label")
+        form = VerticalScroll(id="form")
+        form.can_focus = False  # its fields are the stops; it scrolls to the focused one
+        with form:
+            yield Label("model (preset, hub id, path)", classes="field-label")
             yield Input(self.DEFAULTS["model"], id="model", suggester=SuggestFromList(presets, case_sensitive=False))
             yield SpecSummary(id="spec")
-            with Grid(id="fields"):
+            with Grid(id="fields", classes="form-grid"):
                 for setting in form_settings():
-                    yield Label(setting.label, classes="field-label")
+                    yield Label(setting.label, classes="field-label", id=f"label-{setting.name}")
                     yield self._widget(setting, plan)
+            # the run's length is no plan setting: it only turns the step time into a time to train
+            with Grid(id="run-length", classes="form-grid"):
+                yield Label("samples", classes="field-label")
+                yield Input("", id="time-samples", compact=True, type="integer", placeholder="for time to train",
+                            valid_empty=True, validators=[Integer(minimum=1, failure_description="samples must be at least 1")])
+                yield Label("epochs", classes="field-label")
+                yield Input("1", id="time-epochs", compact=True, type="number",
+                            validators=[Number(minimum=0.01, failure_description="epochs must be positive")])
             yield Static("", id="form-error")
-        with Vertical(id="results"):
-            yield MemoryBar(id="bar")
-            yield DataTable(id="breakdown", zebra_stripes=True, cursor_type="none")
-            yield Label("what to change (enter applies it)", id="suggestions-title")
-            yield OptionList(id="suggestions")
+        with VerticalScroll(id="results"):  # focusable: where Esc from a field lands; arrows scroll it
+            with Vertical(id="main"):
+                yield MemoryBar(id="bar")
+                breakdown = KeyTable(id="breakdown", zebra_stripes=True, cursor_type="none")
+                breakdown.can_focus = False  # no cursor: nothing to do there
+                yield breakdown
+                yield Label("what to change (enter applies it)", id="suggestions-title")
+                yield KeyOptionList(id="suggestions")
+            with Vertical(id="details"):
+                yield Static("", id="warnings")
+                yield Static("", id="time")
+                with Collapsible(title="assumptions", id="assumptions"):
+                    yield Static("", id="assumptions-text")
 
     def _widget(self, setting: Setting, plan: Plan):
         """The form widget of one setting, from its kind in the field table."""
@@ -124,29 +149,56 @@ class PlanPane(Horizontal):
         if setting.widget == "int":
             return Input(str(value), id=name, compact=True, type="integer",
                          validators=[Integer(minimum=1, failure_description=f"{setting.label} must be at least 1")])
-        return Input(str(value), id=name, compact=True)
+        return Input("" if value is None else str(value), id=name, compact=True)
+
+    def _w(self, widget_id: str) -> Any:
+        """A widget of the pane by id. Looked up once: a DOM query per field per keystroke was a third of a
+        redraw."""
+        if widget_id not in self._by_id:
+            self._by_id = {w.id: w for w in self.query("*") if w.id}
+        return self._by_id[widget_id]
+
+    @property
+    def _widgets(self) -> dict[str, Input | Select]:
+        """The form's fields by id."""
+        self._w("model")
+        return {i: w for i, w in self._by_id.items() if isinstance(w, (Input, Select)) and i != "model"}
 
     def on_mount(self) -> None:
-        table = self.query_one("#breakdown", DataTable)
+        table = self._w("breakdown")
         table.add_columns("GiB", "forward", "backward", "optimizer")
-        self.load_model(self.query_one("#model", Input).value)
+        self.load_model(self._w("model").value)
 
     # ------------------------------------------------------------ reading the form
 
     def _value(self, field: str) -> Any:
-        widget = self.query_one(f"#{field}")
+        widget = self._w(field)
         return widget.value
+
+    def _show_method_fields(self, method: str) -> None:
+        """Only the settings the chosen method uses are on the form (DoRA for LoRA, virtual tokens for prompts)."""
+        if method == self._shown_method:
+            return
+        self._shown_method = method
+        for setting in form_settings():
+            if setting.methods:
+                shown = method in setting.methods
+                self._w(setting.name).display = self._w(f"label-{setting.name}").display = shown
 
     def form_plan(self) -> Plan:
         """The Plan the form describes; raises FtplanError carrying the field that is wrong."""
         values: dict[str, Any] = {}
+        method = self._value("method")
+        self._show_method_fields(method)
         for setting in form_settings():
-            if setting.owner != "plan":
-                continue
-            widget = self.query_one(f"#{setting.name}")
+            if setting.owner != "plan" or (setting.methods and method not in setting.methods):
+                continue  # a hidden setting keeps its default
+            widget = self._w(setting.name)
             if isinstance(widget, Input):
                 if setting.name == "gpus" and not widget.value.strip():
                     continue
+                if setting.widget == "text" and not widget.value.strip() and setting.name != "lora_target":
+                    continue  # an empty text field is the setting's default (ia3_target: peft's)
                 check = widget.validate(widget.value)
                 if check is not None and not check.is_valid:
                     raise FtplanError(check.failure_descriptions[0], field=setting.name)
@@ -158,12 +210,23 @@ class PlanPane(Horizontal):
             values["quant_bits"] = None
         return plan_module.Plan.build(**values)
 
+    def run_length(self) -> tuple[int | None, float]:
+        """Samples and epochs for the time to train; raises FtplanError naming the field that is wrong."""
+        for name in ("time-samples", "time-epochs"):
+            widget = self._w(name)
+            check = widget.validate(widget.value) if widget.value.strip() else None
+            if check is not None and not check.is_valid:
+                raise FtplanError(check.failure_descriptions[0], field=name)
+        samples = self._w("time-samples").value.strip()
+        epochs = self._w("time-epochs").value.strip()
+        return (int(samples) if samples else None), (float(epochs) if epochs else 1.0)
+
     def form_gpus(self) -> int | None:
-        text = self.query_one("#gpus", Input).value.strip()
+        text = self._w("gpus").value.strip()
         return int(text) if text.isdigit() else None
 
     def form_target(self, gpus: int | None) -> Machine:
-        memory = self.query_one("#gpu_memory", Input).value.strip()
+        memory = self._w("gpu_memory").value.strip()
         if memory:
             return resolve_target(gpu_memory=memory if not memory.replace(".", "", 1).isdigit() else f"{memory}GiB",
                                   gpus=gpus)
@@ -199,11 +262,11 @@ class PlanPane(Horizontal):
         self.app.call_from_thread(self._model_loaded, spec, name.strip())
 
     def _model_failed(self, message: str) -> None:
-        self.query_one("#model", Input).border_subtitle = "not found"
-        self.query_one("#spec", SpecSummary).show(None, message.removeprefix("--model: "))
+        self._w("model").border_subtitle = "not found"
+        self._w("spec").show(None, message.removeprefix("--model: "))
 
     def _model_loaded(self, spec: ModelSpec, name: str) -> None:
-        self.query_one("#model", Input).border_subtitle = ""
+        self._w("model").border_subtitle = ""
         self.spec, self.model_name = spec, name
         self.recompute()
 
@@ -211,20 +274,22 @@ class PlanPane(Horizontal):
         """Form -> Plan -> planner -> screen. An invalid form keeps the last good numbers."""
         if self.spec is None:
             return
-        for widget in [*self.query(Input), *self.query(Select)]:
+        for widget in self._widgets.values():
             if widget.id != "model":
                 widget.border_subtitle, widget.tooltip = "", None
                 widget.remove_class("-plan-error")
-        error = self.query_one("#form-error", Static)
+        error = self._w("form-error")
         try:
             plan = self.form_plan()
             target = self.form_target(self.form_gpus())
-            result = plan_run(self.spec, plan, target, search_batch=True, vocabulary="tui")
+            samples, epochs = self.run_length()
+            result = plan_run(self.spec, plan, target, search_batch=True, vocabulary="tui", samples=samples,
+                              epochs=epochs)
         except FtplanError as exc:
-            message = worded(exc, "tui")
-            field = exc.field if exc.field and self.query(f"#{exc.field}") else SHOWN_ON.get(exc.field or "")
-            if field is not None and self.query(f"#{field}"):  # mark the field itself, with the reason on hover
-                widget = self.query_one(f"#{field}")
+            message = worded(exc, "tui") if not (exc.field or "").startswith("time-") else exc.reason
+            field = exc.field if exc.field in self._widgets else SHOWN_ON.get(exc.field or "")
+            if field in self._widgets:  # mark the field itself, with the reason on hover
+                widget = self._w(field)
                 widget.border_subtitle, widget.tooltip = "invalid", message
                 widget.add_class("-plan-error")
             error.update(f"[b red]{message}[/] — showing the last valid plan")
@@ -235,36 +300,68 @@ class PlanPane(Horizontal):
         self.post_message(PlanChanged(self.state))
 
     def _show(self, result: Estimate) -> None:
-        self.query_one("#spec", SpecSummary).show(result)
-        self.query_one("#bar", MemoryBar).show(result)
-        table = self.query_one("#breakdown", DataTable)
+        self._w("spec").show(result)
+        self._w("bar").show(result)
+        table = self._w("breakdown")
         mem = result.memory
-        phases = [p.name for p in mem.phases]
-        if [str(c.label) for c in table.columns.values()][1:] != phases:  # GRPO adds a generation phase
+        unit, size = gib_unit(max(p.allocated for p in mem.phases))
+        columns = [unit, *(p.name for p in mem.phases)]
+        if [str(c.label) for c in table.columns.values()] != columns:  # GRPO adds a generation phase
             table.clear(columns=True)
-            table.add_columns("GiB", *phases)
+            table.add_columns(*columns)
         table.clear()
-        for label, cells in breakdown_rows(mem, LABELS):
+        for label, cells in breakdown_rows(mem, LABELS, unit=size):
             table.add_row(label, *cells)
-        summary = self.query_one("#summary", Static)
-        head = f"{result.model.name} · {result.plan.method} · total [b]{fmt_gib(mem.total)}[/] per GPU " \
+        self._w("summary").update(self._verdict(result))
+        self._show_suggestions(result)
+        self._show_details(result)
+
+    def _verdict(self, result: Estimate) -> str:
+        mem, fit = result.memory, result.fit
+        gpus = f" × {result.plan.gpus} GPUs" if result.plan.gpus > 1 else ""
+        head = f"{result.model.name} · {result.plan.method} · total [b]{fmt_gib(mem.total)}[/] per GPU{gpus} " \
                f"({mem.peak_phase} peak)"
-        fit = result.fit
         if fit is None:
-            summary.update(head)
+            verdict = head
         elif fit.fits:
-            summary.update(f"{head} · [b $success]fits {fit.gpu}[/], {fmt_gib(fit.headroom)} headroom · "
-                           f"largest micro-batch {fit.max_batch_label}")
+            verdict = (f"{head} · [b $success]fits {fit.gpu}[/], {fmt_gib(fit.headroom)} headroom · "
+                       f"largest micro-batch {fit.max_batch_label}")
         else:
-            summary.update(f"{head} · [b $error]does not fit {fit.gpu}[/] ({fmt_gib(fit.capacity)}): short by "
-                           f"{fmt_gib(-fit.headroom)}")
-        options = self.query_one("#suggestions", OptionList)
+            verdict = (f"{head} · [b $error]does not fit {fit.gpu}[/] ({fmt_gib(fit.capacity)}): short by "
+                       f"{fmt_gib(-fit.headroom)}")
+        if result.warnings:  # a badge in the line that never scrolls away; the list is under the results
+            worst = "error" if any(w.severity == "error" for w in result.warnings) else "warning"
+            count = len(result.warnings)
+            verdict += f"  [b reverse {_SEVERITY[worst]}] ⚠ {count} warning{'s' if count > 1 else ''} [/]"
+        if result.time is not None:
+            verdict += f" · {result.time.tokens_per_second:,.0f} tokens/s"
+        return verdict
+
+    def _show_suggestions(self, result: Estimate) -> None:
+        options = self._w("suggestions")
         options.clear_options()
-        for i, s in enumerate(result.suggestions):
-            mark = "fits" if s.fits else "still too big"
-            options.add_option(Option(f"{s.title} → {fmt_gib(s.new_total)} ({mark})", id=str(i)))
-        self.query_one("#suggestions-title").display = bool(result.suggestions)
+        for i, change in enumerate(result.suggestions):
+            head, why = suggestion_text(change)
+            prompt = Text.assemble((head, "bold green" if change.fits else "bold"), "\n", (why, "dim"))
+            options.add_option(Option(prompt, id=str(i)))
+        if result.suggestions:
+            options.highlighted = 0  # the first Enter applies the first suggestion
+        self._w("suggestions-title").display = bool(result.suggestions)
         options.display = bool(result.suggestions)
+
+    def _show_details(self, result: Estimate) -> None:
+        lines = [f"[b {_SEVERITY[w.severity]}]{w.severity}[/] {escape(w.message)}"
+                 + (f" [dim](fix: {escape(w.change.title)})[/]" if w.change is not None else "") for w in result.warnings]
+        self._w("warnings").update("\n".join(lines))
+        self._w("warnings").display = bool(lines)
+        time = result.time
+        text = ("[b]time[/] " + time_line(time) + f"\n[dim]{escape(time.note)}"
+                + ("; give samples for the time to train" if time.total_seconds is None else "") + "[/]"
+                if time is not None else "[b]time[/] [dim]pick a catalog GPU (not a memory size) for step time[/]")
+        self._w("time").update(text)
+        self._w("assumptions-text").update(
+            Text("\n".join(f"• {a}" for a in result.assumptions)))
+        self._w("assumptions").title = f"assumptions ({len(result.assumptions)})"
 
     # ------------------------------------------------------------ applying a suggestion
 
@@ -278,7 +375,7 @@ class PlanPane(Horizontal):
         self._applying = True
         try:
             for field, value in changes.items():
-                widget = self.query_one(f"#{field}")
+                widget = self._w(field)
                 widget.value = str(value) if isinstance(widget, Input) else STAGE_DEFAULT if value is None else value
         finally:
             self.call_after_refresh(self._finish_apply)

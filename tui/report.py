@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from planner.result import Estimate
 from planner.units import GIB, fmt_count, fmt_gib
-from tui.views import GPU_COLUMNS, breakdown_rows, fits_rows, fits_title, gpu_rows, process_lines
+from tui.views import GPU_COLUMNS, breakdown_rows, duration, fits_rows, fits_title, gpu_rows, process_lines
 
 
 def print_estimate(result: Estimate, console: Console | None = None) -> None:
@@ -81,7 +82,7 @@ def print_estimate(result: Estimate, console: Console | None = None) -> None:
         t = result.time
         line = f"\ntime: {t.step_seconds:.2f} s per optimizer step, {t.tokens_per_second:,.0f} tokens/s"
         if t.total_seconds is not None:
-            line += f"; {t.steps:,} steps ≈ {_duration(t.total_seconds)}"
+            line += f"; {t.steps:,} steps ≈ {duration(t.total_seconds)}"
         console.print(line)
         console.print(f"  {t.note}", style="dim")
     if result.warnings:
@@ -91,16 +92,6 @@ def print_estimate(result: Estimate, console: Console | None = None) -> None:
     console.print("\nassumptions:", style="dim")
     for a in result.assumptions:
         console.print(f"  - {a}", style="dim")
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
 
 
 def print_models(rows: list[dict], console: Console | None = None) -> None:
@@ -174,3 +165,27 @@ def print_fits(model: str, plan, rows, methods, console: Console | None = None) 
     for name, cells in fits_rows(rows):
         table.add_row(name, *cells)
     console.print(table)
+
+
+def print_compare(comparison, console: Console | None = None) -> None:
+    """`ftplan compare`: one row per method, the reasons for those not planned, then the seed's contrasts."""
+    from tui.compare_view import compare_cells, compare_columns, compare_title, mfu_note, not_planned_lines
+
+    console = console or Console(highlight=False)
+    table = Table(title=compare_title(comparison), title_justify="left", show_edge=False, box=box.SIMPLE_HEAD,
+                  collapse_padding=True)
+    for col in compare_columns(comparison):  # a row per method fits 80 columns: nothing wraps
+        table.add_column(col, justify="left" if col in ("method", "served") else "right", no_wrap=True)
+    for row, cells in compare_cells(comparison):
+        style = "dim" if row.reason else ("red" if row.fits is False else None)
+        table.add_row(*cells, style=style)
+    console.print(table)
+    for line in not_planned_lines(comparison):
+        console.print(line, style="dim")
+    note = mfu_note(comparison)
+    if note:
+        console.print(note, style="dim")
+    if comparison.summary:
+        console.print()
+        for line in comparison.summary:
+            console.print(line)

@@ -11,23 +11,46 @@ from textual.widgets.option_list import Option
 
 from planner.spec import preset_index
 
-HELP = """\
-# ftplan
+TAB_HELP = {
+    "plan": """\
+## Plan
 
-**Plan** — type a model (preset such as `7b`, hub id, local folder) and change any setting: the
-memory breakdown, the verdict against the GPU and the suggestions update as you type. Select a
-suggestion and press **enter** to apply it to the form.
+Type a model (a preset such as `7b`, a hub id, a local folder or `config.json`) and change any setting:
+the verdict on top, the memory bar and breakdown, the suggestions, the time and the warnings update as you
+type. Select a suggestion (**j**/**k** or arrows) and press **enter** to put it in the form. Give
+*samples* (and *epochs*) for the time to train; open *assumptions* for what the numbers rest on.
+""",
+    "fits": """\
+## What fits
 
-**What fits** — every catalog GPU against every method, with the largest micro-batch.
+Every catalog GPU against every method at the Plan tab's other settings (the title names them): the
+largest micro-batch that fits (green), or what the smallest needs (red). Move with **j**/**k**/arrows and
+press **enter** on a cell to plan that GPU and method.
+""",
+    "gpus": """\
+## GPUs
 
-**GPUs** — this machine's GPUs through NVML (refreshes every few seconds).
+This machine's GPUs through NVML (refreshes every few seconds while shown), and the processes holding
+memory.
+""",
+    "diagnose": """\
+## Diagnose
 
-**Diagnose** — a short real training run of the current plan on ftplan's sample data: loss,
-per-layer gradient norms, findings and advice. **Cancel** keeps the partial report.
+A short real training run of the current plan on ftplan's sample data: loss, per-layer gradient norms,
+findings and advice. **Cancel** keeps the partial report.
+""",
+}
+
+KEYS = """\
+## Keys
 
 | key | action |
 | --- | --- |
-| `1`–`4` | switch tab |
+| `1`–`4` | switch tab (from anywhere but a text field) |
+| `m` or `/` | edit the model |
+| `esc` | leave a text field |
+| `tab` / `shift+tab` | next / previous field |
+| `j` / `k` | down / up in lists and tables |
 | `p` | pick a preset |
 | `r` | run diagnostics |
 | `e` | export the plan as LLaMA-Factory YAML |
@@ -35,16 +58,26 @@ per-layer gradient norms, findings and advice. **Cancel** keeps the partial repo
 | `d` | dark / light theme |
 | `ctrl+p` | command palette |
 | `?` | this help |
-| `q` | quit |
+| `q` | quit (in a text field it types; `ctrl+q` quits from anywhere) |
 """
+
+
+def help_text(tab: str) -> str:
+    """The help with the shown tab's section first: what you are looking at, then the keys, then the rest."""
+    others = "\n".join(text for name, text in TAB_HELP.items() if name != tab)
+    return f"# ftplan\n\n{TAB_HELP.get(tab, '')}\n{KEYS}\n## The other tabs\n\n{others}"
 
 
 class HelpScreen(ModalScreen[None]):
     BINDINGS = [("escape", "dismiss", "close"), ("q", "dismiss", "close"), ("question_mark", "dismiss", "close")]
 
+    def __init__(self, tab: str = "plan") -> None:
+        super().__init__()
+        self.tab = tab
+
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="help"):
-            yield Markdown(HELP)
+            yield Markdown(help_text(self.tab))
             yield Button("Close", id="close-help", compact=True)
 
     @on(Button.Pressed, "#close-help")

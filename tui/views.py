@@ -5,6 +5,8 @@ Pure functions of planner results; no formulas (the planner computed everything)
 
 from __future__ import annotations
 
+from planner.fields import cli_flags
+from planner.findings import Change
 from planner.fit import FitsRow, batch_step
 from planner.memory import COMPONENTS, Breakdown
 from planner.stages import batch_unit
@@ -17,16 +19,50 @@ LONG_LABELS = {
 }
 
 
-def breakdown_rows(memory: Breakdown, labels: dict[str, str] | None = None) -> list[tuple[str, list[str]]]:
-    """One row per component alive in some phase (GiB per phase, '–' where absent), then 'allocated'."""
+def breakdown_rows(memory: Breakdown, labels: dict[str, str] | None = None,
+                   unit: int = GIB) -> list[tuple[str, list[str]]]:
+    """One row per component alive in some phase (in `unit` bytes per phase, '–' where absent), then
+    'allocated'."""
     labels = labels or LONG_LABELS
     rows = []
     for key in COMPONENTS:
         values = [p.parts.get(key, 0) for p in memory.phases]
         if any(values):
-            rows.append((labels[key], [f"{v / GIB:,.2f}" if v else "–" for v in values]))
-    rows.append(("allocated", [f"{p.allocated / GIB:,.2f}" for p in memory.phases]))
+            rows.append((labels[key], [f"{v / unit:,.2f}" if v else "–" for v in values]))
+    rows.append(("allocated", [f"{p.allocated / unit:,.2f}" for p in memory.phases]))
     return rows
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:,.1f} days"
+
+
+def time_line(time) -> str:
+    """Step time, throughput and, when the run's length is known, the time to train."""
+    line = f"{time.step_seconds:,.2f} s per optimizer step · {time.tokens_per_second:,.0f} tokens/s"
+    if time.total_seconds is not None:
+        line += f" · {time.steps:,} steps ≈ {duration(time.total_seconds)}"
+    return line
+
+
+def suggestion_text(change: Change) -> tuple[str, str]:
+    """A suggestion as a headline (what, the new total, whether it fits) and its why and flags."""
+    mark = "fits" if change.fits else "still too big"
+    total = f" → {fmt_gib(change.new_total)} ({mark})" if change.new_total is not None else ""
+    return f"{change.title}{total}", f"{change.reason}; flags: {cli_flags(change.changes)}"
+
+
+def fits_style(cell) -> str:
+    """The colour of a What-fits cell: fits, does not fit, or the method does not apply."""
+    if cell.need is None:
+        return "dim"
+    return "red" if cell.max_batch == 0 else "green"
 
 
 def fits_cell(cell) -> str:
@@ -46,9 +82,13 @@ def fits_title(model: str, plan, gpus_label: str = "") -> str:
     stage = "" if plan.stage == "sft" else f"stage {plan.stage}" + (
         ", reference log-probs precomputed" if plan.precompute_ref_log_probs else "") + ", "
     unit = batch_unit(plan.stage) if plan.stage not in ("sft", "pt") else None
-    return (f"{model} {stage}at sequence {plan.seq_len}, {plan.precision}, {plan.optimizer}"
-            f"{', checkpointing' if plan.gradient_checkpointing else ''}"
-            f"{f', {plan.gpus} GPUs' if plan.gpus > 1 else ''}{f', ZeRO-{plan.zero}' if plan.zero else ''}"
+    # every setting the cells depend on is named, so a ✓ is never read against a different setup
+    lora = f", LoRA r={plan.lora_rank} on {plan.lora_target}"
+    quant = f" (QLoRA {plan.quant_bits}-bit)" if plan.quant_bits else ""
+    return (f"{model} {stage}at sequence {plan.seq_len}, {plan.precision}, {plan.optimizer}, {plan.attention}"
+            f"{', checkpointing' if plan.gradient_checkpointing else ', no checkpointing'}{lora}{quant}"
+            f"{', fused loss' if plan.fused_loss else ''}"
+            f", {plan.gpus} GPU{'s' if plan.gpus > 1 else ''}, {f'ZeRO-{plan.zero}' if plan.zero else 'no ZeRO'}"
             f"{', optimizer offloaded' if plan.offload_optimizer else ''}{gpus_label}: largest micro-batch per GPU "
             f"{f'(in {unit}) ' if unit else ''}and method (✗: needs that much at micro-batch {batch_step(plan)})")
 

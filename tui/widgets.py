@@ -1,13 +1,26 @@
-"""Small widgets of the TUI: the memory bar, the spec summary. They display results; they compute nothing."""
+"""Small widgets of the TUI: the memory bar, the spec summary, lists with vim keys. They display results;
+they compute nothing."""
 
 from __future__ import annotations
 
 from rich.text import Text
-from textual.widgets import Static
+from textual.binding import Binding
+from textual.widgets import DataTable, OptionList, Static
 
 from planner.memory import COMPONENTS
 from planner.result import Estimate
-from planner.units import GIB, fmt_count
+from planner.units import fmt_count, fmt_gib, gib_unit
+
+# j/k as in lazygit and k9s, beside the arrows
+VIM_KEYS = [Binding("j", "cursor_down", "down", show=False), Binding("k", "cursor_up", "up", show=False)]
+
+
+class KeyTable(DataTable):
+    BINDINGS = VIM_KEYS
+
+
+class KeyOptionList(OptionList):
+    BINDINGS = VIM_KEYS
 
 COLORS = {"weights": "dodger_blue2", "reference": "steel_blue", "generation": "magenta", "master_weights": "purple", "optimizer": "dark_orange3",
           "gradients": "gold3", "activations": "green3", "logits": "cyan", "temporaries": "grey50",
@@ -49,12 +62,13 @@ class MemoryBar(Static):
                 bar.append(" " * (mark - used) + "▏", style="bold")
             else:
                 bar.stylize("reverse", mark, min(used, mark + 1))
+        unit, size = gib_unit(scale)
         legend = Text()
         for key, value in parts:
             if value:
                 legend.append("■ ", style=COLORS[key])
-                legend.append(f"{LABELS[key]} {value / GIB:.1f}  ")
-        scale_note = f"bar to {scale / GIB:.1f} GiB" + ("; ▏ marks the GPU" if capacity else "")
+                legend.append(f"{LABELS[key]} {value / size:.1f}  ")
+        scale_note = f"{unit}; bar to {fmt_gib(scale, 1)}" + ("; ▏ marks the GPU" if capacity else "")
         self.update(Text.assemble(bar, "\n", legend, "\n", Text(scale_note, style="dim")))
 
 

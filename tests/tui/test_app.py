@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 
@@ -279,3 +280,243 @@ async def test_the_gpus_tab_probes_only_while_shown(monkeypatch) -> None:
         await pilot.pause(0.4)
         await settle(app, pilot)
         assert len(calls) >= hidden + 3  # refreshed on showing, then every interval
+
+
+# ------------------------------------------------------------ keys (issue 14)
+
+def active_tab(app) -> str:
+    return app.query_one("#tabs").active.removeprefix("tab-")
+
+
+@pytest.mark.asyncio
+async def test_digits_and_r_from_a_focused_dropdown_switch_for_good(monkeypatch) -> None:
+    import tui.diagnose_pane
+
+    started: list = []
+    monkeypatch.setattr(tui.diagnose_pane.DiagnosePane, "_run", lambda self, settings: started.append(settings))
+    async with running() as (app, pilot):
+        app.query_one("#method").focus()
+        await pilot.pause()
+        await pilot.press("2")
+        await pilot.pause(0.3)
+        await settle(app, pilot)
+        assert active_tab(app) == "fits" and app.focused is app.query_one("#fits-table")  # no bounce back
+        await pilot.press("1")
+        await settle(app, pilot)
+        app.query_one("#zero").focus()
+        await pilot.pause()
+        await pilot.press("r")
+        await pilot.pause(0.3)
+        await settle(app, pilot)
+        # the run starts in view, not behind the Plan tab
+        assert active_tab(app) == "diagnose" and len(started) == 1
+        assert app.query_one("#diagnose-pane") in app.focused.ancestors
+
+
+@pytest.mark.asyncio
+async def test_an_open_dropdown_takes_typed_keys() -> None:
+    async with running() as (app, pilot):
+        quits: list = []
+        app.exit = lambda *a, **k: quits.append(1)
+        app.query_one("#zero").focus()
+        await pilot.pause()
+        await pilot.press("enter")  # opens the list
+        await pilot.press("3", "q")  # type-to-search in the list: no tab switch, no quit
+        await pilot.press("enter")
+        await settle(app, pilot)
+        assert active_tab(app) == "plan" and not quits and app.state.plan.zero == 3
+
+
+@pytest.mark.asyncio
+async def test_a_text_field_types_q_and_esc_leaves_it() -> None:
+    async with running() as (app, pilot):
+        quits: list = []
+        app.exit = lambda *a, **k: quits.append(1)
+        targets = app.query_one("#lora_target")
+        targets.focus()
+        await pilot.pause()
+        targets.value = ""
+        await pilot.press("q", "2", "r")
+        assert targets.value == "q2r" and not quits and active_tab(app) == "plan"
+        keys = set(app.active_bindings)
+        assert "ctrl+q" in keys and "escape" in keys and not {"q", "r", "2"} & keys  # the footer tells the truth
+        await pilot.press("escape")
+        assert app.focused is app.query_one("#results")
+        assert {"q", "r", "2", "ctrl+q"} <= set(app.active_bindings)
+        await pilot.press("q")
+        assert quits == [1]
+
+
+@pytest.mark.asyncio
+async def test_slash_and_m_jump_to_the_model_field_from_any_tab() -> None:
+    async with running() as (app, pilot):
+        for key in ("slash", "m"):
+            await pilot.press("2")
+            await settle(app, pilot)
+            await pilot.press(key)
+            await pilot.pause()
+            assert active_tab(app) == "plan" and app.focused is app.query_one("#model")
+            await pilot.press("escape")
+
+
+@pytest.mark.asyncio
+async def test_every_tab_stop_does_something() -> None:
+    from textual.containers import HorizontalScroll, VerticalScroll
+    from textual.widgets import DataTable
+
+    async with running() as (app, pilot):
+        for tab in ("1", "2", "4"):
+            await pilot.press(tab)
+            await settle(app, pilot)
+            for widget in app.screen.focus_chain:
+                # a table without a cursor, or a scroll area other than the results Esc returns to, is a dead stop
+                assert not (isinstance(widget, DataTable) and widget.cursor_type == "none"), widget
+                assert not isinstance(widget, (VerticalScroll, HorizontalScroll)) or widget.id == "results", widget
+
+
+@pytest.mark.asyncio
+async def test_help_opens_on_the_shown_tab() -> None:
+    async with running(size=(100, 40)) as (app, pilot):
+        await pilot.press("2")
+        await settle(app, pilot)
+        await pilot.press("question_mark")
+        await settle(app, pilot)
+        source = app.screen.query_one("Markdown").source
+        assert source.index("## What fits") < source.index("## Keys") < source.index("## Plan")
+        await pilot.press("question_mark")  # closes it, the app's own ? stands aside on a modal screen
+        await pilot.press("1", "question_mark")
+        await settle(app, pilot)
+        source = app.screen.query_one("Markdown").source
+        assert source.index("## Plan") < source.index("## Keys") < source.index("## What fits")
+
+
+@pytest.mark.asyncio
+async def test_j_and_k_move_in_the_what_fits_table() -> None:
+    async with running() as (app, pilot):
+        await pilot.press("2")
+        await settle(app, pilot)
+        table = app.query_one("#fits-table")
+        await pilot.press("j", "j", "k")
+        assert table.cursor_row == 1
+
+
+@pytest.mark.asyncio
+async def test_the_command_palette_lists_ftplan_commands_when_opened() -> None:
+    from textual.command import CommandList
+
+    async with running() as (app, pilot):
+        await pilot.press("ctrl+p")
+        await pilot.pause(0.5)
+        await settle(app, pilot)
+        commands = app.screen.query_one(CommandList)
+        prompts = [str(commands.get_option_at_index(i).prompt) for i in range(commands.option_count)]
+        assert any("LLaMA-Factory YAML" in p for p in prompts) and any("ftplan estimate" in p for p in prompts)
+
+
+@pytest.mark.asyncio
+async def test_the_first_enter_on_the_suggestions_applies_one() -> None:
+    async with running() as (app, pilot):
+        await set_value(app, pilot, "method", "full")
+        first = app.state.result.suggestions[0]
+        app.query_one("#suggestions").focus()  # focused as Tab would, nothing highlighted by hand
+        await pilot.pause()
+        await pilot.press("enter")
+        await settle(app, pilot)
+        assert all(getattr(app.state.plan, k) == v for k, v in first.changes.items())
+
+
+# ------------------------------------------------------------ what the planner computed, on screen
+
+@pytest.mark.asyncio
+async def test_warnings_time_and_suggestion_flags_are_shown() -> None:
+    import shlex
+
+    from tui.cli import build_parser
+    from tui.flags import plan_from
+
+    async with running() as (app, pilot):
+        context = load_spec("7b").max_position_embeddings
+        await set_value(app, pilot, "seq_len", str(context * 2))
+        assert "⚠ 1 warning" in str(app.query_one("#summary").render())
+        assert f"{context:,}" in str(app.query_one("#warnings").render())
+
+        await set_value(app, pilot, "seq_len", "1024")
+        await set_value(app, pilot, "time-samples", "1000")
+        assert "1,000 steps" in str(app.query_one("#time").render())  # micro-batch 1, no accumulation, 1 GPU
+        await set_value(app, pilot, "time-epochs", "2")
+        await set_value(app, pilot, "grad_accum", "4")
+        assert "500 steps" in str(app.query_one("#time").render())  # 1000 x 2 / (1 x 4)
+
+        await set_value(app, pilot, "method", "full")
+        options = app.query_one("#suggestions")
+        for i, change in enumerate(app.state.result.suggestions):
+            prompt = str(options.get_option_at_index(i).prompt)
+            assert change.reason in prompt
+            flags = prompt.rsplit("flags: ", 1)[1]
+            # the flags shown set what the suggestion changes, as the command line reads them
+            parsed = plan_from(build_parser().parse_args(["estimate", "--model", "7b", *shlex.split(flags)]))
+            assert all(getattr(parsed, k) == v for k, v in change.changes.items()), flags
+
+
+@pytest.mark.asyncio
+async def test_absurd_sizes_are_shown_in_larger_units() -> None:
+    import re
+
+    async with running() as (app, pilot):
+        await set_value(app, pilot, "batch_size", str(10**14))
+        text = str(app.query_one("#summary").render()) + str(app.query_one("#bar").render())
+        sizes = re.findall(r"([\d.,]+) ([GTPEZY]iB)", text)
+        assert sizes and all(float(n.replace(",", "")) < 1024 for n, _ in sizes), sizes
+
+
+@pytest.mark.asyncio
+async def test_gpu_memory_takes_the_placeholders_form_and_gpus_reach_the_plan() -> None:
+    async with running() as (app, pilot):
+        memory = app.query_one("#gpu_memory")
+        memory.focus()
+        await pilot.pause()
+        await pilot.press(*"24GiB")
+        await settle(app, pilot)
+        assert app.state.target.capacity == 24 * 2**30 and str(app.query_one("#form-error").render()) == ""
+        await set_value(app, pilot, "gpus", "4")
+        assert app.state.result.plan.gpus == 4 and "× 4 GPUs" in str(app.query_one("#summary").render())
+
+
+@pytest.mark.asyncio
+async def test_a_json_model_file_is_named_after_the_file(tmp_path) -> None:
+    import shutil
+
+    from planner.spec import preset_index
+
+    models = Path(__file__).resolve().parents[2] / "profiles" / "models"
+    shutil.copy(models / preset_index().presets["tiny-llama"].file, tmp_path / "my-model.json")
+    async with running() as (app, pilot):
+        await set_value(app, pilot, "model", str(tmp_path / "my-model.json"))
+        # the name is the file's (the planner capitalises it), never its folder's
+        summary = str(app.query_one("#summary").render())
+        assert summary.lower().startswith("my-model ·") and tmp_path.name not in summary
+
+
+# ------------------------------------------------------------ what fits
+
+@pytest.mark.asyncio
+async def test_what_fits_names_its_setup_and_enter_applies_a_cell() -> None:
+    from planner.plan import METHODS
+
+    async with running() as (app, pilot):
+        await set_value(app, pilot, "gpus", "4")
+        await set_value(app, pilot, "zero", 3)
+        await pilot.press("2")
+        await settle(app, pilot)
+        title = str(app.query_one("#fits-title").render())
+        assert "4 GPUs" in title and "ZeRO-3" in title
+        table = app.query_one("#fits-table")
+        pane = app.query_one("#fits-pane")
+        row = next(i for i, r in enumerate(pane.rows) if r.gpu == "H100-80GB")
+        column = METHODS.index("qlora") + 1
+        table.cursor_coordinate = (row, column)
+        cell = table.get_cell_at((row, column))
+        assert cell.style == ("green" if str(cell).startswith("✓") else "red")
+        await pilot.press("enter")
+        await settle(app, pilot)
+        assert active_tab(app) == "plan" and app.state.target.name == "H100-80GB" and app.state.plan.method == "qlora"

@@ -1,4 +1,4 @@
-"""Snapshots of the main screens at 80x24 and 120x40 (pytest-textual-snapshot; textual is pinned).
+"""Snapshots of the main screens at 80x24 and 160x48 (pytest-textual-snapshot; textual is pinned).
 
 Refresh them after an intended change with `pytest tests/tui/test_snapshots.py --snapshot-update`.
 """
@@ -9,7 +9,7 @@ import pytest
 
 from tui.app import FtplanApp
 
-SIZES = [(80, 24), (120, 40)]
+SIZES = [(80, 24), (160, 48)]  # a laptop's tmux pane, and a wide screen that uses the right column
 
 
 async def settled(pilot) -> None:
@@ -39,8 +39,17 @@ def test_plan_tab(snap_compare, size) -> None:
     assert snap_compare(FtplanApp(), terminal_size=size, run_before=after())
 
 
-def test_plan_tab_with_suggestions(snap_compare) -> None:
-    assert snap_compare(FtplanApp(), terminal_size=(120, 40), run_before=after(setup=full_fine_tune))
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_plan_tab_with_suggestions(snap_compare, size) -> None:
+    assert snap_compare(FtplanApp(), terminal_size=size, run_before=after(setup=full_fine_tune))
+
+
+async def past_the_context(pilot) -> None:
+    pilot.app.query_one("#seq_len").value = "8192"  # 7b's context is 4,096: a warning
+
+
+def test_plan_tab_with_a_warning(snap_compare) -> None:
+    assert snap_compare(FtplanApp(), terminal_size=(80, 24), run_before=after(setup=past_the_context))
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
@@ -59,8 +68,17 @@ def test_gpus_tab_without_a_gpu(snap_compare, size, monkeypatch) -> None:
 
 
 def test_diagnose_tab_idle(snap_compare) -> None:
-    assert snap_compare(FtplanApp(), terminal_size=(120, 40), run_before=after("4"))
+    assert snap_compare(FtplanApp(), terminal_size=(160, 48), run_before=after("4"))
 
 
 def test_help_screen(snap_compare) -> None:
     assert snap_compare(FtplanApp(), terminal_size=(80, 24), run_before=after("question_mark"))
+
+
+async def steady_cursor(pilot) -> None:
+    pilot.app.query_one("#model").cursor_blink = False  # a blinking cursor would differ between runs
+
+
+def test_a_text_field_focused(snap_compare) -> None:
+    # the focus mark on the field, and the footer while typing: esc and ctrl+q, no letter keys
+    assert snap_compare(FtplanApp(), terminal_size=(80, 24), run_before=after("m", setup=steady_cursor))
