@@ -329,6 +329,20 @@ class Keys:
             raise FtplanError(f"{self.path}: key '{key}' must be a finite number, got {value}")
         return value
 
+    def number(self, key: str, default: float | None, *, above: float | None = None,
+               at_least: float | None = None) -> float | None:
+        """A finite number within its range (a negative learning rate would plan and then train nothing sane)."""
+        value = self.get(key, float, default)
+        if value is None:
+            return None
+        if not math.isfinite(value):
+            raise FtplanError(f"{self.path}: key '{key}' must be a finite number, got {value}")
+        if above is not None and value <= above:
+            raise FtplanError(f"{self.path}: key '{key}' must be above {above:g}, got {value:g}")
+        if at_least is not None and value < at_least:
+            raise FtplanError(f"{self.path}: key '{key}' must be at least {at_least:g}, got {value:g}")
+        return value
+
     def positive(self, key: str, default: int) -> int:
         value = self.get(key, int, default)
         if value < 1:
@@ -390,6 +404,9 @@ def deepspeed_config(spec: str | dict | None, keys: Keys, base: Path, key: str =
 
     def offloaded(name: str) -> bool:
         part = zero.get(name)
+        if part is not None and not isinstance(part, dict):  # DeepSpeed's config model refuses it too
+            raise FtplanError(f"{keys.path}: DeepSpeed zero_optimization.{name} must be a mapping such as "
+                              f"{{device: cpu}}, got {shown(part)}")
         return isinstance(part, dict) and part.get("device") in ("cpu", "nvme")
 
     offload, param = offloaded("offload_optimizer"), offloaded("offload_param") and stage == 3
@@ -540,14 +557,19 @@ def build_plan(fmt: Format, path: str, **fields) -> Plan:
 
 
 def read_hyper(k: Keys, *, epochs: str, scheduler: str, scheduler_default: str, epochs_default: float,
-               fp16: bool, bf16: bool) -> Hyper:
+               fp16: bool, bf16: bool, lr_default: float = 5e-5) -> Hyper:
     """The optimisation keys all three frameworks share (under their own names for epochs and schedule)."""
     ratio, steps = read_warmup(k)
+    max_steps = k.get("max_steps", int)
+    # a negative or zero epoch count is transformers' "use max_steps" only when max_steps is set
+    epoch_floor = None if max_steps and max_steps > 0 else 0.0
     return Hyper(
-        learning_rate=k.get("learning_rate", float, 5e-5), epochs=k.get(epochs, float, epochs_default),
-        max_steps=k.get("max_steps", int), lr_scheduler=k.get(scheduler, str, scheduler_default),
+        learning_rate=k.number("learning_rate", lr_default, at_least=0.0),  # torch's optimizers refuse a negative one
+        epochs=k.number(epochs, epochs_default, above=epoch_floor),
+        max_steps=max_steps, lr_scheduler=k.get(scheduler, str, scheduler_default),
         warmup_ratio=ratio, warmup_steps=steps,
-        max_grad_norm=k.get("max_grad_norm", float, 1.0), lora_alpha=k.get("lora_alpha", float),
+        # the Trainer clips only when max_grad_norm > 0: a negative one turns clipping off, as 0 does
+        max_grad_norm=max(0.0, k.number("max_grad_norm", 1.0)), lora_alpha=k.number("lora_alpha", None, above=0.0),
         use_rslora=k.get("use_rslora", bool, False) or k.get("peft_use_rslora", bool, False), fp16=fp16, bf16=bf16)
 
 

@@ -24,7 +24,6 @@ from planner.configs.common import (
     DataInfo,
     Direction,
     Framework,
-    Hyper,
     Keys,
     RunConfig,
     build_plan,
@@ -35,7 +34,7 @@ from planner.configs.common import (
     precision_keys,
     precision_of,
     read_fsdp,
-    read_warmup,
+    read_hyper,
     resolve_path,
     warning,
 )
@@ -470,13 +469,9 @@ def read(keys: Keys, base: Path, stage: str | None = None) -> RunConfig:
         r.notes.insert(0, f"TRL {trainer.name}{shown}: {applied}")
     # learning_rate: each config's default (TRAINERS); TrainingArguments 5e-5
     lr_default = trainer.lr if r.trl else 5e-5
-    ratio, steps = read_warmup(k)  # a float warmup_steps below 1 is a share of the steps (transformers 5)
-    hyper = Hyper(
-        learning_rate=k.get("learning_rate", float, lr_default), epochs=k.get("num_train_epochs", float, 3.0),
-        max_steps=k.get("max_steps", int), lr_scheduler=k.get("lr_scheduler_type", str, "linear"),
-        warmup_ratio=ratio, warmup_steps=steps, max_grad_norm=k.get("max_grad_norm", float, 1.0),
-        lora_alpha=k.get("lora_alpha", float), use_rslora=k.get("use_rslora", bool, False), fp16=fp16,
-        bf16=bf16, beta=_preference_beta(k, name))
+    hyper = read_hyper(k, epochs="num_train_epochs", epochs_default=3.0, scheduler="lr_scheduler_type",
+                       scheduler_default="linear", fp16=fp16, bf16=bf16, lr_default=lr_default)
+    hyper = hyper.model_copy(update={"beta": _preference_beta(k, name)})
     return RunConfig(path=path, format="hf", model=model, plan=plan, hyper=hyper, data=DataInfo(),
                      notes=r.notes, warnings=r.warnings, gpus=gpus if gpus and gpus > 1 else None)
 

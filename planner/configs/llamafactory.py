@@ -415,8 +415,8 @@ def read_v0(keys: Keys, base: Path, override: str | None = None) -> RunConfig:
     datasets = k.joined("dataset", "")  # a list of names, each text
     data = DataInfo(datasets=[d.strip() for d in (datasets.split(",") if isinstance(datasets, str) else datasets)
                               if d and str(d).strip()],
-                    dataset_dir=k.get("dataset_dir", str, "data"), max_samples=k.get("max_samples", int),
-                    val_size=k.get("val_size", float, 0.0))
+                    dataset_dir=k.get("dataset_dir", str, "data"), max_samples=_max_samples(k),
+                    val_size=k.number("val_size", 0.0, at_least=0.0))
     gpus = k.get("ray_num_workers", int)
     if gpus and gpus > 1:
         notes.append(f"ray_num_workers {gpus}: with USE_RAY=1, LLaMA-Factory trains on {gpus} GPUs")
@@ -597,6 +597,14 @@ def _adapter(k: Keys, w: _Warnings, notes: list[str], method: str, stage: str, p
         what, _ = init_lora("pissa_iter", "pissa" if iters == -1 else f"pissa_niter_{iters}", path)
         notes.append(f"pissa_init (pissa_iter {iters}): {what}")
     return fields, bits
+
+
+def _max_samples(k: Keys) -> int | None:
+    value = k.get("max_samples", int)
+    if value is not None and value < 1:
+        raise FtplanError(f"{k.path}: key 'max_samples' must be at least 1 (or left out for every example), got "
+                          f"{value}")
+    return value
 
 
 def _oft(k: Keys, w: _Warnings, notes: list[str], bits: int | None) -> dict[str, Any]:
