@@ -175,17 +175,23 @@ def _check_folder(folder: Path, where: str) -> None:
                           "filesystem); choose a path in a folder you can write")
 
 
+def path_error(exc: OSError, where: str, fix: str) -> FtplanError:
+    """Why a path cannot even be looked at, as the user can fix it (a symlink loop or a name too long is not "no
+    such file"); `fix` is what to do instead, for the cases with no fix of their own."""
+    if exc.errno == errno.ELOOP:
+        return FtplanError(f"{where}: is a symlink loop; fix the link or {fix}")
+    if exc.errno == errno.ENAMETOOLONG:
+        return FtplanError(f"{where}: the path is too long for this filesystem; {fix}")
+    return FtplanError(f"{where}: cannot use it ({exc.strerror or exc}); {fix}")
+
+
 def _unreachable(path: Path, exc: OSError, where: str) -> FtplanError:
     """Why a path cannot even be looked up: a file where a folder should be, a symlink loop, permissions."""
     if exc.errno == errno.ENOTDIR:
         for folder in reversed(path.parents):  # the first one from the top that is something else
             if os.path.exists(folder) and not os.path.isdir(folder):
                 return _not_a_folder(folder, where)
-    if exc.errno == errno.ELOOP:
-        return FtplanError(f"{where}: is a symlink loop; remove the link or choose another path")
-    if exc.errno == errno.ENAMETOOLONG:
-        return FtplanError(f"{where}: the path is too long for this filesystem; choose a shorter path")
-    return FtplanError(f"{where}: cannot use it ({exc.strerror or exc}); choose another path")
+    return path_error(exc, where, "choose another path")
 
 
 def _not_a_folder(folder: Path, where: str) -> FtplanError:

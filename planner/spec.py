@@ -16,7 +16,6 @@ per-family readers) and loaded from one of these sources, tried in this order:
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import stat
@@ -26,8 +25,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from planner.architectures import read_config
+from planner.bounded import read_text
 from planner.errors import EnvironmentMissing, FtplanError, shortened, shown
-from planner.files import FILE_KINDS
+from planner.files import FILE_KINDS, path_error
 from planner.modelspec import (
     MLP,
     Attention,
@@ -79,17 +79,6 @@ def spec_from_config(config: dict, source: str = "<config>", name: str | None = 
 MAX_CONFIG_BYTES = 8 << 20
 
 
-def _unusable(exc: OSError, where: str) -> FtplanError:
-    """Why a path cannot even be looked at, as the user can fix it: a symlink loop or a name too long is not
-    "no such file"."""
-    if exc.errno == errno.ELOOP:
-        return FtplanError(f"{where}: is a symlink loop; fix the link or point at the model's directory")
-    if exc.errno == errno.ENAMETOOLONG:
-        return FtplanError(f"{where}: too long for a path (and no preset or hub id is that long); give a preset, "
-                           "a hub id or a shorter path")
-    return FtplanError(f"{where}: cannot read it ({exc.strerror or exc}); check the path and its permissions")
-
-
 def _kind(path: Path, where: str) -> str | None:
     """What is at `path`, symlinks followed: "file", "folder" or another kind of `FILE_KINDS`; None when nothing is."""
     try:
@@ -97,38 +86,14 @@ def _kind(path: Path, where: str) -> str | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
-        raise _unusable(exc, where) from None
+        raise path_error(exc, where, "give a preset, a hub id or the model's directory") from None
     except ValueError:  # an embedded NUL byte: no file has such a name
         return None
     return "file" if stat.S_ISREG(mode) else FILE_KINDS.get(stat.S_IFMT(mode), "special file")
 
 
-def _read_bounded(path: Path) -> bytes:
-    """The bytes of a regular file of at most MAX_CONFIG_BYTES. Opened non-blocking and checked on the open file
-    (not by an earlier stat that a rename could outdate): a FIFO would block forever, /dev/zero never ends."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as exc:
-        raise _unusable(exc, str(path)) from None
-    with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fh.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            kind = FILE_KINDS.get(stat.S_IFMT(info.st_mode), "special file")
-            raise FtplanError(f"{path}: is a {kind}, not a regular file; point at the model's config.json")
-        data = fh.read(MAX_CONFIG_BYTES + 1)
-    if len(data) > MAX_CONFIG_BYTES:
-        raise FtplanError(f"{path}: {max(info.st_size, len(data)) / 2**20:,.1f} MiB, larger than any config.json "
-                          f"(ftplan reads at most {MAX_CONFIG_BYTES >> 20} MiB); point at the model's config.json")
-    return data
-
-
 def _read_json(path: Path) -> dict:
-    data = _read_bounded(path)
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise FtplanError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start:,}); "
-                          "save it as UTF-8") from None
+    text = read_text(path, "the model's config.json", limit=MAX_CONFIG_BYTES)
     try:
         config = json.loads(text)
     except json.JSONDecodeError as exc:

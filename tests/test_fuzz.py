@@ -251,7 +251,7 @@ CORPUS = [
      "python/object/apply"),
     ("a FIFO", _fifo, 2, "FIFO"),
     ("a symlink to /dev/zero", _device, 2, "character device"),
-    ("a symlink loop", _loop, 2, "symbolic links"),
+    ("a symlink loop", _loop, 2, "symlink loop"),
     ("a folder", _folder, 2, "folder"),
     ("UTF-16", _bytes(VALID.encode("utf-16")), 2, "UTF-16"),
     ("a non-UTF-8 byte", _bytes(VALID.encode() + b"x: \xff\n"), 2, "not UTF-8"),

@@ -290,7 +290,7 @@ def warning(code: str, keys: str | Iterable[str], message: str, direction: Direc
 
 
 def load_config_file(path: str | Path) -> dict:
-    from planner.configs.bounded import parse_json, parse_yaml, read_text  # size, aliases and depth bounded
+    from planner.bounded import parse_json, parse_yaml, read_text  # size, aliases and depth bounded
 
     path = Path(path)
     text = read_text(path)

@@ -188,11 +188,11 @@ def test_every_key_a_reader_reads_refuses_wrong_types_in_one_line(name) -> None:
 def test_unreadable_config_files_are_one_line_errors(tmp_path, capsys) -> None:
     cases = [  # (folder, what the message says, content)
         ("latin1", "not UTF-8", dict(data=b'{"model_type": "llama\xff"}')),
-        ("utf16", "not UTF-8", dict(data='{"model_type": "llama"}'.encode("utf-16"))),
+        ("utf16", "UTF-16 text; save it as UTF-8", dict(data='{"model_type": "llama"}'.encode("utf-16"))),
         ("deep", "nested too deeply", dict(text='{"x": ' + "[" * 100_000 + "]" * 100_000 + "}")),
         ("digits", "more than 4,300 digits", dict(text='{"vocab_size": ' + "9" * 5000 + "}")),
         ("list", "expected a JSON object", dict(text="[1, 2]")),
-        ("huge", "larger than any config.json", dict(text='{"pad": "' + "a" * (MAX_CONFIG_BYTES + 10) + '"}')),
+        ("huge", "far beyond the model's config.json", dict(text='{"pad": "' + "a" * (MAX_CONFIG_BYTES + 10) + '"}')),
     ]
     for folder, words, content in cases:
         (tmp_path / folder).mkdir()
@@ -229,9 +229,9 @@ def test_paths_that_are_no_config_file_say_what_they_are(tmp_path, capsys) -> No
         (tmp_path / "loop" / "config.json", "symlink loop"),
         (tmp_path / "dangling" / "config.json", "which does not exist"),
         ("/dev/null", "is a character device"),
-        ("a" * 256, "too long for a path"),
-        ("a" * 256 + ".json", "too long for a path"),
-        (str(tmp_path / ("b" * 300) / "config.json"), "too long for a path"),
+        ("a" * 256, "path is too long"),
+        ("a" * 256 + ".json", "path is too long"),
+        (str(tmp_path / ("b" * 300) / "config.json"), "path is too long"),
         ("x/" + "a" * 256, "not a valid hub id"),
     ]
     for model, words in cases:

@@ -22,7 +22,7 @@ import stat
 from pathlib import Path
 
 from planner.errors import FtplanError, shortened
-from planner.files import FILE_KINDS
+from planner.files import FILE_KINDS, path_error
 
 MAX_BYTES = 1 << 20  # LLaMA-Factory's, TRL's and axolotl's examples are all under 20 KiB
 MAX_VALUES = 20_000  # scalars, lists and mappings after expansion; the largest examples have a few hundred
@@ -32,12 +32,12 @@ _WIDE = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"), (code
          (codecs.BOM_UTF16_BE, "UTF-16"))
 
 
-def read_text(path: Path, what: str = "a training config") -> str:
-    """The text of the regular file `path` (at most MAX_BYTES of UTF-8); `what` it should be, for messages."""
+def read_text(path: Path, what: str = "a training config", limit: int = MAX_BYTES) -> str:
+    """The text of the regular file `path` (at most `limit` bytes of UTF-8); `what` it should be, for messages."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
-        raise FtplanError(f"{path}: cannot read it ({exc.strerror or exc}); check the path") from None
+        raise path_error(exc, str(path), f"give the path of {what}") from None
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
@@ -45,11 +45,11 @@ def read_text(path: Path, what: str = "a training config") -> str:
         raise FtplanError(f"{path}: is a {kind}, not a regular file; give the path of {what}")
     with os.fdopen(fd, "rb") as fh:
         try:
-            data = fh.read(MAX_BYTES + 1)
+            data = fh.read(limit + 1)
         except OSError as exc:
             raise FtplanError(f"{path}: cannot read it ({exc.strerror or exc}); check the file") from None
-    if len(data) > MAX_BYTES:
-        raise FtplanError(f"{path}: larger than {MAX_BYTES >> 20} MiB, far beyond {what} (a few KiB); check the path")
+    if len(data) > limit:
+        raise FtplanError(f"{path}: larger than {limit >> 20} MiB, far beyond {what} (a few KiB); check the path")
     for bom, name in _WIDE:  # UTF-32-LE starts with the UTF-16-LE mark: the longer marks first
         if data.startswith(bom):
             raise FtplanError(f"{path}: {name} text; save it as UTF-8")
