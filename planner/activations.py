@@ -60,6 +60,7 @@ class Tape:
     region: str = "activations"
     saved: dict[int, tuple[_Storage, str]] = field(default_factory=dict)
     shared: dict[str, T] = field(default_factory=dict)
+    liger: frozenset[str] = frozenset()  # Liger's kernels in place of the eager ops (planner.liger.KERNELS)
 
     # -- bookkeeping
     def save(self, *tensors: T | None) -> None:
@@ -132,7 +133,9 @@ class Tape:
 
     def norm(self, x: T, rows: int, kind: str, weight_trainable: bool, weight_dtype: str,
              bias: bool = False) -> T:
-        """RMSNorm variants and LayerNorm, as transformers writes them."""
+        """RMSNorm variants and LayerNorm, as transformers writes them (or Liger's kernels, when on)."""
+        if ("layer_norm" if kind == "layer" else "rms_norm") in self.liger:
+            return self._liger_norm(x, rows, kind, x.grad or weight_trainable)
         if not (x.grad or weight_trainable):
             return T(x.numel, x.dtype if kind != "rms" else _promote(weight_dtype, x.dtype), False)
         if kind == "layer":
@@ -160,6 +163,17 @@ class Tape:
         if weight_trainable:
             self.save(normed)
         return T(x.numel, x.dtype, True)
+
+    def _liger_norm(self, x: T, rows: int, kind: str, grad: bool) -> T:
+        """Liger's norms write their output in the input's dtype and keep the input itself, not an fp32 or a
+        normalised copy. LigerRMSNormFunction.forward (liger_kernel/ops/rms_norm.py) saves X, W and RSTD, one fp32
+        per row in the llama and gemma casting modes every monkey patch uses (rms_norm_forward); the Gemma offset
+        (1 + w) is applied inside the kernel. LigerLayerNormFunction.forward (ops/layer_norm.py) saves X, W, B and
+        Mean and RSTD per row in X's dtype (layer_norm_forward), with no autocast up-cast (a custom Function)."""
+        if grad:
+            stats = [T(rows, "fp32", False)] if kind != "layer" else [T(rows, x.dtype, False), T(rows, x.dtype, False)]
+            self.save(x, *stats)
+        return T(x.numel, x.dtype, grad)
 
     def activation(self, x: T, kind: str) -> T:
         if kind == "gelu_new":  # 0.5 * x * (1 + tanh(c * (x + 0.044715 * x**3))), op by op
@@ -236,6 +250,11 @@ def _rope(tape: Tape, x: T, rope_dim: int, ctx: Ctx) -> T:
     if x.grad:
         for name in ("cos", "sin"):
             tape.save(tape.shared.setdefault(f"rope.{name}", T(ctx.seq * rope_dim, x.dtype, False)))
+    if "rope" in tape.liger and x.storage.nbytes == x.numel * DTYPE_BYTES[x.dtype]:
+        # LigerRopeFunction.forward (liger_kernel/ops/rope.py) saves the same cos and sin, but rope_forward rotates
+        # q and k in place and returns them: no new tensor unless `.contiguous()` had to copy a view of a larger
+        # storage (a fused qkv projection's slices)
+        return x
     return tape.new_like(x)
 
 
@@ -383,8 +402,23 @@ def _gated(tape: Tape, x: T, linears: list[Linear], activation: str, training: B
         gate = _proj(tape, x, by_name["gate_proj"], training, ctx)
         up = _proj(tape, x, by_name["up_proj"], training, ctx)
         down = by_name["down_proj"]
+    if "glu" in tape.liger:
+        return _proj(tape, _liger_glu(tape, gate, up, "gate_up_proj" in by_name), down, training, ctx)
     act = tape.activation(gate, activation)
     return _proj(tape, tape.mul(act, up), down, training, ctx)
+
+
+def _liger_glu(tape: Tape, gate: T, up: T, halves: bool) -> T:
+    """LigerSiLUMulFunction.forward (liger_kernel/ops/swiglu.py) and LigerGELUMulFunction.forward (ops/geglu.py)
+    keep their two inputs and return a new product in the gate's dtype (swiglu_forward's `empty_like(a)`), so the
+    activation's own output is never kept. `@ensure_contiguous` copies a non-contiguous input first: Phi-3's
+    chunked gate_up halves (LigerPhi3SwiGLUMLP) are saved as two new tensors."""
+    grad = gate.grad or up.grad
+    if grad:
+        if halves:
+            gate, up = T(gate.numel, gate.dtype, gate.grad), T(up.numel, up.dtype, up.grad)
+        tape.save(gate, up)
+    return T(gate.numel, gate.dtype, grad)
 
 
 def _moe(tape: Tape, x: T, block: Block, training: BlockTraining, ctx: Ctx) -> T:
@@ -526,7 +560,7 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
                 scored: int | None = None, head_linear_trainable: bool | None = None,
                 logit_tokens: int | None = None, nll_term: bool = True, prefix: int = 0,
                 prompt_tokens: int = 0, prompt_encoder: int = 0, oft: tuple[int, int] = (32, 0),
-                adapter_width: int = 0) -> ActivationBytes:
+                adapter_width: int = 0, liger: frozenset[str] = frozenset()) -> ActivationBytes:
     """Replay the whole forward + loss once.
 
     `weight_dtypes` is (dtype of trainable weights, dtype of frozen weights): norms
@@ -540,8 +574,9 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
     Prompt learning: `prefix` virtual keys and values precede each layer's own; `prompt_tokens` of the `seq`
     are trained embeddings prepended to the input (so the whole input requires grad), and `prompt_encoder` is
     what the encoder that makes them saves. `oft` and `adapter_width` size OFT's rotations and Houlsby adapters.
+    `liger` names the Liger kernels that replace eager ops (planner.liger.applied).
     """
-    tape = Tape(autocast=autocast, device=device)
+    tape = Tape(autocast=autocast, device=device, liger=liger)
     tokens, d = batch * seq, spec.hidden_size
     emb_dtype = weight_dtypes[0] if embeddings_trainable else weight_dtypes[1]
     x = tape.embedding(tokens, d, emb_dtype, embeddings_trainable, input_grad or prompt_tokens > 0)
@@ -631,7 +666,12 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
             logits = tape.unary(logits, "output")  # tanh(logits / cap) * cap
         if logits.grad:
             kept = logits.numel // spec.vocab_size
-            tape.save(T(kept * spec.vocab_size, "fp32", True), T(kept, "int64", False))  # log_softmax, target
+            if "cross_entropy" in tape.liger:
+                # LigerCrossEntropyFunction.forward (liger_kernel/ops/cross_entropy.py) writes the gradient into
+                # its input, the loss's fp32 up-cast of the logits, and saves only that (no targets)
+                tape.save(T(kept * spec.vocab_size, "fp32", False))
+            else:
+                tape.save(T(kept * spec.vocab_size, "fp32", True), T(kept, "int64", False))  # log_softmax, target
     return ActivationBytes(blocks=blocks, outside=outside, logits=tape.bytes("logits"),
                            per_block_max=max(per_layer, default=0), per_layer=per_layer,
                            input_per_layer=input_per_layer)

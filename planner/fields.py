@@ -75,6 +75,12 @@ FIELDS: list[Setting] = [
             "recompute activations in backward",
             {"llamafactory": "disable_gradient_checkpointing", "hf": "gradient_checkpointing",
              "axolotl": "gradient_checkpointing"}, widget="switch"),
+    Setting("activation_offload", "plan", "--activation-offload", "offload activations",
+            "saved activations in host memory: saved (every tensor autograd saves outside the LM head: TRL, "
+            "torchtune, axolotl) or checkpoint (the checkpointed layers' inputs: Unsloth's checkpointing, "
+            "transformers' offload; needs --gradient-checkpointing)",
+            {"llamafactory": "use_unsloth_gc", "hf": "activation_offloading", "axolotl": "activation_offloading"},
+            widget="select"),
     Setting("lora_rank", "plan", "--lora-rank", "LoRA r", "LoRA rank",
             {"llamafactory": "lora_rank", "hf": "lora_r", "axolotl": "lora_r"}, widget="int", methods=("lora", "qlora")),
     Setting("lora_target", "plan", "--lora-target", "LoRA targets",
@@ -129,10 +135,17 @@ FIELDS: list[Setting] = [
             {f: "deepspeed" for f in FORMATS}, widget="switch", group=_S),
     Setting("fused_loss", "plan", "--fused-loss", "fused loss",
             "fused linear cross-entropy (Liger, Cut Cross-Entropy) or TRL's fused LM head: logits are never "
-            "materialised; Liger's other kernels are not modelled (default: on for GRPO, and for DPO/KTO with "
+            "materialised; Liger's other kernels are --liger-kernels (default: on for GRPO, and for DPO/KTO with "
             "--framework trl, as TRL 1.16 installs its head there; off otherwise)",
             {"llamafactory": "enable_liger_kernel", "hf": "use_liger_kernel",
              "axolotl": "liger_fused_linear_cross_entropy"}, widget="switch", group=_S),
+    Setting("liger_kernels", "plan", "--liger-kernels", "Liger kernels",
+            "Liger's kernels besides the fused loss, which save fewer activations: a comma list of rope, rms_norm, "
+            "glu (SwiGLU/GeGLU), layer_norm, cross_entropy (plain, over full logits), or default (the ones Liger "
+            "applies to the model type, as enable_liger_kernel / use_liger_kernel ask for); none by default",
+            {"llamafactory": "enable_liger_kernel", "hf": "use_liger_kernel/liger_kernel_config",
+             "axolotl": "liger_rope/liger_rms_norm/liger_glu_activation/liger_layer_norm/liger_cross_entropy"},
+            group=_S),
     Setting("optimizer_in_backward", "plan", "--optimizer-in-backward", "optimizer in backward",
             "step each parameter inside backward (torchtune's optimizer_in_bwd; layer-wise GaLore/APOLLO): no full "
             "gradient set", {"llamafactory": "galore_layerwise/apollo_layerwise", "hf": "optim",

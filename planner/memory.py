@@ -32,7 +32,9 @@ activations (planner.activations; A_blocks those of the decoder blocks), L the l
 phase's transients (the loss's fp32 copies and gradients, the recomputed block, the last
 block's gradients in flight, the embedding's dense gradient, ZeRO-3's gathered layers or largest module,
 QLoRA's dequantized weight, the foreach optimizer's temporaries, the ZeRO step's gradient
-partition). `Breakdown.peak` holds the peak phase's parts, which add up to `peak_allocated`;
+partition). With activation offloading A and A_blocks are what stays on the GPU (the last block's saved tensors
+brought back in its backward), and `Breakdown.host_activations` what moved (`_offloaded`).
+`Breakdown.peak` holds the peak phase's parts, which add up to `peak_allocated`;
 `total` is what `nvidia-smi` shows at the peak.
 """
 
@@ -40,7 +42,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from planner import peft_methods
+from planner import liger, peft_methods
 from planner.activations import ActivationBytes, Ctx, T, Tape, saved_bytes
 from planner.activations import _mlp as replay_mlp
 from planner.methods import (
@@ -118,6 +120,7 @@ class Breakdown(BaseModel):
     phases: list[Phase]
     largest: dict[str, int]  # each component at its largest over the phases: a view, not a sum
     cpu_offload: int = 0  # host RAM taken by an offloaded optimizer
+    host_activations: int = 0  # host RAM taken by offloaded activations (`Plan.activation_offload`)
     details: Details
 
     @property
@@ -186,16 +189,22 @@ def activation_bytes(spec: ModelSpec, plan: Plan, train: TrainingLayout, device:
         lora_rank=plan.lora_rank, lora_dropout=plan.lora_dropout,
         adapter_dtype=adapter_dtype(plan), device=device, head=run.head, head_width=spec.head_width,
         scored=run.rows * run.scored_per_row,
-        head_linear_trainable=train.head_trainable or bool(spec.num_labels and train.method in ("lora", "qlora")),
+        head_linear_trainable=_head_linear_trainable(spec, train),
         logit_tokens=run.rows * run.logits_per_row if run.logits_per_row != plan.seq_len else None,
-        nll_term=plan.nll_term,
+        nll_term=plan.nll_term, liger=liger.applied(spec.model_type, plan.liger_kernels),
     )
 
 
+def _head_linear_trainable(spec: ModelSpec, train: TrainingLayout) -> bool:
+    """Whether the output head's linear saves its input: it trains, or it is a classification `score` that
+    peft's modules_to_save trains beside LoRA."""
+    return train.head_trainable or bool(spec.num_labels and train.method in ("lora", "qlora"))
+
+
 def _freeze_checkpointing(spec: ModelSpec, plan: Plan, train: TrainingLayout, device: str,
-                          acts: ActivationBytes) -> tuple[int, int, int]:
-    """Gradient checkpointing as LLaMA-Factory sets it up for freeze tuning: (saved in the blocks, saved
-    outside them, the largest recomputed block).
+                          acts: ActivationBytes) -> tuple[int, int, int, int]:
+    """Gradient checkpointing as LLaMA-Factory sets it up for freeze tuning: (the checkpointed layers' inputs,
+    what the frozen layers above them save, what is saved outside the blocks, the largest recomputed block).
 
     LLaMA-Factory (src/llamafactory/model/model_utils/checkpointing.py, `get_custom_gradient_checkpointing_
     func`) checkpoints only decoder layers that hold a trainable parameter, making their hidden-states input
@@ -209,7 +218,36 @@ def _freeze_checkpointing(spec: ModelSpec, plan: Plan, train: TrainingLayout, de
     plain = activation_bytes(spec, plan, train, device, input_grad=False)  # nothing asks for input grads
     inputs = sum(acts.input_per_layer[first:end])  # the checkpointed layers' inputs, from the same replay
     above = sum(plain.per_layer[end:])
-    return inputs + above, plain.outside, max(acts.per_layer[first:end])
+    return inputs, above, plain.outside, max(acts.per_layer[first:end])
+
+
+def _offloaded(spec: ModelSpec, plan: Plan, train: TrainingLayout, run: StageRun, acts: ActivationBytes, *,
+               checkpointed: int, blocks: int, outside: int, copies: int) -> tuple[int, int, int, int]:
+    """Activation offloading: (saved in the blocks, outside them, and the autocast weight copies, that stay on
+    the GPU through forward; the bytes in host memory). `checkpointed` is the checkpointed layers' inputs
+    within `blocks`; `copies` the blocks' autocast weight copies saved without checkpointing.
+
+    * "checkpoint" moves the inputs checkpointing keeps: Unsloth's offloaded checkpointing (LLaMA-Factory
+      src/llamafactory/model/model_utils/checkpointing.py `UnslothGradientCheckpointing`: the hidden states
+      `.to("cpu")` and saved, the layer run under no_grad) and transformers' `offload` (modeling_utils.py
+      `_activation_checkpointing_enable` wraps `checkpoint` in `torch.autograd.graph.save_on_cpu`, under which
+      only the layer's positional inputs, the hidden states, are saved; the layer's own saves go to
+      checkpoint's inner hooks). The rest (embedding, final norm, head, frozen layers not checkpointed) stays.
+    * "saved" moves every tensor autograd saves in forward, except what the LM head's module saves: trl
+      trl/models/activation_offloading.py `OffloadActivations.pack_tensor` (torchtune's, which axolotl uses
+      too) keeps parameters and buffers and tensors under `min_offload_size` (1 KiB: per-token scalars
+      pass it from 256 tokens on), and `get_act_offloading_ctx_manager` wraps `lm_head` in a `NoOpManager`.
+      Under checkpointing the layers' inputs go with the rest (the recompute runs after the hooks' context).
+      The autocast weight copies stay cached on the GPU until the forward's autocast region ends.
+
+    Not offloaded either way: the loss's tensors (`logits`): the streamed offloader keeps the last tensors it
+    packed (`max_fwd_stash_size` 5) on the GPU for backward, and the synchronous one brings them back at
+    once when backward starts, where the peak counts them anyway. Host memory counts each storage once."""
+    if plan.activation_offload == "checkpoint":
+        return blocks - checkpointed, outside, copies, checkpointed
+    head = run.head in ("logits", "value", "logps") and _head_linear_trainable(spec, train)
+    kept = min(outside, run.rows * plan.seq_len * spec.hidden_size * DTYPE_BYTES[plan.compute_dtype]) if head else 0
+    return 0, kept, 0, blocks + outside - kept + copies
 
 
 def autocast_weight_copies(train: TrainingLayout, plan: Plan, counts: ParamCounts,
@@ -264,12 +302,28 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
         # weight casts until the autocast region ends (before backward); the recomputed block casts
         # its own again.
         block_acts, outside, autocast_cache, saved_copies = acts.block_inputs, acts.outside, block_copies, 0
-        recompute_block = acts.per_block_max
+        checkpointed, recompute_block = block_acts, acts.per_block_max
         if train.method == "freeze":
-            block_acts, outside, recompute_block = _freeze_checkpointing(spec, plan, train, machine.device, acts)
+            checkpointed, above, outside, recompute_block = _freeze_checkpointing(spec, plan, train, machine.device,
+                                                                                  acts)
+            block_acts = checkpointed + above
         recompute = recompute_block + _ceil_div(block_copies, len(train.trainable_layers) or spec.num_layers)
     else:
         block_acts, outside, autocast_cache, saved_copies, recompute = acts.blocks, acts.outside, 0, block_copies, 0
+        checkpointed = 0
+    # freeze tuning checkpoints only its trainable layers: frozen ones above them keep their saved tensors instead
+    last_recomputed = train.method != "freeze" or spec.num_layers - 1 in train.trainable_layers
+    host_activations, brought_back = 0, 0
+    if plan.activation_offload != "off":
+        block_acts, outside, saved_copies, host_activations = _offloaded(
+            spec, plan, train, run, acts, checkpointed=checkpointed, blocks=block_acts, outside=outside,
+            copies=saved_copies)
+        if plan.activation_offload == "saved":
+            autocast_cache = block_copies  # cached on the GPU until forward ends, saved on the host
+            if not (plan.gradient_checkpointing and last_recomputed):
+                # the last block's backward brings its saved tensors back (one autograd node's at a time: this
+                # is their upper bound); a recomputed block's input is already inside `recompute`
+                brought_back = acts.per_layer[-1] + _ceil_div(block_copies, spec.num_layers)
     activations = block_acts + outside + saved_copies + head_copy
     logits = acts.logits
     # Plain DDP (several GPUs, no ZeRO) allocates its all-reduce buckets when it wraps the model and
@@ -317,9 +371,8 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
     backward_start = {**persistent, "gradients": accum_grads, "activations": activations, "logits": logits,
                       "temporaries": loss_backward + zero3_gather + dequant}
     in_flight = _last_block_backward(spec, plan, train, run.rows, acts)
-    # freeze tuning checkpoints only its trainable layers: frozen ones above them keep their saved tensors instead
-    last_recomputed = train.method != "freeze" or spec.num_layers - 1 in train.trainable_layers
-    backward_layer = {**persistent, "gradients": accum_grads, "activations": block_acts + saved_copies, "logits": 0,
+    backward_layer = {**persistent, "gradients": accum_grads, "activations": block_acts + saved_copies + brought_back,
+                      "logits": 0,
                       "temporaries": (recompute if last_recomputed else 0) + in_flight + zero3_gather + dequant}
     embedding_end = _embedding_backward(spec, plan, train, run)
     # under checkpointing the first block is recomputed last, before its own gradients and the embedding's exist
@@ -371,7 +424,7 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
     return Breakdown(
         total=peak.allocated + overhead, peak_phase=peak.name, peak_allocated=peak.allocated, peak=peak.parts,
         overhead=overhead, phases=phases, largest={k: max(p.parts[k] for p in phases) for k in COMPONENTS},
-        cpu_offload=cpu_offload,
+        cpu_offload=cpu_offload, host_activations=host_activations,
         details=Details(
             activations_saved_in_blocks=block_acts, activations_outside_blocks=outside,
             autocast_weight_copies=block_copies + head_copy, autocast_cache_forward=autocast_cache,
@@ -530,6 +583,12 @@ def _loss_transients(spec: ModelSpec, plan: Plan, train: TrainingLayout, run: St
             if train.head_trainable else 0
         return 4 * tokens * d * 2 + head_grad, head_grad
     tv = rows * run.logits_per_row * spec.head_width
+    if "cross_entropy" in liger.applied(spec.model_type, plan.liger_kernels):
+        # LigerCrossEntropyFunction (liger_kernel/ops/cross_entropy.py) computes the gradient in forward, into the
+        # loss's fp32 up-cast, which it keeps (counted as saved); backward only scales it in place. Besides it: the
+        # model's 16-bit logits in forward, the gradient's cast back to them in backward (fp32 logits: neither)
+        low = tv * cb if plan.compute_dtype != "fp32" else 0
+        return low, low
     # forward: the model's logits and the loss's fp32 up-cast coexist with log_softmax's output;
     # backward start: nll_loss's fp32 grad and log_softmax's fp32 grad input, both T x V
     return tv * cb + (4 * tv if plan.compute_dtype != "fp32" else 0), 8 * tv
@@ -617,7 +676,8 @@ def _mlp_saved(spec: ModelSpec, plan: Plan, block: Block, base_trains: bool, lor
                wrapped: frozenset[str], tokens: int) -> int:
     """What one block's MLP saves for backward (the replay's own rules, on an input that requires grad)."""
     weight_dtype = param_dtype(plan, trainable=base_trains)
-    tape = Tape(autocast=plan.compute_dtype if plan.mixed else None)
+    tape = Tape(autocast=plan.compute_dtype if plan.mixed else None,
+                liger=liger.applied(spec.model_type, plan.liger_kernels))
     ctx = Ctx(batch=1, seq=tokens, hidden=spec.hidden_size, compute=plan.compute_dtype, weight_dtype=weight_dtype,
               kernel=plan.attention, lora_rank=plan.lora_rank, lora_dropout=plan.lora_dropout,
               adapter_dtype=adapter_dtype(plan))

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from planner import liger
 from planner.errors import FtplanError, validation_error
 
 # full/freeze train the model's own weights; the rest train what peft (or, for `adapter`, Houlsby et al.'s
@@ -32,6 +33,11 @@ AttentionKernel = Literal["eager", "sdpa", "flash"]
 # trainers.
 Stage = Literal["sft", "pt", "dpo", "orpo", "simpo", "kto", "rm", "ppo", "grpo"]
 Vllm = Literal["off", "colocate", "server"]
+# Where saved activations live (planner.memory._offloaded says what each keeps on the GPU): "saved" moves every
+# tensor autograd saves outside the LM head to host memory (TRL's and torchtune's OffloadActivations, axolotl's
+# activation_offloading); "checkpoint" moves only the checkpointed layers' inputs (Unsloth's offloaded
+# checkpointing, transformers' checkpointing with offload, axolotl's hidden_states)
+ActivationOffload = Literal["off", "saved", "checkpoint"]
 Framework = Literal["llamafactory", "trl"]
 TRL_VLLM_SHARE = 0.3  # trl GRPOConfig.vllm_gpu_memory_utilization: the share of each GPU vLLM colocate takes  # whose trainer runs a preference or reward stage
 
@@ -51,6 +57,7 @@ class Plan(BaseModel):
     seq_len: int = 1024
     grad_accum: int = 1
     gradient_checkpointing: bool = False
+    activation_offload: ActivationOffload = "off"
     attention: AttentionKernel = "sdpa"
     lora_rank: int = 8
     lora_target: str = "all"
@@ -73,6 +80,9 @@ class Plan(BaseModel):
     # fused linear cross-entropy (Liger / Cut Cross-Entropy) or TRL's fused LM head: no full logits; None: the
     # stage's trainer decides (planner.stages.uses_fused_head)
     fused_loss: bool | None = None
+    # Liger's other kernels (planner.liger): a comma list of rope, rms_norm, glu, layer_norm, cross_entropy, or
+    # `default` (the model type's own set); stored in canonical order so equal plans compare equal
+    liger_kernels: str = ""
     optimizer_in_backward: bool = False  # torchtune's optimizer_in_bwd: step each parameter in its grad hook
     # GaLore / APOLLO: the rank of the projected gradient and how many steps a projection is kept (the update
     # step recomputes it; the memory does not depend on the interval); layer-wise = optimizer_in_backward
@@ -108,6 +118,13 @@ class Plan(BaseModel):
             data = {**data, "oft_block_size": 0 if data.get("oft_blocks") else 32}
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _liger_kernels_in_canonical_order(cls, data):
+        if isinstance(data, dict) and "liger_kernels" in data:
+            data = {**data, "liger_kernels": liger.parse(data["liger_kernels"])}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> Plan:
         if self.quant_bits and self.method not in ("lora", "qlora"):
@@ -138,6 +155,10 @@ class Plan(BaseModel):
         if self.offload_optimizer and self.zero == 0:
             raise FtplanError("needs ZeRO: set {zero} to 1, 2 or 3, as DeepSpeed requires",
                               field="offload_optimizer")
+        if self.activation_offload == "checkpoint" and not self.gradient_checkpointing:
+            raise FtplanError("offloads the inputs that gradient checkpointing keeps, so it needs "
+                              "{gradient_checkpointing}; turn that on, or offload every saved tensor with saved",
+                              field="activation_offload")
         if self.optimizer_in_backward and (self.grad_accum > 1 or self.zero):
             raise FtplanError("steps each parameter as its gradient arrives, so it cannot accumulate gradients "
                               "or shard them; set {grad_accum} to 1 and {zero} to 0", field="optimizer_in_backward")
@@ -150,6 +171,10 @@ class Plan(BaseModel):
         if not self.nll_term and self.stage != "simpo":
             raise FtplanError(f"only SimPO/CPO can drop the NLL term (TRL's cpo_alpha 0); stage {self.stage} "
                               "always keeps it; turn it off only with {stage} simpo", field="nll_term")
+        if self.fused_loss and "cross_entropy" in self.liger_kernels.split(","):
+            raise FtplanError("cross_entropy is Liger's plain cross-entropy over the full logits, which the fused "
+                              "loss ({fused_loss}) never makes (Liger asserts that not both are on); drop one",
+                              field="liger_kernels")
         if self.vllm != "off" and self.stage not in ("grpo", "ppo"):
             raise FtplanError(f"generates completions, which stage {self.stage} does not; use it with {{stage}} "
                               "grpo", field="vllm")

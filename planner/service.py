@@ -9,6 +9,7 @@ sets the plan's `gpus` here, so no front end plans over a different count.
 
 from __future__ import annotations
 
+from planner import liger
 from planner.advice import suggest
 from planner.fields import Vocabulary, word
 from planner.findings import Change, Finding
@@ -52,7 +53,8 @@ def plan_run(spec: ModelSpec, plan: Plan | dict, target: Machine | None = None, 
         model=ModelSummary.of(spec), plan=plan, machine=machine.facts(), params=ParamSummary.of(counts, train),
         memory=memory, fit=fit, suggestions=suggestions or [], time=time,
         assumptions=[word(a, vocabulary)
-                     for a in assumptions(plan, machine, train, memory, settable=vocabulary in ("cli", "tui"))],
+                     for a in assumptions(plan, machine, train, memory, settable=vocabulary in ("cli", "tui"))
+                     + liger.assumptions(spec.model_type, plan.liger_kernels, spec.is_moe)],
         warnings=[w.model_copy(update={"message": word(w.message, vocabulary)})
                   for w in warnings(spec, plan, gpu_target)],
     )
@@ -102,6 +104,13 @@ def assumptions(plan: Plan, machine: Machine, train: TrainingLayout, memory: Bre
     if memory.cpu_offload:
         out.append(f"offloaded to host RAM: {fmt_gib(memory.cpu_offload)} per GPU (optimizer state and "
                    "master weights)")
+    if plan.activation_offload != "off":
+        what = ("every tensor autograd saves outside the LM head and the loss (TRL's OffloadActivations, "
+                "parameters and tensors under 1 KiB kept); backward brings the last block's back"
+                if plan.activation_offload == "saved" else "the checkpointed layers' inputs (Unsloth's "
+                "checkpointing, transformers' checkpoint offload)")
+        out.append(f"activation offloading: {what}; host RAM {fmt_gib(memory.host_activations)} per GPU, each "
+                   "storage once (the streamed offloader's few in-flight copies not counted)")
     return out + train.notes
 
 
@@ -110,6 +119,9 @@ def warnings(spec: ModelSpec, plan: Plan, target: GpuTarget | None) -> list[Find
     out = [Finding(severity="warning", code="model_config", message=w) for w in spec.warnings]
     out += [Finding(severity="warning", code=code, message=message, field="stage", data={"direction": direction})
             for code, message, direction in stage_warnings(plan, target.capacity if target else None)]
+    unpatched = liger.unpatched_warning(spec.model_type, plan.liger_kernels)
+    if unpatched:
+        out.append(Finding(severity="warning", code="liger_unpatched", field="liger_kernels", message=unpatched))
     refused = prompt_groups_problem(plan)
     if refused:
         step = batch_step(plan)

@@ -50,6 +50,8 @@ def print_estimate(result: Estimate, console: Console | None = None) -> None:
     console.print(Text(f"= total {fmt_gib(mem.total)} per GPU at the {mem.peak_phase} peak", style="bold"))
     if mem.cpu_offload:
         console.print(f"  host RAM for the offloaded optimizer: {fmt_gib(mem.cpu_offload)} per GPU")
+    if mem.host_activations:
+        console.print(f"  host RAM for the offloaded activations: {fmt_gib(mem.host_activations)} per GPU")
 
     if result.fit:
         f = result.fit

@@ -188,8 +188,6 @@ NOT_MODELLED: list[tuple[tuple[str, ...], str, Direction]] = [
     (("lora_rank_pattern",), "some modules get another rank than lora_r", "unknown"),
     (("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel"),
      "axolotl's fused LoRA kernels save fewer activations than the ops this plan replays", "overstates"),
-    (("activation_offloading",),
-     "activations are offloaded to CPU memory; this plan keeps them on the GPU", "overstates"),
     (("layer_offloading",),
      "frozen layers are offloaded to CPU memory between uses; this plan keeps them on the GPU", "overstates"),
     (("selective_checkpointing", "dynamic_checkpoint"),
@@ -298,9 +296,11 @@ CUSTOM_OPTIMIZERS: dict[str, tuple[str, Direction | None, str]] = {
     "q_galore_adamw8bit": ("galore-adamw-8bit", "overstates", "Q-GaLore also keeps its projections in int4"),
 }
 
-# Liger's kernels besides the fused linear cross-entropy (integrations/liger/args.py)
-LIGER_OTHERS = ("liger_rope", "liger_rms_norm", "liger_rms_norm_gated", "liger_layer_norm", "liger_swiglu",
-                "liger_glu_activation", "liger_cross_entropy")
+# Liger's kernels besides the fused linear cross-entropy (integrations/liger/args.py), each the keyword argument
+# LigerPlugin.pre_model_load passes to the model type's apply function (plugin.py; liger_swiglu is args.py's
+# deprecated name of liger_glu_activation), as the plan's kernel names (planner.liger)
+LIGER_KERNELS = {"liger_rope": "rope", "liger_rms_norm": "rms_norm", "liger_layer_norm": "layer_norm",
+                 "liger_swiglu": "glu", "liger_glu_activation": "glu", "liger_cross_entropy": "cross_entropy"}
 
 # The deprecated attention switches and the attn_implementation each stands for (utils/schemas/enums.py
 # LEGACY_ATTN_FLAG_TO_IMPL, most specific first)
@@ -381,12 +381,9 @@ def read(keys: Keys, base: Path, stage: str | None = None) -> RunConfig:
     # schemas/validation.py check_gradient_checkpointing_w_offload); FSDP's own activation_checkpointing
     gc = k.get("gradient_checkpointing", (bool, str), False)
     checkpointing = _set(gc) or fsdp_checkpointing
-    if isinstance(gc, str) and gc.strip().lower() in ("offload", "offload_disk"):
-        r.warn("activation_offloading", "gradient_checkpointing", f"gradient_checkpointing {gc}: the "
-               "checkpoints are offloaded to CPU memory (activation_offloading); this plan keeps them on the "
-               "GPU", "overstates")
+    checkpointing, activation_offload = _activation_offloading(r, gc, checkpointing, method)
 
-    fused = _kernels(r, plugins, cut_ce)
+    fused, liger_kernels = _kernels(r, plugins, cut_ce)
     for group, why, direction in NOT_MODELLED:
         given = [key for key in group if key in k.config and key not in dropped]
         for key in group:
@@ -432,12 +429,13 @@ def read(keys: Keys, base: Path, stage: str | None = None) -> RunConfig:
                                  gpus=_gpus(k))
     plan = build_plan(
         "axolotl", path, method=method, quant_bits=quant_bits, precision=precision, optimizer=optim,
-        batch_size=micro, grad_accum=accum, gradient_checkpointing=checkpointing, attention=kernel,
-        lora_rank=k.positive("lora_r", 8), lora_target=targets, use_dora=use_dora,
+        batch_size=micro, grad_accum=accum, gradient_checkpointing=checkpointing,
+        activation_offload=activation_offload, attention=kernel, lora_rank=k.positive("lora_r", 8), lora_target=targets, use_dora=use_dora,
         lora_dropout=k.get("lora_dropout", float, 0.0),
         # loaders/model.py: bnb_4bit_use_double_quant true, which bnb_config_kwargs may override
         double_quant=bool(bnb.get("bnb_4bit_use_double_quant", True)),
-        zero=zero, offload_optimizer=offload, fused_loss=fused, framework="trl", **stage_fields, **optim_fields,
+        zero=zero, offload_optimizer=offload, fused_loss=fused, liger_kernels=liger_kernels, framework="trl",
+        **stage_fields, **optim_fields,
     )
     k.get("sample_packing", bool)  # packed rows of sequence_len tokens: micro_batch x sequence_len, planned
     hyper = read_hyper(k, epochs="num_epochs", epochs_default=1.0, scheduler="lr_scheduler",
@@ -452,6 +450,39 @@ def read(keys: Keys, base: Path, stage: str | None = None) -> RunConfig:
                     val_size=k.get("val_set_size", float, 0.0))
     return RunConfig(path=path, format="axolotl", model=model or "", plan=plan, hyper=hyper, data=data,
                      notes=r.notes, warnings=r.warnings, gpus=_gpus(k))
+
+
+def _activation_offloading(r: _Read, gc: Any, checkpointing: bool, method: str) -> tuple[bool, str]:
+    """activation_offloading (and gradient_checkpointing offload / offload_disk, its deprecated spellings:
+    schemas/validation.py check_gradient_checkpointing_w_offload) as the plan's checkpointing and offload mode.
+
+    hidden_states offloads only the checkpointed layers' inputs (monkeypatch/checkpoint_activation_offload.py).
+    true, legacy and disk run TRL's OffloadActivations over the whole forward
+    (core/trainers/mixins/activation_checkpointing.py): for an adapter it replaces recomputation
+    (core/builders/base.py _configure_gradient_checkpointing turns the Trainer's checkpointing off); a full
+    fine-tune keeps checkpointing (loaders/model.py _apply_activation_checkpointing wraps every layer)."""
+    k = r.k
+    mode = k.get("activation_offloading", (bool, str), False)
+    if isinstance(gc, str) and gc.strip().lower() in ("offload", "offload_disk"):
+        mode = True if gc.strip().lower() == "offload" else "disk"
+    if not _set(mode):
+        return checkpointing, "off"
+    mode = mode.strip().lower() if isinstance(mode, str) else mode
+    if mode not in (True, "true", "legacy", "disk", "hidden_states"):
+        raise FtplanError(f"{k.path}: key 'activation_offloading' must be true, false, legacy, disk or "
+                          f"hidden_states, got {mode!r}")
+    if not checkpointing:
+        raise FtplanError(f"{k.path}: key 'activation_offloading' needs gradient_checkpointing: true (axolotl "
+                          "refuses it otherwise: check_activation_offloading_wo_gc); set both")
+    if mode == "hidden_states":
+        return True, "checkpoint"
+    if mode == "disk":
+        r.notes.append("activation_offloading disk: the offloaded activations go to disk files, not host memory")
+    if method != "full":
+        r.notes.append("activation_offloading with an adapter: axolotl turns gradient checkpointing off, as "
+                       "offloading replaces recomputation")
+        return False, "saved"
+    return True, "saved"
 
 
 def _lora_variants(r: _Read, method: str, quantized: bool) -> bool:
@@ -657,17 +688,23 @@ def _fsdp(r: _Read) -> Fsdp:
     return Fsdp(zero=zero, offload=offload and zero > 0, checkpointing=checkpointing, note=note)
 
 
-def _kernels(r: _Read, plugins: set[str], cut_ce: bool) -> bool:
-    """The fused loss: Cut Cross-Entropy (on by default with its plugin) or Liger's fused linear
-    cross-entropy; Liger's other kernels are not modelled (integrations/liger/args.py)."""
+def _kernels(r: _Read, plugins: set[str], cut_ce: bool) -> tuple[bool, str]:
+    """(the fused loss, Liger's other kernels): Cut Cross-Entropy (on by default with its plugin) or Liger's fused
+    linear cross-entropy, and the liger_* kernels that LigerPlugin hands the model type's apply function (unset is
+    off: it passes the keys' None). The plain cross-entropy runs only where the model computes its loss (no `rl`).
+    liger_rms_norm_gated (the Qwen3.5 linear-attention layers' gated RMSNorm) is not modelled."""
     k = r.k
     liger = "liger" in plugins
     flce = liger and k.get("liger_fused_linear_cross_entropy", bool, False)
-    others = [key for key in LIGER_OTHERS if _set(k.get(key, (bool, str)))]
-    if liger and others:
-        r.warn("liger_kernels", others, f"{', '.join(others)}: Liger's kernels save fewer activations than "
-               "the ops this plan replays (only its fused linear cross-entropy is modelled)", "overstates")
-    return bool(cut_ce or flce)
+    if not liger:
+        return bool(cut_ce), ""
+    kernels = {name for key, name in LIGER_KERNELS.items() if _set(k.get(key, (bool, str)))}
+    if k.get("rl", str) is not None:
+        kernels.discard("cross_entropy")
+    if _set(k.get("liger_rms_norm_gated", (bool, str))):
+        r.warn("liger_kernels", "liger_rms_norm_gated", "liger_rms_norm_gated: Liger's gated RMSNorm saves fewer "
+               "activations than the ops this plan replays, which it does not model", "overstates")
+    return bool(cut_ce or flce), ",".join(sorted(kernels))
 
 
 def _stage(r: _Read, override: str | None, *, method: str, zero: int, batch: int, grad_accum: int, fused: bool,
@@ -892,7 +929,7 @@ def stage_keys(stage: str) -> dict[str, Any]:
 # DeepSpeed settings live in a JSON file the key points at, and GRPO's settings in the nested `trl:` and `vllm:`
 # sections, which --fix (top-level keys only) does not edit: not values it can write
 UNWRITABLE = frozenset({"zero", "offload_optimizer", "reference_model", "num_generations", "max_completion_len",
-                        "vllm", "vllm_gpu_memory_utilization"})
+                        "vllm", "vllm_gpu_memory_utilization", "liger_kernels"})
 
 
 FRAMEWORK = Framework(
@@ -900,5 +937,6 @@ FRAMEWORK = Framework(
     recognised=RECOGNISED, unwritable=UNWRITABLE, method_keys=method_keys, known=KNOWN,
     rejects_unknown=False,  # the schema drops keys it does not know (pydantic's default, extra="ignore")
     fix_values={"precision": precision_keys, "attention": attention_keys, "lora_target": target_keys,
-                "quant_bits": quant_keys, "stage": stage_keys},
+                "quant_bits": quant_keys, "stage": stage_keys,
+                "activation_offload": {"off": False, "saved": True, "checkpoint": "hidden_states"}.__getitem__},
 )

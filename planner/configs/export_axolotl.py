@@ -13,6 +13,8 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+from planner import liger
+from planner.configs.axolotl import LIGER_KERNELS
 from planner.configs.common import LAYERWISE_OPTIMIZERS, trainer_optim_keys
 from planner.configs.export_common import (
     DATASET,
@@ -116,7 +118,7 @@ def render(x: ExportInput) -> Rendered:
         out.key("optimizer" if key == "optim" else key, value)
     if plan.optimizer == "sgd-momentum":
         runs["optimizer"] = ("sgd", "ftplan planned SGD with momentum; optimizer sgd keeps none")
-    out.key("gradient_checkpointing", plan.gradient_checkpointing)
+    _checkpointing(out, plan, runs)
     _fused(out, plan, runs)
     if x.deepspeed is not None:
         out.key("deepspeed", str(x.deepspeed), deepspeed_comment(plan, "axolotl"))
@@ -218,16 +220,53 @@ def _grpo(out: Lines, plan: Plan, runs: dict) -> None:
         runs["reference_model"] = (reference, None)
 
 
+def _checkpointing(out: Lines, plan: Plan, runs: dict) -> None:
+    """gradient_checkpointing and activation_offloading, which axolotl accepts only together
+    (schemas/validation.py check_activation_offloading_wo_gc); with `true` it decides checkpointing itself: off
+    for an adapter, on for a full fine-tune (planner.configs.axolotl._activation_offloading)."""
+    mode = plan.activation_offload
+    out.key("gradient_checkpointing", plan.gradient_checkpointing or mode != "off")
+    if mode == "off":
+        return
+    out.key("activation_offloading", "hidden_states" if mode == "checkpoint" else True,
+            "the checkpointed layers' inputs in host memory" if mode == "checkpoint" else
+            "every saved activation in host memory (TRL's offloader)")
+    if mode == "saved" and plan.gradient_checkpointing == plan.peft:
+        runs["gradient_checkpointing"] = (not plan.peft, "axolotl's activation offloading "
+                                          + ("replaces checkpointing for an adapter" if plan.peft else
+                                             "keeps checkpointing on for a full fine-tune"))
+
+
+def _liger_kernels(out: Lines, plan: Plan, runs: dict) -> None:
+    """Liger's other kernels, one liger_* key each (LigerPlugin passes them to the model type's apply function);
+    axolotl has no key for Liger's defaults, so `default` is written as the decoder's (rope, RMSNorm, GLU)."""
+    kernels = set(plan.liger_kernels.split(",")) - {""}
+    if liger.DEFAULT in kernels:
+        kernels = (kernels - {liger.DEFAULT}) | {"rope", "rms_norm", "glu"}
+    if plan.stage not in ("sft", "pt"):
+        kernels.discard("cross_entropy")  # the RL trainers call the model without labels
+    for key, name in LIGER_KERNELS.items():
+        if name in kernels and key != "liger_swiglu":  # liger_swiglu: args.py's deprecated name
+            out.key(key, True)
+    ran = liger.parse(kernels)
+    if ran != plan.liger_kernels:
+        runs["liger_kernels"] = (ran, "axolotl names each Liger kernel: the decoder's defaults (rope, RMSNorm, "
+                                      "SwiGLU/GeGLU) are written, and the plain cross-entropy only for sft")
+
+
 def _fused(out: Lines, plan: Plan, runs: dict) -> None:
     """Liger's fused linear cross-entropy (its plugin) for SFT; axolotl's TRL 1.8 trainers call the model without
     labels, so the preference stages compute the full logits unless Liger's DPO (dpo_use_liger_kernel) or GRPO
     (trl.use_liger_loss) loss is asked for."""
     planned = uses_fused_head(plan)
     stage = plan.stage
-    if stage in ("sft", "pt"):
-        if planned:
-            out.key("plugins", [LIGER])
-            out.key("liger_fused_linear_cross_entropy", True, "no full logits")
+    sft = stage in ("sft", "pt")
+    if plan.liger_kernels or (sft and planned):
+        out.key("plugins", [LIGER])
+    if sft and planned:
+        out.key("liger_fused_linear_cross_entropy", True, "no full logits")
+    _liger_kernels(out, plan, runs)
+    if sft:
         runs_value = planned
     elif stage == "dpo" and plan.fused_loss and not plan.precompute_ref_log_probs:
         out.key("dpo_use_liger_kernel", True, "Liger's fused DPO loss: no full logits")

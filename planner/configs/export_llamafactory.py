@@ -12,7 +12,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from planner import fields
+from planner import fields, liger
 from planner.configs.common import LAYERWISE_OPTIMIZERS, Hyper, llamafactory_optim_keys
 from planner.configs.export_common import (
     DATASET,
@@ -121,8 +121,32 @@ def render(x: ExportInput) -> Rendered:
             out.key("oft_rank", plan.oft_blocks)
     if method == "freeze":
         out.key("freeze_trainable_layers", plan.freeze_trainable_layers)
-    if plan.fused_loss and plan.stage in ("pt", "sft"):
+    fused_sft = bool(plan.fused_loss) and plan.stage in ("pt", "sft")
+    if plan.liger_kernels and plan.liger_kernels != liger.DEFAULT:
+        # the Trainer's switch names each kernel; enable_liger_kernel only applies the model type's defaults
+        out.key("use_liger_kernel", True, "Liger's kernels as planned (liger_kernel_config)")
+        config = {**liger.apply_kwargs(plan.liger_kernels), "fused_linear_cross_entropy": fused_sft}
+        out.block("liger_kernel_config")
+        for key, value in config.items():
+            out.key(key, value, indent=2)
+        ran = liger.from_apply_kwargs(config, loss=plan.stage in ("pt", "sft") and not fused_sft)
+        if ran != plan.liger_kernels:
+            runs["liger_kernels"] = (ran, f"LLaMA-Factory's {plan.stage} never calls the model's loss: Liger's "
+                                          "plain cross-entropy does not run")
+    elif fused_sft or plan.liger_kernels:
         out.key("enable_liger_kernel", True)
+        if not plan.liger_kernels:
+            runs["liger_kernels"] = (liger.DEFAULT, "enable_liger_kernel also applies Liger's other kernels (RoPE, "
+                                                    "RMSNorm, SwiGLU) for the model type")
+        elif plan.stage in ("pt", "sft") and not fused_sft:
+            runs["fused_loss"] = (True, "enable_liger_kernel also fuses the loss in pt and sft")
+    if plan.liger_kernels and not fused_sft and "fused_loss" not in runs:
+        # with a Liger switch on, the reader plans the full logits outright rather than leaving them to the stage
+        runs["fused_loss"] = (False, None if plan.fused_loss is not True else
+                              f"ftplan planned a fused loss; LLaMA-Factory's {plan.stage} computes the full logits "
+                              "(Liger's fused cross-entropy applies to pt and sft only)")
+    elif fused_sft or "fused_loss" in runs:
+        pass
     elif uses_fused_head(plan):
         runs["fused_loss"] = (None, f"ftplan planned a fused loss; LLaMA-Factory's {plan.stage} computes the full "
                                     "logits (Liger's fused cross-entropy applies to pt and sft only)")
@@ -174,6 +198,16 @@ def render(x: ExportInput) -> Rendered:
         out.key("fp16", True)
     if not plan.gradient_checkpointing:
         out.key("disable_gradient_checkpointing", True)
+    if plan.activation_offload == "checkpoint":
+        out.key("use_unsloth_gc", True, "the checkpointed layers' inputs in host memory")
+    elif plan.activation_offload == "saved":
+        # LLaMA-Factory's one offload is Unsloth's checkpointing, which moves the checkpointed inputs only
+        runs["activation_offload"] = ("checkpoint" if plan.gradient_checkpointing else "off",
+                                      "LLaMA-Factory cannot offload every saved activation" +
+                                      ("; use_unsloth_gc offloads the checkpointed layers' inputs"
+                                       if plan.gradient_checkpointing else ""))
+        if plan.gradient_checkpointing:
+            out.key("use_unsloth_gc", True, "the checkpointed layers' inputs in host memory")
     out.key("flash_attn", FLASH_ATTN_BACK[plan.attention])
     if x.deepspeed is not None:
         out.key("deepspeed", str(x.deepspeed), deepspeed_comment(plan, "the Trainer"))
@@ -242,7 +276,8 @@ def _stage_lines(model: str, plan: Plan, method: str, runs: dict[str, tuple[Any,
 _SECTIONED = frozenset({"stage", "method", "quant_bits", "double_quant", "lora_rank", "lora_target", "lora_dropout",
                         "use_dora", "oft_block_size", "oft_blocks",
                         "freeze_trainable_layers", "fused_loss", "seq_len", "batch_size", "grad_accum", "optimizer",
-                        "precision", "gradient_checkpointing", "attention", "zero", "offload_optimizer"})
+                        "precision", "gradient_checkpointing", "activation_offload", "attention", "zero",
+                        "offload_optimizer", "liger_kernels"})
 
 
 def _other_settings(plan: Plan) -> dict[str, Any]:

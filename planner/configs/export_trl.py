@@ -13,6 +13,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+from planner import liger
 from planner.configs.common import LAYERWISE_OPTIMIZERS, trainer_optim_keys
 from planner.configs.export_common import (
     DATASET,
@@ -147,6 +148,7 @@ def render(x: ExportInput) -> Rendered:
     out.key("bf16", bf16)
     out.key("fp16", fp16)
     out.key("gradient_checkpointing", plan.gradient_checkpointing)
+    _offload(out, plan, runs)
     _fused(out, plan, runs)
     if x.deepspeed is not None:
         out.key("deepspeed", str(x.deepspeed), deepspeed_comment(plan, "the Trainer"))
@@ -209,16 +211,38 @@ def _reference(out: Lines, plan: Plan, runs: dict) -> None:
         runs["reference_model"] = (None, None)
 
 
+def _offload(out: Lines, plan: Plan, runs: dict) -> None:
+    """activation_offloading (SFT, DPO, KTO and reward configs: trl/models/activation_offloading.py), or the
+    Trainer's checkpointing with `offload` (transformers trainer.py pops it from the kwargs)."""
+    if plan.activation_offload == "checkpoint":
+        out.block("gradient_checkpointing_kwargs", "the checkpointed layers' inputs in host memory")
+        out.key("offload", True, indent=2)
+    elif plan.activation_offload == "saved":
+        if plan.stage in ("grpo", "ppo"):
+            runs["activation_offload"] = ("off", "TRL's GRPO has no activation_offloading")
+        else:
+            out.key("activation_offloading", True, "every saved activation in host memory")
+
+
 def _fused(out: Lines, plan: Plan, runs: dict) -> None:
     """SFT fuses the loss with Liger (use_liger_kernel); DPO, KTO and GRPO always compute log-probs through
     TRL's fused LM head; the reward model has a score head and no logits over the vocabulary."""
     planned = uses_fused_head(plan)
-    if plan.stage in ("sft", "pt"):
-        if planned:
-            out.key("use_liger_kernel", True, "Liger's fused linear cross-entropy: no full logits")
-        runs_value = planned
-    else:
-        runs_value = plan.stage in ("dpo", "kto", "grpo")
+    sft = plan.stage in ("sft", "pt")
+    if plan.liger_kernels or (sft and planned):
+        out.key("use_liger_kernel", True, "Liger's fused linear cross-entropy: no full logits" if sft and planned
+                else "Liger's kernels as planned")
+        # liger_kernel_config is the apply function's keyword arguments; TRL's other trainers refuse the fused loss
+        config = {**liger.apply_kwargs(plan.liger_kernels), **({"fused_linear_cross_entropy": planned} if sft else {})}
+        if config:
+            out.block("liger_kernel_config", "apply_liger_kernel_to_<model type>'s keyword arguments")
+            for key, value in config.items():
+                out.key(key, value, indent=2)
+        ran = liger.from_apply_kwargs(config, loss=sft and not planned)
+        if ran != plan.liger_kernels:
+            runs["liger_kernels"] = (ran, f"TRL's {plan.stage.upper()} never calls the model's loss: Liger's plain "
+                                          "cross-entropy does not run")
+    runs_value = planned if sft else plan.stage in ("dpo", "kto", "grpo")
     if runs_value == plan.fused_loss:
         return
     why = None

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from planner import liger
 from planner.configs.common import (
     TRAINING_ARGUMENTS,
     TRAINING_ARGUMENTS_IRRELEVANT,
@@ -202,8 +203,6 @@ use_logits_to_keep padding_value label_pad_token_id use_cache alpha is_encoder_d
 
 # ModelConfig and SFTConfig keys the plan does not model: what they do, and which way the estimate is off.
 NOT_MODELLED: dict[str, tuple[str, Direction]] = {
-    "activation_offloading": ("activations are offloaded to CPU memory, while this plan keeps them on the "
-                              "GPU", "overstates"),
     "lora_modules_to_save": ("these modules train as full copies (weights, gradients, optimizer state), "
                              "which this plan does not count", "understates"),
     "lora_target_parameters": ("LoRA on parameters (MoE experts) is not counted", "understates"),
@@ -410,7 +409,12 @@ def read(keys: Keys, base: Path, stage: str | None = None) -> RunConfig:
     zero, offload, fsdp_checkpointing, gpus = _sharding(r, base)
     method, quant_bits = _method(r, trainer)
     precision, bf16, fp16 = _precision(r, method=method, quantized=bool(quant_bits), sharded=zero > 0)
-    checkpointing = _checkpointing(r) or fsdp_checkpointing
+    checkpointing, checkpoint_offload = _checkpointing(r)
+    checkpointing = checkpointing or fsdp_checkpointing
+    # TRL's activation_offloading (sft/dpo/kto/reward trainers: trl/models/activation_offloading.py) takes every
+    # saved tensor, the checkpointed layers' inputs among them, so it covers transformers' checkpoint offload
+    activation_offload = "saved" if k.get("activation_offloading", bool, False) else \
+        "checkpoint" if checkpoint_offload else "off"
     init_kwargs = k.get("model_init_kwargs", dict, {})
     attn_key, attn_name = "attn_implementation", k.get("attn_implementation", str)
     if attn_name is None and isinstance(init_kwargs.get("attn_implementation"), str):
@@ -418,7 +422,7 @@ def read(keys: Keys, base: Path, stage: str | None = None) -> RunConfig:
     kernel, attn_warning = attention(attn_name, attn_key)
     if attn_warning:
         r.warnings.append(attn_warning)
-    liger_fused = _kernels(r, trainer)
+    liger_fused, liger_kernels = _kernels(r, trainer, name)
     # TRL's DPO, KTO, GRPO and RLOO compute the log-probabilities through their fused LM head; ORPO, CPO and
     # the reward trainer call the model without labels, so Liger's fused cross-entropy never runs there
     fused = trainer.fused or (liger_fused and name == "sft")
@@ -453,13 +457,14 @@ def read(keys: Keys, base: Path, stage: str | None = None) -> RunConfig:
     plan = build_plan(
         "hf", path, method=method, quant_bits=quant_bits, precision=precision, **optim_fields,
         batch_size=batch, grad_accum=grad_accum, gradient_checkpointing=checkpointing,
-        attention=kernel,
+        activation_offload=activation_offload, attention=kernel,
         # model_config.py: lora_r 16, lora_dropout 0.05, lora_target_modules None (peft's per-model default)
         lora_rank=k.positive("lora_r", 16), lora_dropout=k.get("lora_dropout", float, 0.05),
         lora_target=targets_of(k, "lora_target_modules", "q_proj,v_proj", r.warnings), use_dora=use_dora,
         # model_config.py: use_bnb_nested_quant False (bitsandbytes' bnb_4bit_use_double_quant, likewise)
         double_quant=k.get("use_bnb_nested_quant", bool, k.get("bnb_4bit_use_double_quant", bool, False)),
-        zero=zero, offload_optimizer=offload, fused_loss=fused, framework="trl", **stage_fields,
+        zero=zero, offload_optimizer=offload, fused_loss=fused, liger_kernels=liger_kernels, framework="trl",
+        **stage_fields,
     )
     k.get("bnb_4bit_quant_type", str)  # nf4 or fp4: the same bytes
     if r.trl:
@@ -620,9 +625,10 @@ def _precision(r: _Read, *, method: str, quantized: bool, sharded: bool) -> tupl
     return ("bf16-mixed" if bf16 else "fp16-mixed"), bf16, fp16
 
 
-def _checkpointing(r: _Read) -> bool:
+def _checkpointing(r: _Read) -> tuple[bool, bool]:
     """transformers 5.9's activation_checkpointing (gradient_checkpointing is its alias); TRL turns it on
-    (base_config.py)."""
+    (base_config.py). Also whether its kwargs' `offload` holds the checkpointed inputs in host memory (the Trainer
+    pops it for `activation_checkpointing_enable(offload=...)`, trainer.py)."""
     k = r.k
     key = ("activation_checkpointing" if k.get("activation_checkpointing", bool) is not None
            else "gradient_checkpointing")
@@ -637,10 +643,8 @@ def _checkpointing(r: _Read) -> bool:
         if isinstance(every, int) and every > 1:
             r.warn("partial_checkpointing", f"{key}_kwargs", f"{key}_kwargs every_n_layers {every}: only "
                    "some layers are checkpointed, while this plan checkpoints every layer", "understates")
-        if kwargs.get("offload"):
-            r.warn("checkpoint_offload", f"{key}_kwargs", f"{key}_kwargs offload: the checkpoints are held "
-                   "in host memory, while this plan keeps them on the GPU", "overstates")
-    return bool(on)
+    offload = isinstance(kwargs, dict) and bool(on) and bool(kwargs.get("offload"))
+    return bool(on), offload
 
 
 def _seq_len(r: _Read) -> int:
@@ -798,26 +802,26 @@ def _generation(r: _Read, *, vllm: str, zero: int, batch: int, grad_accum: int, 
                "model on each GPU, while this plan keeps it sharded", "understates")
 
 
-def _kernels(r: _Read, trainer: Trainer) -> bool:
-    """use_liger_kernel: Liger's fused linear cross-entropy is the plan's fused loss; its other kernels (on by
-    default in liger_kernel's _apply_liger_kernel_to_instance: rope, rms_norm, swiglu) are not modelled. DPO, KTO,
-    GRPO and RLOO turn Liger's fused cross-entropy off for their own fused LM head, and refuse it when asked
-    for (dpo_trainer.py)."""
+def _kernels(r: _Read, trainer: Trainer, name: str) -> tuple[bool, str]:
+    """use_liger_kernel: (Liger's fused linear cross-entropy, its other kernels). The Trainer passes
+    liger_kernel_config to liger_kernel's _apply_liger_kernel_to_instance as the keyword arguments of the model
+    type's apply function (transformers integrations/liger.py), whose defaults are rope, rms_norm, swiglu/geglu
+    and the fused loss (planner.liger). DPO, KTO, GRPO and RLOO turn Liger's fused cross-entropy off for their
+    own fused LM head, and refuse it when asked for (dpo_trainer.py); only SFT calls the model's loss, so the
+    plain cross-entropy counts there alone."""
     k = r.k
     if not k.get("use_liger_kernel", bool, False):
         k.get("liger_kernel_config", dict)
-        return False
+        return False, ""
     config = k.get("liger_kernel_config", dict, {})
     if trainer.fused and config.get("fused_linear_cross_entropy") is True:
         raise FtplanError(f"{k.path}: key 'liger_kernel_config' fused_linear_cross_entropy true: TRL's "
                           f"{trainer.name} refuses it (its own fused LM head replaces it); remove it")
-    others = [n for n in ("rope", "rms_norm", "swiglu", "cross_entropy")
-              if config.get(n, n != "cross_entropy")]
-    if others:
-        r.warn("liger_kernels", ["use_liger_kernel"] + (["liger_kernel_config"] if config else []),
-               f"use_liger_kernel: Liger's {', '.join(others)} kernels save fewer activations, which this "
-               "plan does not model (only its fused linear cross-entropy)", "overstates")
-    return bool(config.get("fused_linear_cross_entropy", True))
+    fused = bool(config.get("fused_linear_cross_entropy", True))
+    if fused and not trainer.fused and config.get("cross_entropy"):
+        raise FtplanError(f"{k.path}: key 'liger_kernel_config' cross_entropy true: Liger's apply functions assert "
+                          "it is not on beside fused_linear_cross_entropy (on by default); set that false")
+    return fused, liger.from_apply_kwargs(config, loss=name == "sft" and not fused)
 
 
 def _runtime(r: _Read) -> None:
@@ -870,7 +874,9 @@ def vllm_keys(vllm: str) -> dict[str, Any]:
 
 # DeepSpeed settings live in a JSON file the key points at; the command, not the file, names the trainer; and a
 # reference model is the trainer's choice (beta for GRPO): not values --fix can write
-UNWRITABLE = frozenset({"zero", "offload_optimizer", "stage", "reference_model"})
+# activation_offload "checkpoint" is an entry of the nested gradient_checkpointing_kwargs
+UNWRITABLE = frozenset({"zero", "offload_optimizer", "stage", "reference_model", "activation_offload",
+                        "liger_kernels"})
 ATTN_BACK = {"flash": "flash_attention_2", "sdpa": "sdpa", "eager": "eager"}
 
 

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from planner import liger
 from planner.configs.common import (
     TRAINING_ARGUMENTS,
     TRAINING_ARGUMENTS_IRRELEVANT,
@@ -237,7 +238,8 @@ RECOGNISED = TRAINING_ARGUMENTS_IRRELEVANT | frozenset({
                                                                           RLHF_KEYS)
 
 # DeepSpeed settings live in a JSON file the key points at: not a value --fix can write
-UNWRITABLE = frozenset({"zero", "offload_optimizer"})
+# activation_offload: LLaMA-Factory offloads only checkpointed inputs (use_unsloth_gc), so "saved" has no key
+UNWRITABLE = frozenset({"zero", "offload_optimizer", "activation_offload", "liger_kernels"})
 
 
 def method_keys(method: str) -> dict:
@@ -387,6 +389,13 @@ def read_v0(keys: Keys, base: Path, override: str | None = None) -> RunConfig:
     checkpointing = not disabled or trainer_checkpointing
     if fsdp.checkpointing:
         checkpointing = True
+    # model_utils/checkpointing.py: use_unsloth_gc swaps the checkpoint function for UnslothGradientCheckpointing,
+    # which keeps each checkpointed layer's input in host memory; it acts only where checkpointing is on
+    unsloth_gc = k.get("use_unsloth_gc", bool, False)
+    if unsloth_gc and not checkpointing:
+        notes.append("use_unsloth_gc with gradient checkpointing disabled: nothing is checkpointed, so nothing is "
+                     "offloaded")
+    activation_offload = "checkpoint" if unsloth_gc and checkpointing else "off"
 
     adapter_fields, bits = _adapter(k, w, notes, method, stage, plan_stage, bits)
     _method_warnings(k, w, method)
@@ -396,13 +405,14 @@ def read_v0(keys: Keys, base: Path, override: str | None = None) -> RunConfig:
     batch = per_gpu if per_gpu and per_gpu > 0 else batch
     cutoff = k.positive("cutoff_len", 2048)  # data_args.py: 2048
     stage_fields = _stage_fields(k, w, notes, stage, plan_stage, method, cutoff)
+    fused_loss, liger_kernels = _liger(k, notes, stage)
     plan = build_plan(
         "llamafactory", path, method=method, precision=precision, **optim_fields,
         batch_size=batch, grad_accum=k.positive("gradient_accumulation_steps", 1), gradient_checkpointing=checkpointing,
-        attention=attention, **adapter_fields,
+        activation_offload=activation_offload, attention=attention, **adapter_fields,
         freeze_trainable_layers=k.get("freeze_trainable_layers", int, 2), quant_bits=bits,
         double_quant=k.get("double_quantization", bool, True), zero=zero, offload_optimizer=offload,
-        fused_loss=_liger(k, w, stage), **stage_fields,
+        fused_loss=fused_loss, liger_kernels=liger_kernels, **stage_fields,
     )
     _model_warnings(k, w, notes, method)
     _system_warnings(k, w)
@@ -713,29 +723,27 @@ def _custom_optimizer(k: Keys, w: _Warnings, optim: str, path) -> dict:
     return {}
 
 
-def _liger(k: Keys, w: _Warnings, stage: str) -> bool | None:
-    """Liger's fused linear cross-entropy is modelled; its other kernels (RMSNorm, SwiGLU, RoPE) are not. The
-    loss is fused in pt/sft only: LLaMA-Factory's enable_liger_kernel keeps the logits in the other stages
-    (model/loader.py require_logits), and their trainers call the model without labels (dpo/trainer.py
-    concatenated_forward pops them), so the Trainer's use_liger_kernel computes the full logits there too. The
-    Trainer's use_liger_kernel fuses it unless liger_kernel_config turns it off. Without either key it is left to
-    the stage's default, which for LLaMA-Factory's trainers is the full logits."""
+def _liger(k: Keys, notes: list[str], stage: str) -> tuple[bool | None, str]:
+    """(fused loss, Liger's other kernels). enable_liger_kernel calls Liger's apply function for the model type
+    with its defaults (model_utils/liger_kernel.py apply_liger_kernel: rope, RMSNorm, SwiGLU/GeGLU and the fused
+    linear cross-entropy); outside pt/sft (require_logits) it swaps the fused loss for the plain cross-entropy,
+    which never runs there (the trainers call the model without labels: dpo/trainer.py concatenated_forward pops
+    them), so the full logits are planned. The Trainer's use_liger_kernel applies the same defaults, changed by
+    liger_kernel_config. A model type Liger does not patch gets nothing: the estimate warns (planner.liger).
+    Without either key it is left to the stage's default, which for LLaMA-Factory's trainers is the full logits."""
     lf = k.get("enable_liger_kernel", bool, False)
     hf = k.get("use_liger_kernel", bool, False)
     hf_config = k.get("liger_kernel_config", (dict, str), {})
     hf_config = hf_config if isinstance(hf_config, dict) else {}
     asked = lf or (hf and hf_config.get("fused_linear_cross_entropy", True) is not False)
     fused = asked and stage in ("pt", "sft")
-    if lf or hf:
-        keys = [key for key in ("enable_liger_kernel", "use_liger_kernel", "liger_kernel_config") if key in k.config]
-        w.add("liger_other_kernels", keys,
-              ("Liger's fused linear cross-entropy is planned (no full logits)" if fused else
-               f"stage {stage} computes the full logits, so Liger's fused cross-entropy does not apply "
-               "(model/loader.py)" if asked else "Liger's fused cross-entropy is off")
-              + "; its other kernels (RMSNorm, SwiGLU, RoPE) save some activations that this plan counts, so it "
-              "slightly overstates memory", "overstates")
-        return fused
-    return None
+    if not (lf or hf):
+        return None, ""
+    kernels = liger.DEFAULT if lf else liger.from_apply_kwargs(hf_config, loss=stage in ("pt", "sft") and not fused)
+    if not fused:
+        notes.append(f"stage {stage} computes the full logits, so Liger's fused cross-entropy does not apply "
+                     "(model/loader.py)" if asked else "Liger's fused cross-entropy is off (liger_kernel_config)")
+    return fused, kernels
 
 
 def _model_warnings(k: Keys, w: _Warnings, notes: list[str], method: str) -> None:
@@ -745,8 +753,6 @@ def _model_warnings(k: Keys, w: _Warnings, notes: list[str], method: str) -> Non
         notes.append(f"rope_scaling {rope}: RoPE is stretched to cutoff_len; activations follow cutoff_len as planned")
     for switch, what, direction in (
             ("use_unsloth", "Unsloth's kernels and its offloaded gradient checkpointing", "overstates"),
-            ("use_unsloth_gc", "Unsloth's gradient checkpointing offloads each checkpointed layer input to CPU "
-                               "memory", "overstates"),
             ("shift_attn", "S^2-Attn (LongLoRA) attends within groups of a quarter of the sequence; this matters "
                            "with eager attention", "overstates"),
             ("upcast_lmhead_output", "the LM head's output (the logits) is kept in fp32", "understates")):

@@ -194,7 +194,7 @@ def test_fused_losses_need_their_plugin(tmp_path) -> None:
     assert fused.plan.fused_loss and fused.warnings == []
     others = read(tmp_path, **LORA, plugins=[LIGER], liger_fused_linear_cross_entropy=True,
                   liger_rms_norm=True, liger_glu_activation=True)
-    assert others.plan.fused_loss and codes(others)["liger_rms_norm"] == ("liger_kernels", "overstates")
+    assert others.plan.fused_loss and others.plan.liger_kernels == "rms_norm,glu" and others.warnings == []
     # integrations/config.py: without the plugin the schema drops its keys
     bare = read(tmp_path, **LORA, liger_fused_linear_cross_entropy=True, liger_rms_norm=True)
     assert not bare.plan.fused_loss and bare.warnings == [] and bare.ignored == []
@@ -332,8 +332,6 @@ def test_the_stage_flag_overrides_rl(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(("keys", "first", "direction"), [
-    ({"activation_offloading": True, "gradient_checkpointing": True}, "activation_offloading", "overstates"),
-    ({"gradient_checkpointing": "offload"}, "gradient_checkpointing", "overstates"),
     ({"context_parallel_size": 2}, "context_parallel_size", "overstates"),
     ({"sequence_parallel_degree": 2}, "sequence_parallel_degree", "overstates"),
     ({"tensor_parallel_size": 2}, "tensor_parallel_size", "overstates"),
@@ -441,3 +439,20 @@ def test_method_changes_as_axolotl_keys(tmp_path) -> None:
     path.write_text(yaml.safe_dump({**LORA, "adapter": "qlora", "load_in_4bit": True}, sort_keys=False))
     fixed = fix_config(path, method_keys("full"), tmp_path / "fixed.yaml")
     assert read_run_config(fixed).plan.method == "full"  # an empty adapter is none
+
+
+@pytest.mark.parametrize(("keys", "checkpointing", "mode"), [
+    ({**LORA, "activation_offloading": True, "gradient_checkpointing": True}, False, "saved"),
+    ({"activation_offloading": "legacy", "gradient_checkpointing": True}, True, "saved"),
+    ({"gradient_checkpointing": "offload"}, True, "saved"),
+    ({**LORA, "activation_offloading": "hidden_states", "gradient_checkpointing": True}, True, "checkpoint"),
+])
+def test_activation_offloading_is_planned(tmp_path, keys: dict, checkpointing: bool, mode: str) -> None:
+    run = read(tmp_path, **keys)
+    assert (run.plan.gradient_checkpointing, run.plan.activation_offload) == (checkpointing, mode)
+    assert "activation_offloading" not in codes(run) and "gradient_checkpointing" not in codes(run)
+
+
+def test_activation_offloading_needs_checkpointing(tmp_path) -> None:
+    with pytest.raises(FtplanError, match="'activation_offloading' needs gradient_checkpointing"):
+        read(tmp_path, activation_offloading=True)

@@ -127,7 +127,6 @@ def test_quantization_needs_peft(tmp_path) -> None:
 @pytest.mark.parametrize(("key", "value", "direction"), [
     ("lora_modules_to_save", ["lm_head"], "understates"),
     ("lora_target_parameters", ["experts.gate_up_proj"], "understates"),
-    ("activation_offloading", True, "overstates"),
 ])
 def test_model_settings_ftplan_does_not_model(tmp_path, key: str, value, direction: str) -> None:
     run = read(tmp_path, use_peft=True, dtype="bfloat16", **{key: value})
@@ -329,10 +328,10 @@ def test_the_stage_flag_names_the_trainer(tmp_path) -> None:
 
 def test_liger(tmp_path) -> None:
     run = read(tmp_path, max_length=1024, use_liger_kernel=True)
-    assert run.plan.fused_loss and codes(run)["use_liger_kernel"] == ("liger_kernels", "overstates")
+    assert run.plan.fused_loss and run.plan.liger_kernels == "default" and run.warnings == []
     only = read(tmp_path, max_length=1024, use_liger_kernel=True,
                 liger_kernel_config={"rope": False, "rms_norm": False, "swiglu": False})
-    assert only.plan.fused_loss and only.warnings == []
+    assert only.plan.fused_loss and only.plan.liger_kernels == "" and only.warnings == []
     off = read(tmp_path, max_length=1024, use_liger_kernel=True,
                liger_kernel_config={"fused_linear_cross_entropy": False})
     assert not off.plan.fused_loss
@@ -416,3 +415,12 @@ def test_fix_writes_pure_bf16_as_the_model_dtype(tmp_path) -> None:
     pure = config_changes(run, {"precision": "bf16"}, {})
     assert pure == {"bf16": True, "fp16": False, "dtype": "bfloat16"}
     assert config_changes(run, {"lora_target": "all"}, {}) == {"lora_target_modules": "all-linear"}
+
+
+def test_activation_offloading_is_planned(tmp_path) -> None:
+    saved = read(tmp_path, use_peft=True, activation_offloading=True)
+    assert saved.plan.activation_offload == "saved" and "activation_offloading" not in codes(saved)
+    kwargs = read(tmp_path, gradient_checkpointing=True, gradient_checkpointing_kwargs={"offload": True})
+    assert (kwargs.plan.gradient_checkpointing, kwargs.plan.activation_offload) == (True, "checkpoint")
+    assert read(tmp_path, gradient_checkpointing=False,
+                gradient_checkpointing_kwargs={"offload": True}).plan.activation_offload == "off"

@@ -226,3 +226,52 @@ def test_a_grpo_batch_trl_would_refuse_is_not_exported(tmp_path) -> None:
         write_export("trl", MODEL, plan.with_(grad_accum=1), tmp_path / "grpo.yaml", spec=load_spec(MODEL))
     assert not (tmp_path / "grpo.yaml").exists()
     write_export("trl", MODEL, plan.with_(grad_accum=4), tmp_path / "grpo.yaml", spec=load_spec(MODEL))
+
+
+@pytest.mark.parametrize(("fmt", "method", "checkpointing", "mode"), [
+    ("llamafactory", "lora", True, "checkpoint"), ("trl", "lora", True, "checkpoint"),
+    ("trl", "full", False, "saved"), ("axolotl", "lora", False, "saved"), ("axolotl", "full", True, "saved"),
+    ("axolotl", "lora", True, "checkpoint"),
+])
+def test_activation_offloading_exports_as_the_framework_spells_it(tmp_path, fmt, method, checkpointing,
+                                                                   mode) -> None:
+    plan = Plan.build(method=method, gradient_checkpointing=checkpointing, activation_offload=mode, batch_size=2,
+                      seq_len=2048, precision="bf16" if method == "full" else "bf16-mixed")
+    exported = write_export(fmt, MODEL, plan, tmp_path / "train.yaml", spec=load_spec(MODEL))
+    read = read_run_config(exported.path).plan
+    assert exported.notes == () and exported.plan == read
+    assert (read.gradient_checkpointing, read.activation_offload) == (checkpointing, mode)
+
+
+@pytest.mark.parametrize(("fmt", "method", "checkpointing", "runs"), [
+    ("llamafactory", "lora", True, {"activation_offload": "checkpoint"}),
+    ("llamafactory", "full", False, {"activation_offload": "off"}),
+    ("axolotl", "lora", True, {"gradient_checkpointing": False}),
+    ("axolotl", "full", False, {"gradient_checkpointing": True}),
+])
+def test_offloading_a_framework_cannot_follow_is_said(tmp_path, fmt, method, checkpointing, runs) -> None:
+    plan = Plan.build(method=method, gradient_checkpointing=checkpointing, activation_offload="saved",
+                      precision="bf16" if method == "full" else "bf16-mixed")
+    exported = write_export(fmt, MODEL, plan, tmp_path / "train.yaml", spec=load_spec(MODEL))
+    read = read_run_config(exported.path).plan
+    assert exported.notes and all(f"#   - {note}" in exported.text for note in exported.notes)
+    assert read == exported.plan and {k: getattr(read, k) for k in runs} == runs
+
+
+@pytest.mark.parametrize("kernels", ["default", "rms_norm,glu", "rope,cross_entropy", ""])
+@pytest.mark.parametrize("fused", [True, None])
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+@pytest.mark.parametrize("fmt", EXPORT_FORMATS)
+def test_liger_kernels_read_back_as_written(tmp_path, fmt, stage, fused, kernels) -> None:
+    """Each export writes the framework's Liger keys; what it runs otherwise than planned is said in the file."""
+    if fused and "cross_entropy" in kernels:
+        return  # refused by the plan (Liger asserts not both)
+    plan = Plan.build(method="lora", stage=stage, fused_loss=fused, liger_kernels=kernels, batch_size=2,
+                      seq_len=1024)
+    exported = write_export(fmt, MODEL, plan, tmp_path / "train.yaml", spec=load_spec(MODEL))
+    run = read_run_config(exported.path, stage=check_args(exported)[1])
+    assert run.plan.with_(gpus=1) == exported.plan
+    if exported.plan.liger_kernels != plan.liger_kernels:
+        assert any("Liger" in note for note in exported.notes)
+    if plan.liger_kernels:
+        assert "liger" in exported.text

@@ -90,3 +90,12 @@ def test_trl_parses_each_precision(tmp_path, precision) -> None:
     assert training.bf16 is (precision != "fp32") and training.optim == "adamw_bnb_8bit"
     assert model.dtype == {"fp32": "float32", "bf16": "bfloat16", "bf16-mixed": "float32"}[precision]
     assert training.hf_deepspeed_config.mismatches == []  # one GPU planned, one process here
+
+
+@pytest.mark.parametrize(("checkpointing", "mode"), [(False, "saved"), (True, "checkpoint")])
+def test_trl_parses_activation_offloading(tmp_path, checkpointing, mode) -> None:
+    plan = Plan.build(method="lora", gradient_checkpointing=checkpointing, activation_offload=mode)
+    exported = write_export("trl", MODEL, plan, tmp_path / "train.yaml", spec=load_spec(MODEL))
+    (_script, training, _model, _mixture), _left, _launcher = parse(exported.path, exported.launch)
+    assert training.activation_offloading is (mode == "saved")
+    assert (training.gradient_checkpointing_kwargs or {}).get("offload", False) is (mode == "checkpoint")

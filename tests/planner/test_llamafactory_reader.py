@@ -74,7 +74,6 @@ def test_sub_settings_of_a_switch_that_is_off_are_irrelevant(tmp_path) -> None:
 
 @pytest.mark.parametrize(("extra", "code", "direction"), [
     ("use_unsloth: true\n", "use_unsloth", "overstates"),
-    ("use_unsloth_gc: true\n", "use_unsloth_gc", "overstates"),
     ("use_kt: true\nkt_cpu_activation: retain\n", "ktransformers", "overstates"),
     ("shift_attn: true\n", "shift_attn", "overstates"),
     ("mixture_of_depths: convert\n", "mixture_of_depths", "overstates"),
@@ -227,9 +226,9 @@ def test_quantization_methods(tmp_path, extra, bits, warned) -> None:
     assert run.plan.quant_bits == bits and ("quantization_method" in codes(run)) is warned
 
 
-def test_liger_fuses_the_loss_in_sft_only_and_warns_about_its_other_kernels(tmp_path) -> None:
+def test_liger_fuses_the_loss_in_sft_only_and_plans_its_other_kernels(tmp_path) -> None:
     sft = read(tmp_path, "enable_liger_kernel: true\n")
-    assert sft.plan.fused_loss and codes(sft) == {"liger_other_kernels": "overstates"}
+    assert sft.plan.fused_loss and sft.plan.liger_kernels == "default" and codes(sft) == {}
     dpo = read(tmp_path, "enable_liger_kernel: true\nstage: dpo\n")
     assert not dpo.plan.fused_loss  # model/loader.py: require_logits outside pt/sft
     # dpo/trainer.py pops the labels, so the Trainer's Liger patch computes the full logits too
@@ -462,3 +461,11 @@ def test_a_numeric_deepspeed_train_batch_size_sets_the_gpu_count(tmp_path) -> No
     assert read(tmp_path, f"deepspeed: {tmp_path / 'ds.json'}\n").gpus is None  # "auto": the launcher decides
     write(tmp_path, json.dumps({"train_batch_size": 63, "zero_optimization": {"stage": 3}}), "ds.json")
     assert read(tmp_path, f"deepspeed: {tmp_path / 'ds.json'}\nper_device_train_batch_size: 2\n").gpus is None
+
+
+def test_unsloth_checkpointing_offloads_the_layer_inputs(tmp_path) -> None:
+    run = read(tmp_path, "use_unsloth_gc: true\n")
+    assert (run.plan.gradient_checkpointing, run.plan.activation_offload) == (True, "checkpoint")
+    assert "use_unsloth_gc" not in codes(run)
+    off = read(tmp_path, "use_unsloth_gc: true\ndisable_gradient_checkpointing: true\n")
+    assert off.plan.activation_offload == "off" and any("use_unsloth_gc" in n for n in off.notes)
