@@ -24,13 +24,15 @@ import contextlib
 import math
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from diagnostics import lr_find
 from diagnostics.data import Batches, build_examples, load_records, load_tokenizer, sample_path
+from diagnostics.data_rules import example_stats
 from diagnostics.measure import make_optimizer
-from diagnostics.models import build_model, torch_dtype
-from diagnostics.monitor import GradMonitor
+from diagnostics.models import build_model, check_buildable, torch_dtype
+from diagnostics.monitor import GradMonitor, StepStats
 from diagnostics.objectives import adapter_off, check_stage, frozen_copy, make_objective, precomputed
 from diagnostics.origin import locate, not_located
 from diagnostics.preference import PairBatches, build_pairs
@@ -44,6 +46,7 @@ from diagnostics.report import (
     StepRecord,
 )
 from diagnostics.rules import conclude
+from diagnostics.spikes import suspect
 from planner.errors import EnvironmentMissing
 from planner.findings import Finding
 from planner.methods import layout
@@ -146,6 +149,7 @@ def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
     device = resolve_device(settings.device)
     plan = settings.plan
     check_stage(plan.stage)
+    check_buildable(plan)  # before the plan, the data and the model load
     source = resolve_model(settings.model)
     config = dict(source.config)
     random_init = not _has_weights(source.directory)
@@ -188,25 +192,32 @@ def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
     examples = build(records, tokenizer, plan.seq_len, source=settings.data or "sample data")
     report.data = DataSummary(records=len(records), examples=len(examples), seq_len=plan.seq_len,
                               dropped=examples.dropped, needed_len=examples.needed_len,
-                              unanswered=examples.unanswered)
+                              unanswered=examples.unanswered,
+                              **({} if settings.preference else example_stats(examples)))
     report.environment = _environment(device, settings, random_init, tokenizer, len(examples), world)
+    # the first loss is read against ln(vocab), the loss of uniform predictions (a classifier head has none)
+    report.environment["vocab_size"] = None if spec.num_labels else spec.vocab_size
     batches = (PairBatches if settings.preference else Batches)(
         examples, plan.batch_size, tokenizer.pad_id, settings.seed, accelerator.process_index, world)
 
     model = build_model(config, plan, weights=source.directory if not random_init else None, device=device,
                         seed=settings.seed)
+    # what the run trains, counted on the built model: the planner's layout(...).trainable_params, checked
+    report.environment["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     device_type = device.split(":")[0]
     autocast = (lambda: torch.autocast(device_type, dtype=torch_dtype(plan.compute_dtype))) if plan.mixed \
         else contextlib.nullcontext
     objective = _objective(model, settings, batches, accelerator.device, autocast)
     if prepare_model is not None:
         prepare_model(model)
-    optimizer = make_optimizer(model.parameters(), plan, settings.learning_rate, settings.weight_decay)
+    optimizer = make_optimizer(model.parameters(), plan, lr_find.START if settings.lr_find else settings.learning_rate,
+                               settings.weight_decay)
     from transformers import get_scheduler
 
     scheduler = get_scheduler({"constant": "constant_with_warmup"}.get(settings.lr_scheduler, settings.lr_scheduler),
                               optimizer, num_warmup_steps=settings.warmup_steps,
-                              num_training_steps=settings.steps)
+                              num_training_steps=settings.steps) if not settings.lr_find \
+        else lr_find.ramp(optimizer, settings.steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     sharded = str(accelerator.distributed_type).endswith("FSDP")
     # FSDP (use_orig_params) leaves each rank a shard of every gradient: sum the squared norms across ranks
@@ -222,29 +233,30 @@ def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
         torch.cuda.reset_peak_memory_stats(torch.device(device))
         nvml_reader = ProcessMemoryReader(cuda_uuid(torch.device(device).index or 0))
 
+    def recheck(record: StepRecord) -> float | None:
+        # DPO's loss is read by the preference rules, not the spike rule; a sharded model is not replayed
+        if record.step < 2 or settings.stage == "dpo" or sharded \
+                or not suspect([r.loss for r in report.records], record.loss):
+            return None
+        return _recheck(record.step, model, objective, batches, accelerator, autocast, plan.grad_accum, world)
+
     try:
         for step in range(1, settings.steps + 1):
             record = _step(step, model, objective, optimizer, scheduler, scaler, monitor, batches, accelerator,
-                           autocast, settings, track_zeros, world)
+                           autocast, settings, track_zeros, world, recheck=recheck)
             if record.stops_run:  # before the record goes out, so the child's event stream carries the origin
                 record.origin = _origin(record, model, objective, batches, accelerator, autocast, scaler, plan,
                                         sharded)
-            if on_cuda:
-                dev = torch.device(device)
-                record.memory = {"max_allocated": torch.cuda.max_memory_allocated(dev),
-                                 "max_reserved": torch.cuda.max_memory_reserved(dev),
-                                 "process": nvml_reader.read()}
-            else:
-                record.memory = {"rss": _rss()}
+            record.memory = step_memory(device, nvml_reader)
             report.records.append(record)
             if on_step is not None:
                 on_step(record)
             if record.stops_run:
-                origin = record.origin
                 report.status = "non_finite"
-                report.message = (f"stopped at step {step}: non-finite "
-                                  + ("loss" if origin.phase == "forward" else "gradients")
-                                  + (f", first in {origin.module}" if origin.module else ""))
+                report.message = stop_message(record)
+                break
+            if settings.lr_find and lr_find.diverged(report.records):
+                report.message = f"LR range test: the loss diverged at step {step}, learning rate {record.lr:.2g}"
                 break
     except KeyboardInterrupt:
         report.status = "interrupted"
@@ -276,6 +288,46 @@ def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
     return conclude(report, world)
 
 
+def step_record(step: int, stats: StepStats, *, lr: float, max_grad_norm: float | None, scaled: bool,
+                names: Sequence[str] = ()) -> StepRecord:
+    """One step's record from the monitor's one sync: `stats.extra` holds the loss, the token count, the loss
+    scale when a GradScaler `scaled` the step, then the objective's metrics `names`. Shared by this loop and the
+    Trainer callback (diagnostics.callback)."""
+    loss_value, token_count = stats.extra[0], int(stats.extra[1])
+    scale = stats.extra[2] if scaled else None
+    values = stats.extra[3 if scaled else 2:]
+    preference = PreferenceRecord(**dict(zip(names, values, strict=True))) if names else None
+    return StepRecord(
+        step=step, loss=loss_value, lr=lr, grad_norm=stats.total_norm,
+        clipped=bool(max_grad_norm) and stats.total_norm > max_grad_norm,
+        layer_norms=stats.layer_norms, kind_norms=stats.kind_norms, zero_fraction=stats.zero_fraction,
+        zero_params=stats.zero_params, nonfinite_param=stats.nonfinite_param, micro_grad_sq=stats.micro_sq,
+        loss_scale=scale, tokens=token_count, preference=preference,
+        # GradScaler.step skips exactly when an unscaled gradient is non-finite, which is when the fp64 norm of
+        # the same gradients is
+        skipped=scaled and math.isfinite(loss_value) and not math.isfinite(stats.total_norm),
+    )
+
+
+def stop_message(record: StepRecord) -> str:
+    """The report's message for the step that stopped the run (its origin set)."""
+    origin = record.origin
+    return (f"stopped at step {record.step}: non-finite " + ("loss" if origin.phase == "forward" else "gradients")
+            + (f", first in {origin.module}" if origin.module else ""))
+
+
+def step_memory(device: str, nvml_reader=None) -> dict[str, int | None]:
+    """The step's memory: CUDA's allocator peaks (and NVML's view of the process, given a reader), or the
+    host's resident set on CPU."""
+    if not device.startswith("cuda"):
+        return {"rss": _rss()}
+    import torch
+
+    dev = torch.device(device)
+    return {"max_allocated": torch.cuda.max_memory_allocated(dev), "max_reserved": torch.cuda.max_memory_reserved(dev),
+            "process": nvml_reader.read() if nvml_reader is not None else None}
+
+
 def _objective(model, settings: DiagnoseSettings, batches: Batches, device, autocast):
     """The step's loss; for DPO with its reference, built now, from the untrained policy."""
     plan = settings.plan
@@ -289,7 +341,9 @@ def _objective(model, settings: DiagnoseSettings, batches: Batches, device, auto
                 module.p = 0.0
     reference = None
     if plan.stage == "dpo":
-        reference = (adapter_off(model) if plan.method in ("lora", "qlora")
+        # any peft model is its own reference with the adapter off (TRL, LLaMA-Factory); Houlsby adapters are not
+        # peft's and cannot be switched off
+        reference = (adapter_off(model) if plan.peft and plan.method != "adapter"
                      else frozen_copy(model, torch_dtype(plan.compute_dtype)))
         if plan.precompute_ref_log_probs:
             count = settings.steps * plan.grad_accum
@@ -302,7 +356,8 @@ def _on(batch: dict, device) -> dict:
 
 
 def _step(step: int, model, objective, optimizer, scheduler, scaler, monitor: GradMonitor, batches: Batches,
-          accelerator, autocast, settings: DiagnoseSettings, track_zeros: bool, world: int) -> StepRecord:
+          accelerator, autocast, settings: DiagnoseSettings, track_zeros: bool, world: int,
+          recheck: Callable[[StepRecord], float | None] | None = None) -> StepRecord:
     """One optimizer step: accumulate, unscale, measure (pre-clip), clip, sync once, step.
 
     The sync comes before the optimizer step: a step that stops the run is not taken, so the weights stay as
@@ -329,7 +384,7 @@ def _step(step: int, model, objective, optimizer, scheduler, scaler, monitor: Gr
             metrics += values.float() / accum  # each micro-batch holds the same number of pairs
         tokens += batch["attention_mask"].sum()
         if micro == 0 and accum > 1:  # the loss was divided by accum (and multiplied by the fp16 scale)
-            factor = accum if scaler is None else accum / _scale_tensor(scaler)
+            factor = accum if scaler is None else accum / scale_tensor(scaler)
             monitor.after_first_micro_batch(scale=factor)
     if scaler is not None:
         scaler.unscale_(optimizer)
@@ -341,23 +396,13 @@ def _step(step: int, model, objective, optimizer, scheduler, scaler, monitor: Gr
         if len(objective.names):
             metrics = accelerator.reduce(metrics, reduction="mean")
     # the scale this step's backward ran at, read before update() changes it
-    extra = [loss_sum, tokens] + ([_scale_tensor(scaler)] if scaler is not None else []) + list(metrics.unbind())
+    extra = [loss_sum, tokens] + ([scale_tensor(scaler)] if scaler is not None else []) + list(metrics.unbind())
     stats = monitor.finish(parts, extra=extra)
-    loss_value, token_count = stats.extra[0], int(stats.extra[1])
-    scale = stats.extra[2] if scaler is not None else None
-    values = stats.extra[3 if scaler is not None else 2:]
-    preference = PreferenceRecord(**dict(zip(objective.names, values, strict=True))) if objective.names else None
-    record = StepRecord(
-        step=step, loss=loss_value, lr=lr, grad_norm=stats.total_norm,
-        clipped=bool(settings.max_grad_norm) and stats.total_norm > settings.max_grad_norm,
-        layer_norms=stats.layer_norms, kind_norms=stats.kind_norms, zero_fraction=stats.zero_fraction,
-        zero_params=stats.zero_params, nonfinite_param=stats.nonfinite_param, micro_grad_sq=stats.micro_sq,
-        loss_scale=scale, tokens=token_count, preference=preference,
-        # GradScaler.step skips exactly when an unscaled gradient is non-finite, which is when the fp64 norm of
-        # the same gradients is
-        skipped=scaler is not None and math.isfinite(loss_value) and not math.isfinite(stats.total_norm),
-    )
+    record = step_record(step, stats, lr=lr, max_grad_norm=settings.max_grad_norm, scaled=scaler is not None,
+                         names=objective.names)
     if not record.stops_run:
+        if recheck is not None:  # at the weights that made this step's loss, so before its update
+            record.recheck_loss = recheck(record)
         if (step - 1) % settings.update_ratio_every == 0:
             monitor.before_step(count_unchanged=plan.precision == "bf16")
         if scaler is not None:
@@ -372,7 +417,7 @@ def _step(step: int, model, objective, optimizer, scheduler, scaler, monitor: Gr
             scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     record.step_time = time.perf_counter() - started
-    record.tokens_per_s = token_count / record.step_time if record.step_time > 0 else 0.0
+    record.tokens_per_s = record.tokens / record.step_time if record.step_time > 0 else 0.0
     return record
 
 
@@ -395,7 +440,22 @@ def _origin(record: StepRecord, model, objective, batches: Batches, accelerator,
     return locate(net, forward, backward, range((record.step - 1) * accum, record.step * accum), record)
 
 
-def _scale_tensor(scaler):
+def _recheck(step: int, model, objective, batches: Batches, accelerator, autocast, accum: int, world: int) -> float:
+    """The previous step's loss again, at this step's weights (diagnostics.spikes: hard batch or instability)."""
+    import torch
+
+    net = accelerator.unwrap_model(model)
+    total = torch.zeros((), device=accelerator.device)
+    with torch.no_grad():
+        for index in range((step - 2) * accum, (step - 1) * accum):
+            with autocast():
+                total += objective(net, _on(batches.micro_batch(index), accelerator.device), index)[0].float() / accum
+    if world > 1:
+        total = accelerator.reduce(total, reduction="mean")
+    return total.item()
+
+
+def scale_tensor(scaler):
     """The GradScaler's scale as a device tensor, read without a host sync where torch allows it."""
     getter = getattr(scaler, "_get_scale_async", None)
     return getter() if getter is not None else scaler.get_scale()

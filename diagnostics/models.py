@@ -4,11 +4,15 @@
 * mixed precision (`bf16-mixed`, `fp16-mixed`) up-casts the *trainable* parameters to
   fp32 (LLaMA-Factory's `cast_trainable_params_to_fp32`), and the step runs under autocast;
 * freeze trains the last N decoder layers (or the first N for N < 0);
-* LoRA goes through `peft.get_peft_model` with its defaults (fp32 adapters);
+* LoRA (and DoRA), OFT, IA3, prefix, prompt and P-tuning go through `peft.get_peft_model` with peft's own
+  configs built from the plan; Houlsby adapters, which peft lacks, come from diagnostics.adapters. Every
+  trainable tensor is fp32 (peft's `autocast_adapter_dtype`, the planner's `adapter_dtype`);
 * QLoRA loads the base in 4-bit NF4 through bitsandbytes (it needs a checkpoint on
   disk: a config-only model is first saved with random weights to a temporary folder);
 * gradient checkpointing as LLaMA-Factory installs it: only decoder layers holding a trainable
-  parameter are checkpointed (reentrant), their hidden-states input made to require grad.
+  parameter are checkpointed (reentrant), their hidden-states input made to require grad. Prompt and
+  P-tuning (which LLaMA-Factory lacks) hold none in the layers, yet their gradient runs through all of
+  them: every layer is checkpointed, as the HF Trainer does. peft refuses prefix tuning with checkpointing.
 
 torch, transformers, peft and bitsandbytes are imported inside the functions.
 """
@@ -22,6 +26,7 @@ from pathlib import Path
 from diagnostics.monitor import layer_index
 from planner.errors import EnvironmentMissing, FtplanError
 from planner.plan import Plan
+from planner.spec import spec_from_config
 
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 KERNELS = {"eager": "eager", "sdpa": "sdpa", "flash": "flash_attention_2"}
@@ -66,12 +71,13 @@ def _lora_targets(model, target: str):
     return names
 
 
-def _checkpoint_trainable_layers(model) -> None:
+def _checkpoint_trainable_layers(model, every_layer: bool = False) -> None:
     """LLaMA-Factory's gradient checkpointing (model/model_utils/checkpointing.py,
     `get_custom_gradient_checkpointing_func`, `use_reentrant_gc` default True): a layer is checkpointed
     only if one of its parameters trains when it runs (so LoRA adapters added later count), and the
     first floating-point argument, the hidden states, is made to require grad so the recompute has a
-    gradient to carry. Installed through transformers' `_set_gradient_checkpointing`, as LLaMA-Factory does."""
+    gradient to carry. Installed through transformers' `_set_gradient_checkpointing`, as LLaMA-Factory does.
+    `every_layer`: checkpoint frozen layers too (a gradient for virtual tokens passes through them)."""
     from functools import partial
 
     import torch
@@ -79,7 +85,7 @@ def _checkpoint_trainable_layers(model) -> None:
 
     def trainable_only(func, *args, **kwargs):
         layer = func.args[0] if isinstance(func, partial) and func.args else getattr(func, "__self__", None)
-        if layer is not None and not any(p.requires_grad for p in layer.parameters()):
+        if not every_layer and layer is not None and not any(p.requires_grad for p in layer.parameters()):
             return func(*args, **kwargs)
         hidden = next((a for a in args if torch.is_tensor(a) and torch.is_floating_point(a)), None)
         if hidden is not None:
@@ -88,6 +94,50 @@ def _checkpoint_trainable_layers(model) -> None:
 
     model._set_gradient_checkpointing(enable=True, gradient_checkpointing_func=trainable_only)
     model.config.use_cache = False
+
+
+def peft_config(model, plan: Plan):
+    """peft's config for the plan's method, with peft's defaults wherever the plan says nothing."""
+    import peft
+
+    if plan.method in ("lora", "qlora"):
+        return peft.LoraConfig(r=plan.lora_rank, lora_alpha=2 * plan.lora_rank, lora_dropout=plan.lora_dropout,
+                               target_modules=_lora_targets(model, plan.lora_target), use_dora=plan.use_dora)
+    if plan.method == "oft":
+        return peft.OFTConfig(r=plan.oft_blocks, oft_block_size=plan.oft_block_size,
+                              target_modules=_lora_targets(model, plan.lora_target))
+    if plan.method == "ia3":
+        if plan.ia3_target is None:  # peft's targets and feed-forward modules for the model type
+            return peft.IA3Config()
+        from planner.params import target_names
+        from planner.peft_methods import IA3_FEEDFORWARD
+
+        # named targets keep the model type's feed-forward modules (the planner requires them among the targets)
+        return peft.IA3Config(target_modules=target_names(plan.ia3_target),
+                              feedforward_modules=list(IA3_FEEDFORWARD.get(model.config.model_type, ())))
+    # prompt learning: PeftModelForCausalLM prepends the virtual tokens, extends the attention mask over them
+    # and pads the labels with -100 there
+    causal = peft.TaskType.CAUSAL_LM
+    if plan.method == "prefix":
+        return peft.PrefixTuningConfig(task_type=causal, num_virtual_tokens=plan.num_virtual_tokens,
+                                       prefix_projection=plan.prefix_projection,
+                                       encoder_hidden_size=plan.encoder_hidden_size)
+    if plan.method == "prompt":
+        return peft.PromptTuningConfig(task_type=causal, num_virtual_tokens=plan.num_virtual_tokens)
+    if plan.method == "ptuning":
+        return peft.PromptEncoderConfig(task_type=causal, num_virtual_tokens=plan.num_virtual_tokens,
+                                        encoder_hidden_size=plan.encoder_hidden_size,
+                                        encoder_reparameterization_type=plan.encoder_type.upper())
+    raise ValueError(f"no peft config for method {plan.method}")
+
+
+def check_buildable(plan: Plan) -> None:
+    """What peft would refuse only after the model is built, refused before."""
+    if plan.method == "prefix" and plan.gradient_checkpointing:
+        # peft_model.py `_setup_prompt_encoder`: the prefix is a key/value cache, and a recomputed layer would
+        # append its keys and values to it a second time
+        raise FtplanError("peft's prefix tuning does not run with gradient checkpointing; drop "
+                          "{gradient_checkpointing}, or use {method} prompt or ptuning", field="gradient_checkpointing")
 
 
 def build_model(config: dict | None, plan: Plan, *, weights: str | Path | None = None, device: str = "cpu",
@@ -99,6 +149,7 @@ def build_model(config: dict | None, plan: Plan, *, weights: str | Path | None =
     except ImportError:
         raise EnvironmentMissing("the diagnostics need torch and transformers: pip install 'ftplan[diagnostics]'") \
             from None
+    check_buildable(plan)
     torch.manual_seed(seed)
     dtype = torch_dtype(plan.compute_dtype)
     kernel = KERNELS[plan.attention]
@@ -129,14 +180,20 @@ def build_model(config: dict | None, plan: Plan, *, weights: str | Path | None =
             for name, p in model.named_parameters():
                 p.requires_grad_(layer_index(name) in chosen)
         if plan.gradient_checkpointing:
-            _checkpoint_trainable_layers(model)
-        if plan.method in ("lora", "qlora"):
-            from peft import LoraConfig, get_peft_model
+            _checkpoint_trainable_layers(model, every_layer=plan.method in ("prompt", "ptuning"))
+        if plan.method == "adapter":
+            from diagnostics.adapters import attach_adapters
+            from planner.peft_methods import adapter_width
 
-            model = get_peft_model(model, LoraConfig(
-                r=plan.lora_rank, lora_alpha=2 * plan.lora_rank, lora_dropout=plan.lora_dropout,
-                target_modules=_lora_targets(model, plan.lora_target)))
-    if plan.mixed:
+            spec = spec_from_config(config if config is not None else model.config.to_dict(), source="diagnose")
+            attach_adapters(model, spec.hidden_size, adapter_width(spec, plan))
+        elif plan.peft:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_config(model, plan))
+    # mixed precision up-casts full/freeze's trainable weights (LLaMA-Factory); every other method trains fp32
+    # tensors on any base (peft's autocast_adapter_dtype, the planner's adapter_dtype)
+    if plan.mixed or plan.peft:
         for p in model.parameters():
             if p.requires_grad:
                 p.data = p.data.float()

@@ -1,8 +1,9 @@
 """Per-layer gradient statistics for every optimizer step, at the cost of one host sync.
 
 All per-parameter norms come from one batched `torch._foreach_norm` call; they are
-reduced into layers (embeddings, block.N, final_norm, head) and into module kinds
-inside each block (attention, mlp, experts, router, norm, lora_A, lora_B) with
+reduced into layers (prompt_encoder, embeddings, block.N, final_norm, head) and into
+module kinds inside each block (attention, mlp, experts, router, norm, and the PEFT
+methods' lora_A, lora_B, dora_magnitude, oft, ia3, adapter) with
 `index_add_` on the device. Everything a step needs on the host is packed into one
 tensor and moved with a single `.tolist()`, before the optimizer step, so a
 non-finite step can stop with the weights that produced it. Update ratios, sampled
@@ -14,7 +15,7 @@ stays finite (an exploding gradient, not a NaN one step early).
 
 Parameter names are normalised across wrappers (`module.` from DDP, `_orig_mod.`
 from torch.compile, `_fsdp_wrapped_module.`, peft's `base_model.model.`, `base_layer.`
-and adapter names) so reports read the same however the model was wrapped.
+and adapter names, peft's `prompt_encoder.default.`) so reports read the same however the model was wrapped.
 """
 
 from __future__ import annotations
@@ -23,10 +24,15 @@ import math
 import re
 from dataclasses import dataclass
 
+from diagnostics.adapters import ATTRIBUTE as HOULSBY
+
 _PREFIXES = ("module.", "_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "base_model.model.")
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|block)\.(\d+)\.")
 _EMBED = ("embed_tokens", "wte", "wpe", "word_embeddings", "embed_in", "tok_embeddings")
 _HEAD = ("lm_head", "embed_out", "output.weight")
+# what peft (or diagnostics.adapters) adds inside a block -> its kind; DoRA's magnitude vectors are their own kind
+_PEFT_KINDS = {"lora_A": "lora_A", "lora_B": "lora_B", "lora_magnitude_vector": "dora_magnitude", "oft_R": "oft",
+               "ia3_l": "ia3", HOULSBY: "adapter"}
 
 
 def normalize_name(name: str) -> str:
@@ -39,7 +45,9 @@ def normalize_name(name: str) -> str:
                 name, changed = name[len(prefix):], True
     for wrapper in ("._orig_mod.", "._fsdp_wrapped_module.", "._checkpoint_wrapped_module.", ".base_layer."):
         name = name.replace(wrapper, ".")
-    return re.sub(r"\.(lora_[AB]|lora_embedding_[AB])\.[^.]+\.", r".\1.", name)
+    name = re.sub(r"^prompt_encoder\.[^.]+\.", "prompt_encoder.", name)  # peft's prompt encoders, by adapter
+    return re.sub(r"\.(lora_[AB]|lora_embedding_[AB]|lora_magnitude_vector|oft_R|ia3_l)\.[^.]+(\.|$)", r".\1\2",
+                  name)
 
 
 def layer_index(name: str) -> int | None:
@@ -53,10 +61,9 @@ def classify(name: str) -> tuple[str, str]:
     match = _LAYER.search(name)
     if match:
         rest = name[match.end():]
-        if ".lora_A." in f".{rest}":
-            kind = "lora_A"
-        elif ".lora_B." in f".{rest}":
-            kind = "lora_B"
+        peft_kind = next((k for k in _PEFT_KINDS if f".{k}." in f".{rest}."), None)
+        if peft_kind is not None:
+            kind = _PEFT_KINDS[peft_kind]
         elif "experts" in rest:
             kind = "experts"
         elif re.search(r"(^|\.)(gate|router)(\.weight)?$", rest) or ".router." in rest:
@@ -68,6 +75,8 @@ def classify(name: str) -> tuple[str, str]:
         else:
             kind = "mlp"
         return f"block.{int(match.group(1))}", kind
+    if name.startswith("prompt_encoder."):  # prompt, prefix and P-tuning: their whole encoder is one group
+        return "prompt_encoder", "prompt_encoder"
     if any(key in name for key in _EMBED):
         return "embeddings", "embedding"
     if any(key in name for key in _HEAD):
@@ -97,10 +106,10 @@ def _norms(tensors: list):
 
 
 def layer_sort_key(layer: str) -> tuple[int, int]:
-    order = {"embeddings": 0, "final_norm": 2, "head": 3, "other": 4}
+    order = {"prompt_encoder": 0, "embeddings": 1, "final_norm": 3, "head": 4, "other": 5}
     if layer.startswith("block."):
-        return 1, int(layer.split(".")[1])
-    return order.get(layer, 5), 0
+        return 2, int(layer.split(".")[1])
+    return order.get(layer, 6), 0
 
 
 @dataclass

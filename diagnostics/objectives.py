@@ -108,7 +108,9 @@ def pair_metrics(chosen_reward, rejected_reward, chosen_logp, rejected_logp, cho
 
 
 def _logits(model, batch):
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    # peft's prompt and P-tuning prepend their virtual tokens' logits: the labels cover the real tokens only
+    return logits[:, -batch["input_ids"].size(1):]
 
 
 class SFT:

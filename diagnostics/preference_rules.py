@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import statistics
 
+from diagnostics.lr_advice import lower_lr, raise_lr
 from diagnostics.report import DiagnoseSettings, StepRecord
 from planner.findings import Change, Finding
 
@@ -132,7 +133,7 @@ def preference_findings(records: list[StepRecord], settings: DiagnoseSettings) -
                          f"(the loss of the untrained policy, {LOG2:.3f}); accuracy "
                          f"{_median(_series(records, 'accuracy')[-5:]):.0%}: the policy now prefers the rejected "
                          "answers",
-                data={"last": tail}, field="learning_rate", fix="lower learning_rate (x0.3) and add warmup"))
+                data={"last": tail}, field="learning_rate", fix="lower learning_rate (see advice) and add warmup"))
         elif all(abs(v - LOG2) < STUCK_TOLERANCE for v in half) and settled_margin < STUCK_MARGIN:
             findings.append(Finding(
                 code="preference_not_learning", severity="info", message="The DPO loss stays at log 2",
@@ -154,14 +155,12 @@ def preference_advice(records: list[StepRecord], findings: list[Finding], settin
                       already: set[str]) -> list[Change]:
     """Changes for the findings above; `already` holds the fields diagnostics.rules advises on."""
     codes = {f.code for f in findings}
-    lr, beta = settings.learning_rate, settings.beta
+    beta = settings.beta
     out: list[Change] = []
     too_fast = codes & {"margin_explosion", "policy_drift", "chosen_logp_falling"}
     if too_fast and "learning_rate" not in already:
-        new = float(f"{lr * 0.3:.2g}")
-        out.append(_change(f"Lower the learning rate to {new:g}", "learning_rate", new, lr,
-                           "the policy outruns the preference signal (" + ", ".join(sorted(too_fast)).replace("_", " ")
-                           + "): about a third of the learning rate, then diagnose again"))
+        out.append(lower_lr(settings, "the policy outruns the preference signal ("
+                            + ", ".join(sorted(too_fast)).replace("_", " ") + ")"))
     if settings.stage == "dpo" and too_fast:
         new = float(f"{max(2 * beta, 0.25):.2g}")
         out.append(_change(f"Raise beta to {new:g}", "beta", new, beta,
@@ -174,9 +173,8 @@ def preference_advice(records: list[StepRecord], findings: list[Finding], settin
     if "preference_not_learning" in codes and "learning_rate" not in already:
         ratios = [statistics.median(r.update_ratio.values()) for r in records if r.update_ratio]
         if ratios and statistics.median(ratios) < 1e-4:
-            new = float(f"{lr * 3:.2g}")
-            out.append(_change(f"Raise the learning rate to {new:g}", "learning_rate", new, lr,
-                               f"the DPO loss has not left log 2 and the median update is "
-                               f"{statistics.median(ratios):.1e} of the weights: a learning rate about 3x higher"))
+            change = raise_lr(settings, f"the DPO loss has not left log 2 and the median update is "
+                                        f"{statistics.median(ratios):.1e} of the weights")
+            out += [change] if change is not None else []
     return out
 

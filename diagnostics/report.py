@@ -83,6 +83,9 @@ class StepRecord(BaseModel):
     # fp16 GradScaler: the scale this step's backward ran at (before update(); after it, the next step's)
     loss_scale: float | None = None
     skipped: bool = False  # fp16: the GradScaler skipped this optimizer step (non-finite gradients at that scale)
+    # when this step's loss jumped: the previous step's micro-batches re-evaluated at this step's weights (before
+    # its update), against which diagnostics.spikes tells a hard batch from an instability
+    recheck_loss: float | None = None
     tokens: int = 0  # tokens in the global batch
     step_time: float = 0.0
     tokens_per_s: float = 0.0
@@ -108,6 +111,12 @@ class DataSummary(BaseModel):
     dropped: list[int] = []  # 1-based numbers of the records left out: no answer token within seq_len
     needed_len: int | None = None  # the shortest seq_len that keeps an answer token of every dropped record
     unanswered: list[int] = []  # 1-based numbers of the records with no assistant answer to train on
+    # trainable (label) tokens per SFT example, after the one-token shift the loss makes: their median and least
+    label_tokens_median: float | None = None
+    label_tokens_min: int | None = None
+    one_token: list[int] = []  # 1-based numbers of the examples that train a single token
+    duplicates: int = 0  # examples that repeat an earlier one token for token
+    most_repeated: int = 1  # copies of the most repeated example
 
 
 class MemoryComparison(BaseModel):
@@ -133,6 +142,7 @@ class DiagnoseSettings(BaseModel):
     loss_scaling: bool = True  # fp16: use a GradScaler (HF's default)
     init_std: float | None = None  # config-only models: override initializer_range
     ratio_every: int | None = None  # update ratios every N steps; None: every step for LoRA/QLoRA, every 4th else
+    lr_find: bool = False  # the steps run an LR range test instead (diagnostics.lr_find)
     # DPO's beta (TRL DPOConfig.beta, LLaMA-Factory pref_beta: 0.1); for ORPO the weight lambda of the odds-ratio
     # term, which both frameworks also call beta (TRL ORPOConfig.beta, LLaMA-Factory pref_beta: 0.1)
     beta: float = Field(0.1, gt=0)

@@ -9,6 +9,11 @@ ratios of medians) over the recorded steps, and is deliberately conservative: a
 healthy run must raise nothing. LoRA-aware: `lora_B` starts at zero, so at the
 first step every `lora_A` gradient is exactly zero by construction; that step is
 not evidence of vanishing or dead adapters.
+
+Rules with their own reasoning live beside it: diagnostics.depth (norms over block depth),
+diagnostics.spikes (loss spikes against a local trend; hard batch or instability),
+diagnostics.lr_advice (learning rates into the method's usual range), diagnostics.data_rules
+(label tokens, one-token answers, repeated examples) and diagnostics.preference_rules.
 """
 
 from __future__ import annotations
@@ -17,19 +22,27 @@ import math
 import statistics
 from collections.abc import Sequence
 
+from diagnostics.data_rules import example_findings
+from diagnostics.depth import depth_findings
+from diagnostics.lr_advice import INDICATIVE, lower_lr, raise_lr
+from diagnostics.lr_find import lr_find_result
 from diagnostics.monitor import layer_index
 from diagnostics.origin import not_located
 from diagnostics.preference_rules import preference_advice, preference_findings
 from diagnostics.report import DataSummary, DiagnoseSettings, DiagnosticReport, StepRecord
+from diagnostics.spikes import loss_spikes
 from planner.findings import Change, Finding
 
 SPIKE_FACTOR = 10.0  # a gradient norm this many times its running median is a spike
 GROWTH_FACTOR = 10.0  # last-third median norm / first-third median norm that counts as steady growth
-VANISH_RATIO = 1e-3  # a block this far below the median block is not learning
 UNDERFLOW_SHARE = 0.05  # share of exactly-zero gradient elements in a block that signals fp16 underflow
 CLIP_SHARE = 0.5  # clipping on more steps than this acts as a learning-rate cut...
 CLIP_CUT = 2.0  # ...when the median norm is this many times max_grad_norm (the step is at least halved)
-LOSS_SPIKE_MADS = 6.0
+CLIP_MIN_HEALTHY = 5  # healthy steps a clip value is read from
+NOISE_MIN_STEPS = 5  # steps the gradient noise scale is averaged over
+# |g_micro|^2 / |G|^2 this close to 1: the same gradient. Different data differ by the noise term tr(Sigma)/B,
+# percents to hundreds of percents; summation order in fp32 accounts for about 1e-6
+IDENTICAL_GRADIENTS = 1e-4
 BF16_UNCHANGED = 0.5  # share of bf16 weights a step leaves bit-identical
 # GradScaler starts at 2^16 and halves its scale on every skipped step; settling from there takes a skip or
 # two, so five skips in a short run mean fp16 gradients overflow steadily, not once
@@ -47,11 +60,6 @@ def _finite(xs) -> list[float]:
     return [x for x in xs if x is not None and math.isfinite(x)]
 
 
-def _blocks(records: list[StepRecord]) -> list[str]:
-    keys = {k for r in records for k in r.layer_norms if k.startswith("block.")}
-    return sorted(keys, key=lambda k: int(k.split(".")[1]))
-
-
 def _steps_text(steps: list[int], limit: int = 8) -> str:
     shown = ", ".join(str(s) for s in steps[:limit])
     return shown + (f" (+{len(steps) - limit} more)" if len(steps) > limit else "")
@@ -59,12 +67,14 @@ def _steps_text(steps: list[int], limit: int = 8) -> str:
 
 def spike_steps(records: list[StepRecord]) -> list[int]:
     """Steps whose gradient norm jumps SPIKE_FACTOR x over the median of the (up to 20) steps before it;
-    in the first steps, with little history, the bar is three times higher."""
+    in the first steps, with little history, the bar is three times higher, unless the loss spiked at the same
+    step: two signs at once count early."""
     out = []
     norms = [r.grad_norm for r in records]
+    with_loss = {s.step for s in loss_spikes(records)}
     for i in range(1, len(records)):
         base = _median(_finite(norms[max(0, i - 20):i]))
-        factor = SPIKE_FACTOR if i >= 5 else 3 * SPIKE_FACTOR
+        factor = SPIKE_FACTOR if i >= 5 or records[i].step in with_loss else 3 * SPIKE_FACTOR
         if math.isfinite(norms[i]) and base > 0 and norms[i] > factor * base:
             out.append(records[i].step)
     return out
@@ -75,7 +85,9 @@ def healthy_norms(records: list[StepRecord], settings: DiagnoseSettings) -> list
     return _finite(r.grad_norm for r in records if r.step > settings.warmup_steps and r.step not in spikes)
 
 
-def analyze(records: list[StepRecord], settings: DiagnoseSettings) -> list[Finding]:
+def analyze(records: list[StepRecord], settings: DiagnoseSettings, *, vocab_size: int | None = None
+            ) -> list[Finding]:
+    """`vocab_size`: the model's, for the first loss against ln(vocab) (None: not said)."""
     if not records:
         return []
     plan = settings.plan
@@ -111,7 +123,8 @@ def analyze(records: list[StepRecord], settings: DiagnoseSettings) -> list[Findi
                   "median_norm": _median(norms)},
             fix="clip gradients (max_grad_norm, see advice), warm the learning rate up, or lower it"))
 
-    findings += _vanishing(after_first, settings)
+    findings += depth_findings(after_first, first_loss=records[0].loss, vocab_size=vocab_size)
+    findings += _fp16_underflow(after_first, settings)
     # The DPO loss is -log sigmoid(margin) averaged over a few pairs: it starts at log 2 and its spikes and
     # plateaus mean something else, so preference_findings reads it; ORPO's is NLL-dominated, like SFT's.
     if settings.stage != "dpo":
@@ -128,6 +141,7 @@ def analyze(records: list[StepRecord], settings: DiagnoseSettings) -> list[Findi
         # from singling out outliers (and reweights steps): worth knowing, not a warning.
         if len(clipped) > CLIP_SHARE * len(post) and med > CLIP_CUT * settings.max_grad_norm:
             sgd = plan.optimizer in ("sgd", "sgd-momentum")
+            broken_init = any(f.code == "reversed_depth_profile" for f in findings)
             effect = (f"so the effective learning rate is about {settings.max_grad_norm / med:.2g}x the configured "
                       "one" if sgd else "so it no longer singles out outlier batches (Adam's normalisation undoes "
                       "a uniform rescale)")
@@ -136,9 +150,10 @@ def analyze(records: list[StepRecord], settings: DiagnoseSettings) -> list[Findi
                 evidence=f"max_grad_norm={settings.max_grad_norm:g} clipped {len(clipped)} of {len(post)} steps; "
                          f"median norm {med:.3g}, {effect}",
                 data={"clipped_steps": clipped, "median_norm": med},
-                fix="raise max_grad_norm to the healthy range (see advice)"
-                    + (" or lower learning_rate deliberately" if sgd else ""),
-                field="max_grad_norm", change=clip_change(records, settings)))
+                fix=("the norms come from the initialisation (reversed_depth_profile): fix it rather than the clip"
+                     if broken_init else "raise max_grad_norm to the healthy range (see advice)"
+                     + (" or lower learning_rate deliberately" if sgd else "")),
+                field="max_grad_norm", change=None if broken_init else clip_change(records, settings)))
 
     findings += _skipped_steps(records)
 
@@ -201,7 +216,7 @@ def _non_finite(bad: StepRecord) -> Finding:
               f"{', '.join(origin.layers[:8])}{' ...' if len(origin.layers) > 8 else ''}" if origin.layers else "")
     fix = ("the weights were non-finite before the step: check the checkpoint they were loaded from"
            if origin.where == "weights" else
-           "lower learning_rate (x0.1), keep max_grad_norm set, add warmup; under fp16 keep loss scaling on or "
+           "lower learning_rate (see advice), keep max_grad_norm set, add warmup; under fp16 keep loss scaling on or "
            "switch to bf16")
     return Finding(
         code="non_finite", severity="error", message="NaN/Inf in training",
@@ -259,25 +274,8 @@ def data_findings(data: DataSummary | None) -> list[Finding]:
             ("give the unanswered records an assistant turn or remove them", data.unanswered)) if needed))]
 
 
-def _vanishing(records: list[StepRecord], settings: DiagnoseSettings) -> list[Finding]:
+def _fp16_underflow(records: list[StepRecord], settings: DiagnoseSettings) -> list[Finding]:
     out: list[Finding] = []
-    blocks = _blocks(records)
-    if len(blocks) >= 2 and records:
-        med = {b: _median(_finite(r.layer_norms.get(b) for r in records)) for b in blocks}
-        ref = _median([v for v in med.values() if v > 0])
-        low = [b for b, v in med.items() if ref > 0 and v < VANISH_RATIO * ref]
-        first, last = med[blocks[0]], med[blocks[-1]]
-        depth = first / last if last > 0 else float("inf")
-        if low or depth < VANISH_RATIO:
-            out.append(Finding(
-                code="vanishing_gradients", severity="warning", message="Vanishing gradients",
-                evidence=(f"blocks {', '.join(b.split('.')[1] for b in low)} have median gradient norms below "
-                          f"{VANISH_RATIO:g}x the median block ({ref:.3g})" if low else "")
-                + ("; " if low and depth < VANISH_RATIO else "")
-                + (f"first/last block norm ratio is {depth:.2g}" if depth < VANISH_RATIO else ""),
-                data={"block_medians": med, "low_blocks": low, "first_last_ratio": depth},
-                fix="check the initialisation and normalisation of those blocks; lower depth-wise scaling; if only "
-                    "some blocks are trainable, this may be intended"))
     if settings.plan.precision == "fp16-mixed":
         shares = {}
         for r in records:
@@ -308,21 +306,8 @@ def _loss_findings(records: list[StepRecord], settings: DiagnoseSettings) -> lis
                 code="loss_divergence", severity="error", message="Loss is diverging",
                 evidence=f"the loss rose from a best of {best_early:.4g} to {tail:.4g} (median of the last 5 steps)",
                 data={"best": best_early, "last": tail}, field="learning_rate",
-                fix="lower learning_rate (x0.3) and add warmup"))
-        spikes = []
-        for i in range(8, len(losses)):
-            window = values[i - 8:i]
-            med = _median(window)
-            mad = _median([abs(x - med) for x in window])
-            if values[i] > med + LOSS_SPIKE_MADS * max(mad, 0.01 * med) and values[i] > 1.2 * med:
-                spikes.append(losses[i][0])
-        if spikes:
-            out.append(Finding(
-                code="loss_spikes", severity="warning", message="Loss spikes",
-                evidence=f"the loss jumped over {LOSS_SPIKE_MADS:g} median absolute deviations above its recent "
-                         f"median at steps {_steps_text(spikes)}",
-                data={"steps": spikes},
-                fix="inspect those batches; add warmup or lower learning_rate; keep clipping on"))
+                fix="lower learning_rate (see advice) and add warmup"))
+    out += _spike_findings(records)
     post = [v for s, v in losses if s > settings.warmup_steps]
     if len(post) >= 20:
         half = len(post) // 2
@@ -334,6 +319,32 @@ def _loss_findings(records: list[StepRecord], settings: DiagnoseSettings) -> lis
                 data={"first_half": first, "second_half": second},
                 fix="a learning rate too low (see the update ratios) or data the model already fits"))
     return out
+
+
+def _spike_findings(records: list[StepRecord]) -> list[Finding]:
+    spikes = loss_spikes(records)
+    if not spikes:
+        return []
+    hard = [s.step for s in spikes if s.kind == "hard batch"]
+    unstable = [s.step for s in spikes if s.kind == "instability"]
+    unknown = [s.step for s in spikes if s.kind is None]
+    parts = ["the loss rose over its local trend at steps "
+             + ", ".join(f"{s.step} (+{s.rise:.0%}{', with a gradient spike' if s.grad_confirmed else ''})"
+                         for s in spikes[:8]) + (f" (+{len(spikes) - 8} more)" if len(spikes) > 8 else "")]
+    if hard:
+        parts.append(f"at steps {_steps_text(hard)} the previous batch, re-evaluated at the spiking weights, "
+                     "lost no more than before: hard batches, the model is fine")
+    if unstable:
+        parts.append(f"at steps {_steps_text(unstable)} the previous batch got worse too: the update before "
+                     "damaged the model (an instability)")
+    only_hard = not unstable and not unknown
+    return [Finding(
+        code="loss_spikes", severity="info" if only_hard else "warning",
+        message="Hard batches" if only_hard else "Loss spikes", evidence="; ".join(parts),
+        data={"steps": [s.step for s in spikes], "hard_batches": hard, "instabilities": unstable,
+              "rise": {s.step: s.rise for s in spikes}, "recheck_rise": {s.step: s.recheck_rise for s in spikes}},
+        fix="inspect those batches (data quality, very long or garbled answers)" if only_hard else
+            "add warmup or lower learning_rate (see advice); keep clipping on; inspect those batches")]
 
 
 def _dead_parameters(records: list[StepRecord]) -> list[str]:
@@ -357,9 +368,8 @@ def noise_scale(records: list[StepRecord], settings: DiagnoseSettings, world: in
     plan = settings.plan
     b_small = plan.batch_size
     b_big = plan.batch_size * plan.grad_accum * world
-    pairs = [(r.micro_grad_sq, r.grad_norm ** 2) for r in records if r.micro_grad_sq is not None
-             and math.isfinite(r.grad_norm) and r.step > 1]
-    if b_big <= b_small or len(pairs) < 5:
+    pairs = _micro_pairs(records)
+    if b_big <= b_small or len(pairs) < NOISE_MIN_STEPS:
         return None
     small = statistics.fmean(p[0] for p in pairs)
     big = statistics.fmean(p[1] for p in pairs)
@@ -385,9 +395,14 @@ def _mixed_precision(current: str, reason: str) -> Change:
 
 
 def clip_change(records: list[StepRecord], settings: DiagnoseSettings) -> Change | None:
-    """Clip at the 90th percentile of the healthy steps' norms: clipping then trims the spikes only."""
+    """Clip at the 90th percentile of the healthy steps' norms: clipping then trims the spikes only.
+
+    None from fewer than CLIP_MIN_HEALTHY healthy steps (a percentile of one or two norms is that norm), and
+    after a non-finite step: the norms before it were on their way there, and no clip value cures a NaN."""
+    if any(r.stops_run for r in records):
+        return None
     healthy = healthy_norms(records, settings)
-    if not healthy:
+    if len(healthy) < CLIP_MIN_HEALTHY:
         return None
     p90 = sorted(healthy)[int(0.9 * (len(healthy) - 1))]
     value = float(f"{p90:.2g}")
@@ -397,13 +412,27 @@ def clip_change(records: list[StepRecord], settings: DiagnoseSettings) -> Change
 
 
 def advise(records: list[StepRecord], findings: list[Finding], settings: DiagnoseSettings,
-           world: int = 1, bf16_supported: bool | None = None) -> list[Change]:
-    """The settings to change, as `Change`s keyed by planner field (`planner.fields`)."""
+           world: int = 1, bf16_supported: bool | None = None, random_init: bool = False) -> list[Change]:
+    """The settings to change, as `Change`s keyed by planner field (`planner.fields`); on `random_init` weights
+    each says it is indicative only."""
+    return _indicative(_advice(records, findings, settings, world, bf16_supported), random_init)
+
+
+def _indicative(changes: list[Change], random_init: bool) -> list[Change]:
+    if not random_init:
+        return changes
+    return [c.model_copy(update={"reason": f"{c.reason} ({INDICATIVE})"}) for c in changes]
+
+
+def _advice(records: list[StepRecord], findings: list[Finding], settings: DiagnoseSettings, world: int,
+            bf16_supported: bool | None) -> list[Change]:
     codes = {f.code for f in findings}
     plan = settings.plan
     out: list[Change] = []
     clip = clip_change(records, settings)
-    if clip is not None and codes & {"exploding_gradients", "clipping_most_steps", "non_finite", "loss_spikes"}:
+    # a broken init makes the norms large on purpose: a clip at their size would only hide it
+    if clip is not None and "reversed_depth_profile" not in codes \
+            and codes & {"exploding_gradients", "clipping_most_steps", "loss_spikes"}:
         out.append(clip)
     early = [s for s in spike_steps(records) if s <= max(3, len(records) // 3)]
     if (early or "non_finite" in codes or "loss_divergence" in codes) and settings.warmup_ratio == 0:
@@ -412,22 +441,16 @@ def advise(records: list[StepRecord], findings: list[Finding], settings: Diagnos
         out.append(_change(
             "Warm the learning rate up over 5% of the run", "warmup_ratio", 0.05, settings.warmup_ratio,
             f"{what} without warmup; warm up over at least {2 * settle} steps (warmup_steps) or 5% of the run"))
-    lr = settings.learning_rate
     if "non_finite" in codes:
-        new = float(f"{lr * 0.1:.2g}")
-        out.append(_change(f"Lower the learning rate to {new:g}", "learning_rate", new, lr,
-                           "gradients became non-finite: a tenth of the learning rate"))
+        out.append(lower_lr(settings, "the training went non-finite"))
     elif codes & {"loss_divergence", "exploding_gradients"}:
-        new = float(f"{lr * 0.3:.2g}")
-        out.append(_change(f"Lower the learning rate to {new:g}", "learning_rate", new, lr,
-                           "the run diverges or its gradients explode: about a third of the learning rate"))
+        out.append(lower_lr(settings, "the run diverges or its gradients explode"))
     elif "loss_plateau" in codes:
         ratios = _finite(_median(list(r.update_ratio.values())) for r in records if r.update_ratio)
         if ratios and _median(ratios) < 1e-4:
-            new = float(f"{lr * 3:.2g}")
-            out.append(_change(f"Raise the learning rate to {new:g}", "learning_rate", new, lr,
-                               f"the loss is flat and the median update is {_median(ratios):.1e} of the weights: a "
-                               "learning rate about 3x higher"))
+            change = raise_lr(settings, f"the loss is flat and the median update is {_median(ratios):.1e} of the "
+                                        "weights")
+            out += [change] if change is not None else []
     b_noise = noise_scale(records, settings, world)
     global_batch = plan.batch_size * plan.grad_accum * world
     # The noise scale grows as the loss falls (McCandlish et al., Sec. 4), so one measured at the start of
@@ -450,12 +473,53 @@ def advise(records: list[StepRecord], findings: list[Finding], settings: Diagnos
     return out
 
 
+def _micro_pairs(records: list[StepRecord]) -> list[tuple[float, float]]:
+    """(|g_micro|^2, |G|^2) of the steps that measured both (from the second: LoRA's first step is special)."""
+    return [(r.micro_grad_sq, r.grad_norm ** 2) for r in records if r.micro_grad_sq is not None
+            and math.isfinite(r.grad_norm) and math.isfinite(r.micro_grad_sq) and r.step > 1]
+
+
+def gradient_data_findings(records: list[StepRecord], settings: DiagnoseSettings, world: int = 1) -> list[Finding]:
+    """Data seen through the gradients: micro-batches that give the accumulated gradient exactly are the same
+    data; a noise scale that cannot be measured says the micro-batches are hardly noisier than their sum."""
+    plan = settings.plan
+    pairs = _micro_pairs(records)
+    if plan.batch_size * plan.grad_accum * world <= plan.batch_size or len(pairs) < NOISE_MIN_STEPS:
+        return []
+    same = [r.step for r in records if r.micro_grad_sq is not None and r.step > 1 and math.isfinite(r.grad_norm)
+            and r.grad_norm > 0 and abs(r.micro_grad_sq / r.grad_norm ** 2 - 1) < IDENTICAL_GRADIENTS]
+    if len(same) > len(pairs) / 2:
+        return [Finding(
+            code="identical_micro_batches", severity="warning", message="Every micro-batch gives the same gradient",
+            evidence=f"on {len(same)} of {len(pairs)} steps the first micro-batch's gradient equals the accumulated "
+                     f"one (|g|^2 within {IDENTICAL_GRADIENTS:.0e}): the micro-batches hold the same data, so the "
+                     "gradient noise scale is 0 and accumulation adds nothing",
+            data={"steps": same}, fix="check the data: one record repeated, or fewer examples than a micro-batch")]
+    if noise_scale(records, settings, world) is None:
+        return [Finding(
+            code="noise_scale_unmeasurable", severity="info", message="Gradient noise scale not measurable",
+            evidence=f"over {len(pairs)} steps the first micro-batch's gradient was on average no noisier than the "
+                     "accumulated one: near-duplicate data, or too few steps for the estimate",
+            data={"steps": len(pairs)}, fix="run more steps (--steps), or check the data for repeats")]
+    return []
+
+
 def conclude(report: DiagnosticReport, world: int = 1) -> DiagnosticReport:
     """Findings, the noise scale and advice from the report's records: the end of every run,
     a finished one or one whose child process died."""
-    report.findings += analyze(report.records, report.settings)
-    report.findings += data_findings(report.data)
+    if report.settings.lr_find:  # the ramp diverges by design: the range test is the whole verdict
+        findings, advice = lr_find_result(report.records, report.settings)
+        report.advice = _indicative(advice, bool(report.environment.get("random_init")))
+        for finding in findings:  # the finding's remedy is the advice, worded the same
+            finding.change = report.advice[0] if finding.change is not None else None
+        report.findings += findings + data_findings(report.data) + example_findings(report.data)
+        return report
+    report.findings += analyze(report.records, report.settings,
+                               vocab_size=report.environment.get("vocab_size"))
+    report.findings += data_findings(report.data) + example_findings(report.data)
+    report.findings += gradient_data_findings(report.records, report.settings, world)
     report.noise_scale = noise_scale(report.records, report.settings, world)
     report.advice = advise(report.records, report.findings, report.settings, world=world,
-                           bf16_supported=report.environment.get("bf16_supported"))
+                           bf16_supported=report.environment.get("bf16_supported"),
+                           random_init=bool(report.environment.get("random_init")))
     return report
