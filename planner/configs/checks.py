@@ -17,6 +17,12 @@ from planner.hardware import GpuSpec
 
 HIGH_LR = {"full": 2e-5, "freeze": 5e-5, "lora": 2e-4, "qlora": 2e-4}  # above these, warm up
 TOO_HIGH_LR = {"full": 1e-4, "freeze": 2e-4, "lora": 1e-3, "qlora": 1e-3}
+# The other PEFT methods train far fewer, differently scaled parameters, at the rates their papers and peft's
+# examples use: soft prompts 3e-2 (peft's prompt-tuning example; Lester et al. 2021 went to 0.3 with Adafactor),
+# P-tuning and prefix tuning 1e-3 (peft's examples), IA3 3e-3 (Liu et al. 2022, T-Few), Houlsby adapters up to
+# 3e-3 (Houlsby et al. 2019's sweep), OFT 1e-4 (LLaMA-Factory's OFT examples)
+HIGH_LR |= {"prompt": 3e-2, "ptuning": 1e-3, "prefix": 1e-3, "ia3": 3e-3, "adapter": 1e-3, "oft": 5e-4}
+TOO_HIGH_LR |= {"prompt": 0.3, "ptuning": 1e-2, "prefix": 1e-2, "ia3": 3e-2, "adapter": 1e-2, "oft": 5e-3}
 
 
 def total_steps(run: RunConfig, gpus: int) -> int | None:

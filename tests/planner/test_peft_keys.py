@@ -302,3 +302,12 @@ def test_trls_own_parser_builds_dora_and_rslora_from_the_export(tmp_path, monkey
     config = get_peft_config(model)
     assert (config.use_dora, config.use_rslora, config.r) == (True, True, 16)
     assert model.load_in_4bit is True
+
+
+def test_every_method_has_learning_rate_ranges() -> None:
+    """preflight's learning-rate checks (and diagnose's advice) look every plan method up: none may be missing."""
+    from planner.configs.checks import HIGH_LR, TOO_HIGH_LR
+    from planner.plan import METHODS
+
+    for method in METHODS:
+        assert 0 < HIGH_LR[method] < TOO_HIGH_LR[method], method
