@@ -13,32 +13,7 @@ from planner.params import count_params
 from planner.plan import Plan
 from planner.spec import spec_from_config
 from tests.planner.configs import EXACT_TYPES, random_config
-from tests.planner.truth import meta_model
-
-
-def _peft_config(method: str, kw: dict):
-    import peft
-
-    causal = peft.TaskType.CAUSAL_LM
-    target = kw.get("lora_target", "")
-    target = target if target == "all-linear" else target.split(",")  # a plain string is a regex to peft
-    if method == "prefix":
-        return peft.PrefixTuningConfig(task_type=causal, num_virtual_tokens=kw["num_virtual_tokens"],
-                                       prefix_projection=kw.get("prefix_projection", False),
-                                       encoder_hidden_size=kw.get("encoder_hidden_size"))
-    if method == "prompt":
-        return peft.PromptTuningConfig(task_type=causal, num_virtual_tokens=kw["num_virtual_tokens"])
-    if method == "ptuning":
-        return peft.PromptEncoderConfig(task_type=causal, num_virtual_tokens=kw["num_virtual_tokens"],
-                                        encoder_hidden_size=kw["encoder_hidden_size"],
-                                        encoder_reparameterization_type=kw.get("encoder_type", "mlp").upper())
-    if method == "ia3":
-        return peft.IA3Config(task_type=causal)
-    if method == "oft":
-        return peft.OFTConfig(task_type=causal, target_modules=target, r=kw.get("oft_blocks", 0),
-                              oft_block_size=kw.get("oft_block_size", 0))
-    return peft.LoraConfig(task_type=causal, target_modules=target, r=kw["lora_rank"], use_dora=True)
-
+from tests.planner.truth import meta_model, peft_method_config
 
 CASES = [
     ("prefix", {"num_virtual_tokens": 7}),
@@ -61,7 +36,7 @@ def _peft_trainable(config: dict, method: str, kw: dict) -> int:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = get_peft_model(meta_model(config), _peft_config(method, kw))
+        model = get_peft_model(meta_model(config), peft_method_config(method, kw))
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
