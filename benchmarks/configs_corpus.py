@@ -157,6 +157,12 @@ def report(corpora: dict[str, list[Outcome]], gpu: str, stand_in: str | None = N
         out += [f"## {name}", "", f"{len(outcomes)} files: {counts}", ""]
         if verdicts:
             out += ["Verdicts of the planned: " + ", ".join(f"{n} {v}" for v, n in verdicts.most_common()), ""]
+            fitting = [o for o in outcomes if o.verdict in ("ready", "ready_with_warnings")]
+            # `--strict` fails a plan that fits on any warning: each code that does so, to check none is false
+            stopped = collections.Counter(c for o in fitting for c in set(o.warnings))
+            out += [f"`--strict`: {sum(1 for o in fitting if o.verdict == 'ready')} of the {len(fitting)} that fit "
+                    "pass" + (("; the warnings that stop the others: " + ", ".join(
+                        f"`{c}` {n}" for c, n in stopped.most_common())) if stopped else ""), ""]
         planned = [o for o in outcomes if o.kind == "planned"]
         if planned:
             out += [f"| config | format | verdict | total GiB ({gpu}, 1 GPU) | warnings |", "|---|---|---|---:|---|"]
