@@ -142,7 +142,7 @@ def _lora_target(raw) -> str:
 
 def _plan(r: dict) -> Plan:
     optimizer = r["optimizer"]
-    optimizer = {"paged-adamw-32bit": "adamw", "unknown": "adamw"}.get(optimizer, optimizer)
+    optimizer = {"paged-adamw-32bit": "paged-adamw", "unknown": "adamw"}.get(optimizer, optimizer)
     zero = r.get("zero")
     zero = 3 if zero == "fsdp-full-shard" else int(zero or 0)
     precision = {"fp16": "fp16-mixed"}.get(r["precision"], r["precision"])
@@ -161,7 +161,10 @@ def _plan(r: dict) -> Plan:
     if method == "qlora":
         fields["quant_bits"] = int(r.get("quant_bits") or 4)
     # alignment rows: the stage and its generation settings, and a fused loss (Liger) where the run used one
-    fields.update({key: r[key] for key in ("stage", "num_generations", "max_completion_len", "fused_loss")
+    # and the recipe settings a row records where it used them (a base loaded in another dtype, Liger's kernels,
+    # activation offloading)
+    fields.update({key: r[key] for key in ("stage", "num_generations", "max_completion_len", "fused_loss",
+                                           "weights_dtype", "liger_kernels", "activation_offload")
                    if r.get(key) is not None})
     return Plan.build(**fields)
 
