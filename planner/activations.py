@@ -203,6 +203,9 @@ class Ctx:
     prefix: int = 0  # prefix tuning: virtual keys and values before the sequence's own in every layer
     oft: tuple[int, int] = (32, 0)  # OFT (block size, blocks): one of them set
     adapter_width: int = 0  # Houlsby adapters' bottleneck
+    # bitsandbytes 4/8-bit linears (QLoRA): Linear4bit.forward casts x to bnb_4bit_compute_dtype, runs its own op
+    # (no autocast kernel) and returns `.to(inp_dtype)` (bitsandbytes/nn/modules.py): the output keeps x's dtype
+    quantized: bool = False
 
     @property
     def tokens(self) -> int:
@@ -215,7 +218,10 @@ def _proj(tape: Tape, x: T, lin: Linear, training: BlockTraining, ctx: Ctx) -> T
     elif lin.path in training.ia3_inputs:  # peft IA3 feed-forward: (x.to(l.dtype) * l).to(x.dtype)
         tape.save(tape.cast(x, ctx.adapter_dtype))
         x = T(x.numel, x.dtype, True)
-    out = tape.linear(x, lin.out_features, lin.in_features, training.base_trainable)
+    if ctx.quantized and not training.base_trainable:
+        out = T(x.numel // lin.in_features * lin.out_features, x.dtype, x.grad)
+    else:
+        out = tape.linear(x, lin.out_features, lin.in_features, training.base_trainable)
     if lin.path in training.lora_paths:
         xa = tape.lora(x, lin, ctx.lora_rank, ctx.lora_dropout, ctx.adapter_dtype)
         if training.dora:
@@ -560,7 +566,8 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
                 scored: int | None = None, head_linear_trainable: bool | None = None,
                 logit_tokens: int | None = None, nll_term: bool = True, prefix: int = 0,
                 prompt_tokens: int = 0, prompt_encoder: int = 0, oft: tuple[int, int] = (32, 0),
-                adapter_width: int = 0, liger: frozenset[str] = frozenset()) -> ActivationBytes:
+                adapter_width: int = 0, liger: frozenset[str] = frozenset(),
+                quantized: bool = False) -> ActivationBytes:
     """Replay the whole forward + loss once.
 
     `weight_dtypes` is (dtype of trainable weights, dtype of frozen weights): norms
@@ -607,7 +614,7 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
                 wdt = weight_dtypes[0] if training.base_trainable else weight_dtypes[1]
                 ctx = Ctx(batch=batch, seq=seq, hidden=d, compute=compute, weight_dtype=wdt, kernel=kernel,
                           lora_rank=lora_rank, lora_dropout=lora_dropout, adapter_dtype=adapter_dtype,
-                          prefix=prefix, oft=oft, adapter_width=adapter_width)
+                          prefix=prefix, oft=oft, adapter_width=adapter_width, quantized=quantized)
                 x = replay_block(tape, x, block, training, ctx)
                 nbytes = tape.bytes() - before
                 memo[key] = (nbytes - (_shared_bytes(tape) - shared_before), x)

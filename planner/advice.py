@@ -19,7 +19,8 @@ from planner.target import Machine
 from planner.units import fmt_gib
 
 
-def _candidates(spec: ModelSpec, plan: Plan, capacity: int, machine: Machine) -> list[tuple[str, str, dict[str, Any]]]:
+def single_changes(spec: ModelSpec, plan: Plan, capacity: int, machine: Machine) -> list[tuple[str, str, dict[str, Any]]]:
+    """Every change worth trying on its own, as (title, why, settings); planner.path_to_fit combines them."""
     out: list[tuple[str, str, dict[str, Any]]] = []
     if not plan.gradient_checkpointing:
         out.append(("Enable gradient checkpointing",
@@ -111,7 +112,7 @@ def suggest(spec: ModelSpec, plan: Plan, capacity: int, current_total: int, limi
     when no single change does."""
     machine = machine or Machine()
     found: list[Change] = []
-    for title, why, changes in _candidates(spec, plan, capacity, machine):
+    for title, why, changes in single_changes(spec, plan, capacity, machine):
         try:
             new_plan = plan.with_(**changes)
             total = estimate_memory(spec, new_plan, machine=machine).total

@@ -174,14 +174,20 @@ def training_flops_per_token(spec: ModelSpec, counts: ParamCounts, train: Traini
     return (forward + backward + recompute) * seq / plan.seq_len
 
 
-def estimate_time(spec: ModelSpec, counts: ParamCounts, train: TrainingLayout, plan: Plan, gpu: GpuSpec,
-                  mfu: float | None = None, samples: int | None = None, epochs: float = 1.0) -> TimeEstimate:
-    mfu = mfu if mfu is not None else DEFAULT_MFU[plan.method]
+def step_flops(spec: ModelSpec, counts: ParamCounts, train: TrainingLayout, plan: Plan) -> tuple[float, int]:
+    """FLOPs per token (the no-grad forwards included) and the tokens of one optimizer step, all GPUs."""
     run = stage_run(plan)
     per_token = training_flops_per_token(spec, counts, train, plan)
     # forwards without gradients (the reference's, KTO's KL batch) cost about 2 FLOPs per active parameter
     per_token += run.no_grad_rows / run.rows * 2 * counts.active_per_token
-    tokens_per_step = plan.global_batch * plan.seq_len * run.rows // plan.batch_size
+    return per_token, plan.global_batch * plan.seq_len * run.rows // plan.batch_size
+
+
+def estimate_time(spec: ModelSpec, counts: ParamCounts, train: TrainingLayout, plan: Plan, gpu: GpuSpec,
+                  mfu: float | None = None, samples: int | None = None, epochs: float = 1.0) -> TimeEstimate:
+    mfu = mfu if mfu is not None else DEFAULT_MFU[plan.method]
+    run = stage_run(plan)
+    per_token, tokens_per_step = step_flops(spec, counts, train, plan)
     flops_step = per_token * tokens_per_step
     peak = gpu.peak_tflops(plan.compute_dtype) * 1e12
     seconds = flops_step / (peak * mfu * plan.gpus)

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from planner import liger, peft_methods
+from planner import liger, parallel, peft_methods
 from planner.activations import ActivationBytes, Ctx, T, Tape, saved_bytes
 from planner.activations import _mlp as replay_mlp
 from planner.methods import (
@@ -74,7 +74,8 @@ from planner.target import Machine
 
 COMPONENTS = ("weights", "reference", "master_weights", "optimizer", "gradients", "activations", "logits",
               "generation", "temporaries")
-PHASES = ("generation", "forward", "backward", "optimizer")  # generation: GRPO/PPO rollouts only
+# load: a base quantized while it loads (QLoRA through bitsandbytes) only; generation: GRPO/PPO rollouts only
+PHASES = ("load", "generation", "forward", "backward", "optimizer")
 
 
 class Phase(BaseModel):
@@ -101,6 +102,7 @@ class Details(BaseModel):
     zero_gradient_partition: int  # DeepSpeed ZeRO's gradient partition in the master's dtype, built in step()
     zero3_gather: int  # ZeRO-3's gathered parameters (and gradient) in backward; forward holds no gradient
     qlora_dequant: int
+    mask_4d: int = 0  # a collator's batch x 1 x seq x seq mask (`Plan.mask_4d`), alive with the batch all step
     reference_weights: int = 0  # frozen reference (DPO/KTO/PPO full or freeze, GRPO with a beta) and PPO reward models
     no_grad_forward: int = 0  # the largest forward without gradients (reference, KTO's KL batch), at its peak
     kv_cache: int = 0  # GRPO/PPO: `generate`'s KV cache for the sequences generated at once
@@ -121,6 +123,8 @@ class Breakdown(BaseModel):
     largest: dict[str, int]  # each component at its largest over the phases: a view, not a sum
     cpu_offload: int = 0  # host RAM taken by an offloaded optimizer
     host_activations: int = 0  # host RAM taken by offloaded activations (`Plan.activation_offload`)
+    host_params: int = 0  # host RAM taken by offloaded parameter shards (and their gradients) (`Plan.offload_params`)
+    host_per_node: int = 0  # every offload above, for all of a node's GPUs (`Plan.nodes`)
     details: Details
 
     @property
@@ -137,7 +141,7 @@ def weight_bytes(train: TrainingLayout, plan: Plan) -> int:
     ZeRO-3 / FSDP full sharding divides the weights over the GPUs (Rajbhandari et al. 2020, "P_os+g+p").
     """
     total = train.weight_bytes
-    return _ceil_div(total, plan.gpus) if plan.zero == 3 else total
+    return _ceil_div(total, plan.shard_ranks) if plan.zero == 3 else total
 
 
 def gradient_dtype(train: TrainingLayout) -> dict[str, int]:
@@ -148,21 +152,21 @@ def gradient_dtype(train: TrainingLayout) -> dict[str, int]:
 def gradient_bytes(train: TrainingLayout, plan: Plan) -> int:
     """Σ trainable params × bytes of their dtype; ZeRO-2/3 shard them over the GPUs."""
     total = sum(n * DTYPE_BYTES[dt] for dt, n in gradient_dtype(train).items())
-    return _ceil_div(total, plan.gpus) if plan.zero >= 2 else total
+    return _ceil_div(total, plan.shard_ranks) if plan.zero >= 2 else total
 
 
 def optimizer_state_bytes(train: TrainingLayout, plan: Plan, spec: ModelSpec) -> int:
     """Optimizer state per GPU (planner.optimizers says what each optimizer keeps); ZeRO-1+ shards it over the
     GPUs; `--offload-optimizer` moves it to host RAM."""
     total = optimizer_state(spec, train, plan)
-    return _ceil_div(total, plan.gpus) if plan.zero >= 1 else total
+    return _ceil_div(total, plan.shard_ranks) if plan.zero >= 1 else total
 
 
 def master_weight_bytes(train: TrainingLayout, plan: Plan) -> int:
     """fp32 copy of 16-bit trainable weights, kept by DeepSpeed/ZeRO mixed precision (ZeRO paper's K=12 includes it)."""
     if not keeps_master_copy(plan):
         return 0
-    return _ceil_div(4 * train.trainable_params, plan.gpus)
+    return _ceil_div(4 * train.trainable_params, plan.shard_ranks)
 
 
 def activation_bytes(spec: ModelSpec, plan: Plan, train: TrainingLayout, device: str = "cuda", *,
@@ -182,7 +186,7 @@ def activation_bytes(spec: ModelSpec, plan: Plan, train: TrainingLayout, device:
         prompt_encoder=peft_methods.encoder_saved_bytes(spec, plan, run.rows),
         oft=(plan.oft_block_size, plan.oft_blocks),
         adapter_width=peft_methods.adapter_width(spec, plan) if plan.method == "adapter" else 0,
-        compute=plan.compute_dtype, weight_dtypes=(param_dtype(plan, trainable=True), plan.compute_dtype),
+        compute=plan.compute_dtype, weight_dtypes=(param_dtype(plan, trainable=True), plan.base_dtype),
         kernel=plan.attention, autocast=plan.compute_dtype if plan.mixed else None,
         embeddings_trainable=train.embeddings_trainable, head_trainable=train.head_trainable,
         input_grad=plan.gradient_checkpointing if input_grad is None else input_grad,
@@ -192,6 +196,7 @@ def activation_bytes(spec: ModelSpec, plan: Plan, train: TrainingLayout, device:
         head_linear_trainable=_head_linear_trainable(spec, train),
         logit_tokens=run.rows * run.logits_per_row if run.logits_per_row != plan.seq_len else None,
         nll_term=plan.nll_term, liger=liger.applied(spec.model_type, plan.liger_kernels),
+        quantized=train.method == "qlora" and not train.checkpoint_quantized,
     )
 
 
@@ -250,6 +255,68 @@ def _offloaded(spec: ModelSpec, plan: Plan, train: TrainingLayout, run: StageRun
     return 0, kept, 0, blocks + outside - kept + copies
 
 
+def _flattened(plan: Plan) -> Plan:
+    """A padding-free micro-batch as the model runs it: one row of every real token (`Plan.rows`).
+
+    TRL's DataCollatorForLanguageModeling(padding_free=True) concatenates the micro-batch's sequences into one
+    row with position_ids restarting at each sequence (trl/trainer/sft_trainer.py; SFTTrainer turns it on for
+    `packing_strategy` bfd and bfd_split too), and axolotl's sample packing with a flash kernel makes one row of
+    micro_batch_size x sequence_len tokens (core/trainers/base.py `_create_multipack_sampler`, batch_size 1).
+    Flash attention runs each sequence on its own (varlen, from position_ids); sdpa and eager get the
+    block-diagonal causal mask transformers builds from those position_ids (masking_utils.py
+    `find_packed_sequence_indices`) and compute the whole row's T x T scores, as the replay of one row does."""
+    if not plan.padding_free:
+        return plan
+    rows, tokens = plan.rows
+    return plan.model_copy(update={"batch_size": rows, "seq_len": tokens, "token_fill": 1.0})
+
+
+# bitsandbytes' blocks of 4-bit weights that share one absmax (Params4bit's blocksize, 64 on CUDA)
+BNB_BLOCKSIZE = 64
+
+
+def _quantize_on_load(spec: ModelSpec, plan: Plan, train: TrainingLayout) -> int:
+    """What loading a base that bitsandbytes quantizes on the fly holds beyond the quantized weights, at its
+    largest: one linear weight at a time, in 16 bits, beside its quantized copy (0 when nothing is quantized on
+    load: no QLoRA, or a pre-quantized checkpoint).
+
+    transformers 5 (core_model_loading.py `convert_and_load_state_dict_in_model`) loads without its thread pool
+    when it quantizes on the fly, materializing each checkpoint tensor only when its conversion runs, on the
+    target device in the load dtype; `Bnb4bitQuantize` (integrations/bitsandbytes.py) wraps it in a Params4bit,
+    whose `_quantize` (bitsandbytes/nn/modules.py) replaces the data with the packed 4-bit tensor while the
+    16-bit one stays referenced until the conversion returns. Inside `quantize_4bit` (bitsandbytes/functional.py)
+    double quantization holds the fp32 absmax (one per BNB_BLOCKSIZE weights) and its offset copy while it
+    quantizes them. 8-bit Int8Params casts the weight to fp16 first (a second copy unless loaded in fp16)."""
+    if train.method != "qlora" or train.checkpoint_quantized:
+        return 0
+    n = max((lin.in_features * lin.out_features for g in spec.blocks for lin in g.block.linears), default=0)
+    loaded = n * DTYPE_BYTES[param_dtype(plan, trainable=False)]
+    if plan.base_bits == 8:
+        return loaded + (2 * n if param_dtype(plan, trainable=False) != "fp16" else 0)
+    return loaded + (2 * 4 * _ceil_div(n, BNB_BLOCKSIZE) if plan.double_quant else 0)
+
+
+def _mask_4d_bytes(plan: Plan) -> int:
+    """LLaMA-Factory's neat_packing without fa2: SFTDataCollatorWith4DAttentionMask (data/collator.py) replaces the
+    attention mask with `prepare_4d_attention_mask`, batch x 1 x cutoff_len x cutoff_len in the compute dtype, which
+    the Trainer moves to the GPU with the batch and holds until the step is done (the training loop keeps
+    `inputs`)."""
+    return plan.batch_size * plan.seq_len * plan.seq_len * DTYPE_BYTES[plan.compute_dtype] if plan.mask_4d else 0
+
+
+def tokens_assumption(plan: Plan) -> str:
+    """What the estimate assumes one micro-batch holds (`{field}` placeholders name settings)."""
+    if not plan.padding_free:
+        how = "several sequences packed into each row" if plan.packing else "sequences padded to full length"
+        return f"micro-batch {plan.batch_size} x {plan.seq_len} tokens, {how}"
+    count = f"{plan.token_fill:.0%} of {{batch_size}} x {{seq_len}} ({{token_fill}})" if plan.token_fill < 1 else \
+        "{batch_size} x {seq_len}, the most it holds; set {token_fill} to the share of real tokens"
+    kernel = "flash attention runs each sequence on its own (varlen)" if plan.attention == "flash" else \
+        (f"{plan.attention} attends over the whole row through transformers' block-diagonal mask (no cross-"
+         "sequence attention, but T x T scores and mask: the mask is not counted; TRL supports flash only)")
+    return f"padding-free: each micro-batch is one row of {plan.tokens} tokens, {count}; {kernel}"
+
+
 def autocast_weight_copies(train: TrainingLayout, plan: Plan, counts: ParamCounts,
                            spec: ModelSpec | None = None) -> tuple[int, int]:
     """Under torch.autocast, fp32 trainable weights are cast to 16 bits once per forward and the
@@ -277,10 +344,16 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
                     train: TrainingLayout | None = None, machine: Machine | None = None) -> Breakdown:
     machine = machine or Machine()
     spec = stage_spec(spec, plan)
+    plan = _flattened(plan)
     # prompt and P-tuning run the model on their virtual tokens too: every per-token size grows with them
     plan = plan.model_copy(update={"seq_len": peft_methods.model_seq_len(plan)})
+    if plan.context_parallel * plan.tensor_parallel > 1:
+        # context parallel splits each sequence; tensor parallel with sequence parallel splits every saved
+        # activation and (vocabulary-parallel) the logits: a replay of the rank's share of the tokens
+        plan = plan.model_copy(update={"seq_len": parallel.rank_seq_len(plan, plan.seq_len)})
     counts = counts or count_params(spec)
     train = train or layout(spec, counts, plan)
+    share = parallel.model_share(counts, plan)
     run = stage_run(plan, machine.device)
     acts = activation_bytes(spec, plan, train, machine.device, run=run)
     weights = weight_bytes(train, plan)
@@ -290,10 +363,19 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
         grads = _ceil_div(grads * badam_block(spec, train, plan), max(1, train.trainable_params))
     opt_state = optimizer_state_bytes(train, plan, spec)
     master = master_weight_bytes(train, plan)
-    cpu_offload = 0
+    weights, grads, opt_state, master = (parallel.scaled(x, share) for x in (weights, grads, opt_state, master))
+    cpu_offload = host_params = 0
     if plan.offload_optimizer:
         cpu_offload = opt_state + master
         opt_state = master = 0
+    if plan.offload_params:
+        # ZeRO-3 offload_param (partition_parameters.py keeps each partition on the offload device) and FSDP2's
+        # CPUOffloadPolicy (_fsdp_param.py: the sharded parameter, and the sharded gradient after
+        # reduce-scatter, on the CPU): only the gathered units (`zero3_gather`) come to the GPU; the gradient
+        # shards follow when the optimizer runs on the host
+        host_params, weights = weights, 0
+        if plan.offload_optimizer:
+            host_params, grads = host_params + grads, 0
 
     block_copies, head_copy = autocast_weight_copies(train, plan, counts, spec)
     if plan.gradient_checkpointing:
@@ -324,26 +406,29 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
                 # the last block's backward brings its saved tensors back (one autograd node's at a time: this
                 # is their upper bound); a recomputed block's input is already inside `recompute`
                 brought_back = acts.per_layer[-1] + _ceil_div(block_copies, spec.num_layers)
-    activations = block_acts + outside + saved_copies + head_copy
+    mask = _mask_4d_bytes(plan)
+    activations = block_acts + outside + saved_copies + head_copy + mask
     logits = acts.logits
     # Plain DDP (several GPUs, no ZeRO) allocates its all-reduce buckets when it wraps the model and
     # keeps them for the whole run: a second copy of every gradient unless gradient_as_bucket_view=True
     # (PyTorch's default is False).
-    buckets = grads if plan.gpus > 1 and plan.zero == 0 else 0
+    # Megatron's DDP (the model-parallel path) reduces from its contiguous gradient buffer: no second copy
+    buckets = grads if plan.shard_ranks > 1 and plan.zero == 0 and plan.model_parallel == 1 else 0
 
     compute_bytes = DTYPE_BYTES[plan.compute_dtype]
     loss_forward, loss_backward = _loss_transients(spec, plan, train, run, run.rows)
     largest_linear = max((lin.in_features * lin.out_features for g in spec.blocks for lin in g.block.linears),
                          default=0)
     # a quantized base (QLoRA's, or a pre-quantized checkpoint's) dequantizes one weight at a time
-    dequant = largest_linear * compute_bytes if train.method == "qlora" or train.checkpoint_quantized else 0
+    # (in bnb_4bit_compute_dtype: the base's dtype)
+    dequant = largest_linear * DTYPE_BYTES[plan.base_dtype] if train.method == "qlora" or train.checkpoint_quantized else 0
     # DoRA rebuilds each target's whole adapted weight to take its norm, one target at a time (forward and
     # recompute alike)
     if plan.use_dora:
         targets = [lin for g in spec.blocks for lin in lora_targets(spec, g.block, plan)[0]]
         dequant += peft_methods.dora_transient(targets, plan.lora_rank, DTYPE_BYTES[adapter_dtype(plan)])
-    gather_forward, zero3_gather = _zero3_gather(spec, plan, train, counts)
-    grad_partition, optimizer_temp = _optimizer_temporaries(spec, train, plan)
+    gather_forward, zero3_gather, grad_partition, optimizer_temp = (parallel.scaled(x, share) for x in (
+        *_zero3_gather(spec, plan, train, counts), *_optimizer_temporaries(spec, train, plan)))
 
     in_backward = steps_in_backward(plan)
     if in_backward:
@@ -352,7 +437,8 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
         all_grads, grads = grads, _largest_gradient(spec, train, plan, grads)
         if plan.optimizer == "adamw":
             optimizer_temp = _ceil_div(optimizer_temp * grads, max(1, all_grads))
-    reference = reference_bytes(spec, plan, train) * (int(run.reference) + int(run.reward_model))
+    reference = parallel.scaled(reference_bytes(spec, plan, train), share) * (int(run.reference)
+                                                                             + int(run.reward_model))
     no_grad = _no_grad_forward(spec, plan, train, run, acts)
     kv_cache = kv_cache_bytes(spec, run.generated, plan.seq_len, compute_bytes) if run.generated else 0
     vllm = int(plan.vllm_gpu_memory_utilization * machine.capacity_bytes) \
@@ -371,7 +457,7 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
     backward_start = {**persistent, "gradients": accum_grads, "activations": activations, "logits": logits,
                       "temporaries": loss_backward + zero3_gather + dequant}
     in_flight = _last_block_backward(spec, plan, train, run.rows, acts)
-    backward_layer = {**persistent, "gradients": accum_grads, "activations": block_acts + saved_copies + brought_back,
+    backward_layer = {**persistent, "gradients": accum_grads, "activations": block_acts + saved_copies + brought_back + mask,
                       "logits": 0,
                       "temporaries": (recompute if last_recomputed else 0) + in_flight + zero3_gather + dequant}
     embedding_end = _embedding_backward(spec, plan, train, run)
@@ -383,14 +469,20 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
         not_yet = pb * ((counts.per_layer[0] if first_trains else 0)
                         + (spec.vocab_size * spec.hidden_size if train.embeddings_trainable
                            and not spec.tie_word_embeddings else 0))
-    backward_end = {**persistent, "gradients": grads, "activations": 0, "logits": 0,
+    backward_end = {**persistent, "gradients": grads, "activations": mask, "logits": 0,
                     "temporaries": max(recompute - not_yet, embedding_end, 0) + zero3_gather + dequant}
     backward = max(backward_start, backward_layer, backward_end, key=lambda p: sum(p.values()))
-    optimizer = {**persistent, "gradients": grads, "activations": 0, "logits": 0, "temporaries": optimizer_temp}
+    optimizer = {**persistent, "gradients": grads, "activations": mask, "logits": 0, "temporaries": optimizer_temp}
     if in_backward:  # the step happens inside backward, one parameter at a time
         backward = max(backward_start, backward_layer, backward_end, optimizer, key=lambda p: sum(p.values()))
-        optimizer = {**persistent, "gradients": buckets, "activations": 0, "logits": 0, "temporaries": 0}
+        optimizer = {**persistent, "gradients": buckets, "activations": mask, "logits": 0, "temporaries": 0}
     phases = []
+    quantizing = _quantize_on_load(spec, plan, train)
+    if quantizing:
+        loaded = _ceil_div(sum(g.nbytes for g in train.groups if not g.trainable), plan.gpus if plan.zero == 3 else 1)
+        load = {"weights": loaded, "reference": reference, "temporaries": quantizing}
+        phases.append(Phase(name="load", parts=_ordered(load), allocated=sum(load.values()),
+                            what="quantizing the largest weight: its 16-bit copy"))
     if run.generated:
         # generation runs at the start of a step: gradients were freed by the last zero_grad, the cache grows
         # to every position of every sequence generated at once, and the prompt's prefill is the largest forward
@@ -424,7 +516,8 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
     return Breakdown(
         total=peak.allocated + overhead, peak_phase=peak.name, peak_allocated=peak.allocated, peak=peak.parts,
         overhead=overhead, phases=phases, largest={k: max(p.parts[k] for p in phases) for k in COMPONENTS},
-        cpu_offload=cpu_offload, host_activations=host_activations,
+        cpu_offload=cpu_offload, host_activations=host_activations, host_params=host_params,
+        host_per_node=(cpu_offload + host_activations + host_params) * plan.per_node_gpus,
         details=Details(
             activations_saved_in_blocks=block_acts, activations_outside_blocks=outside,
             autocast_weight_copies=block_copies + head_copy, autocast_cache_forward=autocast_cache,
@@ -432,7 +525,7 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
             loss_forward_transient=loss_forward, loss_backward_transient=loss_backward,
             last_block_backward=in_flight, embedding_backward=embedding_end,
             optimizer_temporaries=optimizer_temp, zero_gradient_partition=grad_partition,
-            zero3_gather=zero3_gather, qlora_dequant=dequant, reference_weights=reference,
+            zero3_gather=zero3_gather, qlora_dequant=dequant, mask_4d=mask, reference_weights=reference,
             no_grad_forward=no_grad, kv_cache=kv_cache, vllm_reserved=vllm,
             fragmentation=fragmentation, cuda_context=context,
         ),
@@ -491,11 +584,12 @@ def _optimizer_temporaries(spec: ModelSpec, train: TrainingLayout, plan: Plan) -
     if plan.zero == 0:
         return 0, step_temporaries(spec, train, plan)
     params = max(1, train.trainable_params)
-    state_part, grad_part = _ceil_div(state_bytes, plan.gpus), _ceil_div(grad_bytes, plan.gpus)
+    ranks = plan.shard_ranks
+    state_part, grad_part = _ceil_div(state_bytes, ranks), _ceil_div(grad_bytes, ranks)
     if plan.zero == 3:
         largest = max((t.numel for t in trainable_tensors(spec, train, plan)), default=0)
-        elements = ZERO3_SUB_GROUP + _ceil_div(largest, plan.gpus)
-        if elements < _ceil_div(params, plan.gpus):
+        elements = ZERO3_SUB_GROUP + _ceil_div(largest, ranks)
+        if elements < _ceil_div(params, ranks):
             state_part = _ceil_div(state_bytes * elements, params)
             grad_part = _ceil_div(grad_bytes * elements, params)
     # without a master copy `.to` of the same dtype returns the flat copy itself: it is the partition
@@ -517,7 +611,8 @@ def _zero3_gather(spec: ModelSpec, plan: Plan, train: TrainingLayout, counts: Pa
     gathered from its forward through the loss (`__params_to_release`); taken as the phase's transient
     throughout, with the gradient in backward only.
     """
-    if plan.zero != 3 or plan.gpus == 1:
+    # offloaded parameters are gathered onto the GPU even on one rank
+    if plan.zero != 3 or (plan.shard_ranks == 1 and not plan.offload_params):
         return 0, 0
     window = 2 * (train.weight_bytes * max(counts.per_layer) // max(1, counts.total))
     weight, with_grad = _largest_module(spec, plan, train)
@@ -681,7 +776,8 @@ def _mlp_saved(spec: ModelSpec, plan: Plan, block: Block, base_trains: bool, lor
     ctx = Ctx(batch=1, seq=tokens, hidden=spec.hidden_size, compute=plan.compute_dtype, weight_dtype=weight_dtype,
               kernel=plan.attention, lora_rank=plan.lora_rank, lora_dropout=plan.lora_dropout,
               adapter_dtype=adapter_dtype(plan))
-    x = T(tokens * spec.hidden_size, weight_dtype if plan.mixed and base_trains else plan.compute_dtype, True)
+    # the residual stream keeps the embeddings' dtype: the base's unless they train under autocast
+    x = T(tokens * spec.hidden_size, weight_dtype if plan.mixed and base_trains else plan.base_dtype, True)
     replay_mlp(tape, x, block, BlockTraining(base_trains, frozenset(lora_paths), wrapped), ctx)
     return tape.bytes()
 
@@ -715,7 +811,7 @@ def reference_bytes(spec: ModelSpec, plan: Plan, train: TrainingLayout) -> int:
     trainable part in the compute dtype); ZeRO-3 shards it like the policy (trl `prepare_deepspeed`)."""
     frozen = sum(g.nbytes for g in train.groups if not g.trainable)
     own = (train.trainable_params - train.adapter_params) * DTYPE_BYTES[param_dtype(plan, trainable=False)]
-    return _ceil_div(frozen + own, plan.gpus) if plan.zero == 3 else frozen + own
+    return _ceil_div(frozen + own, plan.shard_ranks) if plan.zero == 3 else frozen + own
 
 
 def _ordered(parts: dict[str, int]) -> dict[str, int]:

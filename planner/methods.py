@@ -333,7 +333,9 @@ def check_lora_target(spec: ModelSpec, plan: Plan) -> None:
 
 def param_dtype(plan: Plan, trainable: bool) -> str:
     """Storage dtype of a (non-quantized) parameter."""
-    if not trainable or plan.precision == "bf16":
+    if not trainable:
+        return plan.base_dtype
+    if plan.precision in ("bf16", "fp16"):  # pure 16-bit: trained as loaded
         return plan.compute_dtype
     if plan.mixed and plan.zero > 0:
         # DeepSpeed mixed precision: compute-dtype weights, fp32 master in the optimizer.
@@ -440,7 +442,7 @@ def layout(spec: ModelSpec, counts: ParamCounts, plan: Plan) -> TrainingLayout:
         # peft's SEQ_CLS task puts the classification head in modules_to_save: a trainable copy in the model's
         # dtype beside the frozen original (peft/utils/constants.py, `ModulesToSaveWrapper`)
         head = spec.head_params
-        add("classification head copy (peft modules_to_save)", head, True, dtype=plan.compute_dtype)
+        add("classification head copy (peft modules_to_save)", head, True, dtype=plan.base_dtype)
     return TrainingLayout(method=plan.method, trainable_params=adapters + head, adapter_params=adapters,
                           lora_modules=modules, groups=groups, notes=notes, checkpoint_quantized=ckpt is not None)
 

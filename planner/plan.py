@@ -19,7 +19,15 @@ from planner.errors import FtplanError, validation_error
 # bottleneck adapters) adds to a frozen base: planner.peft_methods says what each adds
 Method = Literal["full", "freeze", "lora", "qlora", "prefix", "prompt", "ptuning", "ia3", "adapter", "oft"]
 PromptEncoder = Literal["mlp", "lstm"]
-Precision = Literal["fp32", "bf16", "bf16-mixed", "fp16-mixed"]
+# bf16 / fp16: the weights train in 16 bits as loaded (`dtype=bfloat16/float16`), no autocast, no fp32 master copy;
+# pure fp16 has no loss scaling either: the Trainer's fp16=True GradScaler refuses fp16 gradients (torch
+# amp/grad_scaler.py `_unscale_grads_`: "Attempting to unscale FP16 gradients."), so it is fp16 weights trained
+# with neither fp16 nor bf16 set; *-mixed: fp32 trainable weights under torch.autocast
+Precision = Literal["fp32", "bf16", "fp16", "bf16-mixed", "fp16-mixed"]
+# The dtype of a frozen base's non-quantized weights (the model's `dtype`/`torch_dtype`) and, under QLoRA, the
+# dtype bitsandbytes dequantizes and computes in (`bnb_4bit_compute_dtype`), apart from the precision flag: TRL's
+# QLoRA scripts load in float32 unless `dtype` is set (ModelConfig.dtype) and train under bf16 autocast
+WeightsDtype = Literal["fp32", "bf16", "fp16"]
 # planner.optimizers says what each one keeps: torch AdamW (foreach / fused), bitsandbytes (8-bit, paged, Lion),
 # torchao's 8/4-bit AdamW, Adafactor, SGD, Adam-mini, Muon, GaLore / APOLLO (low-rank states), BAdam (one block
 # at a time), LOMO / AdaLomo (the update fused into backward)
@@ -56,6 +64,18 @@ class Plan(BaseModel):
     batch_size: int = Field(1, description="micro-batch per GPU")
     seq_len: int = 1024
     grad_accum: int = 1
+    # Several sequences share a row of seq_len tokens (LLaMA-Factory packing / neat_packing, TRL packing, axolotl
+    # sample_packing): the same tokens per micro-batch as rows padded to seq_len
+    packing: bool = False
+    # The micro-batch flattened into one row without padding (TRL padding_free, its bfd packing; axolotl
+    # sample_packing with a varlen kernel): memory follows the real tokens, `token_fill` of batch_size x seq_len
+    padding_free: bool = False
+    # padding-free: the share of batch_size x seq_len that is real tokens (mean length / seq_len, or axolotl's
+    # sample_packing_eff_est); a share rather than a count, so that the batch and length searches scale it
+    token_fill: float = 1.0
+    # packed rows kept apart by a batch x 1 x seq_len x seq_len mask in the compute dtype that the collator builds
+    # (LLaMA-Factory's neat_packing without fa2), on the GPU with the batch for the whole step
+    mask_4d: bool = False
     gradient_checkpointing: bool = False
     activation_offload: ActivationOffload = "off"
     attention: AttentionKernel = "sdpa"
@@ -72,11 +92,24 @@ class Plan(BaseModel):
     oft_block_size: int | None = None  # oft: the orthogonal blocks' size (None: peft's 32, or 0 with oft_blocks)
     oft_blocks: int = 0  # ... or, when set, blocks per layer (peft's `r`, LLaMA-Factory's oft_rank)
     freeze_trainable_layers: int = 2
+    # the frozen base's dtype when it differs from the precision's (WeightsDtype); None: the compute dtype
+    weights_dtype: WeightsDtype | None = None
     quant_bits: Literal[4, 8] | None = None  # quantized base weights (QLoRA); None with qlora means 4
     double_quant: bool = True
-    gpus: int = 1
+    gpus: int = 1  # every GPU of the run, across nodes
     zero: Literal[0, 1, 2, 3] = 0
     offload_optimizer: bool = False
+    # ZeRO-3 offload_param / FSDP offload_params: the parameter shards (with the optimizer offloaded, the
+    # gradients too) live in host memory; only the gathered layers come to the GPU
+    offload_params: bool = False
+    # model parallel degrees (planner.parallel): GPUs = TP x PP x CP x data parallel, experts EP-split
+    tensor_parallel: int = 1
+    expert_parallel: int = 1
+    pipeline_parallel: int = 1
+    context_parallel: int = 1  # ring attention / Ulysses: each GPU holds seq_len / CP tokens of a sequence
+    nodes: int = 1  # host memory is reported per node: gpus / nodes GPUs share one
+    # an input only: with it, gpus = nodes x gpus_per_node (stored as gpus; kept None)
+    gpus_per_node: int | None = None
     # fused linear cross-entropy (Liger / Cut Cross-Entropy) or TRL's fused LM head: no full logits; None: the
     # stage's trainer decides (planner.stages.uses_fused_head)
     fused_loss: bool | None = None
@@ -125,6 +158,19 @@ class Plan(BaseModel):
             data = {**data, "liger_kernels": liger.parse(data["liger_kernels"])}
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _gpus_per_node_sets_gpus(cls, data):
+        if isinstance(data, dict) and data.get("gpus_per_node") is not None:
+            per_node, nodes = data["gpus_per_node"], data.get("nodes", 1)
+            if isinstance(per_node, int) and isinstance(nodes, int) and per_node >= 1 and nodes >= 1:
+                gpus = per_node * nodes
+                if data.get("gpus") not in (None, gpus):
+                    raise FtplanError(f"gives {nodes} x {per_node} = {gpus} GPUs, but {{gpus}} says "
+                                      f"{data['gpus']}; give one of them", field="gpus_per_node")
+                data = {**data, "gpus": gpus, "gpus_per_node": None}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> Plan:
         if self.quant_bits and self.method not in ("lora", "qlora"):
@@ -132,8 +178,9 @@ class Plan(BaseModel):
                 f"{self.quant_bits}-bit weights cannot be trained with {{method}} {self.method}; train LoRA "
                 "adapters on the quantized base (QLoRA) or drop {quant_bits}", field="quant_bits")
         for field in ("batch_size", "seq_len", "grad_accum", "gpus", "lora_rank", "num_generations",
-                      "num_virtual_tokens", "adapter_reduction"):
-            if getattr(self, field) < 1:
+                      "num_virtual_tokens", "adapter_reduction", "tensor_parallel", "expert_parallel",
+                      "pipeline_parallel", "context_parallel", "nodes", "gpus_per_node"):
+            if getattr(self, field) is not None and getattr(self, field) < 1:
                 raise FtplanError(f"must be at least 1, got {getattr(self, field)}", field=field)
         if self.freeze_trainable_layers == 0 and self.method == "freeze":
             raise FtplanError("0 trains nothing; use N > 0 (last N layers) or -N (first N)",
@@ -152,9 +199,14 @@ class Plan(BaseModel):
                               field="oft_block_size")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise FtplanError(f"must be in [0, 1), got {self.lora_dropout}", field="lora_dropout")
+        if self.weights_dtype and self.method == "full":
+            raise FtplanError("sets a frozen base's dtype; a full fine-tune trains every weight in the dtype "
+                              "{precision} gives: drop {weights_dtype} or choose {precision}",
+                              field="weights_dtype")
         if self.offload_optimizer and self.zero == 0:
             raise FtplanError("needs ZeRO: set {zero} to 1, 2 or 3, as DeepSpeed requires",
                               field="offload_optimizer")
+        self._check_layout()
         if self.activation_offload == "checkpoint" and not self.gradient_checkpointing:
             raise FtplanError("offloads the inputs that gradient checkpointing keeps, so it needs "
                               "{gradient_checkpointing}; turn that on, or offload every saved tensor with saved",
@@ -162,6 +214,19 @@ class Plan(BaseModel):
         if self.optimizer_in_backward and (self.grad_accum > 1 or self.zero):
             raise FtplanError("steps each parameter as its gradient arrives, so it cannot accumulate gradients "
                               "or shard them; set {grad_accum} to 1 and {zero} to 0", field="optimizer_in_backward")
+        if not 0.0 < self.token_fill <= 1.0:
+            raise FtplanError(f"must be in (0, 1], the share of {{batch_size}} x {{seq_len}} that is real tokens, got "
+                              f"{self.token_fill}", field="token_fill")
+        if self.token_fill < 1.0 and not self.padding_free:
+            raise FtplanError("is the share of real tokens in a padding-free micro-batch; turn on {padding_free} or "
+                              "drop it (padded and packed rows hold {batch_size} x {seq_len} tokens)",
+                              field="token_fill")
+        if self.mask_4d and (not self.packing or self.padding_free or self.attention == "flash"):
+            raise FtplanError("is the mask that keeps packed rows apart without flash attention: it needs "
+                              "{packing}, rows ({padding_free} off) and {attention} sdpa or eager", field="mask_4d")
+        if self.padding_free and self.stage not in ("sft", "pt"):
+            raise FtplanError(f"flattens a language-modelling micro-batch; stage {self.stage} keeps its rows "
+                              "(chosen/rejected pairs, generations): drop {padding_free}", field="padding_free")
         if self.max_completion_len is not None and not 1 <= self.max_completion_len <= self.seq_len:
             raise FtplanError(f"must be between 1 and {{seq_len}} ({self.seq_len}: prompt + completion), got "
                               f"{self.max_completion_len}", field="max_completion_len")
@@ -179,6 +244,41 @@ class Plan(BaseModel):
             raise FtplanError(f"generates completions, which stage {self.stage} does not; use it with {{stage}} "
                               "grpo", field="vllm")
         return self
+
+    def _check_layout(self) -> None:
+        if self.offload_params and self.zero != 3:
+            raise FtplanError("offloads parameter shards, so the parameters must be sharded: set {zero} to 3 "
+                              "(ZeRO-3 offload_param, FSDP full_shard with offload_params)", field="offload_params")
+        if self.gpus % self.nodes:
+            raise FtplanError(f"{self.nodes} nodes must hold the same number of GPUs, but {{gpus}} is {self.gpus}; "
+                              "give {gpus_per_node}, or a multiple of the node count", field="nodes")
+        if self.gpus % (self.model_parallel * self.context_parallel):
+            raise FtplanError(f"is {self.gpus}, not a multiple of TP x PP x CP = "
+                              f"{self.tensor_parallel} x {self.pipeline_parallel} x {self.context_parallel}; raise "
+                              "{gpus} or lower a parallel size", field="gpus")
+        if (self.gpus // self.pipeline_parallel) % (self.tensor_parallel * self.expert_parallel):
+            raise FtplanError(f"x {{tensor_parallel}} ({self.expert_parallel} x {self.tensor_parallel}) must "
+                              f"divide the {self.gpus // self.pipeline_parallel} GPUs of a pipeline stage "
+                              "(Megatron-Core's expert grid); lower it or raise {gpus}", field="expert_parallel")
+
+    @property
+    def model_parallel(self) -> int:
+        """GPUs one copy of the model is split over by tensor and pipeline parallel."""
+        return self.tensor_parallel * self.pipeline_parallel
+
+    @property
+    def shard_ranks(self) -> int:
+        """The ranks ZeRO / FSDP / Megatron's distributed optimizer shard over: data x context parallel."""
+        return self.gpus // self.model_parallel
+
+    @property
+    def data_parallel(self) -> int:
+        """Ranks that read different sequences (a context-parallel group reads the same ones)."""
+        return self.gpus // (self.model_parallel * self.context_parallel)
+
+    @property
+    def per_node_gpus(self) -> int:
+        return self.gpus // self.nodes
 
     @property
     def lora_family(self) -> bool:
@@ -202,12 +302,25 @@ class Plan(BaseModel):
 
     @property
     def tokens(self) -> int:
-        """Tokens in one micro-batch: sequences are assumed padded or packed to `seq_len`."""
-        return self.batch_size * self.seq_len
+        """Tokens in one micro-batch: padded or packed rows of `seq_len`, or a padding-free micro-batch's own."""
+        full = self.batch_size * self.seq_len
+        return max(1, round(self.token_fill * full)) if self.padding_free else full
+
+    @property
+    def rows(self) -> tuple[int, int]:
+        """(rows, tokens per row) the model runs on: a padding-free micro-batch is one row of all its tokens."""
+        return (1, self.tokens) if self.padding_free else (self.batch_size, self.seq_len)
 
     @property
     def compute_dtype(self) -> str:
-        return {"fp32": "fp32", "bf16": "bf16", "bf16-mixed": "bf16", "fp16-mixed": "fp16"}[self.precision]
+        return {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "bf16-mixed": "bf16",
+                "fp16-mixed": "fp16"}[self.precision]
+
+    @property
+    def base_dtype(self) -> str:
+        """The frozen base's non-quantized weights (and QLoRA's dequantized matmuls): `weights_dtype` or the
+        compute dtype."""
+        return self.weights_dtype or self.compute_dtype
 
     @property
     def mixed(self) -> bool:
@@ -215,7 +328,7 @@ class Plan(BaseModel):
 
     @property
     def global_batch(self) -> int:
-        return self.batch_size * self.grad_accum * self.gpus
+        return self.batch_size * self.grad_accum * self.data_parallel
 
     @classmethod
     def build(cls, **fields) -> Plan:

@@ -9,13 +9,13 @@ sets the plan's `gpus` here, so no front end plans over a different count.
 
 from __future__ import annotations
 
-from planner import liger
+from planner import liger, parallel
 from planner.advice import suggest
 from planner.fields import Vocabulary, word
 from planner.findings import Change, Finding
 from planner.fit import batch_step, fit_report, prompt_groups_problem
 from planner.flops import estimate_time
-from planner.memory import Breakdown, estimate_memory
+from planner.memory import Breakdown, estimate_memory, tokens_assumption
 from planner.methods import TrainingLayout, layout
 from planner.optimizers import optimizer_assumptions
 from planner.params import count_params
@@ -66,9 +66,13 @@ def assumptions(plan: Plan, machine: Machine, train: TrainingLayout, memory: Bre
     precision = {
         "fp32": "fp32: weights, gradients, optimizer state and activations in fp32 (matmuls may use TF32)",
         "bf16": "bf16 (pure): weights, gradients and Adam state in bf16, no fp32 master copy",
+        "fp16": "fp16 (pure): weights, gradients and Adam state in fp16, no fp32 master copy and no loss scaling",
         "bf16-mixed": "bf16-mixed: trainable weights in fp32 under torch.autocast(bf16); frozen weights in bf16",
         "fp16-mixed": "fp16-mixed: trainable weights in fp32 under torch.autocast(fp16) with a GradScaler",
     }[plan.precision]
+    if plan.weights_dtype:
+        precision += (f"; the frozen base in {plan.weights_dtype}"
+                      + (" (QLoRA dequantizes and computes in it)" if plan.method == "qlora" else ""))
     if plan.mixed and plan.zero:
         precision = (f"{plan.precision} under ZeRO: 16-bit weights and gradients, fp32 master weights and "
                      "Adam state in the optimizer (Rajbhandari et al. 2020)")
@@ -77,7 +81,7 @@ def assumptions(plan: Plan, machine: Machine, train: TrainingLayout, memory: Bre
               "flash": "flash-attention 2 (no s x s matrix)"}[plan.attention]
     out = [
         precision, *optimizer_assumptions(plan), kernel,
-        f"micro-batch {plan.batch_size} x {plan.seq_len} tokens, sequences padded or packed to full length",
+        tokens_assumption(plan),
         *stage_assumptions(plan, stage_run(plan, machine.device), memory.details.reference_weights),
         f"overhead: CUDA context {fmt_gib(machine.context_bytes)} ({machine.cuda_context_source}) + allocator "
         f"fragmentation {machine.fragmentation:.0%} of the peak"
@@ -104,6 +108,7 @@ def assumptions(plan: Plan, machine: Machine, train: TrainingLayout, memory: Bre
     if memory.cpu_offload:
         out.append(f"offloaded to host RAM: {fmt_gib(memory.cpu_offload)} per GPU (optimizer state and "
                    "master weights)")
+    out += parallel.assumptions(plan, memory.host_params, memory.host_per_node)
     if plan.activation_offload != "off":
         what = ("every tensor autograd saves outside the LM head and the loss (TRL's OffloadActivations, "
                 "parameters and tensors under 1 KiB kept); backward brings the last block's back"

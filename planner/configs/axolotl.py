@@ -217,12 +217,7 @@ NOT_MODELLED: list[tuple[tuple[str, ...], str, Direction]] = [
     (("llama4_linearized_experts",), "the Llama 4 experts are linearized into separate modules", "unknown"),
     (tuple(sorted(PLUGIN_KEYS["kernels"])),
      "the kernels plugin replaces the MoE (and some non-expert) layers with its own kernels", "unknown"),
-    (("context_parallel_size", "sequence_parallel_degree", "heads_k_stride", "ring_attn_func"),
-     "context parallelism splits each sequence across GPUs; this plan keeps whole sequences on each GPU",
-     "overstates"),
-    (("tensor_parallel_size",),
-     "tensor parallelism splits the weights across GPUs; this plan keeps them whole", "overstates"),
-    (tuple(sorted(PLUGIN_KEYS["expert_parallel"])),
+    (tuple(sorted(PLUGIN_KEYS["expert_parallel"] - {"expert_parallel_size"})),
      "expert parallelism splits the MoE experts across GPUs; this plan keeps them all on each GPU",
      "overstates"),
     (("torch_compile", "torch_compile_backend", "torch_compile_mode", "torch_compile_options", "deepcompile"),
@@ -262,6 +257,7 @@ peft_autocast_adapter_dtype micro_batch_size batch_size sequence_len
 gradient_accumulation_steps gradient_checkpointing attn_implementation flash_attention sdp_attention
 xformers_attention flex_attention sage_attention eager_attention gemma4_hybrid_attn_impl bf16 fp16 bfloat16
 float16 optimizer deepspeed fsdp fsdp_config fsdp_version dp_shard_size dp_replicate_size plugins
+context_parallel_size sequence_parallel_degree tensor_parallel_size expert_parallel_size
 liger_fused_linear_cross_entropy liger_rope liger_rms_norm liger_rms_norm_gated liger_layer_norm liger_swiglu
 liger_glu_activation liger_cross_entropy cut_cross_entropy learning_rate num_epochs max_steps lr_scheduler
 warmup_ratio warmup_steps max_grad_norm datasets val_set_size bnb_config_kwargs sample_packing""")
@@ -371,7 +367,8 @@ def read(keys: Keys, base: Path, stage: str | None = None) -> RunConfig:
                 these = "these keys" if len(given) > 1 else "this key"
                 r.notes.append(f"{', '.join(given)}: axolotl drops {these} without the {plugin} plugin in "
                                f"plugins (axolotl.integrations.{plugin}); planned without")
-    zero, offload, fsdp_checkpointing, sharded = _sharding(r, base)
+    zero, offload, fsdp_checkpointing, sharded, offload_params = _sharding(r, base)
+    parallel = _parallel(r, dropped)
     method, quant_bits = _method(r)
     kernel, attn = _attention(r)
     cut_ce = "cut_cross_entropy" in plugins and k.get("cut_cross_entropy", bool, True)  # args.py: true
@@ -434,10 +431,10 @@ def read(keys: Keys, base: Path, stage: str | None = None) -> RunConfig:
         lora_dropout=k.get("lora_dropout", float, 0.0),
         # loaders/model.py: bnb_4bit_use_double_quant true, which bnb_config_kwargs may override
         double_quant=bool(bnb.get("bnb_4bit_use_double_quant", True)),
-        zero=zero, offload_optimizer=offload, fused_loss=fused, liger_kernels=liger_kernels, framework="trl",
-        **stage_fields, **optim_fields,
+        zero=zero, offload_optimizer=offload, offload_params=offload_params, fused_loss=fused,
+        liger_kernels=liger_kernels, framework="trl", **parallel,
+        **stage_fields, **optim_fields, **_packing(r, attn, stage_fields.get("stage", "sft")),
     )
-    k.get("sample_packing", bool)  # packed rows of sequence_len tokens: micro_batch x sequence_len, planned
     hyper = read_hyper(k, epochs="num_epochs", epochs_default=1.0, scheduler="lr_scheduler",
                        scheduler_default="cosine", fp16=fp16, bf16=bf16)
     if "warmup_steps" not in k.config and "warmup_ratio" not in k.config:
@@ -555,6 +552,35 @@ def _method(r: _Read) -> tuple[str, int | None]:
     return "lora", 8 if eight else None
 
 
+# utils/schemas/enums.py ATTN_IMPLS_SUPPORTING_PACKING: the kernels that run packed sequences apart (varlen)
+PACKING_KERNELS = frozenset({"flash_attention_2", "flash_attention_3", "flex_attention", "xformers", "sage",
+                             "kernels-community/flash-attn2", "kernels-community/flash-attn3",
+                             "kernels-community/sage-attention"})
+
+
+def _packing(r: _Read, attn: str | None, stage: str) -> dict[str, Any]:
+    """sample_packing: the MultipackBatchSampler fills bins with whole sequences. With a kernel that supports
+    packing, core/trainers/base.py `_create_multipack_sampler` takes batch_size 1 and bins of micro_batch_size x
+    sequence_len tokens (multipack_real_batches off, core/builders/causal.py): one flattened row, padding-free;
+    otherwise micro_batch_size rows of sequence_len, the mask dropped so transformers keeps the sequences apart
+    from position_ids (`attn_decontaminates_packing`: sdpa, eager). pad_to_sequence_len (on by default with
+    sample_packing, schemas/validation.py) pads each bin to its capacity, so the micro-batch holds all the tokens
+    the plan counts either way; sample_packing_eff_est only sizes the epoch."""
+    k = r.k
+    if not k.get("sample_packing", bool, False):
+        return {}
+    k.get("sample_packing_eff_est", float)
+    real_rows = k.get("multipack_real_batches", bool)
+    flat = (not real_rows if real_rows is not None else attn in PACKING_KERNELS) and stage in ("sft", "pt")
+    if not (attn in PACKING_KERNELS or attn in (None, "sdpa", "eager")):
+        r.notes.append(f"sample_packing with attn_implementation {attn}: axolotl cannot keep packed sequences "
+                       "apart with it, so they attend to each other")
+    if k.get("pad_to_sequence_len", bool) is False:
+        r.notes.append("pad_to_sequence_len false: bins are not padded; planned at their capacity, the fullest "
+                       "micro-batch")
+    return {"packing": True, "padding_free": flat}
+
+
 def _attention(r: _Read) -> tuple[str, str | None]:
     """attn_implementation, or the deprecated switches it replaced (schemas/config.py
     normalize_attn_implementation); unset, transformers' default, sdpa. Returns the plan's kernel and the
@@ -606,10 +632,11 @@ def _precision(r: _Read, *, method: str, sharded: bool, attn: str | None,
         return precision_of(bf16, fp16, False, k.path), bf16, fp16
     if method == "full" and not sharded:
         if weights == "fp16" and fp16:
-            r.warn("fp16_weights", "fp16", "fp16: true on a full fine-tune: axolotl loads the weights in "
-                   "float16 and the Trainer's gradient scaler refuses fp16 gradients, so this run stops; use "
-                   "bf16",
-                   "unknown")
+            # torch's GradScaler raises at the first step on fp16 gradients (amp/grad_scaler.py _unscale_grads_)
+            raise FtplanError(f"{k.path}: key 'fp16' true on a full fine-tune: axolotl loads the weights in "
+                              "float16 and the Trainer's gradient scaler stops at the first step (\"Attempting "
+                              "to unscale FP16 gradients.\"); use bf16, or float16: true with fp16: false for "
+                              "pure fp16")
         if attn in (None, "sdpa", "eager") and not cut_ce:
             # loaders/model.py _configure_embedding_dtypes: the embeddings, LM head and norms go to fp32, and
             # back to 16 bits only for adapters, FSDP, cut_cross_entropy or attention other than sdpa/eager
@@ -617,16 +644,17 @@ def _precision(r: _Read, *, method: str, sharded: bool, attn: str | None,
                    f"{attn or 'default (sdpa)'} attention: axolotl keeps the embeddings, LM head and norms "
                    "in fp32 (with their gradients and optimizer states), while this plan keeps every weight "
                    "in 16 bits", "understates")
-        return "bf16", bf16, fp16  # fp16 weights: the same bytes as bf16
+        return ("fp16" if weights == "fp16" else "bf16"), bf16, fp16  # the 16-bit weights trained as loaded
     if not (bf16 or fp16):
-        return "bf16", bf16, fp16  # bfloat16/float16 weights with no autocast: pure 16-bit
+        return ("fp16" if weights == "fp16" else "bf16"), bf16, fp16  # 16-bit weights with no autocast: pure
     return ("bf16-mixed" if bf16 else "fp16-mixed"), bf16, fp16
 
 
-def _sharding(r: _Read, base: Path) -> tuple[int, bool, bool, bool]:
+def _sharding(r: _Read, base: Path) -> tuple[int, bool, bool, bool, bool]:
     """DeepSpeed, or FSDP as axolotl sets it up (utils/trainer.py setup_fsdp_envs; core/builders/base.py
     hands fsdp_config to TrainingArguments): ZeRO stage, optimizer offload, FSDP's activation
-    checkpointing, and whether the weights are sharded."""
+    checkpointing, whether the weights are sharded, and whether their shards are offloaded (ZeRO-3
+    offload_param; FSDP offload_params, CPUOffload(Policy) for FSDP1 and 2 alike)."""
     k = r.k
     spec = k.get("deepspeed", (str, dict))
     shipped = SHIPPED_DEEPSPEED.get(Path(spec).as_posix().removeprefix("./")) if isinstance(spec, str) \
@@ -645,14 +673,31 @@ def _sharding(r: _Read, base: Path) -> tuple[int, bool, bool, bool]:
             raise FtplanError(f"{k.path}: keys 'deepspeed' and 'fsdp_config' are both set; axolotl takes one")
         if ds.note:
             r.notes.append(ds.note)
-        if ds.offload_param:
-            r.warnings.append(param_offload_warning("deepspeed"))
-        return ds.stage, ds.offload_optimizer, False, ds.stage > 0
+        return ds.stage, ds.offload_optimizer, False, ds.stage > 0, ds.offload_param
     if fsdp.note:
         r.notes.append(fsdp.note)
-    if fsdp.offload:
+    if fsdp.offload and fsdp.zero != 3:
         r.warnings.append(param_offload_warning("fsdp_config"))
-    return fsdp.zero, fsdp.offload, bool(fsdp.checkpointing), fsdp.zero > 0
+    return fsdp.zero, fsdp.offload, bool(fsdp.checkpointing), fsdp.zero > 0, fsdp.offload and fsdp.zero == 3
+
+
+def _parallel(r: _Read, dropped: set[str]) -> dict[str, int]:
+    """Context, tensor and expert parallel sizes (planner.parallel), and the GPUs they need at least.
+
+    context_parallel_size (sequence_parallel_degree is its deprecated spelling, schemas/validation.py) makes
+    ring-flash-attn groups whose ranks share each sequence and read the same batch (core/trainers/grpo/
+    sampler.py: num_sp_groups = world_size // context_parallel_size); tensor_parallel_size is accelerate's
+    ParallelismConfig tp_size beside FSDP2 (utils/trainer.py setup_parallelism_envs); expert_parallel_size the
+    expert_parallel plugin's EP group (integrations/expert_parallel/plugin.py: ep x dp_shard x tp x cp = world)."""
+    k = r.k
+    cp = k.positive("context_parallel_size", 1) if "context_parallel_size" in k.config else \
+        k.positive("sequence_parallel_degree", 1)
+    tp = k.positive("tensor_parallel_size", 1)
+    ep = 1 if "expert_parallel_size" in dropped else k.positive("expert_parallel_size", 1)
+    if cp == tp == ep == 1:
+        return {}
+    return {"context_parallel": cp, "tensor_parallel": tp, "expert_parallel": ep,
+            "gpus": max(_gpus(k) or 1, cp * tp * ep)}
 
 
 def _fsdp(r: _Read) -> Fsdp:
@@ -891,6 +936,8 @@ def _gpus(k: Keys) -> int | None:
     dp_replicate x dp_shard x context x tensor, with experts split across it)."""
     sizes = [k.get(key, int) for key in ("dp_shard_size", "dp_replicate_size")]
     sizes += [k.config.get(key) for key in ("context_parallel_size", "tensor_parallel_size")]
+    if "expert_parallel" in _plugins(k):  # the plugin's EP axis is its own (ep x dp_shard x tp x cp = world)
+        sizes.append(k.config.get("expert_parallel_size"))
     product = 1
     for size in sizes:
         if isinstance(size, int) and not isinstance(size, bool) and size > 1:

@@ -417,6 +417,44 @@ def deepspeed_config(spec: str | dict | None, keys: Keys, base: Path, key: str =
                      train_batch_size=total if isinstance(total, int) and not isinstance(total, bool) else None)
 
 
+@dataclass(frozen=True)
+class Parallelism:
+    """accelerate's ParallelismConfig (TrainingArguments' `parallelism_config`), as plan fields."""
+
+    fields: dict  # tensor_parallel / context_parallel and the GPUs they span, for the Plan
+    replicated: int = 1  # dp_replicate_size: HSDP shards within groups of dp_shard x cp only
+
+
+def read_parallelism(keys: Keys, key: str = "parallelism_config") -> Parallelism:
+    """accelerate/parallelism_config.py: total_size = dp_replicate x dp_shard x tp x cp x sp; FSDP2 shards over
+    the flattened `dp_shard_cp` mesh; tp_size is DTensor tensor parallel; cp_size torch's context parallel (ring
+    attention) and sp_size DeepSpeed's Ulysses sequence parallel, both splitting each sequence."""
+    config = keys.get(key, (dict, str))
+    if not isinstance(config, dict) or not config:  # a JSON string is parsed by accelerate only at launch
+        return Parallelism(fields={})
+    sizes = {}
+    for name in ("dp_replicate_size", "dp_shard_size", "tp_size", "cp_size", "sp_size"):
+        value = config.get(name, 1)
+        value = 1 if value is None else value
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise FtplanError(f"{keys.path}: key '{key}' {name} must be a whole number at least 1, got "
+                              f"{shown(value)}")
+        sizes[name] = value
+    total = 1
+    for value in sizes.values():
+        total *= value
+    fields = {"tensor_parallel": sizes["tp_size"], "context_parallel": sizes["cp_size"] * sizes["sp_size"]}
+    if total > 1:
+        fields["gpus"] = total
+    return Parallelism(fields=fields, replicated=sizes["dp_replicate_size"])
+
+
+def hsdp_warning(key: str, replicated: int) -> Finding:
+    return warning("hybrid_shard", key, f"{key}: dp_replicate_size {replicated} replicates the shards across "
+                   "groups (HSDP); this plan shards over every data-parallel GPU, so it understates memory",
+                   "understates")
+
+
 def param_offload_warning(key: str) -> Finding:
     return warning("param_offload", key, f"{key}: parameters (and their gradients) are offloaded to CPU memory; "
                    "this plan offloads the optimizer states only, so it overstates GPU memory", "overstates")

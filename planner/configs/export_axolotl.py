@@ -23,6 +23,7 @@ from planner.configs.export_common import (
     Rendered,
     deepspeed_comment,
     module_targets,
+    parallel_runs,
     placeholder,
     refuse_peft_method,
     reset_unused,
@@ -70,6 +71,12 @@ def _precision(out: Lines, plan: Plan, runs: dict) -> None:
         out.key("bf16", False)
         out.key("fp16", True)
         return
+    if plan.weights_dtype:  # resolve_dtype loads the base in the bf16/fp16 flag's dtype
+        runs["weights_dtype"] = (None, "axolotl loads the base in the dtype bf16/fp16 gives, with no key for another")
+    if plan.precision == "fp16":  # resolve_dtype loads float16; no fp16: true, whose gradient scaler refuses it
+        out.key("bf16", False)
+        out.key("float16", True, "fp16 weights, no autocast and no loss scaling")
+        return
     if plan.precision == "bf16" and not full:
         out.key("bf16", False)
         out.key("bfloat16", True, "bf16 weights and adapters, no autocast")
@@ -102,6 +109,7 @@ def render(x: ExportInput) -> Rendered:
     out.key("type", DATASET_TYPES[plan.stage], "axolotl's record format for this stage", indent=4)
     out.key("chat_template", "tokenizer_default_fallback_chatml", "the tokenizer's own, else ChatML")
     out.key("sequence_len", plan.seq_len, "prompt and completion" if plan.stage == "grpo" else None)
+    _packing(out, plan, runs)
     _stage(out, plan, runs)
     out.section("output")
     out.key("output_dir", f"./outputs/{x.name}-{plan.method}-{plan.stage}", "relative to where you launch")
@@ -122,6 +130,7 @@ def render(x: ExportInput) -> Rendered:
     _fused(out, plan, runs)
     if x.deepspeed is not None:
         out.key("deepspeed", str(x.deepspeed), deepspeed_comment(plan, "axolotl"))
+    _parallel(out, plan, runs)
     runs |= {name: (value, None) for name, value in reset_unused(plan, {}).items() if name not in runs}
     if plan.framework != "trl":
         runs["framework"] = ("trl", None if plan.stage not in ("orpo", "simpo", "rm") else
@@ -163,6 +172,22 @@ def _adapter(out: Lines, x: ExportInput, runs: dict) -> None:
         out.key("lora_target_modules", target)
         if ",".join(target) != plan.lora_target:
             runs["lora_target"] = (",".join(target), None)
+
+
+def _packing(out: Lines, plan: Plan, runs: dict) -> None:
+    """sample_packing, and multipack_real_batches where the kernel's own choice is not the plan's: with a flash
+    kernel axolotl flattens the micro-batch into one row of micro_batch_size x sequence_len, otherwise it keeps the
+    rows (core/builders/causal.py); padding-free batches come only with packing."""
+    if plan.mask_4d:
+        runs["mask_4d"] = (False, "axolotl keeps packed sequences apart without a collator's 4D mask")
+    if not (plan.packing or plan.padding_free):
+        return
+    out.key("sample_packing", True)
+    if not plan.packing:
+        runs["packing"] = (True, "axolotl makes padding-free batches only by packing (sample_packing)")
+    if plan.padding_free != (plan.attention == "flash"):
+        out.key("multipack_real_batches", not plan.padding_free,
+                "one flattened row per micro-batch" if plan.padding_free else "micro_batch_size rows")
 
 
 def _stage(out: Lines, plan: Plan, runs: dict) -> None:
@@ -282,3 +307,16 @@ def _fused(out: Lines, plan: Plan, runs: dict) -> None:
         why = (f"axolotl's TRL 1.8 computes the full logits in {stage} (TRL 1.16's fused LM head is not there"
                + ("; Liger's loss avoids them: set fused loss on" if stage in ("dpo", "grpo") else "") + ")")
     runs["fused_loss"] = (runs_value, why)
+
+
+def _parallel(out: Lines, plan: Plan, runs: dict) -> None:
+    """context_parallel_size (ring-flash-attn groups) and tensor_parallel_size (accelerate's tp_size), the sizes
+    axolotl's reader takes back (planner.configs.axolotl._parallel); pipeline parallel axolotl does not have,
+    and expert parallel needs its plugin, which this export does not set up."""
+    if plan.context_parallel > 1:
+        out.key("context_parallel_size", plan.context_parallel, "each sequence split over this many GPUs")
+    if plan.tensor_parallel > 1:
+        out.key("tensor_parallel_size", plan.tensor_parallel, "accelerate's tensor parallel (tp_size)")
+    runs |= parallel_runs(plan, ("context_parallel", "tensor_parallel"),
+                          "axolotl has no pipeline parallel, and its expert parallel needs the expert_parallel "
+                          "plugin: exported as data parallel")

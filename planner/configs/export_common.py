@@ -108,6 +108,8 @@ def deepspeed_json(plan: Plan) -> dict:
     zero: dict[str, Any] = {"stage": plan.zero, "overlap_comm": True, "contiguous_gradients": True}
     if plan.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if plan.offload_params:  # ZeRO-3 parameter offload (deepspeed/runtime/zero/offload_config.py)
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
     if plan.zero == 3:  # the weights are gathered into one file when saving (HF Trainer, DeepSpeed docs)
         zero["stage3_gather_16bit_weights_on_model_save"] = True
     return {"train_batch_size": plan.global_batch, "train_micro_batch_size_per_gpu": "auto",
@@ -218,6 +220,20 @@ def refuse_peft_method(plan: Plan, framework: str, keys: str) -> None:
             f"{PEFT_CLASSES[plan.method]}")
     raise FtplanError(f"{TITLES[framework]}'s config has no key for {plan.method} ({keys}); {hint}",
                       field="method")
+
+
+PARALLEL_FIELDS = ("tensor_parallel", "pipeline_parallel", "expert_parallel", "context_parallel")
+
+
+def parallel_runs(plan: Plan, written: tuple[str, ...], why: str) -> dict[str, tuple[Any, str | None]]:
+    """The parallel sizes a framework's file does not carry (`written`: those it does): the run is data
+    parallel in them, and the file says `why`. The node count is the launcher's, not the file's; per GPU it
+    changes nothing."""
+    runs: dict[str, tuple[Any, str | None]] = {
+        name: (1, why) for name in PARALLEL_FIELDS if name not in written and getattr(plan, name) > 1}
+    if plan.nodes > 1:
+        runs["nodes"] = (1, None)
+    return runs
 
 
 def reset_unused(plan: Plan, defaults: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from planner.configs.export_common import (
     deepspeed_comment,
     default_hyper,
     module_targets,
+    parallel_runs,
     placeholder,
     refuse_peft_method,
     reset_unused,
@@ -173,6 +174,7 @@ def render(x: ExportInput) -> Rendered:
         out.comment(f"template: LLaMA-Factory has none for {family}; unset, it parses the tokenizer's chat "
                     "template, else uses `empty`")
     out.key("cutoff_len", cutoff)
+    _packing(out, plan, runs)
     if plan.stage == "ppo":
         out.key("max_new_tokens", plan.seq_len - cutoff)
     out.section("output")
@@ -194,8 +196,14 @@ def render(x: ExportInput) -> Rendered:
         out.key("bf16", True)
     if plan.precision == "bf16":
         out.key("pure_bf16", True)
-    if plan.precision == "fp16-mixed":
+    if plan.precision in ("fp16", "fp16-mixed"):
         out.key("fp16", True)
+    if plan.precision == "fp16":  # hparams has pure_bf16 only; fp16: true up-casts the trainable weights to fp32
+        runs["precision"] = ("fp16-mixed", "LLaMA-Factory has no pure fp16: fp16: true keeps fp32 trainable "
+                                           "weights under fp16 autocast")
+    if plan.weights_dtype:  # model_args.compute_dtype loads the base and sets bnb_4bit_compute_dtype alike
+        runs["weights_dtype"] = (None, "LLaMA-Factory loads the base in the precision's dtype, with no key for "
+                                       "another")
     if not plan.gradient_checkpointing:
         out.key("disable_gradient_checkpointing", True)
     if plan.activation_offload == "checkpoint":
@@ -216,12 +224,29 @@ def render(x: ExportInput) -> Rendered:
         out.section("other")
         for key, value in other.items():
             out.key(key, value)
+    runs |= parallel_runs(plan, (), "LLaMA-Factory runs tensor, pipeline, expert and context parallel on Megatron-Core only "
+                          "(USE_MCA=1), which this export does not set up: exported as data parallel")
     runs |= {name: (value, None) for name, value in reset_unused(plan, {}).items() if name not in runs}
     if plan.framework != "llamafactory":
         runs["framework"] = ("llamafactory", None if plan.stage not in ("orpo", "simpo", "rm") else
                              f"LLaMA-Factory's {plan.stage} trainer keeps other tensors than TRL's (planned as "
                              "LLaMA-Factory's)")
     return Rendered(lines=out.out, launch=launch_command(x.path, plan), runs=runs)
+
+
+def _packing(out: Lines, plan: Plan, runs: dict) -> None:
+    """packing (unset: on for stage pt, hparams/parser.py); LLaMA-Factory has no padding-free batch: its packed rows
+    are padded to cutoff_len (data/processor/supervised.py), so the micro-batch holds batch x cutoff_len tokens."""
+    if plan.packing or plan.stage == "pt":
+        out.key("packing", plan.packing, None if not plan.packing or plan.mask_4d else "several sequences per row "
+                "of cutoff_len (they attend to each other; neat_packing keeps them apart)")
+    if plan.mask_4d:
+        out.key("neat_packing", True, "packed sequences kept apart by a 4D mask")
+    if plan.padding_free:
+        runs["padding_free"] = (False, f"LLaMA-Factory has no padding-free batches: {plan.batch_size} rows of "
+                                       f"{plan.seq_len} tokens" + ("" if plan.packing else "; set packing to fill "
+                                                                   "them"))
+        runs["token_fill"] = (1.0, None)
 
 
 def launch_command(path, plan: Plan) -> str:
@@ -277,7 +302,10 @@ _SECTIONED = frozenset({"stage", "method", "quant_bits", "double_quant", "lora_r
                         "use_dora", "oft_block_size", "oft_blocks",
                         "freeze_trainable_layers", "fused_loss", "seq_len", "batch_size", "grad_accum", "optimizer",
                         "precision", "gradient_checkpointing", "activation_offload", "attention", "zero",
-                        "offload_optimizer", "liger_kernels"})
+                        "offload_optimizer", "liger_kernels", "packing", "mask_4d",
+                        # the DeepSpeed file's offload_param; parallel sizes need Megatron-Core (parallel_runs)
+                        "offload_params", "tensor_parallel", "pipeline_parallel", "expert_parallel",
+                        "context_parallel"})
 
 
 def _other_settings(plan: Plan) -> dict[str, Any]:

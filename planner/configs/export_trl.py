@@ -22,6 +22,7 @@ from planner.configs.export_common import (
     Rendered,
     deepspeed_comment,
     module_targets,
+    parallel_runs,
     placeholder,
     refuse_peft_method,
     reset_unused,
@@ -37,6 +38,7 @@ COMMANDS = {"sft": ("sft", "SFTConfig"), "pt": ("sft", "SFTConfig"), "dpo": ("dp
 DATA = {"sft": "prompt/completion or messages", "pt": "text", "dpo": "prompt/chosen/rejected",
         "kto": "prompt/completion/label", "rm": "chosen/rejected", "grpo": "prompt"}
 GRPO_COMPLETION = 512  # grpo_config.py max_completion_length
+TRL_MAX_LENGTH = 1024  # sft_config.py: max_length, what the reader plans when it is null
 GRPO_PROMPT = 512  # planner.configs.common.ASSUMED_PROMPT: what preflight assumes when no prompt cap is set
 # model_config.py defaults, which the reader applies to a file that leaves the LoRA keys out
 UNUSED_DEFAULTS = {"lora_rank": 16, "lora_dropout": 0.05, "lora_target": "q_proj,v_proj", "double_quant": False}
@@ -69,6 +71,8 @@ def _precision(plan: Plan, runs: dict) -> tuple[str, bool, bool]:
         return ("bfloat16" if adapters else "float32"), True, False
     if plan.precision == "fp16-mixed":
         return ("float16" if adapters else "float32"), False, True
+    if plan.precision == "fp16":  # no fp16: true, whose gradient scaler refuses fp16 gradients
+        return "float16", False, False
     if adapters:
         return "bfloat16", False, False  # bf16 weights and adapters, no autocast
     if plan.zero:
@@ -84,6 +88,8 @@ def render(x: ExportInput) -> Rendered:
     command, config = COMMANDS[plan.stage]
     adapters = plan.method in ("lora", "qlora")
     dtype, bf16, fp16 = _precision(plan, runs)
+    if plan.weights_dtype:  # ModelConfig dtype loads the base and sets bnb_4bit_compute_dtype (trl/trainer/utils.py)
+        dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[plan.weights_dtype]
     out = Lines()
     out.section("model (ModelConfig)")
     out.key("model_name_or_path", x.model)
@@ -129,7 +135,7 @@ def render(x: ExportInput) -> Rendered:
     if plan.stage == "grpo":
         _grpo(out, plan, runs)
     else:
-        out.key("max_length", plan.seq_len)
+        _packing(out, plan, runs)
         if plan.max_completion_len is not None:
             runs["max_completion_len"] = (None, f"ftplan planned {plan.max_completion_len} completion tokens; "
                                                 f"TRL's {config} caps only max_length")
@@ -154,6 +160,8 @@ def render(x: ExportInput) -> Rendered:
         out.key("deepspeed", str(x.deepspeed), deepspeed_comment(plan, "the Trainer"))
     out.section("launch (the TRL CLI hands this to accelerate launch)")
     out.key("num_processes", plan.gpus, "GPUs: one training process each")
+    runs |= parallel_runs(plan, (), "the TRL CLI's config carries no tensor, pipeline, expert or context parallel sizes "
+                          "(accelerate's parallelism_config): exported as data parallel")
     runs |= {name: (value, None) for name, value in reset_unused(plan, UNUSED_DEFAULTS).items() if name not in runs}
     if plan.framework != "trl":
         runs["framework"] = ("trl", None if plan.stage != "rm" else "TRL's reward model has a one-wide score head "
@@ -161,6 +169,26 @@ def render(x: ExportInput) -> Rendered:
     launch = f"trl {command} --config {shlex.quote(str(x.path))}"
     return Rendered(lines=out.out, launch=launch, runs=runs,
                     preflight=[] if plan.stage == "sft" else ["--stage", plan.stage])
+
+
+def _packing(out: Lines, plan: Plan, runs: dict) -> None:
+    """max_length, packing and padding_free as SFTTrainer takes them: its default packing_strategy bfd makes packed
+    batches padding-free, and padding_free without packing needs max_length null (sft_trainer.py refuses a cap it
+    could not apply), so such a file has no length for the reader to read back: 1024, TRL's default."""
+    if plan.mask_4d:
+        runs["mask_4d"] = (False, "TRL keeps packed sequences apart without a collator's 4D mask")
+    if plan.padding_free and not plan.packing:
+        out.key("max_length", None, f"padding_free without packing: TRL refuses a cap; truncate your data to "
+                                    f"{plan.seq_len} tokens")
+        out.key("padding_free", True, "the micro-batch flattened into one row")
+        if plan.seq_len != TRL_MAX_LENGTH:
+            runs["seq_len"] = (TRL_MAX_LENGTH, None)
+        return
+    out.key("max_length", plan.seq_len)
+    if plan.packing:
+        out.key("packing", True, "bfd: padding-free rows of max_length" if plan.padding_free else None)
+        if not plan.padding_free:
+            out.key("packing_strategy", "wrapped", "padded rows of max_length (bfd would make them padding-free)")
 
 
 def _grpo(out: Lines, plan: Plan, runs: dict) -> None:

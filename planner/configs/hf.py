@@ -30,12 +30,14 @@ from planner.configs.common import (
     build_plan,
     deepspeed_config,
     generation_seq_len,
+    hsdp_warning,
     optimizer_settings,
     param_offload_warning,
     precision_keys,
     precision_of,
     read_fsdp,
     read_hyper,
+    read_parallelism,
     resolve_path,
     warning,
 )
@@ -406,9 +408,16 @@ def read(keys: Keys, base: Path, stage: str | None = None) -> RunConfig:
     name = _trainer(r, stage)
     trainer = TRAINERS[name]
 
-    zero, offload, fsdp_checkpointing, gpus = _sharding(r, base)
+    zero, offload, fsdp_checkpointing, gpus, offload_params = _sharding(r, base)
+    parallel = read_parallelism(k)
+    if parallel.replicated > 1 and zero:
+        r.warnings.append(hsdp_warning("parallelism_config", parallel.replicated))
+    if parallel.fields.get("gpus", 1) > (gpus or 1):
+        gpus = parallel.fields["gpus"]
+    if gpus and parallel.fields:
+        parallel.fields["gpus"] = gpus
     method, quant_bits = _method(r, trainer)
-    precision, bf16, fp16 = _precision(r, method=method, quantized=bool(quant_bits), sharded=zero > 0)
+    precision, bf16, fp16, weights_dtype = _precision(r, method=method, sharded=zero > 0)
     checkpointing, checkpoint_offload = _checkpointing(r)
     checkpointing = checkpointing or fsdp_checkpointing
     # TRL's activation_offloading (sft/dpo/kto/reward trainers: trl/models/activation_offloading.py) takes every
@@ -454,8 +463,10 @@ def read(keys: Keys, base: Path, stage: str | None = None) -> RunConfig:
     stage_fields = _stage(r, name, method=method, zero=zero, batch=batch, grad_accum=grad_accum, gpus=gpus)
     if stage == "pt":  # `trl sft` on plain text: pretraining, as --stage says
         stage_fields["stage"] = "pt"
+    stage_fields |= _packing(r, name, kernel)
     plan = build_plan(
-        "hf", path, method=method, quant_bits=quant_bits, precision=precision, **optim_fields,
+        "hf", path, method=method, quant_bits=quant_bits, precision=precision, weights_dtype=weights_dtype,
+        **optim_fields,
         batch_size=batch, grad_accum=grad_accum, gradient_checkpointing=checkpointing,
         activation_offload=activation_offload, attention=kernel,
         # model_config.py: lora_r 16, lora_dropout 0.05, lora_target_modules None (peft's per-model default)
@@ -463,8 +474,8 @@ def read(keys: Keys, base: Path, stage: str | None = None) -> RunConfig:
         lora_target=targets_of(k, "lora_target_modules", "q_proj,v_proj", r.warnings), use_dora=use_dora,
         # model_config.py: use_bnb_nested_quant False (bitsandbytes' bnb_4bit_use_double_quant, likewise)
         double_quant=k.get("use_bnb_nested_quant", bool, k.get("bnb_4bit_use_double_quant", bool, False)),
-        zero=zero, offload_optimizer=offload, fused_loss=fused, liger_kernels=liger_kernels, framework="trl",
-        **stage_fields,
+        zero=zero, offload_optimizer=offload, offload_params=offload_params, fused_loss=fused,
+        liger_kernels=liger_kernels, framework="trl", **stage_fields, **parallel.fields,
     )
     k.get("bnb_4bit_quant_type", str)  # nf4 or fp4: the same bytes
     if r.trl:
@@ -525,9 +536,10 @@ def _inferred_trainer(config: dict) -> tuple[str, bool]:
     return "sft", False
 
 
-def _sharding(r: _Read, base: Path) -> tuple[int, bool, bool, int | None]:
+def _sharding(r: _Read, base: Path) -> tuple[int, bool, bool, int | None, bool]:
     """DeepSpeed, FSDP (TrainingArguments' fsdp / fsdp_config), or the accelerate config the TRL CLI launches
-    with: ZeRO stage, optimizer offload, FSDP's activation checkpointing, and the processes asked for."""
+    with: ZeRO stage, optimizer offload, FSDP's activation checkpointing, the processes asked for, and the
+    parameter offload (ZeRO-3 offload_param, FSDP offload_params)."""
     k = r.k
     ds = deepspeed_config(k.get("deepspeed", (str, dict)), k, base)
     fsdp = read_fsdp(k, base)
@@ -543,12 +555,13 @@ def _sharding(r: _Read, base: Path) -> tuple[int, bool, bool, int | None]:
     elif launcher is not None:
         launch, key = launcher, "accelerate_config"
     else:
-        return 0, False, False, gpus
+        return 0, False, False, gpus, False
     if launch.note:
         r.notes.append(launch.note)
-    if launch.offload_param:
+    params = launch.offload_param and launch.zero == 3
+    if launch.offload_param and not params:
         r.warnings.append(param_offload_warning(key))
-    return launch.zero, launch.offload_optimizer, launch.checkpointing, gpus
+    return launch.zero, launch.offload_optimizer, launch.checkpointing, gpus, params
 
 
 def _method(r: _Read, trainer: Trainer) -> tuple[str, int | None]:
@@ -574,11 +587,12 @@ def _method(r: _Read, trainer: Trainer) -> tuple[str, int | None]:
     return ("lora" if peft else "full"), (4 if four else 8 if eight else None)
 
 
-def _precision(r: _Read, *, method: str, quantized: bool, sharded: bool) -> tuple[str, bool, bool]:
+def _precision(r: _Read, *, method: str, sharded: bool) -> tuple[str, bool, bool, str | None]:
     """The dtype the model is loaded in (ModelConfig `dtype`: float32 unless set, trl/scripts/sft.py) and the
     Trainer's autocast switches (TRL: bf16 unless fp16, base_config.py). 16-bit weights train as they are,
     with no fp32 master copy, unless DeepSpeed or FSDP keep one (both up-cast trainable weights under
-    autocast)."""
+    autocast). Also the frozen base's dtype where it is not the autocast's (TRL's QLoRA computes in it too:
+    get_quantization_config sets bnb_4bit_compute_dtype to `dtype`, trl/trainer/utils.py)."""
     k = r.k
     fp16 = k.get("fp16", bool, False)
     bf16_value = k.get("bf16", bool)
@@ -608,21 +622,21 @@ def _precision(r: _Read, *, method: str, quantized: bool, sharded: bool) -> tupl
         r.warn("compute_dtype", "bnb_4bit_compute_dtype", f"bnb_4bit_compute_dtype {compute} differs from "
                "the weights' dtype; ftplan computes in the weights' dtype", "unknown")
     if weights == "fp32":
-        if method == "lora" and (bf16 or fp16):
-            which = " that are not quantized" if quantized else ""
-            r.warn("fp32_frozen_base", where if raw is not None else "bf16",
-                   f"the model is loaded in float32: the frozen base weights{which} stay in fp32 (and QLoRA "
-                   "computes in fp32), while this plan keeps them in 16 bits; set dtype: bfloat16",
-                   "understates")
-        return precision_of(bf16, fp16, False, k.path), bf16, fp16
-    if not (bf16 or fp16) or (method == "full" and not sharded):
+        precision = precision_of(bf16, fp16, False, k.path)
+    elif not (bf16 or fp16) or (method == "full" and not sharded):
         if weights == "fp16" and method == "full" and fp16:
-            r.warn("fp16_weights", [where, "fp16"], "fp16: true on a model loaded in float16: the Trainer's "
-                   "gradient scaler refuses fp16 gradients, so this run stops; load in float32 or use bf16",
-                   "unknown")
-        return "bf16", bf16, fp16  # fp16 weights: the same bytes as bf16
-    # LoRA: a 16-bit frozen base, fp32 adapters and autocast; full under DeepSpeed/FSDP: fp32 master weights
-    return ("bf16-mixed" if bf16 else "fp16-mixed"), bf16, fp16
+            # torch's GradScaler, which fp16: true turns on, raises at the first step (amp/grad_scaler.py
+            # `_unscale_grads_`) on the fp16 gradients of fp16 weights
+            raise FtplanError(f"{k.path}: keys '{where}' float16 and 'fp16' true on a full fine-tune: the "
+                              "Trainer's gradient scaler stops at the first step (\"Attempting to unscale FP16 "
+                              "gradients.\"); load in float32 for fp16 mixed precision, or set fp16: false for "
+                              "pure fp16")
+        precision = "fp16" if weights == "fp16" else "bf16"  # 16-bit weights trained as loaded
+    else:
+        # LoRA: a 16-bit frozen base, fp32 adapters and autocast; full under DeepSpeed/FSDP: fp32 master weights
+        precision = "bf16-mixed" if bf16 else "fp16-mixed"
+    autocast = {"bf16-mixed": "bf16", "fp16-mixed": "fp16"}.get(precision, precision)
+    return precision, bf16, fp16, (weights if method != "full" and weights != autocast else None)
 
 
 def _checkpointing(r: _Read) -> tuple[bool, bool]:
@@ -662,6 +676,36 @@ def _seq_len(r: _Read) -> int:
     if seq_len < 1:
         raise FtplanError(f"{k.path}: key '{key}' must be at least 1, got {seq_len}")
     return seq_len
+
+
+def _packing(r: _Read, name: str, kernel: str) -> dict[str, Any]:
+    """SFTConfig's packing, packing_strategy (bfd) and padding_free. SFTTrainer (trl/trainer/sft_trainer.py)
+    packs rows of max_length (`pack_dataset`) and makes the batch padding-free with `padding_free` or with
+    packing_strategy bfd / bfd_split: DataCollatorForLanguageModeling concatenates the micro-batch into one row,
+    position_ids restarting at each sequence. The other trainers' keys keep their rows in the plan."""
+    k = r.k
+    packing = k.get("packing", bool, False)
+    strategy = k.get("packing_strategy", str, "bfd")
+    padding_free = k.get("padding_free", bool, False)
+    if name != "sft":
+        if packing or padding_free:
+            r.warn("padding_free", ["padding_free", "packing"], f"the {name} trainer's padding-free batches are "
+                   "not modelled: its rows are planned padded to max_length", "overstates")
+        return {}
+    flat = padding_free or (packing and strategy in ("bfd", "bfd_split"))
+    if flat and not packing and k.config.get("max_length", 0) is not None:
+        raise FtplanError(f"{k.path}: key 'padding_free' without packing needs max_length: null (SFTTrainer "
+                          "refuses to pad-free a batch it would have to truncate); set packing: true or "
+                          "max_length: null")
+    if flat and not packing:
+        r.notes.append("padding_free with max_length null: sequences are not truncated; each is planned at "
+                       "max_length's default 1024 tokens, so set --token-fill to the share of real tokens")
+    if flat and kernel != "flash":
+        r.notes.append(f"padding_free with {kernel} attention: TRL documents flash attention only; transformers "
+                       "keeps the packed sequences apart with a block-diagonal mask over the whole row")
+    if packing and strategy == "wrapped":
+        r.notes.append("packing_strategy wrapped cuts sequences at row ends; rows of max_length tokens")
+    return {"packing": packing, "padding_free": flat}
 
 
 def _stage(r: _Read, name: str, *, method: str, zero: int, batch: int, grad_accum: int,

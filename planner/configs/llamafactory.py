@@ -31,12 +31,14 @@ from planner.configs.common import (
     build_plan,
     count_records,
     deepspeed_config,
+    hsdp_warning,
     optimizer_settings,
     param_offload_warning,
     precision_keys,
     precision_of,
     read_fsdp,
     read_hyper,
+    read_parallelism,
     resolve_path,
     warning,
 )
@@ -362,14 +364,14 @@ def read_v0(keys: Keys, base: Path, override: str | None = None) -> RunConfig:
     for note in (ds.note, fsdp.note):
         if note:
             notes.append(note)
-    if ds.offload_param:
-        w.finding(param_offload_warning("deepspeed"))
+    offload_params = ds.offload_param
     if fsdp.zero:
         if ds.stage:
             raise FtplanError(f"{path}: keys 'deepspeed' and 'fsdp' are both set; the Trainer uses one of them")
-        zero, offload = fsdp.zero, fsdp.offload
-        if fsdp.offload:
+        zero, offload, offload_params = fsdp.zero, fsdp.offload, fsdp.offload and fsdp.zero == 3
+        if fsdp.offload and not offload_params:
             w.finding(param_offload_warning("fsdp"))
+    parallel = _parallel_fields(k, w, notes, zero)
 
     flash = k.get("flash_attn", str, "auto")  # model_args.py: auto (transformers' default, sdpa)
     if flash not in FLASH_ATTN:
@@ -411,8 +413,9 @@ def read_v0(keys: Keys, base: Path, override: str | None = None) -> RunConfig:
         batch_size=batch, grad_accum=k.positive("gradient_accumulation_steps", 1), gradient_checkpointing=checkpointing,
         activation_offload=activation_offload, attention=attention, **adapter_fields,
         freeze_trainable_layers=k.get("freeze_trainable_layers", int, 2), quant_bits=bits,
-        double_quant=k.get("double_quantization", bool, True), zero=zero, offload_optimizer=offload,
-        fused_loss=fused_loss, liger_kernels=liger_kernels, **stage_fields,
+        double_quant=k.get("double_quantization", bool, True), zero=parallel.pop("zero", zero),
+        offload_optimizer=offload, offload_params=offload_params, fused_loss=fused_loss, **parallel, liger_kernels=liger_kernels, **_packing(k, w, notes, stage, attention, batch),
+        **stage_fields,
     )
     _model_warnings(k, w, notes, method)
     _system_warnings(k, w)
@@ -420,8 +423,6 @@ def read_v0(keys: Keys, base: Path, override: str | None = None) -> RunConfig:
                        scheduler_default="linear", fp16=k.get("fp16", bool, False), bf16=k.get("bf16", bool, False))
     if plan_stage in PREFERENCE and "pref_beta" in k.config:  # hparams/finetuning_args.py: 0.1
         hyper = hyper.model_copy(update={"beta": k.get("pref_beta", float)})
-    k.get("packing", bool)  # sequences packed to cutoff_len: what the plan assumes (padded or packed to seq_len)
-    k.get("neat_packing", bool)  # packing without cross-attention between sequences: the same tokens
     datasets = k.joined("dataset", "")  # a list of names, each text
     data = DataInfo(datasets=[d.strip() for d in (datasets.split(",") if isinstance(datasets, str) else datasets)
                               if d and str(d).strip()],
@@ -746,6 +747,32 @@ def _liger(k: Keys, notes: list[str], stage: str) -> tuple[bool | None, str]:
     return fused, kernels
 
 
+def _packing(k: Keys, w: _Warnings, notes: list[str], stage: str, attention: str, batch: int) -> dict[str, bool]:
+    """Packed rows (hparams/data_args.py: neat_packing turns packing on; hparams/parser.py: packing unset is on
+    for stage pt). PackedSupervisedDatasetProcessor (data/processor/supervised.py) fills each row to cutoff_len
+    with greedy_knapsack and pads it to that length: the micro-batch keeps per_device_train_batch_size rows of
+    cutoff_len tokens, as planned. Plain packing keeps an all-ones attention mask, so packed sequences attend to
+    each other under every kernel. neat_packing numbers them in the mask (data/collator.py
+    SFTDataCollatorWith4DAttentionMask): with fa2 the collator drops the mask and transformers keeps them apart
+    from position_ids, asserting one row per batch; other kernels get the 4D mask (`Plan.mask_4d`)."""
+    neat = k.get("neat_packing", bool, False)
+    packing = k.get("packing", bool)
+    if neat and stage != "sft":
+        raise FtplanError(f"{k.path}: key 'neat_packing' works with stage sft only (hparams/parser.py refuses it "
+                          f"for stage {stage}); remove it or use packing")
+    if neat and packing is False:
+        notes.append("neat_packing turns packing on (LLaMA-Factory sets packing: true with it)")
+    packed = bool(neat or packing or (packing is None and stage == "pt"))
+    if packed and not neat:
+        notes.append("packing without neat_packing: sequences packed into a row attend to each other (an all-ones "
+                     "mask); neat_packing keeps them apart")
+    if neat and attention == "flash" and batch > 1:
+        w.add("neat_packing_batch", ("neat_packing", "per_device_train_batch_size"),
+              f"neat_packing with fa2 needs one row per micro-batch (LLaMA-Factory's collator asserts bsz 1), got "
+              f"{batch}: training stops at the first batch; set per_device_train_batch_size: 1", "unknown")
+    return {"packing": packed, "mask_4d": neat and attention != "flash"}
+
+
 def _model_warnings(k: Keys, w: _Warnings, notes: list[str], method: str) -> None:
     config = k.config
     rope = k.get("rope_scaling", str)
@@ -815,25 +842,52 @@ def _system_warnings(k: Keys, w: _Warnings) -> None:
         if k.get(key, bool):
             w.add("not_cuda", key, f"{key}: the run does not use a CUDA GPU, so GPU memory does not apply",
                   "unknown")
-    if k.get("parallelism_config", (dict, str)):
-        w.add("parallelism_config", "parallelism_config", "parallelism_config: accelerate's tensor/context "
-              "parallelism splits the model or the sequence across GPUs; this plan is data parallel, "
-              f"{_over_under('overstates')}", "overstates")
     if k.get("use_hyper_parallel", bool):
         w.add("hyper_parallel", w.group("use_hyper_parallel"), "use_hyper_parallel: HyperParallel's FSDP/tensor "
               f"parallel backend shards the model; this plan is data parallel, {_over_under('overstates')}",
               "overstates")
-    megatron = [key for key in MEGATRON_KEYS if key in k.config]
+    megatron = [key for key in MEGATRON_KEYS if key in k.config and key not in MEGATRON_PLANNED]
     for key in megatron:
         k.get(key, (str, int, float, bool, dict))
     if megatron:
-        sizes = {key: k.config[key] for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size",
-                                                 "expert_model_parallel_size", "context_parallel_size")
-                 if isinstance(k.config.get(key), int) and k.config[key] > 1}
-        split = ", ".join(f"{key} {value}" for key, value in sizes.items()) or "the Megatron backend"
-        w.add("megatron", megatron, f"Megatron-Core training (USE_MCA=1 or USE_MEGATRON_BRIDGE=1; {split}): tensor, "
-              "pipeline and expert parallelism and the distributed optimizer split the model across GPUs; this "
-              f"plan is data parallel, {_over_under('overstates')}", "overstates")
+        w.add("megatron", megatron, f"{', '.join(megatron)}: Megatron-Core's own kernels, recomputation and "
+              "pipeline schedule; this plan replays the Hugging Face model with the parallel sizes, so the "
+              "estimate may be off either way", "unknown")
+
+
+# The Megatron sizes the plan takes (megatron_bridge_args.py; mcore_adapter's TrainingArguments share the names)
+MEGATRON_SIZES = {"tensor_model_parallel_size": "tensor_parallel", "pipeline_model_parallel_size":
+                  "pipeline_parallel", "expert_model_parallel_size": "expert_parallel",
+                  "context_parallel_size": "context_parallel"}
+MEGATRON_PLANNED = (*MEGATRON_SIZES, "use_distributed_optimizer", "sequence_parallel")
+
+
+def _parallel_fields(k: Keys, w: _Warnings, notes: list[str], zero: int) -> dict[str, Any]:
+    """Parallel sizes as plan fields (planner.parallel): Megatron-Core's (USE_MCA=1 / USE_MEGATRON_BRIDGE=1), or
+    accelerate's parallelism_config, which LLaMA-Factory hands to TrainingArguments; with the fewest GPUs they
+    need. Megatron's distributed optimizer shards the fp32 master weights and optimizer state over the
+    data-parallel ranks: ZeRO-1."""
+    import math
+
+    sizes = {field: k.positive(key, 1) for key, field in MEGATRON_SIZES.items() if key in k.config}
+    distributed, sequence_parallel = k.get("use_distributed_optimizer", bool), k.get("sequence_parallel", bool)
+    if sizes or distributed:
+        tp, pp = sizes.get("tensor_parallel", 1), sizes.get("pipeline_parallel", 1)
+        cp, ep = sizes.get("context_parallel", 1), sizes.get("expert_parallel", 1)
+        out: dict[str, Any] = {**sizes, "gpus": pp * math.lcm(tp * cp, tp * ep)}
+        if distributed:
+            out["zero"] = 1
+        if tp > 1 and not sequence_parallel:
+            w.add("megatron_sequence_parallel", "sequence_parallel", "sequence_parallel false with "
+                  f"tensor_model_parallel_size {tp}: the norms' and dropouts' inputs are whole on every rank, while "
+                  f"this plan splits every activation by TP, {_over_under('understates')}", "understates")
+        notes.append("Megatron-Core sizes: " + ", ".join(f"{key} {k.config[key]}" for key in MEGATRON_SIZES
+                                                         if key in k.config))
+        return out
+    parallel = read_parallelism(k)
+    if parallel.replicated > 1 and zero:
+        w.finding(hsdp_warning("parallelism_config", parallel.replicated))
+    return dict(parallel.fields)
 
 
 def _dialect(k: Keys, w: _Warnings, other: frozenset[str], name: str) -> None:
@@ -980,22 +1034,21 @@ def read_v1(keys: Keys, base: Path, override: str | None = None) -> RunConfig:
         if method != "lora":
             raise FtplanError(f"{path}: quant_config quantizes the base: train LoRA on it (peft_config name: lora)")
 
-    ds, zero, offload = DeepSpeed(), 0, False
+    ds, zero, offload, offload_params = DeepSpeed(), 0, False, False
     dist_name = dist["name"] if dist else None
     if dist_name == "deepspeed":  # v1/plugins/trainer_plugins/distributed/deepspeed.py: config_file
         if not dist.get("config_file"):
             raise FtplanError(f"{path}: dist_config deepspeed needs a config_file")
         ds = deepspeed_config(dist["config_file"], k, base, key="dist_config.config_file")
-        zero, offload = ds.stage, ds.offload_optimizer
-        if ds.offload_param:
-            w.finding(param_offload_warning("dist_config"))
+        zero, offload, offload_params = ds.stage, ds.offload_optimizer, ds.offload_param
         notes.append(ds.note or "")
     elif dist_name in ("fsdp2", "fsdpturbo"):  # distributed/fsdp2.py: reshard_after_forward True by default
         zero = 3 if dist.get("reshard_after_forward", True) is not False else 2
         notes.append(f"dist_config {dist_name}: planned as ZeRO-{zero}")
-        if dist.get("offload_params"):
-            offload = True
-            w.finding(param_offload_warning("dist_config"))
+        if dist.get("offload_params"):  # fsdp2.py: CPUOffloadPolicy, the optimizer stepping on the host too
+            offload, offload_params = True, zero == 3
+            if zero != 3:
+                w.finding(param_offload_warning("dist_config"))
         if dist_name == "fsdpturbo" and dist.get("ep_size", 1) not in (1, None):
             w.add("expert_parallel", "dist_config", f"dist_config fsdpturbo ep_size {dist['ep_size']}: the MoE "
                   "experts are split across GPUs; this plan shards them as any weight, so the estimate may be off "
@@ -1010,12 +1063,12 @@ def read_v1(keys: Keys, base: Path, override: str | None = None) -> RunConfig:
         precision = "bf16-mixed" if bf16 and dist_name is not None else "fp32"
     else:
         precision = "bf16-mixed"
-    for key in ("cp_size", "mp_replicate_size"):
-        size = k.get(key, int, 1)
-        if size > 1:
-            w.add("v1_parallel", key, f"{key} {size}: " + ("context parallelism splits each sequence across GPUs"
-                  if key == "cp_size" else "hybrid sharding replicates the model across groups of GPUs")
-                  + "; this plan does not model it, so the estimate may be off either way", "unknown")
+    replicate = k.get("mp_replicate_size", int, 1)
+    if replicate > 1:
+        w.add("v1_parallel", "mp_replicate_size", f"mp_replicate_size {replicate}: hybrid sharding replicates the "
+              "model across groups of GPUs; this plan does not model it, so the estimate may be off either way",
+              "unknown")
+    cp = k.positive("cp_size", 1)  # v1/config/training_args.py: each sequence split over cp_size ranks
     k.get("cp_mode", str)
     shard = k.get("mp_shard_size", int)
     dp = k.get("dp_size", int)
@@ -1062,7 +1115,8 @@ def read_v1(keys: Keys, base: Path, override: str | None = None) -> RunConfig:
         gradient_checkpointing=k.get("enable_activation_checkpointing", bool, True),  # training_args.py: true
         attention=attention, lora_rank=rank, lora_target=target, lora_dropout=dropout, use_dora=use_dora,
         freeze_trainable_layers=layers, quant_bits=bits, zero=zero, offload_optimizer=offload and zero > 0,
-        stage=stage,
+        offload_params=offload_params, stage=stage,
+        **({"context_parallel": cp, "gpus": (k.get("dp_size", int) or 1) * cp} if cp > 1 else {}),
     )
     scheduler = _plugin(k, "lr_scheduler_config")  # base_trainer.py: a constant rate without one
     hyper = Hyper(learning_rate=k.get("learning_rate", float, 1e-4), epochs=k.get("num_train_epochs", float, 3.0),

@@ -79,8 +79,10 @@ def test_full_bf16_is_pure_bf16_and_says_where_axolotl_keeps_fp32(tmp_path) -> N
     assert "fp32_embeddings" not in {w.code for w in cce.warnings}
     assert read(tmp_path, bf16=False).plan.precision == "fp32"
     assert read(tmp_path, bf16=False, bfloat16=True, attn_implementation="eager").plan.precision == "bf16"
-    fp16 = read(tmp_path, bf16=False, fp16=True, attn_implementation="flash_attention_2")
-    assert fp16.plan.precision == "bf16" and codes(fp16)["fp16"][0] == "fp16_weights"
+    with pytest.raises(FtplanError, match="Attempting to unscale FP16 gradients"):
+        read(tmp_path, bf16=False, fp16=True, attn_implementation="flash_attention_2")
+    pure = read(tmp_path, bf16=False, float16=True, attn_implementation="flash_attention_2")
+    assert pure.plan.precision == "fp16"
 
 
 def test_sharded_full_fine_tunes_keep_fp32_master_weights(tmp_path) -> None:
@@ -132,8 +134,8 @@ def test_fsdp_offload_and_checkpointing(tmp_path) -> None:
     run = read(tmp_path, **LORA, fsdp=["full_shard", "auto_wrap"],
                fsdp_config={"fsdp_offload_params": True, "fsdp_activation_checkpointing": True})
     assert (run.plan.zero, run.plan.offload_optimizer, run.plan.gradient_checkpointing) == (3, True, True)
-    assert codes(run)["fsdp_config"] == ("param_offload", "overstates")
-    assert run.treatment["fsdp_config"] == "warned"
+    assert run.plan.offload_params and "fsdp_config" not in codes(run)  # parameter shards planned on the host
+    assert run.treatment["fsdp_config"] == "modelled"
     new = read(tmp_path, **LORA, fsdp_version=2,
                fsdp_config={"offload_params": True, "activation_checkpointing": True})
     assert (new.plan.zero, new.plan.offload_optimizer, new.plan.gradient_checkpointing) == (3, True, True)
@@ -144,8 +146,8 @@ def test_fsdp_offload_and_checkpointing(tmp_path) -> None:
 
 def test_axolotls_shipped_deepspeed_configs_are_known_by_name(tmp_path) -> None:
     run = read(tmp_path, deepspeed="deepspeed_configs/zero3_bf16_cpuoffload_all.json")
-    assert (run.plan.zero, run.plan.offload_optimizer) == (3, True)
-    assert codes(run)["deepspeed"] == ("param_offload", "overstates")
+    assert (run.plan.zero, run.plan.offload_optimizer, run.plan.offload_params) == (3, True, True)
+    assert "deepspeed" not in codes(run)
     assert read(tmp_path, deepspeed="deepspeed_configs/zero2.json").plan.offload_optimizer  # it offloads
     with pytest.raises(FtplanError, match=r"points at mine\.json"):
         read(tmp_path, deepspeed="mine.json")
@@ -332,9 +334,6 @@ def test_the_stage_flag_overrides_rl(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(("keys", "first", "direction"), [
-    ({"context_parallel_size": 2}, "context_parallel_size", "overstates"),
-    ({"sequence_parallel_degree": 2}, "sequence_parallel_degree", "overstates"),
-    ({"tensor_parallel_size": 2}, "tensor_parallel_size", "overstates"),
     ({"unfrozen_parameters": ["^lm_head.weight$"]}, "unfrozen_parameters", "overstates"),
     ({"quantize_moe_experts": True}, "quantize_moe_experts", "overstates"),
     ({"qat": {"weight_dtype": "int8"}}, "qat", "understates"),
@@ -456,3 +455,29 @@ def test_activation_offloading_is_planned(tmp_path, keys: dict, checkpointing: b
 def test_activation_offloading_needs_checkpointing(tmp_path) -> None:
     with pytest.raises(FtplanError, match="'activation_offloading' needs gradient_checkpointing"):
         read(tmp_path, activation_offloading=True)
+
+
+# ---------------------------------------------------------------- parallelism beyond ZeRO (issue 11)
+
+
+@pytest.mark.parametrize(("keys", "cp", "tp", "gpus"), [
+    ({"context_parallel_size": 4}, 4, 1, 4),
+    ({"sequence_parallel_degree": 2}, 2, 1, 2),  # the deprecated spelling (schemas/validation.py)
+    ({"tensor_parallel_size": 2, "dp_shard_size": 2, "context_parallel_size": 2}, 2, 2, 8),
+])
+def test_context_and_tensor_parallel_sizes_are_planned(tmp_path, keys: dict, cp: int, tp: int, gpus: int) -> None:
+    run = read(tmp_path, **LORA, **keys)
+    assert (run.plan.context_parallel, run.plan.tensor_parallel, run.plan.gpus) == (cp, tp, gpus)
+    assert all(run.treatment[key] == "modelled" for key in keys) and codes(run) == {}
+
+
+def test_expert_parallel_size_needs_its_plugin(tmp_path) -> None:
+    plugin = "axolotl.integrations.expert_parallel.ExpertParallelPlugin"
+    run = read(tmp_path, plugins=[plugin], expert_parallel_size=2, dp_shard_size=2)
+    assert (run.plan.expert_parallel, run.plan.gpus) == (2, 4)  # ep x dp_shard x tp x cp = world
+    assert read(tmp_path, expert_parallel_size=2).plan.expert_parallel == 1  # dropped without the plugin
+
+
+def test_a_bad_parallel_size_names_its_key(tmp_path) -> None:
+    with pytest.raises(FtplanError, match="key 'context_parallel_size' must be at least 1"):
+        read(tmp_path, context_parallel_size=0)

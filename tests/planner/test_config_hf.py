@@ -71,7 +71,7 @@ def test_trl_switches_the_user_sets_win(tmp_path) -> None:
 @pytest.mark.parametrize(("keys", "precision"), [
     ({"dtype": "bfloat16"}, "bf16"),  # loaded in bf16 and trained so: no fp32 master copy
     ({"torch_dtype": "bfloat16"}, "bf16"),  # TRL 0.x's name
-    ({"dtype": "float16", "fp16": True, "bf16": False}, "bf16"),  # 16-bit weights: the same bytes
+    ({"dtype": "float16", "bf16": False}, "fp16"),  # fp16 weights, no scaler (fp16: true refuses them)
     ({"dtype": "float32"}, "bf16-mixed"),
     ({"dtype": "auto"}, "bf16"),
     ({"dtype": "bfloat16", "bf16": False}, "bf16"),
@@ -88,11 +88,11 @@ def test_dtype_messages(tmp_path) -> None:
     auto = read(tmp_path, max_length=1024, dtype="auto")
     assert any("dtype auto" in n for n in auto.notes)
     fp32_lora = read(tmp_path, use_peft=True)  # ModelConfig dtype float32: the frozen base stays fp32
-    assert codes(fp32_lora)["bf16"] == ("fp32_frozen_base", "understates")
+    assert (fp32_lora.plan.precision, fp32_lora.plan.weights_dtype) == ("bf16-mixed", "fp32")
     bf16_lora = read(tmp_path, use_peft=True, dtype="bfloat16")
-    assert "fp32_frozen_base" not in {w.code for w in bf16_lora.warnings}
-    fp16_full = read(tmp_path, max_length=1024, dtype="float16", fp16=True)
-    assert codes(fp16_full)["dtype"][0] == "fp16_weights"
+    assert bf16_lora.plan.weights_dtype is None
+    with pytest.raises(FtplanError, match="Attempting to unscale FP16 gradients"):
+        read(tmp_path, max_length=1024, dtype="float16", fp16=True)
     with pytest.raises(FtplanError, match="key 'dtype' must be auto, bfloat16, float16 or float32"):
         read(tmp_path, dtype="int8")
     compute = read(tmp_path, use_peft=True, load_in_4bit=True, dtype="bfloat16",
@@ -341,7 +341,7 @@ def test_fsdp(tmp_path) -> None:
     run = read(tmp_path, max_length=1024, fsdp="full_shard auto_wrap offload",
                fsdp_config={"fsdp_activation_checkpointing": True}, gradient_checkpointing=False)
     assert (run.plan.zero, run.plan.offload_optimizer, run.plan.gradient_checkpointing) == (3, True, True)
-    assert codes(run)["fsdp_config"] == ("param_offload", "overstates")
+    assert run.plan.offload_params and "fsdp_config" not in codes(run)  # parameter shards planned on the host
     assert read(tmp_path, fsdp=["shard_grad_op", "auto_wrap"]).plan.zero == 2
 
 
@@ -361,8 +361,8 @@ def test_accelerate_config_of_the_trl_cli(tmp_path) -> None:
         "deepspeed_config": {"zero_stage": 3, "offload_optimizer_device": "cpu",
                              "offload_param_device": "cpu"}}))
     ds = read(tmp_path, max_length=1024, accelerate_config=str(tmp_path / "ds.yaml"))
-    assert (ds.plan.zero, ds.plan.offload_optimizer) == (3, True)
-    assert codes(ds)["accelerate_config"] == ("param_offload", "overstates")
+    assert (ds.plan.zero, ds.plan.offload_optimizer, ds.plan.offload_params) == (3, True, True)
+    assert "accelerate_config" not in codes(ds)
     with pytest.raises(FtplanError, match="neither one of TRL's presets"):
         read(tmp_path, accelerate_config="zero9")
 
@@ -424,3 +424,29 @@ def test_activation_offloading_is_planned(tmp_path) -> None:
     assert (kwargs.plan.gradient_checkpointing, kwargs.plan.activation_offload) == (True, "checkpoint")
     assert read(tmp_path, gradient_checkpointing=False,
                 gradient_checkpointing_kwargs={"offload": True}).plan.activation_offload == "off"
+
+
+def test_pure_fp16_and_the_qlora_base_dtype(tmp_path) -> None:
+    """float16 weights with neither switch train as loaded (pure fp16); TRL's QLoRA computes in `dtype`
+    (get_quantization_config), which stays the frozen base's dtype under bf16 autocast."""
+    pure = read(tmp_path, max_length=1024, dtype="float16", bf16=False)
+    assert (pure.plan.precision, pure.plan.weights_dtype) == ("fp16", None)
+    qlora = read(tmp_path, use_peft=True, load_in_4bit=True, bf16=True)
+    assert (qlora.plan.method, qlora.plan.precision, qlora.plan.weights_dtype) == ("qlora", "bf16-mixed", "fp32")
+    t4 = read(tmp_path, use_peft=True, load_in_4bit=True, dtype="float16", fp16=True)
+    assert (t4.plan.precision, t4.plan.weights_dtype) == ("fp16-mixed", None)
+
+
+# ---------------------------------------------------------------- parallelism beyond ZeRO (issue 11)
+
+
+def test_accelerate_parallelism_config_is_planned(tmp_path) -> None:
+    run = read(tmp_path, max_length=1024, fsdp="full_shard",
+               parallelism_config={"dp_shard_size": 2, "tp_size": 2, "cp_size": 2})
+    assert (run.plan.tensor_parallel, run.plan.context_parallel, run.plan.gpus, run.gpus) == (2, 2, 8, 8)
+    assert codes(run) == {}
+    hsdp = read(tmp_path, max_length=1024, fsdp="full_shard",
+                parallelism_config={"dp_replicate_size": 2, "dp_shard_size": 2})
+    assert codes(hsdp)["parallelism_config"] == ("hybrid_shard", "understates")
+    with pytest.raises(FtplanError, match="parallelism_config' tp_size must be a whole number"):
+        read(tmp_path, parallelism_config={"tp_size": 0})

@@ -275,3 +275,22 @@ def test_liger_kernels_read_back_as_written(tmp_path, fmt, stage, fused, kernels
         assert any("Liger" in note for note in exported.notes)
     if plan.liger_kernels:
         assert "liger" in exported.text
+
+
+# ---------------------------------------------------------------- parallelism beyond ZeRO (issue 11)
+
+
+@pytest.mark.parametrize("fmt", EXPORT_FORMATS)
+def test_parallel_sizes_and_parameter_offload_read_back(tmp_path, fmt) -> None:
+    plan = Plan.build(method="lora", gpus=8, zero=3, offload_optimizer=True, offload_params=True,
+                      context_parallel=2, tensor_parallel=2, seq_len=4096, attention="flash")
+    exported = write_export(fmt, MODEL, plan, tmp_path / "train.yaml", spec=load_spec(MODEL))
+    gpus, stage = check_args(exported)
+    run = read_run_config(exported.path, stage=stage)
+    assert run.plan.with_(gpus=gpus) == exported.plan
+    assert exported.plan.offload_params  # DeepSpeed's offload_param, read back from the file
+    if fmt == "axolotl":  # context_parallel_size and tensor_parallel_size
+        assert (exported.plan.context_parallel, exported.plan.tensor_parallel) == (2, 2)
+    else:  # the file cannot carry them: it says so and runs data parallel
+        assert (exported.plan.context_parallel, exported.plan.tensor_parallel) == (1, 1)
+        assert any("data parallel" in note for note in exported.notes)

@@ -89,7 +89,8 @@ def test_sub_settings_of_a_switch_that_is_off_are_irrelevant(tmp_path) -> None:
     ("fp8: true\nfp8_backend: torchao\n", "fp8", "overstates"),
     ("torch_compile: true\n", "torch_compile", "overstates"),
     ("label_smoothing_factor: 0.1\n", "label_smoothing", "understates"),
-    ("tensor_model_parallel_size: 2\npipeline_model_parallel_size: 2\n", "megatron", "overstates"),
+    ("tensor_model_parallel_size: 2\npipeline_model_parallel_size: 2\nrecompute_granularity: full\n", "megatron",
+     "unknown"),
     ("use_hyper_parallel: true\n", "hyper_parallel", "overstates"),
     ("optim: rmsprop_bnb_8bit\n", "optimizer_nearest", "overstates"),
     ("optim: ademamix\n", "optimizer_nearest", "understates"),
@@ -300,7 +301,7 @@ def test_fsdp_options_shard_offload_and_checkpoint(tmp_path) -> None:
     run = read(tmp_path, "finetuning_type: full\nfsdp: full_shard offload auto_wrap\n"
                          "fsdp_config: {activation_checkpointing: true}\ndisable_gradient_checkpointing: true\n")
     assert (run.plan.zero, run.plan.offload_optimizer, run.plan.gradient_checkpointing) == (3, True, True)
-    assert codes(run) == {"param_offload": "overstates"}
+    assert run.plan.offload_params and codes(run) == {}  # parameter shards planned on the host
     keys = Keys({"fsdp": ["full_shard"], "fsdp_config": {"fsdp_version": 2, "reshard_after_forward": False}}, "x")
     assert read_fsdp(keys, tmp_path).zero == 2
     with pytest.raises(FtplanError, match="unknown FSDP option 'fully'"):
@@ -311,7 +312,8 @@ def test_deepspeed_parameter_offload_is_warned(tmp_path) -> None:
     (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": {
         "stage": 3, "offload_optimizer": {"device": "cpu"}, "offload_param": {"device": "cpu"}}}))
     run = read(tmp_path, f"finetuning_type: full\ndeepspeed: {tmp_path / 'ds.json'}\n")
-    assert (run.plan.zero, run.plan.offload_optimizer) == (3, True) and "param_offload" in codes(run)
+    assert (run.plan.zero, run.plan.offload_optimizer, run.plan.offload_params) == (3, True, True)
+    assert "param_offload" not in codes(run)
 
 
 def test_sharding_on_one_gpu_is_a_warning(tmp_path) -> None:
@@ -419,7 +421,7 @@ def test_v1_deepspeed_quantization_freeze_and_the_default_model(tmp_path) -> Non
 
 
 def test_v1_warnings_and_refusals(tmp_path) -> None:
-    run = read_run_config(write(tmp_path, V1 + "cp_size: 2\nbatching_strategy: padding_free\n"
+    run = read_run_config(write(tmp_path, V1 + "mp_replicate_size: 2\nbatching_strategy: padding_free\n"
                                                 "optim_config: {name: muon}\nper_device_train_batch_size: 4\n"))
     assert {"v1_parallel", "batching_strategy", "muon", "other_format"} <= set(codes(run))
     assert run.treatment["per_device_train_batch_size"] == "warned" and run.plan.batch_size == 2
@@ -469,3 +471,24 @@ def test_unsloth_checkpointing_offloads_the_layer_inputs(tmp_path) -> None:
     assert "use_unsloth_gc" not in codes(run)
     off = read(tmp_path, "use_unsloth_gc: true\ndisable_gradient_checkpointing: true\n")
     assert off.plan.activation_offload == "off" and any("use_unsloth_gc" in n for n in off.notes)
+
+
+# ---------------------------------------------------------------- parallelism beyond ZeRO (issue 11)
+
+
+def test_megatron_sizes_are_planned(tmp_path) -> None:
+    run = read(tmp_path, "tensor_model_parallel_size: 2\npipeline_model_parallel_size: 2\n"
+                         "expert_model_parallel_size: 4\ncontext_parallel_size: 2\nsequence_parallel: true\n"
+                         "use_distributed_optimizer: true\n")
+    p = run.plan
+    assert (p.tensor_parallel, p.pipeline_parallel, p.expert_parallel, p.context_parallel) == (2, 2, 4, 2)
+    assert p.gpus == 16 and p.zero == 1  # PP x lcm(TP x CP, TP x EP); the distributed optimizer is ZeRO-1
+    assert codes(run) == {}
+    loose = read(tmp_path, "tensor_model_parallel_size: 2\n")
+    assert codes(loose) == {"megatron_sequence_parallel": "understates"}
+
+
+def test_v1_cp_size_splits_sequences(tmp_path) -> None:
+    run = read_run_config(write(tmp_path, V1 + "cp_size: 2\ndp_size: 2\n"))
+    assert (run.plan.context_parallel, run.plan.gpus, run.gpus) == (2, 4, 4)
+    assert "v1_parallel" not in codes(run)

@@ -38,8 +38,8 @@ from pathlib import Path
 
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 # precision -> (compute dtype the base is loaded in, trainable parameters up-cast to fp32?)
-PRECISIONS = {"fp32": ("fp32", True), "bf16": ("bf16", False), "bf16-mixed": ("bf16", True),
-              "fp16-mixed": ("fp16", True)}
+PRECISIONS = {"fp32": ("fp32", True), "bf16": ("bf16", False), "fp16": ("fp16", False),
+              "bf16-mixed": ("bf16", True), "fp16-mixed": ("fp16", True)}
 KERNELS = {"eager": "eager", "sdpa": "sdpa", "flash": "flash_attention_2"}
 ATTENTION_WORDS = ("attention", "attn", "attention_only")  # a lora_target naming the attention projections
 
@@ -109,14 +109,18 @@ def lora_target_modules(model, target: str) -> list[str] | str:
 def build_model(config: dict, *, method: str = "full", precision: str = "bf16", kernel: str = "sdpa",
                 lora_rank: int = 4, lora_target: str = "all", lora_dropout: float = 0.0,
                 freeze_trainable_layers: int = 1, double_quant: bool = True, quant_bits: int = 4,
-                tmp_dir=None, seed: int = 0, device: str = "cpu"):
-    """A random-weight model ready to train with `method` at `precision`, as LLaMA-Factory sets it up."""
+                tmp_dir=None, seed: int = 0, device: str = "cpu", weights_dtype: str | None = None):
+    """A random-weight model ready to train with `method` at `precision`, as LLaMA-Factory sets it up.
+
+    `weights_dtype` loads the base in that dtype instead of the precision's and, for QLoRA, makes it
+    `bnb_4bit_compute_dtype` too, as TRL's ModelConfig does (trl/trainer/utils.py `get_quantization_config`:
+    `bnb_4bit_compute_dtype=model_args.dtype`)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     compute, upcast = PRECISIONS[precision]
-    dtype = torch_dtype(compute)
+    dtype = torch_dtype(weights_dtype or compute)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if method == "qlora":
