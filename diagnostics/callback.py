@@ -15,7 +15,14 @@ only after that, so the norms there would be post-clip. For the pre-clip norms t
 takes the clip over: it sets `args.max_grad_norm` to 0 for the span of each step (the Trainer then only
 measures and, under fp16, unscales) and clips to the user's value itself in `on_pre_optimizer_step`, as the loop
 does (GradMonitor.after_backward: the same global-norm clip as torch's). Saving and logging, after
-`on_step_end`, see the user's value. DeepSpeed and FSDP clip and hold gradients their own way: refused.
+`on_step_end`, see the user's value.
+
+Sharded runs (diagnostics.sharded): under FSDP / FSDP2 each rank reads its shards and the squared norms are
+summed over the ranks. Under DeepSpeed the Trainer's backward already runs `engine.step()`, so by
+`on_pre_optimizer_step` the gradients are gone: the callback wraps the ZeRO optimizer's `step` instead, which the
+engine calls with the reduced gradients in place and before its own clip (DeepSpeed clips, the callback only
+measures). Neither kind is replayed to locate a non-finite step (a replay on one rank would hang the others'
+collectives), and DeepSpeed applies such a step before the run stops.
 
 Stopping (`StopPolicy`): an error finding (a non-finite step, divergence, a collapsed fp16 loss scale) stops the
 run, as does a sustained loss spike: `patience` steps in a row above `factor` x the median loss of the
@@ -46,10 +53,11 @@ from transformers import TrainerCallback
 
 from diagnostics.loop import scale_tensor, step_memory, step_record, stop_message
 from diagnostics.monitor import GradMonitor
-from diagnostics.origin import locate
+from diagnostics.origin import locate, not_located
 from diagnostics.report import DiagnoseSettings, DiagnosticReport, StepRecord
 from diagnostics.rules import analyze, conclude
 from diagnostics.runlog import RunLog, read_steps
+from diagnostics.sharded import detect, per_rank
 from planner.errors import FtplanError
 from planner.findings import Finding
 from planner.plan import Plan
@@ -169,14 +177,13 @@ class FtplanMonitor(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         import torch
 
-        if args.deepspeed or args.fsdp:
-            raise FtplanError("FtplanMonitor: DeepSpeed and FSDP shard or hold the gradients themselves, where "
-                              "the monitor cannot read them yet; remove the callback for this run or run without "
-                              "deepspeed / fsdp")
         self._model, self._optimizer = model, optimizer
         self._scaler = getattr(optimizer, "scaler", None)  # accelerate's GradScaler under fp16
         self._world, self._main = max(1, args.world_size), args.process_index == 0
-        self._monitor = GradMonitor(model)
+        self._monitor = GradMonitor(model, access=detect(model))
+        self._deepspeed = self._monitor.access.name.startswith("zero")
+        self._sharded = self._monitor.access.reduce_grads is not None
+        self._restore_step = self._wrap_engine_step(optimizer) if self._deepspeed else None
         self._clip = args.max_grad_norm or None
         self._settings = settings_from(args, state, model, self.ratio_every)
         self._window: deque[StepRecord] = deque(maxlen=self.policy.window)
@@ -216,8 +223,27 @@ class FtplanMonitor(TrainerCallback):
             print(f"ftplan: {self.report.status}, {len(self.report.findings)} finding(s) ({errors} error(s)); "
                   f"`ftplan report {self.path}` shows them", flush=True)
 
+    def _wrap_engine_step(self, optimizer):
+        """Measure inside DeepSpeed's `engine.step()`, where the ZeRO optimizer steps: the reduced gradients are
+        in place there and not yet clipped. Returns what undoes it."""
+        inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper holds the ZeRO optimizer
+        step = inner.step
+
+        def measured_step(*args, **kwargs):
+            if self._active:
+                self._measure(self._args, self._state, self._scheduler)
+            out = step(*args, **kwargs)
+            if self._active:
+                self._after_update()
+            return out
+
+        inner.step = measured_step
+        return lambda: inner.__dict__.pop("step", None)
+
     def _detach(self, args) -> None:
         self._hook.remove()
+        if self._restore_step is not None:
+            self._restore_step()
         args.max_grad_norm = self._clip or 0.0
         self._active = False
 
@@ -265,6 +291,7 @@ class FtplanMonitor(TrainerCallback):
             return
         self._micros, self._record, self._capture = [], None, True
         self._started = time.perf_counter()
+        self._args, self._state, self._scheduler = args, state, kwargs.get("lr_scheduler")
         args.max_grad_norm = 0.0  # the Trainer measures and unscales only; on_pre_optimizer_step clips
 
     def on_substep_end(self, args, state, control, **kwargs):
@@ -273,8 +300,10 @@ class FtplanMonitor(TrainerCallback):
 
     # -- every optimizer step
     def on_pre_optimizer_step(self, args, state, control, lr_scheduler=None, **kwargs):
-        if not self._active:
-            return
+        if self._active and not self._deepspeed:  # under DeepSpeed the engine's step has measured already
+            self._measure(args, state, lr_scheduler)
+
+    def _measure(self, args, state, lr_scheduler) -> None:
         self._capture = False
         parts = self._monitor.after_backward(self._clip, zeros=self._scaler is not None)
         micros = self._micros
@@ -292,7 +321,10 @@ class FtplanMonitor(TrainerCallback):
         if record.micro_grad_sq is not None:
             factor = self._micro_factor(args, micros)
             record.micro_grad_sq = record.micro_grad_sq * factor * factor if factor else None
-        if record.stops_run:
+        if record.stops_run and self._sharded:
+            record.origin = not_located(record, f"not replayed: {self._monitor.access.name} shards the model "
+                                                "across processes")
+        elif record.stops_run:
             self._model.zero_grad(set_to_none=True)  # the replay's gradients must not mix with the step's
             record.origin = self._replay(record, micros)
             self._model.zero_grad(set_to_none=True)  # a step with no gradients leaves the weights as they were
@@ -301,7 +333,11 @@ class FtplanMonitor(TrainerCallback):
         self._record = record
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        if self._active and self._record is not None and not self._record.stops_run:
+        if self._active and not self._deepspeed:
+            self._after_update()
+
+    def _after_update(self) -> None:
+        if self._record is not None and not self._record.stops_run:
             update = self._monitor.after_step()
             if update is not None:
                 self._record.update_ratio, self._record.unchanged_fraction = (update.update_ratio,
@@ -317,6 +353,8 @@ class FtplanMonitor(TrainerCallback):
         record.step_time = time.perf_counter() - self._started
         record.tokens_per_s = record.tokens / record.step_time if record.step_time > 0 else 0.0
         record.memory = step_memory(str(args.device))
+        if self._world > 1 and _distributed():  # every rank's memory, gathered for rank 0's log
+            record.memory = per_rank(record.memory, self._world)
         if self._log is not None:
             self._log.step(record)
         self._window.append(record)
@@ -412,6 +450,12 @@ class FtplanMonitor(TrainerCallback):
     def _say(self, text: str) -> None:
         if self._main and self.verbose:
             print(f"ftplan: {text}", flush=True)
+
+
+def _distributed() -> bool:
+    import torch
+
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def _name(tokenizer) -> str | None:

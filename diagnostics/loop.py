@@ -46,6 +46,7 @@ from diagnostics.report import (
     StepRecord,
 )
 from diagnostics.rules import conclude
+from diagnostics.sharded import detect, fsdp1, per_rank
 from diagnostics.spikes import suspect
 from planner.errors import EnvironmentMissing
 from planner.findings import Finding
@@ -218,11 +219,22 @@ def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
                               optimizer, num_warmup_steps=settings.warmup_steps,
                               num_training_steps=settings.steps) if not settings.lr_find \
         else lr_find.ramp(optimizer, settings.steps)
+    if str(accelerator.distributed_type).endswith("DEEPSPEED"):
+        # accelerate's backward runs engine.step(), which consumes the gradients before the monitor could read them
+        raise EnvironmentMissing("ftplan diagnose under accelerate's DeepSpeed launcher: not supported (the engine "
+                                 "steps inside backward); launch without --use_deepspeed, or add "
+                                 "diagnostics.callback.FtplanMonitor to a Trainer run, which reads ZeRO's gradients")
     model, optimizer = accelerator.prepare(model, optimizer)
     sharded = str(accelerator.distributed_type).endswith("FSDP")
-    # FSDP (use_orig_params) leaves each rank a shard of every gradient: sum the squared norms across ranks
-    monitor = monitor_class(accelerator.unwrap_model(model),
-                            distributed_sum=(lambda t: accelerator.reduce(t, reduction="sum")) if sharded else None)
+    # FSDP leaves each rank a shard of every gradient (FSDP2: DTensors): the squared norms are summed across ranks
+    access = None
+    if sharded:
+        def reduce(t):
+            return accelerator.reduce(t, reduction="sum")
+
+        access = detect(accelerator.unwrap_model(model), reduce=reduce)
+        access = access if access.reduce_grads is not None else fsdp1(reduce)
+    monitor = monitor_class(accelerator.unwrap_model(model), access=access)
     scaler = torch.amp.GradScaler(device_type) if plan.precision == "fp16-mixed" and settings.loss_scaling else None
     track_zeros = plan.precision == "fp16-mixed"
     on_cuda = device_type == "cuda"
@@ -248,6 +260,8 @@ def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
                 record.origin = _origin(record, model, objective, batches, accelerator, autocast, scaler, plan,
                                         sharded)
             record.memory = step_memory(device, nvml_reader)
+            if world > 1:  # every rank's memory in rank 0's report (a sharded run's ranks differ)
+                record.memory = per_rank(record.memory, world)
             report.records.append(record)
             if on_step is not None:
                 on_step(record)

@@ -16,6 +16,10 @@ stays finite (an exploding gradient, not a NaN one step early).
 Parameter names are normalised across wrappers (`module.` from DDP, `_orig_mod.`
 from torch.compile, `_fsdp_wrapped_module.`, peft's `base_model.model.`, `base_layer.`
 and adapter names, peft's `prompt_encoder.default.`) so reports read the same however the model was wrapped.
+
+Sharded models (FSDP, FSDP2, DeepSpeed ZeRO-1/2/3): the gradients and weights are read through a
+`diagnostics.sharded.GradAccess`, this rank's piece of each; the per-parameter squared norms are summed over the
+ranks in one all-reduce before they are grouped, so every rank sees the unsharded run's norms.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import re
 from dataclasses import dataclass
 
 from diagnostics.adapters import ATTRIBUTE as HOULSBY
+from diagnostics.sharded import PLAIN, GradAccess, fsdp1
 
 _PREFIXES = ("module.", "_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "base_model.model.")
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|block)\.(\d+)\.")
@@ -138,7 +143,9 @@ class GradMonitor:
     """Attach to a model's trainable parameters once; every step call `after_backward()` and `finish()`, and
     around the optimizer step, where update ratios are sampled, `before_step()` and `after_step()`."""
 
-    def __init__(self, model, *, distributed_sum=None):
+    def __init__(self, model, *, distributed_sum=None, access: GradAccess | None = None):
+        """`access` says where a sharded model keeps its gradients (diagnostics.sharded); `distributed_sum`
+        alone sums `p.grad` shards over the ranks (FSDP1)."""
         import torch
 
         named = [(normalize_name(n), p) for n, p in model.named_parameters() if p.requires_grad]
@@ -157,14 +164,20 @@ class GradMonitor:
         self._numel = torch.zeros(len(self.layers), dtype=torch.float64, device=self.device).index_add_(
             0, self._layer_idx, torch.tensor([float(p.numel()) for p in self.params], dtype=torch.float64,
                                              device=self.device))
-        self._sum = distributed_sum  # all-reduce for sharded parameters (FSDP / ZeRO-3)
+        self.access = access or (fsdp1(distributed_sum) if distributed_sum is not None else PLAIN)
         self._micro = None
         self._snapshot = None
 
     # -- gradient noise scale: the first micro-batch's gradient, before accumulation adds the rest
     def after_first_micro_batch(self, scale: float = 1.0) -> None:
-        if any(p.grad is not None for p in self.params):
-            self._micro = self._grad_norms().square().sum() * (scale * scale)
+        if not self.access.micro_batches:
+            return
+        grads = self._grads()
+        if self.access.reduce_grads is not None or any(g is not None for g in grads):
+            sq = self._grad_norms(grads).square()
+            if self.access.reduce_grads is not None:  # every rank calls it: the collective needs them all
+                sq = self.access.reduce_grads(sq)
+            self._micro = sq.sum() * (scale * scale)
 
     # -- weights before the optimizer step, for update ratios
     def before_step(self, count_unchanged: bool = False) -> None:
@@ -173,21 +186,25 @@ class GradMonitor:
         import torch
 
         with torch.no_grad():
-            self._snapshot = [p.detach().clone() for p in self.params]
+            self._snapshot = [self.access.weight(p).clone() for p in self.params]
         self._count_unchanged = count_unchanged
 
-    def _grad_norms(self):
-        """Per-parameter gradient norms in fp64 (0 where a parameter has no gradient)."""
+    def _grads(self) -> list:
+        """This rank's piece of each parameter's gradient (None where it holds none)."""
+        return [self.access.grad(p) for p in self.params]
+
+    def _grad_norms(self, grads: list):
+        """Per-parameter norms of this rank's gradient pieces in fp64 (0 where there is none)."""
         import torch
 
         # Built on the device only: a host-made tensor (an index list, a constant) copied to a CUDA
         # device synchronises the stream, and the step must have one sync, in finish().
-        grads = [p.grad for p in self.params if p.grad is not None]
-        if not grads:
+        present = [g for g in grads if g is not None]
+        if not present:
             return torch.zeros(len(self.params), dtype=torch.float64, device=self.device)
-        values = iter(_norms(grads))
+        values = iter(_norms(present))
         missing = torch.zeros((), dtype=torch.float64, device=self.device)
-        return torch.stack([next(values) if p.grad is not None else missing for p in self.params])
+        return torch.stack([next(values) if g is not None else missing for g in grads])
 
     def after_backward(self, max_grad_norm: float | None, zeros: bool = False):
         """Pre-clip norms (grads must be unscaled), then clip in place without a host sync.
@@ -196,25 +213,31 @@ class GradMonitor:
         """
         import torch
 
-        norms = self._grad_norms()
-        sq = norms.square()
+        grads = self._grads()
+        sq = self._grad_norms(grads).square()
+        counts = None
+        if zeros:
+            # no gradient counts as all zeros, unless the gradient is sharded: then another rank holds the piece
+            absent = 0.0 if self.access.reduce_grads is not None else None
+            counts = torch.stack([(g == 0).sum().double() if g is not None else
+                                  torch.full((), float(p.numel()) if absent is None else absent,
+                                             dtype=torch.float64, device=self.device)
+                                  for p, g in zip(self.params, grads, strict=True)])
+        if self.access.reduce_grads is not None:  # one all-reduce: shards' squares (and zero counts) summed
+            both = self.access.reduce_grads(sq if counts is None else torch.cat([sq, counts]))
+            sq, counts = (both, None) if counts is None else (both[:len(sq)], both[len(sq):])
         layer_sq = torch.zeros_like(self._numel).index_add_(0, self._layer_idx, sq)
         kind_sq = sq.new_zeros(len(self.kinds) + 1).index_add_(0, self._kind_idx, sq)
-        if self._sum is not None:
-            layer_sq, kind_sq = self._sum(layer_sq), self._sum(kind_sq)
         total = layer_sq.sum().sqrt()
-        bad = ~torch.isfinite(norms)
+        bad = ~torch.isfinite(sq)
         first_bad = torch.where(bad.any(), bad.float().argmax().float(), -1.0)
-        parts = [layer_sq, kind_sq[:-1], total.reshape(1), first_bad.reshape(1), (norms == 0).float()]
-        if zeros:
-            counts = torch.stack([(p.grad == 0).sum().double() if p.grad is not None else
-                                  torch.full((), float(p.numel()), dtype=torch.float64, device=self.device)
-                                  for p in self.params])
+        parts = [layer_sq, kind_sq[:-1], total.reshape(1), first_bad.reshape(1), (sq == 0).float()]
+        if counts is not None:
             parts.append(torch.zeros_like(self._numel).index_add_(0, self._layer_idx, counts) / self._numel)
-        if max_grad_norm is not None and max_grad_norm > 0:
-            grads = [p.grad for p in self.params if p.grad is not None]
+        present = [g for g in grads if g is not None]
+        if max_grad_norm is not None and max_grad_norm > 0 and self.access.clips and present:
             coef = torch.clamp(max_grad_norm / (total + 1e-6), max=1.0)
-            torch._foreach_mul_(grads, coef.to(grads[0].dtype) if grads else coef)
+            torch._foreach_mul_(present, coef.to(present[0].dtype))
         self._zeros = zeros
         return parts
 
@@ -226,11 +249,13 @@ class GradMonitor:
             return None
         with torch.no_grad():
             delta = self._snapshot
-            weights = [p.detach() for p in self.params]
+            weights = [self.access.weight(p) for p in self.params]
             torch._foreach_sub_(delta, weights)
             d_sq, w_sq = _norms(delta).square(), _norms(weights).square()
             same = (torch.stack([(d == 0).sum().double() for d in delta]) if self._count_unchanged
                     else torch.full((len(delta),), float("nan"), dtype=torch.float64, device=self.device))
+            if self.access.reduce_weights is not None:
+                d_sq, w_sq, same = self.access.reduce_weights(torch.stack([d_sq, w_sq, same])).unbind()
         self._snapshot = None
         zeros = torch.zeros_like(self._numel)
         d_sq, w_sq, same = torch.stack([zeros.index_add(0, self._layer_idx, d_sq),
