@@ -86,7 +86,9 @@ def unpatched_warning(model_type: str, kernels: str) -> str | None:
         return (f"{{liger_kernels}} {kernels}: Liger has no kernels for model type {model_type} "
                 "(monkey_patch.py MODEL_TYPE_TO_APPLY_LIGER_FN), so none are applied and the eager activations "
                 "are planned")
-    missing = sorted(set(kernels.split(",")) - {DEFAULT} - PATCHED[model_type][1])
+    # a patch with no LayerNorm kernel is an RMSNorm model's: it has no LayerNorm for one to replace, so asking for
+    # it changes nothing (axolotl's examples turn liger_layer_norm on beside liger_rms_norm for such models)
+    missing = sorted(set(kernels.split(",")) - {DEFAULT, "layer_norm"} - PATCHED[model_type][1])
     if missing:
         return (f"{{liger_kernels}}: Liger's patch for {model_type} has no {', '.join(missing)} kernel; the eager "
                 "activations are planned there")

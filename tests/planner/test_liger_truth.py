@@ -271,3 +271,13 @@ def test_bad_kernel_names_and_a_plain_loss_beside_the_fused_one_are_refused() ->
     with pytest.raises(FtplanError, match="not both"):
         Plan.build(liger_kernels="cross_entropy", fused_loss=True)
     assert Plan.build(liger_kernels="SwiGLU, rope").liger_kernels == "rope,glu"
+
+
+def test_asking_for_layer_norm_on_an_rmsnorm_model_is_no_warning() -> None:
+    """axolotl's examples set liger_layer_norm beside liger_rms_norm on RMSNorm models, whose Liger patch has no
+    LayerNorm kernel: the model has no LayerNorm to replace, so nothing differs from what was asked."""
+    spec = spec_from_config(random_config("qwen3", 0, layers=2), source="test")
+    both = plan_run(spec, Plan(batch_size=2, seq_len=24, liger_kernels="rms_norm,layer_norm"), CPU)
+    rms = plan_run(spec, Plan(batch_size=2, seq_len=24, liger_kernels="rms_norm"), CPU)
+    assert both.memory.total == rms.memory.total
+    assert not [w for w in both.warnings if w.code == "liger_unpatched"]
