@@ -11,6 +11,7 @@ table, list or dropdown never swallows them, and they stand aside only while a w
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from textual import on
 from textual.app import App, ComposeResult
@@ -22,6 +23,7 @@ from textual.widget import Widget
 from textual.widgets import Footer, Header, Input, TabbedContent, TabPane
 
 from planner.errors import FtplanError
+from planner.fields import worded
 from planner.files import write_output
 from planner.units import gib
 from tui.diagnose_pane import DiagnosePane
@@ -29,6 +31,9 @@ from tui.fits_pane import FitsPane
 from tui.gpus_pane import GpusPane
 from tui.plan_pane import PlanChanged, PlanPane, PlanState
 from tui.screens import ExportScreen, HelpScreen, PresetPicker
+
+if TYPE_CHECKING:  # the config readers load on `o` or `ftplan tui FILE`, not at start-up
+    from planner.configs.common import RunConfig
 
 NARROW = 110  # below this width the Plan tab's form narrows
 WIDE = 150  # from this width the time, warnings and assumptions sit beside the breakdown
@@ -39,7 +44,7 @@ TABS = {"plan": "tab-plan", "fits": "tab-fits", "gpus": "tab-gpus", "diagnose": 
 HOME = {"plan": "#results", "fits": "#fits-table", "gpus": "#gpus-table", "diagnose": "#diag-run"}
 # Actions bound to printable keys: they give way to a widget that types that key.
 KEY_ACTIONS = {"tab", "edit_model", "pick_preset", "diagnose", "export_yaml", "save_json", "toggle_dark", "help",
-               "quit_key", "leave_field", "compare"}
+               "quit_key", "leave_field", "compare", "open_config", "search"}
 
 
 class FtplanCommands(Provider):
@@ -49,11 +54,12 @@ class FtplanCommands(Provider):
         app = self.app
         assert isinstance(app, FtplanApp)
         return [
-            ("Export the plan as LLaMA-Factory YAML", app.action_export_yaml, "e"),
+            ("Open a LLaMA-Factory / TRL / axolotl config", app.action_open_config, "o"),
+            ("Export the plan (into the opened config, or as LLaMA-Factory YAML)", app.action_export_yaml, "e"),
             ("Save the plan (and the last diagnostics report) as JSON", app.action_save_json, "s"),
             ("Copy the equivalent `ftplan estimate` command", app.action_copy_command, ""),
             ("Pick a model preset", app.action_pick_preset, "p"),
-            ("Edit the model", app.action_edit_model, "m or /"),
+            ("Edit the model", app.action_edit_model, "m (or / outside What fits)"),
             ("Run diagnostics on the current plan", app.action_diagnose, "r"),
             ("Show what fits on every GPU", lambda: app.action_tab("fits"), "2"),
             ("Toggle dark / light theme", app.action_toggle_dark, "d"),
@@ -84,9 +90,11 @@ class FtplanApp(App):
         Binding("2", "tab('fits')", "what fits", show=False, priority=True),
         Binding("3", "tab('gpus')", "GPUs", show=False, priority=True),
         Binding("4", "tab('diagnose')", "diagnose", show=False, priority=True),
-        Binding("m,slash", "edit_model", "model", key_display="m", priority=True),
+        Binding("m", "edit_model", "model", priority=True),
+        Binding("slash", "search", "search / model", show=False, priority=True),
         Binding("p", "pick_preset", "preset", priority=True),
         Binding("r", "diagnose", "diagnose", priority=True),
+        Binding("o", "open_config", "open config", show=False, priority=True),  # in help and the palette
         Binding("e", "export_yaml", "export", priority=True),
         Binding("c", "compare", "compare methods", priority=True),
         Binding("s", "save_json", "save JSON", show=False, priority=True),
@@ -97,9 +105,15 @@ class FtplanApp(App):
         Binding("ctrl+q", "quit", "quit", priority=True),
     ]
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, config: str | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.state: PlanState | None = None
+        self.opened: RunConfig | None = None  # the config the form came from: `e` writes the changes back into it
+        self._config = config
+
+    def on_mount(self) -> None:
+        if self._config:
+            self.open_config(self._config)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -157,7 +171,7 @@ class FtplanApp(App):
     def _plan_changed(self, message: PlanChanged) -> None:
         self.state = message.state
         for pane in self.query(DiagnosePane):  # lazily mounted: may not exist yet (it reads app.state then)
-            pane.state = message.state
+            pane.show_plan(message.state)
         fits = self.query(FitsPane)
         if fits and self.active_tab == "fits":
             fits.first().show(message.state)
@@ -175,7 +189,8 @@ class FtplanApp(App):
 
     @on(FitsPane.Apply)
     def _apply_fit(self, message: FitsPane.Apply) -> None:
-        changes = {"gpu": message.gpu, "gpu_memory": ""} | ({"method": message.method} if message.method else {})
+        changes = {"gpu": message.gpu, "gpu_memory": ""} | ({"method": message.method} if message.method else {}) \
+            | ({"gpus": message.gpus} if message.gpus else {})
         self.action_tab("plan")
         self.query_one("#plan-pane", PlanPane).apply(changes)
         self.notify(f"planning {message.method or 'the plan'} on {message.gpu}", title="applied")
@@ -190,6 +205,13 @@ class FtplanApp(App):
     def action_edit_model(self) -> None:
         self.query_one("#tabs", TabbedContent).active = TABS["plan"]
         self.query_one("#model", Input).focus()
+
+    def action_search(self) -> None:
+        """`/` filters the What-fits table on its tab, and edits the model elsewhere."""
+        if self.active_tab == "fits" and self.query(FitsPane):
+            self.query_one(FitsPane).focus_search()
+            return
+        self.action_edit_model()
 
     def action_leave_field(self) -> None:
         self.focus_home(self.active_tab)
@@ -228,10 +250,54 @@ class FtplanApp(App):
         self.copy_to_clipboard(command)
         self.notify(command, title="copied")
 
+    def action_open_config(self) -> None:
+        self.push_screen(ExportScreen("open a LLaMA-Factory, TRL or axolotl config", "train.yaml", action="Open"),
+                         self.open_config)
+
+    def open_config(self, path: str | None) -> RunConfig | None:
+        """Read a training config into the Plan form; `e` then writes the form's changes back into a copy."""
+        if not path:
+            return None
+        from planner.configs import read_run_config
+        from tui.config_io import form_values
+
+        try:
+            run = read_run_config(path)
+        except FtplanError as exc:
+            self.notify(f"not opened: {worded(exc, 'tui')}", title="not opened", severity="error")
+            return None
+        self.opened = run
+        self.action_tab("plan")
+        self.query_one("#plan-pane", PlanPane).open_config(run.model, form_values(run))
+        self.sub_title = f"{Path(run.path).name} ({run.format})"
+        self.notify(f"{run.path}: {run.model}, {run.plan.method}; e writes your changes into a copy",
+                    title="opened")
+        return run
+
     def action_export_yaml(self) -> None:
         if self.state is None:
             return
+        if self.opened is not None:
+            source = Path(self.opened.path)
+            self.push_screen(ExportScreen(f"write {source.name} with the form's changes (your other keys kept)",
+                                          str(source.with_name(f"{source.stem}-ftplan{source.suffix}"))),
+                             self.export_back)
+            return
         self.push_screen(ExportScreen("write the plan as a LLaMA-Factory config", "train.yaml"), self.export_yaml)
+
+    def export_back(self, path: str | None) -> Path | None:
+        if not path or self.state is None or self.opened is None:
+            return None
+        from tui.config_io import export_back
+
+        try:
+            written, skipped = export_back(self.opened, self.state.model, self.state.plan, path)
+        except FtplanError as exc:
+            self._write_failed(exc)
+            return None
+        note = f"; no {self.opened.format} key for {', '.join(skipped)}: set it yourself" if skipped else ""
+        self.notify(f"wrote {written}{note}", title="exported", severity="warning" if skipped else "information")
+        return written
 
     def export_yaml(self, path: str | None) -> Path | None:
         if not path or self.state is None:
@@ -303,5 +369,5 @@ def estimate_command(state: PlanState) -> str:
     return " ".join(parts)
 
 
-def run() -> None:
-    FtplanApp().run()
+def run(config: str | None = None) -> None:
+    FtplanApp(config=config).run()

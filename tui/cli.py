@@ -83,7 +83,12 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     else:
         from tui.report import print_estimate
 
-        print_estimate(result)
+        path = None
+        if result.fit is not None and not result.fit.fits:  # the cheapest changes that fit, the smallest GPU
+            from planner.path_to_fit import path_to_fit
+
+            path = path_to_fit(spec, result.plan, target)
+        print_estimate(result, path=path)
     if result.fit is not None and not result.fit.fits:
         return ExitCode.CHECK_FAILED
     return ExitCode.OK
@@ -554,7 +559,23 @@ example:
     models = sub.add_parser("models", help="list model presets and size aliases")
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=cmd_models)
+    tui = _command(sub, "tui", "the interactive planner, optionally opened on a training config",
+                   "The Textual app (what a bare `ftplan` starts). Given a LLaMA-Factory, TRL or axolotl config, "
+                   "the Plan form starts from it, and `e` writes your changes into a copy that keeps its other keys.")
+    tui.add_argument("config", nargs="?", help="a LLaMA-Factory / TRL / axolotl YAML or JSON config to open")
+    tui.set_defaults(func=cmd_tui)
     return parser
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    if args.config:  # a config that cannot be read stops here, as a one-line error with exit 2, not in the app
+        from planner.configs import read_run_config
+
+        read_run_config(args.config)
+    from tui.app import run
+
+    run(args.config)
+    return ExitCode.OK
 
 
 def main(argv: list[str] | None = None) -> int:

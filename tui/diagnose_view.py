@@ -98,18 +98,31 @@ def print_report(report: DiagnosticReport, console: Console | None = None, plots
         table = Table(title="suggested settings (ftplan flags)", title_justify="left", show_edge=False)
         for col in ("flag", "now", "suggest", "why"):
             table.add_column(col, overflow="fold")
-        for a in report.advice:
-            for k, v in a.changes.items():
-                table.add_row(_flag(k, "cli"), str(a.current.get(k)), str(v), a.reason)
+        for row in advice_rows(report, "cli"):
+            table.add_row(*row)
         console.print(table)
     if report.noise_scale is not None:
         console.print(f"gradient noise scale ≈ {report.noise_scale:.1f} sequences (McCandlish et al. 2018; "
                       "measured early, it grows as the loss falls)", style="dim")
-    if report.memory:
-        m = report.memory
-        line = f"memory: planner {fmt_gib(m.estimate_allocated)} allocated at peak"
-        if m.measured_allocated is not None:
-            line += f", measured {fmt_gib(m.measured_allocated)} ({m.error:+.1%})"
-        if m.measured_process is not None:
-            line += f"; NVML sees {fmt_gib(m.measured_process)} for this process (planner total {fmt_gib(m.estimate_total)})"
+    line = memory_line(report)
+    if line:
         console.print(line, style="dim")
+
+
+def advice_rows(report: DiagnosticReport, vocabulary: Vocabulary) -> list[tuple[str, str, str, str]]:
+    """The report's advice as (setting, now, suggested, why), one row per setting changed."""
+    return [(_flag(k, vocabulary), str(a.current.get(k)), str(v), a.reason)
+            for a in report.advice for k, v in a.changes.items()]
+
+
+def memory_line(report: DiagnosticReport) -> str | None:
+    """Measured against planned memory, when the run measured it."""
+    m = report.memory
+    if m is None:
+        return None
+    line = f"memory: planner {fmt_gib(m.estimate_allocated)} allocated at peak"
+    if m.measured_allocated is not None:
+        line += f", measured {fmt_gib(m.measured_allocated)} ({m.error:+.1%})"
+    if m.measured_process is not None:
+        line += f"; NVML sees {fmt_gib(m.measured_process)} for this process (planner total {fmt_gib(m.estimate_total)})"
+    return line

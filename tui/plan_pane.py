@@ -35,7 +35,7 @@ from planner.service import plan_run
 from planner.spec import ModelSpec, load_spec, preset_index
 from planner.target import Machine, resolve_target
 from planner.units import fmt_gib, gib_unit
-from tui.views import breakdown_rows, suggestion_text, time_line
+from tui.views import breakdown_rows, path_lines, suggestion_text, time_line
 from tui.widgets import LABELS, KeyOptionList, KeyTable, MemoryBar, SpecSummary
 
 AUTO = "auto (measured)"
@@ -80,6 +80,7 @@ class PlanPane(Horizontal):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.state: PlanState | None = None
+        self.path = None  # planner.path_to_fit's answer while the plan does not fit
         self.spec: ModelSpec | None = None
         self.model_name = ""
         self._applying = False
@@ -116,6 +117,7 @@ class PlanPane(Horizontal):
                 breakdown = KeyTable(id="breakdown", zebra_stripes=True, cursor_type="none")
                 breakdown.can_focus = False  # no cursor: nothing to do there
                 yield breakdown
+                yield Static("", id="path-to-fit")
                 yield Label("what to change (enter applies it)", id="suggestions-title")
                 yield KeyOptionList(id="suggestions")
             with Vertical(id="details"):
@@ -266,6 +268,8 @@ class PlanPane(Horizontal):
         self._w("spec").show(None, message.removeprefix("--model: "))
 
     def _model_loaded(self, spec: ModelSpec, name: str) -> None:
+        if name != self._w("model").value.strip():
+            return  # a thread worker cannot be stopped: a slower, older read must not replace the newer model
         self._w("model").border_subtitle = ""
         self.spec, self.model_name = spec, name
         self.recompute()
@@ -313,7 +317,11 @@ class PlanPane(Horizontal):
         for label, cells in breakdown_rows(mem, LABELS, unit=size):
             table.add_row(label, *cells)
         self._w("summary").update(self._verdict(result))
+        self.path = None
+        self._w("path-to-fit").display = False
         self._show_suggestions(result)
+        if result.fit is not None and not result.fit.fits and self.state is not None:
+            self._find_path(self.state)
         self._show_details(result)
 
     def _verdict(self, result: Estimate) -> str:
@@ -337,17 +345,44 @@ class PlanPane(Horizontal):
             verdict += f" · {result.time.tokens_per_second:,.0f} tokens/s"
         return verdict
 
+    @work(exclusive=True, thread=True, group="path")
+    def _find_path(self, state: PlanState) -> None:
+        """The cheapest changes that fit and the smallest GPU (a few hundred plans: off the UI thread)."""
+        from planner.path_to_fit import path_to_fit
+
+        try:
+            path = path_to_fit(state.spec, state.result.plan, state.target, vocabulary="tui")
+        except FtplanError:
+            return
+        self.app.call_from_thread(self._show_path, state, path)
+
+    def _show_path(self, state: PlanState, path) -> None:
+        if state is not self.state:
+            return  # the form changed meanwhile: a newer search is on its way
+        self.path = path
+        first, second = path_lines(path, state.result.fit.gpu)
+        self._w("path-to-fit").update(Text.assemble((first, "bold green" if path.change else "bold"), "\n",
+                                                    (second, "dim")))
+        self._w("path-to-fit").display = True
+        self._show_suggestions(state.result)
+
     def _show_suggestions(self, result: Estimate) -> None:
         options = self._w("suggestions")
         options.clear_options()
+        path = self.path
+        if path is not None and path.change is not None and not any(
+                c.changes == path.change.changes for c in result.suggestions):  # first: Enter applies all of it
+            head, why = suggestion_text(path.change)
+            options.add_option(Option(Text.assemble(("Path to fit: " + head, "bold green"), "\n", (why, "dim")),
+                                      id="path"))
         for i, change in enumerate(result.suggestions):
             head, why = suggestion_text(change)
             prompt = Text.assemble((head, "bold green" if change.fits else "bold"), "\n", (why, "dim"))
             options.add_option(Option(prompt, id=str(i)))
-        if result.suggestions:
+        if options.option_count:
             options.highlighted = 0  # the first Enter applies the first suggestion
-        self._w("suggestions-title").display = bool(result.suggestions)
-        options.display = bool(result.suggestions)
+        self._w("suggestions-title").display = bool(options.option_count)
+        options.display = bool(options.option_count)
 
     def _show_details(self, result: Estimate) -> None:
         lines = [f"[b {_SEVERITY[w.severity]}]{w.severity}[/] {escape(w.message)}"
@@ -367,7 +402,11 @@ class PlanPane(Horizontal):
 
     @on(OptionList.OptionSelected, "#suggestions")
     def _apply_selected(self, event: OptionList.OptionSelected) -> None:
-        if self.state is not None:
+        if self.state is None:
+            return
+        if event.option.id == "path":
+            self.apply(self.path.change.changes)
+        else:
             self.apply(self.state.result.suggestions[int(event.option.id)].changes)
 
     def apply(self, changes: dict[str, Any]) -> None:
@@ -376,9 +415,19 @@ class PlanPane(Horizontal):
         try:
             for field, value in changes.items():
                 widget = self._w(field)
-                widget.value = str(value) if isinstance(widget, Input) else STAGE_DEFAULT if value is None else value
+                if isinstance(widget, Input):
+                    widget.value = "" if value is None else str(value)  # blank: the setting's default
+                elif value is not None or _tristate(fields.setting(field)):
+                    widget.value = STAGE_DEFAULT if value is None else value
+                # else a choice that is unset off its method (quant_bits without QLoRA): the form keeps its own
         finally:
             self.call_after_refresh(self._finish_apply)
+
+    def open_config(self, model: str, values: dict[str, Any]) -> None:
+        """A config's model and settings into the form (tui.config_io.form_values), then one plan."""
+        self._w("model").value = model
+        self.apply(values)
+        self.load_model(model)
 
     def _finish_apply(self) -> None:
         self._applying = False

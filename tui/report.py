@@ -9,10 +9,20 @@ from rich.text import Text
 
 from planner.result import Estimate
 from planner.units import GIB, fmt_count, fmt_gib
-from tui.views import GPU_COLUMNS, breakdown_rows, duration, fits_rows, fits_title, gpu_rows, process_lines
+from tui.views import (
+    GPU_COLUMNS,
+    breakdown_rows,
+    duration,
+    fits_rows,
+    fits_title,
+    gpu_rows,
+    path_lines,
+    process_lines,
+)
 
 
-def print_estimate(result: Estimate, console: Console | None = None) -> None:
+def print_estimate(result: Estimate, console: Console | None = None, path=None) -> None:
+    """`path`: planner.path_to_fit's answer for a plan that does not fit, printed before the single changes."""
     console = console or Console(highlight=False)
     m, plan, p = result.model, result.plan, result.params
     title = m.name + (f" (→ {m.stands_for})" if m.stands_for else "")
@@ -74,6 +84,11 @@ def print_estimate(result: Estimate, console: Console | None = None) -> None:
             else:
                 console.print(f"longest sequence that fits at micro-batch {plan.batch_size}: "
                               f"{'≥ ' if f.max_seq_len_capped else ''}{f.max_seq_len:,} tokens")
+    if path is not None and result.fit is not None:
+        first, second = path_lines(path, result.fit.gpu)
+        console.print(Text("\n" + first, style="bold green" if path.change else "bold"))
+        console.print(f"  {path.change.reason}" if path.change else "", style="dim")
+        console.print(second)
     if result.suggestions:
         console.print("\nwhat to change (largest saving first):")
         for i, s in enumerate(result.suggestions, 1):

@@ -25,7 +25,8 @@ type. Select a suggestion (**j**/**k** or arrows) and press **enter** to put it 
 
 Every catalog GPU against every method at the Plan tab's other settings (the title names them): the
 largest micro-batch that fits (green), or what the smallest needs (red). Move with **j**/**k**/arrows and
-press **enter** on a cell to plan that GPU and method.
+press **enter** on a cell to plan that GPU, method and GPU count. **g** switches between the plan's GPU count
+and 1, 2, 4 or 8 GPUs; **t** sorts by the cursor's column (again: catalog order); **/** filters GPUs by name.
 """,
     "gpus": """\
 ## GPUs
@@ -47,13 +48,14 @@ KEYS = """\
 | key | action |
 | --- | --- |
 | `1`–`4` | switch tab (from anywhere but a text field) |
-| `m` or `/` | edit the model |
+| `m` | edit the model (`/` too, outside What fits) |
 | `esc` | leave a text field |
 | `tab` / `shift+tab` | next / previous field |
 | `j` / `k` | down / up in lists and tables |
 | `p` | pick a preset |
 | `r` | run diagnostics |
-| `e` | export the plan as LLaMA-Factory YAML |
+| `o` | open a LLaMA-Factory / TRL / axolotl config into the form |
+| `e` | export the plan (into a copy of the opened config, keeping its other keys; else LLaMA-Factory YAML) |
 | `s` | save the plan (and the last report) as JSON |
 | `d` | dark / light theme |
 | `ctrl+p` | command palette |
@@ -125,16 +127,17 @@ class ExportScreen(ModalScreen[str | None]):
     """Ask where to write; an existing file is never overwritten (the app picks a free name)."""
 
     BINDINGS = [("escape", "dismiss(None)", "cancel")]
+    AUTO_FOCUS = "#export-path"  # the path is what to type; Enter then writes (or opens)
 
-    def __init__(self, title: str, default: str) -> None:
+    def __init__(self, title: str, default: str, action: str = "Write") -> None:
         super().__init__()
-        self.title_text, self.default = title, default
+        self.title_text, self.default, self.action = title, default, action
 
     def compose(self) -> ComposeResult:
         with Vertical(id="export"):
             yield Label(self.title_text)
             yield Input(self.default, id="export-path")
-            yield Button("Write", id="export-write", variant="primary", compact=True)
+            yield Button(self.action, id="export-write", variant="primary", compact=True)
 
     @on(Input.Submitted, "#export-path")
     @on(Button.Pressed, "#export-write")

@@ -58,6 +58,18 @@ def suggestion_text(change: Change) -> tuple[str, str]:
     return f"{change.title}{total}", f"{change.reason}; flags: {cli_flags(change.changes)}"
 
 
+def path_lines(path, gpu: str) -> list[str]:
+    """Path to fit (planner.path_to_fit) as two lines: the cheapest changes that fit `gpu`, and the smallest
+    catalog GPU that fits the plan as is."""
+    change = path.change
+    first = (f"path to fit {gpu}: {change.title} → {fmt_gib(change.new_total)}; flags: {cli_flags(change.changes)}"
+             if change is not None else f"path to fit {gpu}: no combination of up to 3 changes fits")
+    second = (f"smallest catalog GPU that fits as is: {path.smallest_gpu} ({fmt_gib(path.smallest_gpu_capacity, 0)}; "
+              f"the plan needs {fmt_gib(path.smallest_gpu_total)})" if path.smallest_gpu is not None
+              else "no catalog GPU fits the plan as is")
+    return [first, second]
+
+
 def fits_style(cell) -> str:
     """The colour of a What-fits cell: fits, does not fit, or the method does not apply."""
     if cell.need is None:
@@ -71,6 +83,25 @@ def fits_cell(cell) -> str:
     if cell.max_batch == 0:
         return f"✗ {fmt_gib(cell.need, 0)}"
     return f"✓ b≤{cell.max_batch}" + ("+" if cell.capped else "")
+
+
+def _cell_order(cell) -> tuple:
+    """Best first: fits with the largest micro-batch, then does-not-fit by the least memory needed, then n/a."""
+    if cell.need is None:
+        return (2, 0)
+    return (0, -cell.max_batch) if cell.max_batch else (1, cell.need)
+
+
+def shown_fits(rows: list[FitsRow], search: str = "", column: int | None = None) -> list[FitsRow]:
+    """What fits as shown: the GPUs whose name holds `search` (any case), sorted by a column when one is given
+    (0: the GPU's memory, smallest first; a method's column: best fit first), else in catalog order."""
+    needle = search.strip().lower()
+    shown = [r for r in rows if needle in r.gpu.lower()]
+    if column is None:
+        return shown
+    if column == 0:
+        return sorted(shown, key=lambda r: r.capacity)
+    return sorted(shown, key=lambda r: _cell_order(r.cells[column - 1]))
 
 
 def fits_rows(rows: list[FitsRow]) -> list[tuple[str, list[str]]]:

@@ -214,3 +214,22 @@ def test_a_model_directory_with_weights_loads_them(tmp_path) -> None:
         assert report.environment["random_init"] is False
         losses.append(report.records[0].loss)
     assert losses[0] != pytest.approx(losses[1], rel=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("model_type", "method"), [("qwen2", "lora"), ("qwen2", "full"), ("gemma", "lora"),
+                                                    ("gemma", "full"), ("phi3", "full"), ("mixtral", "lora")])
+def test_healthy_runs_of_other_families_raise_no_warning(tmp_path, model_type: str, method: str) -> None:
+    """Random small models of other families, trained as they come: nothing to warn about (info findings such as
+    dropped sample records are fine)."""
+    import json
+
+    from tests.planner.configs import random_config
+
+    config = random_config(model_type, 0, layers=4)
+    config["vocab_size"] = max(config["vocab_size"], 512)  # the byte tokenizer's ids
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    plan = Plan(method=method, batch_size=2, grad_accum=2, seq_len=96, lora_rank=4, lora_target="all-linear")
+    report = run(DiagnoseSettings(model=str(tmp_path), steps=12, plan=plan))
+    assert report.status == "completed"
+    assert warnings_of(report) == [] and not [f for f in report.findings if f.severity == "error"]

@@ -218,8 +218,11 @@ async def start_run(app, pilot, pidfile: Path) -> int:
 
 
 @pytest.mark.asyncio
-async def test_the_tui_stops_its_worker_within_two_seconds_on_cancel_and_on_quit(stubborn) -> None:
+async def test_the_tui_stops_its_worker_within_two_seconds_on_cancel_and_on_quit(stubborn, monkeypatch) -> None:
     from tui.app import FtplanApp
+
+    # the stand-in worker takes no time: the default 7b plan's CPU run is not refused as too long
+    monkeypatch.setattr("tui.diagnose_run.CPU_LIMIT_S", float("inf"))
 
     app = FtplanApp()
     async with app.run_test(size=(120, 40)) as pilot:
