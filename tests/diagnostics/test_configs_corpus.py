@@ -24,7 +24,8 @@ def test_the_corpus_runner_counts_each_outcome(tmp_path, monkeypatch) -> None:
     (folder / "train").mkdir(parents=True)
     (folder / "train" / "ok.yaml").write_text(
         "model_name_or_path: qwen2.5-0.5b-instruct\nstage: sft\ndo_train: true\nfinetuning_type: oft\n"
-        "dataset: identity\ncutoff_len: 256\nper_device_train_batch_size: 1\nlogging_steps: 5\nmystery_key: 1\n")
+        "dataset: identity\ncutoff_len: 256\nper_device_train_batch_size: 1\nlogging_steps: 5\nmystery_key: 1\n"
+        "mixture_of_depths: convert\n")
     (folder / "train" / "hub.yaml").write_text(
         "model_name_or_path: someone/not-cached-anywhere\nstage: sft\ndo_train: true\ndataset: identity\n")
     (folder / "accelerate.yaml").write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: FSDP\n")
@@ -32,9 +33,9 @@ def test_the_corpus_runner_counts_each_outcome(tmp_path, monkeypatch) -> None:
     outcomes = {Path(o.path).name: o for o in corpus.run_corpus(folder, "H100", None)}
     assert outcomes["ok.yaml"].kind == "planned" and outcomes["ok.yaml"].verdict == "ready_with_warnings"
     assert outcomes["ok.yaml"].treatment == {
-        "model_name_or_path": "modelled", "stage": "modelled", "do_train": "modelled", "finetuning_type": "warned",
+        "model_name_or_path": "modelled", "stage": "modelled", "do_train": "modelled", "finetuning_type": "modelled",
         "dataset": "modelled", "cutoff_len": "modelled", "per_device_train_batch_size": "modelled",
-        "logging_steps": "irrelevant", "mystery_key": "unknown"}
+        "logging_steps": "irrelevant", "mystery_key": "unknown", "mixture_of_depths": "warned"}
     assert outcomes["hub.yaml"].kind == "model_unavailable"
     assert outcomes["accelerate.yaml"].kind == "exit2" and "not a training config" in outcomes["accelerate.yaml"].message
     stood_in = {Path(o.path).name: o for o in corpus.run_corpus(folder, "H100", None, stand_in="tiny-llama")}

@@ -47,18 +47,18 @@ def test_the_rule_clears_only_overstating_reader_warnings_on_a_fitting_plan() ->
 
 
 def test_an_overstating_setting_keeps_a_fitting_plan_ready_under_strict(tmp_path) -> None:
-    report = preflight(write(tmp_path, CONFIG + "use_unsloth_gc: true\n"), gpu="H100")
-    (finding,) = [c for c in report.checks if "use_unsloth_gc" in c.data.get("keys", ())]
+    report = preflight(write(tmp_path, CONFIG + "shift_attn: true\n"), gpu="H100")
+    (finding,) = [c for c in report.checks if "shift_attn" in c.data.get("keys", ())]
     assert finding.severity == "warning" and finding.data["direction"] == "overstates"  # still reported
     assert report.verdict == "ready" and exit_code(report, strict=True) == 0
     assert report.conditional == [finding] and finding not in report.warnings
     assert "estimate conservative: 1 setting not modelled would lower it" in report.summary
     text = printed(report)
-    assert "conditional use_unsloth_gc" in text and "estimate conservative" in text
+    assert "conditional shift_attn" in text and "estimate conservative" in text
 
 
 def test_an_understating_setting_still_fails_strict_beside_an_overstating_one(tmp_path) -> None:
-    report = preflight(write(tmp_path, CONFIG + "use_unsloth_gc: true\nupcast_lmhead_output: true\n"), gpu="H100")
+    report = preflight(write(tmp_path, CONFIG + "shift_attn: true\nupcast_lmhead_output: true\n"), gpu="H100")
     assert report.verdict == "ready_with_warnings" and exit_code(report, strict=True) == 1
     assert exit_code(report, strict=False) == 0
     assert [c.data["keys"] for c in report.warnings] == [["upcast_lmhead_output"]]
@@ -66,7 +66,7 @@ def test_an_understating_setting_still_fails_strict_beside_an_overstating_one(tm
 
 
 def test_static_risks_still_fail_strict_even_with_only_overstating_settings(tmp_path) -> None:
-    report = preflight(write(tmp_path, CONFIG + "use_unsloth_gc: true\nmax_grad_norm: 0\n"), gpu="H100")
+    report = preflight(write(tmp_path, CONFIG + "shift_attn: true\nmax_grad_norm: 0\n"), gpu="H100")
     assert [c.code for c in report.warnings] == ["no_clipping"]
     assert report.verdict == "ready_with_warnings" and exit_code(report, strict=True) == 1
 
@@ -85,7 +85,7 @@ def test_preference_loss_settings_never_fail_strict(tmp_path) -> None:
 def test_a_plan_that_does_not_fit_is_not_ready_whatever_the_direction(tmp_path) -> None:
     text = CONFIG.replace("qwen2.5-0.5b-instruct", "llama-3.1-8b").replace("finetuning_type: lora",
                                                                              "finetuning_type: full")
-    report = preflight(write(tmp_path, text + "use_unsloth_gc: true\n"), gpu="4090")
+    report = preflight(write(tmp_path, text + "shift_attn: true\n"), gpu="4090")
     assert report.verdict == "will_not_fit" and exit_code(report, strict=False) == 1
     assert not report.conditional
 
