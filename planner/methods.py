@@ -280,13 +280,19 @@ def block_training(spec: ModelSpec, plan: Plan) -> list[BlockTraining]:
     return out
 
 
+def _lora_group_targets(spec: ModelSpec, block: Block, plan: Plan) -> tuple[list[Linear], frozenset[str]]:
+    """`lora_targets`, refusing DoRA where peft does: on transformers 5's fused MoE expert parameters."""
+    linears, params = lora_targets(spec, block, plan)
+    if params and plan.use_dora:
+        raise FtplanError("DoRA cannot adapt transformers 5's fused MoE expert parameters (peft: \"lora."
+                          "ParamWrapper does not work with use_dora=True\"); target the attention projections, "
+                          "or drop DoRA", field="use_dora")
+    return linears, params
+
+
 def _peft_block_training(spec: ModelSpec, block: Block, plan: Plan) -> BlockTraining:
     if plan.lora_family:
-        linears, params = lora_targets(spec, block, plan)
-        if params and plan.use_dora:
-            raise FtplanError("DoRA cannot adapt transformers 5's fused MoE expert parameters (peft: \"lora."
-                              "ParamWrapper does not work with use_dora=True\"); target the attention projections, "
-                              "or drop DoRA", field="use_dora")
+        linears, params = _lora_group_targets(spec, block, plan)
         return BlockTraining(False, frozenset(lin.path for lin in linears), params, dora=plan.use_dora)
     if plan.method == "ia3":
         targets = peft_methods.ia3_targets(spec, block, plan)
@@ -392,8 +398,10 @@ def layout(spec: ModelSpec, counts: ParamCounts, plan: Plan) -> TrainingLayout:
     adapters = modules = quant_params = quant_bytes = 0
     for group in spec.blocks:
         block, n = group.block, group.count
-        linears, params = lora_targets(spec, block, plan)
+        linears, params = _lora_group_targets(spec, block, plan)
         adapters += n * sum(plan.lora_rank * (lin.in_features + lin.out_features) for lin in linears)
+        if plan.use_dora:
+            adapters += n * peft_methods.dora_magnitudes(linears)
         adapters += n * lora_param_adapters(block, spec.hidden_size, params, plan.lora_rank)
         modules += n * (len(linears) + len(params))
         if ckpt is not None:  # the checkpoint's own format, module by module (its exclusions name layers)
@@ -427,10 +435,6 @@ def layout(spec: ModelSpec, counts: ParamCounts, plan: Plan) -> TrainingLayout:
         add("frozen base model", counts.total, False)
     dtype = adapter_dtype(plan)
     if plan.use_dora:
-        block_training(spec, plan)  # refuses DoRA where peft does
-        magnitudes = sum(g.count * peft_methods.dora_magnitudes(lora_targets(spec, g.block, plan)[0])
-                         for g in spec.blocks)
-        adapters += magnitudes
         notes.append("DoRA: a magnitude vector per target, and every step computes each adapted weight W + BA "
                      "and its norm (a weight-sized tensor per target in forward; peft's tuners/lora/dora.py)")
     add("DoRA adapters" if plan.use_dora else "LoRA adapters", adapters, True, dtype=dtype)
