@@ -111,13 +111,15 @@ def static_checks(run: RunConfig, gpu: GpuSpec | None, gpus: int) -> list[Findin
                                message=f"{steps} optimizer steps of {global_batch} examples"
                                        + (f", {warm_steps} of them warmup" if warm_steps else "")))
     framework = FRAMEWORKS[run.format]
-    for key in run.ignored:
+    for entry in run.ignored:
         strict = framework.rejects_unknown
+        key, _, close = entry.partition(" (did you mean ")  # the reader's "key (did you mean other?)"
         out.append(Finding(
-            severity="warning" if strict or "did you mean" in key else "info", code="unknown_key",
-            message=f"key '{key}' is not a setting ftplan knows for {framework.display}; it was ignored"
+            severity="warning" if strict or close else "info", code="unknown_key",
+            message=f"key '{key}' is not a setting ftplan knows for {framework.display}"
+                    + (f" (did you mean {close}" if close else "") + "; it was ignored"
                     + (f" ({framework.display} itself stops on keys it does not know)" if strict else ""),
-            data={"key": key.split(" ")[0]}))
+            data={"key": key}))
     # settings the reader could not plan, each saying which way the estimate is off
     out += run.warnings
     if plan.zero and gpus == 1:

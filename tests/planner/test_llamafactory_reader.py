@@ -342,6 +342,10 @@ def test_unknown_keys_suggest_only_slips(tmp_path) -> None:
     (message,) = [f.message for f in static_checks(run, None, 1) if f.code == "unknown_key"
                   and "orpo_alpha" in f.message]
     assert "not a setting ftplan knows for LLaMA-Factory" in message
+    (slip,) = [f for f in static_checks(run, None, 1) if f.data.get("key") == "learning_rat"]
+    # the key quoted as written, the suggestion outside the quotes
+    assert slip.severity == "warning" and "key 'learning_rat' is not a setting" in slip.message
+    assert "(did you mean learning_rate?); it was ignored" in slip.message
 
 
 def test_the_unknown_key_message_names_the_framework_without_a_bad_article(tmp_path) -> None:
