@@ -46,6 +46,7 @@ from planner.files import write_text_atomic  # noqa: E402
 from planner.spec import load_spec  # noqa: E402
 
 SUFFIXES = (".yaml", ".yml", ".json")
+SHARDED_GPUS = 8  # one node, as `llamafactory-cli` / `accelerate launch` use every visible GPU
 TREATMENTS = ("modelled", "warned", "irrelevant", "unknown")
 
 
@@ -60,6 +61,9 @@ class Outcome:
     warnings: list[str] = field(default_factory=list)  # codes
     total_gib: float | None = None
     stand_in: str | None = None  # the preset planned instead of an unavailable model
+    # a config that shards (ZeRO/FSDP) planned on 1 GPU is warned; its launcher spreads it over a node, so it is
+    # planned again with --gpus SHARDED_GPUS: (verdict, warning codes) of that run
+    sharded: tuple[str, list[str]] | None = None
 
 
 @contextlib.contextmanager
@@ -121,6 +125,10 @@ def run_one(path: Path, gpu: str, stand_in: str | None = None) -> Outcome:
         base.verdict = report.verdict
         base.total_gib = report.estimate.memory.total / 2**30
         base.warnings = [c.code for c in report.checks if c.severity == "warning"]
+        if "sharding_on_one_gpu" in base.warnings:
+            with standing_in(stand_in) if base.stand_in else contextlib.nullcontext():
+                node = preflight(path, gpu=gpu, gpus=run.gpus if run.gpus and run.gpus > 1 else SHARDED_GPUS)
+            base.sharded = (node.verdict, [c.code for c in node.checks if c.severity == "warning"])
         return base
     except Exception:  # every traceback is reported
         return Outcome(shown, "traceback", message=traceback.format_exc())
@@ -163,6 +171,17 @@ def report(corpora: dict[str, list[Outcome]], gpu: str, stand_in: str | None = N
             out += [f"`--strict`: {sum(1 for o in fitting if o.verdict == 'ready')} of the {len(fitting)} that fit "
                     "pass" + (("; the warnings that stop the others: " + ", ".join(
                         f"`{c}` {n}" for c, n in stopped.most_common())) if stopped else ""), ""]
+            sharded = [o for o in outcomes if o.sharded]
+            if sharded:
+                # what a user of a sharded config runs: the same check with the GPU count its launcher uses
+                as_run = [o.sharded if o.sharded else (o.verdict, o.warnings) for o in outcomes]
+                fitting = [w for v, w in as_run if v in ("ready", "ready_with_warnings")]
+                stopped = collections.Counter(c for w in fitting for c in set(w))
+                out += [f"The {len(sharded)} that shard (ZeRO/FSDP) planned again with `--gpus` as the config "
+                        f"implies, else {SHARDED_GPUS} (one node, as their launchers use every visible GPU): "
+                        f"`--strict` then passes {sum(1 for w in fitting if not w)} of the {len(fitting)} that fit"
+                        + (("; the warnings that stop the others: " + ", ".join(
+                            f"`{c}` {n}" for c, n in stopped.most_common())) if stopped else ""), ""]
         planned = [o for o in outcomes if o.kind == "planned"]
         if planned:
             out += [f"| config | format | verdict | total GiB ({gpu}, 1 GPU) | warnings |", "|---|---|---|---:|---|"]

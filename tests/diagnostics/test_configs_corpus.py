@@ -28,6 +28,11 @@ def test_the_corpus_runner_counts_each_outcome(tmp_path, monkeypatch) -> None:
         "mixture_of_depths: convert\n")
     (folder / "train" / "hub.yaml").write_text(
         "model_name_or_path: someone/not-cached-anywhere\nstage: sft\ndo_train: true\ndataset: identity\n")
+    (folder / "train" / "zero3.yaml").write_text(
+        "model_name_or_path: qwen2.5-0.5b-instruct\nstage: sft\ndo_train: true\nfinetuning_type: full\n"
+        "dataset: identity\ncutoff_len: 256\nper_device_train_batch_size: 1\nbf16: true\nwarmup_ratio: 0.1\n"
+        "deepspeed: ds_z3.json\n")
+    (folder / "train" / "ds_z3.json").write_text('{"zero_optimization": {"stage": 3}}')
     (folder / "accelerate.yaml").write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: FSDP\n")
     corpus = load()
     outcomes = {Path(o.path).name: o for o in corpus.run_corpus(folder, "H100", None)}
@@ -40,5 +45,10 @@ def test_the_corpus_runner_counts_each_outcome(tmp_path, monkeypatch) -> None:
     assert outcomes["accelerate.yaml"].kind == "exit2" and "not a training config" in outcomes["accelerate.yaml"].message
     stood_in = {Path(o.path).name: o for o in corpus.run_corpus(folder, "H100", None, stand_in="tiny-llama")}
     assert stood_in["hub.yaml"].kind == "planned" and stood_in["hub.yaml"].stand_in == "tiny-llama"
+    # planned on the 1 GPU --gpu names, ZeRO-3 is warned; planned again over a node as its launcher runs it
+    zero3 = outcomes["zero3.yaml"]
+    assert "sharding_on_one_gpu" in zero3.warnings and zero3.sharded is not None
+    assert "sharding_on_one_gpu" not in zero3.sharded[1]
     text = corpus.report({"mine": list(outcomes.values())}, "H100")
-    assert "3 files: 1 planned, 1 model config unavailable, 1 exit 2" in text and "## Tracebacks\n\nNone." in text
+    assert "planned again with `--gpus`" in text
+    assert "5 files: 2 planned, 1 model config unavailable, 2 exit 2" in text and "## Tracebacks\n\nNone." in text
