@@ -152,7 +152,9 @@ def build_model(config: dict | None, plan: Plan, *, weights: str | Path | None =
     check_buildable(plan)
     torch.manual_seed(seed)
     dtype = torch_dtype(plan.compute_dtype)
-    kernel = KERNELS[plan.attention]
+    # sdpa is transformers' own default: leaving the choice to it falls back to eager where a model has no SDPA
+    # (Gemma-2), as a framework's default run does and as the planner plans it
+    kernel = None if plan.attention == "sdpa" else KERNELS[plan.attention]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if plan.method == "qlora":

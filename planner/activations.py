@@ -61,15 +61,20 @@ class Tape:
     saved: dict[int, tuple[_Storage, str]] = field(default_factory=dict)
     shared: dict[str, T] = field(default_factory=dict)
     liger: frozenset[str] = frozenset()  # Liger's kernels in place of the eager ops (planner.liger.KERNELS)
+    lora_kernels: frozenset[str] = frozenset()  # axolotl's fused LoRA Functions (planner.lora_kernels.KERNELS)
+    # bytes in `saved` per region, added up as they are saved: the replay asks for the total around every block,
+    # and summing every storage each time made it quadratic in the storages
+    totals: dict[str, int] = field(default_factory=dict)
 
     # -- bookkeeping
     def save(self, *tensors: T | None) -> None:
         for t in tensors:
             if t is not None and id(t.storage) not in self.saved:
                 self.saved[id(t.storage)] = (t.storage, self.region)
+                self.totals[self.region] = self.totals.get(self.region, 0) + t.storage.nbytes
 
     def bytes(self, region: str | None = None) -> int:
-        return sum(s.nbytes for s, r in self.saved.values() if region is None or r == region)
+        return sum(self.totals.values()) if region is None else self.totals.get(region, 0)
 
     # -- elementwise and shape ops
     def cast(self, x: T, dtype: str) -> T:
@@ -278,6 +283,9 @@ def _attention(tape: Tape, x: T, block: Block, training: BlockTraining, ctx: Ctx
         q, k = qkv.view(b * s * nh * att.head_dim), qkv.view(b * s * kvh * att.head_dim)
         v = T(b * s * kvh * att.head_dim, qkv.dtype, qkv.grad)
         o_lin = list(lins.values())[1]
+    elif _fused_lora(tape, "qkv", [lins.get(n) for n in ("q_proj", "k_proj", "v_proj")], training):
+        q, k, v = _lora_kernel(tape, x, [lins["q_proj"], lins["k_proj"], lins["v_proj"]], ctx)
+        o_lin = lins["o_proj"]
     else:
         q = _proj(tape, x, lins["q_proj"], training, ctx)
         k = _proj(tape, x, lins["k_proj"], training, ctx)
@@ -303,7 +311,40 @@ def _attention(tape: Tape, x: T, block: Block, training: BlockTraining, ctx: Ctx
     out = _attention_kernel(tape, q, k, v, att.num_heads, att.num_kv_heads, att.head_dim, att.v_head_dim,
                             ctx, softcap=att.logit_softcap, dropout=att.dropout,
                             mask=mask, softmax_fp32=att.softmax_fp32)
-    return _proj(tape, _merge_heads(tape, out, ctx), o_lin, training, ctx)
+    merged = _merge_heads(tape, out, ctx)
+    if o_lin.name == "o_proj" and _fused_lora(tape, "o", [o_lin], training):
+        return _lora_kernel(tape, merged, [o_lin], ctx)[0]
+    return _proj(tape, merged, o_lin, training, ctx)
+
+
+def _fused_lora(tape: Tape, kernel: str, linears: list[Linear | None], training: BlockTraining) -> bool:
+    """Whether axolotl's kernel replaces these projections: asked for, and every one of them carries a plain LoRA
+    adapter on a frozen weight (monkeypatch/lora_kernels.py `can_patch_*`); DoRA's kernels save other tensors
+    (unmodelled)."""
+    return (kernel in tape.lora_kernels and not training.base_trainable and not training.dora
+            and all(lin is not None and lin.path in training.lora_paths for lin in linears))
+
+
+def _lora_kernel(tape: Tape, x: T, linears: list[Linear], ctx: Ctx) -> list[T]:
+    """axolotl's LoRA_QKV / LoRA_O (kernels/lora.py): dropout runs outside the Function (`_apply_dropout`, one mask
+    shared by the projections); forward saves X, X_drop and each adapter's A and B `.to(X.dtype)` (new tensors when
+    the adapters are kept in another dtype), never the rank-r intermediates or peft's up-casts of x. The outputs
+    come from `matmul_lora` in X's dtype (the autocast dtype under autocast: `torch_amp_custom_fwd` keeps it)."""
+    xd = tape.dropout(x, ctx.lora_dropout)
+    tape.save(x, xd)
+    _saved_adapters(tape, x, linears, ctx)
+    dtype = tape.autocast or x.dtype
+    return [T(x.numel // lin.in_features * lin.out_features, dtype, True) for lin in linears]
+
+
+def _saved_adapters(tape: Tape, x: T, linears: list[Linear], ctx: Ctx) -> None:
+    """The kernels' `A.to(X.dtype)`, `B.to(X.dtype)`. Under autocast peft's own layers save autocast's casts of
+    the same weights, which this replay leaves out of the eager path, so they are left out here too: counting
+    them only on one side would make the kernels look costlier than peft's layers."""
+    if ctx.adapter_dtype != x.dtype and not tape.autocast:
+        for lin in linears:
+            tape.save(T(ctx.lora_rank * lin.in_features, x.dtype, False),
+                      T(lin.out_features * ctx.lora_rank, x.dtype, False))
 
 
 def _merge_heads(tape: Tape, out: T, ctx: Ctx) -> T:
@@ -398,6 +439,10 @@ def _mla(tape: Tape, x: T, block: Block, training: BlockTraining, ctx: Ctx) -> T
 
 def _gated(tape: Tape, x: T, linears: list[Linear], activation: str, training: BlockTraining, ctx: Ctx) -> T:
     by_name = {lin.name: lin for lin in linears}
+    # find_mlp_in_layer patches the layer's own dense MLP only, not a MoE block's shared expert
+    if _fused_lora(tape, "mlp", [by_name.get(n) for n in ("gate_proj", "up_proj", "down_proj")], training) and (
+            activation == "silu" or activation.startswith("gelu")) and linears[0].component == "mlp":
+        return _lora_mlp(tape, x, [by_name[n] for n in ("gate_proj", "up_proj", "down_proj")], ctx)
     if "gate_up_proj" in by_name:  # Phi-3: one projection, chunked into views
         lin = by_name["gate_up_proj"]
         gu = _proj(tape, x, lin, training, ctx)
@@ -412,6 +457,19 @@ def _gated(tape: Tape, x: T, linears: list[Linear], activation: str, training: B
         return _proj(tape, _liger_glu(tape, gate, up, "gate_up_proj" in by_name), down, training, ctx)
     act = tape.activation(gate, activation)
     return _proj(tape, tape.mul(act, up), down, training, ctx)
+
+
+def _lora_mlp(tape: Tape, x: T, linears: list[Linear], ctx: Ctx) -> T:
+    """axolotl's LoRA_MLP (kernels/lora.py, applied by `apply_lora_mlp_swiglu` / `_geglu`): forward saves X, X_drop,
+    the gate and up projections' outputs and the six adapters' A and B in X's dtype; the activation's output
+    (down's input) is recomputed in backward from gate and up (`swiglu_backward` / `geglu_backward`)."""
+    gate, up, down = linears
+    xd = tape.dropout(x, ctx.lora_dropout)
+    dtype = tape.autocast or x.dtype
+    rows = x.numel // gate.in_features
+    tape.save(x, xd, T(rows * gate.out_features, dtype, True), T(rows * up.out_features, dtype, True))
+    _saved_adapters(tape, x, linears, ctx)
+    return T(rows * down.out_features, dtype, True)
 
 
 def _liger_glu(tape: Tape, gate: T, up: T, halves: bool) -> T:
@@ -536,7 +594,7 @@ def _shared_bytes(tape: Tape) -> int:
     return sum(t.storage.nbytes for t in tape.shared.values() if id(t.storage) in tape.saved)
 
 
-@dataclass
+@dataclass(frozen=True)  # shared: planner.memory memoizes the replay
 class ActivationBytes:
     """Saved-for-backward bytes of one forward pass (one micro-batch)."""
 
@@ -567,7 +625,7 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
                 logit_tokens: int | None = None, nll_term: bool = True, prefix: int = 0,
                 prompt_tokens: int = 0, prompt_encoder: int = 0, oft: tuple[int, int] = (32, 0),
                 adapter_width: int = 0, liger: frozenset[str] = frozenset(),
-                quantized: bool = False) -> ActivationBytes:
+                quantized: bool = False, lora_kernels: frozenset[str] = frozenset()) -> ActivationBytes:
     """Replay the whole forward + loss once.
 
     `weight_dtypes` is (dtype of trainable weights, dtype of frozen weights): norms
@@ -581,9 +639,10 @@ def saved_bytes(spec: ModelSpec, trainings: list[BlockTraining], *, batch: int, 
     Prompt learning: `prefix` virtual keys and values precede each layer's own; `prompt_tokens` of the `seq`
     are trained embeddings prepended to the input (so the whole input requires grad), and `prompt_encoder` is
     what the encoder that makes them saves. `oft` and `adapter_width` size OFT's rotations and Houlsby adapters.
-    `liger` names the Liger kernels that replace eager ops (planner.liger.applied).
+    `liger` names the Liger kernels that replace eager ops (planner.liger.applied); `lora_kernels` axolotl's fused
+    LoRA Functions (planner.lora_kernels.applied).
     """
-    tape = Tape(autocast=autocast, device=device, liger=liger)
+    tape = Tape(autocast=autocast, device=device, liger=liger, lora_kernels=lora_kernels)
     tokens, d = batch * seq, spec.hidden_size
     emb_dtype = weight_dtypes[0] if embeddings_trainable else weight_dtypes[1]
     x = tape.embedding(tokens, d, emb_dtype, embeddings_trainable, input_grad or prompt_tokens > 0)

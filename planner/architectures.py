@@ -475,6 +475,8 @@ def _read_llama_like(r: ConfigReader, name: str | None, *, family: str) -> Model
     extra: dict[str, Any] = {}
     if family == "gemma2":
         extra["final_logit_softcap"] = _softcap(r, "final_logit_softcapping", 30.0)
+        # modeling_gemma2.py: `_supports_sdpa = False` (SDPA cannot cap the attention logits)
+        extra["sdpa"] = False
     if family in ("starcoder2", "phi3"):
         extra["embedding_dropout"] = r.fraction("embedding_dropout") or r.fraction("embd_pdrop")
     return _spec(r, name, [block] * layers, d=d, vocab=vocab, tie=tie, final_norm=norm, **extra)

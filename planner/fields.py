@@ -191,6 +191,13 @@ FIELDS: list[Setting] = [
             {"llamafactory": "enable_liger_kernel", "hf": "use_liger_kernel/liger_kernel_config",
              "axolotl": "liger_rope/liger_rms_norm/liger_glu_activation/liger_layer_norm/liger_cross_entropy"},
             group=_S),
+    Setting("quantize_experts", "plan", "--quantize-experts", "quantize experts",
+            "QLoRA: quantize the fused MoE expert tensors too (axolotl's quantize_moe_experts); bitsandbytes alone "
+            "leaves them in the compute dtype", {"axolotl": "quantize_moe_experts"}, methods=("qlora",)),
+    Setting("lora_kernels", "plan", "--lora-kernels", "LoRA kernels",
+            "axolotl's fused LoRA autograd Functions, which save fewer activations than peft's layers: a comma list "
+            "of qkv, o, mlp; none by default", {"axolotl": "lora_qkv_kernel/lora_o_kernel/lora_mlp_kernel"},
+            group=_S, methods=("lora", "qlora")),
     Setting("optimizer_in_backward", "plan", "--optimizer-in-backward", "optimizer in backward",
             "step each parameter inside backward (torchtune's optimizer_in_bwd; layer-wise GaLore/APOLLO): no full "
             "gradient set", {"llamafactory": "galore_layerwise/apollo_layerwise", "hf": "optim",

@@ -99,7 +99,7 @@ def max_batch_size(spec: ModelSpec, plan: Plan, capacity: int, limit: int = BATC
     """Largest micro-batch that fits (0 if even the smallest does not); with `accepted_only`, only the ones the
     stage's trainer accepts at the plan's accumulation and GPU count (`batch_step`)."""
     step = batch_step(plan) if accepted_only else 1
-    units = _largest(lambda n: total_bytes(spec, plan.with_(batch_size=n * step), machine) <= capacity, 1,
+    units = _largest(lambda n: total_bytes(spec, _sized(plan, batch_size=n * step), machine) <= capacity, 1,
                      max(1, limit // step))
     return units * step
 
@@ -112,7 +112,14 @@ def max_seq_len(spec: ModelSpec, plan: Plan, capacity: int, limit: int | None = 
     shortest = shortest_seq(plan)
     if shortest > limit:
         return 0
-    return _largest(lambda s: total_bytes(spec, plan.with_(seq_len=s), machine) <= capacity, shortest, limit)
+    return _largest(lambda s: total_bytes(spec, _sized(plan, seq_len=s), machine) <= capacity, shortest, limit)
+
+
+def _sized(plan: Plan, **size: int) -> Plan:
+    """The plan at another micro-batch or sequence length, for a search's probes: no field's validity depends on
+    them beyond being at least 1 (and the sequence holding `max_completion_len`), which the searches keep, so the
+    copy skips the validation `Plan.with_` repeats (a fifth of a probe's time)."""
+    return plan.model_copy(update=size)
 
 
 def shortest_seq(plan: Plan) -> int:

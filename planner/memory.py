@@ -42,9 +42,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from planner import liger, parallel, peft_methods
+from planner import liger, lora_kernels, parallel, peft_methods
 from planner.activations import ActivationBytes, Ctx, T, Tape, saved_bytes
 from planner.activations import _mlp as replay_mlp
+from planner.memo import by_identity
 from planner.methods import (
     DTYPE_BYTES,
     BlockTraining,
@@ -179,8 +180,8 @@ def activation_bytes(spec: ModelSpec, plan: Plan, train: TrainingLayout, device:
     The stage (`run`) decides the rows (2B for chosen + rejected) and what the head saves.
     """
     run = run or stage_run(plan, device)
-    return saved_bytes(
-        spec, block_training(spec, plan), batch=run.rows, seq=plan.seq_len,
+    return _replay(spec, block_training(spec, plan), tuple(dict(
+        batch=run.rows, seq=plan.seq_len,
         prefix=plan.num_virtual_tokens if plan.method == "prefix" else 0,
         prompt_tokens=plan.num_virtual_tokens if plan.method in ("prompt", "ptuning") else 0,
         prompt_encoder=peft_methods.encoder_saved_bytes(spec, plan, run.rows),
@@ -197,7 +198,31 @@ def activation_bytes(spec: ModelSpec, plan: Plan, train: TrainingLayout, device:
         logit_tokens=run.rows * run.logits_per_row if run.logits_per_row != plan.seq_len else None,
         nll_term=plan.nll_term, liger=liger.applied(spec.model_type, plan.liger_kernels),
         quantized=train.method == "qlora" and not train.checkpoint_quantized,
-    )
+        lora_kernels=lora_kernels.applied(plan.lora_kernels),
+    ).items()))
+
+
+@by_identity(objects=2)  # what-fits asks every GPU about the same micro-batches, the TUI re-asks on each edit
+def _replay(spec: ModelSpec, trainings: tuple[BlockTraining, ...], options: tuple) -> ActivationBytes:
+    """`saved_bytes` once per spec, block trainings (one tuple per shape-free plan) and replay options."""
+    return saved_bytes(spec, trainings, **dict(options))
+
+
+@by_identity(objects=3)  # a batch or length search, and the service's estimate, reuse them
+def _model_states(spec: ModelSpec, counts: ParamCounts, train: TrainingLayout, plan: Plan) -> tuple:
+    """What the micro-batch's shape does not change, per GPU before any offload: (weights, gradients, optimizer
+    state, master weights) scaled to the rank's model-parallel share, ZeRO-3's gathered pair (`_zero3_gather`)
+    and the optimizer step's temporaries (`_optimizer_temporaries`). `plan` is shape-free (`Plan.shape_free`):
+    nothing here may read the batch or sequence sizes."""
+    share = parallel.model_share(counts, plan)
+    grads = gradient_bytes(train, plan)
+    if plan.optimizer == "badam":
+        # BAdam sets requires_grad_(False) on every layer but the active block: only its gradients exist
+        grads = _ceil_div(grads * badam_block(spec, train, plan), max(1, train.trainable_params))
+    states = (weight_bytes(train, plan), grads, optimizer_state_bytes(train, plan, spec),
+              master_weight_bytes(train, plan))
+    return (*(parallel.scaled(x, share) for x in states), _zero3_gather(spec, plan, train, counts),
+            _optimizer_temporaries(spec, train, plan))
 
 
 def _head_linear_trainable(spec: ModelSpec, train: TrainingLayout) -> bool:
@@ -253,6 +278,12 @@ def _offloaded(spec: ModelSpec, plan: Plan, train: TrainingLayout, run: StageRun
     head = run.head in ("logits", "value", "logps") and _head_linear_trainable(spec, train)
     kept = min(outside, run.rows * plan.seq_len * spec.hidden_size * DTYPE_BYTES[plan.compute_dtype]) if head else 0
     return 0, kept, 0, blocks + outside - kept + copies
+
+
+def attention_run(spec: ModelSpec, plan: Plan) -> Plan:
+    """The plan with the attention transformers really runs: a model without SDPA (Gemma-2) asked for the
+    default sdpa gets eager (PreTrainedModel falls back to it; the frameworks' `auto` does the same)."""
+    return plan.model_copy(update={"attention": "eager"}) if plan.attention == "sdpa" and not spec.sdpa else plan
 
 
 def _flattened(plan: Plan) -> Plan:
@@ -344,7 +375,7 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
                     train: TrainingLayout | None = None, machine: Machine | None = None) -> Breakdown:
     machine = machine or Machine()
     spec = stage_spec(spec, plan)
-    plan = _flattened(plan)
+    plan = _flattened(attention_run(spec, plan))
     # prompt and P-tuning run the model on their virtual tokens too: every per-token size grows with them
     plan = plan.model_copy(update={"seq_len": peft_methods.model_seq_len(plan)})
     if plan.context_parallel * plan.tensor_parallel > 1:
@@ -356,14 +387,8 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
     share = parallel.model_share(counts, plan)
     run = stage_run(plan, machine.device)
     acts = activation_bytes(spec, plan, train, machine.device, run=run)
-    weights = weight_bytes(train, plan)
-    grads = gradient_bytes(train, plan)
-    if plan.optimizer == "badam":
-        # BAdam sets requires_grad_(False) on every layer but the active block: only its gradients exist
-        grads = _ceil_div(grads * badam_block(spec, train, plan), max(1, train.trainable_params))
-    opt_state = optimizer_state_bytes(train, plan, spec)
-    master = master_weight_bytes(train, plan)
-    weights, grads, opt_state, master = (parallel.scaled(x, share) for x in (weights, grads, opt_state, master))
+    weights, grads, opt_state, master, zero3, optimizer_temps = _model_states(spec, counts, train,
+                                                                              plan.shape_free())
     cpu_offload = host_params = 0
     if plan.offload_optimizer:
         cpu_offload = opt_state + master
@@ -428,7 +453,7 @@ def estimate_memory(spec: ModelSpec, plan: Plan, counts: ParamCounts | None = No
         targets = [lin for g in spec.blocks for lin in lora_targets(spec, g.block, plan)[0]]
         dequant += peft_methods.dora_transient(targets, plan.lora_rank, DTYPE_BYTES[adapter_dtype(plan)])
     gather_forward, zero3_gather, grad_partition, optimizer_temp = (parallel.scaled(x, share) for x in (
-        *_zero3_gather(spec, plan, train, counts), *_optimizer_temporaries(spec, train, plan)))
+        *zero3, *optimizer_temps))
 
     in_backward = steps_in_backward(plan)
     if in_backward:
@@ -772,7 +797,8 @@ def _mlp_saved(spec: ModelSpec, plan: Plan, block: Block, base_trains: bool, lor
     """What one block's MLP saves for backward (the replay's own rules, on an input that requires grad)."""
     weight_dtype = param_dtype(plan, trainable=base_trains)
     tape = Tape(autocast=plan.compute_dtype if plan.mixed else None,
-                liger=liger.applied(spec.model_type, plan.liger_kernels))
+                liger=liger.applied(spec.model_type, plan.liger_kernels),
+                lora_kernels=lora_kernels.applied(plan.lora_kernels))
     ctx = Ctx(batch=1, seq=tokens, hidden=spec.hidden_size, compute=plan.compute_dtype, weight_dtype=weight_dtype,
               kernel=plan.attention, lora_rank=plan.lora_rank, lora_dropout=plan.lora_dropout,
               adapter_dtype=adapter_dtype(plan))

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from planner import peft_methods
 from planner.errors import FtplanError
+from planner.memo import by_identity
+from planner.moe_quant import expert_tensors
 from planner.params import (
     ALL,
     ALL_LINEAR,
@@ -157,10 +159,20 @@ def peft_all_linear(spec: ModelSpec) -> list[str]:
     return sorted(known_module_names(spec) | set(_PEFT_MOE_TARGETS.get(spec.model_type, {})))
 
 
-def lora_targets(spec: ModelSpec, block: Block, plan: Plan) -> tuple[list[Linear], frozenset[str]]:
+def lora_targets(spec: ModelSpec, block: Block, plan: Plan) -> tuple[tuple[Linear, ...], frozenset[str]]:
     """The linears peft wraps in `block`, and the MoE parameters it wraps with ParamWrapper."""
+    return _lora_targets(spec, block, plan.lora_target)
+
+
+@by_identity(objects=2)  # the layout, the replay, the optimizer and the memory model all ask, block by block
+def _lora_targets(spec: ModelSpec, block: Block, lora_target: str) -> tuple[tuple[Linear, ...], frozenset[str]]:
+    linears, params = _resolve_lora_targets(spec, block, lora_target)
+    return tuple(linears), params
+
+
+def _resolve_lora_targets(spec: ModelSpec, block: Block, lora_target: str) -> tuple[list[Linear], frozenset[str]]:
     mapping = _PEFT_MOE_TARGETS.get(spec.model_type)
-    names = target_names(plan.lora_target)
+    names = target_names(lora_target)
     lowered = {n.lower() for n in names}
     if lowered & ATTENTION_ALIASES:
         return select_linears(block, names), frozenset()
@@ -227,6 +239,7 @@ def lora_param_adapters(block: Block, hidden: int, params: frozenset[str], rank:
 
 
 class ParamGroup(BaseModel):
+    model_config = ConfigDict(frozen=True)
     name: str
     params: int
     dtype: str  # fp32 | bf16 | fp16 | nf4 | int8
@@ -235,6 +248,7 @@ class ParamGroup(BaseModel):
 
 
 class TrainingLayout(BaseModel):
+    model_config = ConfigDict(frozen=True)  # shared: `layout` returns one object per spec and plan shape
     method: str
     trainable_params: int
     adapter_params: int = 0
@@ -266,21 +280,27 @@ def trainable_layer_indices(spec: ModelSpec, plan: Plan) -> list[int]:
     return list(range(spec.num_layers - n, spec.num_layers)) if n > 0 else list(range(-n))
 
 
-def block_training(spec: ModelSpec, plan: Plan) -> list[BlockTraining]:
-    """One `BlockTraining` per decoder layer."""
+def block_training(spec: ModelSpec, plan: Plan) -> tuple[BlockTraining, ...]:
+    """One `BlockTraining` per decoder layer: one tuple per spec and shape-free plan, which the activation replay's
+    memo (planner.memory) keys on."""
+    return _block_training(spec, plan.shape_free())
+
+
+@by_identity(objects=1)
+def _block_training(spec: ModelSpec, plan: Plan) -> tuple[BlockTraining, ...]:
     if plan.method == "full":
-        return [BlockTraining(True)] * spec.num_layers
+        return (BlockTraining(True),) * spec.num_layers
     if plan.method == "freeze":
         chosen = set(trainable_layer_indices(spec, plan))
         trained, frozen = BlockTraining(True), BlockTraining(False)  # shared: the replay compares them per layer
-        return [trained if i in chosen else frozen for i in range(spec.num_layers)]
+        return tuple(trained if i in chosen else frozen for i in range(spec.num_layers))
     out: list[BlockTraining] = []
     for group in spec.blocks:  # identical blocks train identically: resolve targets once per group
         out += [_peft_block_training(spec, group.block, plan)] * group.count
-    return out
+    return tuple(out)
 
 
-def _lora_group_targets(spec: ModelSpec, block: Block, plan: Plan) -> tuple[list[Linear], frozenset[str]]:
+def _lora_group_targets(spec: ModelSpec, block: Block, plan: Plan) -> tuple[tuple[Linear, ...], frozenset[str]]:
     """`lora_targets`, refusing DoRA where peft does: on transformers 5's fused MoE expert parameters."""
     linears, params = lora_targets(spec, block, plan)
     if params and plan.use_dora:
@@ -359,6 +379,13 @@ def adapter_dtype(plan: Plan) -> str:
 
 
 def layout(spec: ModelSpec, counts: ParamCounts, plan: Plan) -> TrainingLayout:
+    """Which parameters train and how each is stored. It does not depend on the micro-batch's shape, so a batch or
+    length search (and the service, then the memory model) gets one object per spec and shape-free plan."""
+    return _layout(spec, counts, plan.shape_free())
+
+
+@by_identity(objects=2)
+def _layout(spec: ModelSpec, counts: ParamCounts, plan: Plan) -> TrainingLayout:
     check_lora_target(spec, plan)
     groups: list[ParamGroup] = []
     notes: list[str] = []
@@ -413,6 +440,9 @@ def layout(spec: ModelSpec, counts: ParamCounts, plan: Plan) -> TrainingLayout:
                 w = lin.in_features * lin.out_features
                 quant_params += n * w
                 quant_bytes += n * quantized_bytes(w, lin.out_features, plan.base_bits, plan.double_quant)
+            for numel, rows in expert_tensors(block, spec.hidden_size) if plan.quantize_experts else ():
+                quant_params += n * numel
+                quant_bytes += n * quantized_bytes(numel, rows, plan.base_bits, plan.double_quant)
     if ckpt is not None:
         add(f"quantized linears (checkpoint's {ckpt.label})", quant_params, False,
             dtype=f"{ckpt.method}-{ckpt.bits}bit", nbytes=quant_bytes)
@@ -428,7 +458,10 @@ def layout(spec: ModelSpec, counts: ParamCounts, plan: Plan) -> TrainingLayout:
         add(f"quantized linears ({qname})", quant_params, False,
             dtype="nf4" if plan.base_bits == 4 else "int8", nbytes=quant_bytes)
         add("embeddings, head, norms, biases (not quantized)", counts.total - quant_params, False)
-        if counts.experts:
+        if counts.experts and plan.quantize_experts:
+            notes.append("qlora: the fused 3-D MoE expert tensors are quantized as they load (axolotl's "
+                         "quantize_moe_experts), one bitsandbytes quantization state per tensor")
+        elif counts.experts:
             notes.append("qlora: transformers 5 stores MoE experts as fused 3-D tensors that bitsandbytes "
                          "does not quantize; they stay in the compute dtype")
     else:

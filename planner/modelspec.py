@@ -202,6 +202,8 @@ class ModelSpec(FrozenModel):
     tie_word_embeddings: bool = False
     final_norm: Norm = Norm()
     final_logit_softcap: float | None = None
+    # transformers' `_supports_sdpa`: without it the default attention is eager (and an explicit sdpa is refused)
+    sdpa: bool = True
     embedding_dropout: float = 0.0
     blocks: tuple[BlockGroup, ...]
     stands_for: str | None = None  # for a size alias: the real model it stands for

@@ -6,12 +6,15 @@ shares the embedding matrix and is not counted twice.
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
+from planner.memo import by_identity
 from planner.spec import Block, Linear, ModelSpec
 
 
 class ParamCounts(BaseModel):
+    model_config = ConfigDict(frozen=True)  # one object per spec is shared (`count_params` is memoized)
+
     total: int
     embeddings: int  # token embeddings (+ learned positions)
     position_embeddings: int = 0
@@ -44,6 +47,7 @@ def _active(block: Block) -> int:
     return block.params - block.other_params.get("experts", 0) + mlp.top_k * per_expert
 
 
+@by_identity(objects=1)  # the service, each estimate of a batch search and the time estimate count the same spec
 def count_params(spec: ModelSpec) -> ParamCounts:
     d = spec.hidden_size
     embeddings = spec.vocab_size * d + spec.learned_positions * d

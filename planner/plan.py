@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from planner import liger
+from planner import liger, lora_kernels
 from planner.errors import FtplanError, validation_error
 
 # full/freeze train the model's own weights; the rest train what peft (or, for `adapter`, Houlsby et al.'s
@@ -95,6 +95,9 @@ class Plan(BaseModel):
     # the frozen base's dtype when it differs from the precision's (WeightsDtype); None: the compute dtype
     weights_dtype: WeightsDtype | None = None
     quant_bits: Literal[4, 8] | None = None  # quantized base weights (QLoRA); None with qlora means 4
+    # the fused 3-D MoE expert tensors quantized too (axolotl's quantize_moe_experts; planner.moe_quant), which
+    # bitsandbytes alone leaves in the compute dtype
+    quantize_experts: bool = False
     double_quant: bool = True
     gpus: int = 1  # every GPU of the run, across nodes
     zero: Literal[0, 1, 2, 3] = 0
@@ -116,6 +119,8 @@ class Plan(BaseModel):
     # Liger's other kernels (planner.liger): a comma list of rope, rms_norm, glu, layer_norm, cross_entropy, or
     # `default` (the model type's own set); stored in canonical order so equal plans compare equal
     liger_kernels: str = ""
+    # axolotl's fused LoRA kernels (planner.lora_kernels): a comma list of qkv, o, mlp, in canonical order
+    lora_kernels: str = ""
     optimizer_in_backward: bool = False  # torchtune's optimizer_in_bwd: step each parameter in its grad hook
     # GaLore / APOLLO: the rank of the projected gradient and how many steps a projection is kept (the update
     # step recomputes it; the memory does not depend on the interval); layer-wise = optimizer_in_backward
@@ -160,6 +165,13 @@ class Plan(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
+    def _lora_kernels_in_canonical_order(cls, data):
+        if isinstance(data, dict) and "lora_kernels" in data:
+            data = {**data, "lora_kernels": lora_kernels.parse(data["lora_kernels"])}
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
     def _gpus_per_node_sets_gpus(cls, data):
         if isinstance(data, dict) and data.get("gpus_per_node") is not None:
             per_node, nodes = data["gpus_per_node"], data.get("nodes", 1)
@@ -185,6 +197,9 @@ class Plan(BaseModel):
         if self.freeze_trainable_layers == 0 and self.method == "freeze":
             raise FtplanError("0 trains nothing; use N > 0 (last N layers) or -N (first N)",
                               field="freeze_trainable_layers")
+        if self.quantize_experts and self.method != "qlora":
+            raise FtplanError("quantizes the MoE experts of a quantized base: it needs QLoRA ({method} qlora, or "
+                              "{quant_bits} 4 or 8)", field="quantize_experts")
         if self.use_dora and not self.lora_family:
             raise FtplanError(f"is a LoRA variant; {{method}} {self.method} has no LoRA adapters: use lora or qlora",
                               field="use_dora")
@@ -329,6 +344,12 @@ class Plan(BaseModel):
     @property
     def global_batch(self) -> int:
         return self.batch_size * self.grad_accum * self.data_parallel
+
+    def shape_free(self) -> Plan:
+        """This plan at a micro-batch of one one-token row: the key of what the micro-batch's shape does not change
+        (the layout, the model states), so that a batch or length search computes it once. Not a valid plan to
+        estimate: it skips validation."""
+        return self.model_copy(update={"batch_size": 1, "seq_len": 1, "token_fill": 1.0})
 
     @classmethod
     def build(cls, **fields) -> Plan:

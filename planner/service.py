@@ -10,12 +10,10 @@ sets the plan's `gpus` here, so no front end plans over a different count.
 from __future__ import annotations
 
 from planner import liger, parallel
-from planner.advice import suggest
 from planner.fields import Vocabulary, word
 from planner.findings import Change, Finding
 from planner.fit import batch_step, fit_report, prompt_groups_problem
-from planner.flops import estimate_time
-from planner.memory import Breakdown, estimate_memory, tokens_assumption
+from planner.memory import Breakdown, attention_run, estimate_memory, tokens_assumption
 from planner.methods import TrainingLayout, layout
 from planner.optimizers import optimizer_assumptions
 from planner.params import count_params
@@ -29,24 +27,33 @@ from planner.units import fmt_gib
 
 def plan_run(spec: ModelSpec, plan: Plan | dict, target: Machine | None = None, *, search_batch: bool = False,
              search_seq: bool = False, mfu: float | None = None, samples: int | None = None,
-             epochs: float = 1.0, vocabulary: Vocabulary = "cli") -> Estimate:
+             epochs: float = 1.0, vocabulary: Vocabulary = "cli", advise: bool = True) -> Estimate:
     """Plan one run on one machine. `plan` may be a `Plan` or its fields (validated here); the texts
-    (assumptions, warnings, suggestions) name settings in `vocabulary`."""
+    (assumptions, warnings, suggestions) name settings in `vocabulary`. `advise=False` leaves the
+    suggestions out (most of a plan that does not fit): the TUI draws the verdict first and asks again
+    for them off its UI thread."""
     plan = plan if isinstance(plan, Plan) else Plan.build(**plan)
     machine = target or Machine()
     gpu_target = machine if isinstance(machine, GpuTarget) else None
     if gpu_target is not None and gpu_target.gpus and gpu_target.gpus != plan.gpus:
         plan = plan.with_(gpus=gpu_target.gpus)
     spec = stage_spec(spec, plan)
+    asked = plan.attention
+    plan = attention_run(spec, plan)
     counts = count_params(spec)
     train = layout(spec, counts, plan)
     memory = estimate_memory(spec, plan, counts, train, machine)
     fit = suggestions = time = None
     if gpu_target is not None:
         fit = fit_report(spec, plan, gpu_target, memory.total, search_batch=search_batch, search_seq=search_seq)
-        suggestions = [] if fit.fits else suggest(spec, plan, gpu_target.capacity, memory.total, machine=machine,
-                                                  vocabulary=vocabulary)
+        if not fit.fits and advise:
+            from planner.advice import suggest  # only a plan that does not fit: not on every start-up
+
+            suggestions = suggest(spec, plan, gpu_target.capacity, memory.total, machine=machine,
+                                  vocabulary=vocabulary)
         if gpu_target.gpu is not None:
+            from planner.flops import estimate_time  # only a catalog GPU has the peak FLOP/s it needs
+
             time = estimate_time(spec, counts, train, plan, gpu_target.gpu, mfu=mfu, samples=samples,
                                  epochs=epochs)
     return Estimate(
@@ -54,7 +61,10 @@ def plan_run(spec: ModelSpec, plan: Plan | dict, target: Machine | None = None, 
         memory=memory, fit=fit, suggestions=suggestions or [], time=time,
         assumptions=[word(a, vocabulary)
                      for a in assumptions(plan, machine, train, memory, settable=vocabulary in ("cli", "tui"))
-                     + liger.assumptions(spec.model_type, plan.liger_kernels, spec.is_moe)],
+                     + liger.assumptions(spec.model_type, plan.liger_kernels, spec.is_moe)
+                     + ([f"{spec.model_type} has no SDPA attention in transformers: it runs eager attention "
+                         "(s x s scores per head), as transformers falls back to; flash-attention 2 avoids them"]
+                        if plan.attention != asked else [])],
         warnings=[w.model_copy(update={"message": word(w.message, vocabulary)})
                   for w in warnings(spec, plan, gpu_target)],
     )

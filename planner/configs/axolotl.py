@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from planner import lora_kernels
 from planner.configs.common import (
     DataInfo,
     DeepSpeed,
@@ -181,13 +182,15 @@ NOT_MODELLED: list[tuple[tuple[str, ...], str, Direction]] = [
      "count", "understates"),
     (("peft_trainable_token_indices",),
      "trainable token rows of the embeddings are not counted", "understates"),
-    (("lora_target_parameters",), "LoRA on parameters (MoE experts) is not counted", "understates"),
+    (("lora_target_parameters",),
+     "LoRA on the MoE expert tensors through peft's ParamWrapper (rank-r adapters per expert, and W + BA "
+     "materialised for each wrapped tensor every forward, saved for backward) is not counted", "understates"),
     (("peft_layers_to_transform", "peft_layers_pattern"),
      "LoRA adapts only these layers; this plan adapts every layer", "overstates"),
     (("peft_layer_replication",), "layers are replicated, which this plan does not count", "understates"),
     (("lora_rank_pattern",), "some modules get another rank than lora_r", "unknown"),
-    (("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel"),
-     "axolotl's fused LoRA kernels save fewer activations than the ops this plan replays", "overstates"),
+    (("lora_embedding_kernel",),
+     "axolotl's fused LoRA embedding kernel saves other tensors than peft's embedding adapter", "unknown"),
     (("layer_offloading",),
      "frozen layers are offloaded to CPU memory between uses; this plan keeps them on the GPU", "overstates"),
     (("selective_checkpointing", "dynamic_checkpoint"),
@@ -196,8 +199,6 @@ NOT_MODELLED: list[tuple[tuple[str, ...], str, Direction]] = [
      "does not count", "understates"),
     (("fp8", "fp8_enable_fsdp_float8_all_gather"),
      "FP8 linears save fp8 activations; this plan saves them in 16 bits", "overstates"),
-    (("quantize_moe_experts",),
-     "the MoE experts are quantized; this plan keeps them in the compute dtype", "overstates"),
     (("model_quantization_config", "model_quantization_config_kwargs"),
      "the base is loaded quantized (MXFP4 or FP8); this plan loads it in 16 bits", "overstates"),
     (("gptq", "gptq_groupsize", "gptq_model_v1", "gptq_disable_exllama"),
@@ -212,8 +213,6 @@ NOT_MODELLED: list[tuple[tuple[str, ...], str, Direction]] = [
     (("flash_attn_cross_entropy", "flash_attn_rms_norm", "flash_attn_fuse_mlp", "flash_optimum"),
      "flash-attn's fused kernels save fewer activations than the ops this plan replays", "overstates"),
     (("s2_attention",), "shifted sparse attention computes attention in groups", "overstates"),
-    (("experts_implementation",),
-     "the MoE experts run with another implementation than this plan replays", "unknown"),
     (("llama4_linearized_experts",), "the Llama 4 experts are linearized into separate modules", "unknown"),
     (tuple(sorted(PLUGIN_KEYS["kernels"])),
      "the kernels plugin replaces the MoE (and some non-expert) layers with its own kernels", "unknown"),
@@ -259,7 +258,9 @@ xformers_attention flex_attention sage_attention eager_attention gemma4_hybrid_a
 float16 optimizer deepspeed fsdp fsdp_config fsdp_version dp_shard_size dp_replicate_size plugins
 context_parallel_size sequence_parallel_degree tensor_parallel_size expert_parallel_size
 liger_fused_linear_cross_entropy liger_rope liger_rms_norm liger_rms_norm_gated liger_layer_norm liger_swiglu
-liger_glu_activation liger_cross_entropy cut_cross_entropy learning_rate num_epochs max_steps lr_scheduler
+liger_glu_activation liger_cross_entropy cut_cross_entropy lora_mlp_kernel lora_qkv_kernel lora_o_kernel
+quantize_moe_experts experts_implementation
+learning_rate num_epochs max_steps lr_scheduler
 warmup_ratio warmup_steps max_grad_norm datasets val_set_size bnb_config_kwargs sample_packing""")
 
 # Everything else axolotl takes changes neither memory, stability nor time of the training steps: logging,
@@ -391,6 +392,9 @@ def read(keys: Keys, base: Path, stage: str | None = None) -> RunConfig:
         r.warn("not_modelled", "peft_autocast_adapter_dtype", "peft_autocast_adapter_dtype false: the "
                "adapters stay in the base's 16-bit dtype, while this plan keeps them in fp32", "overstates")
     use_dora = _lora_variants(r, method, quantized=bool(quant_bits))
+    fused_lora = _lora_kernels(r, method, use_dora)
+    quantize_experts = _quantize_experts(r, quant_bits)
+    _experts_implementation(r, plugins, dropped)
 
     micro = k.positive("micro_batch_size", 1)
     accum = k.get("gradient_accumulation_steps", int)
@@ -432,7 +436,8 @@ def read(keys: Keys, base: Path, stage: str | None = None) -> RunConfig:
         # loaders/model.py: bnb_4bit_use_double_quant true, which bnb_config_kwargs may override
         double_quant=bool(bnb.get("bnb_4bit_use_double_quant", True)),
         zero=zero, offload_optimizer=offload, offload_params=offload_params, fused_loss=fused,
-        liger_kernels=liger_kernels, framework="trl", **parallel,
+        liger_kernels=liger_kernels, lora_kernels=fused_lora, quantize_experts=quantize_experts, framework="trl",
+        **parallel,
         **stage_fields, **optim_fields, **_packing(r, attn, stage_fields.get("stage", "sft")),
     )
     hyper = read_hyper(k, epochs="num_epochs", epochs_default=1.0, scheduler="lr_scheduler",
@@ -480,6 +485,108 @@ def _activation_offloading(r: _Read, gc: Any, checkpointing: bool, method: str) 
                        "offloading replaces recomputation")
         return False, "saved"
     return True, "saved"
+
+
+# axolotl's LoRA kernel switches (utils/schemas/config.py) as planner.lora_kernels names
+LORA_KERNEL_KEYS = {"lora_qkv_kernel": "qkv", "lora_o_kernel": "o", "lora_mlp_kernel": "mlp"}
+
+
+def _lora_kernels(r: _Read, method: str, use_dora: bool) -> str:
+    """lora_qkv_kernel / lora_o_kernel / lora_mlp_kernel as the plan's `lora_kernels` (planner.lora_kernels).
+
+    Unset, axolotl turns them all on for adapter lora/qlora (utils/schemas/config.py
+    check_auto_enable_lora_kernels) unless `rl` or nvfp4_merge_aware is set, a kernel key is given, the adapter is
+    8-bit LoRA, trust_remote_code is on, or FSDP1 runs on several GPUs. 8-bit LoRA and trust_remote_code refuse
+    them outright (schemas/validation.py check_lora_kernels_8bit, check_lora_kernels_trust_remote_code)."""
+    k = r.k
+    given = {key: k.get(key, bool) for key in LORA_KERNEL_KEYS}
+    adapter = k.get("adapter", str)
+    if method != "lora" or adapter not in ("lora", "qlora"):
+        return ""
+    eight = adapter == "lora" and k.get("load_in_8bit", bool, False)
+    remote = _set(k.config.get("trust_remote_code"))
+    asked = [key for key, on in given.items() if on]
+    if asked and (eight or remote):
+        why = "8-bit LoRA (load_in_8bit)" if eight else "trust_remote_code"
+        raise FtplanError(f"{k.path}: key '{asked[0]}' is not compatible with {why}: axolotl refuses it; set "
+                          f"{asked[0]}: false" + ("" if eight else " or drop trust_remote_code"))
+    explicit = any(v is not None for v in given.values()) or k.config.get("lora_embedding_kernel") is not None
+    fsdp = k.config.get("fsdp_config")
+    version = k.config.get("fsdp_version") or (fsdp.get("fsdp_version") if isinstance(fsdp, dict) else None)
+    fsdp1 = fsdp is not None and str(version) != "2"
+    if explicit:
+        names = [name for key, name in LORA_KERNEL_KEYS.items() if given[key]]
+    elif _set(k.config.get("rl")) or _set(k.config.get("nvfp4_merge_aware")) or eight or remote or fsdp1:
+        return ""
+    else:
+        names = list(LORA_KERNEL_KEYS.values())
+    if not names:
+        return ""
+    if use_dora:
+        r.warn("not_modelled", [key for key in LORA_KERNEL_KEYS if given[key]] or "peft_use_dora",
+               "axolotl's LoRA kernels with DoRA save the combined outputs and magnitude scales, which this plan "
+               "does not model; planned as peft's DoRA layers", "unknown")
+        return ""
+    kernels = ",".join(names)
+    said = "lora_*_kernel unset: axolotl turns them on for LoRA (check_auto_enable_lora_kernels); " \
+        if not explicit else ""
+    r.notes.append(said + lora_kernels.assumption(kernels))
+    return kernels
+
+
+# transformers 5's MoE kernel when none is asked for (modeling_utils.py get_correct_experts_implementation), the one
+# planner.activations replays; the expert_parallel plugin wraps whichever is set around its all-to-all
+# (integrations/expert_parallel/plugin.py), which leaves each GPU's expert compute as it is
+PLANNED_EXPERTS = "grouped_mm"
+
+
+def _experts_implementation(r: _Read, plugins: set[str], dropped: set[str]) -> None:
+    """experts_implementation: grouped_mm is what this plan replays; scattermoe / sonicmoe are the kernels plugin's
+    (integrations/kernels/args.py sets them from use_scattermoe / use_sonicmoe), whose keys are warned as a group;
+    eager and batched_mm keep other tensors than grouped_mm."""
+    k = r.k
+    value = k.get("experts_implementation", str)
+    if value is None:
+        return
+    if value == PLANNED_EXPERTS:
+        r.notes.append("experts_implementation grouped_mm: transformers' default MoE kernel, as planned")
+        return
+    kernels_keys = PLUGIN_KEYS["kernels"] - dropped
+    if value in ("scattermoe", "sonicmoe") and "kernels" in plugins and any(_set(k.config.get(key))
+                                                                           for key in kernels_keys):
+        return  # the kernels plugin's warning covers it
+    if value == "batched_mm":  # integrations/moe.py batched_mm_experts_forward: bmm over weights gathered per token
+        r.warn("not_modelled", "experts_implementation", "experts_implementation batched_mm: each routed token's "
+               "expert weights are gathered into one tensor that the batched matmul keeps for backward, while this "
+               "plan replays transformers' grouped_mm", "understates")
+        return
+    r.warn("not_modelled", "experts_implementation", f"experts_implementation {value}: the MoE experts run another "
+           "kernel than transformers' grouped_mm, which this plan replays", "unknown")
+
+
+def _quantize_experts(r: _Read, quant_bits: int | None) -> bool:
+    """quantize_moe_experts: the fused MoE expert tensors quantized as they load (monkeypatch/moe_quant.py
+    patch_moe_quantization_on_load; planner.moe_quant), in the base's 4 or 8 bits. utils/schemas/config.py
+    check_quantize_moe_experts refuses it with lora_target_linear, and without adapter lora/qlora and
+    load_in_4bit or load_in_8bit."""
+    k = r.k
+    if not k.get("quantize_moe_experts", bool, False):
+        return False
+    if k.get("lora_target_linear", bool, False):
+        raise FtplanError(f"{k.path}: key 'quantize_moe_experts' is not compatible with lora_target_linear (axolotl "
+                          "refuses both); name the modules in lora_target_modules and the experts in "
+                          "lora_target_parameters")
+    if k.get("adapter", str) not in ("lora", "qlora") or not (k.get("load_in_4bit", bool, False)
+                                                              or k.get("load_in_8bit", bool, False)):
+        raise FtplanError(f"{k.path}: key 'quantize_moe_experts' needs adapter lora or qlora with load_in_4bit or "
+                          "load_in_8bit (axolotl refuses it otherwise); set them or drop quantize_moe_experts")
+    if not quant_bits:  # adapter lora with load_in_4bit: the linears load in 16 bits (see _method)
+        r.warn("not_modelled", "quantize_moe_experts", "quantize_moe_experts on a base whose linears load in 16 "
+               "bits: the experts are quantized, while this plan keeps them in the compute dtype", "overstates")
+        return False
+    r.notes.append(f"quantize_moe_experts: the fused MoE expert tensors are quantized to {quant_bits} bits as they "
+                   "load, like the linears")
+    return True
 
 
 def _lora_variants(r: _Read, method: str, quantized: bool) -> bool:

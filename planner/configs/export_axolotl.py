@@ -13,8 +13,8 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from planner import liger
-from planner.configs.axolotl import LIGER_KERNELS
+from planner import liger, lora_kernels
+from planner.configs.axolotl import LIGER_KERNELS, LORA_KERNEL_KEYS
 from planner.configs.common import LAYERWISE_OPTIMIZERS, trainer_optim_keys
 from planner.configs.export_common import (
     DATASET,
@@ -159,9 +159,15 @@ def _adapter(out: Lines, x: ExportInput, runs: dict) -> None:
     out.key("lora_dropout", plan.lora_dropout)
     if plan.use_dora:
         out.key("peft_use_dora", True)
+    _lora_kernels(out, plan, runs)
     if x.hyper.use_rslora:
         out.key("peft_use_rslora", True)
     target = module_targets(plan, x.spec, keep_all=True)
+    if plan.quantize_experts:
+        if target in ("all", "all-linear"):  # check_quantize_moe_experts refuses lora_target_linear beside it
+            runs["quantize_experts"] = (False, "axolotl refuses quantize_moe_experts with lora_target_linear")
+        else:
+            out.key("quantize_moe_experts", True, "the fused MoE experts quantized as they load")
     if target in ("all", "all-linear"):
         out.key("lora_target_linear", True, "every linear layer but the head")
         if plan.lora_target != "all":
@@ -172,6 +178,17 @@ def _adapter(out: Lines, x: ExportInput, runs: dict) -> None:
         out.key("lora_target_modules", target)
         if ",".join(target) != plan.lora_target:
             runs["lora_target"] = (",".join(target), None)
+
+
+def _lora_kernels(out: Lines, plan: Plan, runs: dict) -> None:
+    """Each lora_*_kernel key written, as unset ones are turned on for LoRA (check_auto_enable_lora_kernels);
+    axolotl refuses them on 8-bit LoRA and they are planned as peft's layers with DoRA."""
+    off = (plan.method == "qlora" and plan.base_bits == 8) or plan.use_dora
+    kernels = lora_kernels.applied("" if off else plan.lora_kernels)
+    for key, name in LORA_KERNEL_KEYS.items():
+        out.key(key, name in kernels)
+    if off and plan.lora_kernels:
+        runs["lora_kernels"] = ("", "axolotl's LoRA kernels refuse 8-bit LoRA and are not planned with DoRA")
 
 
 def _packing(out: Lines, plan: Plan, runs: dict) -> None:

@@ -335,9 +335,9 @@ def test_the_stage_flag_overrides_rl(tmp_path) -> None:
 
 @pytest.mark.parametrize(("keys", "first", "direction"), [
     ({"unfrozen_parameters": ["^lm_head.weight$"]}, "unfrozen_parameters", "overstates"),
-    ({"quantize_moe_experts": True}, "quantize_moe_experts", "overstates"),
+    ({"tiled_mlp": True}, "tiled_mlp", "overstates"),
     ({"qat": {"weight_dtype": "int8"}}, "qat", "understates"),
-    ({"lora_mlp_kernel": True}, "lora_mlp_kernel", "overstates"),
+    ({"lora_embedding_kernel": True}, "lora_embedding_kernel", "unknown"),
     ({"torch_compile": True}, "torch_compile", "overstates"),
     ({"processor_type": "AutoProcessor"}, "processor_type", "unknown"),
 ])
@@ -481,3 +481,119 @@ def test_expert_parallel_size_needs_its_plugin(tmp_path) -> None:
 def test_a_bad_parallel_size_names_its_key(tmp_path) -> None:
     with pytest.raises(FtplanError, match="key 'context_parallel_size' must be at least 1"):
         read(tmp_path, context_parallel_size=0)
+
+
+# ------------------------------------------------------------------ axolotl's LoRA kernels
+
+
+@pytest.mark.parametrize(("keys", "kernels"), [
+    ({}, "qkv,o,mlp"),  # schemas/config.py check_auto_enable_lora_kernels: on for LoRA when none is set
+    ({"lora_mlp_kernel": True}, "mlp"),  # one key set: the others stay off
+    ({"lora_qkv_kernel": True, "lora_o_kernel": True, "lora_mlp_kernel": False}, "qkv,o"),
+    ({"lora_embedding_kernel": False}, ""),  # any kernel key set stops the auto-enable
+    ({"rl": "dpo"}, ""),  # not auto-enabled for RL trainers
+    ({"nvfp4_merge_aware": True}, ""),
+    ({"fsdp_config": {"fsdp_version": 1}}, ""),  # FSDP1 on several GPUs: left off
+    ({"fsdp_version": 2, "fsdp_config": {"reshard_after_forward": True}}, "qkv,o,mlp"),
+])
+def test_lora_kernels(tmp_path, keys: dict, kernels: str) -> None:
+    run = read(tmp_path, **LORA, **keys)
+    assert run.plan.lora_kernels == kernels
+    assert not {"lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel"} & set(codes(run))
+    assert any("LoRA kernels" in n for n in run.notes) == bool(kernels)
+
+
+def test_lora_kernels_need_an_adapter_and_are_off_for_8bit_lora(tmp_path) -> None:
+    assert read(tmp_path, lora_mlp_kernel=True).plan.lora_kernels == ""  # a full fine-tune has no LoRA layers
+    assert read(tmp_path, **LORA, load_in_8bit=True).plan.lora_kernels == ""
+    with pytest.raises(FtplanError, match="'lora_mlp_kernel' is not compatible with 8-bit LoRA"):
+        read(tmp_path, **LORA, load_in_8bit=True, lora_mlp_kernel=True)
+    with pytest.raises(FtplanError, match="'lora_qkv_kernel' is not compatible with trust_remote_code"):
+        read(tmp_path, **LORA, trust_remote_code=True, lora_qkv_kernel=True)
+
+
+def test_lora_kernels_with_dora_are_warned_and_planned_as_peft(tmp_path) -> None:
+    run = read(tmp_path, **LORA, peft_use_dora=True, lora_qkv_kernel=True)
+    assert run.plan.lora_kernels == "" and codes(run)["lora_qkv_kernel"] == ("not_modelled", "unknown")
+
+
+def test_lora_kernels_lower_the_estimate(tmp_path) -> None:
+    """The kernels keep fewer activations than peft's layers (tests/planner/test_lora_kernels_truth.py measures
+    how many), so the same config plans less memory with them on."""
+    from planner.service import plan_run
+    from planner.spec import spec_from_config
+    from planner.target import Machine
+    from tests.planner.configs import random_config
+
+    spec = spec_from_config(random_config("llama", 0, layers=2), source="test")
+    on = read(tmp_path, **LORA, sequence_len=64, micro_batch_size=2).plan
+    off = read(tmp_path, **LORA, sequence_len=64, micro_batch_size=2, lora_mlp_kernel=False).plan
+    cpu = Machine(device="cpu")
+    assert plan_run(spec, on, cpu).memory.total < plan_run(spec, off, cpu).memory.total
+
+
+# ------------------------------------------------------------------ quantize_moe_experts
+
+QLORA_MOE = {**BASE, "adapter": "qlora", "load_in_4bit": True, "lora_r": 16,
+             "lora_target_modules": ["q_proj", "v_proj"], "quantize_moe_experts": True}
+
+
+def test_quantize_moe_experts_quantizes_the_experts_in_the_bases_bits(tmp_path) -> None:
+    run = read(tmp_path, **QLORA_MOE)
+    assert run.plan.quantize_experts and run.plan.base_bits == 4 and "quantize_moe_experts" not in codes(run)
+    assert any("quantize_moe_experts" in n for n in run.notes)
+    eight = read(tmp_path, **{**QLORA_MOE, "adapter": "lora", "load_in_4bit": False, "load_in_8bit": True})
+    assert eight.plan.quantize_experts and eight.plan.quant_bits == 8
+    assert not read(tmp_path, **{**QLORA_MOE, "quantize_moe_experts": False}).plan.quantize_experts
+
+
+def test_quantize_moe_experts_is_refused_where_axolotl_refuses_it(tmp_path) -> None:
+    # utils/schemas/config.py check_quantize_moe_experts
+    with pytest.raises(FtplanError, match="'quantize_moe_experts' is not compatible with lora_target_linear"):
+        read(tmp_path, **QLORA_MOE, lora_target_linear=True)
+    with pytest.raises(FtplanError, match="'quantize_moe_experts' needs adapter lora or qlora with load_in_4bit"):
+        read(tmp_path, **{**BASE, "quantize_moe_experts": True})
+
+
+def test_quantize_moe_experts_on_a_16bit_base_stays_warned(tmp_path) -> None:
+    """adapter lora with load_in_4bit loads the linears in 16 bits (planned so, warned); the experts' quantization is
+    not planned there either, and says which way the estimate is off."""
+    run = read(tmp_path, **{**QLORA_MOE, "adapter": "lora"})
+    assert not run.plan.quantize_experts and codes(run)["quantize_moe_experts"] == ("not_modelled", "overstates")
+
+
+def test_quantize_moe_experts_lowers_the_base_bytes(tmp_path) -> None:
+    from planner.service import plan_run
+    from planner.spec import spec_from_config
+    from planner.target import Machine
+    from tests.planner.configs import random_config
+
+    spec = spec_from_config(random_config("qwen3_moe", 0, layers=2), source="test")
+    on, off = read(tmp_path, **QLORA_MOE).plan, read(tmp_path, **{**QLORA_MOE, "quantize_moe_experts": False}).plan
+    cpu = Machine(device="cpu")
+    assert plan_run(spec, on, cpu).memory.total < plan_run(spec, off, cpu).memory.total
+
+
+# ------------------------------------------------------------------ experts_implementation
+
+
+def test_experts_implementation_grouped_mm_is_what_is_planned(tmp_path) -> None:
+    """transformers 5 runs MoE experts through grouped_mm unless told otherwise (get_correct_experts_implementation),
+    and that is the kernel the replay follows; asking for it explicitly changes nothing."""
+    run = read(tmp_path, **LORA, experts_implementation="grouped_mm")
+    assert "experts_implementation" not in codes(run) and run.treatment["experts_implementation"] == "modelled"
+    assert run.plan == read(tmp_path, **LORA).plan
+
+
+@pytest.mark.parametrize(("value", "direction"), [("batched_mm", "understates"), ("eager", "unknown")])
+def test_other_experts_implementations_are_warned(tmp_path, value: str, direction: str) -> None:
+    run = read(tmp_path, **LORA, experts_implementation=value)
+    assert codes(run)["experts_implementation"] == ("not_modelled", direction)
+
+
+def test_the_kernels_plugins_experts_implementation_is_warned_once(tmp_path) -> None:
+    run = read(tmp_path, **LORA, plugins=["axolotl.integrations.kernels.KernelsPlugin"], use_scattermoe=True,
+               experts_implementation="scattermoe")
+    warned = [w for w in run.warnings if "experts_implementation" in w.data["keys"] or "use_scattermoe" in
+              w.data["keys"]]
+    assert len(warned) == 1 and "use_scattermoe" in warned[0].data["keys"]

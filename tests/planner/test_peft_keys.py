@@ -176,7 +176,9 @@ def test_axolotl_dora_and_the_variants(tmp_path) -> None:
     core/builders/base.py: loraplus_lr_ratio as the optimizer's groups."""
     run = read(tmp_path, AXOLOTL, adapter="qlora", load_in_4bit=True, lora_r=16, lora_target_linear=True,
                peft_use_dora=True, peft_use_rslora=True, peft_init_lora_weights="olora", loraplus_lr_ratio=16.0,
-               loraplus_lr_embedding=1e-6)
+               loraplus_lr_embedding=1e-6,
+               # unset, axolotl turns its LoRA kernels on, whose DoRA variant is warned (test_config_axolotl.py)
+               lora_mlp_kernel=False, lora_qkv_kernel=False, lora_o_kernel=False)
     assert (run.plan.method, run.plan.use_dora, run.plan.lora_rank, run.plan.lora_target) == ("qlora", True, 16, "all")
     assert run.hyper.use_rslora
     said = "\n".join(run.notes)

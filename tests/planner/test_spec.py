@@ -9,6 +9,7 @@ import pytest
 from planner.errors import EnvironmentMissing, FtplanError
 from planner.params import count_params
 from planner.spec import load_spec, preset_index, spec_from_config
+from tests.planner.configs import EXACT_TYPES, random_config
 from tests.planner.truth import meta_model
 
 PRESETS = sorted(preset_index().presets)
@@ -130,3 +131,15 @@ def test_multimodal_wrapper_plans_its_text_model() -> None:
 def test_unknown_preset_is_bad_input() -> None:
     with pytest.raises(FtplanError, match="not a preset"):
         load_spec("8x-nonsense")
+
+
+@pytest.mark.parametrize("model_type", EXACT_TYPES)
+def test_the_default_attention_is_the_one_transformers_picks(model_type: str) -> None:
+    """transformers' default attention (sdpa, or eager for a model without SDPA) is the kernel ftplan plans."""
+    from planner.memory import attention_run
+    from planner.plan import Plan
+
+    config = random_config(model_type, 0, layers=1)
+    truth = meta_model(config).config._attn_implementation
+    planned = attention_run(spec_from_config(config, source="test"), Plan()).attention
+    assert planned == truth
