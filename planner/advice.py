@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from planner.configs.fix import how
+from planner import liger
 from planner.errors import FtplanError
 from planner.fields import Vocabulary
 from planner.findings import Change
 from planner.fit import accum_step, max_batch_size, max_seq_len, shortest_seq
-from planner.memory import estimate_memory
+from planner.memory import Breakdown, estimate_memory
 from planner.methods import block_training
 from planner.params import ALL, ALL_LINEAR, CONV1D_MODEL_TYPES
 from planner.plan import Plan
@@ -19,9 +19,34 @@ from planner.target import Machine
 from planner.units import fmt_gib
 
 
+def how(changes: dict[str, Any], vocabulary: Vocabulary) -> str:
+    """planner.configs.fix.how, imported on first use: the config package costs ~100 ms of every start-up
+    that plans (the TUI's first plan) and is needed only once a suggestion is worded."""
+    from planner.configs.fix import how as worded
+
+    return worded(changes, vocabulary)
+
+
+# An 8-bit state rounds Adam's moments and offloading slows every step: worth suggesting only when the change
+# takes at least this share off the per-GPU total (a QLoRA adapter's Adam state is ~1-3% of its run).
+WORTH = 0.05
+
+
+def _rerun(spec: ModelSpec, plan: Plan, changes: dict[str, Any], machine: Machine,
+           base: int) -> tuple[int, Breakdown] | None:
+    """(bytes saved per GPU against `base`, the changed estimate): the planner re-run with the changed Plan; None
+    when the change is refused or saves nothing."""
+    try:
+        new = estimate_memory(spec, plan.with_(**changes), machine=machine)
+    except FtplanError:
+        return None
+    return (base - new.total, new) if new.total < base else None
+
+
 def single_changes(spec: ModelSpec, plan: Plan, capacity: int, machine: Machine) -> list[tuple[str, str, dict[str, Any]]]:
     """Every change worth trying on its own, as (title, why, settings); planner.path_to_fit combines them."""
     out: list[tuple[str, str, dict[str, Any]]] = []
+    base = estimate_memory(spec, plan, machine=machine).total
     if not plan.gradient_checkpointing:
         out.append(("Enable gradient checkpointing",
                     "keeps one hidden state per layer and recomputes the rest in backward (~1/3 more compute)",
@@ -50,17 +75,31 @@ def single_changes(spec: ModelSpec, plan: Plan, capacity: int, machine: Machine)
         out.append(("Use TRL's fused LM head (TRL >= 1.0 installs it for DPO, KTO and GRPO)",
                     f"per-token log-probs are computed tile by tile: no {spec.vocab_size:,}-wide logits",
                     {"fused_loss": True}))
-    elif not fused and plan.stage != "rm":
-        out.append(("Use a fused linear cross-entropy (Liger)",
-                    f"the loss never materialises the {spec.vocab_size:,}-wide logits in fp32",
-                    {"fused_loss": True}))
+    elif not fused and plan.stage != "rm" and spec.model_type in liger.PATCHED:
+        # Liger patches only the model types in its MODEL_TYPE_TO_APPLY_LIGER_FN (planner.liger.PATCHED)
+        found = _rerun(spec, plan, {"fused_loss": True}, machine, base)
+        if found:
+            out.append((f"Liger's fused cross-entropy saves {fmt_gib(found[0])}",
+                        f"the loss never materialises the {spec.vocab_size:,}-wide logits in fp32",
+                        {"fused_loss": True}))
     if plan.stage in ("grpo", "ppo") and plan.vllm != "server":
         out.append(("Generate on a vLLM server (other GPUs)",
                     "`trl vllm-serve` on separate GPUs holds the generation; the training GPUs keep no KV cache",
                     {"vllm": "server"}))
-    if plan.method in ("full", "freeze") and plan.optimizer in ("adamw", "adamw-fused"):
-        out.append(("Use an 8-bit optimizer (bitsandbytes AdamW8bit)",
-                    "2 bytes of Adam state per parameter instead of 8", {"optimizer": "adamw-8bit"}))
+    if plan.optimizer in ("adamw", "adamw-fused"):
+        found = _rerun(spec, plan, {"optimizer": "adamw-8bit"}, machine, base)
+        if found and found[0] >= WORTH * base:
+            out.append((f"8-bit AdamW saves {fmt_gib(found[0])}",
+                        "bitsandbytes AdamW8bit keeps Adam's two moments in 1 byte each (plus a scale per 256 "
+                        "values) instead of the trainable weights' dtype (4 bytes each in fp32)", {"optimizer": "adamw-8bit"}))
+    if plan.activation_offload == "off":
+        found = _rerun(spec, plan, {"activation_offload": "saved"}, machine, base)
+        if found and found[0] >= WORTH * base:
+            moved = found[1].host_activations
+            out.append((f"Activation offloading moves {fmt_gib(moved)} to host memory",
+                        f"saved activations wait in pinned host memory until backward; needs {fmt_gib(moved)} "
+                        f"of host RAM per GPU ({fmt_gib(moved * plan.per_node_gpus)} per node) and PCIe "
+                        "bandwidth in every step", {"activation_offload": "saved"}))
     if plan.optimizer == "adamw":
         out.append(("Use fused AdamW",
                     "the foreach AdamW materialises sqrt(v) for every parameter during the step",

@@ -1,9 +1,11 @@
 """What each optimizer keeps per trainable parameter (its state) and allocates in its step (its temporaries).
 
 Each formula is the implementation's own allocation, cited where it is made; those that run on a CPU
-(torch's AdamW/SGD/Muon, transformers' Adafactor, bitsandbytes' AdamW/Lion in 8 and 32 bits, paged or not)
-are checked against `optimizer.state` after real steps (tests/planner/test_optimizer_truth.py,
-tests/planner/test_optimizers_more_truth.py). `planner.memory` places the bytes in the phases.
+(torch's AdamW/SGD/Muon, transformers' Adafactor, bitsandbytes' AdamW/Lion in 8 and 32 bits, paged or not,
+torchao 0.18's AdamW8bit/4bit, galore-torch 1.0, apollo-torch 1.0.3, adam-mini 1.1.1, lomo-optim 0.1.1) are
+checked against the storages the optimizer keeps after real steps (tests/planner/test_optimizer_truth.py,
+tests/planner/test_optimizers_more_truth.py, tests/planner/test_optimizer_packages_truth.py); BAdam's is read
+from its source. `planner.memory` places the bytes in the phases.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ class Tensor(NamedTuple):
     """`count` trainable parameter tensors of `numel` elements each.
 
     `rows`: the first dimension of a 2-D tensor (0 for a vector or a 3-D tensor); `linear`: an `nn.Linear`
-    weight (LoRA's A and B are); `embedding`: an `nn.Embedding` weight; `head`: the LM head."""
+    weight (LoRA's A and B are); `embedding`: an `nn.Embedding` weight; `head`: the LM head; `path`: a block
+    linear's module path (Adam-mini picks its rule by name); `bias`: a bias vector."""
 
     numel: int
     count: int = 1
@@ -44,6 +47,8 @@ class Tensor(NamedTuple):
     rows: int = 0
     linear: bool = False
     head: bool = False
+    path: str = ""
+    bias: bool = False
 
     @property
     def cols(self) -> int:
@@ -64,12 +69,18 @@ def _block_tensors(spec: ModelSpec, block: Block, layers: int) -> list[Tensor]:
     d, att, other = spec.hidden_size, block.attention, block.other_params
     out: list[Tensor] = []
     for lin in block.linears:
-        out.append(Tensor(lin.in_features * lin.out_features, layers, rows=lin.out_features, linear=True))
+        out.append(Tensor(lin.in_features * lin.out_features, layers, rows=lin.out_features, linear=True,
+                          path=lin.path))
         if lin.bias:
-            out.append(Tensor(lin.out_features, layers))
+            out.append(Tensor(lin.out_features, layers, bias=True))
     vectors: list[int] = []
     norms = other.get("norms", 0)
-    vectors += [d] * (norms // d) if norms % d == 0 else [norms]  # every block norm's weight and bias is d wide
+    if norms % d == 0:  # every block norm's weight and bias is d wide; with biases, half the vectors are biases
+        biases = norms // d // 2 if block.norm.bias else 0
+        out += [Tensor(d, layers * biases, bias=True)] if biases else []
+        vectors += [d] * (norms // d - biases)
+    else:
+        vectors.append(norms)
     if other.get("qk_norm"):
         if att.kind == "mla":  # q_a_layernorm (q_lora_rank), kv_a_layernorm (kv_lora_rank)
             parts = [r for r in (att.q_lora_rank, att.kv_lora_rank) if r]
@@ -109,20 +120,26 @@ def trainable_tensors(spec: ModelSpec, train: TrainingLayout, plan: Plan) -> lis
                       "gate_up": [e * 2 * r * d, 2 * i * e * 2 * r], "down": [e * r * i, d * e * r]}
             out += [Tensor(n, group.count) for name in sorted(wrapped) for n in shapes[name]]
         return out
-    chosen = set(train.trainable_layers)
+    return _model_tensors(spec, None if train.method == "full" else set(train.trainable_layers))
+
+
+def _model_tensors(spec: ModelSpec, chosen: set[int] | None = None) -> list[Tensor]:
+    """Every parameter tensor of the model as transformers creates it, or only those of the decoder layers in
+    `chosen` (freeze tuning)."""
+    d, out = spec.hidden_size, []
     for group in spec.blocks:
-        layers = group.count if train.method == "full" else \
+        layers = group.count if chosen is None else \
             sum(1 for i in range(group.start, group.start + group.count) if i in chosen)
         if layers:
             out += _block_tensors(spec, group.block, layers)
-    if train.method == "full":
+    if chosen is None:
         # a tied LM head is this same tensor
         out.append(Tensor(spec.vocab_size * d, embedding=True, rows=spec.vocab_size))
         if spec.learned_positions:
             out.append(Tensor(spec.learned_positions * d, embedding=True, rows=spec.learned_positions))
         if spec.head_params:
             out.append(Tensor(spec.head_params, rows=spec.head_width, linear=True, head=True))
-        out += [Tensor(d, 2 if spec.final_norm.bias else 1)]
+        out += [Tensor(d)] + ([Tensor(d, bias=True)] if spec.final_norm.bias else [])
     return out
 
 
@@ -251,14 +268,36 @@ def _muon_state(tensors: list[Tensor], state_bytes: int) -> int:
     return sum(t.count * t.numel * state_bytes * (1 if _muon_matrix(t) else 2) for t in tensors)
 
 
-def _adam_mini_state(tensors: list[Tensor], state_bytes: int) -> int:
-    """Adam-mini (zyushun/Adam-mini 402aadf, adam_mini/adam_mini.py `step`): a full first moment `m`
-    (`zeros_like(p)`) and one second moment per block: per head for q/k, per output row for the other matrices
-    (embeddings and the head: per token), one 0-dim value per norm; biases keep Adam's two full moments. Taken
-    here as one `vmean` entry per row of every matrix (q/k have fewer: per head), and Adam for vectors."""
+# Adam-mini 1.1.1 (zyushun/Adam-mini, adam_mini/adam_mini.py `__init__`): the name fragments that choose each
+# parameter's rule in `step`, checked in this order after "bias"
+ADAM_MINI_QK = ("k_proj", "q_proj", "wq", "wk", "query", "key")
+ADAM_MINI_ROWS = ("embed", "embd", "wte", "lm_head", "output", "final_layer", "v_proj", "wv", "value",
+                  "feed_forward", "linear", "mlp", "o_proj", "wo", "attn.proj")
+
+
+def _adam_mini_state(tensors: list[Tensor], spec: ModelSpec, state_bytes: int) -> int:
+    """Adam-mini's `step` (adam_mini.py, Adam_mini.step), as LLaMA-Factory's `_create_adam_mini_optimizer` builds it
+    (`dim=hidden_size`, `n_heads=num_attention_heads`): every parameter keeps a full first moment `m`
+    (`zeros_like(p)`) and a second moment `vmean` of
+    * two full moments (Adam) for a name with "bias";
+    * one entry per `dim * dim / n_heads` elements (per head) for q/k (`m.view(-1, head_numel)`);
+    * one per row (`m.size(0)`) for embeddings, the head, v, o and MLP matrices;
+    * one 0-dim value for anything else (norms), `zeros_like(torch.sum(p * p))`.
+    All in the parameter's dtype. Names are matched on the module path, as Adam-mini matches them on
+    `named_parameters()`."""
+    heads = spec.blocks[0].block.attention.num_heads if spec.blocks else 1
+    head_numel = max(1, spec.hidden_size * spec.hidden_size // heads)
     total = 0
     for t in tensors:
-        total += t.count * state_bytes * (t.numel + t.rows if t.matrix else 2 * t.numel)
+        if t.bias:
+            entries = 2 * t.numel
+        elif any(k in t.path for k in ADAM_MINI_QK):
+            entries = t.numel + t.numel // head_numel
+        elif t.embedding or t.head or any(k in t.path for k in ADAM_MINI_ROWS):
+            entries = t.numel + t.rows
+        else:
+            entries = t.numel + 1
+        total += t.count * state_bytes * entries
     return total
 
 
@@ -280,8 +319,13 @@ def _low_rank_state(tensors: list[Tensor], plan: Plan, state_bytes: int) -> int:
       U or Vh, which keeps that whole min(m, n)^2 fp32 factor alive; for a 16-bit one a copy of the slice.
     * GaLoreAdamW8bit (adamw8bit.py): bitsandbytes' 8-bit state on the projected gradient (it swaps `p.data`
       for it before `init_state`); transformers' embedding override does not apply (the class is not
-      bitsandbytes'), so every tensor of 4096+ elements is 8-bit.
-    * GaLoreAdafactor (adafactor.py): Adafactor's factored fp32 second moment of the projected gradient.
+      bitsandbytes'), so every tensor of 4096+ elements is 8-bit. Its `super().__init__` passes its arguments by
+      position, and bitsandbytes 0.50's `Optimizer2State.__init__` takes `max_unorm` where GaLore meant
+      `percentile_clipping` (100), so every tensor also keeps a 1-element fp32 `unorm_vec` (`init_state`).
+    * GaLoreAdafactor (adafactor.py `step`): the gradient is up-cast (`grad.float()`) before it is projected, so
+      the projector keeps the fp32 SVD factor whatever the weight's dtype, and every 2-D tensor (embeddings too)
+      gets Adafactor's factored fp32 second moment (`_get_options`: `factored = len(shape) >= 2`), the projected
+      ones of the rank-r gradient; vectors a full fp32 one.
     * APOLLOAdamW (apollo.py): Adam's two moments of the projected gradient, a rank x min(m, n) random
       projection in the weight's dtype, and a 0-dim norm.
     """
@@ -300,12 +344,12 @@ def _low_rank_state(tensors: list[Tensor], plan: Plan, state_bytes: int) -> int:
         small, large = min(t.rows, t.cols), max(t.rows, t.cols)
         r = min(rank, small) if galore else rank
         projected.append(Tensor(r * large, t.count, rows=r))
-        projectors += t.count * (4 * small * small if galore and state_bytes == 4 else r * small * state_bytes)
+        fp32 = state_bytes == 4 or opt == "galore-adafactor"
+        projectors += t.count * (4 * small * small if galore and fp32 else r * small * state_bytes)
     if opt == "galore-adamw-8bit":
-        states = _bnb_state(plain + projected, 2, embeddings_32bit=False)
+        states = _bnb_state(plain + projected, 2, embeddings_32bit=False) + 4 * sum(t.count for t in tensors)
     elif opt == "galore-adafactor":
-        states = 4 * sum(t.count * ((t.rows + t.cols) if t.matrix and not t.embedding else t.numel)
-                         for t in plain) + 4 * sum(t.count * (t.rows + t.cols) for t in projected)
+        states = 4 * sum(t.count * ((t.rows + t.cols) if t.matrix else t.numel) for t in plain + projected)
     else:
         states = 2 * state_bytes * sum(t.count * t.numel for t in plain + projected)
     return states + projectors
@@ -327,8 +371,10 @@ def badam_block(spec: ModelSpec, train: TrainingLayout, plan: Plan) -> int:
 
 
 def _adalomo_state(tensors: list[Tensor]) -> int:
-    """AdaLomo (OpenLMLab/LOMO 45d4bac, lomo_optim/adalomo.py `__init__`): fp32 `exp_avg_sq_row` and
-    `exp_avg_sq_col` for every 2-D parameter, a full fp32 `exp_avg_sq` of `shape[0]` for a vector."""
+    """AdaLomo (lomo-optim 0.1.1, lomo_optim/adalomo.py `__init__`, lines 84-96): fp32 `exp_avg_sq_row` and
+    `exp_avg_sq_col` for every 2-D parameter, a full fp32 `exp_avg_sq` of `shape[0]` for a vector. It walks
+    `model.named_parameters()` without asking `requires_grad`, so frozen weights (LoRA's base, frozen layers)
+    get their state too."""
     return 4 * sum(t.count * ((t.rows + t.cols) if t.matrix else t.numel) for t in tensors)
 
 
@@ -374,11 +420,14 @@ def optimizer_state(spec: ModelSpec, train: TrainingLayout, plan: Plan) -> int:
     if opt == "muon":
         return _muon_state(tensors, sb)
     if opt == "adam-mini":
-        return _adam_mini_state(tensors, sb)
+        return _adam_mini_state(tensors, spec, sb)
     if opt in LOW_RANK:
         return _low_rank_state(tensors, plan, sb)
     if opt == "adalomo":
-        return _adalomo_state(tensors)
+        frozen = [] if train.method == "full" else _model_tensors(spec)
+        if train.method == "freeze":  # the trainable layers are among the model's tensors already
+            tensors = []
+        return _adalomo_state(frozen + tensors)
     raise AssertionError(f"no state rule for optimizer {opt}")
 
 

@@ -49,8 +49,8 @@ SCALARS = ("step", "RMS")  # 0-dim per-parameter tensors, see the module docstri
 PRECISIONS = ["fp32", "bf16", "bf16-mixed"]
 EIGHT_BIT = ("adamw-8bit", "paged-adamw-8bit", "lion-8bit", "paged-lion-8bit")
 BITSANDBYTES = (*EIGHT_BIT, "paged-adamw", "lion", "paged-lion")
-# every optimizer the Trainer builds here from its `optim` name; the others' packages (torchao, galore-torch,
-# apollo-torch, adam-mini, lomo-optim, badam) are not installed: tests/planner/test_optimizers_more_truth.py
+# every optimizer the Trainer builds from torch, transformers and bitsandbytes; those with their own packages
+# (torchao, galore-torch, apollo-torch, adam-mini, lomo-optim): tests/planner/test_optimizer_packages_truth.py
 RUNNABLE = tuple(TRAINER_OPTIM)
 
 def _cases():

@@ -2,11 +2,10 @@
 
 Truth: Muon as LLaMA-Factory's `_create_muon_optimizer` splits the parameters (train/trainer_utils.py: 2-D
 parameters that are neither embeddings nor `lm_head` take Muon, the rest AdamW), stepped with torch 2.13's own
-`torch.optim.Muon` (its `momentum_buffer` is LLaMA-Factory's `zeros_like(g)`) and `torch.optim.AdamW`. GaLore's
-packages are not installed: its projector's allocation (galore_torch/galore_projector.py
-`get_orthogonal_matrix`: an SVD of the gradient, a slice of U or Vh, copied to the weight's dtype when that
-is not fp32) and `GaLoreAdamW.step`'s `zeros_like(projected grad)` moments are replayed on the real model's
-gradients and their storages counted. The readers and exports are checked against the frameworks' key names.
+`torch.optim.Muon` (its `momentum_buffer` is LLaMA-Factory's `zeros_like(g)`) and `torch.optim.AdamW`. GaLore:
+galore-torch's own `GaLoreAdamW` as the HF Trainer builds it for `galore_adamw` (tests/planner/truth_optimizers.py;
+the other packaged optimizers are in tests/planner/test_optimizer_packages_truth.py). The readers and exports
+are checked against the frameworks' key names.
 """
 
 from __future__ import annotations
@@ -23,6 +22,9 @@ from planner.params import count_params
 from planner.plan import Plan
 from planner.spec import spec_from_config
 from tests.planner.truth import build_model, random_ids
+from tests.planner.truth_optimizers import kept_storages
+from tests.planner.truth_optimizers import step as truth_step
+from tests.planner.truth_optimizers import trainer_optimizer as galore_trainer_optimizer
 
 CONFIG = {
     "model_type": "llama", "vocab_size": 512, "hidden_size": 256, "intermediate_size": 512,
@@ -70,35 +72,17 @@ def test_muon_state_matches_torch_muon_with_llamafactorys_split(method: str, pre
     assert _ours("muon", method, precision) == real
 
 
-def _galore_state(model, rank: int) -> int:
-    """GaLoreAdamW's state after one step, replayed from galore_torch's source on every decoder nn.Linear
-    (LLaMA-Factory's galore_target all), Adam's two moments for the other trainable tensors."""
-    import torch
-
-    targets = {id(m.weight) for n, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear) and ".layers." in n}
-    kept = []
-    for p in (p for p in model.parameters() if p.requires_grad):
-        grad = p.grad
-        if id(p) in targets:
-            matrix = grad.float() if grad.dtype != torch.float else grad
-            u, _, vh = torch.linalg.svd(matrix, full_matrices=False)
-            ortho = vh[:rank, :] if grad.shape[0] >= grad.shape[1] else u[:, :rank]
-            if grad.dtype != torch.float:
-                ortho = ortho.to(grad.device).type(grad.dtype)
-            low = grad @ ortho.t() if grad.shape[0] >= grad.shape[1] else ortho.t() @ grad
-            kept += [ortho, torch.zeros_like(low), torch.zeros_like(low)]
-        else:
-            kept += [torch.zeros_like(grad), torch.zeros_like(grad)]
-    return _storages(kept)
-
-
 @pytest.mark.parametrize("precision", ["bf16", "bf16-mixed"])
-def test_galore_state_matches_its_projector_replayed(precision: str) -> None:
+def test_galore_state_matches_galore_torch(precision: str, tmp_path) -> None:
+    """GaLoreAdamW after two steps: Adam's moments of the rank-16 projected gradients for every decoder
+    nn.Linear, the projector's SVD factor (fp32 whole when the weight is fp32, a copy of the slice in bf16),
+    AdamW's moments for the embedding, the head and the norms."""
+    pytest.importorskip("galore_torch")
     model = build_model(CONFIG, method="full", precision=precision)
-    _backward(model)
-    real = _galore_state(model, RANK)
-    assert _ours("galore-adamw", "full", precision, projection_rank=RANK) == real
+    optim = galore_trainer_optimizer(model, "galore_adamw", tmp_path, f"rank={RANK}")
+    truth_step(model, optim, CONFIG["vocab_size"])
+    kept = kept_storages(optim, include_scalars=False)
+    assert _ours("galore-adamw", "full", precision, projection_rank=RANK) == sum(kept.values()), kept
 
 
 def test_low_bit_and_low_rank_states_are_smaller_than_adamw() -> None:
