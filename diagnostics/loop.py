@@ -48,7 +48,7 @@ from diagnostics.report import (
 from diagnostics.rules import conclude
 from diagnostics.sharded import detect, fsdp1, per_rank
 from diagnostics.spikes import suspect
-from planner.errors import EnvironmentMissing
+from planner.errors import EnvironmentMissing, FtplanError
 from planner.findings import Finding
 from planner.methods import layout
 from planner.params import count_params
@@ -157,6 +157,11 @@ def run(settings: DiagnoseSettings, *, on_step: OnStep | None = None,
     if random_init and settings.init_std is not None:
         config["initializer_range"] = settings.init_std
     spec = spec_from_config(config, source=source.source, name=source.name)
+    if spec.learned_positions and plan.seq_len > spec.learned_positions:
+        # a learned position table (GPT-2's wpe) has one row per position: a longer sequence indexes past it and
+        # the embedding lookup fails mid-step, where rotary models merely extrapolate (the planner's warning)
+        raise FtplanError(f"{plan.seq_len} is longer than the model's {spec.learned_positions} learned positions "
+                          f"(n_positions): set {{seq_len}} to {spec.learned_positions} or less", field="seq_len")
     # the report says where the run ran ("cpu", "cuda:0"), not what was asked ("auto")
     report = DiagnosticReport(status="completed", settings=settings.model_copy(update={"device": device}))
 

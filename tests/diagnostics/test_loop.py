@@ -216,20 +216,18 @@ def test_a_model_directory_with_weights_loads_them(tmp_path) -> None:
     assert losses[0] != pytest.approx(losses[1], rel=1e-4)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(("model_type", "method"), [("qwen2", "lora"), ("qwen2", "full"), ("gemma", "lora"),
-                                                    ("gemma", "full"), ("phi3", "full"), ("mixtral", "lora")])
-def test_healthy_runs_of_other_families_raise_no_warning(tmp_path, model_type: str, method: str) -> None:
-    """Random small models of other families, trained as they come: nothing to warn about (info findings such as
-    dropped sample records are fine)."""
+def test_sequences_longer_than_learned_positions_are_refused_before_loading(tmp_path) -> None:
+    """GPT-2's position table (transformers' GPT2Model.wpe) has n_positions rows: position 64 of a 96-token
+    sequence would index past it."""
     import json
 
-    from tests.planner.configs import random_config
+    from planner.errors import FtplanError
 
-    config = random_config(model_type, 0, layers=4)
-    config["vocab_size"] = max(config["vocab_size"], 512)  # the byte tokenizer's ids
+    config = {"model_type": "gpt2", "n_embd": 32, "n_head": 2, "n_layer": 2, "n_positions": 64, "vocab_size": 300}
     (tmp_path / "config.json").write_text(json.dumps(config))
-    plan = Plan(method=method, batch_size=2, grad_accum=2, seq_len=96, lora_rank=4, lora_target="all-linear")
-    report = run(DiagnoseSettings(model=str(tmp_path), steps=12, plan=plan))
-    assert report.status == "completed"
-    assert warnings_of(report) == [] and not [f for f in report.findings if f.severity == "error"]
+    with pytest.raises(FtplanError) as raised:
+        run(DiagnoseSettings(model=str(tmp_path), steps=1, plan=Plan(method="lora", seq_len=96)))
+    assert raised.value.field == "seq_len" and "64" in raised.value.reason
+
+
+# healthy runs of every family, LoRA and full: tests/diagnostics/test_healthy_families.py
