@@ -8,6 +8,7 @@ below order those; they are a judgement stated once, not a measurement.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import combinations
 from typing import Any
 
@@ -78,8 +79,9 @@ def candidates(spec: ModelSpec, plan: Plan, capacity: int, machine: Machine) -> 
 
 
 def cheapest_fit(spec: ModelSpec, plan: Plan, capacity: int, machine: Machine | None = None,
-                 vocabulary: Vocabulary = "cli") -> tuple[Change, float] | None:
-    """The fitting combination of up to MAX_CHANGES candidates with the lowest total cost (ties: least memory)."""
+                 vocabulary: Vocabulary = "cli", stop: Callable[[], bool] | None = None) -> tuple[Change, float] | None:
+    """The fitting combination of up to MAX_CHANGES candidates with the lowest total cost (ties: least memory).
+    `stop`, asked before each trial, ends the search early (with None) once the asker no longer wants it."""
     machine = machine or Machine()
     base = estimate_memory(spec, plan, machine=machine).total
     found = candidates(spec, plan, capacity, machine)
@@ -95,6 +97,8 @@ def cheapest_fit(spec: ModelSpec, plan: Plan, capacity: int, machine: Machine | 
     for cost, size, combo in trials:
         if best is not None and cost > best[0]:
             break  # sorted by cost: nothing later is cheaper
+        if stop is not None and stop():
+            return None
         changes = {k: v for _, _, c in combo for k, v in c.items()}
         try:
             total = estimate_memory(spec, plan.with_(**changes), machine=machine).total
@@ -124,10 +128,14 @@ def smallest_gpu(spec: ModelSpec, plan: Plan, targets: list[GpuTarget] | None = 
     return None
 
 
-def path_to_fit(spec: ModelSpec, plan: Plan, target: GpuTarget, vocabulary: Vocabulary = "cli") -> PathToFit:
-    """Both answers for a plan that does not fit `target` (the plan as plan_run returns it)."""
+def path_to_fit(spec: ModelSpec, plan: Plan, target: GpuTarget, vocabulary: Vocabulary = "cli",
+                stop: Callable[[], bool] | None = None) -> PathToFit | None:
+    """Both answers for a plan that does not fit `target` (the plan as plan_run returns it); None when `stop`
+    (the TUI: a newer form change) ended the search: a few hundred plans that nobody will read."""
     spec = stage_spec(spec, plan)  # as plan_run plans it (a reward model's head, a reference's copy)
-    cheapest = cheapest_fit(spec, plan, target.capacity, target, vocabulary)
+    cheapest = cheapest_fit(spec, plan, target.capacity, target, vocabulary, stop)
+    if stop is not None and stop():
+        return None
     gpu = smallest_gpu(spec, plan, catalog_targets(target.given_context, target.fragmentation))
     return PathToFit(change=cheapest[0] if cheapest else None, cost=cheapest[1] if cheapest else None,
                      smallest_gpu=gpu[0].name if gpu else None, smallest_gpu_total=gpu[1] if gpu else None,

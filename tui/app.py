@@ -11,13 +11,12 @@ table, list or dropdown never swallows them, and they stand aside only while a w
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from textual import on
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
-from textual.lazy import Lazy
 from textual.screen import ModalScreen
 from textual.widget import Widget
 from textual.widgets import Footer, Header, Input, TabbedContent, TabPane
@@ -26,11 +25,7 @@ from planner.errors import FtplanError
 from planner.fields import worded
 from planner.files import write_output
 from planner.units import gib
-from tui.diagnose_pane import DiagnosePane
-from tui.fits_pane import FitsPane
-from tui.gpus_pane import GpusPane
 from tui.plan_pane import PlanChanged, PlanPane, PlanState
-from tui.screens import ExportScreen, HelpScreen, PresetPicker
 
 if TYPE_CHECKING:  # the config readers load on `o` or `ftplan tui FILE`, not at start-up
     from planner.configs.common import RunConfig
@@ -43,6 +38,10 @@ TABS = {"plan": "tab-plan", "fits": "tab-fits", "gpus": "tab-gpus", "diagnose": 
 # Where focus lands on a tab (by a digit, or Esc from a text field): never a field that takes the app's keys.
 HOME = {"plan": "#results", "fits": "#fits-table", "gpus": "#gpus-table", "diagnose": "#diag-run"}
 # Actions bound to printable keys: they give way to a widget that types that key.
+# The other tabs' panes (module, class): imported and mounted the first time their tab is shown. Their
+# imports (plotext, NVML, the diagnostics report) and widgets were half of the start-up to the first plan.
+PANES = {"fits": ("tui.fits_pane", "FitsPane"), "gpus": ("tui.gpus_pane", "GpusPane"),
+         "diagnose": ("tui.diagnose_pane", "DiagnosePane")}
 KEY_ACTIONS = {"tab", "edit_model", "pick_preset", "diagnose", "export_yaml", "save_json", "toggle_dark", "help",
                "quit_key", "leave_field", "compare", "open_config", "search"}
 
@@ -110,6 +109,8 @@ class FtplanApp(App):
         self.state: PlanState | None = None
         self.opened: RunConfig | None = None  # the config the form came from: `e` writes the changes back into it
         self._config = config
+        self._mounting: dict[str, tuple[Widget, Any]] = {}  # tab -> its pane and the pane's mount (see pane())
+        self._diagnose_pending = False  # `r` before the Diagnose tab was ever shown
 
     def on_mount(self) -> None:
         if self._config:
@@ -119,20 +120,42 @@ class FtplanApp(App):
         yield Header()
         with TabbedContent(id="tabs", initial=TABS["plan"]):
             with TabPane("1 Plan", id=TABS["plan"]):
-                yield PlanPane(id="plan-pane")
-            # the other tabs mount after the first frame: the Plan tab is what people see first
-            with TabPane("2 What fits", id=TABS["fits"]):
-                yield Lazy(FitsPane(id="fits-pane"))
-            with TabPane("3 GPUs", id=TABS["gpus"]):
-                yield Lazy(GpusPane(id="gpus-pane"))
-            with TabPane("4 Diagnose", id=TABS["diagnose"]):
-                yield Lazy(DiagnosePane(id="diagnose-pane"))
+                yield PlanPane(id="plan-pane", classes=self._width_classes(self.size.width))
+            # the other tabs stay empty until shown (see PANES): the Plan tab is what people see first
+            yield TabPane("2 What fits", id=TABS["fits"])
+            yield TabPane("3 GPUs", id=TABS["gpus"])
+            yield TabPane("4 Diagnose", id=TABS["diagnose"])
         yield Footer(compact=True)  # 80 columns hold every key it shows
 
+    @staticmethod
+    def _width_classes(width: int) -> str:
+        return "-narrow" if width < NARROW else "-wide" if width >= WIDE else ""
+
     def on_resize(self, event) -> None:
+        # classes set in compose already match the first size: a class change restyles the whole form
         pane = self.query_one("#plan-pane")
         pane.set_class(event.size.width < NARROW, "-narrow")
         pane.set_class(event.size.width >= WIDE, "-wide")
+
+    async def pane(self, tab: str) -> Widget:
+        """The tab's pane, imported and mounted the first time it is asked for."""
+        if tab in self._mounting:  # a second asker (`r` right after `4`) waits for the same mount
+            widget, mounted = self._mounting[tab]
+            await mounted
+            return widget
+        import importlib
+
+        module, name = PANES[tab]
+        widget = getattr(importlib.import_module(module), name)(id=f"{tab}-pane")
+        mounted = self.query_one(f"#{TABS[tab]}", TabPane).mount(widget)
+        self._mounting[tab] = (widget, mounted)
+        await mounted
+        if tab == "diagnose" and self._diagnose_pending:  # before the focus: the run disables its Run button
+            self._diagnose_pending = False
+            widget.start()
+        if self.active_tab == tab:  # the tab's home widget exists only now
+            self.focus_home(tab)
+        return widget
 
     # ------------------------------------------------------------ keys
 
@@ -170,25 +193,30 @@ class FtplanApp(App):
     @on(PlanChanged)
     def _plan_changed(self, message: PlanChanged) -> None:
         self.state = message.state
-        for pane in self.query(DiagnosePane):  # lazily mounted: may not exist yet (it reads app.state then)
-            pane.show_plan(message.state)
-        fits = self.query(FitsPane)
-        if fits and self.active_tab == "fits":
-            fits.first().show(message.state)
+        # the panes mounted so far (a DOM query per plan was a tenth of a redraw); an unmounted one reads
+        # app.state when it mounts
+        diagnose, fits = self._mounting.get("diagnose"), self._mounting.get("fits")
+        if diagnose is not None and diagnose[0].is_mounted:
+            diagnose[0].show_plan(message.state)
+        if fits is not None and fits[0].is_mounted and self.active_tab == "fits":
+            fits[0].show(message.state)
         else:
             self._fits_stale = True
 
     @on(TabbedContent.TabActivated)
-    def _tab_shown(self, event: TabbedContent.TabActivated) -> None:
-        if event.pane.id == TABS["gpus"]:  # its refresh pauses while hidden: show fresh numbers at once
-            for pane in self.query(GpusPane):
-                pane.refresh_gpus()
-        if event.pane.id == TABS["fits"] and self.state is not None and getattr(self, "_fits_stale", True):
+    async def _tab_shown(self, event: TabbedContent.TabActivated) -> None:
+        tab = next((t for t, pid in TABS.items() if pid == event.pane.id), "plan")
+        if tab == "plan":
+            return
+        mounted = bool(self.query(f"#{tab}-pane"))
+        pane = await self.pane(tab)
+        if tab == "gpus" and mounted:  # its refresh pauses while hidden: show fresh numbers at once
+            pane.refresh_gpus()
+        if tab == "fits" and self.state is not None and getattr(self, "_fits_stale", True):
             self._fits_stale = False
-            self.call_after_refresh(lambda: [pane.show(self.state) for pane in self.query(FitsPane)])
+            self.call_after_refresh(pane.show, self.state)
 
-    @on(FitsPane.Apply)
-    def _apply_fit(self, message: FitsPane.Apply) -> None:
+    def on_fits_pane_apply(self, message) -> None:  # FitsPane.Apply (tui.fits_pane loads with its tab)
         changes = {"gpu": message.gpu, "gpu_memory": ""} | ({"method": message.method} if message.method else {}) \
             | ({"gpus": message.gpus} if message.gpus else {})
         self.action_tab("plan")
@@ -198,7 +226,10 @@ class FtplanApp(App):
     # ------------------------------------------------------------ actions
 
     def action_tab(self, tab: str) -> None:
-        # focus moves with the tab: a widget left focused on a hidden tab would pull the tabs back to it
+        # focus moves with the tab: a widget left focused on a hidden tab would pull the tabs back to it (and
+        # hiding it passes the focus to a neighbour on that tab: let go first, as the new tab may still mount)
+        if self.active_tab != tab:
+            self.set_focus(None)
         self.query_one("#tabs", TabbedContent).active = TABS[tab]
         self.call_after_refresh(self.focus_home, tab)
 
@@ -208,8 +239,8 @@ class FtplanApp(App):
 
     def action_search(self) -> None:
         """`/` filters the What-fits table on its tab, and edits the model elsewhere."""
-        if self.active_tab == "fits" and self.query(FitsPane):
-            self.query_one(FitsPane).focus_search()
+        if self.active_tab == "fits" and self.query("#fits-pane"):
+            self.query_one("#fits-pane").focus_search()
             return
         self.action_edit_model()
 
@@ -220,12 +251,16 @@ class FtplanApp(App):
         await self.action_quit()
 
     def action_help(self) -> None:
+        from tui.screens import HelpScreen
+
         self.push_screen(HelpScreen(self.active_tab))
 
     def action_toggle_dark(self) -> None:
         self.theme = "textual-light" if self.theme == "textual-dark" else "textual-dark"
 
     def action_pick_preset(self) -> None:
+        from tui.screens import PresetPicker
+
         def chosen(name: str | None) -> None:
             if name:
                 self.action_tab("plan")
@@ -241,7 +276,11 @@ class FtplanApp(App):
 
     def action_diagnose(self) -> None:
         self.action_tab("diagnose")
-        self.query_one("#diagnose-pane", DiagnosePane).start()
+        mounted = self._mounting.get("diagnose")
+        if mounted is not None and mounted[0].is_mounted:
+            mounted[0].start()
+        else:  # the tab's first showing mounts the pane, then starts the run (pane())
+            self._diagnose_pending = True
 
     def action_copy_command(self) -> None:
         if self.state is None:
@@ -251,6 +290,8 @@ class FtplanApp(App):
         self.notify(command, title="copied")
 
     def action_open_config(self) -> None:
+        from tui.screens import ExportScreen
+
         self.push_screen(ExportScreen("open a LLaMA-Factory, TRL or axolotl config", "train.yaml", action="Open"),
                          self.open_config)
 
@@ -277,6 +318,8 @@ class FtplanApp(App):
     def action_export_yaml(self) -> None:
         if self.state is None:
             return
+        from tui.screens import ExportScreen
+
         if self.opened is not None:
             source = Path(self.opened.path)
             self.push_screen(ExportScreen(f"write {source.name} with the form's changes (your other keys kept)",
@@ -325,6 +368,8 @@ class FtplanApp(App):
     def action_save_json(self) -> None:
         if self.state is None:
             return
+        from tui.screens import ExportScreen
+
         self.push_screen(ExportScreen("save the plan (and the last report) as JSON", "ftplan-plan.json"),
                          self.save_json)
 
@@ -333,7 +378,8 @@ class FtplanApp(App):
             return None
         from diagnostics.report import write_report
 
-        report = self.query_one("#diagnose-pane", DiagnosePane).report
+        diagnosed = self.query("#diagnose-pane")
+        report = diagnosed.first().report if diagnosed else None
         note = ""
         try:
             target = write_output(path, self.state.result.model_dump_json(indent=2) + "\n", existing="rename")

@@ -78,16 +78,20 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     spec = load_spec(args.model)
     result = plan_run(spec, plan, target, search_batch=args.max_batch, search_seq=args.max_seq_len,
                       mfu=args.mfu, samples=args.samples, epochs=args.epochs)
+    path = None
+    if result.fit is not None and not result.fit.fits:  # the cheapest changes that fit, the smallest GPU
+        from planner.path_to_fit import path_to_fit
+
+        path = path_to_fit(spec, result.plan, target)
     if args.json:
-        sys.stdout.write(result.model_dump_json(indent=2) + "\n")
+        import json
+
+        # the Estimate's dump plus the path to fit (null when the plan fits or has no GPU to fit)
+        dump = result.model_dump(mode="json") | {"path_to_fit": path.model_dump(mode="json") if path else None}
+        sys.stdout.write(json.dumps(dump, indent=2) + "\n")
     else:
         from tui.report import print_estimate
 
-        path = None
-        if result.fit is not None and not result.fit.fits:  # the cheapest changes that fit, the smallest GPU
-            from planner.path_to_fit import path_to_fit
-
-            path = path_to_fit(spec, result.plan, target)
         print_estimate(result, path=path)
     if result.fit is not None and not result.fit.fits:
         return ExitCode.CHECK_FAILED

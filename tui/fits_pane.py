@@ -24,6 +24,7 @@ from tui.views import fits_cell, fits_rows, fits_style, fits_title, shown_fits
 from tui.widgets import KeyTable
 
 GPU_VIEWS = (None, 1, 2, 4, 8)  # None: the plan's own GPU count
+DEFAULT_SAMPLES = 1000  # the time view's epoch when the Plan tab gives no samples
 
 
 def view_plan(state: PlanState, gpus: int | None = None) -> Plan:
@@ -39,6 +40,37 @@ def fit_table(state: PlanState, gpus: int | None = None) -> list[FitsRow]:
     return what_fits(state.spec, view_plan(state, gpus), targets, METHODS)
 
 
+def epoch_seconds(state: PlanState, rows: list[FitsRow], gpus: int | None, samples: int) -> list[list[float | None]]:
+    """The time per epoch of `samples` for every cell that fits, at its largest micro-batch: the Plan tab's time
+    to train (planner.flops.estimate_time, composed as the service composes it); None where nothing fits."""
+    from planner.flops import estimate_time
+    from planner.hardware import find_gpu
+    from planner.methods import layout
+    from planner.params import count_params
+    from planner.stages import stage_spec
+
+    base = view_plan(state, gpus)
+    trained: dict[str, tuple] = {}  # by method: what trains does not depend on the GPU or the micro-batch
+    out = []
+    for row in rows:
+        gpu = find_gpu(row.gpu)
+        times: list[float | None] = []
+        for cell in row.cells:
+            if not cell.max_batch:
+                times.append(None)
+                continue
+            plan = base.with_(method=cell.method, quant_bits=base.quant_bits if cell.method == "qlora" else None,
+                              batch_size=cell.max_batch)
+            if cell.method not in trained:
+                spec = stage_spec(state.spec, plan)
+                counts = count_params(spec)
+                trained[cell.method] = (spec, counts, layout(spec, counts, plan))
+            spec, counts, train = trained[cell.method]
+            times.append(estimate_time(spec, counts, train, plan, gpu, samples=samples).total_seconds)
+        out.append(times)
+    return out
+
+
 def fit_cells(state: PlanState) -> list[tuple[str, list[str]]]:
     """One row per GPU: for each method, the largest micro-batch that fits, or the memory it would need."""
     return fits_rows(fit_table(state))
@@ -46,7 +78,8 @@ def fit_cells(state: PlanState) -> list[tuple[str, list[str]]]:
 
 class FitsPane(Vertical):
     # named in the line above the table, not the footer (80 columns hold the app's keys only)
-    BINDINGS = [Binding("g", "gpu_view", "GPU count", show=False), Binding("t", "sort", "sort", show=False)]
+    BINDINGS = [Binding("g", "gpu_view", "GPU count", show=False), Binding("t", "sort", "sort", show=False),
+                Binding("v", "time_view", "time per epoch", show=False)]
 
     class Apply(Message):
         """Plan with this GPU and method (Enter on a cell), and the view's GPU count."""
@@ -62,6 +95,9 @@ class FitsPane(Vertical):
         self.state: PlanState | None = None
         self.gpus: int | None = None
         self.sort_column: int | None = None
+        self.times: list[list[float | None]] = []  # per row of all_rows: time per epoch of each cell that fits
+        self.time_view = False  # v: cells show the time per epoch instead of the largest micro-batch
+        self.samples = DEFAULT_SAMPLES
 
     def compose(self) -> ComposeResult:
         yield Static("", id="fits-title")
@@ -92,18 +128,30 @@ class FitsPane(Vertical):
         views = " ".join(f"[reverse]{n}[/]" if v == self.gpus else n for v, n in zip(GPU_VIEWS, names, strict=True))
         sort = "catalog" if self.sort_column is None else \
             "memory" if self.sort_column == 0 else METHODS[self.sort_column - 1]
-        self.query_one("#fits-view", Static).update(f"GPUs (g): {views} · sort (t): {sort}")
+        cells = f"[reverse]time per epoch of {self.samples:,} samples[/]" if self.time_view else \
+            "[reverse]largest micro-batch[/]"
+        self.query_one("#fits-view", Static).update(f"GPUs (g): {views} · sort (t): {sort} · cells (v): {cells}")
+
+    def _run_samples(self) -> int:
+        """The Plan tab's samples (its time to train), else DEFAULT_SAMPLES."""
+        try:
+            samples = self.app.query_one("#plan-pane").run_length()[0]
+        except FtplanError:
+            samples = None
+        return samples or DEFAULT_SAMPLES
 
     @work(exclusive=True, thread=True, group="fits")
     def _compute(self, state: PlanState, gpus: int | None) -> None:
+        samples = self.app.call_from_thread(self._run_samples)
         try:
             rows = fit_table(state, gpus)
+            times = epoch_seconds(state, rows, gpus, samples)
         except FtplanError:
-            rows = []  # the title says why (a GPU count the plan cannot take)
-        self.app.call_from_thread(self._fill, rows)
+            rows, times = [], []  # the title says why (a GPU count the plan cannot take)
+        self.app.call_from_thread(self._fill, rows, times, samples)
 
-    def _fill(self, rows: list[FitsRow]) -> None:
-        self.all_rows = rows
+    def _fill(self, rows: list[FitsRow], times: list[list[float | None]], samples: int) -> None:
+        self.all_rows, self.times, self.samples = rows, times, samples
         self._redraw()
 
     def _redraw(self) -> None:
@@ -112,8 +160,11 @@ class FitsPane(Vertical):
         table = self.query_one("#fits-table", DataTable)
         cursor = table.cursor_coordinate
         table.clear()
+        times = {id(r): t for r, t in zip(self.all_rows, self.times, strict=False)}
         for (name, _), row in zip(fits_rows(self.rows), self.rows, strict=True):
-            table.add_row(name, *(Text(fits_cell(c), style=fits_style(c)) for c in row.cells))
+            seconds = times.get(id(row)) if self.time_view else None
+            table.add_row(name, *(Text(fits_cell(c, seconds[i] if seconds else None), style=fits_style(c))
+                                  for i, c in enumerate(row.cells)))
         if self.rows:  # a refreshed table keeps the cell the user was on
             table.cursor_coordinate = cursor
         self._show_title()
@@ -122,6 +173,10 @@ class FitsPane(Vertical):
         self.gpus = GPU_VIEWS[(GPU_VIEWS.index(self.gpus) + 1) % len(GPU_VIEWS)]
         if self.state is not None:
             self.show(self.state)
+
+    def action_time_view(self) -> None:
+        self.time_view = not self.time_view
+        self._redraw()
 
     def action_sort(self) -> None:
         column = self.query_one("#fits-table", DataTable).cursor_coordinate.column

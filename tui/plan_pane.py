@@ -9,7 +9,9 @@ An invalid field is marked with its reason and the last good plan stays on scree
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
+from time import sleep
 from typing import Any
 
 from rich.text import Text
@@ -18,11 +20,12 @@ from textual.app import ComposeResult
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.markup import escape
 from textual.message import Message
-from textual.suggester import SuggestFromList
+from textual.suggester import Suggester, SuggestFromList
 from textual.timer import Timer
 from textual.validation import Integer, Number
 from textual.widgets import Collapsible, Input, Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
+from textual.worker import get_current_worker
 
 from planner import fields
 from planner import plan as plan_module
@@ -42,6 +45,9 @@ AUTO = "auto (measured)"
 # an error about a setting the form does not show is marked on the one that decides it
 SHOWN_ON = {"offload_optimizer": "zero", "freeze_trainable_layers": "method", "optimizer_in_backward": "grad_accum"}
 MODEL_DEBOUNCE_S = 0.4
+# The suggestions wait this long after a change: a burst of keystrokes ("2048") advises once, and the
+# search (a few hundred plans, holding the GIL) does not slow the redraws of the keystrokes in between.
+ADVICE_PAUSE_S = 0.15
 _SEVERITY = {"error": "$error", "warning": "$warning", "info": "$primary"}
 
 
@@ -52,6 +58,27 @@ class PlanState:
     plan: Plan
     target: Machine
     result: Estimate
+
+
+def _update(widget: Static, content: str) -> None:
+    """Update a Static only when its text changes: each update lays the screen out again."""
+    if widget.content != content:
+        widget.update(content)
+
+
+class PresetSuggester(Suggester):
+    """The preset names as the model field's suggestions, read on the first request in a thread: the preset
+    index is a YAML parse that the first frame need not wait for."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._names: SuggestFromList | None = None
+
+    async def get_suggestion(self, value: str) -> str | None:
+        if self._names is None:
+            index = await asyncio.to_thread(preset_index)
+            self._names = SuggestFromList(sorted(index.presets) + sorted(index.aliases), case_sensitive=False)
+        return await self._names.get_suggestion(value)
 
 
 class PlanChanged(Message):
@@ -85,18 +112,20 @@ class PlanPane(Horizontal):
         self.model_name = ""
         self._applying = False
         self._model_timer: Timer | None = None
+        self._requested = ""  # the model name last sent to load_model
         self._by_id: dict[str, Any] = {}
+        self._rows: list = []  # the breakdown's rows as drawn
+        self._assumptions = ""
         self._shown_method: str | None = None
 
     def compose(self) -> ComposeResult:
         plan = plan_module.Plan(method=self.DEFAULTS["method"])
-        presets = sorted(preset_index().presets) + sorted(preset_index().aliases)
         yield Static("loading the model…", id="summary")  # docked on top: the answer stays in view
         form = VerticalScroll(id="form")
         form.can_focus = False  # its fields are the stops; it scrolls to the focused one
         with form:
             yield Label("model (preset, hub id, path)", classes="field-label")
-            yield Input(self.DEFAULTS["model"], id="model", suggester=SuggestFromList(presets, case_sensitive=False))
+            yield Input(self.DEFAULTS["model"], id="model", suggester=PresetSuggester(case_sensitive=False))
             yield SpecSummary(id="spec")
             with Grid(id="fields", classes="form-grid"):
                 for setting in form_settings():
@@ -247,12 +276,18 @@ class PlanPane(Horizontal):
             # Each keystroke would read a config (or ask the hub): wait until typing pauses.
             if self._model_timer is not None:
                 self._model_timer.stop()
+            if event.value.strip() == self._requested:
+                return  # already read or being read (the field's first Changed repeats on_mount's load)
             self._model_timer = self.set_timer(MODEL_DEBOUNCE_S, lambda: self.load_model(event.value))
             return
         self.recompute()
 
-    @work(exclusive=True, thread=True, group="model")
     def load_model(self, name: str) -> None:
+        self._requested = name.strip()
+        self._read_model(name)
+
+    @work(exclusive=True, thread=True, group="model")
+    def _read_model(self, name: str) -> None:
         try:
             spec = load_spec(name.strip())
         except FtplanError as exc:
@@ -279,7 +314,7 @@ class PlanPane(Horizontal):
         if self.spec is None:
             return
         for widget in self._widgets.values():
-            if widget.id != "model":
+            if widget.has_class("-plan-error"):  # only the marked ones: touching every field repaints the form
                 widget.border_subtitle, widget.tooltip = "", None
                 widget.remove_class("-plan-error")
         error = self._w("form-error")
@@ -287,8 +322,9 @@ class PlanPane(Horizontal):
             plan = self.form_plan()
             target = self.form_target(self.form_gpus())
             samples, epochs = self.run_length()
+            # the suggestions (most of a plan that does not fit) come from _advise, after the verdict is drawn
             result = plan_run(self.spec, plan, target, search_batch=True, vocabulary="tui", samples=samples,
-                              epochs=epochs)
+                              epochs=epochs, advise=False)
         except FtplanError as exc:
             message = worded(exc, "tui") if not (exc.field or "").startswith("time-") else exc.reason
             field = exc.field if exc.field in self._widgets else SHOWN_ON.get(exc.field or "")
@@ -298,10 +334,12 @@ class PlanPane(Horizontal):
                 widget.add_class("-plan-error")
             error.update(f"[b red]{message}[/] — showing the last valid plan")
             return
-        error.update("")
+        _update(error, "")
         self.state = PlanState(self.model_name, self.spec, plan, target, result)
         self._show(result)
         self.post_message(PlanChanged(self.state))
+        if result.fit is not None and not result.fit.fits:
+            self.call_after_refresh(self._advise, self.state, samples, epochs)
 
     def _show(self, result: Estimate) -> None:
         self._w("spec").show(result)
@@ -313,15 +351,17 @@ class PlanPane(Horizontal):
         if [str(c.label) for c in table.columns.values()] != columns:  # GRPO adds a generation phase
             table.clear(columns=True)
             table.add_columns(*columns)
-        table.clear()
-        for label, cells in breakdown_rows(mem, LABELS, unit=size):
-            table.add_row(label, *cells)
-        self._w("summary").update(self._verdict(result))
+            self._rows = []
+        rows = list(breakdown_rows(mem, LABELS, unit=size))
+        if rows != self._rows:  # an unchanged table is not cleared and refilled (a field that moves no memory)
+            self._rows = rows
+            table.clear()
+            for label, cells in rows:
+                table.add_row(label, *cells)
+        _update(self._w("summary"), self._verdict(result))
         self.path = None
         self._w("path-to-fit").display = False
-        self._show_suggestions(result)
-        if result.fit is not None and not result.fit.fits and self.state is not None:
-            self._find_path(self.state)
+        self._show_suggestions(result, pending=result.fit is not None and not result.fit.fits)
         self._show_details(result)
 
     def _verdict(self, result: Estimate) -> str:
@@ -345,16 +385,37 @@ class PlanPane(Horizontal):
             verdict += f" · {result.time.tokens_per_second:,.0f} tokens/s"
         return verdict
 
-    @work(exclusive=True, thread=True, group="path")
-    def _find_path(self, state: PlanState) -> None:
-        """The cheapest changes that fit and the smallest GPU (a few hundred plans: off the UI thread)."""
+    @work(exclusive=True, thread=True, group="advice")
+    def _advise(self, state: PlanState, samples: int | None, epochs: float) -> None:
+        """What to change and the path to fit, for a plan that does not fit: each is dozens to hundreds of
+        plans, so they run here, after the verdict is on screen; a newer change makes them moot."""
         from planner.path_to_fit import path_to_fit
 
+        worker = get_current_worker()
+        sleep(ADVICE_PAUSE_S)
+        if worker.is_cancelled:
+            return  # typing goes on: only the last change of a burst is advised
         try:
-            path = path_to_fit(state.spec, state.result.plan, state.target, vocabulary="tui")
+            full = plan_run(state.spec, state.plan, state.target, search_batch=True, vocabulary="tui",
+                            samples=samples, epochs=epochs)
         except FtplanError:
             return
-        self.app.call_from_thread(self._show_path, state, path)
+        if worker.is_cancelled:
+            return
+        self.app.call_from_thread(self._show_advice, state, full)
+        try:
+            path = path_to_fit(state.spec, full.plan, state.target, vocabulary="tui",
+                               stop=lambda: worker.is_cancelled)
+        except FtplanError:
+            return
+        if path is not None and not worker.is_cancelled:
+            self.app.call_from_thread(self._show_path, state, path)
+
+    def _show_advice(self, state: PlanState, full: Estimate) -> None:
+        if state is not self.state:
+            return  # the form changed meanwhile
+        state.result = full  # the same numbers with the suggestions: exports and JSON see them
+        self._show_suggestions(full)
 
     def _show_path(self, state: PlanState, path) -> None:
         if state is not self.state:
@@ -366,8 +427,11 @@ class PlanPane(Horizontal):
         self._w("path-to-fit").display = True
         self._show_suggestions(state.result)
 
-    def _show_suggestions(self, result: Estimate) -> None:
+    def _show_suggestions(self, result: Estimate, pending: bool = False) -> None:
+        """The suggestions as options; `pending`: they are still being worked out (see _advise)."""
         options = self._w("suggestions")
+        title = self._w("suggestions-title")
+        _update(title, "what to change: working it out…" if pending else "what to change (enter applies it)")
         options.clear_options()
         path = self.path
         if path is not None and path.change is not None and not any(
@@ -381,21 +445,23 @@ class PlanPane(Horizontal):
             options.add_option(Option(prompt, id=str(i)))
         if options.option_count:
             options.highlighted = 0  # the first Enter applies the first suggestion
-        self._w("suggestions-title").display = bool(options.option_count)
+        title.display = pending or bool(options.option_count)
         options.display = bool(options.option_count)
 
     def _show_details(self, result: Estimate) -> None:
         lines = [f"[b {_SEVERITY[w.severity]}]{w.severity}[/] {escape(w.message)}"
                  + (f" [dim](fix: {escape(w.change.title)})[/]" if w.change is not None else "") for w in result.warnings]
-        self._w("warnings").update("\n".join(lines))
+        _update(self._w("warnings"), "\n".join(lines))
         self._w("warnings").display = bool(lines)
         time = result.time
         text = ("[b]time[/] " + time_line(time) + f"\n[dim]{escape(time.note)}"
                 + ("; give samples for the time to train" if time.total_seconds is None else "") + "[/]"
                 if time is not None else "[b]time[/] [dim]pick a catalog GPU (not a memory size) for step time[/]")
-        self._w("time").update(text)
-        self._w("assumptions-text").update(
-            Text("\n".join(f"• {a}" for a in result.assumptions)))
+        _update(self._w("time"), text)
+        assumptions = "\n".join(f"• {a}" for a in result.assumptions)
+        if assumptions != self._assumptions:
+            self._assumptions = assumptions
+            self._w("assumptions-text").update(Text(assumptions))
         self._w("assumptions").title = f"assumptions ({len(result.assumptions)})"
 
     # ------------------------------------------------------------ applying a suggestion

@@ -26,7 +26,9 @@ type. Select a suggestion (**j**/**k** or arrows) and press **enter** to put it 
 Every catalog GPU against every method at the Plan tab's other settings (the title names them): the
 largest micro-batch that fits (green), or what the smallest needs (red). Move with **j**/**k**/arrows and
 press **enter** on a cell to plan that GPU, method and GPU count. **g** switches between the plan's GPU count
-and 1, 2, 4 or 8 GPUs; **t** sorts by the cursor's column (again: catalog order); **/** filters GPUs by name.
+and 1, 2, 4 or 8 GPUs; **t** sorts by the cursor's column (again: catalog order); **/** filters GPUs by name;
+**v** shows, in each cell that fits, the time per epoch at its largest micro-batch (the Plan tab's *samples*,
+else 1,000; the same step-time model as its time to train).
 """,
     "gpus": """\
 ## GPUs

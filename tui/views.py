@@ -77,11 +77,14 @@ def fits_style(cell) -> str:
     return "red" if cell.max_batch == 0 else "green"
 
 
-def fits_cell(cell) -> str:
+def fits_cell(cell, epoch_seconds: float | None = None) -> str:
+    """A What-fits cell: the largest micro-batch, or with `epoch_seconds` the time per epoch at that batch."""
     if cell.need is None:
         return "n/a"
     if cell.max_batch == 0:
         return f"✗ {fmt_gib(cell.need, 0)}"
+    if epoch_seconds is not None:
+        return f"✓ {duration(epoch_seconds)}"
     return f"✓ b≤{cell.max_batch}" + ("+" if cell.capped else "")
 
 

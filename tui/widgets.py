@@ -89,4 +89,6 @@ class SpecSummary(Static):
                       + (f" · context {m.context:,}" if m.context else "")),
                  Text(f"trainable {fmt_count(p.trainable)} ({p.trainable_fraction:.2%})"
                       + (f" · {m.experts}" if m.experts else ""), style="dim")]
-        self.update(Text("\n").join(lines))
+        text = Text("\n").join(lines)
+        if text != self.content:  # most form changes leave the model's summary as it was: no repaint
+            self.update(text)

@@ -78,3 +78,33 @@ async def test_t_sorts_by_the_cursor_column_and_slash_filters_by_name() -> None:
         await pilot.press("escape")
         await pilot.pause()
         assert app.focused is table
+
+
+@pytest.mark.asyncio
+async def test_v_shows_each_fitting_cells_time_per_epoch_as_the_service_plans_it() -> None:
+    from planner.service import plan_run
+    from planner.spec import load_spec
+    from planner.target import GpuTarget
+
+    async with running() as (app, pilot):
+        await set_value(app, pilot, "time-samples", "5000")
+        pane = await fits_tab(app, pilot)
+        table = app.query_one("#fits-table")
+        before = str(table.get_cell_at((0, 1)))
+        await pilot.press("v")
+        await settle(app, pilot)
+        assert "time per epoch of 5,000 samples" in str(app.query_one("#fits-view").render())
+        column = [c.method for c in pane.rows[0].cells].index("lora")
+        fitting = [i for i, r in enumerate(pane.rows) if r.cells[column].max_batch]
+        assert fitting
+        for i in fitting[:3]:
+            row, cell = pane.rows[i], pane.rows[i].cells[column]
+            # the Plan tab's time to train for that GPU and method at the cell's micro-batch, one epoch
+            truth = plan_run(load_spec("7b"), app.state.result.plan.with_(method="lora", batch_size=cell.max_batch),
+                             GpuTarget.of_catalog(row.gpu), samples=5000).time.total_seconds
+            assert pane.times[pane.all_rows.index(row)][column] == pytest.approx(truth, rel=1e-9)
+            shown = str(table.get_cell_at((i, column + 1)))
+            assert shown.startswith("✓") and "b≤" not in shown
+        await pilot.press("v")  # back to the largest micro-batch
+        await settle(app, pilot)
+        assert str(table.get_cell_at((0, 1))) == before

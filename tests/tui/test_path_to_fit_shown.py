@@ -44,3 +44,26 @@ def test_ftplan_estimate_prints_the_path(capsys) -> None:
     assert out.index("path to fit") < out.index("what to change")
     code = main(["estimate", "--model", "tiny-llama", "--gpu", "RTX-4090"])
     assert code == 0 and "path to fit" not in capsys.readouterr().out
+
+
+def test_ftplan_estimate_json_carries_the_path(capsys) -> None:
+    """`--json` adds `path_to_fit` to the Estimate's dump; the service confirms it: the changes fit, the smallest
+    GPU fits as is and every catalog GPU with less memory does not."""
+    import json
+
+    from planner.hardware import catalog
+    from planner.plan import Plan
+
+    code = main(["estimate", "--model", "7b", "--method", "full", "--gpu", "RTX-4090", "--json"])
+    dump = json.loads(capsys.readouterr().out)
+    assert code == 1 and not dump["fit"]["fits"]
+    path = dump["path_to_fit"]
+    spec, plan = load_spec("7b"), Plan.build(**dump["plan"])
+    changed = plan_run(spec, plan.with_(**path["change"]["changes"]), GpuTarget.of_catalog("RTX-4090"))
+    assert changed.fit.fits and changed.memory.total == path["change"]["new_total"]
+    smallest = plan_run(spec, plan, GpuTarget.of_catalog(path["smallest_gpu"]))
+    assert smallest.fit.fits and smallest.memory.total == path["smallest_gpu_total"]
+    smaller = [g.name for g in catalog() if GpuTarget.of_catalog(g.name).capacity < smallest.fit.capacity]
+    assert smaller and not any(plan_run(spec, plan, GpuTarget.of_catalog(g)).fit.fits for g in smaller)
+    assert main(["estimate", "--model", "tiny-llama", "--gpu", "RTX-4090", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["path_to_fit"] is None
