@@ -92,7 +92,9 @@ def single_changes(spec: ModelSpec, plan: Plan, capacity: int, machine: Machine)
             out.append((f"8-bit AdamW saves {fmt_gib(found[0])}",
                         "bitsandbytes AdamW8bit keeps Adam's two moments in 1 byte each (plus a scale per 256 "
                         "values) instead of the trainable weights' dtype (4 bytes each in fp32)", {"optimizer": "adamw-8bit"}))
-    if plan.activation_offload == "off":
+    # the recipes that offload (torchtune, axolotl, TRL) pair it with checkpointing, which keeps far less to move and
+    # costs no host RAM: without checkpointing, that is the suggestion to try first
+    if plan.activation_offload == "off" and plan.gradient_checkpointing:
         found = _rerun(spec, plan, {"activation_offload": "saved"}, machine, base)
         if found and found[0] >= WORTH * base:
             moved = found[1].host_activations
@@ -187,7 +189,7 @@ def _combine(spec: ModelSpec, plan: Plan, capacity: int, ranked: list[Change], m
             continue
         if total < estimate_memory(spec, current, machine=machine).total:
             current, changes = trial, {**changes, **suggestion.changes}
-            titles.append(suggestion.title.lower())
+            titles.append(suggestion.title[:1].lower() + suggestion.title[1:])  # keeps QLoRA, GiB
             if total <= capacity:
                 base = estimate_memory(spec, plan, machine=machine).total
                 return Change(title="Combine: " + "; ".join(titles),
