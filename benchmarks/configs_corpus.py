@@ -46,6 +46,11 @@ from planner.files import write_text_atomic  # noqa: E402
 from planner.spec import load_spec  # noqa: E402
 
 SUFFIXES = (".yaml", ".yml", ".json")
+# a config written for a MoE model (expert targets, expert parallelism, expert kernels) stands in with a MoE preset:
+# on a dense stand-in its expert settings have nothing to act on (peft refuses expert-only targets there)
+MOE_KEYS = ("lora_target_parameters", "quantize_moe_experts", "expert_parallel_size", "expert_model_parallel_size",
+            "use_scattermoe", "use_sonicmoe", "experts_implementation")
+MOE_STAND_IN = "qwen3-30b-a3b"
 SHARDED_GPUS = 8  # one node, as `llamafactory-cli` / `accelerate launch` use every visible GPU
 TREATMENTS = ("modelled", "warned", "irrelevant", "unknown")
 
@@ -115,9 +120,10 @@ def run_one(path: Path, gpu: str, stand_in: str | None = None) -> Outcome:
             base.kind, base.message = "model_unavailable", str(exc)
             if stand_in is None:
                 return base
-            base.kind, base.stand_in = "planned", stand_in
+            moe = stand_in and any(key in run.treatment for key in MOE_KEYS)
+            base.kind, base.stand_in = "planned", MOE_STAND_IN if moe else stand_in
         try:
-            with standing_in(stand_in) if base.stand_in else contextlib.nullcontext():
+            with standing_in(base.stand_in) if base.stand_in else contextlib.nullcontext():
                 report = preflight(path, gpu=gpu)
         except FtplanError as exc:
             base.kind, base.message = "exit2", str(exc)
@@ -126,7 +132,7 @@ def run_one(path: Path, gpu: str, stand_in: str | None = None) -> Outcome:
         base.total_gib = report.estimate.memory.total / 2**30
         base.warnings = [c.code for c in report.checks if c.severity == "warning"]
         if "sharding_on_one_gpu" in base.warnings:
-            with standing_in(stand_in) if base.stand_in else contextlib.nullcontext():
+            with standing_in(base.stand_in) if base.stand_in else contextlib.nullcontext():
                 node = preflight(path, gpu=gpu, gpus=run.gpus if run.gpus and run.gpus > 1 else SHARDED_GPUS)
             base.sharded = (node.verdict, [c.code for c in node.checks if c.severity == "warning"])
         return base
@@ -146,10 +152,17 @@ def run_corpus(directory: Path, gpu: str, cwd: Path | None, stand_in: str | None
                 for path in configs_under(directory)]
 
 
+def _stood_in(outcome: Outcome, stand_in: str | None) -> str:
+    if not outcome.stand_in:
+        return ""
+    return " (stand-in)" if outcome.stand_in == stand_in else f" (stand-in {outcome.stand_in})"
+
+
 def report(corpora: dict[str, list[Outcome]], gpu: str, stand_in: str | None = None) -> str:
     out = ["# Example configs through `ftplan preflight`", "",
            f"Produced by `python benchmarks/configs_corpus.py` (preflight with `--gpu {gpu}`, HF_HUB_OFFLINE=1"
            + (f"; models unavailable offline stood in for by the preset {stand_in}, whose numbers these rows show"
+              + f", and by {MOE_STAND_IN} for a config with MoE settings ({', '.join(MOE_KEYS)})"
               if stand_in else "") + "). Outcomes per file, the keys seen per framework and how each was read, and "
            "every traceback.", ""]
     everything = [o for outcomes in corpora.values() for o in outcomes]
@@ -185,7 +198,7 @@ def report(corpora: dict[str, list[Outcome]], gpu: str, stand_in: str | None = N
         planned = [o for o in outcomes if o.kind == "planned"]
         if planned:
             out += [f"| config | format | verdict | total GiB ({gpu}, 1 GPU) | warnings |", "|---|---|---|---:|---|"]
-            out += [f"| {o.path}{' (stand-in)' if o.stand_in else ''} | {o.format} | {o.verdict} | "
+            out += [f"| {o.path}{_stood_in(o, stand_in)} | {o.format} | {o.verdict} | "
                     f"{o.total_gib:.1f} | {', '.join(sorted(set(o.warnings))) or ''} |" for o in planned]
             out.append("")
         for kind, title in (("exit2", "Exit 2 (ftplan refuses the file)"),

@@ -43,8 +43,14 @@ def test_the_corpus_runner_counts_each_outcome(tmp_path, monkeypatch) -> None:
         "logging_steps": "irrelevant", "mystery_key": "unknown", "mixture_of_depths": "warned"}
     assert outcomes["hub.yaml"].kind == "model_unavailable"
     assert outcomes["accelerate.yaml"].kind == "exit2" and "not a training config" in outcomes["accelerate.yaml"].message
+    (folder / "moe.yaml").write_text(
+        "base_model: someone/moe-not-cached\nadapter: lora\nlora_r: 8\nlora_target_parameters:\n"
+        "  - mlp.experts.gate_up_proj\nmicro_batch_size: 1\nsequence_len: 512\nbf16: true\n")
     stood_in = {Path(o.path).name: o for o in corpus.run_corpus(folder, "H100", None, stand_in="tiny-llama")}
     assert stood_in["hub.yaml"].kind == "planned" and stood_in["hub.yaml"].stand_in == "tiny-llama"
+    # expert targets mean nothing on a dense stand-in: a MoE preset stands in
+    assert stood_in["moe.yaml"].kind == "planned" and stood_in["moe.yaml"].stand_in == corpus.MOE_STAND_IN
+    (folder / "moe.yaml").unlink()
     # planned on the 1 GPU --gpu names, ZeRO-3 is warned; planned again over a node as its launcher runs it
     zero3 = outcomes["zero3.yaml"]
     assert "sharding_on_one_gpu" in zero3.warnings and zero3.sharded is not None
