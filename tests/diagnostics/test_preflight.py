@@ -104,7 +104,7 @@ def test_static_advice(tmp_path) -> None:
     report = preflight(path, gpu="H100")
     messages = " | ".join(c.message for c in report.checks)
     assert "no warmup" in messages and "fp16 on H100" in messages and "clipping is off" in messages
-    assert "learning_rat (did you mean learning_rate?)" in messages
+    assert "key 'learning_rat' is not a setting ftplan knows for LLaMA-Factory (did you mean learning_rate?)" in messages
     assert report.verdict == "ready_with_warnings"
     assert exit_code(report, strict=False) == 0 and exit_code(report, strict=True) == 1
     fixed = preflight(path, gpu="H100", fix=tmp_path / "safe.yaml")
