@@ -3,7 +3,9 @@
     python benchmarks/bench_estimate.py
 
 * cold `ftplan estimate` wall time, a fresh interpreter each run (target < 0.5 s), next to
-  `python -c "import torch"` in the same run for scale;
+  `python -c "import torch"` in the same run for scale. With PYTHONDONTWRITEBYTECODE set, every module edited
+  since its bytecode was cached is compiled again on each run, which an installed ftplan does not do: run it
+  with PYTHONPYCACHEPREFIX=<dir> and without that variable to measure what users get;
 * in-process `estimate()` latency (target < 1 ms) on several model sizes;
 * `--max-batch` search latency (target < 20 ms);
 * both again with every recipe setting on at once ("all options": Liger kernels, the fused loss, activation

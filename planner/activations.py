@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from planner.methods import DTYPE_BYTES, BlockTraining
+from planner.methods import DTYPE_BYTES, BlockTraining, WrappedTensor, wrapped_tensors
 from planner.peft_methods import oft_block
 from planner.spec import Block, Linear, ModelSpec
 
@@ -491,7 +491,7 @@ def _moe(tape: Tape, x: T, block: Block, training: BlockTraining, ctx: Ctx) -> T
     n_tok, d, inter, e = ctx.tokens, ctx.hidden, mlp.intermediate_size, mlp.num_experts
     trainable = training.base_trainable
     wrapped = training.lora_params
-    _param_wrapper(tape, wrapped, ctx, e, inter)
+    _param_wrapper(tape, wrapped_tensors(block, d, wrapped, ctx.lora_rank), ctx)
     logits = tape.linear(x, e, d, trainable or "router" in wrapped)
     scores = tape.unary(T(logits.numel, "fp32", logits.grad), "output")  # softmax / sigmoid in fp32
     slots = n_tok * mlp.top_k
@@ -524,20 +524,18 @@ def _moe(tape: Tape, x: T, block: Block, training: BlockTraining, ctx: Ctx) -> T
     return out
 
 
-def _param_wrapper(tape: Tape, wrapped: frozenset[str], ctx: Ctx, experts: int, inter: int) -> None:
+def _param_wrapper(tape: Tape, wrapped: list[WrappedTensor], ctx: Ctx) -> None:
     """peft's ParamWrapper materialises W + BA for the whole tensor on every forward.
 
     Experts use `torch.baddbmm(W, B, A)` (saving B and A cast to W's dtype); the router adds B @ A.
     The merged tensor requires grad, so it is saved by the matmuls that use it.
     """
-    d, wdt, r = ctx.hidden, ctx.weight_dtype, ctx.lora_rank
-    if "router" in wrapped:
-        tape.save(T(experts * d, wdt, True))
-    for part, out_f, in_f, rank in (("gate_up", 2 * inter, d, 2 * r), ("down", d, inter, r)):
-        if part in wrapped:
-            if ctx.adapter_dtype != wdt:
-                tape.save(T(experts * out_f * rank, wdt, False), T(experts * rank * in_f, wdt, False))
-            tape.save(T(experts * out_f * in_f, wdt, True))
+    wdt = ctx.weight_dtype
+    for w in wrapped:
+        if w.experts > 1 and ctx.adapter_dtype != wdt:
+            tape.save(T(w.experts * w.out_features * w.rank, wdt, False),
+                      T(w.experts * w.rank * w.in_features, wdt, False))
+        tape.save(T(w.numel, wdt, True))
 
 
 def _mlp(tape: Tape, x: T, block: Block, training: BlockTraining, ctx: Ctx) -> T:

@@ -102,6 +102,10 @@ FIELDS: list[Setting] = [
             "experts too), attention, or comma-separated module names",
             {"llamafactory": "lora_target", "hf": "lora_target_modules", "axolotl": "lora_target_modules"},
             widget="text", methods=("lora", "qlora", "oft")),
+    Setting("lora_target_parameters", "plan", "--lora-target-parameters", "LoRA target parameters",
+            "LoRA on MoE parameters through peft's ParamWrapper (rank r each): a comma list of "
+            "mlp.experts.gate_up_proj, mlp.experts.down_proj, mlp.gate.weight; none by default",
+            {"hf": "lora_target_parameters", "axolotl": "lora_target_parameters"}, methods=("lora", "qlora")),
     Setting("lora_dropout", "plan", "--lora-dropout", "LoRA dropout", "dropout on the LoRA input",
             {f: "lora_dropout" for f in FORMATS}),
     Setting("use_dora", "plan", "--use-dora", "DoRA",

@@ -57,7 +57,8 @@ def _norm(name: str) -> str:
 def catalog() -> tuple[GpuSpec, ...]:
     import yaml
 
-    raw = yaml.safe_load((resources.files("profiles") / "gpus.yaml").read_text(encoding="utf-8"))
+    text = (resources.files("profiles") / "gpus.yaml").read_text(encoding="utf-8")
+    raw = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml's, as preset_index
     return tuple(GpuSpec(**{**g, "aliases": tuple(str(a) for a in g.get("aliases", ()))}) for g in raw["gpus"])
 
 

@@ -6,7 +6,8 @@ LoRA targets or parameter counts many times (the layout, the activation replay, 
 backward), and a `--max-batch` search runs a dozen estimates of one model: each is computed once per spec object.
 Memoized: `params.count_params`, `methods.lora_targets`, `methods.block_training` and `methods.layout` (per
 shape-free plan, `Plan.shape_free`), `memory._model_states` (weights, gradients, optimizer state and step
-temporaries) and `memory._replay` (the activation replay, per block trainings and replay options).
+temporaries), `optimizers.trainable_tensors` (per shape-free plan) and `memory._replay` (the activation
+replay, per block trainings and replay options).
 
 A cache entry keeps the objects it was keyed on alive, so their `id` cannot be reused by another object while the
 entry exists; a hit also checks identity. Results are shared between callers: they must be immutable (tuples,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict
 
-from planner import peft_methods
+from planner import param_targets, peft_methods
 from planner.errors import FtplanError
 from planner.memo import by_identity
 from planner.moe_quant import expert_tensors
@@ -160,14 +160,21 @@ def peft_all_linear(spec: ModelSpec) -> list[str]:
 
 
 def lora_targets(spec: ModelSpec, block: Block, plan: Plan) -> tuple[tuple[Linear, ...], frozenset[str]]:
-    """The linears peft wraps in `block`, and the MoE parameters it wraps with ParamWrapper."""
-    return _lora_targets(spec, block, plan.lora_target)
+    """The linears peft wraps in `block`, and the MoE parameters it wraps with ParamWrapper (with
+    `GATE_UP_RANK_R` when the fused gate_up tensor gets rank r rather than peft's doubled rank)."""
+    return _lora_targets(spec, block, plan.lora_target, plan.lora_target_parameters)
 
 
 @by_identity(objects=2)  # the layout, the replay, the optimizer and the memory model all ask, block by block
-def _lora_targets(spec: ModelSpec, block: Block, lora_target: str) -> tuple[tuple[Linear, ...], frozenset[str]]:
+def _lora_targets(spec: ModelSpec, block: Block, lora_target: str,
+                  target_parameters: str) -> tuple[tuple[Linear, ...], frozenset[str]]:
     linears, params = _resolve_lora_targets(spec, block, lora_target)
-    return tuple(linears), params
+    direct = param_targets.wrapped(target_parameters)
+    if block.mlp.kind != "moe" or not direct:  # peft wraps what matches (check_lora_target: something must)
+        return tuple(linears), params
+    # a tensor both lists reach is wrapped once, with peft's rank_pattern for the re-pointed v4 names
+    single = {GATE_UP_RANK_R} if "gate_up" in direct - params else set()
+    return tuple(linears), params | direct | single
 
 
 def _resolve_lora_targets(spec: ModelSpec, block: Block, lora_target: str) -> tuple[list[Linear], frozenset[str]]:
@@ -219,18 +226,25 @@ class WrappedTensor:
         return self.experts * self.rank * (self.in_features + self.out_features)
 
 
+# marks, among a block's ParamWrapper targets, a fused gate_up tensor named in target_parameters only: no
+# rank_pattern reaches it, so it keeps rank r (planner.param_targets)
+GATE_UP_RANK_R = "gate_up:r"
+
+
 def wrapped_tensors(block: Block, hidden: int, params: frozenset[str], rank: int) -> list[WrappedTensor]:
     """The MoE tensors peft wraps in `block` (ParamWrapper).
 
-    A 3-D expert tensor (E, out, in) gets A: (E*r, in) and B: (out, E*r); the fused gate_up tensor
-    gets twice the rank (peft's rank_pattern for fused w1+w3); the router (E, d) gets A: (r, d), B: (E, r).
+    A 3-D expert tensor (E, out, in) gets A: (E*r, in) and B: (out, E*r) (`update_layer`); the fused gate_up
+    tensor gets twice the rank when peft re-points v4's w1+w3 to it (the rank_pattern it writes), r when
+    target_parameters names it (`GATE_UP_RANK_R`); the router (E, d) gets A: (r, d), B: (E, r).
     """
     mlp = block.mlp
     e, i, k = mlp.num_experts, mlp.intermediate_size, mlp.top_k
+    gate_up_rank = rank if GATE_UP_RANK_R in params else 2 * rank
     table = {"router": WrappedTensor(1, e, hidden, rank, 1),
-             "gate_up": WrappedTensor(e, 2 * i, hidden, 2 * rank, k),
+             "gate_up": WrappedTensor(e, 2 * i, hidden, gate_up_rank, k),
              "down": WrappedTensor(e, hidden, i, rank, k)}
-    return [table[p] for p in sorted(params)]
+    return [table[p] for p in sorted(params) if p in table]
 
 
 def lora_param_adapters(block: Block, hidden: int, params: frozenset[str], rank: int) -> int:
@@ -344,6 +358,10 @@ def check_lora_target(spec: ModelSpec, plan: Plan) -> None:
         return
     if not found:
         names = sorted({lin.name for g in spec.blocks for lin in g.block.linears})
+        if plan.lora_target_parameters:  # peft refuses an adapter that wraps nothing
+            raise FtplanError(f"{plan.lora_target_parameters} names MoE parameters, but {spec.model_type} has no "
+                              "MoE layer and {lora_target} matches no linear layer; name linears there "
+                              f"({', '.join(names)})", field="lora_target_parameters")
         if ALL in {n.lower() for n in target_names(plan.lora_target)} and spec.model_type in CONV1D_MODEL_TYPES:
             # LLaMA-Factory's find_all_linear_modules returns [] and peft refuses the empty target list
             raise FtplanError(
@@ -430,7 +448,7 @@ def _layout(spec: ModelSpec, counts: ParamCounts, plan: Plan) -> TrainingLayout:
         if plan.use_dora:
             adapters += n * peft_methods.dora_magnitudes(linears)
         adapters += n * lora_param_adapters(block, spec.hidden_size, params, plan.lora_rank)
-        modules += n * (len(linears) + len(params))
+        modules += n * (len(linears) + len(wrapped_tensors(block, spec.hidden_size, params, plan.lora_rank)))
         if ckpt is not None:  # the checkpoint's own format, module by module (its exclusions name layers)
             qp, qb = _checkpoint_group(spec, ckpt, group)
             quant_params += qp
@@ -466,6 +484,12 @@ def _layout(spec: ModelSpec, counts: ParamCounts, plan: Plan) -> TrainingLayout:
                          "does not quantize; they stay in the compute dtype")
     else:
         add("frozen base model", counts.total, False)
+    if plan.lora_target_parameters:
+        moe = any(g.block.mlp.kind == "moe" for g in spec.blocks)
+        notes.append(f"lora_target_parameters {plan.lora_target_parameters}: " + (
+            "peft's ParamWrapper gives each wrapped tensor rank-r adapters per expert and materialises W + BA "
+            "every forward, saved for backward" if moe else
+            f"{spec.model_type} has no MoE parameter; peft warns and wraps none"))
     dtype = adapter_dtype(plan)
     if plan.use_dora:
         notes.append("DoRA: a magnitude vector per target, and every step computes each adapted weight W + BA "

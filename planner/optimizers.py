@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from planner.memo import by_identity
 from planner.methods import (
     DTYPE_BYTES,
     TrainingLayout,
@@ -19,6 +20,7 @@ from planner.methods import (
     lora_targets,
     param_dtype,
     peft_tensor_sizes,
+    wrapped_tensors,
 )
 from planner.plan import Plan
 from planner.spec import Block, ModelSpec
@@ -100,12 +102,18 @@ def _block_tensors(spec: ModelSpec, block: Block, layers: int) -> list[Tensor]:
     return out
 
 
-def trainable_tensors(spec: ModelSpec, train: TrainingLayout, plan: Plan) -> list[Tensor]:
+def trainable_tensors(spec: ModelSpec, train: TrainingLayout, plan: Plan) -> tuple[Tensor, ...]:
     """Every trainable parameter tensor, by size: what a per-tensor optimizer (bitsandbytes) allocates for."""
-    d, out = spec.hidden_size, []
+    # the optimizer's state, its step and ZeRO-3's sub-group all ask for the same tensors
+    return _trainable_tensors(spec, train, plan.shape_free())
+
+
+@by_identity(objects=2)
+def _trainable_tensors(spec: ModelSpec, train: TrainingLayout, plan: Plan) -> tuple[Tensor, ...]:
     if plan.peft and not plan.lora_family:  # the prompt encoders' first tensor is an nn.Embedding
         sizes = peft_tensor_sizes(spec, plan)
-        return [Tensor(n, c, embedding=plan.prompt_learning and k == 0) for k, (n, c) in enumerate(sizes)]
+        return tuple(Tensor(n, c, embedding=plan.prompt_learning and k == 0) for k, (n, c) in enumerate(sizes))
+    d, out = spec.hidden_size, []
     if train.method in ("lora", "qlora"):
         r = plan.lora_rank
         for group in spec.blocks:
@@ -115,12 +123,11 @@ def trainable_tensors(spec: ModelSpec, train: TrainingLayout, plan: Plan) -> lis
                         Tensor(lin.out_features * r, group.count, rows=lin.out_features, linear=True)]
                 if plan.use_dora:  # DoRA's magnitude vector
                     out.append(Tensor(lin.out_features, group.count))
-            e, i = group.block.mlp.num_experts, group.block.mlp.intermediate_size
-            shapes = {"router": [r * d, e * r],  # ParamWrapper shapes: see planner.methods.lora_param_adapters
-                      "gate_up": [e * 2 * r * d, 2 * i * e * 2 * r], "down": [e * r * i, d * e * r]}
-            out += [Tensor(n, group.count) for name in sorted(wrapped) for n in shapes[name]]
-        return out
-    return _model_tensors(spec, None if train.method == "full" else set(train.trainable_layers))
+            for w in wrapped_tensors(group.block, d, wrapped, r):  # ParamWrapper's lora_A (E*r, in), lora_B (out, E*r)
+                out += [Tensor(w.experts * w.rank * w.in_features, group.count),
+                        Tensor(w.out_features * w.experts * w.rank, group.count)]
+        return tuple(out)
+    return tuple(_model_tensors(spec, None if train.method == "full" else set(train.trainable_layers)))
 
 
 def _model_tensors(spec: ModelSpec, chosen: set[int] | None = None) -> list[Tensor]:
@@ -235,19 +242,20 @@ def _adafactor_state(train: TrainingLayout, spec: ModelSpec, plan: Plan) -> int:
     d = spec.hidden_size
     entries = 0
     chosen = set(train.trainable_layers)
-    for index, block in spec.iter_blocks():
+    for group in spec.blocks:  # a group's layers are identical: count one, times the layers that train
+        block = group.block
         if train.method in ("lora", "qlora"):
-            entries += sum(2 * plan.lora_rank + lin.in_features + lin.out_features
-                           for lin in lora_targets(spec, block, plan)[0])
+            entries += group.count * sum(2 * plan.lora_rank + lin.in_features + lin.out_features
+                                         for lin in lora_targets(spec, block, plan)[0])
             continue
-        if train.method == "freeze" and index not in chosen:
-            continue
-        entries += sum(lin.in_features + lin.out_features + (lin.out_features if lin.bias else 0)
-                       for lin in block.linears)
-        entries += block.other_params.get("norms", 0) + block.other_params.get("qk_norm", 0)
+        layers = range(group.start, group.start + group.count)
+        trained = sum(1 for i in layers if i in chosen) if train.method == "freeze" else group.count
+        one = sum(lin.in_features + lin.out_features + (lin.out_features if lin.bias else 0) for lin in block.linears)
+        one += block.other_params.get("norms", 0) + block.other_params.get("qk_norm", 0)
         if block.mlp.kind == "moe":
             e, i = block.mlp.num_experts, block.mlp.intermediate_size
-            entries += e * (2 * i + d) + e * (d + i) + e + d
+            one += e * (2 * i + d) + e * (d + i) + e + d
+        entries += trained * one
     if train.method == "full":
         entries += spec.vocab_size + d + (spec.head_width + d if spec.head_params else 0) + d
     return 4 * entries
@@ -427,7 +435,7 @@ def optimizer_state(spec: ModelSpec, train: TrainingLayout, plan: Plan) -> int:
         frozen = [] if train.method == "full" else _model_tensors(spec)
         if train.method == "freeze":  # the trainable layers are among the model's tensors already
             tensors = []
-        return _adalomo_state(frozen + tensors)
+        return _adalomo_state([*frozen, *tensors])
     raise AssertionError(f"no state rule for optimizer {opt}")
 
 

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from planner import liger, lora_kernels
+from planner import liger, lora_kernels, param_targets
 from planner.errors import FtplanError, validation_error
 
 # full/freeze train the model's own weights; the rest train what peft (or, for `adapter`, Houlsby et al.'s
@@ -81,6 +81,8 @@ class Plan(BaseModel):
     attention: AttentionKernel = "sdpa"
     lora_rank: int = 8
     lora_target: str = "all"
+    # LoRA on parameters (peft's target_parameters: MoE experts, routers), a comma list in canonical order
+    lora_target_parameters: str = ""
     lora_dropout: float = 0.0
     use_dora: bool = False  # DoRA: a magnitude vector per LoRA target, and the adapted weight's norm every step
     num_virtual_tokens: int = 20  # prefix / prompt / ptuning
@@ -172,6 +174,13 @@ class Plan(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
+    def _lora_target_parameters_in_canonical_order(cls, data):
+        if isinstance(data, dict) and "lora_target_parameters" in data:
+            data = {**data, "lora_target_parameters": param_targets.parse(data["lora_target_parameters"])}
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
     def _gpus_per_node_sets_gpus(cls, data):
         if isinstance(data, dict) and data.get("gpus_per_node") is not None:
             per_node, nodes = data["gpus_per_node"], data.get("nodes", 1)
@@ -203,6 +212,9 @@ class Plan(BaseModel):
         if self.use_dora and not self.lora_family:
             raise FtplanError(f"is a LoRA variant; {{method}} {self.method} has no LoRA adapters: use lora or qlora",
                               field="use_dora")
+        if self.lora_target_parameters and not self.lora_family:
+            raise FtplanError(f"puts LoRA on parameters; {{method}} {self.method} has no LoRA adapters: use lora or "
+                              "qlora, or drop {lora_target_parameters}", field="lora_target_parameters")
         if self.prefix_projection and self.method != "prefix":
             raise FtplanError(f"reparametrises prefix tuning only; {{method}} is {self.method}", field="prefix_projection")
         if self.encoder_hidden_size is not None and self.encoder_hidden_size < 1:

@@ -583,6 +583,12 @@ def cmd_tui(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    # pydantic looks for plugins by reading every installed package's entry points the first time a model class
+    # is built, a cost that grows with the environment; ftplan uses none. It reads the variable then, so it must
+    # be set before any planner model is defined; a value the user set (to enable a plugin) is kept.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     from planner.errors import EnvironmentMissing, FtplanError
     from planner.fields import worded
     from tui.terminal import WRITE_ERRORS, broken_pipe, fallback_characters, silence_stdout

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from planner import lora_kernels
+from planner import lora_kernels, param_targets
 from planner.configs.common import (
     DataInfo,
     DeepSpeed,
@@ -182,9 +182,6 @@ NOT_MODELLED: list[tuple[tuple[str, ...], str, Direction]] = [
      "count", "understates"),
     (("peft_trainable_token_indices",),
      "trainable token rows of the embeddings are not counted", "understates"),
-    (("lora_target_parameters",),
-     "LoRA on the MoE expert tensors through peft's ParamWrapper (rank-r adapters per expert, and W + BA "
-     "materialised for each wrapped tensor every forward, saved for backward) is not counted", "understates"),
     (("peft_layers_to_transform", "peft_layers_pattern"),
      "LoRA adapts only these layers; this plan adapts every layer", "overstates"),
     (("peft_layer_replication",), "layers are replicated, which this plan does not count", "understates"),
@@ -251,7 +248,7 @@ WARNED_KEYS = frozenset(key for keys, _, _ in NOT_MODELLED for key in keys)
 # Keys `read` plans with (Liger's other kernels and the plugins list included).
 PLANNED = words("""
 base_model adapter load_in_4bit load_in_8bit lora_r lora_alpha lora_dropout lora_target_linear
-lora_target_modules peft_use_rslora peft_use_dora peft_init_lora_weights peft loraplus_lr_ratio
+lora_target_modules lora_target_parameters peft_use_rslora peft_use_dora peft_init_lora_weights peft loraplus_lr_ratio
 peft_autocast_adapter_dtype micro_batch_size batch_size sequence_len
 gradient_accumulation_steps gradient_checkpointing attn_implementation flash_attention sdp_attention
 xformers_attention flex_attention sage_attention eager_attention gemma4_hybrid_attn_impl bf16 fp16 bfloat16
@@ -423,15 +420,19 @@ def read(keys: Keys, base: Path, stage: str | None = None) -> RunConfig:
     if k.get("lora_target_linear", bool, False):
         targets = "all"  # adapter.py: every linear layer, the lora_target_modules among them
         k.get("lora_target_modules", (str, list))
+    elif "lora_target_modules" not in k.config and k.config.get("lora_target_parameters"):
+        targets = ""  # adapter.py: target_modules [], the parameters alone
     else:
         targets = targets_of(k, "lora_target_modules", "all", r.warnings)
+    target_parameters = _target_parameters(r, k, method)
     bnb = k.get("bnb_config_kwargs", dict, {}) or {}
     stage_fields, fused = _stage(r, stage, method=method, zero=zero, batch=micro, grad_accum=accum, fused=fused,
                                  gpus=_gpus(k))
     plan = build_plan(
         "axolotl", path, method=method, quant_bits=quant_bits, precision=precision, optimizer=optim,
         batch_size=micro, grad_accum=accum, gradient_checkpointing=checkpointing,
-        activation_offload=activation_offload, attention=kernel, lora_rank=k.positive("lora_r", 8), lora_target=targets, use_dora=use_dora,
+        activation_offload=activation_offload, attention=kernel, lora_rank=k.positive("lora_r", 8), lora_target=targets,
+        lora_target_parameters=target_parameters, use_dora=use_dora,
         lora_dropout=k.get("lora_dropout", float, 0.0),
         # loaders/model.py: bnb_4bit_use_double_quant true, which bnb_config_kwargs may override
         double_quant=bool(bnb.get("bnb_4bit_use_double_quant", True)),
@@ -489,6 +490,19 @@ def _activation_offloading(r: _Read, gc: Any, checkpointing: bool, method: str) 
 
 # axolotl's LoRA kernel switches (utils/schemas/config.py) as planner.lora_kernels names
 LORA_KERNEL_KEYS = {"lora_qkv_kernel": "qkv", "lora_o_kernel": "o", "lora_mlp_kernel": "mlp"}
+
+
+def _target_parameters(r: _Read, k: Keys, method: str) -> str:
+    """lora_target_parameters, which loaders/adapter.py hands to peft's LoraConfig as target_parameters
+    (planner.param_targets); names of other parameters than the MoE experts' and router's stay a warning."""
+    value = k.get("lora_target_parameters", (str, list))
+    if method not in ("lora", "qlora"):  # no LoraConfig is built without a LoRA adapter
+        return ""
+    names, unknown = param_targets.modelled(value)
+    if unknown:
+        r.warn("not_modelled", "lora_target_parameters", f"lora_target_parameters {', '.join(unknown)}: LoRA on "
+               f"parameters other than {param_targets.KNOWN} is not counted", "understates")
+    return names
 
 
 def _lora_kernels(r: _Read, method: str, use_dora: bool) -> str:
@@ -1091,6 +1105,7 @@ FRAMEWORK = Framework(
     recognised=RECOGNISED, unwritable=UNWRITABLE, method_keys=method_keys, known=KNOWN,
     rejects_unknown=False,  # the schema drops keys it does not know (pydantic's default, extra="ignore")
     fix_values={"precision": precision_keys, "attention": attention_keys, "lora_target": target_keys,
+                "lora_target_parameters": param_targets.split,
                 "quant_bits": quant_keys, "stage": stage_keys,
                 "activation_offload": {"off": False, "saved": True, "checkpoint": "hidden_states"}.__getitem__},
 )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from planner import liger, lora_kernels
+from planner import liger, lora_kernels, param_targets
 from planner.configs.axolotl import LIGER_KERNELS, LORA_KERNEL_KEYS
 from planner.configs.common import LAYERWISE_OPTIMIZERS, trainer_optim_keys
 from planner.configs.export_common import (
@@ -178,6 +178,8 @@ def _adapter(out: Lines, x: ExportInput, runs: dict) -> None:
         out.key("lora_target_modules", target)
         if ",".join(target) != plan.lora_target:
             runs["lora_target"] = (",".join(target), None)
+    if plan.lora_target_parameters:  # loaders/adapter.py: peft's target_parameters
+        out.key("lora_target_parameters", param_targets.split(plan.lora_target_parameters))
 
 
 def _lora_kernels(out: Lines, plan: Plan, runs: dict) -> None:

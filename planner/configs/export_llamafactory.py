@@ -108,6 +108,9 @@ def render(x: ExportInput) -> Rendered:
                 if method == "oft" else None)
         if written != plan.lora_target:
             runs["lora_target"] = (written, None)
+        if plan.lora_target_parameters:
+            runs["lora_target_parameters"] = ("", "LLaMA-Factory has no key for peft's target_parameters: the MoE "
+                                              "experts train only as lora_target's v4 names reach them")
     if method == "lora":
         if plan.lora_dropout:
             out.key("lora_dropout", plan.lora_dropout)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from planner import liger
+from planner import liger, param_targets
 from planner.configs.common import LAYERWISE_OPTIMIZERS, trainer_optim_keys
 from planner.configs.export_common import (
     DATASET,
@@ -105,6 +105,8 @@ def render(x: ExportInput) -> Rendered:
         out.key("lora_alpha", 2 * plan.lora_rank)
         out.key("lora_dropout", plan.lora_dropout)
         out.key("lora_target_modules", target)
+        if plan.lora_target_parameters:  # get_peft_config: peft's target_parameters
+            out.key("lora_target_parameters", param_targets.split(plan.lora_target_parameters))
         if plan.use_dora:
             out.key("use_dora", True)
         if hyper.use_rslora:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from planner import liger
+from planner import liger, param_targets
 from planner.configs.common import (
     TRAINING_ARGUMENTS,
     TRAINING_ARGUMENTS_IRRELEVANT,
@@ -207,8 +207,23 @@ use_logits_to_keep padding_value label_pad_token_id use_cache alpha is_encoder_d
 NOT_MODELLED: dict[str, tuple[str, Direction]] = {
     "lora_modules_to_save": ("these modules train as full copies (weights, gradients, optimizer state), "
                              "which this plan does not count", "understates"),
-    "lora_target_parameters": ("LoRA on parameters (MoE experts) is not counted", "understates"),
 }
+
+
+def _target_parameters(r: _Read, k: Keys, path: Path, method: str) -> str:
+    """ModelConfig's lora_target_parameters, which get_peft_config hands to peft as target_parameters
+    (planner.param_targets). peft's ParamWrapper refuses lora_dropout != 0, and TRL's default is 0.05."""
+    value = k.get("lora_target_parameters", (str, list))
+    if method not in ("lora", "qlora") or not value:
+        return ""
+    if k.get("lora_dropout", float, 0.05):
+        raise FtplanError(f"{path}: key 'lora_target_parameters' needs lora_dropout: 0 (peft's ParamWrapper "
+                          "refuses dropout on parameters, and TRL's default is 0.05); set lora_dropout: 0")
+    names, unknown = param_targets.modelled(value)
+    if unknown:
+        r.warn("lora_target_parameters", "lora_target_parameters", f"lora_target_parameters {', '.join(unknown)}: "
+               f"LoRA on parameters other than {param_targets.KNOWN} is not counted", "understates")
+    return names
 
 
 def say(direction: Direction) -> str:
@@ -455,6 +470,7 @@ def read(keys: Keys, base: Path, stage: str | None = None) -> RunConfig:
     use_dora = k.get("use_dora", bool, False) and method == "lora"
     if method == "lora" and k.get("use_rslora", bool, False):
         r.notes.append(rslora_note("use_rslora"))
+    target_parameters = _target_parameters(r, k, path, method)
     batch = k.get("per_device_train_batch_size", int)
     if batch is None:
         batch = k.get("per_gpu_train_batch_size", int, 8)  # transformers 4.x's old name
@@ -472,6 +488,7 @@ def read(keys: Keys, base: Path, stage: str | None = None) -> RunConfig:
         # model_config.py: lora_r 16, lora_dropout 0.05, lora_target_modules None (peft's per-model default)
         lora_rank=k.positive("lora_r", 16), lora_dropout=k.get("lora_dropout", float, 0.05),
         lora_target=targets_of(k, "lora_target_modules", "q_proj,v_proj", r.warnings), use_dora=use_dora,
+        lora_target_parameters=target_parameters,
         # model_config.py: use_bnb_nested_quant False (bitsandbytes' bnb_4bit_use_double_quant, likewise)
         double_quant=k.get("use_bnb_nested_quant", bool, k.get("bnb_4bit_use_double_quant", bool, False)),
         zero=zero, offload_optimizer=offload, offload_params=offload_params, fused_loss=fused,

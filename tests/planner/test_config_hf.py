@@ -126,7 +126,6 @@ def test_quantization_needs_peft(tmp_path) -> None:
 
 @pytest.mark.parametrize(("key", "value", "direction"), [
     ("lora_modules_to_save", ["lm_head"], "understates"),
-    ("lora_target_parameters", ["experts.gate_up_proj"], "understates"),
 ])
 def test_model_settings_ftplan_does_not_model(tmp_path, key: str, value, direction: str) -> None:
     run = read(tmp_path, use_peft=True, dtype="bfloat16", **{key: value})

@@ -30,6 +30,10 @@ PLANS = [
     dict(method="freeze", optimizer="adamw-8bit", batch_size=3, seq_len=512),
     dict(method="lora", stage="dpo", framework="trl", batch_size=2, seq_len=512),
     dict(method="lora", batch_size=4, seq_len=512, padding_free=True, token_fill=0.5, attention="flash"),
+    # the optimizer's state, its step and ZeRO-3's sub-group share one memoized tensor list
+    dict(method="freeze", optimizer="adafactor", freeze_trainable_layers=3, gpus=4, zero=3, batch_size=2,
+         seq_len=512),
+    dict(method="lora", optimizer="adalomo", gpus=2, zero=3, batch_size=2, seq_len=512),
 ]
 
 
