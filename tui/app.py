@@ -120,19 +120,16 @@ class FtplanApp(App):
         yield Header()
         with TabbedContent(id="tabs", initial=TABS["plan"]):
             with TabPane("1 Plan", id=TABS["plan"]):
-                yield PlanPane(id="plan-pane", classes=self._width_classes(self.size.width))
+                yield PlanPane(id="plan-pane")
             # the other tabs stay empty until shown (see PANES): the Plan tab is what people see first
             yield TabPane("2 What fits", id=TABS["fits"])
             yield TabPane("3 GPUs", id=TABS["gpus"])
             yield TabPane("4 Diagnose", id=TABS["diagnose"])
         yield Footer(compact=True)  # 80 columns hold every key it shows
 
-    @staticmethod
-    def _width_classes(width: int) -> str:
-        return "-narrow" if width < NARROW else "-wide" if width >= WIDE else ""
-
     def on_resize(self, event) -> None:
-        # classes set in compose already match the first size: a class change restyles the whole form
+        # set here, not in compose: a pane built with its class drew the breakdown table with a different crop
+        # depending on timing (the 80x24 snapshot differed in 2 runs of 6)
         pane = self.query_one("#plan-pane")
         pane.set_class(event.size.width < NARROW, "-narrow")
         pane.set_class(event.size.width >= WIDE, "-wide")

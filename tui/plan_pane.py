@@ -23,7 +23,7 @@ from textual.message import Message
 from textual.suggester import Suggester, SuggestFromList
 from textual.timer import Timer
 from textual.validation import Integer, Number
-from textual.widgets import Collapsible, Input, Label, OptionList, Select, Static
+from textual.widgets import Collapsible, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 from textual.worker import get_current_worker
 
@@ -38,6 +38,7 @@ from planner.service import plan_run
 from planner.spec import ModelSpec, load_spec, preset_index
 from planner.target import Machine, resolve_target
 from planner.units import fmt_gib, gib_unit
+from tui.choice import Choice
 from tui.views import breakdown_rows, path_lines, suggestion_text, time_line
 from tui.widgets import LABELS, KeyOptionList, KeyTable, MemoryBar, SpecSummary
 
@@ -92,6 +93,11 @@ def form_settings() -> list[Setting]:
     return [s for s in fields.FIELDS if s.widget is not None and s.owner in ("plan", "target")]
 
 
+# Settings most runs leave alone: in a collapsed section, where they cost no layout or paint until opened
+MORE_SETTINGS = ("packing", "liger_kernels", "nodes", "tensor_parallel", "pipeline_parallel", "context_parallel",
+                 "expert_parallel")
+
+
 STAGE_DEFAULT = "default"  # a switch left to the stage's trainer (a Plan field that may be None)
 
 
@@ -129,8 +135,14 @@ class PlanPane(Horizontal):
             yield SpecSummary(id="spec")
             with Grid(id="fields", classes="form-grid"):
                 for setting in form_settings():
-                    yield Label(setting.label, classes="field-label", id=f"label-{setting.name}")
-                    yield self._widget(setting, plan)
+                    if setting.name not in MORE_SETTINGS:
+                        yield Label(setting.label, classes="field-label", id=f"label-{setting.name}")
+                        yield self._widget(setting, plan)
+            with Collapsible(title="more settings", id="more-settings"), Grid(id="more-fields", classes="form-grid"):
+                    for name in MORE_SETTINGS:
+                        setting = fields.setting(name)
+                        yield Label(setting.label, classes="field-label", id=f"label-{name}")
+                        yield self._widget(setting, plan)
             # the run's length is no plan setting: it only turns the step time into a time to train
             with Grid(id="run-length", classes="form-grid"):
                 yield Label("samples", classes="field-label")
@@ -159,8 +171,7 @@ class PlanPane(Horizontal):
         """The form widget of one setting, from its kind in the field table."""
         name = setting.name
         if name == "gpu":
-            return Select([(g.name, g.name) for g in catalog()] + [(AUTO, AUTO)], value=self.DEFAULTS["gpu"],
-                          allow_blank=False, id=name, compact=True)
+            return Choice([(g.name, g.name) for g in catalog()] + [(AUTO, AUTO)], value=self.DEFAULTS["gpu"], id=name)
         if setting.widget == "bytes":
             return Input("", id=name, compact=True, placeholder="e.g. 24GiB (overrides GPU)")
         value = getattr(plan, name)
@@ -168,12 +179,10 @@ class PlanPane(Horizontal):
             options = [("off", False), ("on", True)]
             if _tristate(setting):  # unset: the stage's trainer decides
                 options.insert(0, ("stage default", STAGE_DEFAULT))
-            return Select(options, value=STAGE_DEFAULT if value is None else value, allow_blank=False, id=name,
-                          compact=True)
+            return Choice(options, value=STAGE_DEFAULT if value is None else value, id=name)
         if setting.widget == "select":
             options = fields.choices(name)
-            return Select([(str(v), v) for v in options], value=value if value is not None else options[0],
-                          allow_blank=False, id=name, compact=True)
+            return Choice([(str(v), v) for v in options], value=value if value is not None else options[0], id=name)
         if name == "gpus":  # blank: one GPU, or with the measured GPU every visible one
             return Input("", id=name, compact=True, type="integer", placeholder="1 / all (auto)",
                          validators=[Integer(minimum=1, failure_description=f"{setting.label} must be at least 1")])
@@ -190,10 +199,10 @@ class PlanPane(Horizontal):
         return self._by_id[widget_id]
 
     @property
-    def _widgets(self) -> dict[str, Input | Select]:
+    def _widgets(self) -> dict[str, Input | Choice]:
         """The form's fields by id."""
         self._w("model")
-        return {i: w for i, w in self._by_id.items() if isinstance(w, (Input, Select)) and i != "model"}
+        return {i: w for i, w in self._by_id.items() if isinstance(w, (Input, Choice)) and i != "model"}
 
     def on_mount(self) -> None:
         table = self._w("breakdown")
@@ -267,11 +276,11 @@ class PlanPane(Horizontal):
     # ------------------------------------------------------------ reacting
 
     @on(Input.Changed)
-    @on(Select.Changed)
+    @on(Choice.Changed)
     def _field_changed(self, event: Message) -> None:
         if self._applying:
             return
-        widget = getattr(event, "input", None) or getattr(event, "select", None)
+        widget = getattr(event, "input", None) or getattr(event, "choice", None)
         if widget is not None and widget.id == "model":
             # Each keystroke would read a config (or ask the hub): wait until typing pauses.
             if self._model_timer is not None:

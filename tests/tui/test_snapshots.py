@@ -13,9 +13,12 @@ SIZES = [(80, 24), (160, 48)]  # a laptop's tmux pane, and a wide screen that us
 
 
 async def settled(pilot) -> None:
-    await pilot.pause()
-    await pilot.app.workers.wait_for_complete()
-    await pilot.pause()
+    # a worker's result can start another (the model read, then the plan, then its advice) and each redraw can
+    # relayout once more: wait until both are quiet, so the capture does not depend on the machine's load
+    for _ in range(3):
+        await pilot.pause()
+        await pilot.app.workers.wait_for_complete()
+    await pilot.pause(0.1)
 
 
 def after(*keys: str, setup=None):
