@@ -22,6 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from planner.files import write_text_atomic  # noqa: E402
+
 FAMILIES = {
     "llama": dict(model_type="llama", hidden_size=64, intermediate_size=176, num_attention_heads=4,
                   num_key_value_heads=2, num_hidden_layers=2, vocab_size=256),
@@ -88,7 +90,7 @@ def main() -> int:
         *rows, ""])
     print(text)
     if args.write:
-        (ROOT / "docs" / "adapters_counts.md").write_text(text)
+        write_text_atomic(ROOT / "docs" / "adapters_counts.md", text)
     return 0
 
 

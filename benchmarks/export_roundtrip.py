@@ -37,6 +37,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from planner.files import write_text_atomic  # noqa: E402
+
 PROJECT_PY = str(ROOT / ".venv" / "bin" / "python")
 VENVS = {"llamafactory": "/tmp/lfenv/bin/python", "axolotl": "/tmp/axenv/bin/python"}
 MODEL = "llama-3.1-8b"
@@ -204,7 +208,7 @@ def main() -> int:
         *rows, ""])
     print(text)
     if args.write:
-        (ROOT / "docs" / "export_roundtrip.md").write_text(text)
+        write_text_atomic(ROOT / "docs" / "export_roundtrip.md", text)
     return 0
 
 

@@ -160,23 +160,12 @@ class Plan(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _liger_kernels_in_canonical_order(cls, data):
-        if isinstance(data, dict) and "liger_kernels" in data:
-            data = {**data, "liger_kernels": liger.parse(data["liger_kernels"])}
-        return data
-
-    @model_validator(mode="before")
-    @classmethod
-    def _lora_kernels_in_canonical_order(cls, data):
-        if isinstance(data, dict) and "lora_kernels" in data:
-            data = {**data, "lora_kernels": lora_kernels.parse(data["lora_kernels"])}
-        return data
-
-    @model_validator(mode="before")
-    @classmethod
-    def _lora_target_parameters_in_canonical_order(cls, data):
-        if isinstance(data, dict) and "lora_target_parameters" in data:
-            data = {**data, "lora_target_parameters": param_targets.parse(data["lora_target_parameters"])}
+    def _name_lists_in_canonical_order(cls, data):
+        # comma lists stored in one order, so that equal plans compare (and memoize) equal
+        if isinstance(data, dict):
+            parsers = {"liger_kernels": liger.parse, "lora_kernels": lora_kernels.parse,
+                       "lora_target_parameters": param_targets.parse}
+            data = {**data, **{key: parse(data[key]) for key, parse in parsers.items() if key in data}}
         return data
 
     @model_validator(mode="before")
