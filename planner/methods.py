@@ -247,11 +247,6 @@ def wrapped_tensors(block: Block, hidden: int, params: frozenset[str], rank: int
     return [table[p] for p in sorted(params) if p in table]
 
 
-def lora_param_adapters(block: Block, hidden: int, params: frozenset[str], rank: int) -> int:
-    """LoRA parameters peft adds for the MoE tensors it wraps (ParamWrapper)."""
-    return sum(t.adapter_params for t in wrapped_tensors(block, hidden, params, rank))
-
-
 class ParamGroup(BaseModel):
     model_config = ConfigDict(frozen=True)
     name: str
@@ -447,8 +442,9 @@ def _layout(spec: ModelSpec, counts: ParamCounts, plan: Plan) -> TrainingLayout:
         adapters += n * sum(plan.lora_rank * (lin.in_features + lin.out_features) for lin in linears)
         if plan.use_dora:
             adapters += n * peft_methods.dora_magnitudes(linears)
-        adapters += n * lora_param_adapters(block, spec.hidden_size, params, plan.lora_rank)
-        modules += n * (len(linears) + len(wrapped_tensors(block, spec.hidden_size, params, plan.lora_rank)))
+        wrapped = wrapped_tensors(block, spec.hidden_size, params, plan.lora_rank)
+        adapters += n * sum(t.adapter_params for t in wrapped)
+        modules += n * (len(linears) + len(wrapped))
         if ckpt is not None:  # the checkpoint's own format, module by module (its exclusions name layers)
             qp, qb = _checkpoint_group(spec, ckpt, group)
             quant_params += qp

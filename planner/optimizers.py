@@ -432,10 +432,9 @@ def optimizer_state(spec: ModelSpec, train: TrainingLayout, plan: Plan) -> int:
     if opt in LOW_RANK:
         return _low_rank_state(tensors, plan, sb)
     if opt == "adalomo":
-        frozen = [] if train.method == "full" else _model_tensors(spec)
-        if train.method == "freeze":  # the trainable layers are among the model's tensors already
-            tensors = []
-        return _adalomo_state([*frozen, *tensors])
+        # every model parameter, trained or not, plus the adapters a PEFT method adds
+        adapters = () if train.method in ("full", "freeze") else tensors
+        return _adalomo_state([*_model_tensors(spec), *adapters])
     raise AssertionError(f"no state rule for optimizer {opt}")
 
 
