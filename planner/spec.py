@@ -295,3 +295,9 @@ def resolve_model(model: str) -> ModelSource:
 
 def load_spec(model: str) -> ModelSpec:
     return spec_of(resolve_model(model))
+
+
+def resolves_offline(model: str) -> bool:
+    """Whether `resolve_model` answers without the network: anything not shaped like a hub id is a local path,
+    a preset, or an error. (A hub id may be cached, but a cache miss asks the hub.)"""
+    return not _looks_like_hub_id(model.strip())

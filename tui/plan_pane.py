@@ -35,7 +35,7 @@ from planner.hardware import catalog
 from planner.plan import Plan
 from planner.result import Estimate
 from planner.service import plan_run
-from planner.spec import ModelSpec, load_spec, preset_index
+from planner.spec import ModelSpec, load_spec, preset_index, resolves_offline
 from planner.target import Machine, resolve_target
 from planner.units import fmt_gib, gib_unit
 from tui.choice import Choice
@@ -123,6 +123,7 @@ class PlanPane(Horizontal):
         self._rows: list = []  # the breakdown's rows as drawn
         self._assumptions = ""
         self._shown_method: str | None = None
+        self._planned: tuple | None = None  # what the shown plan was computed from
 
     def compose(self) -> ComposeResult:
         plan = plan_module.Plan(method=self.DEFAULTS["method"])
@@ -293,19 +294,28 @@ class PlanPane(Horizontal):
 
     def load_model(self, name: str) -> None:
         self._requested = name.strip()
-        self._read_model(name)
+        if resolves_offline(name):
+            # a preset or local file reads in milliseconds: planned now, the first frame already shows the plan
+            # (a worker's answer waited for the first full paint, a fifth of the start-up)
+            self._model_read(name.strip())
+        else:
+            self._read_model(name)
 
     @work(exclusive=True, thread=True, group="model")
     def _read_model(self, name: str) -> None:
+        self._model_read(name.strip(), self.app.call_from_thread)
+
+    def _model_read(self, name: str, call=lambda f, *args: f(*args)) -> None:
+        """Read the model's spec and hand it (or why not) to the pane through `call`."""
         try:
-            spec = load_spec(name.strip())
+            spec = load_spec(name)
         except FtplanError as exc:
-            self.app.call_from_thread(self._model_failed, str(exc))
+            call(self._model_failed, str(exc))
             return
         except Exception as exc:  # a half-typed name must never take the app down
-            self.app.call_from_thread(self._model_failed, f"could not read {name.strip()!r}: {exc}")
+            call(self._model_failed, f"could not read {name!r}: {exc}")
             return
-        self.app.call_from_thread(self._model_loaded, spec, name.strip())
+        call(self._model_loaded, spec, name)
 
     def _model_failed(self, message: str) -> None:
         self._w("model").border_subtitle = "not found"
@@ -344,9 +354,13 @@ class PlanPane(Horizontal):
             error.update(f"[b red]{message}[/] — showing the last valid plan")
             return
         _update(error, "")
+        planned = (self.spec, plan, target, samples, epochs)
+        if planned == self._planned:  # the fields' Changed events on mount, a value set to what it was
+            return
+        self._planned = planned
         self.state = PlanState(self.model_name, self.spec, plan, target, result)
         self._show(result)
-        self.post_message(PlanChanged(self.state))
+        self.app.post_message(PlanChanged(self.state))  # straight to the app: bubbling waited on each parent's queue
         if result.fit is not None and not result.fit.fits:
             self.call_after_refresh(self._advise, self.state, samples, epochs)
 
